@@ -1,0 +1,294 @@
+//! Service translation maps: services, backends, selection tables, conntrack, SNAT and counters.
+
+/// A 16-byte address in network byte order (IPv4 as `::ffff:a.b.c.d`).
+pub type Addr = [u8; 16];
+
+/// Pin names of the maps, relative to the agent's pin folder.
+pub mod names {
+    pub const SERVICES: &str = "OXI_SERVICES";
+    pub const BACKENDS: &str = "OXI_BACKENDS";
+    pub const TABLES: &str = "OXI_TABLES";
+    pub const CONNTRACK: &str = "OXI_CONNTRACK";
+    pub const SNAT: &str = "OXI_SNAT";
+    pub const CONFIG: &str = "OXI_CONFIG";
+    pub const STATS: &str = "OXI_STATS";
+    pub const SERVICE_STATS: &str = "OXI_SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "OXI_BACKEND_STATS";
+    /// Every map the XDP program uses.
+    pub const XDP_MAPS: [&str; 9] = [
+        SERVICES, BACKENDS, TABLES, CONNTRACK, SNAT, CONFIG, STATS, SERVICE_STATS, BACKEND_STATS,
+    ];
+}
+
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 262_144;
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Largest selection table (Maglev M); also the bound the programs apply to a slot index.
+pub const MAX_TABLE_SIZE: u32 = 131_071;
+/// `BPF_F_INNER_MAP`: lets the inner selection tables have per-service sizes.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Backend selection, per service.
+pub const ALG_MAGLEV: u8 = 1;
+pub const ALG_RANDOM: u8 = 2;
+
+/// Forwarding mode, per service.
+pub const MODE_SNAT: u8 = 1;
+pub const MODE_DSR: u8 = 2;
+
+/// Scope of a frontend: who may use it. The edge LB only has external frontends.
+pub const SCOPE_EXTERNAL: u8 = 0;
+
+/// Backend states.
+pub const BACKEND_ACTIVE: u8 = 0;
+pub const BACKEND_TERMINATING: u8 = 1;
+pub const BACKEND_QUARANTINED: u8 = 2;
+
+/// Address family of a backend.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// (VIP, port, protocol, scope) → [`ServiceValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index into `OXI_TABLES` and the per-service counters; never 0.
+    pub id: u32,
+    /// Number of slots in the service's selection table; 0 = no usable backend (packets dropped).
+    pub table_size: u32,
+    pub algorithm: u8,
+    pub mode: u8,
+    pub flags: u16,
+    /// Idle time after which a conntrack entry no longer pins its backend, in seconds.
+    pub ct_timeout_s: u32,
+}
+
+/// Backend id → backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub state: u8,
+    /// The service this backend belongs to (lets a restarted agent rebuild its id allocation).
+    pub service_id: u32,
+}
+
+/// A flow as seen in one direction. `dir` tells conntrack directions apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Conntrack entry of a client → VIP flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// bpf_ktime_get_ns() of the first and the latest packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// SNAT mode: the LB-side source port chosen for this flow (network byte order), else 0.
+    pub snat_port: u16,
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+/// SNAT reverse entry, keyed by the reply's [`FlowKey`] (backend → LB address): how to restore the
+/// original client ↔ VIP tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatEntry {
+    pub client: Addr,
+    pub vip: Addr,
+    /// Network byte order.
+    pub client_port: u16,
+    /// Network byte order.
+    pub vip_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Global settings of the LB datapath (array of one, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LbConfig {
+    /// Source address used for SNAT and as the outer source of DSR tunnels, per family.
+    pub snat_v4: Addr,
+    pub snat_v6: Addr,
+    /// SNAT source port range, host byte order, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// 1 once the agent has written this entry.
+    pub ready: u32,
+}
+
+/// Packet and byte counter; per-CPU in the maps, summed by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Indexes of `OXI_STATS`: why a packet went where it went.
+pub mod reason {
+    /// Not for a service (passed untouched).
+    pub const PASS: u32 = 0;
+    /// Translated to a backend and forwarded (SNAT, client → backend).
+    pub const FWD_SNAT: u32 = 1;
+    /// Encapsulated to a backend (DSR).
+    pub const FWD_DSR: u32 = 2;
+    /// Reply reverse-translated (SNAT, backend → client).
+    pub const REV_SNAT: u32 = 3;
+    /// Headers cut short or malformed.
+    pub const MALFORMED: u32 = 4;
+    /// IP fragment addressed to a VIP (dropped: no ports to look up).
+    pub const FRAGMENT: u32 = 5;
+    /// Service has no usable backend (dropped).
+    pub const NO_BACKEND: u32 = 6;
+    /// No free SNAT port for the flow (dropped).
+    pub const SNAT_EXHAUSTED: u32 = 7;
+    /// The rewritten packet went to the kernel stack (no neighbour yet for the next hop).
+    pub const FIB_PASS: u32 = 8;
+    /// ICMP error quoting a service flow (passed untouched; see docs/edge-lb.md).
+    pub const ICMP_ERROR: u32 = 9;
+    /// Packet would exceed the egress MTU after encapsulation (dropped).
+    pub const TOO_BIG: u32 = 10;
+    /// DSR backend side: tunnel packet decapsulated.
+    pub const DECAP: u32 = 11;
+    /// No room to grow the packet, or another helper failed (dropped).
+    pub const ERROR: u32 = 12;
+    pub const COUNT: u32 = 13;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "fwd_snat",
+        "fwd_dsr",
+        "rev_snat",
+        "malformed",
+        "fragment",
+        "no_backend",
+        "snat_exhausted",
+        "fib_pass",
+        "icmp_error",
+        "too_big",
+        "decap",
+        "error",
+    ];
+}
+
+#[cfg(feature = "user")]
+crate::pod!(ServiceKey, ServiceValue, Backend, FlowKey, CtEntry, SnatEntry, LbConfig, Counter);
+
+/// Maps an IPv4 address (network byte order octets) to the 16-byte form.
+pub const fn v4_mapped(o: [u8; 4]) -> Addr {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+}
+
+/// True when the 16-byte address is an IPv4-mapped address.
+pub const fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// The flow hash both the XDP program and the userspace tests use to pick a Maglev slot:
+/// a 32-bit mix of the 5-tuple (murmur3 finalizer over folded words), stable across LB boxes.
+pub fn flow_hash(src: &Addr, dst: &Addr, sport: u16, dport: u16, proto: u8, seed: u32) -> u32 {
+    let mut h: u32 = seed ^ 0x9e37_79b9;
+    let mut i = 0;
+    while i < 16 {
+        let ws = u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
+        let wd = u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
+        h = mix(h ^ ws);
+        h = mix(h ^ wd);
+        i += 4;
+    }
+    h = mix(h ^ ((sport as u32) << 16 | dport as u32));
+    mix(h ^ proto as u32)
+}
+
+#[inline(always)]
+const fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 48);
+        assert_eq!(size_of::<SnatEntry>(), 56);
+        assert_eq!(size_of::<LbConfig>(), 40);
+    }
+
+    #[test]
+    fn v4_mapping_round_trips() {
+        let a = v4_mapped([10, 0, 0, 1]);
+        assert!(is_v4_mapped(&a));
+        assert_eq!(&a[12..], &[10, 0, 0, 1]);
+        assert!(!is_v4_mapped(&[0u8; 16]));
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let a = v4_mapped([10, 0, 0, 1]);
+        let b = v4_mapped([10, 0, 0, 2]);
+        let h = flow_hash(&a, &b, 1000, 80, 6, 0);
+        assert_ne!(h, flow_hash(&b, &a, 1000, 80, 6, 0));
+        assert_ne!(h, flow_hash(&a, &b, 1001, 80, 6, 0));
+        assert_ne!(h, flow_hash(&a, &b, 1000, 81, 6, 0));
+        assert_ne!(h, flow_hash(&a, &b, 1000, 80, 17, 0));
+        assert_ne!(h, flow_hash(&a, &b, 1000, 80, 6, 1));
+    }
+}
