@@ -14,8 +14,10 @@ pub mod names {
     pub const STATS: &str = "OXI_STATS";
     pub const SERVICE_STATS: &str = "OXI_SERVICE_STATS";
     pub const BACKEND_STATS: &str = "OXI_BACKEND_STATS";
-    /// Every map the XDP program uses.
-    pub const XDP_MAPS: [&str; 9] = [
+    /// Per-CPU working space of the programs (not pinned: it holds nothing between packets).
+    pub const SCRATCH: &str = "OXI_SCRATCH";
+    /// Every pinned map.
+    pub const PINNED: [&str; 9] = [
         SERVICES, BACKENDS, TABLES, CONNTRACK, SNAT, CONFIG, STATS, SERVICE_STATS, BACKEND_STATS,
     ];
 }
@@ -229,20 +231,20 @@ pub const fn is_v4_mapped(a: &Addr) -> bool {
         && a[11] == 0xff
 }
 
-/// The flow hash both the XDP program and the userspace tests use to pick a Maglev slot:
-/// a 32-bit mix of the 5-tuple (murmur3 finalizer over folded words), stable across LB boxes.
-pub fn flow_hash(src: &Addr, dst: &Addr, sport: u16, dport: u16, proto: u8, seed: u32) -> u32 {
+/// The flow hash the XDP program uses to pick a Maglev slot (and the tests to predict it): a 32-bit
+/// mix of the 5-tuple (murmur3 finalizer over folded words), stable across LB boxes.
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
     let mut h: u32 = seed ^ 0x9e37_79b9;
     let mut i = 0;
     while i < 16 {
-        let ws = u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
-        let wd = u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
-        h = mix(h ^ ws);
-        h = mix(h ^ wd);
+        let ws = u32::from_ne_bytes([k.src[i], k.src[i + 1], k.src[i + 2], k.src[i + 3]]);
+        let wd = u32::from_ne_bytes([k.dst[i], k.dst[i + 1], k.dst[i + 2], k.dst[i + 3]]);
+        h = mix(h ^ ws ^ wd.rotate_left(16));
         i += 4;
     }
-    h = mix(h ^ ((sport as u32) << 16 | dport as u32));
-    mix(h ^ proto as u32)
+    h = mix(h ^ (((k.sport as u32) << 16) | k.dport as u32));
+    mix(h ^ k.proto as u32)
 }
 
 #[inline(always)]
@@ -282,13 +284,20 @@ mod tests {
 
     #[test]
     fn flow_hash_depends_on_every_field() {
-        let a = v4_mapped([10, 0, 0, 1]);
-        let b = v4_mapped([10, 0, 0, 2]);
-        let h = flow_hash(&a, &b, 1000, 80, 6, 0);
-        assert_ne!(h, flow_hash(&b, &a, 1000, 80, 6, 0));
-        assert_ne!(h, flow_hash(&a, &b, 1001, 80, 6, 0));
-        assert_ne!(h, flow_hash(&a, &b, 1000, 81, 6, 0));
-        assert_ne!(h, flow_hash(&a, &b, 1000, 80, 17, 0));
-        assert_ne!(h, flow_hash(&a, &b, 1000, 80, 6, 1));
+        let k = |src, dst, sport, dport, proto| FlowKey {
+            src: v4_mapped(src),
+            dst: v4_mapped(dst),
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        };
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let h = flow_hash(&k(a, b, 1000, 80, 6), 0);
+        assert_ne!(h, flow_hash(&k(b, a, 1000, 80, 6), 0));
+        assert_ne!(h, flow_hash(&k(a, b, 1001, 80, 6), 0));
+        assert_ne!(h, flow_hash(&k(a, b, 1000, 81, 6), 0));
+        assert_ne!(h, flow_hash(&k(a, b, 1000, 80, 17), 0));
+        assert_ne!(h, flow_hash(&k(a, b, 1000, 80, 6), 1));
     }
 }

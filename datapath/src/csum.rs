@@ -1,0 +1,63 @@
+//! Internet checksum arithmetic (RFC 1071 / RFC 1624). Values are 16-bit words exactly as they sit in
+//! memory; one's-complement sums do not depend on byte order as long as every word is read the same way.
+
+/// Folds a 32-bit one's-complement accumulator to 16 bits.
+#[inline(always)]
+pub fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// An incremental update: starts from a stored checksum, accumulates removed and added words.
+#[derive(Clone, Copy)]
+pub struct Delta(u32);
+
+impl Delta {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Delta(0)
+    }
+
+    #[inline(always)]
+    pub fn word(&mut self, old: u16, new: u16) {
+        self.0 += (!old) as u32 + new as u32;
+    }
+
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&mut self, old: &[u8; N], new: &[u8; N]) {
+        let mut i = 0;
+        while i + 1 < N {
+            self.word(
+                u16::from_ne_bytes([old[i], old[i + 1]]),
+                u16::from_ne_bytes([new[i], new[i + 1]]),
+            );
+            i += 2;
+        }
+    }
+
+    /// Applies the accumulated change to a stored checksum (RFC 1624: HC' = ~(~HC + ~m + m')).
+    #[inline(always)]
+    pub fn apply(&self, check: u16) -> u16 {
+        let s = (!check) as u32 + fold(self.0) as u32;
+        !fold(s)
+    }
+}
+
+impl Default for Delta {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Full checksum of an IPv4 header without options (the header's own check field must be 0).
+#[inline(always)]
+pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+    let mut s: u32 = 0;
+    let mut i = 0;
+    while i < 10 {
+        s += words[i] as u32;
+        i += 1;
+    }
+    !fold(s)
+}

@@ -1,0 +1,56 @@
+//! Next-hop lookup through the kernel FIB (bpf_fib_lookup): egress interface and MAC addresses.
+use abi::lb::Addr;
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
+};
+use core::{ffi::c_void, mem::size_of};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+pub enum Route {
+    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Route found, neighbour not resolved yet: let the kernel forward this packet (it resolves).
+    NoNeighbour,
+    /// The packet (of the given total length) exceeds the egress MTU.
+    TooBig,
+    /// No route, forwarding disabled, or another failure.
+    None,
+}
+
+/// Looks up the route from `src` to `dst` for a packet entering on `ifindex`. `tot_len` > 0 asks
+/// the kernel to check it against the egress MTU.
+#[inline(always)]
+pub fn lookup(ctx: *mut c_void, ifindex: u32, v6: bool, src: &Addr, dst: &Addr, tot_len: u16) -> Route {
+    // SAFETY: plain C struct, all-zero is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.ifindex = ifindex;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    if v6 {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = words(src);
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
+    }
+    let rc = unsafe { fib_lookup(ctx, &mut p, size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Via { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
+        _ => Route::None,
+    }
+}
+
+#[inline(always)]
+fn words(a: &Addr) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

@@ -1,0 +1,205 @@
+//! Service translation decisions shared by every hook: frontend lookup, conntrack, backend
+//! selection (Maglev or weighted random over the service's table) and SNAT port allocation.
+use crate::{
+    maps::{OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICES, OXI_SNAT, OXI_TABLES},
+    parse::Flow,
+};
+use abi::lb::{
+    ALG_RANDOM, Addr, BACKEND_TERMINATING, Backend, CtEntry, FlowKey, LbConfig, MAX_TABLE_SIZE,
+    MODE_SNAT, SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason,
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+
+/// Where a flow goes.
+pub struct Target {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// SNAT mode: the LB-side source port (network byte order).
+    pub snat_port: u16,
+}
+
+impl Target {
+    pub const fn new() -> Self {
+        Target {
+            backend_id: 0,
+            backend: Backend { addr: [0; 16], port: 0, family: 0, state: 0, service_id: 0 },
+            snat_port: 0,
+        }
+    }
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static LbConfig> {
+    OXI_CONFIG.get(0).filter(|c| c.ready == 1)
+}
+
+/// The service whose frontend is the flow's destination.
+#[inline(always)]
+pub fn service(k: &FlowKey) -> Option<&'static ServiceValue> {
+    let key = ServiceKey { addr: k.dst, port: k.dport, proto: k.proto, scope: SCOPE_EXTERNAL };
+    unsafe { OXI_SERVICES.get(&key) }
+}
+
+/// True when `addr` is a VIP (the agent keeps a port-0 marker entry per VIP).
+#[inline(always)]
+pub fn is_vip(addr: &Addr) -> bool {
+    let key = ServiceKey { addr: *addr, port: 0, proto: 0, scope: SCOPE_EXTERNAL };
+    unsafe { OXI_SERVICES.get(&key) }.is_some()
+}
+
+/// Picks the backend of a client → VIP flow into `t`: the conntrack entry's while it is fresh and
+/// its backend still exists, else a new selection recorded in conntrack. Returns 0, or the reason
+/// to drop the packet.
+#[inline(never)]
+pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = &f.key;
+    if let Some(ct) = OXI_CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
+        let ct = unsafe { &mut *ct };
+        let fresh = now.wrapping_sub(ct.last_seen_ns) < svc.ct_timeout_s as u64 * 1_000_000_000;
+        if ct.service_id == svc.id && fresh {
+            if let Some(b) = unsafe { OXI_BACKENDS.get(ct.backend_id) } {
+                if b.service_id == svc.id {
+                    ct.last_seen_ns = now;
+                    ct.packets += 1;
+                    ct.bytes += bytes;
+                    t.backend_id = ct.backend_id;
+                    t.backend = *b;
+                    t.snat_port = ct.snat_port;
+                    return 0;
+                }
+            }
+        }
+    }
+
+    let size = svc.table_size;
+    if size == 0 || size > MAX_TABLE_SIZE {
+        return reason::NO_BACKEND;
+    }
+    let pick = if svc.algorithm == ALG_RANDOM {
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        flow_hash(key, 0)
+    };
+    let slot = pick % size;
+    let Some(id) = OXI_TABLES.get_value(svc.id, &slot) else {
+        return reason::NO_BACKEND;
+    };
+    let id = *id;
+    let Some(b) = (unsafe { OXI_BACKENDS.get(id) }) else {
+        return reason::NO_BACKEND;
+    };
+    if b.state == BACKEND_TERMINATING {
+        // Terminating backends keep their flows but take no new ones.
+        return reason::NO_BACKEND;
+    }
+    t.backend_id = id;
+    t.backend = *b;
+    t.snat_port = 0;
+    if svc.mode == MODE_SNAT {
+        let r = snat_port(f, t, svc.id, now);
+        if r != 0 {
+            return r;
+        }
+    }
+    let entry = CtEntry {
+        backend_id: id,
+        service_id: svc.id,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes,
+        snat_port: t.snat_port,
+        flags: 0,
+        _pad: 0,
+    };
+    // A full LRU evicts the oldest flow; failure here only costs stickiness for this flow.
+    let _ = OXI_CONNTRACK.insert(key, &entry, 0);
+    0
+}
+
+/// The LB-side address of a family: SNAT source and DSR tunnel source.
+#[inline(always)]
+pub fn lb_addr(v6: bool) -> Option<&'static Addr> {
+    let c = config()?;
+    let a = if v6 { &c.snat_v6 } else { &c.snat_v4 };
+    if *a == [0u8; 16] { None } else { Some(a) }
+}
+
+/// Reserves a SNAT source port (into `t.snat_port`) for the flow towards `t.backend`: a
+/// hash-chosen port in the configured range, then up to three others, each claimed with
+/// BPF_NOEXIST. Returns 0 or the drop reason.
+#[inline(never)]
+fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
+    let Some(cfg) = config() else {
+        return reason::ERROR;
+    };
+    let lb = if f.v6 { &cfg.snat_v6 } else { &cfg.snat_v4 };
+    let (min, max) = (cfg.snat_port_min as u32, cfg.snat_port_max as u32);
+    if *lb == [0u8; 16] || min == 0 || max < min {
+        return reason::ERROR;
+    }
+    let range = max - min + 1;
+    if range == 0 {
+        return reason::ERROR;
+    }
+    let h = flow_hash(&f.key, 0x5a17);
+    let entry = SnatEntry {
+        client: f.key.src,
+        vip: f.key.dst,
+        client_port: f.key.sport,
+        vip_port: f.key.dport,
+        service_id,
+        backend_id: t.backend_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let mut rkey = FlowKey {
+        src: t.backend.addr,
+        dst: *lb,
+        sport: t.backend.port,
+        dport: 0,
+        proto: f.key.proto,
+        _pad: [0; 3],
+    };
+    for i in 0..4u32 {
+        let port = ((min + h.wrapping_add(i.wrapping_mul(40_503)) % range) as u16).to_be();
+        rkey.dport = port;
+        if OXI_SNAT.insert(&rkey, &entry, BPF_NOEXIST as u64).is_ok() {
+            t.snat_port = port;
+            return 0;
+        }
+        // Already ours (conntrack entry evicted while the SNAT entry lived on)?
+        if let Some(e) = unsafe { OXI_SNAT.get(&rkey) } {
+            if e.client == f.key.src
+                && e.client_port == f.key.sport
+                && e.vip == f.key.dst
+                && e.vip_port == f.key.dport
+            {
+                t.snat_port = port;
+                return 0;
+            }
+        }
+    }
+    reason::SNAT_EXHAUSTED
+}
+
+/// The SNAT entry of a reply (backend → LB address), if this packet is one.
+#[inline(always)]
+pub fn snat_reply(k: &FlowKey) -> Option<&'static mut SnatEntry> {
+    let e = OXI_SNAT.get_ptr_mut(k)?;
+    unsafe {
+        (*e).last_seen_ns = bpf_ktime_get_ns();
+        Some(&mut *e)
+    }
+}

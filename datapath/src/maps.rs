@@ -1,0 +1,70 @@
+//! The maps, defined once for every program. The agent pins them by name (see abi::lb::names), so
+//! the XDP and tc objects share one set and an agent restart finds them again.
+use abi::lb::{
+    BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_SERVICES, ServiceKey, ServiceValue, SnatEntry, reason,
+};
+use crate::{lb::Target, parse::Flow};
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+
+/// Frontend → service.
+#[btf_map]
+pub static OXI_SERVICES: HashMap<ServiceKey, ServiceValue, { MAX_SERVICES as usize }> =
+    HashMap::new();
+
+/// Backend id → backend.
+#[btf_map]
+pub static OXI_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Service id → selection table (Maglev lookup table, or the weighted slot list for random): an
+/// array of backend ids whose size is the service's `table_size`. Inner maps carry BPF_F_INNER_MAP
+/// so each service may have its own size; the agent swaps a whole table in one update.
+#[btf_map]
+pub static OXI_TABLES: ArrayOfMaps<
+    Array<u32, 1, { BPF_F_INNER_MAP as usize }>,
+    { MAX_SERVICES as usize },
+> = ArrayOfMaps::new();
+
+/// Client → VIP flows and the backend each is pinned to.
+#[btf_map]
+pub static OXI_CONNTRACK: LruHashMap<FlowKey, CtEntry, { MAX_CONNTRACK as usize }> =
+    LruHashMap::new();
+
+/// SNAT replies (backend → LB address) → the original client ↔ VIP tuple.
+#[btf_map]
+pub static OXI_SNAT: LruHashMap<FlowKey, SnatEntry, { MAX_CONNTRACK as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static OXI_CONFIG: Array<LbConfig, 1> = Array::new();
+
+#[btf_map]
+pub static OXI_STATS: PerCpuArray<Counter, { reason::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static OXI_SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static OXI_BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+/// Per-CPU scratch space for a packet's working state: keeps the 512-byte BPF stack free for the
+/// helpers' arguments (the verifier sums the stack of every frame in a call chain).
+pub struct Scratch {
+    pub flow: Flow,
+    pub target: Target,
+    pub rewrite: FlowKey,
+}
+
+#[btf_map]
+pub static OXI_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    OXI_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

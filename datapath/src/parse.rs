@@ -1,0 +1,234 @@
+//! Bounds-checked parsing of Ethernet (+ one VLAN tag), IPv4 / IPv6 (+ extension headers) and the
+//! TCP / UDP ports, over the packet window [start, end) of any hook (XDP or tc direct access).
+use crate::headers::*;
+use abi::lb::{FlowKey, v4_mapped};
+use core::mem::size_of;
+
+/// Headers are only looked for in the first `MAX_HDR_OFF` bytes (IPv6 extension headers beyond that
+/// make the packet count as malformed). The bound also lets the verifier accept offsets that were
+/// stored in (and read back from) the per-CPU scratch map.
+pub const MAX_HDR_OFF: usize = 512;
+
+/// A pointer to a `T` at `off` in the packet, or `None` when it would cross the end.
+#[inline(always)]
+pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Option<*mut T> {
+    if off > MAX_HDR_OFF || start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment.
+    No,
+    /// The first fragment: ports present, but the rest of the datagram follows separately.
+    First,
+    /// A later fragment: no L4 header.
+    Later,
+}
+
+/// What the parser found. Offsets are from the start of the packet.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    /// Addresses, ports (network byte order; 0 without ports) and the upper-layer protocol
+    /// (after IPv6 extension headers).
+    pub key: FlowKey,
+    /// Length of the L2 header (Ethernet, plus 4 with a VLAN tag).
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// Length of the IP packet (header + payload) as its header states; excludes L2 trailer padding.
+    pub l3_len: usize,
+    pub vlan: bool,
+    pub v6: bool,
+    pub frag: Fragment,
+    /// An ICMP / ICMPv6 error message (destination unreachable, time exceeded, ...).
+    pub icmp_error: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 or IPv6.
+    NotIp,
+    /// IP, but a header is cut short or inconsistent.
+    Malformed,
+    /// `Flow` filled in.
+    Ip,
+}
+
+/// Parses the packet into `f`.
+#[inline(always)]
+pub fn parse(start: usize, end: usize, f: &mut Flow) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return Parsed::Malformed;
+    };
+    let mut proto = u16::from_be(unsafe { (*eth).proto });
+    let mut l3_off = ETH_HLEN;
+    let mut vlan = false;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        let Some(v) = ptr_at::<VlanHdr>(start, end, ETH_HLEN) else {
+            return Parsed::Malformed;
+        };
+        proto = u16::from_be(unsafe { (*v).proto });
+        l3_off += VLAN_HLEN;
+        vlan = true;
+    }
+    f.l3_off = l3_off;
+    f.vlan = vlan;
+    let ok = match proto {
+        ETH_P_IP => parse_v4(start, end, f),
+        ETH_P_IPV6 => parse_v6(start, end, f),
+        _ => return Parsed::NotIp,
+    };
+    if ok.is_some() && parse_l4(start, end, f) { Parsed::Ip } else { Parsed::Malformed }
+}
+
+#[inline(always)]
+fn parse_v4(start: usize, end: usize, f: &mut Flow) -> Option<()> {
+    let l3_off = f.l3_off;
+    let ip = ptr_at::<Ipv4Hdr>(start, end, l3_off)?;
+    let (vihl, frag_off, proto, src, dst, tot_len) = unsafe {
+        (
+            (*ip).version_ihl,
+            u16::from_be((*ip).frag_off),
+            (*ip).proto,
+            (*ip).src,
+            (*ip).dst,
+            u16::from_be((*ip).tot_len) as usize,
+        )
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_HLEN || tot_len < ihl || start + l3_off + tot_len > end {
+        return None;
+    }
+    let offset = frag_off & 0x1fff;
+    let more = frag_off & 0x2000 != 0;
+    let frag = if offset != 0 {
+        Fragment::Later
+    } else if more {
+        Fragment::First
+    } else {
+        Fragment::No
+    };
+    f.key.src = v4_mapped(src);
+    f.key.dst = v4_mapped(dst);
+    f.key.proto = proto;
+    f.l4_off = l3_off + ihl;
+    f.l3_len = tot_len;
+    f.v6 = false;
+    f.frag = frag;
+    Some(())
+}
+
+/// IPv6: walks up to four extension headers (hop-by-hop, routing, destination options, fragment).
+#[inline(always)]
+fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
+    let l3_off = f.l3_off;
+    let ip = ptr_at::<Ipv6Hdr>(start, end, l3_off)?;
+    let (vtf, mut next, src, dst, plen) = unsafe {
+        (
+            (*ip).version_tc_flow[0],
+            (*ip).nexthdr,
+            (*ip).src,
+            (*ip).dst,
+            u16::from_be((*ip).payload_len) as usize,
+        )
+    };
+    if vtf >> 4 != 6 || start + l3_off + IPV6_HLEN + plen > end {
+        return None;
+    }
+    let mut off = l3_off + IPV6_HLEN;
+    let mut frag = Fragment::No;
+    for _ in 0..4 {
+        match next {
+            0 | 43 | 60 => {
+                let h = ptr_at::<Ipv6ExtHdr>(start, end, off)?;
+                let (n, len) = unsafe { ((*h).nexthdr, (*h).len) };
+                next = n;
+                off += (len as usize + 1) * 8;
+            }
+            44 => {
+                let h = ptr_at::<Ipv6FragHdr>(start, end, off)?;
+                let (n, fo) = unsafe { ((*h).nexthdr, u16::from_be((*h).frag_off)) };
+                next = n;
+                off += size_of::<Ipv6FragHdr>();
+                frag = if fo >> 3 != 0 {
+                    Fragment::Later
+                } else {
+                    Fragment::First
+                };
+            }
+            _ => break,
+        }
+    }
+    f.key.src = src;
+    f.key.dst = dst;
+    f.key.proto = next;
+    f.l4_off = off;
+    f.l3_len = IPV6_HLEN + plen;
+    f.v6 = true;
+    f.frag = frag;
+    Some(())
+}
+
+/// Reads the ports of TCP / UDP and classifies ICMP errors. Returns false when the L4 header the
+/// packet claims to carry is cut short.
+#[inline(always)]
+fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
+    if f.frag == Fragment::Later {
+        return true;
+    }
+    f.key.sport = 0;
+    f.key.dport = 0;
+    f.icmp_error = false;
+    match f.key.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let need = if f.key.proto == IPPROTO_TCP { TCP_HLEN } else { UDP_HLEN };
+            if start + f.l4_off + need > end {
+                return false;
+            }
+            let Some(p) = ptr_at::<Ports>(start, end, f.l4_off) else {
+                return false;
+            };
+            unsafe {
+                f.key.sport = (*p).src;
+                f.key.dport = (*p).dst;
+            }
+            true
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Some(h) = ptr_at::<IcmpHdr>(start, end, f.l4_off) else {
+                return false;
+            };
+            let ty = unsafe { (*h).ty };
+            f.icmp_error = if f.key.proto == IPPROTO_ICMP {
+                matches!(ty, 3 | 4 | 5 | 11 | 12)
+            } else {
+                matches!(ty, 1..=4)
+            };
+            true
+        }
+        _ => true,
+    }
+}
+
+impl Flow {
+    pub const fn new() -> Self {
+        Flow {
+            key: FlowKey { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0, _pad: [0; 3] },
+            l3_off: 0,
+            l4_off: 0,
+            l3_len: 0,
+            vlan: false,
+            v6: false,
+            frag: Fragment::No,
+            icmp_error: false,
+        }
+    }
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self::new()
+    }
+}

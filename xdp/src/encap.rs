@@ -1,0 +1,95 @@
+//! DSR: IP-in-IP encapsulation towards the backend (IPIP for IPv4, IPv6-in-IPv6, or mixed), the
+//! outer source being the LB's own address. The backend's oxilium tc program strips the outer header.
+use abi::lb::{Addr, reason};
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use datapath::{
+    csum,
+    fib::{self, Route},
+    headers::*,
+    nat::last4,
+    parse::{Flow, ptr_at},
+};
+
+/// Encapsulates the packet in an outer header `src` → `dst`. Returns 0, or the drop reason.
+#[inline(never)]
+pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool) -> u32 {
+    match try_encap(ctx, f, src, dst, outer_v6) {
+        Ok(()) => 0,
+        Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool) -> Result<(), u32> {
+    let hlen = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let inner_len = f.l3_len;
+    let outer_len = inner_len + hlen;
+    if outer_len > 0xffff {
+        return Err(reason::TOO_BIG);
+    }
+    // MTU check before touching the packet.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if let Route::TooBig = fib::lookup(ctx.ctx as *mut _, ingress, outer_v6, src, dst, outer_len as u16) {
+        return Err(reason::TOO_BIG);
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(hlen as i32)) } != 0 {
+        return Err(reason::ERROR);
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Move the L2 header (MACs, and the VLAN tag if any) to the new front; MACs are rewritten later.
+    let eth = ptr_at::<EthHdr>(start, end, 0).ok_or(reason::ERROR)?;
+    let old = ptr_at::<[u8; 18]>(start, end, hlen).ok_or(reason::ERROR)?;
+    let ethertype: u16 = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    unsafe {
+        if f.vlan {
+            let tag = ptr_at::<VlanHdr>(start, end, ETH_HLEN).ok_or(reason::ERROR)?;
+            (*eth).proto = ETH_P_8021Q.to_be();
+            (*tag).tci = u16::from_ne_bytes([(*old)[14], (*old)[15]]);
+            (*tag).proto = ethertype.to_be();
+            // 802.1ad outer tags are rewritten as 802.1Q: one tag is all the parser accepts anyway.
+        } else {
+            (*eth).proto = ethertype.to_be();
+        }
+    }
+    let inner_proto = if f.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    if outer_v6 {
+        let ip = ptr_at::<Ipv6Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
+        unsafe {
+            (*ip).version_tc_flow = [0x60, 0, 0, 0];
+            (*ip).payload_len = (inner_len as u16).to_be();
+            (*ip).nexthdr = inner_proto;
+            (*ip).hop_limit = 64;
+            (*ip).src = *src;
+            (*ip).dst = *dst;
+        }
+    } else {
+        let ip = ptr_at::<Ipv4Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
+        let (s, d) = (last4(src), last4(dst));
+        let tot = (outer_len as u16).to_be();
+        let words: [u16; 10] = [
+            u16::from_ne_bytes([0x45, 0]),
+            tot,
+            0,
+            0,
+            u16::from_ne_bytes([64, inner_proto]),
+            0,
+            u16::from_ne_bytes([s[0], s[1]]),
+            u16::from_ne_bytes([s[2], s[3]]),
+            u16::from_ne_bytes([d[0], d[1]]),
+            u16::from_ne_bytes([d[2], d[3]]),
+        ];
+        unsafe {
+            (*ip).version_ihl = 0x45;
+            (*ip).tos = 0;
+            (*ip).tot_len = tot;
+            (*ip).id = 0;
+            (*ip).frag_off = 0;
+            (*ip).ttl = 64;
+            (*ip).proto = inner_proto;
+            (*ip).check = csum::ipv4_header(&words);
+            (*ip).src = s;
+            (*ip).dst = d;
+        }
+    }
+    Ok(())
+}
