@@ -18,7 +18,15 @@ pub mod names {
     pub const SCRATCH: &str = "OXI_SCRATCH";
     /// Every pinned map.
     pub const PINNED: [&str; 9] = [
-        SERVICES, BACKENDS, TABLES, CONNTRACK, SNAT, CONFIG, STATS, SERVICE_STATS, BACKEND_STATS,
+        SERVICES,
+        BACKENDS,
+        TABLES,
+        CONNTRACK,
+        SNAT,
+        CONFIG,
+        STATS,
+        SERVICE_STATS,
+        BACKEND_STATS,
     ];
 }
 
@@ -55,7 +63,7 @@ pub const FAMILY_V6: u8 = 6;
 
 /// (VIP, port, protocol, scope) → [`ServiceValue`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
     pub addr: Addr,
     /// Network byte order.
@@ -208,11 +216,22 @@ pub mod reason {
 }
 
 #[cfg(feature = "user")]
-crate::pod!(ServiceKey, ServiceValue, Backend, FlowKey, CtEntry, SnatEntry, LbConfig, Counter);
+crate::pod!(
+    ServiceKey,
+    ServiceValue,
+    Backend,
+    FlowKey,
+    CtEntry,
+    SnatEntry,
+    LbConfig,
+    Counter
+);
 
 /// Maps an IPv4 address (network byte order octets) to the 16-byte form.
 pub const fn v4_mapped(o: [u8; 4]) -> Addr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }
 
 /// True when the 16-byte address is an IPv4-mapped address.

@@ -1,7 +1,10 @@
 //! Next-hop lookup through the kernel FIB (bpf_fib_lookup): egress interface and MAC addresses.
 use abi::lb::Addr;
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup,
+    },
     helpers::generated::bpf_fib_lookup as fib_lookup,
 };
 use core::{ffi::c_void, mem::size_of};
@@ -10,7 +13,11 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 pub enum Route {
-    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Via {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
     /// Route found, neighbour not resolved yet: let the kernel forward this packet (it resolves).
     NoNeighbour,
     /// The packet (of the given total length) exceeds the egress MTU.
@@ -22,7 +29,14 @@ pub enum Route {
 /// Looks up the route from `src` to `dst` for a packet entering on `ifindex`. `tot_len` > 0 asks
 /// the kernel to check it against the egress MTU.
 #[inline(always)]
-pub fn lookup(ctx: *mut c_void, ifindex: u32, v6: bool, src: &Addr, dst: &Addr, tot_len: u16) -> Route {
+pub fn lookup(
+    ctx: *mut c_void,
+    ifindex: u32,
+    v6: bool,
+    src: &Addr,
+    dst: &Addr,
+    tot_len: u16,
+) -> Route {
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
@@ -38,7 +52,11 @@ pub fn lookup(ctx: *mut c_void, ifindex: u32, v6: bool, src: &Addr, dst: &Addr, 
     }
     let rc = unsafe { fib_lookup(ctx, &mut p, size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Via { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Via {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
         _ => Route::None,

@@ -25,7 +25,13 @@ impl Target {
     pub const fn new() -> Self {
         Target {
             backend_id: 0,
-            backend: Backend { addr: [0; 16], port: 0, family: 0, state: 0, service_id: 0 },
+            backend: Backend {
+                addr: [0; 16],
+                port: 0,
+                family: 0,
+                state: 0,
+                service_id: 0,
+            },
             snat_port: 0,
         }
     }
@@ -45,14 +51,24 @@ pub fn config() -> Option<&'static LbConfig> {
 /// The service whose frontend is the flow's destination.
 #[inline(always)]
 pub fn service(k: &FlowKey) -> Option<&'static ServiceValue> {
-    let key = ServiceKey { addr: k.dst, port: k.dport, proto: k.proto, scope: SCOPE_EXTERNAL };
+    let key = ServiceKey {
+        addr: k.dst,
+        port: k.dport,
+        proto: k.proto,
+        scope: SCOPE_EXTERNAL,
+    };
     unsafe { OXI_SERVICES.get(&key) }
 }
 
 /// True when `addr` is a VIP (the agent keeps a port-0 marker entry per VIP).
 #[inline(always)]
 pub fn is_vip(addr: &Addr) -> bool {
-    let key = ServiceKey { addr: *addr, port: 0, proto: 0, scope: SCOPE_EXTERNAL };
+    let key = ServiceKey {
+        addr: *addr,
+        port: 0,
+        proto: 0,
+        scope: SCOPE_EXTERNAL,
+    };
     unsafe { OXI_SERVICES.get(&key) }.is_some()
 }
 

@@ -1,10 +1,10 @@
 //! The maps, defined once for every program. The agent pins them by name (see abi::lb::names), so
 //! the XDP and tc objects share one set and an agent restart finds them again.
+use crate::{lb::Target, parse::Flow};
 use abi::lb::{
     BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, MAX_BACKENDS, MAX_CONNTRACK,
     MAX_SERVICES, ServiceKey, ServiceValue, SnatEntry, reason,
 };
-use crate::{lb::Target, parse::Flow};
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
@@ -35,8 +35,7 @@ pub static OXI_CONNTRACK: LruHashMap<FlowKey, CtEntry, { MAX_CONNTRACK as usize 
 
 /// SNAT replies (backend → LB address) → the original client ↔ VIP tuple.
 #[btf_map]
-pub static OXI_SNAT: LruHashMap<FlowKey, SnatEntry, { MAX_CONNTRACK as usize }> =
-    LruHashMap::new();
+pub static OXI_SNAT: LruHashMap<FlowKey, SnatEntry, { MAX_CONNTRACK as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static OXI_CONFIG: Array<LbConfig, 1> = Array::new();
@@ -45,12 +44,10 @@ pub static OXI_CONFIG: Array<LbConfig, 1> = Array::new();
 pub static OXI_STATS: PerCpuArray<Counter, { reason::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static OXI_SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> =
-    PerCpuArray::new();
+pub static OXI_SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static OXI_BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+pub static OXI_BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// Per-CPU scratch space for a packet's working state: keeps the 512-byte BPF stack free for the
 /// helpers' arguments (the verifier sums the stack of every frame in a call chain).

@@ -80,7 +80,11 @@ pub fn parse(start: usize, end: usize, f: &mut Flow) -> Parsed {
         ETH_P_IPV6 => parse_v6(start, end, f),
         _ => return Parsed::NotIp,
     };
-    if ok.is_some() && parse_l4(start, end, f) { Parsed::Ip } else { Parsed::Malformed }
+    if ok.is_some() && parse_l4(start, end, f) {
+        Parsed::Ip
+    } else {
+        Parsed::Malformed
+    }
 }
 
 #[inline(always)]
@@ -183,7 +187,11 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
     f.icmp_error = false;
     match f.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let need = if f.key.proto == IPPROTO_TCP { TCP_HLEN } else { UDP_HLEN };
+            let need = if f.key.proto == IPPROTO_TCP {
+                TCP_HLEN
+            } else {
+                UDP_HLEN
+            };
             if start + f.l4_off + need > end {
                 return false;
             }
@@ -215,7 +223,14 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
 impl Flow {
     pub const fn new() -> Self {
         Flow {
-            key: FlowKey { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0, _pad: [0; 3] },
+            key: FlowKey {
+                src: [0; 16],
+                dst: [0; 16],
+                sport: 0,
+                dport: 0,
+                proto: 0,
+                _pad: [0; 3],
+            },
             l3_off: 0,
             l4_off: 0,
             l3_len: 0,

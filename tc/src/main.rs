@@ -34,8 +34,15 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
         _ => return TC_ACT_OK,
     };
     let outer_len = (f.l4_off - f.l3_off) as i32;
-    let flags = if inner_v6 { BPF_F_ADJ_ROOM_DECAP_L3_IPV6 } else { BPF_F_ADJ_ROOM_DECAP_L3_IPV4 };
-    if ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, flags as u64).is_err() {
+    let flags = if inner_v6 {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+    } else {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+    };
+    if ctx
+        .adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, flags as u64)
+        .is_err()
+    {
         stats::reason(reason::ERROR, 0);
         return TC_ACT_SHOT;
     }

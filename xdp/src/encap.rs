@@ -20,7 +20,13 @@ pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool)
 }
 
 #[inline(always)]
-fn try_encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool) -> Result<(), u32> {
+fn try_encap(
+    ctx: &XdpContext,
+    f: &Flow,
+    src: &Addr,
+    dst: &Addr,
+    outer_v6: bool,
+) -> Result<(), u32> {
     let hlen = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN };
     let inner_len = f.l3_len;
     let outer_len = inner_len + hlen;
@@ -29,7 +35,14 @@ fn try_encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool)
     }
     // MTU check before touching the packet.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if let Route::TooBig = fib::lookup(ctx.ctx as *mut _, ingress, outer_v6, src, dst, outer_len as u16) {
+    if let Route::TooBig = fib::lookup(
+        ctx.ctx as *mut _,
+        ingress,
+        outer_v6,
+        src,
+        dst,
+        outer_len as u16,
+    ) {
         return Err(reason::TOO_BIG);
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(hlen as i32)) } != 0 {

@@ -17,8 +17,7 @@ use datapath::{
     fib::{self, Route},
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
     lb::{self, Target},
-    maps,
-    nat,
+    maps, nat,
     parse::{self, Flow, Fragment, Parsed, ptr_at},
     stats,
 };
@@ -101,7 +100,11 @@ fn forward(
     if nat::rewrite(ctx.data(), ctx.data_end(), f, new).is_err() {
         return count(reason::MALFORMED, bytes, XDP_DROP);
     }
-    count(reason::FWD_SNAT, bytes, transmit(ctx, f, &new.src, &new.dst, 0))
+    count(
+        reason::FWD_SNAT,
+        bytes,
+        transmit(ctx, f, &new.src, &new.dst, 0),
+    )
 }
 
 /// Backend → LB (SNAT reply): restore VIP → client and send it back towards the client.
@@ -116,7 +119,11 @@ fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u6
         return count(reason::MALFORMED, bytes, XDP_DROP);
     }
     stats::service(e.service_id, bytes);
-    count(reason::REV_SNAT, bytes, transmit(ctx, f, &new.src, &new.dst, 0))
+    count(
+        reason::REV_SNAT,
+        bytes,
+        transmit(ctx, f, &new.src, &new.dst, 0),
+    )
 }
 
 /// Sends a translated packet to its next hop: MACs from the FIB, XDP_TX on the same interface
@@ -125,8 +132,19 @@ fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u6
 #[inline(never)]
 fn transmit(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, tot_len: u16) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    match fib::lookup(ctx.ctx as *mut _, ingress, !abi::lb::is_v4_mapped(dst), src, dst, tot_len) {
-        Route::Via { ifindex, smac, dmac } => {
+    match fib::lookup(
+        ctx.ctx as *mut _,
+        ingress,
+        !abi::lb::is_v4_mapped(dst),
+        src,
+        dst,
+        tot_len,
+    ) {
+        Route::Via {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
                 return XDP_DROP;
             };

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// The validated config file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Config {
     pub snat: Snat,
     pub maglev_seed: u32,
@@ -26,7 +26,7 @@ pub struct Config {
 }
 
 /// The LB's own addresses and ports used for SNAT (and as the DSR tunnel source).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Snat {
     /// `None`: the agent picks the interface's IPv4 address.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +116,7 @@ pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 pub const TABLE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 251..=131071;
 
 /// One virtual service: a VIP, port and protocol, and the backends behind it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Service {
     pub name: String,
     pub vip: IpAddr,
@@ -184,7 +184,7 @@ pub enum HealthCheckKind {
 }
 
 /// One problem found in the file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Issue {
     /// 1-based line in the file.
     pub line: usize,

@@ -69,9 +69,13 @@ impl Check {
         Check {
             kind: match &hc.kind {
                 HealthCheckKind::Tcp => CheckKind::Tcp,
-                HealthCheckKind::Http { path, expect_status } => {
-                    CheckKind::Http { path: path.clone(), expect_status: *expect_status }
-                }
+                HealthCheckKind::Http {
+                    path,
+                    expect_status,
+                } => CheckKind::Http {
+                    path: path.clone(),
+                    expect_status: *expect_status,
+                },
             },
             interval: hc.interval,
             timeout: hc.timeout,
@@ -86,7 +90,10 @@ pub enum CheckKind {
     /// Success: a TCP connection is established within the timeout.
     Tcp,
     /// Success: `GET path HTTP/1.1` answers with `expect_status`, or any 2xx if `None`.
-    Http { path: String, expect_status: Option<u16> },
+    Http {
+        path: String,
+        expect_status: Option<u16>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,19 +141,24 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Prober<K> {
     /// Like [`Prober::new`], choosing the state new targets start in.
     pub fn with_initial(initial: Health) -> (Prober<K>, UnboundedReceiver<HealthEvent<K>>) {
         let (events, rx) = unbounded_channel();
-        let prober = Prober { targets: HashMap::new(), events, initial, runtime: Handle::current() };
+        let prober = Prober {
+            targets: HashMap::new(),
+            events,
+            initial,
+            runtime: Handle::current(),
+        };
         (prober, rx)
     }
 
     /// Replace the set of targets (see the crate docs for what is kept and what restarts).
     /// If an id appears more than once, the last one wins.
+    ///
+    /// A probe already running when its target is removed or changed may still deliver one late event
+    /// for that id; [`Prober::state`] is always current, so a consumer can check it when that matters.
     pub fn set_targets(&mut self, targets: impl IntoIterator<Item = (K, Target)>) {
+        let targets: HashMap<K, Target> = targets.into_iter().collect(); // the last one wins
         let mut old = std::mem::take(&mut self.targets);
         for (id, target) in targets {
-            if let Some(previous) = self.targets.remove(&id) {
-                previous.task.abort(); // duplicate id in the input: the last one wins
-                old.entry(id.clone()).or_insert(previous);
-            }
             let running = match old.remove(&id) {
                 Some(r) if r.target == target => r,
                 Some(r) => {
@@ -165,12 +177,16 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Prober<K> {
 
     /// The current health of `id`, or `None` if it is not a target.
     pub fn state(&self, id: &K) -> Option<Health> {
-        self.targets.get(id).map(|r| health(r.healthy.load(Ordering::Relaxed)))
+        self.targets
+            .get(id)
+            .map(|r| health(r.healthy.load(Ordering::Relaxed)))
     }
 
     /// Every target and its current health.
     pub fn states(&self) -> impl Iterator<Item = (&K, Health)> {
-        self.targets.iter().map(|(k, r)| (k, health(r.healthy.load(Ordering::Relaxed))))
+        self.targets
+            .iter()
+            .map(|(k, r)| (k, health(r.healthy.load(Ordering::Relaxed))))
     }
 
     /// The target probed under `id`.
@@ -188,8 +204,14 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Prober<K> {
 
     fn start(&self, id: K, target: Target, healthy: bool) -> Running {
         let flag = Arc::new(AtomicBool::new(healthy));
-        let task = self.runtime.spawn(run(id, target.clone(), flag.clone(), self.events.clone()));
-        Running { target, healthy: flag, task }
+        let task = self
+            .runtime
+            .spawn(run(id, target.clone(), flag.clone(), self.events.clone()));
+        Running {
+            target,
+            healthy: flag,
+            task,
+        }
     }
 }
 
@@ -202,13 +224,21 @@ impl<K> Drop for Prober<K> {
 }
 
 fn health(healthy: bool) -> Health {
-    if healthy { Health::Healthy } else { Health::Unhealthy }
+    if healthy {
+        Health::Healthy
+    } else {
+        Health::Unhealthy
+    }
 }
 
 /// The probe loop of one target: first probe at once, then every `interval` (a probe that overruns
 /// delays the next rather than bunching them up).
-async fn run<K>(id: K, target: Target, healthy: Arc<AtomicBool>, events: UnboundedSender<HealthEvent<K>>)
-where
+async fn run<K>(
+    id: K,
+    target: Target,
+    healthy: Arc<AtomicBool>,
+    events: UnboundedSender<HealthEvent<K>>,
+) where
     K: Clone + Send + 'static,
 {
     let check = &target.check;
@@ -237,10 +267,15 @@ where
             healthy.store(now, Ordering::Relaxed);
             match &result {
                 Ok(()) => tracing::info!(address = %target.address, "backend healthy"),
-                Err(e) => tracing::info!(address = %target.address, error = %e, "backend unhealthy"),
+                Err(e) => {
+                    tracing::info!(address = %target.address, error = %e, "backend unhealthy")
+                }
             }
             // A dropped receiver only means nobody listens; keep probing so `state` stays current.
-            let _ = events.send(HealthEvent { id: id.clone(), healthy: now });
+            let _ = events.send(HealthEvent {
+                id: id.clone(),
+                healthy: now,
+            });
         }
     }
 }

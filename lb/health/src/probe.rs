@@ -35,7 +35,11 @@ pub enum ProbeError {
 }
 
 /// Probe `address` once; the whole probe (connect, request, status line) must finish within `timeout`.
-pub async fn probe(address: SocketAddr, kind: &CheckKind, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn probe(
+    address: SocketAddr,
+    kind: &CheckKind,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let deadline = Instant::now() + timeout;
     let stream = timeout_at(deadline, TcpStream::connect(address))
         .await
@@ -43,9 +47,10 @@ pub async fn probe(address: SocketAddr, kind: &CheckKind, timeout: Duration) -> 
         .map_err(ProbeError::Connect)?;
     match kind {
         CheckKind::Tcp => Ok(()),
-        CheckKind::Http { path, expect_status } => {
-            http(stream, address, path, *expect_status, deadline, timeout).await
-        }
+        CheckKind::Http {
+            path,
+            expect_status,
+        } => http(stream, address, path, *expect_status, deadline, timeout).await,
     }
 }
 
@@ -63,7 +68,10 @@ async fn http(
          Connection: close\r\n\r\n"
     );
     let status = timeout_at(deadline, async {
-        stream.write_all(request.as_bytes()).await.map_err(ProbeError::Io)?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(ProbeError::Io)?;
         read_status(&mut stream).await
     })
     .await
@@ -78,7 +86,10 @@ async fn http(
         Ok(())
     } else {
         let expected = expect.map_or_else(|| "2xx".to_string(), |s| s.to_string());
-        Err(ProbeError::Status { got: status, expected })
+        Err(ProbeError::Status {
+            got: status,
+            expected,
+        })
     }
 }
 
@@ -95,7 +106,9 @@ async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
         }
         let n = stream.read(&mut chunk).await.map_err(ProbeError::Io)?;
         if n == 0 {
-            return Err(ProbeError::BadResponse("connection closed before the status line".into()));
+            return Err(ProbeError::BadResponse(
+                "connection closed before the status line".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -103,13 +116,17 @@ async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
 }
 
 fn parse_status_line(line: &[u8]) -> Result<u16, ProbeError> {
-    let line = std::str::from_utf8(line).map_err(|_| ProbeError::BadResponse("not UTF-8".into()))?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| ProbeError::BadResponse("not UTF-8".into()))?;
     let line = line.trim_end_matches('\r');
     let bad = || ProbeError::BadResponse(format!("bad status line `{}`", line.escape_default()));
     let mut parts = line.splitn(3, ' ');
     let version = parts.next().ok_or_else(bad)?;
     let code = parts.next().ok_or_else(bad)?;
-    if !version.starts_with("HTTP/1.") || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !version.starts_with("HTTP/1.")
+        || code.len() != 3
+        || !code.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     code.parse().map_err(|_| bad())
@@ -133,10 +150,23 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r").unwrap(), 200);
-        assert_eq!(parse_status_line(b"HTTP/1.0 503 Service Unavailable").unwrap(), 503);
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable").unwrap(),
+            503
+        );
         assert_eq!(parse_status_line(b"HTTP/1.1 204").unwrap(), 204);
-        for bad in [&b"SSH-2.0-OpenSSH"[..], b"HTTP/1.1 20 OK", b"HTTP/2 200", b"HTTP/1.1 abc", b""] {
-            assert!(parse_status_line(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"SSH-2.0-OpenSSH"[..],
+            b"HTTP/1.1 20 OK",
+            b"HTTP/2 200",
+            b"HTTP/1.1 abc",
+            b"",
+        ] {
+            assert!(
+                parse_status_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -20,8 +20,9 @@
 //!    round-robin fill of the Maglev paper: everyone claims in every round, in key order, and the
 //!    backends whose quota is one lower sit out the last round.
 //!
-//! Cost: about `size * ln(size)` probes of a one-bit-per-slot bitmap (which stays in L1 cache), plus
-//! `O(N log N)` for sorting; scratch memory is `O(N + size)` and well under 1 MiB at the largest size.
+//! Cost: about `size * ln(size)` probes of a one-bit-per-slot bitmap (which stays in L1 cache), fewer in
+//! the last `sqrt(size / 4)` claims, which scan the few free slots instead; plus `O(N log N)` for sorting.
+//! Scratch memory is `O(N + size)`, under 1 MiB at the largest size (M = 65521, N = 1000: 1.4 ms, 44 KiB).
 #![forbid(unsafe_code)]
 
 mod hash;
@@ -76,7 +77,7 @@ fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -241,7 +242,7 @@ fn endgame_threshold(size: u32) -> u32 {
     (size / ENDGAME_DIVISOR).isqrt()
 }
 
-const ENDGAME_DIVISOR: u32 = 64;
+const ENDGAME_DIVISOR: u32 = 4;
 
 fn fill_with(mut lanes: Vec<Lane>, size: u32, endgame: u32) -> Vec<u32> {
     let qmax = lanes.iter().map(|l| l.quota).max().unwrap_or(0);

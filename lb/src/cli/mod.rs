@@ -1,26 +1,119 @@
 //! Command-line entry: parses flags and dispatches to the agent or a client command.
-use clap::{Parser, Subcommand};
-use std::process::ExitCode;
-
+mod client;
+mod maglev_table;
 pub mod policy;
 
+use crate::agent::{self, AgentArgs};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::{path::PathBuf, process::ExitCode};
+
 #[derive(Parser)]
-#[command(name = "oxilium", version, about = "eBPF load balancer, kube-proxy replacement and CNI")]
+#[command(
+    name = "oxilium",
+    version,
+    about = "eBPF load balancer, kube-proxy replacement and CNI"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags every client command takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// The agent's API socket.
+    #[arg(long, default_value = "/run/oxilium/oxilium.sock")]
+    pub socket: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent (edge LB or DSR backend).
+    Agent(AgentArgs),
+    /// The agent's state and datapath counters.
+    Status(ClientArgs),
+    /// Services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// The BPF maps as the kernel holds them.
+    #[command(subcommand)]
+    Bpf(BpfCmd),
+    /// Maglev tables: offline (`table`) or from the kernel (`get`).
+    #[command(subcommand)]
+    Maglev(MaglevCmd),
+    /// Connection tracking.
+    #[command(subcommand)]
+    Ct(CtCmd),
     /// Identity and network policy (offline with --manifests).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
 }
 
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Services with their backends, health and counters.
+    List(ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    /// `bpf lb list`: frontend entries and backends in the LB maps.
+    #[command(subcommand)]
+    Lb(BpfLbCmd),
+}
+
+#[derive(Subcommand)]
+enum BpfLbCmd {
+    List(ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum MaglevCmd {
+    /// Build a table offline (no kernel, no root).
+    Table(maglev_table::TableArgs),
+    /// The table of a service as the kernel holds it.
+    Get {
+        service: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// Tracked flows and the backend each is pinned to.
+    List(ClientArgs),
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Command::Agent(a) => {
+            init_tracing();
+            agent::run(a)
+        }
+        Command::Status(c) => client::show(&c, "/status", client::Kind::Status),
+        Command::Service(ServiceCmd::List(c)) => {
+            client::show(&c, "/services", client::Kind::Services)
+        }
+        Command::Bpf(BpfCmd::Lb(BpfLbCmd::List(c))) => {
+            client::show(&c, "/bpf/lb", client::Kind::BpfLb)
+        }
+        Command::Maglev(MaglevCmd::Table(t)) => maglev_table::run(&t),
+        Command::Maglev(MaglevCmd::Get { service, client: c }) => {
+            client::show(&c, &format!("/maglev/{service}"), client::Kind::Maglev)
+        }
+        Command::Ct(CtCmd::List(c)) => client::show(&c, "/ct", client::Kind::Conntrack),
         Command::Policy(c) => policy::run(c),
     };
     match res {
@@ -30,4 +123,13 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXILIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

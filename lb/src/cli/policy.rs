@@ -1,9 +1,128 @@
-//! `oxilium policy ...` (placeholder until the policy engine lands).
-use clap::Subcommand;
+//! `oxilium policy ...`: offline policy verdicts and computed policy maps from a manifests folder.
+//! Flag parsing and printing only; the engine and the JSON shapes live in the policy crate.
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use policy::offline::{self, Offline, Query};
+use policy::{Config, Enforcement};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Default,
+    Always,
+    Never,
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// Folder of YAML manifests (Namespaces, Pods, NetworkPolicies, Cilium policies).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Policy enforcement mode.
+    #[arg(long, value_enum, default_value = "default")]
+    enforcement: Mode,
+    /// Audit mode: report would-be drops as `audit`.
+    #[arg(long)]
+    audit: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "json")]
+    output: Output,
+}
+
+impl Common {
+    fn load(&self) -> anyhow::Result<Offline> {
+        let enforcement = match self.enforcement {
+            Mode::Default => Enforcement::Default,
+            Mode::Always => Enforcement::Always,
+            Mode::Never => Enforcement::Never,
+        };
+        let cfg = Config {
+            enforcement,
+            audit: self.audit,
+            ..Config::default()
+        };
+        Offline::load(&self.manifests, cfg)
+            .with_context(|| format!("--manifests {}", self.manifests.display()))
+    }
+}
 
 #[derive(Subcommand)]
-pub enum PolicyCmd {}
+pub enum PolicyCmd {
+    /// The verdict for one flow: allow, deny, redirect (to the L7 proxy) or audit.
+    Verdict {
+        #[command(flatten)]
+        common: Common,
+        /// Source pod, NAMESPACE/POD.
+        #[arg(long)]
+        from: String,
+        /// Destination pod (NAMESPACE/POD) or IP address.
+        #[arg(long)]
+        to: String,
+        /// Destination port and protocol, PORT/PROTO (TCP, UDP, SCTP).
+        #[arg(long)]
+        port: String,
+        /// Evaluate L7 rules for this HTTP request: METHOD PATH.
+        #[arg(long, num_args = 2, value_names = ["METHOD", "PATH"])]
+        http: Option<Vec<String>>,
+        /// Host of the HTTP request.
+        #[arg(long, requires = "http")]
+        http_host: Option<String>,
+        /// Header of the HTTP request, 'Name: value' (repeatable).
+        #[arg(long, requires = "http")]
+        http_header: Vec<String>,
+    },
+    /// The computed policy map of one endpoint.
+    Get {
+        #[command(flatten)]
+        common: Common,
+        /// NAMESPACE/POD.
+        #[arg(long)]
+        endpoint: String,
+    },
+}
 
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
-    match cmd {}
+    let out = match cmd {
+        PolicyCmd::Verdict {
+            common,
+            from,
+            to,
+            port,
+            http,
+            http_host,
+            http_header,
+        } => {
+            let from = offline::parse_pod_ref("--from", &from)?;
+            let to = offline::parse_target("--to", &to)?;
+            let (port, proto) = offline::parse_port("--port", &port)?;
+            let headers = http_header
+                .iter()
+                .map(|h| offline::parse_header("--http-header", h))
+                .collect::<Result<Vec<_>, _>>()?;
+            let http = http.map(|v| policy::l7::HttpRequest {
+                method: v[0].clone(),
+                path: v[1].clone(),
+                host: http_host,
+                headers,
+            });
+            common.load()?.verdict(&Query {
+                from,
+                to,
+                port,
+                proto,
+                http,
+            })?
+        }
+        PolicyCmd::Get { common, endpoint } => {
+            let endpoint = offline::parse_pod_ref("--endpoint", &endpoint)?;
+            common.load()?.get(&endpoint)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }

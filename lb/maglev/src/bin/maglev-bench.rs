@@ -165,6 +165,77 @@ fn disruption(size: u32, n: usize) {
     );
 }
 
+/// Random removals with M ≥ 100·N (equal and 1..=10 weights): the worst "other slots moved" per M,
+/// against the bound the property tests assert (`2 · own + M / 50`).
+fn churn_survey(trials: usize) {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let sizes = [251u32, 1009, 4093, 16381, 65521];
+    // (trials, worst others/own, worst others/M, worst others/bound)
+    let mut worst = [(0usize, 0f64, 0f64, 0f64); 5];
+    for trial in 0..trials {
+        let which = (next() % sizes.len() as u64) as usize;
+        let size = sizes[which];
+        let n = 2 + (next() % u64::from(size / 100).min(1000)) as usize;
+        let keys: Vec<String> = (0..n)
+            .map(|_| {
+                format!(
+                    "{}:{}",
+                    std::net::Ipv4Addr::from(next() as u32),
+                    next() % 65536
+                )
+            })
+            .collect();
+        let all: Vec<Backend> = keys
+            .iter()
+            .map(|key| Backend {
+                key,
+                weight: if trial % 2 == 0 {
+                    1
+                } else {
+                    1 + (next() % 10) as u32
+                },
+            })
+            .collect();
+        let seed = next() as u32;
+        let Ok(before) = build(&all, size, seed) else {
+            continue; // a duplicate key: vanishingly rare, skip
+        };
+        let victim = (next() % n as u64) as usize;
+        let mut rest = all.clone();
+        rest.remove(victim);
+        let after = build(&rest, size, seed).unwrap();
+        let (mut own, mut others) = (0usize, 0usize);
+        for (&b, &a) in before.iter().zip(&after) {
+            if b as usize == victim {
+                own += 1;
+            } else if all[b as usize].key != rest[a as usize].key {
+                others += 1;
+            }
+        }
+        let w = &mut worst[which];
+        w.0 += 1;
+        w.1 = w.1.max(others as f64 / own as f64);
+        w.2 = w.2.max(others as f64 / f64::from(size));
+        w.3 =
+            w.3.max(others as f64 / (2 * own + size as usize / 50) as f64);
+    }
+    println!("\nRandom removals, M ≥ 100·N, half equal weights, half 1..=10 (worst case per M)\n");
+    println!("|      M | trials | others / own | others / M | others / (2·own + M/50) |");
+    println!("|-------:|-------:|-------------:|-----------:|-----------------------:|");
+    for (size, (count, per_own, per_m, per_bound)) in sizes.iter().zip(worst) {
+        println!(
+            "| {size:>6} | {count:>6} | {per_own:>12.2} | {:>9.2}% | {per_bound:>22.2} |",
+            per_m * 100.0
+        );
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_millis(if quick { 50 } else { 600 });
@@ -220,5 +291,6 @@ fn main() {
             disruption(size, n);
         }
     }
+    churn_survey(if quick { 300 } else { 3000 });
     println!("\ntotal run time {:.1} s", started.elapsed().as_secs_f64());
 }

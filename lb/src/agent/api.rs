@@ -1,0 +1,103 @@
+//! The agent's API: HTTP/1.1 + JSON on a unix socket (root only, mode 0600).
+use super::{Shared, views};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use std::{os::unix::fs::PermissionsExt, path::Path};
+use tokio::{net::UnixListener, task::JoinHandle};
+use tracing::debug;
+
+pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req)) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!("api connection: {e}");
+                }
+            });
+        }
+    }))
+}
+
+fn handle(state: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let st = state.lock().unwrap();
+    let result = match path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["status"] => Ok(views::status(&st)),
+        ["services"] => Ok(views::services(&st)),
+        ["bpf", "lb"] => views::bpf_lb(&st),
+        ["maglev", name] => views::maglev(&st, name),
+        ["ct"] => views::conntrack(&st),
+        _ => Err(anyhow::anyhow!("no such endpoint: {path}")),
+    };
+    let (code, body) = match result {
+        Ok(v) => (StatusCode::OK, v),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("{e:#}") }),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = code;
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
+/// The CLI side: GET `path` from the agent and return the JSON body.
+pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the agent at {} (is it running? are you root?)",
+                socket.display()
+            )
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "oxilium")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).context("agent sent invalid JSON")?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{}",
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed")
+        );
+    }
+    Ok(v)
+}

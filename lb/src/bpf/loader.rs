@@ -1,0 +1,145 @@
+//! Loads the embedded objects with their maps pinned under the pin folder (reusing the pins of an
+//! earlier run, so flows survive a restart) and attaches programs through pinned bpf_links, which
+//! a restarted agent atomically points at its own freshly loaded program.
+use super::objects;
+use abi::lb::names;
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `dir` exists on a bpf file system (mounting one at /sys/fs/bpf if needed).
+pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let (src, target, fstype) = (c"bpf", CString::new("/sys/fs/bpf")?, c"bpf");
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "mounting bpffs on /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating pin folder {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "pin folder {} is not on a bpf file system (mount -t bpf bpf DIR)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn load(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
+    let paths: Vec<(&'static str, PathBuf)> = names::PINNED
+        .iter()
+        .map(|n| (*n, pin_dir.join(n)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(object).context("loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)")
+}
+
+fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{kind}_{iface}"))
+}
+
+/// Loads the XDP object and attaches `oxilium_lb` to every interface.
+pub fn load_xdp(pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Ebpf> {
+    let mut ebpf = load(objects::xdp(), pin_dir)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("oxilium_lb")
+        .context("program oxilium_lb")?
+        .try_into()?;
+    prog.load().context("verifying oxilium_lb")?;
+    for iface in ifaces {
+        let pin = link_pin(pin_dir, "xdp", iface);
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let fd = old.unpin().context("unpinning the previous XDP link")?;
+                prog.attach_to_link(XdpLink::try_from(fd)?)
+                    .with_context(|| format!("replacing the XDP program on {iface}"))?
+            }
+            Err(_) => prog
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP to {iface}"))?,
+        };
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into().context("XDP link is not a bpf_link")?;
+        fd.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(ebpf)
+}
+
+/// Loads the tc object and attaches `oxilium_decap` on the ingress of every interface (DSR backends).
+pub fn load_decap(pin_dir: &Path, ifaces: &[String]) -> Result<Ebpf> {
+    let mut ebpf = load(objects::tc(), pin_dir)?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut("oxilium_decap")
+        .context("program oxilium_decap")?
+        .try_into()?;
+    prog.load().context("verifying oxilium_decap")?;
+    for iface in ifaces {
+        let pin = link_pin(pin_dir, "tc_ingress", iface);
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let fd = old.unpin().context("unpinning the previous tc link")?;
+                prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
+                    .with_context(|| format!("replacing the tc program on {iface}"))?
+            }
+            Err(_) => prog
+                .attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching tc ingress to {iface}"))?,
+        };
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link
+            .try_into()
+            .context("tc link is not a bpf_link (TCX needs kernel ≥ 6.6)")?;
+        fd.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(ebpf)
+}
+
+/// Detaches everything and removes the pin folder (`oxilium agent --cleanup`).
+pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    Ok(())
+}

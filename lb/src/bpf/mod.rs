@@ -1,0 +1,5 @@
+//! The kernel side as the agent sees it: embedded objects, loading and attaching programs, and
+//! typed access to the pinned maps.
+pub mod datapath;
+pub mod loader;
+pub mod objects;

@@ -1,0 +1,133 @@
+//! Client commands: ask the agent over its socket, print JSON or a table.
+use super::{ClientArgs, Output};
+use anyhow::Result;
+use serde_json::Value;
+
+pub enum Kind {
+    Status,
+    Services,
+    BpfLb,
+    Maglev,
+    Conntrack,
+}
+
+pub fn show(args: &ClientArgs, path: &str, kind: Kind) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let v = rt.block_on(crate::agent::api_get(&args.socket, path))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Text => print!("{}", text(&v, kind)),
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn text(v: &Value, kind: Kind) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    let list = v.as_array().unwrap_or(&empty);
+    match kind {
+        Kind::Status => {
+            for key in [
+                "role",
+                "interfaces",
+                "config",
+                "services",
+                "backends",
+                "conntrack_entries",
+                "reloads",
+                "last_error",
+            ] {
+                out += &format!("{key:<18} {}\n", s(&v[key]));
+            }
+            if let Some(c) = v["counters"].as_object() {
+                out += "counters:\n";
+                for (name, c) in c {
+                    out += &format!(
+                        "  {name:<16} {:>12} pkts {:>14} bytes\n",
+                        s(&c["packets"]),
+                        s(&c["bytes"])
+                    );
+                }
+            }
+        }
+        Kind::Services => {
+            for svc in list {
+                out += &format!(
+                    "{} {} ({}, {}, M={}) {} pkts {} bytes\n",
+                    s(&svc["name"]),
+                    s(&svc["frontend"]),
+                    s(&svc["algorithm"]),
+                    s(&svc["mode"]),
+                    s(&svc["table_size"]),
+                    s(&svc["packets"]),
+                    s(&svc["bytes"])
+                );
+                for b in svc["backends"].as_array().unwrap_or(&empty) {
+                    out += &format!(
+                        "  -> {:<28} weight {:<5} {:<12} {} pkts {} bytes\n",
+                        s(&b["address"]),
+                        s(&b["weight"]),
+                        s(&b["state"]),
+                        s(&b["packets"]),
+                        s(&b["bytes"])
+                    );
+                }
+            }
+        }
+        Kind::BpfLb => {
+            for svc in list {
+                out += &format!(
+                    "{:<32} id {:<5} {} {} slots {}\n",
+                    s(&svc["frontend"]),
+                    s(&svc["id"]),
+                    s(&svc["algorithm"]),
+                    s(&svc["mode"]),
+                    s(&svc["table_size"])
+                );
+                for b in svc["backends"].as_array().unwrap_or(&empty) {
+                    out += &format!(
+                        "  {:>6} {:<28} {}\n",
+                        s(&b["id"]),
+                        s(&b["address"]),
+                        s(&b["state"])
+                    );
+                }
+            }
+        }
+        Kind::Maglev => {
+            let table = v["table"].as_array().unwrap_or(&empty);
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for b in table {
+                *counts.entry(s(b)).or_default() += 1;
+            }
+            out += &format!("service {} size {}\n", s(&v["service"]), table.len());
+            for (b, n) in counts {
+                out += &format!("  {b:<28} {n:>7} slots\n");
+            }
+        }
+        Kind::Conntrack => {
+            for c in list {
+                out += &format!(
+                    "{} {} -> {} backend {} snat_port {} {} pkts\n",
+                    s(&c["protocol"]),
+                    s(&c["client"]),
+                    s(&c["frontend"]),
+                    s(&c["backend_id"]),
+                    s(&c["snat_port"]),
+                    s(&c["packets"])
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,84 @@
+//! The service model, whatever the source (edge LB config file now, Kubernetes later): frontends
+//! with their backends, each backend with a weight and a state.
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => abi::lb::PROTO_TCP,
+            Protocol::Udp => abi::lb::PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            abi::lb::PROTO_TCP => Some(Protocol::Tcp),
+            abi::lb::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Maglev,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Snat,
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new flows.
+    Active,
+    /// Failing its health check: out of new-flow selection, established flows stay.
+    Quarantined,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub frontend: Frontend,
+    pub algorithm: Algorithm,
+    pub mode: Mode,
+    /// Maglev table size M (ignored for random).
+    pub table_size: u32,
+    pub conntrack_timeout_s: u32,
+    pub backends: Vec<Backend>,
+}
+
+/// Everything the LB datapath should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Model {
+    pub maglev_seed: u32,
+    pub services: Vec<Service>,
+}

@@ -1,0 +1,393 @@
+//! Writes the compiled tables into the datapath, touching only what differs from what it holds,
+//! in an order that never leaves a frontend pointing at nothing: backends → selection table →
+//! service entry → removal of old backends (and of the flows pinned to them).
+use crate::compile::{CompiledService, addr_bytes, vip_marker};
+use abi::lb::{
+    self as abi_lb, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
+    ServiceValue,
+};
+use anyhow::{Result, bail};
+use serde::Serialize;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+/// The operations the reconciler needs from the datapath (the pinned maps, or a fake in tests).
+pub trait Datapath {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    fn backends(&self) -> Result<Vec<(u32, Backend)>>;
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
+    fn remove_backend(&mut self, id: u32) -> Result<()>;
+    /// Replaces a service's selection table in one step.
+    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()>;
+    /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
+    fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Realised {
+    id: u32,
+    value: ServiceValue,
+    backends: BTreeMap<SocketAddr, (u32, Backend)>,
+    /// None: unknown (after a restart) and rewritten on the next apply.
+    table: Option<Vec<u32>>,
+}
+
+/// What one apply changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub services_written: usize,
+    pub services_removed: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+    pub tables_written: usize,
+    pub flows_flushed: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+pub struct Reconciler<D> {
+    dp: D,
+    services: BTreeMap<ServiceKey, Realised>,
+    markers: BTreeSet<ServiceKey>,
+    service_ids: Ids,
+    backend_ids: Ids,
+}
+
+impl<D: Datapath> Reconciler<D> {
+    /// Adopts what the datapath already holds (an agent restart keeps ids, so flows keep going).
+    pub fn open(dp: D) -> Result<Self> {
+        let mut services = BTreeMap::new();
+        let mut markers = BTreeSet::new();
+        let mut service_ids = Ids::new(MAX_SERVICES);
+        let mut backend_ids = Ids::new(MAX_BACKENDS);
+        let mut by_id = BTreeMap::new();
+        for (k, v) in dp.services()? {
+            if k.port == 0 && k.proto == 0 {
+                markers.insert(k);
+                continue;
+            }
+            service_ids.take(v.id);
+            by_id.insert(v.id, k);
+            services.insert(
+                k,
+                Realised {
+                    id: v.id,
+                    value: v,
+                    ..Default::default()
+                },
+            );
+        }
+        let mut orphans = Vec::new();
+        for (id, b) in dp.backends()? {
+            match by_id.get(&b.service_id).and_then(|k| services.get_mut(k)) {
+                Some(s) => {
+                    backend_ids.take(id);
+                    let addr =
+                        SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
+                    s.backends.insert(addr, (id, b));
+                }
+                None => orphans.push(id),
+            }
+        }
+        let mut r = Reconciler {
+            dp,
+            services,
+            markers,
+            service_ids,
+            backend_ids,
+        };
+        for id in orphans {
+            r.dp.remove_backend(id)?;
+        }
+        Ok(r)
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.dp
+    }
+
+    /// Service id of a frontend, if it is programmed.
+    pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.services.get(key).map(|s| s.id)
+    }
+
+    /// Backend ids of a programmed service, by address.
+    pub fn backend_ids(&self, key: &ServiceKey) -> BTreeMap<SocketAddr, u32> {
+        self.services
+            .get(key)
+            .map(|s| s.backends.iter().map(|(a, (id, _))| (*a, *id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes the datapath hold exactly `desired`.
+    pub fn apply(&mut self, desired: &BTreeMap<ServiceKey, CompiledService>) -> Result<Changes> {
+        let mut ch = Changes::default();
+        let mut flushed = BTreeSet::new();
+        let mut freed_backends = Vec::new();
+        let mut freed_services = Vec::new();
+
+        for (key, cs) in desired {
+            self.apply_service(key, cs, &mut ch, &mut flushed, &mut freed_backends)?;
+        }
+        // VIP markers: one per distinct VIP address.
+        let want: BTreeSet<ServiceKey> = desired
+            .values()
+            .map(|c| vip_marker(crate::compile::bytes_addr(&c.key.addr)))
+            .collect();
+        for m in want.difference(&self.markers.clone()) {
+            self.dp.set_service(m, &ServiceValue::default())?;
+            self.markers.insert(*m);
+        }
+        // Services no longer wanted, then markers no longer wanted.
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            let s = self.services.remove(&key).expect("listed above");
+            self.dp.remove_service(&key)?;
+            ch.services_removed += 1;
+            for (id, _) in s.backends.values() {
+                self.dp.remove_backend(*id)?;
+                ch.backends_removed += 1;
+                flushed.insert(*id);
+                freed_backends.push(*id);
+            }
+            freed_services.push(s.id);
+        }
+        for m in self.markers.clone().difference(&want) {
+            self.dp.remove_service(m)?;
+            self.markers.remove(m);
+        }
+        if !flushed.is_empty() {
+            ch.flows_flushed = self.dp.flush_flows(&flushed)?;
+        }
+        // Ids are reused only after the flows that named them are gone.
+        for id in freed_backends {
+            self.backend_ids.free(id);
+        }
+        for id in freed_services {
+            self.service_ids.free(id);
+        }
+        Ok(ch)
+    }
+
+    fn apply_service(
+        &mut self,
+        key: &ServiceKey,
+        cs: &CompiledService,
+        ch: &mut Changes,
+        flushed: &mut BTreeSet<u32>,
+        freed: &mut Vec<u32>,
+    ) -> Result<()> {
+        if !self.services.contains_key(key) {
+            let id = self.service_ids.alloc()?;
+            self.services.insert(
+                *key,
+                Realised {
+                    id,
+                    ..Default::default()
+                },
+            );
+        }
+        let real = self.services.get_mut(key).expect("inserted above");
+        let sid = real.id;
+
+        // 1. Backends.
+        let mut ids = Vec::with_capacity(cs.backends.len());
+        for (addr, state) in &cs.backends {
+            let want = Backend {
+                addr: addr_bytes(addr.ip()),
+                port: addr.port().to_be(),
+                family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+                state: *state,
+                service_id: sid,
+            };
+            let id = match real.backends.get(addr) {
+                Some((id, have)) if *have == want => *id,
+                Some((id, _)) => {
+                    self.dp.set_backend(*id, &want)?;
+                    ch.backends_written += 1;
+                    *id
+                }
+                None => {
+                    let id = self.backend_ids.alloc()?;
+                    self.dp.set_backend(id, &want)?;
+                    ch.backends_written += 1;
+                    id
+                }
+            };
+            real.backends.insert(*addr, (id, want));
+            ids.push(id);
+        }
+        // 2. Selection table.
+        let table: Vec<u32> = cs.table.iter().map(|&i| ids[i as usize]).collect();
+        if real.table.as_ref() != Some(&table) {
+            if !table.is_empty() {
+                self.dp.set_table(sid, &table)?;
+            }
+            ch.tables_written += 1;
+            real.table = Some(table.clone());
+        }
+        // 3. Service entry.
+        let value = ServiceValue {
+            id: sid,
+            table_size: table.len() as u32,
+            algorithm: cs.algorithm,
+            mode: cs.mode,
+            flags: 0,
+            ct_timeout_s: cs.ct_timeout_s,
+        };
+        if real.value != value {
+            self.dp.set_service(key, &value)?;
+            ch.services_written += 1;
+            real.value = value;
+        }
+        // 4. Backends that left the service.
+        let keep: BTreeSet<SocketAddr> = cs.backends.iter().map(|(a, _)| *a).collect();
+        let gone: Vec<SocketAddr> = real
+            .backends
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            let (id, _) = real.backends.remove(&addr).expect("listed above");
+            self.dp.remove_backend(id)?;
+            ch.backends_removed += 1;
+            flushed.insert(id);
+            freed.push(id);
+        }
+        Ok(())
+    }
+}
+
+/// Id allocation: lowest free id first, ids start at 1 (0 means "none" in the maps).
+struct Ids {
+    max: u32,
+    used: BTreeSet<u32>,
+    next: u32,
+    free: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn new(max: u32) -> Self {
+        Ids {
+            max,
+            used: BTreeSet::new(),
+            next: 1,
+            free: BTreeSet::new(),
+        }
+    }
+
+    fn take(&mut self, id: u32) {
+        self.used.insert(id);
+        self.free.remove(&id);
+        while self.next <= id {
+            if !self.used.contains(&self.next) {
+                self.free.insert(self.next);
+            }
+            self.next += 1;
+        }
+    }
+
+    fn alloc(&mut self) -> Result<u32> {
+        let id = if let Some(id) = self.free.pop_first() {
+            id
+        } else if self.next < self.max {
+            self.next += 1;
+            self.next - 1
+        } else {
+            bail!("all {} ids are in use", self.max - 1);
+        };
+        self.used.insert(id);
+        Ok(id)
+    }
+
+    fn free(&mut self, id: u32) {
+        if self.used.remove(&id) {
+            self.free.insert(id);
+        }
+    }
+}
+
+/// An in-memory datapath: the reconciler's tests, and `--dry-run` style use.
+#[derive(Default, Debug, Clone)]
+pub struct MemoryDatapath {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Flow → backend id, standing in for conntrack.
+    pub flows: BTreeMap<u32, u32>,
+    pub writes: usize,
+}
+
+impl Datapath for MemoryDatapath {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        // A frontend must never point at a table that references missing backends.
+        if value.id != 0 && value.table_size > 0 {
+            let t = self.tables.get(&value.id).map(Vec::as_slice).unwrap_or(&[]);
+            if t.len() != value.table_size as usize
+                || t.iter().any(|b| !self.backends.contains_key(b))
+            {
+                bail!("service {} written before its table or backends", value.id);
+            }
+        }
+        self.writes += 1;
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.writes += 1;
+        self.services.remove(key);
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.writes += 1;
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<()> {
+        self.writes += 1;
+        self.backends.remove(&id);
+        Ok(())
+    }
+    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
+        if backend_ids.iter().any(|b| !self.backends.contains_key(b)) {
+            bail!("table of service {service_id} written before its backends");
+        }
+        self.writes += 1;
+        self.tables.insert(service_id, backend_ids.to_vec());
+        Ok(())
+    }
+    fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
+        let before = self.flows.len();
+        self.flows.retain(|_, b| !backend_ids.contains(b));
+        Ok(before - self.flows.len())
+    }
+}
+
+/// Family of an address in a `Backend` entry, for display.
+pub fn family_name(family: u8) -> &'static str {
+    if family == abi_lb::FAMILY_V6 {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
