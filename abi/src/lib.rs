@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod lb;
+pub mod policy;
 
 /// Implements `aya::Pod` for map types on the userspace side.
 #[cfg(feature = "user")]

@@ -17,12 +17,18 @@ impl Cidr {
         if len > max {
             return Err(format!("prefix length {len} exceeds {max}"));
         }
-        Ok(Cidr { addr: mask(addr, len), len })
+        Ok(Cidr {
+            addr: mask(addr, len),
+            len,
+        })
     }
 
     /// The host prefix (/32 or /128) of an address.
     pub fn host(addr: IpAddr) -> Cidr {
-        Cidr { addr, len: Self::max_len(&addr) }
+        Cidr {
+            addr,
+            len: Self::max_len(&addr),
+        }
     }
 
     fn max_len(addr: &IpAddr) -> u8 {
@@ -33,7 +39,7 @@ impl Cidr {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -52,18 +58,29 @@ impl Cidr {
 
     /// This prefix and every shorter prefix enclosing it, down to /0.
     pub fn ancestors(&self) -> impl Iterator<Item = Cidr> + '_ {
-        (0..=self.len).rev().map(|l| Cidr { addr: mask(self.addr, l), len: l })
+        (0..=self.len).rev().map(|l| Cidr {
+            addr: mask(self.addr, l),
+            len: l,
+        })
     }
 }
 
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4((u32::from(a) & m).into())
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6((u128::from(a) & m).into())
         }
     }
@@ -76,9 +93,13 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("invalid address {a:?} in CIDR {s:?}"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("invalid address {a:?} in CIDR {s:?}"))?;
         let len = match l {
-            Some(l) => l.parse::<u8>().map_err(|_| format!("invalid prefix length in CIDR {s:?}"))?,
+            Some(l) => l
+                .parse::<u8>()
+                .map_err(|_| format!("invalid prefix length in CIDR {s:?}"))?,
             None => Self::max_len(&addr),
         };
         Cidr::new(addr, len).map_err(|e| format!("invalid CIDR {s:?}: {e}"))
@@ -116,7 +137,7 @@ mod tests {
         assert!(!c.contains_ip("11.0.0.1".parse().unwrap()));
         assert!(!c.contains_ip("::ffff:10.0.0.1".parse().unwrap()));
         let h: Cidr = "192.0.2.3".parse().unwrap();
-        assert_eq!(h.len(), 32);
+        assert_eq!(h.prefix_len(), 32);
         assert!(c.contains(&"10.1.0.0/16".parse().unwrap()));
         assert!(!"10.1.0.0/16".parse::<Cidr>().unwrap().contains(&c));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());

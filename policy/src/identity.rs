@@ -52,7 +52,9 @@ pub fn reserved_labels(id: NumericIdentity) -> Option<Labels> {
     let mut l = Labels::new().with(Source::Reserved, name, "");
     if id == reserved::WORLD {
         // The world identity is what a /0 prefix selects when no narrower CIDR identity exists.
-        l = l.with(Source::Cidr, "0.0.0.0/0", "").with(Source::Cidr, "::/0", "");
+        l = l
+            .with(Source::Cidr, "0.0.0.0/0", "")
+            .with(Source::Cidr, "::/0", "");
     }
     Some(l)
 }
@@ -89,7 +91,9 @@ pub fn pod_labels(
     for (k, v) in ns_labels {
         l = l.with(Source::K8s, &format!("{}{k}", keys::NAMESPACE_LABELS), v);
     }
-    l = l.with(Source::K8s, keys::NAMESPACE, namespace).with(Source::K8s, keys::CLUSTER, cluster);
+    l = l
+        .with(Source::K8s, keys::NAMESPACE, namespace)
+        .with(Source::K8s, keys::CLUSTER, cluster);
     if let Some(sa) = service_account {
         l = l.with(Source::K8s, keys::SERVICE_ACCOUNT, sa);
     }
@@ -144,8 +148,10 @@ impl Default for LocalAllocator {
 
 impl LocalAllocator {
     pub fn new() -> LocalAllocator {
-        let reserved =
-            reserved::ALL.iter().map(|(id, _)| (*id, reserved_labels(*id).expect("reserved"))).collect();
+        let reserved = reserved::ALL
+            .iter()
+            .map(|(id, _)| (*id, reserved_labels(*id).expect("reserved")))
+            .collect();
         LocalAllocator {
             by_id: HashMap::new(),
             by_labels: HashMap::new(),
@@ -173,7 +179,9 @@ impl LocalAllocator {
     }
 
     fn is_local(labels: &Labels) -> bool {
-        labels.iter().all(|(s, k, _)| s == Source::Cidr || s == Source::Fqdn || (s == Source::Reserved && k == "world"))
+        labels.iter().all(|(s, k, _)| {
+            s == Source::Cidr || s == Source::Fqdn || (s == Source::Reserved && k == "world")
+        })
     }
 
     pub fn refs(&self, id: NumericIdentity) -> usize {
@@ -203,7 +211,13 @@ impl IdentityAllocator for LocalAllocator {
             self.next_global += 1;
             self.next_global - 1
         };
-        self.by_id.insert(id, Slot { labels: labels.clone(), refs: 1 });
+        self.by_id.insert(
+            id,
+            Slot {
+                labels: labels.clone(),
+                refs: 1,
+            },
+        );
         self.by_labels.insert(labels.clone(), id);
         Ok((id, true))
     }
@@ -223,7 +237,9 @@ impl IdentityAllocator for LocalAllocator {
     }
 
     fn labels(&self, id: NumericIdentity) -> Option<&Labels> {
-        self.reserved.get(&id).or_else(|| self.by_id.get(&id).map(|s| &s.labels))
+        self.reserved
+            .get(&id)
+            .or_else(|| self.by_id.get(&id).map(|s| &s.labels))
     }
 
     fn lookup(&self, labels: &Labels) -> Option<NumericIdentity> {
@@ -262,8 +278,16 @@ mod tests {
         let mut a = LocalAllocator::new();
         let host = Labels::parse(["reserved:host"]);
         assert_eq!(a.allocate(&host), Ok((reserved::HOST, false)));
-        assert_eq!(a.labels(reserved::KUBE_APISERVER).unwrap().to_strings(), ["reserved:kube-apiserver"]);
-        assert_eq!(a.labels(reserved::WORLD).unwrap().get(Source::Cidr, "0.0.0.0/0"), Some(""));
+        assert_eq!(
+            a.labels(reserved::KUBE_APISERVER).unwrap().to_strings(),
+            ["reserved:kube-apiserver"]
+        );
+        assert_eq!(
+            a.labels(reserved::WORLD)
+                .unwrap()
+                .get(Source::Cidr, "0.0.0.0/0"),
+            Some("")
+        );
         assert!(is_cluster(reserved::HOST) && !is_cluster(reserved::WORLD));
     }
 
@@ -281,14 +305,19 @@ mod tests {
     #[test]
     fn pod_identity_includes_namespace_and_filters() {
         let f = LabelFilter::default();
-        let pod: BTreeMap<String, String> =
-            [("app", "web"), ("pod-template-hash", "abc")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pod: BTreeMap<String, String> = [("app", "web"), ("pod-template-hash", "abc")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let ns: BTreeMap<String, String> = [("team".to_string(), "a".to_string())].into();
         let l = pod_labels(&f, "prod", &pod, &ns, Some("default"), "default");
         assert_eq!(l.get(Source::K8s, "app"), Some("web"));
         assert_eq!(l.get(Source::K8s, "pod-template-hash"), None);
         assert_eq!(l.get(Source::K8s, keys::NAMESPACE), Some("prod"));
-        assert_eq!(l.get(Source::K8s, "io.cilium.k8s.namespace.labels.team"), Some("a"));
+        assert_eq!(
+            l.get(Source::K8s, "io.cilium.k8s.namespace.labels.team"),
+            Some("a")
+        );
         assert_eq!(l.get(Source::K8s, keys::SERVICE_ACCOUNT), Some("default"));
     }
 }

@@ -62,7 +62,11 @@ pub struct Label {
 
 impl Label {
     pub fn new(source: Source, key: impl Into<String>, value: impl Into<String>) -> Label {
-        Label { source, key: key.into(), value: value.into() }
+        Label {
+            source,
+            key: key.into(),
+            value: value.into(),
+        }
     }
 
     /// Parses `source:key=value`, `key=value` (source k8s) or `source:key`.
@@ -124,11 +128,18 @@ impl Labels {
         if source != Source::Any {
             return self.0.get(&(source, key.to_string())).map(String::as_str);
         }
-        self.0.iter().find(|((_, k), _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|((_, k), _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value `key` has, across sources (used by `Any` selectors).
-    pub fn values<'a>(&'a self, source: Source, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn values<'a>(
+        &'a self,
+        source: Source,
+        key: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |((s, k), _)| k == key && (source == Source::Any || *s == source))
@@ -136,7 +147,9 @@ impl Labels {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Source, &str, &str)> {
-        self.0.iter().map(|((s, k), v)| (*s, k.as_str(), v.as_str()))
+        self.0
+            .iter()
+            .map(|((s, k), v)| (*s, k.as_str(), v.as_str()))
     }
 
     pub fn has_source(&self, source: Source) -> bool {
@@ -145,7 +158,9 @@ impl Labels {
 
     /// The labels as `source:key=value` strings, sorted.
     pub fn to_strings(&self) -> Vec<String> {
-        self.iter().map(|(s, k, v)| Label::new(s, k, v).to_string()).collect()
+        self.iter()
+            .map(|(s, k, v)| Label::new(s, k, v).to_string())
+            .collect()
     }
 }
 
@@ -199,14 +214,18 @@ impl Default for LabelFilter {
             "batch.kubernetes.io/job-name",
             "batch.kubernetes.io/job-completion-index",
         ];
-        LabelFilter { exclude: keys.iter().map(|s| s.to_string()).collect() }
+        LabelFilter {
+            exclude: keys.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
 impl LabelFilter {
     /// A filter that keeps everything.
     pub fn none() -> LabelFilter {
-        LabelFilter { exclude: Vec::new() }
+        LabelFilter {
+            exclude: Vec::new(),
+        }
     }
 
     pub fn keeps(&self, key: &str) -> bool {
@@ -246,7 +265,9 @@ mod tests {
         assert!(!f.keeps("pod-template-hash"));
         assert!(!f.keeps("controller-revision-hash"));
         assert!(f.keeps("app"));
-        let custom = LabelFilter { exclude: vec!["temp.example.com/*".into()] };
+        let custom = LabelFilter {
+            exclude: vec!["temp.example.com/*".into()],
+        };
         assert!(!custom.keeps("temp.example.com/x"));
         assert!(custom.keeps("pod-template-hash"));
     }

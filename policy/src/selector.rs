@@ -25,7 +25,11 @@ impl Requirement {
     /// `key` may carry a source prefix (`k8s:app`); without one any source matches.
     pub fn new(key: &str, op: Op) -> Requirement {
         let (src, key) = Source::split(key);
-        Requirement { source: src.unwrap_or(Source::Any), key: key.to_string(), op }
+        Requirement {
+            source: src.unwrap_or(Source::Any),
+            key: key.to_string(),
+            op,
+        }
     }
 
     pub fn eq(key: &str, value: &str) -> Requirement {
@@ -105,7 +109,12 @@ impl Selector {
 
     /// `matchLabels`-style selector from `key=value` pairs.
     pub fn match_labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Selector {
-        Self::from_requirements(pairs.into_iter().map(|(k, v)| Requirement::eq(k, v)).collect())
+        Self::from_requirements(
+            pairs
+                .into_iter()
+                .map(|(k, v)| Requirement::eq(k, v))
+                .collect(),
+        )
     }
 
     /// Adds a requirement, keeping the canonical form.
@@ -126,14 +135,18 @@ impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         match self {
             Selector::Labels(reqs) => reqs.iter().all(|r| r.matches(labels)),
-            Selector::Fqdn(m) => labels.iter().any(|(s, k, _)| s == Source::Fqdn && m.matches_name(k)),
+            Selector::Fqdn(m) => labels
+                .iter()
+                .any(|(s, k, _)| s == Source::Fqdn && m.matches_name(k)),
         }
     }
 
     /// A `key=value` every selected identity must carry, if there is one: the selector cache indexes
     /// selectors by it so that a new identity is tested only against selectors that can match it.
     pub fn index_label(&self) -> Option<(&str, &str)> {
-        let Selector::Labels(reqs) = self else { return None };
+        let Selector::Labels(reqs) = self else {
+            return None;
+        };
         reqs.iter().find_map(|r| match &r.op {
             Op::In(set) if set.len() == 1 => Some((r.key.as_str(), set.iter().next()?.as_str())),
             _ => None,
@@ -152,7 +165,8 @@ impl fmt::Display for Selector {
                     .iter()
                     .map(|r| {
                         let k = format!("{}:{}", r.source.as_str(), r.key);
-                        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+                        let join =
+                            |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
                         match &r.op {
                             Op::In(s) if s.len() == 1 => format!("{k}={}", join(s)),
                             Op::In(s) => format!("{k} in ({})", join(s)),

@@ -52,9 +52,17 @@ impl SelectorCache {
             self.slots[id].as_mut().expect("live").users += 1;
             return id;
         }
-        let selections: BTreeSet<_> =
-            self.identities.iter().filter(|(_, l)| sel.matches(l)).map(|(i, _)| *i).collect();
-        let c = Cached { selector: sel.clone(), selections: Arc::new(selections), users: 1 };
+        let selections: BTreeSet<_> = self
+            .identities
+            .iter()
+            .filter(|(_, l)| sel.matches(l))
+            .map(|(i, _)| *i)
+            .collect();
+        let c = Cached {
+            selector: sel.clone(),
+            selections: Arc::new(selections),
+            users: 1,
+        };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id] = Some(c);
@@ -67,7 +75,10 @@ impl SelectorCache {
         };
         match sel.index_label() {
             Some((k, v)) => {
-                self.index.entry((k.to_string(), v.to_string())).or_default().insert(id);
+                self.index
+                    .entry((k.to_string(), v.to_string()))
+                    .or_default()
+                    .insert(id);
             }
             None => {
                 self.unindexed.insert(id);
@@ -108,11 +119,19 @@ impl SelectorCache {
 
     /// The current selection (a snapshot: later changes replace it, they never modify it).
     pub fn selections(&self, id: SelectorId) -> Arc<BTreeSet<NumericIdentity>> {
-        self.slots[id].as_ref().expect("live selector").selections.clone()
+        self.slots[id]
+            .as_ref()
+            .expect("live selector")
+            .selections
+            .clone()
     }
 
     pub fn selects(&self, id: SelectorId, identity: NumericIdentity) -> bool {
-        self.slots[id].as_ref().expect("live selector").selections.contains(&identity)
+        self.slots[id]
+            .as_ref()
+            .expect("live selector")
+            .selections
+            .contains(&identity)
     }
 
     pub fn len(&self) -> usize {
@@ -156,7 +175,11 @@ impl SelectorCache {
             let c = self.slots[s].as_mut().expect("live");
             if c.selector.matches(labels) {
                 Arc::make_mut(&mut c.selections).insert(id);
-                out.push(SelectionChange { selector: s, identity: id, added: true });
+                out.push(SelectionChange {
+                    selector: s,
+                    identity: id,
+                    added: true,
+                });
             }
         }
         out
@@ -164,14 +187,20 @@ impl SelectorCache {
 
     /// An identity left. Returns the selectors whose selection lost it.
     pub fn remove_identity(&mut self, id: NumericIdentity) -> Vec<SelectionChange> {
-        let Some(labels) = self.identities.remove(&id) else { return Vec::new() };
+        let Some(labels) = self.identities.remove(&id) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for s in self.candidates(&labels) {
             self.tests_run += 1;
             let c = self.slots[s].as_mut().expect("live");
             if c.selections.contains(&id) {
                 Arc::make_mut(&mut c.selections).remove(&id);
-                out.push(SelectionChange { selector: s, identity: id, added: false });
+                out.push(SelectionChange {
+                    selector: s,
+                    identity: id,
+                    added: false,
+                });
             }
         }
         out
@@ -186,7 +215,10 @@ mod tests {
     #[test]
     fn shared_selectors_and_deltas() {
         let mut c = SelectorCache::new();
-        c.add_identity(256, &Labels::parse(["k8s:org=empire", "k8s:class=deathstar"]));
+        c.add_identity(
+            256,
+            &Labels::parse(["k8s:org=empire", "k8s:class=deathstar"]),
+        );
         let empire = Selector::match_labels([("org", "empire")]);
         let a = c.add_selector(&empire);
         let b = c.add_selector(&empire);
@@ -194,12 +226,25 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(*c.selections(a), BTreeSet::from([256]));
         let before = c.selections(a);
-        let ch = c.add_identity(257, &Labels::parse(["k8s:org=empire", "k8s:class=tiefighter"]));
-        assert_eq!(ch, vec![SelectionChange { selector: a, identity: 257, added: true }]);
+        let ch = c.add_identity(
+            257,
+            &Labels::parse(["k8s:org=empire", "k8s:class=tiefighter"]),
+        );
+        assert_eq!(
+            ch,
+            vec![SelectionChange {
+                selector: a,
+                identity: 257,
+                added: true
+            }]
+        );
         // The snapshot taken before is untouched: readers never see a half-applied change.
         assert_eq!(*before, BTreeSet::from([256]));
         assert_eq!(*c.selections(a), BTreeSet::from([256, 257]));
-        assert!(c.add_identity(258, &Labels::parse(["k8s:org=alliance"])).is_empty());
+        assert!(
+            c.add_identity(258, &Labels::parse(["k8s:org=alliance"]))
+                .is_empty()
+        );
         assert_eq!(c.remove_identity(256).len(), 1);
         c.remove_selector(a);
         assert_eq!(c.len(), 1);
@@ -213,7 +258,10 @@ mod tests {
         for i in 0..1000 {
             c.add_selector(&Selector::match_labels([("app", format!("a{i}").as_str())]));
         }
-        let notin = Selector::from_requirements(vec![Requirement::new("app", Op::NotIn(["x".into()].into()))]);
+        let notin = Selector::from_requirements(vec![Requirement::new(
+            "app",
+            Op::NotIn(["x".into()].into()),
+        )]);
         c.add_selector(&notin);
         let ch = c.add_identity(300, &Labels::parse(["k8s:app=a7"]));
         assert_eq!(ch.len(), 2);

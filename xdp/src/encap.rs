@@ -49,11 +49,15 @@ fn try_encap(
         return Err(reason::ERROR);
     }
     let (start, end) = (ctx.data(), ctx.data_end());
-    // Move the L2 header (MACs, and the VLAN tag if any) to the new front; MACs are rewritten later.
+    // Move the L2 header (MACs, and the VLAN tag if any) to the new front. The MACs are kept so a
+    // packet the FIB cannot send yet still reaches the stack as addressed to this host.
     let eth = ptr_at::<EthHdr>(start, end, 0).ok_or(reason::ERROR)?;
     let old = ptr_at::<[u8; 18]>(start, end, hlen).ok_or(reason::ERROR)?;
     let ethertype: u16 = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP };
     unsafe {
+        let o = &*old;
+        (*eth).dst = [o[0], o[1], o[2], o[3], o[4], o[5]];
+        (*eth).src = [o[6], o[7], o[8], o[9], o[10], o[11]];
         if f.vlan {
             let tag = ptr_at::<VlanHdr>(start, end, ETH_HLEN).ok_or(reason::ERROR)?;
             (*eth).proto = ETH_P_8021Q.to_be();

@@ -2,6 +2,7 @@
 //! health, and serves the CLI's API on a unix socket.
 mod api;
 mod ifaddr;
+mod neighbour;
 pub mod source;
 mod views;
 
@@ -75,6 +76,7 @@ pub struct State {
     pub reconciler: Option<Reconciler<KernelMaps>>,
     pub reloads: u64,
     pub last_error: Option<String>,
+    warmer: neighbour::Warmer,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -103,6 +105,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         reconciler: None,
         reloads: 0,
         last_error: None,
+        warmer: neighbour::Warmer::default(),
     }));
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
     let _ebpf: Ebpf = match args.role {
@@ -144,6 +147,7 @@ fn start_lb(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
     let ch = rec.apply(&compiled)?;
     info!(?ch, "initial config applied");
     let mut st = state.lock().unwrap();
+    st.warmer.warm(backend_addrs(&cfg));
     st.config = Some(cfg);
     st.reconciler = Some(rec);
     Ok(ebpf)
@@ -195,7 +199,15 @@ fn reapply(state: &Shared) -> Result<()> {
     if !ch.is_empty() {
         info!(?ch, "datapath updated");
     }
+    st.warmer.warm(backend_addrs(&cfg));
     Ok(())
+}
+
+fn backend_addrs(cfg: &Config) -> Vec<std::net::IpAddr> {
+    cfg.services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .collect()
 }
 
 async fn lb_loop(args: &AgentArgs, state: &Shared) -> Result<()> {

@@ -184,7 +184,9 @@ pub struct L7Rules {
 }
 
 /// An allowed HTTP request: every given field must match (regular expressions, whole value).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize,
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,7 +213,9 @@ pub struct HeaderMatch {
     pub mismatch: Option<Mismatch>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Mismatch {
     Log,
@@ -242,7 +246,11 @@ struct RawFqdn {
 impl TryFrom<RawFqdn> for FqdnSelector {
     type Error = String;
     fn try_from(r: RawFqdn) -> Result<FqdnSelector, String> {
-        let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b));
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
+        };
         match (r.match_name, r.match_pattern) {
             (Some(n), None) if ok(&n) && !n.contains('*') => Ok(FqdnSelector::MatchName(n)),
             (None, Some(p)) if ok(&p) => Ok(FqdnSelector::MatchPattern(p)),

@@ -78,13 +78,19 @@ impl TryFrom<RawExpression> for Expression {
     type Error = String;
     fn try_from(r: RawExpression) -> Result<Expression, String> {
         match r.operator {
-            Operator::In | Operator::NotIn if r.values.is_empty() => {
-                Err(format!("operator {:?} on key {:?} needs values", r.operator, r.key))
-            }
-            Operator::Exists | Operator::DoesNotExist if !r.values.is_empty() => {
-                Err(format!("operator {:?} on key {:?} takes no values", r.operator, r.key))
-            }
-            _ => Ok(Expression { key: r.key, operator: r.operator, values: r.values }),
+            Operator::In | Operator::NotIn if r.values.is_empty() => Err(format!(
+                "operator {:?} on key {:?} needs values",
+                r.operator, r.key
+            )),
+            Operator::Exists | Operator::DoesNotExist if !r.values.is_empty() => Err(format!(
+                "operator {:?} on key {:?} takes no values",
+                r.operator, r.key
+            )),
+            _ => Ok(Expression {
+                key: r.key,
+                operator: r.operator,
+                values: r.values,
+            }),
         }
     }
 }
@@ -105,22 +111,36 @@ impl<'de> Deserialize<'de> for PortValue {
                 f.write_str("a port number 0-65535 or a port name")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortValue, E> {
-                u16::try_from(v).map(PortValue::Number).map_err(|_| E::custom(format!("port {v} is out of range 0-65535")))
+                u16::try_from(v)
+                    .map(PortValue::Number)
+                    .map_err(|_| E::custom(format!("port {v} is out of range 0-65535")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortValue, E> {
-                u16::try_from(v).map(PortValue::Number).map_err(|_| E::custom(format!("port {v} is out of range 0-65535")))
+                u16::try_from(v)
+                    .map(PortValue::Number)
+                    .map_err(|_| E::custom(format!("port {v} is out of range 0-65535")))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<PortValue, E> {
                 if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                    return s.parse::<u64>().map_err(E::custom).and_then(|v| self.visit_u64(v));
+                    return s
+                        .parse::<u64>()
+                        .map_err(E::custom)
+                        .and_then(|v| self.visit_u64(v));
                 }
                 let ok = !s.is_empty()
                     && s.len() <= 15
-                    && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && s.bytes().any(|b| b.is_ascii_lowercase())
                     && !s.starts_with('-')
                     && !s.ends_with('-');
-                if ok { Ok(PortValue::Name(s.to_string())) } else { Err(E::custom(format!("invalid port {s:?}: not a number 0-65535 nor a port name"))) }
+                if ok {
+                    Ok(PortValue::Name(s.to_string()))
+                } else {
+                    Err(E::custom(format!(
+                        "invalid port {s:?}: not a number 0-65535 nor a port name"
+                    )))
+                }
             }
         }
         d.deserialize_any(V)
@@ -191,8 +211,12 @@ pub struct Pattern {
 
 impl Pattern {
     pub fn new(source: &str) -> Result<Pattern, String> {
-        let re = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| format!("invalid regular expression {source:?}: {e}"))?;
-        Ok(Pattern { source: source.to_string(), re })
+        let re = regex::Regex::new(&format!("^(?:{source})$"))
+            .map_err(|e| format!("invalid regular expression {source:?}: {e}"))?;
+        Ok(Pattern {
+            source: source.to_string(),
+            re,
+        })
     }
 
     pub fn is_match(&self, s: &str) -> bool {
@@ -255,7 +279,8 @@ mod tests {
     fn expressions_are_validated() {
         let e: Result<Expression, _> = serde_yaml::from_str("{key: a, operator: In}");
         assert!(e.unwrap_err().to_string().contains("needs values"));
-        let e: Result<Expression, _> = serde_yaml::from_str("{key: a, operator: Exists, values: [x]}");
+        let e: Result<Expression, _> =
+            serde_yaml::from_str("{key: a, operator: Exists, values: [x]}");
         assert!(e.is_err());
         let e: Result<Expression, _> = serde_yaml::from_str("{key: a, operator: Foo}");
         assert!(e.is_err());

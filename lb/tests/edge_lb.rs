@@ -1,0 +1,285 @@
+//! End-to-end tests of the edge load balancer: real TCP and UDP through the real kernel.
+//! Kernel features: network namespaces, veth, native XDP on veth (XDP_TX / XDP_REDIRECT),
+//! bpf_fib_lookup, BTF maps with map-in-map (BPF_F_INNER_MAP), LRU hash, bpffs pinning,
+//! bpf_link pinning and BPF_LINK_UPDATE; for DSR also TCX (tc ingress) and bpf_skb_adjust_room.
+//! Requires root; a test that cannot set up its namespaces or load the programs fails.
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use support::{
+    servers::{Conn, tcp_request, udp_request},
+    topology::{Bed, VIP4, VIP6, backend4, backend6, sa},
+};
+
+const PORT: u16 = 8080;
+
+/// A config with one service per (vip, protocol), all with the given algorithm and mode.
+fn config(alg: &str, mode: &str, backends: &[usize], extra: &str) -> String {
+    let mut y = String::from("maglev_seed: 7\nservices:\n");
+    for (vip, fam) in [(VIP4, 4), (VIP6, 6)] {
+        for proto in ["tcp", "udp"] {
+            y += &format!(
+                "  - name: {proto}{fam}\n    vip: {vip}\n    port: {PORT}\n    protocol: {proto}\n    algorithm: {alg}\n    mode: {mode}\n    table_size: 251\n{extra}    backends:\n"
+            );
+            for i in backends {
+                let a = if fam == 4 { backend4(*i) } else { backend6(*i) };
+                y += &format!("      - address: {a}\n        port: {PORT}\n");
+            }
+        }
+    }
+    y
+}
+
+/// Sends `n` new connections / datagrams and counts answers per backend; every one must succeed.
+fn spread(bed: &Bed, vip: &str, udp: bool, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let r = if udp {
+            udp_request(&bed.client, sa(vip, PORT))
+        } else {
+            tcp_request(&bed.client, sa(vip, PORT))
+        };
+        let id = r.unwrap_or_else(|e| {
+            panic!(
+                "request to {vip} (udp={udp}) failed: {e}\nstatus: {}\n{}",
+                bed.cli(&["status"]),
+                bed.agent_log()
+            )
+        });
+        *seen.entry(id).or_default() += 1;
+    }
+    seen
+}
+
+fn all_three(seen: &BTreeMap<String, usize>) -> bool {
+    seen.keys().cloned().collect::<BTreeSet<_>>() == ["b1", "b2", "b3"].map(String::from).into()
+}
+
+#[test]
+fn snat_tcp_and_udp_over_ipv4_and_ipv6() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
+    bed.start_agent();
+    for vip in [VIP4, VIP6] {
+        for udp in [false, true] {
+            let seen = spread(&bed, vip, udp, 45);
+            assert!(all_three(&seen), "{vip} udp={udp}: {seen:?}");
+        }
+    }
+    // The datapath did the work: per-service and per-backend counters moved.
+    let services = bed.cli(&["service", "list"]);
+    for s in services.as_array().unwrap() {
+        assert!(s["packets"].as_u64().unwrap() > 0, "{s}");
+        for b in s["backends"].as_array().unwrap() {
+            assert!(b["packets"].as_u64().unwrap() > 0, "{b}");
+        }
+    }
+    let status = bed.cli(&["status"]);
+    assert!(status["counters"]["fwd_snat"]["packets"].as_u64().unwrap() > 0);
+    assert!(status["counters"]["rev_snat"]["packets"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn dsr_tcp_and_udp_over_ipv4_and_ipv6() {
+    let mut bed = Bed::new(3);
+    bed.dsr_backends();
+    bed.serve(PORT, true);
+    bed.write_config(&config("random", "dsr", &[1, 2, 3], ""));
+    bed.start_agent();
+    for vip in [VIP4, VIP6] {
+        for udp in [false, true] {
+            let seen = spread(&bed, vip, udp, 45);
+            assert!(all_three(&seen), "{vip} udp={udp}: {seen:?}");
+        }
+    }
+    let status = bed.cli(&["status"]);
+    assert!(status["counters"]["fwd_dsr"]["packets"].as_u64().unwrap() > 0);
+    assert_eq!(
+        status["counters"]["rev_snat"]["packets"].as_u64().unwrap(),
+        0,
+        "DSR replies bypass the LB's NAT"
+    );
+}
+
+#[test]
+fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_it() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
+    bed.start_agent();
+    let mut conn = Conn::open(&bed.client, sa(VIP4, PORT));
+    let mine = conn.ask("one").unwrap();
+    let n: usize = mine[1..].parse().unwrap();
+    // Remove another backend: the Maglev table changes, the flow must stay put.
+    let other = if n == 1 { 2 } else { 1 };
+    let keep: Vec<usize> = (1..=3).filter(|i| *i != other).collect();
+    bed.write_config(&config("maglev", "snat", &keep, ""));
+    bed.eventually(10, "reload", || {
+        bed.cli(&["bpf", "lb", "list"])[0]["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    for i in 0..20 {
+        assert_eq!(
+            conn.ask(&format!("m{i}")).unwrap(),
+            mine,
+            "flow moved after the backend set changed"
+        );
+    }
+    // New flows never reach the removed backend.
+    let seen = spread(&bed, VIP4, false, 30);
+    assert!(!seen.contains_key(&format!("b{other}")), "{seen:?}");
+    // Removing the flow's own backend drops its conntrack entries.
+    let ct_has = |bed: &Bed, addr: &str| {
+        let ct = bed.cli(&["ct", "list"]);
+        let lb = bed.cli(&["bpf", "lb", "list"]);
+        let ids: BTreeSet<u64> = lb
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["backends"].as_array().unwrap().clone())
+            .filter(|b| b["address"].as_str().unwrap().starts_with(addr))
+            .map(|b| b["id"].as_u64().unwrap())
+            .collect();
+        (ct.as_array().unwrap().len(), ids)
+    };
+    let (_, ids) = ct_has(&bed, &format!("{}:", backend4(n)));
+    assert_eq!(
+        ids.len(),
+        2,
+        "one backend entry per IPv4 service (tcp4, udp4)"
+    );
+    let keep: Vec<usize> = (1..=3).filter(|i| *i != n).collect();
+    bed.write_config(&config("maglev", "snat", &keep, ""));
+    bed.eventually(10, "flows of the removed backend flushed", || {
+        bed.cli(&["ct", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| !ids.contains(&c["backend_id"].as_u64().unwrap()))
+    });
+}
+
+#[test]
+fn health_checks_quarantine_and_restore_a_backend() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    let hc = "    health_check:\n      type: http\n      path: /healthz\n      interval: 100ms\n      timeout: 50ms\n      healthy_threshold: 2\n      unhealthy_threshold: 2\n";
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], hc));
+    bed.start_agent();
+    assert!(all_three(&spread(&bed, VIP4, false, 45)));
+    let state_of_b2 = |bed: &Bed| -> Vec<String> {
+        bed.cli(&["service", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["backends"].as_array().unwrap().clone())
+            .filter(|b| {
+                b["address"].as_str().unwrap().contains("10.200.12.2")
+                    || b["address"].as_str().unwrap().contains("fd00:200:12::2")
+            })
+            .map(|b| b["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    bed.servers[1]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    bed.eventually(10, "b2 quarantined", || {
+        state_of_b2(&bed).iter().all(|s| s == "quarantined")
+    });
+    let seen = spread(&bed, VIP4, false, 45);
+    assert!(
+        !seen.contains_key("b2"),
+        "quarantined backend took new flows: {seen:?}"
+    );
+    bed.servers[1]
+        .healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    bed.eventually(10, "b2 active again", || {
+        state_of_b2(&bed).iter().all(|s| s == "active")
+    });
+    assert!(all_three(&spread(&bed, VIP4, false, 45)));
+}
+
+#[test]
+fn reload_applies_valid_changes_and_rejects_invalid_ones_whole() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    bed.write_config(&config("maglev", "snat", &[1], ""));
+    bed.start_agent();
+    assert_eq!(
+        spread(&bed, VIP4, true, 10).keys().collect::<Vec<_>>(),
+        ["b1"]
+    );
+    // An invalid file (bad weight in a later service) changes nothing and says where.
+    let last = format!("      - address: {}\n        port: {PORT}\n", backend6(3));
+    let bad = config("maglev", "snat", &[1, 2, 3], "")
+        .replace(&last, &format!("{last}        weight: 0\n"));
+    assert_ne!(bad, config("maglev", "snat", &[1, 2, 3], ""));
+    bed.write_config(&bad);
+    bed.eventually(10, "the reload error", || {
+        bed.cli(&["status"])["last_error"].as_str().is_some()
+    });
+    let err = bed.cli(&["status"])["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("weight") && err.contains("lb.yaml:"), "{err}");
+    assert_eq!(
+        spread(&bed, VIP4, true, 10).keys().collect::<Vec<_>>(),
+        ["b1"],
+        "half-applied config"
+    );
+    // A valid file is applied.
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
+    bed.eventually(10, "the new backends", || {
+        all_three(&spread(&bed, VIP4, true, 30))
+    });
+    assert!(bed.cli(&["status"])["last_error"].is_null());
+}
+
+#[test]
+fn agent_restart_keeps_established_connections() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
+    bed.start_agent();
+    let mut v4 = Conn::open(&bed.client, sa(VIP4, PORT));
+    let mut v6 = Conn::open(&bed.client, sa(VIP6, PORT));
+    let (a, b) = (v4.ask("before").unwrap(), v6.ask("before").unwrap());
+    bed.stop_agent();
+    // The datapath runs on from its pinned maps and links while no agent is there.
+    assert_eq!(v4.ask("during").unwrap(), a);
+    assert_eq!(v6.ask("during").unwrap(), b);
+    bed.start_agent();
+    assert_eq!(v4.ask("after").unwrap(), a);
+    assert_eq!(v6.ask("after").unwrap(), b);
+    assert!(all_three(&spread(&bed, VIP4, false, 45)));
+}
+
+#[test]
+fn kernel_maglev_table_matches_the_offline_builder() {
+    let mut bed = Bed::new(3);
+    bed.serve(PORT, false);
+    bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
+    bed.start_agent();
+    let kernel = bed.cli(&["maglev", "get", "tcp4"]);
+    let out = std::process::Command::new(support::topology::bin())
+        .args([
+            "maglev", "table", "--size", "251", "--seed", "7", "-o", "json",
+        ])
+        .args((1..=3).flat_map(|i| ["--backend".to_string(), format!("{}:{PORT}:1", backend4(i))]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kernel["size"], 251);
+    assert_eq!(kernel["table"], offline["table"]);
+}

@@ -1,0 +1,5 @@
+//! The network-namespace test bed shared by the end-to-end tests.
+#![allow(dead_code)]
+pub mod netns;
+pub mod servers;
+pub mod topology;

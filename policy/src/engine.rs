@@ -1,0 +1,455 @@
+//! The policy engine: identities, the selector cache, the policy repository and the local endpoints'
+//! policies, kept consistent under events. Each event returns the map deltas it causes per endpoint.
+use crate::cidr::Cidr;
+use crate::endpoint_policy::{
+    Context, EndpointPolicy, Enforcement, MapDelta, NamedPorts, ProxyPorts,
+};
+use crate::identity::{
+    IdentityAllocator, LocalAllocator, NumericIdentity, cidr_labels, pod_labels, reserved,
+    reserved_labels,
+};
+use crate::labels::{LabelFilter, Labels};
+use crate::mapstate::PolicyMap;
+use crate::rule::{PolicyRef, Rule};
+use crate::selector_cache::{SelectionChange, SelectorCache, SelectorId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub enforcement: Enforcement,
+    /// Compute verdicts but do not enforce them: drops are reported as `audit`.
+    pub audit: bool,
+    pub label_filter: LabelFilter,
+    pub cluster: String,
+    pub proxy: ProxyPorts,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            enforcement: Enforcement::Default,
+            audit: false,
+            label_filter: LabelFilter::default(),
+            cluster: "default".into(),
+            proxy: ProxyPorts::default(),
+        }
+    }
+}
+
+/// A local pod as the engine needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub ports: NamedPorts,
+}
+
+impl EndpointSpec {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub spec: EndpointSpec,
+    pub identity: NumericIdentity,
+    pub labels: Labels,
+    pub policy: EndpointPolicy,
+}
+
+/// One endpoint's map changes caused by an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointDelta {
+    pub endpoint: String,
+    pub delta: MapDelta,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub cfg: Config,
+    alloc: LocalAllocator,
+    cache: SelectorCache,
+    policies: BTreeMap<PolicyRef, Vec<Rule>>,
+    /// CIDR identities held by each policy.
+    policy_cidrs: BTreeMap<PolicyRef, Vec<NumericIdentity>>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    endpoints: BTreeMap<String, Endpoint>,
+    sel_users: HashMap<SelectorId, BTreeSet<String>>,
+    cluster_ports: NamedPorts,
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Engine {
+        let mut cache = SelectorCache::new();
+        for (id, _) in reserved::ALL {
+            cache.add_identity(id, &reserved_labels(id).expect("reserved"));
+        }
+        Engine {
+            cfg,
+            alloc: LocalAllocator::new(),
+            cache,
+            policies: BTreeMap::new(),
+            policy_cidrs: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            sel_users: HashMap::new(),
+            cluster_ports: NamedPorts::new(),
+        }
+    }
+
+    pub fn allocator(&self) -> &LocalAllocator {
+        &self.alloc
+    }
+
+    pub fn selector_cache(&self) -> &SelectorCache {
+        &self.cache
+    }
+
+    pub fn endpoint(&self, key: &str) -> Option<&Endpoint> {
+        self.endpoints.get(key)
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = (&PolicyRef, &Vec<Rule>)> {
+        self.policies.iter()
+    }
+
+    fn dispatch(&mut self, changes: Vec<SelectionChange>) -> Vec<EndpointDelta> {
+        let mut eps = BTreeSet::new();
+        for ch in &changes {
+            if let Some(users) = self.sel_users.get(&ch.selector) {
+                eps.extend(users.iter().cloned());
+            }
+        }
+        let mut out = Vec::new();
+        for key in eps {
+            let ep = self.endpoints.get_mut(&key).expect("user is an endpoint");
+            let delta = ep.policy.apply_changes(&changes, &self.cfg.proxy);
+            if !delta.is_empty() {
+                out.push(EndpointDelta {
+                    endpoint: key,
+                    delta,
+                });
+            }
+        }
+        out
+    }
+
+    /// Takes a reference on the identity of `labels` (an identity seen elsewhere in the cluster, or a
+    /// local one); a new identity updates the selectors that match it.
+    pub fn add_identity(&mut self, labels: &Labels) -> (NumericIdentity, Vec<EndpointDelta>) {
+        let (id, new) = self.alloc.allocate(labels).expect("identity space");
+        let deltas = if new {
+            let ch = self.cache.add_identity(id, labels);
+            self.dispatch(ch)
+        } else {
+            Vec::new()
+        };
+        (id, deltas)
+    }
+
+    /// Drops a reference taken by [`Engine::add_identity`].
+    pub fn release_identity(&mut self, id: NumericIdentity) -> Vec<EndpointDelta> {
+        match self.alloc.release(id) {
+            Ok(true) => {
+                let ch = self.cache.remove_identity(id);
+                self.dispatch(ch)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn selecting_rules<'a>(
+        policies: &'a BTreeMap<PolicyRef, Vec<Rule>>,
+        labels: &'a Labels,
+    ) -> impl Iterator<Item = &'a Rule> + 'a {
+        policies
+            .values()
+            .flatten()
+            .filter(move |r| !r.applies_to_nodes && r.subject.matches(labels))
+    }
+
+    fn build_policy(
+        &mut self,
+        identity: NumericIdentity,
+        labels: &Labels,
+        ports: &NamedPorts,
+    ) -> EndpointPolicy {
+        let ctx = Context {
+            enforcement: self.cfg.enforcement,
+            proxy: self.cfg.proxy,
+            local_ports: ports,
+            cluster_ports: &self.cluster_ports,
+        };
+        EndpointPolicy::build(
+            identity,
+            Self::selecting_rules(&self.policies, labels),
+            &mut self.cache,
+            &ctx,
+        )
+    }
+
+    /// Recomputes one endpoint's policy (after a rule or identity change of its own).
+    fn regenerate(&mut self, key: &str) -> Option<EndpointDelta> {
+        let ep = self.endpoints.get(key)?;
+        let (id, labels, ports) = (ep.identity, ep.labels.clone(), ep.spec.ports.clone());
+        let policy = self.build_policy(id, &labels, &ports);
+        for s in policy.selectors() {
+            self.sel_users.entry(s).or_default().insert(key.to_string());
+        }
+        let ep = self.endpoints.get_mut(key).expect("present");
+        let old = std::mem::replace(&mut ep.policy, policy);
+        let delta = MapDelta::between(&old.map, &ep.policy.map);
+        self.release_policy(key, &old);
+        (!delta.is_empty()).then(|| EndpointDelta {
+            endpoint: key.to_string(),
+            delta,
+        })
+    }
+
+    fn release_policy(&mut self, key: &str, p: &EndpointPolicy) {
+        let still: BTreeSet<SelectorId> = self
+            .endpoints
+            .get(key)
+            .map(|e| e.policy.selectors().collect())
+            .unwrap_or_default();
+        for s in p.selectors() {
+            if !still.contains(&s)
+                && let Some(u) = self.sel_users.get_mut(&s)
+            {
+                u.remove(key);
+                if u.is_empty() {
+                    self.sel_users.remove(&s);
+                }
+            }
+        }
+        p.release(&mut self.cache);
+    }
+
+    fn refresh_cluster_ports(&mut self) -> Vec<EndpointDelta> {
+        let mut ports = NamedPorts::new();
+        for ep in self.endpoints.values() {
+            for (n, set) in &ep.spec.ports {
+                ports
+                    .entry(n.clone())
+                    .or_default()
+                    .extend(set.iter().copied());
+            }
+        }
+        if ports == self.cluster_ports {
+            return Vec::new();
+        }
+        self.cluster_ports = ports;
+        let users: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.policy.uses_named_ports)
+            .map(|(k, _)| k.clone())
+            .collect();
+        users.iter().filter_map(|k| self.regenerate(k)).collect()
+    }
+
+    /// Adds or updates a local pod.
+    pub fn upsert_endpoint(&mut self, spec: EndpointSpec) -> Vec<EndpointDelta> {
+        let implicit: BTreeMap<String, String> = [(
+            "kubernetes.io/metadata.name".to_string(),
+            spec.namespace.clone(),
+        )]
+        .into();
+        let ns_labels = self.namespaces.get(&spec.namespace).unwrap_or(&implicit);
+        let labels = pod_labels(
+            &self.cfg.label_filter,
+            &spec.namespace,
+            &spec.labels,
+            ns_labels,
+            spec.service_account.as_deref(),
+            &self.cfg.cluster,
+        );
+        let key = spec.key();
+        let (id, mut out) = self.add_identity(&labels);
+        let old_id = match self.endpoints.get_mut(&key) {
+            Some(ep) => {
+                let old = ep.identity;
+                ep.identity = id;
+                ep.labels = labels;
+                ep.spec = spec;
+                Some(old)
+            }
+            None => {
+                let policy = self.build_policy(id, &labels, &spec.ports);
+                for s in policy.selectors() {
+                    self.sel_users.entry(s).or_default().insert(key.clone());
+                }
+                let delta = MapDelta::between(&PolicyMap::new(), &policy.map);
+                self.endpoints.insert(
+                    key.clone(),
+                    Endpoint {
+                        spec,
+                        identity: id,
+                        labels,
+                        policy,
+                    },
+                );
+                out.push(EndpointDelta {
+                    endpoint: key.clone(),
+                    delta,
+                });
+                None
+            }
+        };
+        if let Some(old) = old_id {
+            out.extend(self.regenerate(&key));
+            out.extend(self.release_identity(old));
+        }
+        out.extend(self.refresh_cluster_ports());
+        out
+    }
+
+    pub fn remove_endpoint(&mut self, key: &str) -> Vec<EndpointDelta> {
+        let Some(ep) = self.endpoints.remove(key) else {
+            return Vec::new();
+        };
+        self.release_policy(key, &ep.policy);
+        let mut out = self.release_identity(ep.identity);
+        out.extend(self.refresh_cluster_ports());
+        out
+    }
+
+    /// Namespace labels are part of pod identities: a change re-identifies the namespace's pods.
+    pub fn upsert_namespace(
+        &mut self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Vec<EndpointDelta> {
+        let mut labels = labels;
+        labels
+            .entry("kubernetes.io/metadata.name".into())
+            .or_insert_with(|| name.to_string());
+        if self.namespaces.get(name) == Some(&labels) {
+            return Vec::new();
+        }
+        self.namespaces.insert(name.to_string(), labels);
+        let specs: Vec<EndpointSpec> = self
+            .endpoints
+            .values()
+            .filter(|e| e.spec.namespace == name)
+            .map(|e| e.spec.clone())
+            .collect();
+        specs
+            .into_iter()
+            .flat_map(|s| self.upsert_endpoint(s))
+            .collect()
+    }
+
+    /// Adds or replaces the rules of one policy object.
+    pub fn upsert_policy(&mut self, origin: PolicyRef, rules: Vec<Rule>) -> Vec<EndpointDelta> {
+        let mut out = Vec::new();
+        let mut cidr_ids = Vec::new();
+        let cidrs: BTreeSet<Cidr> = rules.iter().flat_map(|r| r.cidrs.iter().copied()).collect();
+        for c in cidrs {
+            let (id, d) = self.add_identity(&cidr_labels(&c));
+            cidr_ids.push(id);
+            out.extend(d);
+        }
+        let old = self
+            .policies
+            .insert(origin.clone(), rules)
+            .unwrap_or_default();
+        out.extend(self.regenerate_selected(&old, &origin));
+        for id in self
+            .policy_cidrs
+            .insert(origin, cidr_ids)
+            .unwrap_or_default()
+        {
+            out.extend(self.release_identity(id));
+        }
+        out
+    }
+
+    pub fn remove_policy(&mut self, origin: &PolicyRef) -> Vec<EndpointDelta> {
+        let Some(old) = self.policies.remove(origin) else {
+            return Vec::new();
+        };
+        let mut out = self.regenerate_selected(&old, origin);
+        for id in self.policy_cidrs.remove(origin).unwrap_or_default() {
+            out.extend(self.release_identity(id));
+        }
+        out
+    }
+
+    /// Regenerates the endpoints selected by the old rules or the current rules of `origin`.
+    fn regenerate_selected(&mut self, old: &[Rule], origin: &PolicyRef) -> Vec<EndpointDelta> {
+        let new = self
+            .policies
+            .get(origin)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let keys: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| {
+                old.iter()
+                    .chain(new)
+                    .any(|r| !r.applies_to_nodes && r.subject.matches(&e.labels))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.regenerate(k)).collect()
+    }
+
+    /// Computes an endpoint's map from scratch with a fresh selector cache: the reference the
+    /// incremental state must equal.
+    pub fn recompute(&self, key: &str) -> Option<PolicyMap> {
+        let ep = self.endpoints.get(key)?;
+        let mut cache = SelectorCache::new();
+        for (id, l) in self.cache.identities() {
+            cache.add_identity(id, l);
+        }
+        let ctx = Context {
+            enforcement: self.cfg.enforcement,
+            proxy: self.cfg.proxy,
+            local_ports: &ep.spec.ports,
+            cluster_ports: &self.cluster_ports,
+        };
+        Some(
+            EndpointPolicy::build(
+                ep.identity,
+                Self::selecting_rules(&self.policies, &ep.labels),
+                &mut cache,
+                &ctx,
+            )
+            .map,
+        )
+    }
+
+    /// The identity of an address: a local pod's, else the longest CIDR identity containing it, else world.
+    pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<&Endpoint>) {
+        if let Some(ep) = self.endpoints.values().find(|e| e.spec.ips.contains(&ip)) {
+            return (ep.identity, Some(ep));
+        }
+        let best = self
+            .policies
+            .values()
+            .flatten()
+            .flat_map(|r| r.cidrs.iter())
+            .filter(|c| c.contains_ip(ip))
+            .max_by_key(|c| c.prefix_len());
+        let id = best
+            .and_then(|c| self.alloc.lookup(&cidr_labels(c)))
+            .unwrap_or(reserved::WORLD);
+        (id, None)
+    }
+
+    /// Labels of any known identity.
+    pub fn identity_labels(&self, id: NumericIdentity) -> Option<&Labels> {
+        self.alloc.labels(id)
+    }
+}
