@@ -391,3 +391,7 @@ pub fn family_name(family: u8) -> &'static str {
         "ipv4"
     }
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;
