@@ -39,7 +39,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Interface(s) to attach to (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
     pub iface: Vec<String>,
     #[arg(long, value_enum, default_value = "lb")]
     pub role: Role,
