@@ -95,6 +95,14 @@ pub fn run(args: AgentArgs) -> Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> Result<()> {
+    // Bad input is refused before anything touches the kernel.
+    if args.role == Role::Lb {
+        let path = args
+            .config
+            .as_ref()
+            .context("--config is required with --role lb")?;
+        config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     loader::prepare_pin_dir(&args.pin_dir)?;
     let state = Arc::new(Mutex::new(State {
         role: args.role,

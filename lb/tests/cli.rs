@@ -1,0 +1,126 @@
+//! The `oxilium` binary's handling of bad input and its offline commands.
+//! The agent case needs root only to be refused for the right reason (no kernel state is created).
+use std::process::Command;
+
+fn oxilium(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn agent_refuses_an_invalid_config_before_touching_the_kernel() {
+    let dir = std::env::temp_dir().join(format!("oxilium-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("lb.yaml");
+    std::fs::write(
+        &cfg,
+        "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    table_size: 252\n    backends:\n      - address: 10.0.1.1\n        wieght: 2\n",
+    )
+    .unwrap();
+    let pins = dir.join("pins");
+    let (ok, _, err) = oxilium(&[
+        "agent",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--iface",
+        "lo",
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--socket",
+        dir.join("s.sock").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("lb.yaml:5") && err.contains("table_size"),
+        "{err}"
+    );
+    assert!(err.contains("lb.yaml:8") && err.contains("wieght"), "{err}");
+    assert!(!pins.exists(), "pin folder created for a rejected config");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn maglev_table_offline_gives_addresses_as_written() {
+    let (ok, out, err) = oxilium(&[
+        "maglev",
+        "table",
+        "--size",
+        "251",
+        "--backend",
+        "10.0.0.1:80",
+        "--backend",
+        "10.0.0.2:80:3",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["size"], 251);
+    let table = v["table"].as_array().unwrap();
+    assert_eq!(table.len(), 251);
+    // "10.0.0.1:80" is backend 10.0.0.1 with weight 80; "10.0.0.2:80:3" is 10.0.0.2:80 with weight 3.
+    let a = table.iter().filter(|x| *x == "10.0.0.1").count();
+    let b = table.iter().filter(|x| *x == "10.0.0.2:80").count();
+    assert_eq!(a + b, 251);
+    assert!((a as f64 - 251.0 * 80.0 / 83.0).abs() <= 1.0, "{a}");
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let (ok, _, err) = oxilium(&["maglev", "table", "--size", "250", "--backend", "a"]);
+    assert!(!ok && err.contains("--size"), "{err}");
+    let (ok, _, err) = oxilium(&["maglev", "table", "--backend", "10.0.0.1:0"]);
+    assert!(
+        !ok && err.contains("--backend") && err.contains("weight"),
+        "{err}"
+    );
+    let (ok, _, err) = oxilium(&["maglev", "table", "--backend", "x", "--backend", "x"]);
+    assert!(!ok && err.contains("--backend"), "{err}");
+}
+
+#[test]
+fn policy_verdicts_for_the_star_wars_example() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policy/tests/cases/starwars-l7"
+    );
+    let verdict = |from: &str, http: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "policy",
+            "verdict",
+            "--manifests",
+            dir,
+            "--from",
+            from,
+            "--to",
+            "default/deathstar",
+            "--port",
+            "80/TCP",
+        ];
+        args.extend_from_slice(http);
+        args.extend(["-o", "json"]);
+        let (ok, out, err) = oxilium(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    assert_eq!(verdict("default/tiefighter", &[])["verdict"], "redirect");
+    assert_eq!(
+        verdict(
+            "default/tiefighter",
+            &["--http", "POST", "/v1/request-landing"]
+        )["verdict"],
+        "allow"
+    );
+    assert_eq!(
+        verdict("default/tiefighter", &["--http", "PUT", "/v1/exhaust-port"])["verdict"],
+        "deny"
+    );
+    assert_eq!(verdict("default/xwing", &[])["verdict"], "deny");
+}
