@@ -1,11 +1,11 @@
-//! Builds the eBPF objects (xdp/, tc/) with ci/build-bpf and places them in OUT_DIR, from where
+//! Builds the eBPF objects (xdp/, tc/, sock-lb/) with ci/build-bpf and places them in OUT_DIR, from where
 //! src/bpf/objects.rs embeds them into the `oxilium` binary.
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for dir in ["abi", "datapath", "xdp", "tc"] {
+    for dir in ["abi", "datapath", "xdp", "tc", "sock-lb"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(
@@ -23,7 +23,7 @@ fn main() {
         status.success(),
         "building the eBPF objects failed (run ci/setup first?)"
     );
-    for obj in ["oxilium-xdp", "oxilium-tc"] {
+    for obj in ["oxilium-xdp", "oxilium-tc", "oxilium-sock-lb"] {
         let src = target_dir.join("bpfel-unknown-none/bpf").join(obj);
         std::fs::copy(&src, out.join(format!("{obj}.o")))
             .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
