@@ -179,12 +179,13 @@ fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
 /// packet claims to carry is cut short.
 #[inline(always)]
 fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
-    if f.frag == Fragment::Later {
-        return true;
-    }
+    // The flow lives in per-CPU scratch space: clear what the previous packet left first.
     f.key.sport = 0;
     f.key.dport = 0;
     f.icmp_error = false;
+    if f.frag == Fragment::Later {
+        return true;
+    }
     match f.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let need = if f.key.proto == IPPROTO_TCP {
