@@ -124,3 +124,51 @@ fn policy_verdicts_for_the_star_wars_example() {
     );
     assert_eq!(verdict("default/xwing", &[])["verdict"], "deny");
 }
+
+#[test]
+fn offline_service_list_prints_what_the_node_would_program() {
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/tests/cases");
+    let mut checked = 0;
+    for case in std::fs::read_dir(cases).unwrap() {
+        let case = case.unwrap().path();
+        let expected = case.join("expected.json");
+        if !expected.exists() {
+            continue;
+        }
+        let dir = case.join("manifests");
+        let (ok, out, err) = oxilium(&[
+            "service",
+            "list",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--node",
+            "node-a",
+            "-o",
+            "json",
+        ]);
+        assert!(ok, "{}: {err}", case.display());
+        let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
+        assert_eq!(got, want, "{}", case.display());
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} cases found");
+    let bad = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/k8s/tests/cases/bad-syntax/manifests"
+    );
+    let (ok, _, err) = oxilium(&[
+        "service",
+        "list",
+        "--manifests",
+        bad,
+        "--node",
+        "node-a",
+        "-o",
+        "json",
+    ]);
+    assert!(!ok && err.contains("--manifests"), "{err}");
+    let (ok, _, err) = oxilium(&["service", "list", "--manifests", bad, "-o", "json"]);
+    assert!(!ok && err.contains("--node"), "{err}");
+}

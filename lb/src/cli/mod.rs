@@ -2,6 +2,7 @@
 mod client;
 mod maglev_table;
 pub mod policy;
+mod service_offline;
 
 use crate::agent::{self, AgentArgs};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -61,8 +62,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ServiceCmd {
-    /// Services with their backends, health and counters.
-    List(ClientArgs),
+    /// Services with their backends, health and counters (from the agent), or with --manifests
+    /// the frontends a node would program, computed offline from a folder of Kubernetes manifests.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        offline: service_offline::OfflineArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,9 +110,10 @@ pub fn main() -> ExitCode {
             agent::run(a)
         }
         Command::Status(c) => client::show(&c, "/status", client::Kind::Status),
-        Command::Service(ServiceCmd::List(c)) => {
-            client::show(&c, "/services", client::Kind::Services)
-        }
+        Command::Service(ServiceCmd::List { client: c, offline }) => match offline.manifests {
+            Some(_) => service_offline::run(&offline, c.output),
+            None => client::show(&c, "/services", client::Kind::Services),
+        },
         Command::Bpf(BpfCmd::Lb(BpfLbCmd::List(c))) => {
             client::show(&c, "/bpf/lb", client::Kind::BpfLb)
         }

@@ -1,0 +1,558 @@
+//! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
+//! object change, so compiling a frontend never re-parses strings.
+use crate::model::{Algorithm, ApiProtocol, Cidr, ObjectKey};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::net::IpAddr;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The node label naming its zone (topology hints).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Per-service load-balancing algorithm (Cilium's annotation): `maglev` or `random`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.cilium.io/lb-algorithm";
+/// The legacy form of spec.loadBalancerSourceRanges, used when the field is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+/// sessionAffinity ClientIP timeout when sessionAffinityConfig does not give one.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(a: &IpAddr) -> Family {
+        if a.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+pub(crate) fn key_of(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SvcType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SvcPort {
+    pub index: usize,
+    pub name: String,
+    pub protocol: ApiProtocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+/// A Service as the store keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct Svc {
+    pub key: ObjectKey,
+    pub origin: Option<String>,
+    /// Skipped as a whole, by design (headless, ExternalName, no cluster IP): the reason.
+    pub skip: Option<String>,
+    /// Rejected as a whole (invalid field): the error.
+    pub error: Option<String>,
+    pub ty: SvcType,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<SvcPort>,
+    pub external_ips: Vec<IpAddr>,
+    pub lb_ingress: Vec<IpAddr>,
+    pub etp_local: bool,
+    pub itp_local: bool,
+    pub affinity_timeout: Option<u32>,
+    pub source_ranges: Vec<Cidr>,
+    pub health_check_node_port: Option<u16>,
+    pub publish_not_ready: bool,
+    /// trafficDistribution PreferClose (or its newer name PreferSameZone).
+    pub prefer_close: bool,
+    pub algorithm: Option<Algorithm>,
+    /// Non-fatal remarks (ignored entries).
+    pub notes: Vec<String>,
+}
+
+impl Svc {
+    pub fn has_family(&self, f: Family) -> bool {
+        self.cluster_ips.iter().any(|a| Family::of(a) == f)
+    }
+}
+
+fn port_u16(v: i32, field: &str) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{field}: {v} is not a port (1-65535)"))
+}
+
+fn ip(s: &str, field: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{field}: {s:?} is not an IP address"))
+}
+
+pub(crate) fn service(s: &Service, origin: Option<String>) -> Svc {
+    let mut svc = Svc {
+        key: key_of(&s.metadata),
+        origin,
+        skip: None,
+        error: None,
+        ty: SvcType::ClusterIP,
+        cluster_ips: Vec::new(),
+        ports: Vec::new(),
+        external_ips: Vec::new(),
+        lb_ingress: Vec::new(),
+        etp_local: false,
+        itp_local: false,
+        affinity_timeout: None,
+        source_ranges: Vec::new(),
+        health_check_node_port: None,
+        publish_not_ready: false,
+        prefer_close: false,
+        algorithm: None,
+        notes: Vec::new(),
+    };
+    if let Err(e) = fill_service(s, &mut svc) {
+        svc.error = Some(e);
+    }
+    svc
+}
+
+fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
+    let Some(spec) = &s.spec else {
+        svc.skip = Some("no spec".into());
+        return Ok(());
+    };
+    svc.ty = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" => SvcType::ClusterIP,
+        "NodePort" => SvcType::NodePort,
+        "LoadBalancer" => SvcType::LoadBalancer,
+        "ExternalName" => {
+            svc.skip = Some("type ExternalName (DNS only, nothing to program)".into());
+            return Ok(());
+        }
+        other => return Err(format!("spec.type: unknown type {other:?}")),
+    };
+    // spec.clusterIPs wins; spec.clusterIP is its first element in any valid object.
+    let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(v), _) if !v.is_empty() => v.iter().map(String::as_str).collect(),
+        (_, Some(one)) if !one.is_empty() => vec![one.as_str()],
+        _ => {
+            svc.skip = Some("no clusterIP allocated".into());
+            return Ok(());
+        }
+    };
+    if ips.contains(&"None") {
+        svc.skip = Some("headless (clusterIP None)".into());
+        return Ok(());
+    }
+    for (i, s) in ips.iter().enumerate() {
+        let a = ip(s, &format!("spec.clusterIPs[{i}]"))?;
+        if svc
+            .cluster_ips
+            .iter()
+            .any(|b| Family::of(b) == Family::of(&a))
+        {
+            return Err(format!(
+                "spec.clusterIPs[{i}]: two addresses of the same family"
+            ));
+        }
+        svc.cluster_ips.push(a);
+    }
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let protocol = ApiProtocol::parse(p.protocol.as_deref())
+            .map_err(|e| format!("{field}.protocol: {e}"))?;
+        let port = port_u16(p.port, &format!("{field}.port"))?;
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(port_u16(n, &format!("{field}.nodePort"))?),
+        };
+        svc.ports.push(SvcPort {
+            index: i,
+            name: p.name.clone().unwrap_or_default(),
+            protocol,
+            port,
+            node_port,
+        });
+    }
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        svc.external_ips
+            .push(ip(s, &format!("spec.externalIPs[{i}]"))?);
+    }
+    if svc.ty == SvcType::LoadBalancer {
+        let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref());
+        for (i, ing) in ingress
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("status.loadBalancer.ingress[{i}]");
+            match (&ing.ip, ing.ip_mode.as_deref()) {
+                (None, _) => svc
+                    .notes
+                    .push(format!("{field}: no ip (hostname-only ingress is not programmed)")),
+                (Some(_), Some("Proxy")) => svc.notes.push(format!(
+                    "{field}: ipMode Proxy (the load balancer proxies; the ip is not programmed on nodes)"
+                )),
+                (Some(a), _) => svc.lb_ingress.push(ip(a, &format!("{field}.ip"))?),
+            }
+        }
+        let ranges: Vec<String> = match &spec.load_balancer_source_ranges {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+                .map(|v| {
+                    v.split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for (i, r) in ranges.iter().enumerate() {
+            let c = r
+                .parse()
+                .map_err(|e| format!("spec.loadBalancerSourceRanges[{i}]: {e}"))?;
+            svc.source_ranges.push(c);
+        }
+    }
+    svc.etp_local = policy_local(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+    )?;
+    svc.itp_local = policy_local(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+    )?;
+    if svc.etp_local
+        && svc.ty == SvcType::LoadBalancer
+        && let Some(n) = spec.health_check_node_port.filter(|n| *n != 0)
+    {
+        svc.health_check_node_port = Some(port_u16(n, "spec.healthCheckNodePort")?);
+    }
+    match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => {}
+        "ClientIP" => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            svc.affinity_timeout = Some(match t {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(t) if (1..=86400).contains(&t) => t as u32,
+                Some(t) => {
+                    return Err(format!(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} not in 1-86400"
+                    ));
+                }
+            });
+        }
+        other => return Err(format!("spec.sessionAffinity: unknown value {other:?}")),
+    }
+    svc.publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    svc.prefer_close = matches!(
+        spec.traffic_distribution.as_deref(),
+        Some("PreferClose" | "PreferSameZone")
+    );
+    if let Some(a) = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+    {
+        match a.parse() {
+            Ok(alg) => svc.algorithm = Some(alg),
+            Err(e) => svc.notes.push(format!(
+                "annotation {LB_ALGORITHM_ANNOTATION}: {e}; using the default"
+            )),
+        }
+    }
+    Ok(())
+}
+
+fn policy_local(v: Option<&str>, field: &str) -> Result<bool, String> {
+    match v.unwrap_or("Cluster") {
+        "Cluster" => Ok(false),
+        "Local" => Ok(true),
+        other => Err(format!(
+            "{field}: unknown policy {other:?} (Cluster or Local)"
+        )),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SlicePort {
+    pub name: String,
+    pub protocol: ApiProtocol,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Ep {
+    pub address: IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
+}
+
+/// An EndpointSlice as the store keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct Slice {
+    pub key: ObjectKey,
+    pub origin: Option<String>,
+    /// The owning Service (label kubernetes.io/service-name), if any.
+    pub service: Option<ObjectKey>,
+    /// None for FQDN slices (ignored).
+    pub family: Option<Family>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<Ep>,
+    pub notes: Vec<String>,
+}
+
+pub(crate) fn endpoint_slice(s: &EndpointSlice, origin: Option<String>) -> Slice {
+    let key = key_of(&s.metadata);
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|n| ObjectKey::new(key.namespace.clone(), n.clone()));
+    let mut notes = Vec::new();
+    if service.is_none() {
+        notes.push(format!(
+            "no {SERVICE_NAME_LABEL} label: belongs to no Service"
+        ));
+    }
+    let family = match s.address_type.as_str() {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        other => {
+            notes.push(format!("addressType {other}: ignored"));
+            None
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, p) in s.ports.iter().flatten().enumerate() {
+        let protocol = match ApiProtocol::parse(p.protocol.as_deref()) {
+            Ok(pr) => pr,
+            Err(e) => {
+                notes.push(format!("ports[{i}].protocol: {e}; port ignored"));
+                continue;
+            }
+        };
+        let port = match p.port {
+            None => None,
+            Some(v) => match port_u16(v, &format!("ports[{i}].port")) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    notes.push(format!("{e}; port ignored"));
+                    None
+                }
+            },
+        };
+        ports.push(SlicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol,
+            port,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in s.endpoints.iter().flatten().enumerate() {
+        if family.is_none() {
+            break;
+        }
+        // Addresses are fungible; like kube-proxy, use the first.
+        let Some(first) = e.addresses.first() else {
+            notes.push(format!("endpoints[{i}]: no address; ignored"));
+            continue;
+        };
+        let address = match ip(first, &format!("endpoints[{i}].addresses[0]")) {
+            Ok(a) if Some(Family::of(&a)) == family => a,
+            Ok(_) => {
+                notes.push(format!(
+                    "endpoints[{i}].addresses[0]: {first} is not of the slice's addressType {}; ignored",
+                    s.address_type
+                ));
+                continue;
+            }
+            Err(e) => {
+                notes.push(format!("{e}; ignored"));
+                continue;
+            }
+        };
+        let c = e.conditions.as_ref();
+        // API semantics: nil ready and nil serving mean true, nil terminating means false.
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let hints = e.hints.as_ref();
+        endpoints.push(Ep {
+            address,
+            ready,
+            serving: c.and_then(|c| c.serving).unwrap_or(true),
+            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            node: e.node_name.clone(),
+            zone: e.zone.clone(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Slice {
+        key,
+        origin,
+        service,
+        family,
+        ports,
+        endpoints,
+        notes,
+    }
+}
+
+/// A Node as the store keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// InternalIP and ExternalIP addresses, both families, in status order, without duplicates.
+    pub addresses: Vec<IpAddr>,
+    /// Label topology.kubernetes.io/zone.
+    pub zone: Option<String>,
+}
+
+pub(crate) fn node(n: &Node) -> (NodeInfo, Vec<String>) {
+    let mut info = NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        addresses: Vec::new(),
+        zone: n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+            .cloned(),
+    };
+    let mut notes = Vec::new();
+    let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in addrs.into_iter().flatten().enumerate() {
+        if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+            continue;
+        }
+        match ip(&a.address, &format!("status.addresses[{i}].address")) {
+            Ok(ip) if !info.addresses.contains(&ip) => info.addresses.push(ip),
+            Ok(_) => {}
+            Err(e) => notes.push(format!("{e}; ignored")),
+        }
+    }
+    (info, notes)
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct HostPortSpec {
+    pub name: String,
+    pub protocol: ApiProtocol,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// None: every node address (hostIP absent, 0.0.0.0 or ::).
+    pub host_ip: Option<IpAddr>,
+}
+
+/// The part of a Pod that HostPort needs. Pods without host ports are not kept.
+#[derive(Clone, Debug)]
+pub(crate) struct PodInfo {
+    pub key: ObjectKey,
+    pub origin: Option<String>,
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    pub host_ports: Vec<HostPortSpec>,
+    pub notes: Vec<String>,
+}
+
+/// None when the pod has nothing to program (no host port, host network, not scheduled, finished).
+pub(crate) fn pod(p: &Pod, origin: Option<String>) -> Option<PodInfo> {
+    let spec = p.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None; // the port is the node's own: nothing to translate
+    }
+    let node = spec.node_name.clone().filter(|n| !n.is_empty())?;
+    let status = p.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    let mut info = PodInfo {
+        key: key_of(&p.metadata),
+        origin,
+        node,
+        ips: Vec::new(),
+        host_ports: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (ci, c) in spec.containers.iter().enumerate() {
+        for (pi, cp) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let Some(hp) = cp.host_port.filter(|h| *h != 0) else {
+                continue;
+            };
+            let parsed = (|| -> Result<HostPortSpec, String> {
+                Ok(HostPortSpec {
+                    name: cp.name.clone().unwrap_or_default(),
+                    protocol: ApiProtocol::parse(cp.protocol.as_deref())
+                        .map_err(|e| format!("{field}.protocol: {e}"))?,
+                    host_port: port_u16(hp, &format!("{field}.hostPort"))?,
+                    container_port: port_u16(cp.container_port, &format!("{field}.containerPort"))?,
+                    host_ip: match cp.host_ip.as_deref() {
+                        None | Some("") => None,
+                        Some(s) => {
+                            Some(ip(s, &format!("{field}.hostIP"))?).filter(|a| !a.is_unspecified())
+                        }
+                    },
+                })
+            })();
+            match parsed {
+                Ok(h) => info.host_ports.push(h),
+                Err(e) => info.notes.push(format!("{e}; host port ignored")),
+            }
+        }
+    }
+    if info.host_ports.is_empty() && info.notes.is_empty() {
+        return None;
+    }
+    let pod_ips = status.and_then(|s| s.pod_ips.as_ref());
+    for a in pod_ips.into_iter().flatten() {
+        if let Ok(a) = a.ip.parse::<IpAddr>()
+            && !info.ips.contains(&a)
+        {
+            info.ips.push(a);
+        }
+    }
+    if info.ips.is_empty()
+        && let Some(a) = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|a| a.parse().ok())
+    {
+        info.ips.push(a);
+    }
+    Some(info)
+}

@@ -1,0 +1,56 @@
+//! Kubernetes Service semantics for the kube-proxy replacement, as kube-proxy and Cilium implement
+//! them, without a kernel: a manifests-folder source, a store indexed for O(change) updates, the
+//! per-node frontends (ClusterIP, NodePort, LoadBalancer, externalIPs, HostPort) with their backends,
+//! and the offline `oxilium service list --manifests DIR --node NAME -o json`.
+//!
+//! Flow: [`source::read_dir`] → [`Cluster`] (`apply_*`/`delete_*`, also fed by the API watchers) →
+//! [`compile_service`] / [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
+//! docs/kube-proxy-replacement.md lists the semantics.
+pub mod cluster;
+pub mod compile;
+pub mod convert;
+mod endpoints;
+pub mod model;
+pub mod output;
+pub mod source;
+
+pub use cluster::Cluster;
+pub use compile::{
+    CompileError, NodeFrontends, Options, ServiceFrontends, compile_host_ports, compile_node,
+    compile_service, parse_port_range,
+};
+pub use convert::{Family, NodeInfo};
+pub use model::{
+    Algorithm, Backend, BackendState, Cidr, Frontend, FrontendType, HealthCheck, Note, ObjectKey,
+    Protocol,
+};
+pub use source::{Manifests, Origin, SourceError};
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything node `node` would program for the manifests under `dir`, with the notes (skipped and
+/// rejected objects) the CLI prints on stderr.
+pub fn node_frontends(dir: &Path, node: &str, opts: &Options) -> Result<NodeFrontends> {
+    let manifests = source::read_dir(dir)?;
+    let cluster = Cluster::from_manifests(&manifests);
+    Ok(compile_node(&cluster, node, opts)?)
+}
+
+/// The offline `service list -o json`: a JSON array, one object per frontend of node `node`,
+/// sorted by address, port, protocol, type and owner. Services rejected for an invalid field are
+/// left out (see [`node_frontends`] for the notes saying why).
+pub fn service_list(dir: &Path, node: &str, opts: &Options) -> Result<serde_json::Value> {
+    Ok(output::frontends_json(
+        &node_frontends(dir, node, opts)?.frontends,
+    ))
+}
