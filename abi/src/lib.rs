@@ -9,6 +9,7 @@
 
 pub mod lb;
 pub mod policy;
+pub mod sock;
 
 /// Implements `aya::Pod` for map types on the userspace side.
 #[cfg(feature = "user")]

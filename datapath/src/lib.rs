@@ -10,4 +10,5 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod sock;
 pub mod stats;

@@ -3,3 +3,4 @@
 pub mod datapath;
 pub mod loader;
 pub mod objects;
+pub mod socklb;

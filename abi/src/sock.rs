@@ -1,0 +1,126 @@
+//! Socket-LB maps (cgroup connect / sendmsg / recvmsg / getpeername translation) and the constants
+//! that tell socket-level frontends and session affinity apart.
+//!
+//! The socket programs share `OXI_SERVICES`, `OXI_BACKENDS` and `OXI_TABLES` with the packet
+//! programs (see [`crate::lb`]); they look frontends up with [`SCOPE_INTERNAL`], so an agent can
+//! give traffic from inside the node a different view (e.g. internalTrafficPolicy) than traffic
+//! from outside ([`crate::lb::SCOPE_EXTERNAL`]).
+//!
+//! Session affinity: the service value's `flags` carries [`SVC_FLAG_AFFINITY`]; the timeout lives
+//! in `OXI_SOCK_AFFINITY_TIMEOUT[service id]` (seconds), because `ct_timeout_s` keeps its conntrack
+//! meaning for the packet programs. The flag gates the lookup, so a service id reused after a
+//! removal never inherits a stale timeout: without the flag the timeout entry is ignored.
+use crate::lb::Addr;
+
+pub use crate::lb::SCOPE_EXTERNAL;
+
+/// Scope of frontends used by clients inside the node (pods and host processes): the scope the
+/// socket programs look up.
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// `ServiceValue::flags`: ClientIP session affinity (timeout in `OXI_SOCK_AFFINITY_TIMEOUT`).
+pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
+
+/// Default Kubernetes sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+pub const MAX_SOCK_REVNAT: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 131_072;
+
+/// Pin names of the socket-LB maps, relative to the agent's pin folder.
+pub mod names {
+    pub const REVNAT: &str = "OXI_SOCK_REVNAT";
+    pub const AFFINITY: &str = "OXI_SOCK_AFFINITY";
+    pub const AFFINITY_TIMEOUT: &str = "OXI_SOCK_AFFINITY_TIMEOUT";
+    pub const STATS: &str = "OXI_SOCK_STATS";
+    /// Every pinned socket-LB map (the shared LB maps are in `crate::lb::names::PINNED`).
+    pub const PINNED: [&str; 4] = [REVNAT, AFFINITY, AFFINITY_TIMEOUT, STATS];
+}
+
+/// (socket cookie, backend address, backend port) → the service address the application asked
+/// for. Written at connect / sendmsg, read at recvmsg / getpeername.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RevKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
+/// (service id, client) → backend. The client is the network namespace of the socket
+/// (`bpf_get_netns_cookie`): a pod, or the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() of the latest connect / sendmsg that used this entry.
+    pub last_used_ns: u64,
+}
+
+/// Indexes of `OXI_SOCK_STATS` (per-CPU u64 counters).
+pub mod reason {
+    /// connect() translated to a backend.
+    pub const CONNECT: u32 = 0;
+    /// Unconnected UDP datagram translated at sendmsg().
+    pub const SENDMSG: u32 = 1;
+    /// Service without a usable backend: connect / sendmsg refused (ECONNREFUSED).
+    pub const NO_BACKEND: u32 = 2;
+    /// Datagram source restored to the service address at recvmsg().
+    pub const RECVMSG: u32 = 3;
+    /// getpeername() answered with the service address.
+    pub const GETPEERNAME: u32 = 4;
+    /// Backend taken from a fresh affinity entry.
+    pub const AFFINITY_HIT: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "connect",
+        "sendmsg",
+        "no_backend",
+        "recvmsg",
+        "getpeername",
+        "affinity_hit",
+    ];
+}
+
+#[cfg(feature = "user")]
+crate::pod!(RevKey, RevValue, AffinityKey, AffinityValue);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(size_of::<RevKey>(), 32);
+        assert_eq!(size_of::<RevValue>(), 24);
+        assert_eq!(size_of::<AffinityKey>(), 16);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+    }
+
+    #[test]
+    fn scopes_differ() {
+        assert_ne!(SCOPE_INTERNAL, SCOPE_EXTERNAL);
+    }
+}

@@ -1,0 +1,246 @@
+//! Socket-level service translation for the cgroup sock_addr hooks (sock-lb/): a service frontend
+//! is rewritten to a backend once, at connect() or at each unconnected sendmsg(), and the service
+//! address is given back at recvmsg() (UDP sources) and getpeername().
+//!
+//! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
+//! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
+//! table's algorithm), or the one remembered in `OXI_SOCK_AFFINITY` for ClientIP affinity.
+use crate::maps::{OXI_BACKENDS, OXI_SERVICES, OXI_TABLES};
+use abi::{
+    lb::{
+        Addr, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, FAMILY_V4, MAX_SERVICES,
+        MAX_TABLE_SIZE, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, is_v4_mapped,
+    },
+    sock::{
+        AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
+        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, reason,
+    },
+};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    btf_maps::{Array, LruHashMap, PerCpuArray},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
+    programs::SockAddrContext,
+};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+pub type RevNatMap = LruHashMap<RevKey, RevValue, { MAX_SOCK_REVNAT as usize }>;
+pub type AffinityMap = LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }>;
+pub type AffinityTimeoutMap = Array<u32, { MAX_SERVICES as usize }>;
+pub type SockStatsMap = PerCpuArray<u64, { reason::COUNT as usize }>;
+
+/// The socket-LB's own maps, defined as `#[btf_map]` statics by the sock-lb crate (with the names
+/// of `abi::sock::names`) rather than here: every map static of this library lands in every
+/// object that links it, and the XDP / tc objects must not carry (and create, unpinned) these.
+/// The hooks are generic over this trait, so each map is still referenced directly.
+pub trait SockMaps {
+    /// (socket cookie, backend, backend port) → service address, for recvmsg / getpeername.
+    fn revnat() -> &'static RevNatMap;
+    /// (netns cookie, service id) → backend, for ClientIP session affinity.
+    fn affinity() -> &'static AffinityMap;
+    /// Service id → affinity timeout in seconds (read only for services with SVC_FLAG_AFFINITY).
+    fn affinity_timeout() -> &'static AffinityTimeoutMap;
+    /// Per-CPU counters, indexed by `abi::sock::reason`.
+    fn stats() -> &'static SockStatsMap;
+}
+
+const ECONNREFUSED: i32 = 111;
+/// Program verdicts of the sock_addr hooks.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+
+#[inline(always)]
+fn count<M: SockMaps>(r: u32) {
+    if let Some(c) = M::stats().get_ptr_mut(r) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The address in the context (destination at connect/sendmsg, source at recvmsg, peer at
+/// getpeername) in the 16-byte form, and its port in network byte order. Every access is a
+/// single 32-bit load: the verifier rejects wider or merged context accesses on older kernels.
+#[inline(always)]
+fn read_addr(sa: *mut bpf_sock_addr, v6: bool) -> (Addr, u16) {
+    let mut a: Addr = [0; 16];
+    // SAFETY: `sa` is the program's context; the verifier rewrites these loads.
+    unsafe {
+        if v6 {
+            let w0 = read_volatile(addr_of!((*sa).user_ip6[0])).to_ne_bytes();
+            let w1 = read_volatile(addr_of!((*sa).user_ip6[1])).to_ne_bytes();
+            let w2 = read_volatile(addr_of!((*sa).user_ip6[2])).to_ne_bytes();
+            let w3 = read_volatile(addr_of!((*sa).user_ip6[3])).to_ne_bytes();
+            a[0..4].copy_from_slice(&w0);
+            a[4..8].copy_from_slice(&w1);
+            a[8..12].copy_from_slice(&w2);
+            a[12..16].copy_from_slice(&w3);
+        } else {
+            a[10] = 0xff;
+            a[11] = 0xff;
+            let w = read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes();
+            a[12..16].copy_from_slice(&w);
+        }
+        (a, read_volatile(addr_of!((*sa).user_port)) as u16)
+    }
+}
+
+/// Writes an address and port into the context. A v4 hook can only take an IPv4-mapped address:
+/// returns false (nothing written) otherwise.
+#[inline(always)]
+fn write_addr(sa: *mut bpf_sock_addr, v6: bool, a: &Addr, port: u16) -> bool {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    // SAFETY: `sa` is the program's context; the verifier rewrites these stores.
+    unsafe {
+        if v6 {
+            write_volatile(addr_of_mut!((*sa).user_ip6[0]), w(0));
+            write_volatile(addr_of_mut!((*sa).user_ip6[1]), w(4));
+            write_volatile(addr_of_mut!((*sa).user_ip6[2]), w(8));
+            write_volatile(addr_of_mut!((*sa).user_ip6[3]), w(12));
+        } else {
+            if !is_v4_mapped(a) {
+                return false;
+            }
+            write_volatile(addr_of_mut!((*sa).user_ip4), w(12));
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), port as u32);
+    }
+    true
+}
+
+/// connect4/6 and sendmsg4/6: translates a service frontend to a backend and records the reverse
+/// entry. `done` is the counter of a translation. Returns the program's verdict.
+#[inline(always)]
+pub fn forward<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: context field, 32-bit load.
+    let proto = unsafe { read_volatile(addr_of!((*sa).protocol)) };
+    if proto != PROTO_TCP as u32 && proto != PROTO_UDP as u32 {
+        return ALLOW;
+    }
+    let (addr, port) = read_addr(sa, v6);
+    let key = ServiceKey {
+        addr,
+        port,
+        proto: proto as u8,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: read-only use of a map value the agent replaces atomically.
+    let Some(svc) = (unsafe { OXI_SERVICES.get(key) }) else {
+        return ALLOW;
+    };
+    let Some(b) = pick::<M>(ctx, svc) else {
+        return refuse::<M>();
+    };
+    // A backend of the other family cannot be reached from this socket.
+    if is_v4_mapped(&addr) != (b.family == FAMILY_V4) || !write_addr(sa, v6, &b.addr, b.port) {
+        return refuse::<M>();
+    }
+    // SAFETY: helper on the hook's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rkey = RevKey {
+        cookie,
+        addr: b.addr,
+        port: b.port,
+        _pad: [0; 6],
+    };
+    let rval = RevValue {
+        addr,
+        port,
+        _pad: 0,
+        service_id: svc.id,
+    };
+    // A full LRU evicts the oldest entry; failing here only loses the reverse view.
+    let _ = M::revnat().insert(rkey, rval, 0);
+    count::<M>(done);
+    ALLOW
+}
+
+/// No usable backend: the call fails with ECONNREFUSED, as if a closed port had answered.
+#[inline(always)]
+fn refuse<M: SockMaps>() -> i32 {
+    count::<M>(reason::NO_BACKEND);
+    // SAFETY: plain helper call; allowed for connect and sendmsg hooks.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+/// The backend for this socket: a fresh affinity entry's, else a random slot of the table
+/// (recorded for affinity when the service has it).
+#[inline(never)]
+fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backend> {
+    let size = svc.table_size;
+    if svc.id == 0 || size == 0 || size > MAX_TABLE_SIZE {
+        return None;
+    }
+    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
+    // SAFETY: helpers without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let akey = AffinityKey {
+        netns_cookie: if affinity {
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+        } else {
+            0
+        },
+        service_id: svc.id,
+        _pad: 0,
+    };
+    if affinity {
+        let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0) as u64;
+        if let Some(e) = M::affinity().get_ptr_mut(akey) {
+            // SAFETY: LRU value; a race with another CPU only moves a timestamp.
+            let e = unsafe { &mut *e };
+            let fresh = now.wrapping_sub(e.last_used_ns) < timeout * 1_000_000_000;
+            if fresh
+                && let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) }
+                && b.service_id == svc.id
+                && b.state == BACKEND_ACTIVE
+            {
+                e.last_used_ns = now;
+                count::<M>(reason::AFFINITY_HIT);
+                return Some(*b);
+            }
+        }
+    }
+    let slot = unsafe { bpf_get_prandom_u32() } % size;
+    let id = *OXI_TABLES.get_value(svc.id, &slot)?;
+    let b = *(unsafe { OXI_BACKENDS.get(id) })?;
+    if b.state == BACKEND_TERMINATING {
+        return None;
+    }
+    if affinity {
+        let v = AffinityValue {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        let _ = M::affinity().insert(akey, v, 0);
+    }
+    Some(b)
+}
+
+/// recvmsg4/6 and getpeername4/6: gives back the service address for a backend this socket was
+/// translated to. `done` is the counter of a rewrite. These hooks must always allow.
+#[inline(always)]
+pub fn reverse<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
+    let sa = ctx.sock_addr;
+    let (addr, port) = read_addr(sa, v6);
+    // SAFETY: helper on the hook's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rkey = RevKey {
+        cookie,
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    // SAFETY: read-only use of the value.
+    if let Some(v) = unsafe { M::revnat().get(rkey) }
+        && write_addr(sa, v6, &v.addr, v.port)
+    {
+        count::<M>(done);
+    }
+    ALLOW
+}
