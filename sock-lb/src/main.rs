@@ -87,12 +87,6 @@ pub fn oxilium_getpeername6(ctx: SockAddrContext) -> i32 {
     reverse::<Maps>(&ctx, true, reason::GETPEERNAME)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

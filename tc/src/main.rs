@@ -56,12 +56,6 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

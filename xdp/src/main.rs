@@ -166,12 +166,6 @@ fn transmit(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, tot_len: u16) ->
     }
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
