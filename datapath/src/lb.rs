@@ -5,8 +5,8 @@ use crate::{
     parse::Flow,
 };
 use abi::lb::{
-    ALG_RANDOM, Addr, BACKEND_TERMINATING, Backend, CtEntry, FlowKey, LbConfig, MAX_TABLE_SIZE,
-    MODE_SNAT, SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason,
+    ALG_RANDOM, Addr, Backend, CtEntry, FlowKey, LbConfig, MAX_TABLE_SIZE, MODE_SNAT,
+    SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -115,10 +115,8 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     let Some(b) = (unsafe { OXI_BACKENDS.get(id) }) else {
         return reason::NO_BACKEND;
     };
-    if b.state == BACKEND_TERMINATING {
-        // Terminating backends keep their flows but take no new ones.
-        return reason::NO_BACKEND;
-    }
+    // The table decides who takes new flows: terminating backends are in it only as the fallback
+    // when no active backend is left.
     t.backend_id = id;
     t.backend = *b;
     t.snat_port = 0;

@@ -8,8 +8,8 @@
 use crate::maps::{OXI_BACKENDS, OXI_SERVICES, OXI_TABLES};
 use abi::{
     lb::{
-        Addr, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, FAMILY_V4, MAX_SERVICES,
-        MAX_TABLE_SIZE, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, is_v4_mapped,
+        Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, MAX_SERVICES, MAX_TABLE_SIZE, PROTO_TCP,
+        PROTO_UDP, ServiceKey, ServiceValue, is_v4_mapped,
     },
     sock::{
         AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
@@ -207,10 +207,8 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
     }
     let slot = unsafe { bpf_get_prandom_u32() } % size;
     let id = *OXI_TABLES.get_value(svc.id, &slot)?;
+    // The table decides who takes new connections (terminating backends only as the fallback).
     let b = *(unsafe { OXI_BACKENDS.get(id) })?;
-    if b.state == BACKEND_TERMINATING {
-        return None;
-    }
     if affinity {
         let v = AffinityValue {
             backend_id: id,

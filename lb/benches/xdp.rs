@@ -97,6 +97,8 @@ fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
         mode: Mode::Snat,
         table_size: 251,
         conntrack_timeout_s: ct_timeout_s,
+        scope: oxilium::model::Scope::External,
+        affinity_timeout_s: None,
         backends: vec![Backend {
             addr: backend.parse().unwrap(),
             weight: 1,

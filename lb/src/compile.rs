@@ -1,7 +1,7 @@
 //! Model → the datapath's tables: service entries, backend entries and each service's selection
 //! table (Maglev, or the weighted slot list for random). Pure: no kernel, testable, and what the
 //! offline commands print.
-use crate::model::{Algorithm, BackendState, Mode, Model, Service};
+use crate::model::{Algorithm, BackendState, Mode, Model, Scope, Service};
 use abi::lb::{self as abi_lb, Addr, ServiceKey};
 use anyhow::{Context, Result, bail};
 use std::{
@@ -17,6 +17,9 @@ pub struct CompiledService {
     pub algorithm: u8,
     pub mode: u8,
     pub ct_timeout_s: u32,
+    /// Service flags (`abi::sock::SVC_FLAG_AFFINITY`).
+    pub flags: u16,
+    pub affinity_timeout_s: Option<u32>,
     /// Every configured backend, in config order, with its datapath state.
     pub backends: Vec<(SocketAddr, u8)>,
     /// For each slot, an index into `backends`. Empty when no backend may take new flows.
@@ -43,7 +46,10 @@ pub fn service_key(s: &Service) -> ServiceKey {
         addr: addr_bytes(s.frontend.addr),
         port: s.frontend.port.to_be(),
         proto: s.frontend.protocol.number(),
-        scope: abi_lb::SCOPE_EXTERNAL,
+        scope: match s.scope {
+            Scope::External => abi_lb::SCOPE_EXTERNAL,
+            Scope::Internal => abi::sock::SCOPE_INTERNAL,
+        },
     }
 }
 
@@ -81,16 +87,24 @@ pub fn compile_service(s: &Service, seed: u32) -> Result<CompiledService> {
             let state = match b.state {
                 BackendState::Active => abi_lb::BACKEND_ACTIVE,
                 BackendState::Quarantined => abi_lb::BACKEND_QUARANTINED,
+                BackendState::Terminating => abi_lb::BACKEND_TERMINATING,
             };
             (b.addr, state)
         })
         .collect();
-    // Only active backends with a weight take new flows.
+    // Active backends with a weight take new flows; terminating ones only when no active one is
+    // left (the terminating fallback); quarantined ones never.
+    let usable = |state| s.backends.iter().any(|b| b.state == state && b.weight > 0);
+    let take = if usable(BackendState::Active) {
+        BackendState::Active
+    } else {
+        BackendState::Terminating
+    };
     let eligible: Vec<(usize, String, u32)> = s
         .backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.state == BackendState::Active && b.weight > 0)
+        .filter(|(_, b)| b.state == take && b.weight > 0)
         .map(|(i, b)| (i, b.addr.to_string(), b.weight))
         .collect();
     let table = match s.algorithm {
@@ -109,6 +123,12 @@ pub fn compile_service(s: &Service, seed: u32) -> Result<CompiledService> {
             Mode::Dsr => abi_lb::MODE_DSR,
         },
         ct_timeout_s: s.conntrack_timeout_s,
+        flags: if s.affinity_timeout_s.is_some() {
+            abi::sock::SVC_FLAG_AFFINITY
+        } else {
+            0
+        },
+        affinity_timeout_s: s.affinity_timeout_s,
         backends,
         table,
     })
@@ -164,6 +184,8 @@ mod tests {
             mode: Mode::Snat,
             table_size: 251,
             conntrack_timeout_s: 60,
+            scope: Scope::External,
+            affinity_timeout_s: None,
             backends: weights
                 .iter()
                 .enumerate()

@@ -48,6 +48,16 @@ pub struct Frontend {
     pub protocol: Protocol,
 }
 
+/// Who a frontend serves: traffic from outside (XDP / tc on the node's devices) or from inside the
+/// cluster or node (the socket LB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    External,
+    Internal,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
@@ -55,6 +65,8 @@ pub enum BackendState {
     Active,
     /// Failing its health check: out of new-flow selection, established flows stay.
     Quarantined,
+    /// Shutting down: used only when no active backend is left (the terminating fallback).
+    Terminating,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -73,6 +85,9 @@ pub struct Service {
     /// Maglev table size M (ignored for random).
     pub table_size: u32,
     pub conntrack_timeout_s: u32,
+    pub scope: Scope,
+    /// ClientIP session affinity (socket LB): how long a client keeps its backend, in seconds.
+    pub affinity_timeout_s: Option<u32>,
     pub backends: Vec<Backend>,
 }
 

@@ -25,6 +25,9 @@ pub trait Datapath {
     fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()>;
     /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
+    /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
+    /// entry that switches the flag on; `None` forgets the service's affinity entries.
+    fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()>;
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,6 +37,8 @@ struct Realised {
     backends: BTreeMap<SocketAddr, (u32, Backend)>,
     /// None: unknown (after a restart) and rewritten on the next apply.
     table: Option<Vec<u32>>,
+    /// None: unknown (after a restart) or off.
+    affinity: Option<u32>,
 }
 
 /// What one apply changed.
@@ -156,6 +161,9 @@ impl<D: Datapath> Reconciler<D> {
         for key in gone {
             let s = self.services.remove(&key).expect("listed above");
             self.dp.remove_service(&key)?;
+            if s.affinity.is_some() {
+                self.dp.set_affinity(s.id, None)?;
+            }
             ch.services_removed += 1;
             for (id, _) in s.backends.values() {
                 self.dp.remove_backend(*id)?;
@@ -239,13 +247,17 @@ impl<D: Datapath> Reconciler<D> {
             ch.tables_written += 1;
             real.table = Some(table.clone());
         }
-        // 3. Service entry.
+        // 3. Affinity timeout, then the service entry (whose flag turns affinity on).
+        if real.affinity != cs.affinity_timeout_s {
+            self.dp.set_affinity(sid, cs.affinity_timeout_s)?;
+            real.affinity = cs.affinity_timeout_s;
+        }
         let value = ServiceValue {
             id: sid,
             table_size: table.len() as u32,
             algorithm: cs.algorithm,
             mode: cs.mode,
-            flags: 0,
+            flags: cs.flags,
             ct_timeout_s: cs.ct_timeout_s,
         };
         if real.value != value {
@@ -329,6 +341,8 @@ pub struct MemoryDatapath {
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// Flow → backend id, standing in for conntrack.
     pub flows: BTreeMap<u32, u32>,
+    /// Service id → affinity timeout.
+    pub affinity: BTreeMap<u32, u32>,
     pub writes: usize,
 }
 
@@ -348,6 +362,13 @@ impl Datapath for MemoryDatapath {
             {
                 bail!("service {} written before its table or backends", value.id);
             }
+        }
+        if value.flags & abi::sock::SVC_FLAG_AFFINITY != 0 && !self.affinity.contains_key(&value.id)
+        {
+            bail!(
+                "service {} has affinity on before its timeout is written",
+                value.id
+            );
         }
         self.writes += 1;
         self.services.insert(*key, *value);
@@ -380,6 +401,14 @@ impl Datapath for MemoryDatapath {
         let before = self.flows.len();
         self.flows.retain(|_, b| !backend_ids.contains(b));
         Ok(before - self.flows.len())
+    }
+    fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
+        self.writes += 1;
+        match timeout_s {
+            Some(t) => self.affinity.insert(service_id, t),
+            None => self.affinity.remove(&service_id),
+        };
+        Ok(())
     }
 }
 

@@ -21,6 +21,8 @@ fn service(name: &str, port: u16, backends: &[u8]) -> Service {
         mode: Mode::Snat,
         table_size: 251,
         conntrack_timeout_s: 60,
+        scope: crate::model::Scope::External,
+        affinity_timeout_s: None,
         backends: backends
             .iter()
             .map(|b| MBackend {

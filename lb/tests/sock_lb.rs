@@ -169,6 +169,8 @@ fn service(addr: &str, proto: Protocol, backends: &[String]) -> CompiledService 
         mode: Mode::Snat,
         table_size: 0,
         conntrack_timeout_s: 60,
+        scope: oxilium::model::Scope::Internal,
+        affinity_timeout_s: None,
         backends: backends
             .iter()
             .map(|a| Backend {
@@ -178,8 +180,8 @@ fn service(addr: &str, proto: Protocol, backends: &[String]) -> CompiledService 
             })
             .collect(),
     };
-    let mut c = compile_service(&s, 0).unwrap();
-    c.key.scope = SCOPE_INTERNAL;
+    let c = compile_service(&s, 0).unwrap();
+    assert_eq!(c.key.scope, SCOPE_INTERNAL);
     c
 }
 

@@ -32,6 +32,8 @@ pub fn model(cfg: &Config, health: &HashMap<HealthKey, bool>) -> Model {
             },
             table_size: s.table_size,
             conntrack_timeout_s: s.conntrack_timeout.as_secs().clamp(1, u32::MAX as u64) as u32,
+            scope: model::Scope::External,
+            affinity_timeout_s: None,
             backends: s
                 .backends
                 .iter()

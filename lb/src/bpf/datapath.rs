@@ -21,6 +21,8 @@ pub struct KernelMaps {
     stats: PerCpuArray<MapData, Counter>,
     service_stats: PerCpuArray<MapData, Counter>,
     backend_stats: PerCpuArray<MapData, Counter>,
+    /// The socket LB's maps, when the socket LB is loaded (session affinity lives there).
+    sock: Option<crate::bpf::socklb::SockMaps>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -46,7 +48,14 @@ impl KernelMaps {
             stats: take(ebpf, names::STATS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            sock: None,
         })
+    }
+
+    /// Lets the reconciler program session affinity into the socket LB's maps.
+    pub fn with_sock_maps(mut self, sock: crate::bpf::socklb::SockMaps) -> Self {
+        self.sock = Some(sock);
+        self
     }
 
     pub fn set_config(&mut self, c: &LbConfig) -> Result<()> {
@@ -179,5 +188,21 @@ impl Datapath for KernelMaps {
             let _ = self.snat.remove(k);
         }
         Ok(ct.len())
+    }
+
+    fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
+        let Some(sock) = self.sock.as_mut() else {
+            if timeout_s.is_some() {
+                anyhow::bail!("session affinity needs the socket LB, which is not loaded");
+            }
+            return Ok(());
+        };
+        match timeout_s {
+            Some(t) => sock.set_affinity_timeout(service_id, t),
+            None => {
+                sock.set_affinity_timeout(service_id, 0)?;
+                sock.flush_affinity(service_id).map(|_| ())
+            }
+        }
     }
 }

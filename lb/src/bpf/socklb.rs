@@ -170,6 +170,11 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 }
 
 impl SockLb {
+    /// Splits the loaded object from its maps (the maps can then join the reconciler's datapath).
+    pub fn into_parts(self) -> (Ebpf, SockMaps) {
+        (self.ebpf, self.maps)
+    }
+
     /// Loads and verifies the eight programs, with every map pinned in `pin_dir` (reused when
     /// the XDP / tc objects or an earlier run already pinned them).
     pub fn load(pin_dir: &Path) -> Result<SockLb> {

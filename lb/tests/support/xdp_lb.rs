@@ -222,6 +222,8 @@ pub fn service(name: &str, vip: &str, proto: Protocol, alg: Algorithm, mode: Mod
         mode,
         table_size: 251,
         conntrack_timeout_s: 300,
+        scope: oxilium::model::Scope::External,
+        affinity_timeout_s: None,
         backends: Vec::new(),
     }
 }
