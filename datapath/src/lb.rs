@@ -72,6 +72,18 @@ pub fn is_vip(addr: &Addr) -> bool {
     unsafe { OXI_SERVICES.get(&key) }.is_some()
 }
 
+/// The backend id in slot `pick % n` of a service's selection table. Slot 0 of the table holds its
+/// own size n (the backend ids follow), so a table and its size are replaced together in one
+/// update: a reader never combines a new table with an old size.
+#[inline(always)]
+pub fn table_pick(service_id: u32, pick: u32) -> Option<u32> {
+    let n = *OXI_TABLES.get_value(service_id, &0)?;
+    if n == 0 || n > MAX_TABLE_SIZE {
+        return None;
+    }
+    OXI_TABLES.get_value(service_id, &(1 + pick % n)).copied()
+}
+
 /// Picks the backend of a client → VIP flow into `t`: the conntrack entry's while it is fresh and
 /// its backend still exists, else a new selection recorded in conntrack. Returns 0, or the reason
 /// to drop the packet.
@@ -98,8 +110,7 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
         }
     }
 
-    let size = svc.table_size;
-    if size == 0 || size > MAX_TABLE_SIZE {
+    if svc.table_size == 0 {
         return reason::NO_BACKEND;
     }
     let pick = if svc.algorithm == ALG_RANDOM {
@@ -107,11 +118,9 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     } else {
         flow_hash(key, 0)
     };
-    let slot = pick % size;
-    let Some(id) = OXI_TABLES.get_value(svc.id, &slot) else {
+    let Some(id) = table_pick(svc.id, pick) else {
         return reason::NO_BACKEND;
     };
-    let id = *id;
     let Some(b) = (unsafe { OXI_BACKENDS.get(id) }) else {
         return reason::NO_BACKEND;
     };

@@ -5,11 +5,11 @@
 //! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
 //! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
 //! table's algorithm), or the one remembered in `OXI_SOCK_AFFINITY` for ClientIP affinity.
-use crate::maps::{OXI_BACKENDS, OXI_SERVICES, OXI_TABLES};
+use crate::maps::{OXI_BACKENDS, OXI_SERVICES};
 use abi::{
     lb::{
-        Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, MAX_SERVICES, MAX_TABLE_SIZE, PROTO_TCP,
-        PROTO_UDP, ServiceKey, ServiceValue, is_v4_mapped,
+        Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, MAX_SERVICES, PROTO_TCP, PROTO_UDP, ServiceKey,
+        ServiceValue, is_v4_mapped,
     },
     sock::{
         AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
@@ -172,8 +172,7 @@ fn refuse<M: SockMaps>() -> i32 {
 /// (recorded for affinity when the service has it).
 #[inline(never)]
 fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backend> {
-    let size = svc.table_size;
-    if svc.id == 0 || size == 0 || size > MAX_TABLE_SIZE {
+    if svc.id == 0 || svc.table_size == 0 {
         return None;
     }
     let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
@@ -205,8 +204,7 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
             }
         }
     }
-    let slot = unsafe { bpf_get_prandom_u32() } % size;
-    let id = *OXI_TABLES.get_value(svc.id, &slot)?;
+    let id = crate::lb::table_pick(svc.id, unsafe { bpf_get_prandom_u32() })?;
     // The table decides who takes new connections (terminating backends only as the fallback).
     let b = *(unsafe { OXI_BACKENDS.get(id) })?;
     if affinity {

@@ -27,14 +27,12 @@ use oxilium::{
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
-    fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     time::Duration,
 };
 use support::{
+    cgroup::{Answer, Cgroup, run_client},
     netns::{Netns, unique},
     servers::Servers,
 };
@@ -51,77 +49,6 @@ fn be4(i: usize) -> String {
 }
 fn be6(i: usize) -> String {
     format!("fd00:244::{i}")
-}
-
-/// The client: for each of N fresh sockets, one request; prints
-/// `OK <backend id> <peer addr> <peer port>` (peer from getpeername / recvfrom) or `ERR <errno>`.
-const CLIENT: &str = r#"
-import socket, sys
-mode, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-fam = socket.AF_INET6 if ':' in host else socket.AF_INET
-for _ in range(n):
-    s = None
-    try:
-        if mode == 'tcp':
-            s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(2)
-            s.connect((host, port)); peer = s.getpeername()
-            s.sendall(b'hello\n'); line = s.makefile().readline()
-        else:
-            s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
-            s.sendto(b'hello', (host, port)); data, peer = s.recvfrom(512); line = data.decode()
-        print('OK', line.split()[0], peer[0], peer[1], flush=True)
-    except OSError as e:
-        print('ERR', e.errno if e.errno is not None else 'timeout', flush=True)
-    finally:
-        if s is not None: s.close()
-"#;
-
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    Ok { id: String, peer: String, port: u16 },
-    Err(String),
-}
-
-/// A cgroup v2 child made by the test (and the cgroup2 mount, when the test had to make one).
-struct Cgroup {
-    path: PathBuf,
-    mounted: Option<PathBuf>,
-}
-
-impl Cgroup {
-    fn new(tag: &str) -> Cgroup {
-        let own = std::env::var_os("OXILIUM_TEST_OWN_CGROUP2").is_some();
-        let existing = socklb::find_cgroup2().expect("reading mountinfo");
-        let (root, mounted) = match existing {
-            Some(p) if !own && !p.starts_with("/tmp") => (p, None),
-            _ => {
-                let dir = PathBuf::from(format!("/tmp/{}-cg2", unique(tag)));
-                socklb::mount_cgroup2(&dir).expect("mounting cgroup2");
-                (dir.clone(), Some(dir))
-            }
-        };
-        let path = root.join(unique(tag));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Cgroup { path, mounted }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The clients have exited; the kernel may take a moment to mark the cgroup empty.
-        for _ in 0..50 {
-            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(dir) = &self.mounted {
-            let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: umount2(2) of the test's own mount.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            let _ = fs::remove_dir(dir);
-        }
-    }
 }
 
 /// Pin folder on bpffs, removed (with the pinned maps and links in it) on drop.
@@ -255,45 +182,14 @@ impl Bed {
     /// Runs the client `n` times in one process; `in_cgroup` puts the process in the test cgroup
     /// before it creates any socket.
     fn client(&self, in_cgroup: bool, mode: &str, host: &str, n: usize) -> Vec<Answer> {
-        let python = if Path::new("/usr/bin/python3").exists() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        };
-        let script = r#"[ -z "$1" ] || echo $$ > "$1/cgroup.procs" || exit 9; shift; exec nsenter --net="$@""#;
-        let cg = if in_cgroup {
-            self.cg.path.display().to_string()
-        } else {
-            String::new()
-        };
-        let out = Command::new("sh")
-            .args(["-c", script, "sh", &cg, &self.node.path(), python, "-c"])
-            .args([CLIENT, mode, host, &SVC_PORT.to_string(), &n.to_string()])
-            .output()
-            .expect("spawning the client");
-        assert!(
-            out.status.success(),
-            "client failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let answers: Vec<Answer> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                match f.as_slice() {
-                    ["OK", id, peer, port] => Answer::Ok {
-                        id: id.to_string(),
-                        peer: peer.to_string(),
-                        port: port.parse().unwrap(),
-                    },
-                    ["ERR", e] => Answer::Err(e.to_string()),
-                    _ => panic!("client said {l:?}"),
-                }
-            })
-            .collect();
-        assert_eq!(answers.len(), n, "one answer per request");
-        answers
+        run_client(
+            in_cgroup.then_some(self.cg.path.as_path()),
+            &self.node,
+            mode,
+            host,
+            SVC_PORT,
+            n,
+        )
     }
 
     /// Every answer must be OK and name `peer`:80 as the peer; returns the backend ids seen.
@@ -446,10 +342,15 @@ fn service_without_backends_refuses_and_links_survive_a_reload() {
         5
     );
     assert!(bed.sock.maps.counter(reason::NO_BACKEND) >= 3, "maps kept");
-    // Removing the link pins detaches: the ClusterIP is no longer translated.
+    // Removing the link pins detaches: the ClusterIP is no longer translated. The kernel frees an
+    // unpinned link from a work queue, so the detach takes effect shortly after the unlink.
     assert_eq!(socklb::detach(&bed.pins.0, &bed.cg.path).unwrap(), 8);
-    assert_eq!(
-        bed.client(true, "tcp", CIP4, 1),
-        [Answer::Err("101".into())]
-    );
+    let t = std::time::Instant::now();
+    while bed.client(true, "tcp", CIP4, 1) != [Answer::Err("101".into())] {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still translated after detach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -3,13 +3,14 @@
 //! per-node frontends (ClusterIP, NodePort, LoadBalancer, externalIPs, HostPort) with their backends,
 //! and the offline `oxilium service list --manifests DIR --node NAME -o json`.
 //!
-//! Flow: [`source::read_dir`] → [`Cluster`] (`apply_*`/`delete_*`, also fed by the API watchers) →
+//! Flow: [`source::read_dir`] or the API watchers of [`kube_source`] → [`Cluster`] (`apply_*`/`delete_*`) →
 //! [`compile_service`] / [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
 //! docs/kube-proxy-replacement.md lists the semantics.
 pub mod cluster;
 pub mod compile;
 pub mod convert;
 mod endpoints;
+pub mod kube_source;
 pub mod model;
 pub mod output;
 pub mod source;

@@ -3,6 +3,7 @@
 mod api;
 mod ifaddr;
 mod neighbour;
+pub mod node;
 pub mod source;
 mod views;
 
@@ -31,6 +32,8 @@ pub enum Role {
     Lb,
     /// A DSR backend: decapsulates the LB's IP-in-IP packets on --iface (tc ingress).
     Backend,
+    /// A Kubernetes node: kube-proxy replacement (socket LB), from the API server or --manifests.
+    Node,
 }
 
 #[derive(clap::Args, Debug)]
@@ -39,7 +42,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Interface(s) to attach to (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["cleanup", "manifests", "kubeconfig", "node"])]
     pub iface: Vec<String>,
     #[arg(long, value_enum, default_value = "lb")]
     pub role: Role,
@@ -58,6 +61,8 @@ pub struct AgentArgs {
     /// Detach everything, remove the pin folder and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub node_args: node::NodeArgs,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -73,6 +78,8 @@ pub struct State {
     pub config_path: Option<PathBuf>,
     pub config: Option<Config>,
     pub health: HashMap<HealthKey, bool>,
+    /// The model last applied to the datapath.
+    pub model: crate::model::Model,
     pub reconciler: Option<Reconciler<KernelMaps>>,
     pub reloads: u64,
     pub last_error: Option<String>,
@@ -96,6 +103,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
 
 async fn agent(args: AgentArgs) -> Result<()> {
     // Bad input is refused before anything touches the kernel.
+    if args.role == Role::Node {
+        args.node_args.check()?;
+    }
     if args.role == Role::Lb {
         let path = args
             .config
@@ -110,6 +120,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         config_path: args.config.clone(),
         config: None,
         health: HashMap::new(),
+        model: Default::default(),
         reconciler: None,
         reloads: 0,
         last_error: None,
@@ -119,12 +130,14 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let _ebpf: Ebpf = match args.role {
         Role::Backend => loader::load_decap(&args.pin_dir, &args.iface)?,
         Role::Lb => start_lb(&args, &state)?,
+        Role::Node => node::start(&args, &state)?,
     };
     let api = api::serve(&args.socket, state.clone())?;
     info!(socket = %args.socket.display(), "agent ready");
     println!("oxilium agent ready");
     let result = match args.role {
         Role::Lb => lb_loop(&args, &state).await,
+        Role::Node => node::run(&args, &state).await,
         Role::Backend => wait_for_signal().await,
     };
     api.abort();
@@ -140,7 +153,7 @@ fn start_lb(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
     // Validate everything before touching the kernel.
     let cfg = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let model = source::model(&cfg, &HashMap::new());
-    let compiled = compile::compile(&model)?;
+    compile::compile(&model)?;
     let lb_config = lb_config(&cfg, &args.iface)?;
 
     crate::sysctl::prepare_lb(&args.iface)?;
@@ -151,13 +164,10 @@ fn start_lb(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
     let mut ebpf = loader::load_xdp(&args.pin_dir, &args.iface, mode)?;
     let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
     maps.set_config(&lb_config)?;
-    let mut rec = Reconciler::open(maps)?;
-    let ch = rec.apply(&compiled)?;
-    info!(?ch, "initial config applied");
     let mut st = state.lock().unwrap();
-    st.warmer.warm(backend_addrs(&cfg));
+    st.reconciler = Some(Reconciler::open(maps)?);
+    apply_model(&mut st, model)?;
     st.config = Some(cfg);
-    st.reconciler = Some(rec);
     Ok(ebpf)
 }
 
@@ -201,21 +211,25 @@ fn reapply(state: &Shared) -> Result<()> {
         return Ok(());
     };
     let model = source::model(&cfg, &st.health);
+    apply_model(&mut st, model)
+}
+
+/// Compiles `model`, writes the difference to the datapath and remembers it as applied.
+pub(crate) fn apply_model(st: &mut State, model: crate::model::Model) -> Result<()> {
     let compiled = compile::compile(&model)?;
     let rec = st.reconciler.as_mut().context("datapath not loaded")?;
     let ch = rec.apply(&compiled)?;
     if !ch.is_empty() {
         info!(?ch, "datapath updated");
     }
-    st.warmer.warm(backend_addrs(&cfg));
-    Ok(())
-}
-
-fn backend_addrs(cfg: &Config) -> Vec<std::net::IpAddr> {
-    cfg.services
+    let addrs: Vec<std::net::IpAddr> = model
+        .services
         .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.address))
-        .collect()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
+        .collect();
+    st.warmer.warm(addrs);
+    st.model = model;
+    Ok(())
 }
 
 async fn lb_loop(args: &AgentArgs, state: &Shared) -> Result<()> {

@@ -26,7 +26,7 @@ pub fn status(st: &State) -> Value {
         "reloads": st.reloads,
         "last_error": st.last_error,
     });
-    if let (Some(cfg), Some(rec)) = (&st.config, &st.reconciler) {
+    if let Some(rec) = &st.reconciler {
         let dp = rec.datapath();
         let counters: serde_json::Map<String, Value> = reason::NAMES
             .iter()
@@ -39,20 +39,33 @@ pub fn status(st: &State) -> Value {
                 )
             })
             .collect();
-        v["services"] = json!(cfg.services.len());
-        v["backends"] = json!(cfg.services.iter().map(|s| s.backends.len()).sum::<usize>());
+        v["services"] = json!(st.model.services.len());
+        v["backends"] = json!(
+            st.model
+                .services
+                .iter()
+                .map(|s| s.backends.len())
+                .sum::<usize>()
+        );
         v["conntrack_entries"] = json!(dp.conntrack().len());
+        if let Some(sock) = dp.sock_counters() {
+            v["socket_lb"] = Value::Object(
+                sock.into_iter()
+                    .map(|(n, c)| (n.to_string(), json!(c)))
+                    .collect(),
+            );
+        }
         v["counters"] = Value::Object(counters);
     }
     v
 }
 
 pub fn services(st: &State) -> Value {
-    let (Some(cfg), Some(rec)) = (&st.config, &st.reconciler) else {
+    let Some(rec) = &st.reconciler else {
         return json!([]);
     };
     let dp = rec.datapath();
-    let model = super::source::model(cfg, &st.health);
+    let model = &st.model;
     let list: Vec<Value> = model
         .services
         .iter()
@@ -131,22 +144,16 @@ pub fn bpf_lb(st: &State) -> Result<Value> {
 /// A service's selection table as the kernel holds it, slot by slot.
 pub fn maglev(st: &State, name: &str) -> Result<Value> {
     use crate::reconcile::Datapath;
-    let cfg = st.config.as_ref().context("no config loaded")?;
     let rec = st
         .reconciler
         .as_ref()
         .context("no LB datapath in this agent")?;
-    let svc = cfg
+    let ms = st
+        .model
         .services
         .iter()
         .find(|s| s.name == name)
         .with_context(|| format!("no service named {name}"))?;
-    let model = super::source::model(cfg, &st.health);
-    let ms = model
-        .services
-        .iter()
-        .find(|s| s.name == svc.name)
-        .expect("same config");
     let key = compile::service_key(ms);
     let id = rec.service_id(&key).context("service not programmed")?;
     let dp = rec.datapath();

@@ -52,6 +52,18 @@ impl KernelMaps {
         })
     }
 
+    /// The socket LB's counters by name, when it is loaded.
+    pub fn sock_counters(&self) -> Option<Vec<(&'static str, u64)>> {
+        let s = self.sock.as_ref()?;
+        Some(
+            abi::sock::reason::NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (*n, s.counter(i as u32)))
+                .collect(),
+        )
+    }
+
     /// Lets the reconciler program session affinity into the socket LB's maps.
     pub fn with_sock_maps(mut self, sock: crate::bpf::socklb::SockMaps) -> Self {
         self.sock = Some(sock);
@@ -66,14 +78,14 @@ impl KernelMaps {
         Ok(self.config.get(&0, 0)?)
     }
 
-    /// The selection table of a service, as the kernel holds it.
+    /// The selection table of a service, as the kernel holds it (without its size slot).
     pub fn table(&self, service_id: u32) -> Result<Vec<u32>> {
         let inner = self
             .tables
             .get(&service_id, 0)
             .with_context(|| format!("table of service {service_id}"))?;
         let mut out = Vec::with_capacity(inner.len() as usize);
-        for v in inner.iter() {
+        for v in inner.iter().skip(1) {
             out.push(v?);
         }
         Ok(out)
@@ -155,10 +167,13 @@ impl Datapath for KernelMaps {
 
     fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
         // A new inner map, filled, then swapped in with one update: readers see old or new.
-        let mut inner = Array::<MapData, u32>::create(backend_ids.len() as u32, BPF_F_INNER_MAP)
+        // Slot 0 holds the table's size, the backend ids follow (see datapath::lb::table_pick).
+        let n = backend_ids.len() as u32;
+        let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
             .context("creating a selection table")?;
+        inner.set(0, n, 0)?;
         for (slot, id) in backend_ids.iter().enumerate() {
-            inner.set(slot as u32, id, 0)?;
+            inner.set(slot as u32 + 1, id, 0)?;
         }
         self.tables
             .set(service_id, &inner, 0)

@@ -1,5 +1,6 @@
 //! The network-namespace test bed shared by the end-to-end tests.
 #![allow(dead_code)]
+pub mod cgroup;
 pub mod netns;
 pub mod packet;
 pub mod servers;

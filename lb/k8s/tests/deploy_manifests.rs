@@ -1,0 +1,58 @@
+//! The install manifests in deploy/kubernetes parse as the Kubernetes objects they claim to be,
+//! and the DaemonSet runs the agent as a node with the RBAC's service account.
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::Deserialize;
+
+fn docs(file: &str) -> Vec<serde_yaml::Value> {
+    let path = format!(
+        "{}/../../deploy/kubernetes/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn daemonset_and_rbac_are_valid_objects() {
+    let rbac = docs("rbac.yaml");
+    assert_eq!(rbac.len(), 3);
+    let sa: ServiceAccount = serde_yaml::from_value(rbac[0].clone()).unwrap();
+    let role: ClusterRole = serde_yaml::from_value(rbac[1].clone()).unwrap();
+    let binding: ClusterRoleBinding = serde_yaml::from_value(rbac[2].clone()).unwrap();
+    let resources: Vec<String> = role
+        .rules
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.resources.clone().unwrap_or_default())
+        .collect();
+    for r in ["services", "endpointslices", "nodes", "pods"] {
+        assert!(resources.iter().any(|x| x == r), "ClusterRole lacks {r}");
+    }
+    assert_eq!(
+        binding.subjects.unwrap()[0].name,
+        sa.metadata.name.clone().unwrap()
+    );
+
+    let ds: DaemonSet = serde_yaml::from_value(docs("daemonset.yaml")[0].clone()).unwrap();
+    let pod = ds.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_eq!(pod.host_network, Some(true));
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.command.as_ref().unwrap()[1..],
+        ["agent", "--role", "node"]
+    );
+    assert!(
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "NODE_NAME")
+    );
+}

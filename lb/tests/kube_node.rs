@@ -1,0 +1,396 @@
+//! End-to-end tests of `oxilium agent --role node` (kube-proxy replacement) from a folder of
+//! Kubernetes manifests: a node network namespace with pods behind veth pairs, the real agent,
+//! real client processes in a test-made cgroup. Kernel features: cgroup v2,
+//! BPF_PROG_TYPE_CGROUP_SOCK_ADDR (connect/sendmsg/recvmsg/getpeername, IPv4 and IPv6),
+//! bpf_link pinning, BTF maps with map-in-map, network namespaces, veth. Requires root; fails
+//! (never skips) when it cannot set up.
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use support::{
+    cgroup::{Answer, Cgroup, run_client},
+    netns::{Netns, unique, veth},
+    servers::Servers,
+};
+
+const NODE4: &str = "10.200.0.1";
+const NODE6: &str = "fd00:200::1";
+const CIP4: &str = "10.96.0.10";
+const CIP6: &str = "fd00:96::10";
+
+fn pod4(i: usize) -> String {
+    format!("10.244.{i}.2")
+}
+fn pod6(i: usize) -> String {
+    format!("fd00:244:{i}::2")
+}
+
+/// The manifests: node-a, a dual-stack NodePort Service `web` (http 80/TCP → 8080, dns 53/UDP →
+/// 8080) and its EndpointSlices with the given endpoints (index, ready, terminating).
+fn manifests(endpoints: &[(usize, bool, bool)]) -> String {
+    let mut y = format!(
+        r#"apiVersion: v1
+kind: Node
+metadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: z1}}}}
+status:
+  addresses: [{{type: InternalIP, address: {NODE4}}}, {{type: InternalIP, address: "{NODE6}"}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: {CIP4}
+  clusterIPs: [{CIP4}, "{CIP6}"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+    - {{name: http, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30080}}
+    - {{name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30053}}
+"#
+    );
+    for (fam, ty) in [(4, "IPv4"), (6, "IPv6")] {
+        y += &format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{fam}
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: {ty}
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]
+endpoints:
+"#
+        );
+        for (i, ready, terminating) in endpoints {
+            let a = if fam == 4 { pod4(*i) } else { pod6(*i) };
+            y += &format!(
+                "  - addresses: [\"{a}\"]\n    nodeName: node-a\n    conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}\n"
+            );
+        }
+    }
+    y
+}
+
+struct Node {
+    _servers: Vec<Servers>,
+    agent: Option<Child>,
+    cg: Cgroup,
+    node: Netns,
+    pods: Vec<Netns>,
+    dir: PathBuf,
+    pins: PathBuf,
+    socket: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let p = unique("k");
+        let node = Netns::new(&format!("{p}n"));
+        node.run(&["ip", "addr", "add", &format!("{NODE4}/32"), "dev", "lo"]);
+        node.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{NODE6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+        node.run(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        let mut pods = Vec::new();
+        let mut servers = Vec::new();
+        for i in 1..=3 {
+            let pod = Netns::new(&format!("{p}p{i}"));
+            let nif = format!("p{i}");
+            veth(&pod, "eth0", &node, &nif);
+            pod.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", pod4(i)),
+                "dev",
+                "eth0",
+            ]);
+            pod.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/64", pod6(i)),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            pod.run(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.244.{i}.1"),
+            ]);
+            pod.run(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:244:{i}::1"),
+            ]);
+            node.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.244.{i}.1/24"),
+                "dev",
+                &nif,
+            ]);
+            node.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("fd00:244:{i}::1/64"),
+                "dev",
+                &nif,
+                "nodad",
+            ]);
+            let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
+                .iter()
+                .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
+                .collect();
+            servers.push(Servers::start(&pod, &format!("b{i}"), &addrs));
+            pods.push(pod);
+        }
+        let dir = std::env::temp_dir().join(format!("oxilium-kube-{p}"));
+        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        Node {
+            _servers: servers,
+            agent: None,
+            cg: Cgroup::new("kn"),
+            node,
+            pods,
+            pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
+            socket: dir.join("api.sock"),
+            dir,
+        }
+    }
+
+    fn write(&self, yaml: &str) {
+        let tmp = self.dir.join("web.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.join("manifests/web.yaml")).unwrap();
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
+        let child = self
+            .node
+            .command(&[
+                env!("CARGO_BIN_EXE_oxilium"),
+                "agent",
+                "--role",
+                "node",
+                "--node",
+                "node-a",
+            ])
+            .args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
+            .args([
+                "--cgroup",
+                self.cg.path.to_str().unwrap(),
+                "--pin-dir",
+                self.pins.to_str().unwrap(),
+            ])
+            .args([
+                "--socket",
+                self.socket.to_str().unwrap(),
+                "--watch-ms",
+                "100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let t = Instant::now();
+        while !self.socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "agent did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
+            .args(args)
+            .args(["-o", "json", "--socket", self.socket.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    #[track_caller]
+    /// `n` requests from a client process in `ns` (inside the translated cgroup); every one must
+    /// succeed with `peer` (the service address) as the socket's peer. Returns backends seen.
+    fn spread(
+        &self,
+        ns: &Netns,
+        mode: &str,
+        host: &str,
+        port: u16,
+        n: usize,
+    ) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for a in run_client(Some(&self.cg.path), ns, mode, host, port, n) {
+            match a {
+                Answer::Ok { id, peer, port: p } => {
+                    assert_eq!((peer.as_str(), p), (host, port), "{mode} peer");
+                    *seen.entry(id).or_default() += 1;
+                }
+                Answer::Err(e) => panic!(
+                    "{mode} to {host}:{port}: errno {e}\n{}\n{}",
+                    self.cli(&["status"]),
+                    self.log()
+                ),
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Removing the pins detaches the cgroup links and frees the maps.
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ids(seen: &BTreeMap<String, usize>) -> BTreeSet<&str> {
+    seen.keys().map(String::as_str).collect()
+}
+
+const ALL: [&str; 3] = ["b1", "b2", "b3"];
+
+#[test]
+fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
+    let mut n = Node::new();
+    n.write(&manifests(&[
+        (1, true, false),
+        (2, true, false),
+        (3, true, false),
+    ]));
+    n.start();
+    let node = &n.node;
+    let pod = &n.pods[0];
+    for ns in [node, pod] {
+        assert_eq!(ids(&n.spread(ns, "tcp", CIP4, 80, 30)), ALL.into());
+        assert_eq!(ids(&n.spread(ns, "udp", CIP4, 53, 30)), ALL.into());
+        assert_eq!(ids(&n.spread(ns, "tcp", CIP6, 80, 30)), ALL.into());
+    }
+    // NodePort on the node's own addresses, reached from the node.
+    assert_eq!(ids(&n.spread(node, "tcp", NODE4, 30080, 30)), ALL.into());
+    assert_eq!(ids(&n.spread(node, "udp", NODE6, 30053, 30)), ALL.into());
+    let services = n.cli(&["service", "list"]);
+    let names: BTreeSet<String> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|s| s.contains("default/web:http/ClusterIP")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|s| s.contains("default/web:dns/NodePort")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn endpoint_changes_and_the_terminating_fallback_are_applied() {
+    let mut n = Node::new();
+    n.write(&manifests(&[
+        (1, true, false),
+        (2, true, false),
+        (3, true, false),
+    ]));
+    n.start();
+    assert_eq!(ids(&n.spread(&n.node, "tcp", CIP4, 80, 30)), ALL.into());
+    // b2 goes away, b3 is terminating while b1 is ready: only b1 takes new connections.
+    n.write(&manifests(&[(1, true, false), (3, false, true)]));
+    let t = Instant::now();
+    loop {
+        let seen = n.spread(&n.node, "tcp", CIP4, 80, 20);
+        if ids(&seen) == ["b1"].into() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not applied: {seen:?}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing ready: the serving, terminating endpoints take the traffic.
+    n.write(&manifests(&[(2, false, true), (3, false, true)]));
+    let t = Instant::now();
+    loop {
+        let seen = n.spread(&n.node, "udp", CIP4, 53, 20);
+        if ids(&seen) == ["b2", "b3"].into() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "fallback not applied: {seen:?}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An invalid folder changes nothing and is reported.
+    n.write("apiVersion: v1\nkind: Service\nmetadata: {name: x\n");
+    let t = Instant::now();
+    while n.cli(&["status"])["last_error"].is_null() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no error reported\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ids(&n.spread(&n.node, "udp", CIP4, 53, 20)),
+        ["b2", "b3"].into()
+    );
+}
