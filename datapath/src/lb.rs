@@ -72,6 +72,20 @@ pub fn is_vip(addr: &Addr) -> bool {
     unsafe { OXI_SERVICES.get(&key) }.is_some()
 }
 
+/// How a new flow reaches the backend chosen for it (decided by the hook, see [`select_with`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NewFlow {
+    /// Source rewritten to the LB address and a reserved port (an `OXI_SNAT` entry).
+    Snat,
+    /// The client's source is kept (DSR, or DNAT to a backend on this node).
+    Keep,
+    /// The flow is refused: [`select_with`] returns [`REFUSED`].
+    Refuse,
+}
+
+/// What [`select_with`] returns for a flow its hook refused (outside the `reason` counters).
+pub const REFUSED: u32 = reason::COUNT;
+
 /// The backend id in slot `pick % n` of a service's selection table. Slot 0 of the table holds its
 /// own size n (the backend ids follow), so a table and its size are replaced together in one
 /// update: a reader never combines a new table with an old size.
@@ -86,9 +100,29 @@ pub fn table_pick(service_id: u32, pick: u32) -> Option<u32> {
 
 /// Picks the backend of a client → VIP flow into `t`: the conntrack entry's while it is fresh and
 /// its backend still exists, else a new selection recorded in conntrack. Returns 0, or the reason
-/// to drop the packet.
-#[inline(never)]
+/// to drop the packet. New flows of SNAT services get a SNAT port.
+#[inline(always)]
 pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
+    select_with(f, svc, bytes, t, |_, svc, _| {
+        if svc.mode == MODE_SNAT {
+            NewFlow::Snat
+        } else {
+            NewFlow::Keep
+        }
+    })
+}
+
+/// [`select`], with the hook deciding for each new flow (once its backend is in `t`) whether it
+/// needs SNAT, keeps its source, or is refused. `new_flow` must capture nothing (BPF functions
+/// take at most five arguments): it gets the flow, the service and the target.
+#[inline(never)]
+pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
+    f: &Flow,
+    svc: &ServiceValue,
+    bytes: u64,
+    t: &mut Target,
+    new_flow: N,
+) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = &f.key;
     if let Some(ct) = OXI_CONNTRACK.get_ptr_mut(key) {
@@ -129,11 +163,15 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     t.backend_id = id;
     t.backend = *b;
     t.snat_port = 0;
-    if svc.mode == MODE_SNAT {
-        let r = snat_port(f, t, svc.id, now);
-        if r != 0 {
-            return r;
+    match new_flow(f, svc, t) {
+        NewFlow::Snat => {
+            let r = snat_port(f, t, svc.id, now);
+            if r != 0 {
+                return r;
+            }
         }
+        NewFlow::Keep => {}
+        NewFlow::Refuse => return REFUSED,
     }
     let entry = CtEntry {
         backend_id: id,

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod lb;
 pub mod maps;
 pub mod nat;
+pub mod nodeport;
 pub mod parse;
 pub mod sock;
 pub mod stats;

@@ -1,8 +1,13 @@
-//! oxilium's tc programs. `oxilium_decap` runs on a DSR backend's ingress: it strips the outer
-//! IP header the edge LB added (IPIP, IPv6-in-IPv6, or mixed) so the inner client → VIP packet is
-//! delivered to the VIP the backend holds locally, and the backend answers the client directly.
+//! oxilium's tc programs.
+//! - `oxilium_decap` runs on a DSR backend's ingress: it strips the outer IP header the edge LB
+//!   added (IPIP, IPv6-in-IPv6, or mixed) so the inner client → VIP packet is delivered to the VIP
+//!   the backend holds locally, and the backend answers the client directly.
+//! - `oxilium_nodeport_ingress` / `oxilium_nodeport_egress` run on a Kubernetes node's external
+//!   devices: NodePort, LoadBalancer and externalIPs from outside (datapath::nodeport).
 #![no_std]
 #![no_main]
+
+mod nodeport;
 
 use abi::lb::reason;
 use aya_ebpf::{

@@ -2,5 +2,6 @@
 //! typed access to the pinned maps.
 pub mod datapath;
 pub mod loader;
+pub mod nodeport;
 pub mod objects;
 pub mod socklb;

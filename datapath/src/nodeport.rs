@@ -1,0 +1,371 @@
+//! NodePort, LoadBalancer and externalIPs for traffic from outside the cluster, at tc on the node's
+//! external devices (tc/: `oxilium_nodeport_ingress` / `oxilium_nodeport_egress`).
+//!
+//! Ingress, client → frontend (a `SCOPE_EXTERNAL` entry of `OXI_SERVICES`): the backend comes from
+//! conntrack or the service's table ([`lb::select_with`], the edge LB's selection). A new flow is
+//! first checked against the service's loadBalancerSourceRanges. Then:
+//! - backend on this node (in the endpoints map): DNAT only, the pod sees the client's address;
+//!   the frame is redirected to the pod's veth; the pod's reply is restored to frontend → client
+//!   at the egress of the external device through an `OXI_SNAT` entry keyed by the reply;
+//! - backend elsewhere: DNAT + SNAT to the node's address (the edge LB's SNAT port allocation),
+//!   sent through the FIB; the reply comes back to the node and is restored at ingress.
+//!
+//! Rewrites go through the skb checksum helpers (bpf_l3/l4_csum_replace with BPF_F_PSEUDO_HDR),
+//! so packets in any checksum state (CHECKSUM_PARTIAL from local senders, COMPLETE from NICs) stay
+//! valid: unlike XDP, tc sees offloaded packets.
+use crate::{
+    fib::{self, Route},
+    headers::*,
+    lb::{self, NewFlow, Target},
+    maps::{self, OXI_SNAT},
+    nat::last4,
+    parse::{self, Flow, Fragment, Parsed},
+    stats,
+};
+use abi::{
+    lb::{Addr, Counter, FAMILY_V6, FlowKey, ServiceValue, SnatEntry, reason},
+    nodeport::{
+        Endpoint, MAX_ENDPOINTS, MAX_SOURCE_RANGES, RANGE_ALLOW, RANGE_ID_BITS, RangeData,
+        reason as np,
+    },
+};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_csum_diff, bpf_redirect},
+    },
+    programs::TcContext,
+};
+
+pub type EndpointMap = HashMap<Addr, Endpoint, { MAX_ENDPOINTS as usize }>;
+pub type SourceRangeMap = LpmTrie<RangeData, u8, { MAX_SOURCE_RANGES as usize }>;
+pub type NodePortStatsMap = PerCpuArray<Counter, { np::COUNT as usize }>;
+
+/// The NodePort programs' own maps, defined as `#[btf_map]` statics by the tc crate (names in
+/// `abi::nodeport::names`) so that the XDP and socket objects do not carry them (see
+/// `crate::sock::SockMaps`).
+pub trait NodePortMaps {
+    /// Pod address on this node → its veth.
+    fn endpoints() -> &'static EndpointMap;
+    /// (service id, client prefix) → allow / deny (loadBalancerSourceRanges).
+    fn source_ranges() -> &'static SourceRangeMap;
+    fn stats() -> &'static NodePortStatsMap;
+}
+
+/// bpf_l4_csum_replace: the checksum is IPv6's (kernel ≥ 6.16; older kernels refuse the flag and
+/// the update is retried without it).
+const BPF_F_IPV6: u64 = 1 << 7;
+/// Bytes made directly readable before parsing (Ethernet + VLAN + IPv6 + extension headers + TCP).
+const PULL_HEADERS: u32 = 128;
+
+#[inline(always)]
+fn count<M: NodePortMaps>(r: u32, bytes: u64) {
+    if let Some(c) = M::stats().get_ptr_mut(r) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+/// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
+/// translates (let it pass).
+#[inline(always)]
+fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
+    let len = ctx.len();
+    let _ = ctx.pull_data(len.min(PULL_HEADERS));
+    let s = maps::scratch()?;
+    let mut r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
+    if r == Parsed::Malformed && ctx.data_end() - ctx.data() < len as usize {
+        // The parser wants the whole IP packet in the linear area (XDP always has it): pull it.
+        let _ = ctx.pull_data(len);
+        r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
+    }
+    let f = &s.flow;
+    let why = match r {
+        Parsed::NotIp => return None,
+        Parsed::Malformed => reason::MALFORMED,
+        Parsed::Ip if f.icmp_error => reason::ICMP_ERROR,
+        // Fragments are left to the host's reassembly: the node's address is shared with it.
+        Parsed::Ip if f.frag != Fragment::No => reason::PASS,
+        Parsed::Ip if f.key.proto == IPPROTO_TCP || f.key.proto == IPPROTO_UDP => return Some(s),
+        Parsed::Ip => reason::PASS,
+    };
+    if ingress {
+        stats::reason(why, len as u64);
+    }
+    None
+}
+
+/// tc ingress of an external device: frontends translated, remote backends' replies restored.
+#[inline(always)]
+pub fn ingress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(s) = parse_tc(ctx, true) else {
+        return TC_ACT_OK as i32;
+    };
+    let f = &s.flow;
+    if let Some(svc) = lb::service(&f.key) {
+        return forward::<M>(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+    }
+    if let Some(e) = lb::snat_reply(&f.key) {
+        return reply::<M>(ctx, f, &mut s.rewrite, e, bytes, true);
+    }
+    stats::reason(reason::PASS, bytes);
+    TC_ACT_OK as i32
+}
+
+/// tc egress of an external device: local backends' replies restored to frontend → client.
+#[inline(always)]
+pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(s) = parse_tc(ctx, false) else {
+        return TC_ACT_OK as i32;
+    };
+    let f = &s.flow;
+    match lb::snat_reply(&f.key) {
+        Some(e) => reply::<M>(ctx, f, &mut s.rewrite, e, bytes, false),
+        None => TC_ACT_OK as i32,
+    }
+}
+
+/// Decides a new flow once its backend is chosen: refused outside the source ranges, DNAT only
+/// (and a reply entry recorded) for a pod of this node, SNAT otherwise. Not inlined: its frame
+/// must not add to select_with's, which calls the SNAT port allocation.
+#[inline(never)]
+fn new_flow<M: NodePortMaps>(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
+    let key = Key::new(
+        RANGE_ID_BITS + 128,
+        RangeData {
+            service_id_be: svc.id.to_be(),
+            addr: f.key.src,
+        },
+    );
+    if let Some(v) = M::source_ranges().get(&key) {
+        if *v != RANGE_ALLOW {
+            return NewFlow::Refuse;
+        }
+    }
+    // SAFETY: read-only lookup of a value the agent writes whole.
+    if unsafe { M::endpoints().get(&t.backend.addr) }.is_none() {
+        return NewFlow::Snat;
+    }
+    let rkey = FlowKey {
+        src: t.backend.addr,
+        dst: f.key.src,
+        sport: t.backend.port,
+        dport: f.key.sport,
+        proto: f.key.proto,
+        _pad: [0; 3],
+    };
+    let entry = SnatEntry {
+        client: f.key.src,
+        vip: f.key.dst,
+        client_port: f.key.sport,
+        vip_port: f.key.dport,
+        service_id: svc.id,
+        backend_id: t.backend_id,
+        _pad: 0,
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Failure (never expected: LRU) would only leave the reply untranslated.
+    let _ = OXI_SNAT.insert(&rkey, &entry, 0);
+    NewFlow::Keep
+}
+
+/// Client → frontend.
+#[inline(always)]
+fn forward<M: NodePortMaps>(
+    ctx: &TcContext,
+    f: &Flow,
+    t: &mut Target,
+    new: &mut FlowKey,
+    svc: &ServiceValue,
+    bytes: u64,
+) -> i32 {
+    let r = lb::select_with(f, svc, bytes, t, new_flow::<M>);
+    if r == lb::REFUSED {
+        count::<M>(np::SOURCE_RANGE, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    if r != 0 {
+        stats::reason(r, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    let b = &t.backend;
+    if (b.family == FAMILY_V6) != f.v6 {
+        count::<M>(np::FAMILY, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    stats::service(svc.id, bytes);
+    stats::backend(t.backend_id, bytes);
+    new.dst = b.addr;
+    new.dport = b.port;
+    new.proto = f.key.proto;
+    // SAFETY: as above (`new_flow`).
+    if let Some(ep) = unsafe { M::endpoints().get(&b.addr) } {
+        new.src = f.key.src;
+        new.sport = f.key.sport;
+        if rewrite(ctx, f, new).is_err() || set_macs(ctx, &ep.mac, &ep.node_mac).is_err() {
+            count::<M>(np::ERROR, bytes);
+            return TC_ACT_SHOT as i32;
+        }
+        count::<M>(np::LOCAL, bytes);
+        return unsafe { bpf_redirect(ep.ifindex, 0) } as i32;
+    }
+    let Some(node) = lb::lb_addr(f.v6) else {
+        stats::reason(reason::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    };
+    if t.snat_port == 0 {
+        // A flow pinned while its backend was local, whose pod has gone: nothing to reuse.
+        stats::reason(reason::NO_BACKEND, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    new.src = *node;
+    new.sport = t.snat_port;
+    if rewrite(ctx, f, new).is_err() {
+        count::<M>(np::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    count::<M>(np::REMOTE, bytes);
+    stats::reason(reason::FWD_SNAT, bytes);
+    transmit(ctx, f.v6, &new.src, &new.dst)
+}
+
+/// Backend → client: restore frontend → client. At ingress (a remote backend's reply to the
+/// node's SNAT address) the packet is then sent on through the FIB; at egress (a local pod's
+/// reply, already routed) it continues on its way.
+#[inline(always)]
+fn reply<M: NodePortMaps>(
+    ctx: &TcContext,
+    f: &Flow,
+    new: &mut FlowKey,
+    e: &SnatEntry,
+    bytes: u64,
+    ingress: bool,
+) -> i32 {
+    new.src = e.vip;
+    new.dst = e.client;
+    new.sport = e.vip_port;
+    new.dport = e.client_port;
+    new.proto = f.key.proto;
+    stats::service(e.service_id, bytes);
+    if rewrite(ctx, f, new).is_err() {
+        count::<M>(np::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    if !ingress {
+        count::<M>(np::REV_DNAT, bytes);
+        return TC_ACT_OK as i32;
+    }
+    count::<M>(np::REV_SNAT, bytes);
+    stats::reason(reason::REV_SNAT, bytes);
+    transmit(ctx, f.v6, &new.src, &new.dst)
+}
+
+/// One's-complement difference of two 4-byte-multiple fields (bpf_csum_diff).
+#[inline(always)]
+fn diff<const N: usize>(from: &[u8; N], to: &[u8; N], seed: u32) -> Result<u64, ()> {
+    let d = unsafe {
+        bpf_csum_diff(
+            from.as_ptr() as *mut u32,
+            N as u32,
+            to.as_ptr() as *mut u32,
+            N as u32,
+            seed,
+        )
+    };
+    if d < 0 {
+        Err(())
+    } else {
+        Ok(d as u64 & 0xffff_ffff)
+    }
+}
+
+/// Rewrites the flow's addresses and ports to `new`'s with bpf_skb_store_bytes, updating the IPv4
+/// header checksum and the TCP / UDP checksum (pseudo-header changes flagged as such, so that
+/// CHECKSUM_PARTIAL packets stay right; a UDP checksum of 0 stays 0).
+#[inline(never)]
+pub fn rewrite(ctx: &TcContext, f: &Flow, new: &FlowKey) -> Result<(), ()> {
+    let old = &f.key;
+    let (csum_off, udp) = match old.proto {
+        IPPROTO_TCP => (TCP_CSUM_OFF, false),
+        IPPROTO_UDP => (UDP_CSUM_OFF, true),
+        _ => return Err(()),
+    };
+    let csum_at = f.l4_off + csum_off;
+    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
+    let old_ports = [old.sport, old.dport];
+    let new_ports = [new.sport, new.dport];
+    let ports = diff(
+        unsafe { &*(old_ports.as_ptr() as *const [u8; 4]) },
+        unsafe { &*(new_ports.as_ptr() as *const [u8; 4]) },
+        0,
+    )?;
+    if f.v6 {
+        let d = diff(&old.src, &new.src, 0)?;
+        let d = diff(&old.dst, &new.dst, d as u32)?;
+        if ctx
+            .l4_csum_replace(csum_at, 0, d, pseudo | BPF_F_IPV6)
+            .is_err()
+        {
+            ctx.l4_csum_replace(csum_at, 0, d, pseudo).map_err(|_| ())?;
+        }
+        ctx.store(f.l3_off + 8, &new.src, 0).map_err(|_| ())?;
+        ctx.store(f.l3_off + 24, &new.dst, 0).map_err(|_| ())?;
+    } else {
+        let (os, od, ns, nd) = (
+            last4(&old.src),
+            last4(&old.dst),
+            last4(&new.src),
+            last4(&new.dst),
+        );
+        let d = diff(&os, &ns, 0)?;
+        let d = diff(&od, &nd, d as u32)?;
+        ctx.l4_csum_replace(csum_at, 0, d, pseudo).map_err(|_| ())?;
+        ctx.l3_csum_replace(f.l3_off + 10, 0, d, 0)
+            .map_err(|_| ())?;
+        ctx.store(f.l3_off + 12, &ns, 0).map_err(|_| ())?;
+        ctx.store(f.l3_off + 16, &nd, 0).map_err(|_| ())?;
+    }
+    ctx.l4_csum_replace(csum_at, 0, ports, mangled)
+        .map_err(|_| ())?;
+    ctx.store(f.l4_off, &new_ports, 0).map_err(|_| ())
+}
+
+/// Sets the frame's destination and source MACs.
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+    ctx.store(0, dst, 0).map_err(|_| ())?;
+    ctx.store(6, src, 0).map_err(|_| ())
+}
+
+/// Sends a translated packet to its next hop: MACs from the FIB and bpf_redirect to the egress
+/// device; without a resolved neighbour the packet goes up the stack, which resolves it and
+/// forwards (the agent sets accept_local, since the source may be the node's own address).
+#[inline(never)]
+fn transmit(ctx: &TcContext, v6: bool, src: &Addr, dst: &Addr) -> i32 {
+    let skb = ctx.skb.skb;
+    let ingress = unsafe { (*skb).ingress_ifindex };
+    match fib::lookup(skb as *mut _, ingress, v6, src, dst, 0) {
+        Route::Via {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            if set_macs(ctx, &dmac, &smac).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Route::NoNeighbour | Route::None | Route::TooBig => {
+            stats::reason(reason::FIB_PASS, 0);
+            TC_ACT_OK as i32
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! NodePort / LoadBalancer / externalIPs from outside: loads the tc object with every map pinned
+//! under the agent's pin folder (the shared LB maps of `abi::lb::names` and the NodePort maps of
+//! `abi::nodeport::names`), attaches `oxilium_nodeport_ingress` and `oxilium_nodeport_egress` to
+//! the node's external devices through TCX links pinned as `link_np_{ingress,egress}_<device>`
+//! (a restarted agent swaps its programs in atomically), and writes the NodePort maps: the pods of
+//! this node (local endpoints) and the services' loadBalancerSourceRanges.
+//!
+//! The frontends themselves are ordinary `SCOPE_EXTERNAL` services written by the reconciler
+//! (`KernelMaps`); `OXI_CONFIG.snat_v4/v6` is the node address used as SNAT source towards
+//! backends on other nodes. See docs/nodeport.md.
+use super::{datapath::KernelMaps, loader::prepare_pin_dir, objects};
+use abi::{
+    lb::{Addr, Counter, names as lb_names},
+    nodeport::{
+        Endpoint, RANGE_ALLOW, RANGE_DENY, RANGE_ID_BITS, RangeData, names, range_prefix_len,
+    },
+};
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+/// The programs and where they attach.
+pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    ("oxilium_nodeport_ingress", TcAttachType::Ingress, "ingress"),
+    ("oxilium_nodeport_egress", TcAttachType::Egress, "egress"),
+];
+
+/// A client prefix of loadBalancerSourceRanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl SourceRange {
+    /// Parses "a.b.c.d/n" or "x::/n" (a bare address is a host prefix).
+    pub fn parse(s: &str) -> Result<Self> {
+        let (a, n) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().with_context(|| format!("range {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = if n.is_empty() {
+            max
+        } else {
+            n.trim().parse().with_context(|| format!("range {s:?}"))?
+        };
+        if prefix_len > max {
+            bail!("range {s:?}: prefix longer than the address");
+        }
+        Ok(SourceRange { addr, prefix_len })
+    }
+
+    /// The LPM key of this range for a service: IPv4 prefixes count in the IPv4-mapped form.
+    fn key(&self, service_id: u32) -> Key<RangeData> {
+        let bits = match self.addr {
+            IpAddr::V4(_) => 96 + self.prefix_len as u32,
+            IpAddr::V6(_) => self.prefix_len as u32,
+        };
+        let mut addr = addr_bytes(self.addr);
+        // The kernel ignores bits past the prefix; clearing them keeps one key per range.
+        for (i, b) in addr.iter_mut().enumerate() {
+            let start = i as u32 * 8;
+            if start >= bits {
+                *b = 0;
+            } else if start + 8 > bits {
+                *b &= 0xffu8 << (8 - (bits - start));
+            }
+        }
+        Key::new(
+            range_prefix_len(bits),
+            RangeData {
+                service_id_be: service_id.to_be(),
+                addr,
+            },
+        )
+    }
+}
+
+fn addr_bytes(ip: IpAddr) -> Addr {
+    crate::compile::addr_bytes(ip)
+}
+
+fn deny_key(service_id: u32) -> Key<RangeData> {
+    Key::new(
+        RANGE_ID_BITS,
+        RangeData {
+            service_id_be: service_id.to_be(),
+            addr: [0; 16],
+        },
+    )
+}
+
+/// The loaded NodePort programs and their maps. Dropping it keeps the pinned links (and so the
+/// datapath) in place; [`NodePort::detach`] removes them.
+pub struct NodePort {
+    pub ebpf: Ebpf,
+    endpoints: HashMap<MapData, Addr, Endpoint>,
+    ranges: LpmTrie<MapData, RangeData, u8>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn link_pin(pin_dir: &Path, dir: &str, dev: &str) -> PathBuf {
+    pin_dir.join(format!("link_np_{dir}_{dev}"))
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the tc object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl NodePort {
+    /// Loads the tc object (maps pinned under `pin_dir`) and attaches both programs to every
+    /// device (names resolved in the calling thread's network namespace). Kernel: TCX (≥ 6.6).
+    pub fn load(pin_dir: &Path, devices: &[String]) -> Result<NodePort> {
+        prepare_pin_dir(pin_dir)?;
+        let paths: Vec<(&str, PathBuf)> = lb_names::PINNED
+            .iter()
+            .chain(names::PINNED.iter())
+            .map(|n| (*n, pin_dir.join(n)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(objects::tc()).context(
+            "loading the tc object (pinned maps from an incompatible version? remove the pin folder)",
+        )?;
+        for (name, attach, dir) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            for dev in devices {
+                let pin = link_pin(pin_dir, dir, dev);
+                let id = match PinnedLink::from_pin(&pin) {
+                    Ok(old) => {
+                        let fd = old.unpin().context("unpinning the previous tc link")?;
+                        prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
+                            .with_context(|| format!("replacing {name} on {dev}"))?
+                    }
+                    Err(_) => prog
+                        .attach(dev, attach)
+                        .with_context(|| format!("attaching {name} to {dev}"))?,
+                };
+                let link = prog.take_link(id)?;
+                let fd: FdLink = link
+                    .try_into()
+                    .context("tc link is not a bpf_link (TCX needs kernel ≥ 6.6)")?;
+                fd.pin(&pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
+            }
+        }
+        Ok(NodePort {
+            endpoints: take(&mut ebpf, names::ENDPOINTS)?,
+            ranges: take(&mut ebpf, names::SOURCE_RANGES)?,
+            stats: take(&mut ebpf, names::STATS)?,
+            ebpf,
+        })
+    }
+
+    /// The shared LB maps of this object (the pinned ones), for a reconciler or for reading
+    /// counters and conntrack. Call at most once.
+    pub fn lb_maps(&mut self) -> Result<KernelMaps> {
+        KernelMaps::from_ebpf(&mut self.ebpf)
+    }
+
+    /// Removes the pinned links of `devices` (detaching the programs once no one holds them).
+    pub fn detach(pin_dir: &Path, devices: &[String]) -> Result<()> {
+        for dev in devices {
+            for (_, _, dir) in PROGRAMS {
+                let pin = link_pin(pin_dir, dir, dev);
+                if pin.exists() {
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A pod of this node: flows DNAT'ed to `addr` are redirected to `endpoint.ifindex`.
+    pub fn set_endpoint(&mut self, addr: IpAddr, endpoint: &Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(addr_bytes(addr), endpoint, 0)
+            .with_context(|| format!("writing endpoint {addr}"))
+    }
+
+    pub fn remove_endpoint(&mut self, addr: IpAddr) -> Result<()> {
+        match self.endpoints.remove(&addr_bytes(addr)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing endpoint {addr}")),
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<(IpAddr, Endpoint)> {
+        self.endpoints
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (crate::compile::bytes_addr(&k), v))
+            .collect()
+    }
+
+    /// Replaces the loadBalancerSourceRanges of a service (by datapath id): new flows from
+    /// clients outside every range are dropped; an empty list opens the service to everyone.
+    /// Established flows keep going. Cost: proportional to this service's old and new ranges.
+    pub fn set_source_ranges(&mut self, service_id: u32, ranges: &[SourceRange]) -> Result<()> {
+        let want: BTreeSet<Vec<u8>> = ranges
+            .iter()
+            .map(|r| key_bytes(&r.key(service_id)))
+            .collect();
+        let have = self.range_keys(service_id);
+        // Allows first, then the deny marker, then stale entries: never refuse an allowed client.
+        for r in ranges {
+            self.ranges
+                .insert(&r.key(service_id), RANGE_ALLOW, 0)
+                .context("writing a source range")?;
+        }
+        if ranges.is_empty() {
+            let _ = self.ranges.remove(&deny_key(service_id));
+        } else {
+            self.ranges
+                .insert(&deny_key(service_id), RANGE_DENY, 0)
+                .context("writing the source-range marker")?;
+        }
+        let deny = key_bytes(&deny_key(service_id));
+        for k in have {
+            let b = key_bytes(&k);
+            if b != deny && !want.contains(&b) {
+                let _ = self.ranges.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every LPM key of a service (the deny marker included).
+    fn range_keys(&self, service_id: u32) -> Vec<Key<RangeData>> {
+        self.ranges
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().service_id_be == service_id.to_be())
+            .collect()
+    }
+
+    /// The ranges of a service as the kernel holds them.
+    pub fn source_ranges(&self, service_id: u32) -> Vec<SourceRange> {
+        let mut out: Vec<SourceRange> = self
+            .range_keys(service_id)
+            .into_iter()
+            .filter(|k| k.prefix_len() > RANGE_ID_BITS)
+            .map(|k| {
+                let bits = k.prefix_len() - RANGE_ID_BITS;
+                let addr = crate::compile::bytes_addr(&k.data().addr);
+                let prefix_len = if addr.is_ipv4() { bits - 96 } else { bits } as u8;
+                SourceRange { addr, prefix_len }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A NodePort counter (`abi::nodeport::reason`), summed over CPUs.
+    pub fn counter(&self, reason: u32) -> Counter {
+        match self.stats.get(&reason, 0) {
+            Ok(v) => v.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }),
+            Err(_) => Counter::default(),
+        }
+    }
+}
+
+fn key_bytes(k: &Key<RangeData>) -> Vec<u8> {
+    let d = k.data();
+    let mut v = k.prefix_len().to_be_bytes().to_vec();
+    v.extend_from_slice(&d.service_id_be.to_ne_bytes());
+    v.extend_from_slice(&d.addr);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_mask() {
+        let r = SourceRange::parse("10.1.2.3/24").unwrap();
+        assert_eq!(r.prefix_len, 24);
+        let k = r.key(7);
+        assert_eq!(k.prefix_len(), 32 + 96 + 24);
+        assert_eq!(&k.data().addr[12..], &[10, 1, 2, 0]);
+        assert_eq!(k.data().service_id_be, 7u32.to_be());
+        let r6 = SourceRange::parse("fd00:1:2::ff/44").unwrap();
+        let a = r6.key(1).data().addr;
+        assert_eq!(&a[..6], &[0xfd, 0, 0, 1, 0, 0]);
+        assert!(a[6..].iter().all(|b| *b == 0));
+        assert_eq!(SourceRange::parse("10.0.0.1").unwrap().prefix_len, 32);
+        assert!(SourceRange::parse("10.0.0.0/33").is_err());
+        assert!(SourceRange::parse("nonsense/8").is_err());
+    }
+}
