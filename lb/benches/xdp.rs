@@ -99,6 +99,7 @@ fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
         conntrack_timeout_s: ct_timeout_s,
         scope: oxilium::model::Scope::External,
         affinity_timeout_s: None,
+        source_ranges: Vec::new(),
         backends: vec![Backend {
             addr: backend.parse().unwrap(),
             weight: 1,

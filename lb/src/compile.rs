@@ -186,6 +186,7 @@ mod tests {
             conntrack_timeout_s: 60,
             scope: Scope::External,
             affinity_timeout_s: None,
+            source_ranges: Vec::new(),
             backends: weights
                 .iter()
                 .enumerate()

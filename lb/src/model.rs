@@ -1,7 +1,11 @@
 //! The service model, whatever the source (edge LB config file now, Kubernetes later): frontends
 //! with their backends, each backend with a weight and a state.
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,7 +92,47 @@ pub struct Service {
     pub scope: Scope,
     /// ClientIP session affinity (socket LB): how long a client keeps its backend, in seconds.
     pub affinity_timeout_s: Option<u32>,
+    /// loadBalancerSourceRanges: the client prefixes admitted from outside (scope external only;
+    /// empty = every client).
+    pub source_ranges: Vec<SourceRange>,
     pub backends: Vec<Backend>,
+}
+
+/// A client prefix of loadBalancerSourceRanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl SourceRange {
+    /// Parses "a.b.c.d/n" or "x::/n" (a bare address is a host prefix).
+    pub fn parse(s: &str) -> Result<Self> {
+        let (a, n) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().with_context(|| format!("range {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = if n.is_empty() {
+            max
+        } else {
+            n.trim().parse().with_context(|| format!("range {s:?}"))?
+        };
+        if prefix_len > max {
+            bail!("range {s:?}: prefix longer than the address");
+        }
+        Ok(SourceRange { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl Serialize for SourceRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Everything the LB datapath should hold.

@@ -23,6 +23,7 @@ fn service(name: &str, port: u16, backends: &[u8]) -> Service {
         conntrack_timeout_s: 60,
         scope: crate::model::Scope::External,
         affinity_timeout_s: None,
+        source_ranges: Vec::new(),
         backends: backends
             .iter()
             .map(|b| MBackend {

@@ -98,6 +98,7 @@ fn service(addr: &str, proto: Protocol, backends: &[String]) -> CompiledService 
         conntrack_timeout_s: 60,
         scope: oxilium::model::Scope::Internal,
         affinity_timeout_s: None,
+        source_ranges: Vec::new(),
         backends: backends
             .iter()
             .map(|a| Backend {

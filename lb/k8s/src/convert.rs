@@ -435,6 +435,8 @@ pub struct NodeInfo {
     pub name: String,
     /// InternalIP and ExternalIP addresses, both families, in status order, without duplicates.
     pub addresses: Vec<IpAddr>,
+    /// The InternalIP addresses alone (the node's address inside the cluster), in status order.
+    pub internal_addresses: Vec<IpAddr>,
     /// Label topology.kubernetes.io/zone.
     pub zone: Option<String>,
 }
@@ -443,6 +445,7 @@ pub(crate) fn node(n: &Node) -> (NodeInfo, Vec<String>) {
     let mut info = NodeInfo {
         name: n.metadata.name.clone().unwrap_or_default(),
         addresses: Vec::new(),
+        internal_addresses: Vec::new(),
         zone: n
             .metadata
             .labels
@@ -458,8 +461,14 @@ pub(crate) fn node(n: &Node) -> (NodeInfo, Vec<String>) {
             continue;
         }
         match ip(&a.address, &format!("status.addresses[{i}].address")) {
-            Ok(ip) if !info.addresses.contains(&ip) => info.addresses.push(ip),
-            Ok(_) => {}
+            Ok(ip) => {
+                if a.type_ == "InternalIP" && !info.internal_addresses.contains(&ip) {
+                    info.internal_addresses.push(ip);
+                }
+                if !info.addresses.contains(&ip) {
+                    info.addresses.push(ip);
+                }
+            }
             Err(e) => notes.push(format!("{e}; ignored")),
         }
     }

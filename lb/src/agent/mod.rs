@@ -1,6 +1,8 @@
 //! `oxilium agent`: loads the datapath, keeps it equal to the config file and the backends'
 //! health, and serves the CLI's API on a unix socket.
 mod api;
+mod endpoints;
+mod external;
 mod ifaddr;
 mod neighbour;
 pub mod node;
@@ -32,7 +34,8 @@ pub enum Role {
     Lb,
     /// A DSR backend: decapsulates the LB's IP-in-IP packets on --iface (tc ingress).
     Backend,
-    /// A Kubernetes node: kube-proxy replacement (socket LB), from the API server or --manifests.
+    /// A Kubernetes node: kube-proxy replacement (socket LB; with --device also the NodePort tc
+    /// programs), from the API server or --manifests.
     Node,
 }
 
@@ -81,6 +84,8 @@ pub struct State {
     /// The model last applied to the datapath.
     pub model: crate::model::Model,
     pub reconciler: Option<Reconciler<KernelMaps>>,
+    /// The NodePort programs on the node's devices (`--role node --device`).
+    pub external: Option<external::External>,
     pub reloads: u64,
     pub last_error: Option<String>,
     warmer: neighbour::Warmer,
@@ -122,6 +127,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         health: HashMap::new(),
         model: Default::default(),
         reconciler: None,
+        external: None,
         reloads: 0,
         last_error: None,
         warmer: neighbour::Warmer::default(),

@@ -1,22 +1,29 @@
 //! `oxilium agent --role node`: the kube-proxy replacement on one node. The source is a folder of
 //! Kubernetes manifests (watched); the datapath is the socket LB on a cgroup v2 (the root cgroup
 //! unless `--cgroup` says otherwise), which translates every frontend for traffic from inside the
-//! node and its pods. External frontends are also written (scope external) for the node-device
-//! programs.
-use super::{Shared, apply_model};
+//! node and its pods. External frontends are also written (scope external); with `--device` the
+//! NodePort tc programs serve them on those devices (see [`super::external`]), with this node's
+//! pods as local endpoints (see [`super::endpoints`]) and the services' source ranges.
+use super::{Shared, apply_model, endpoints::LocalEndpoints, external::External};
 use crate::{
     bpf::socklb::{self, SockLb},
     compile,
-    model::{self, Backend, BackendState, Frontend, Mode, Model, Scope, Service},
+    model::{self, Backend, BackendState, Frontend, Mode, Model, Scope, Service, SourceRange},
     reconcile::Reconciler,
 };
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 use tracing::{info, warn};
+
+/// How often the local endpoints are looked up again even without a change (a pod's veth
+/// recreated with the same address).
+const ENDPOINT_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArgs {
@@ -32,6 +39,19 @@ pub struct NodeArgs {
     /// --role node: Maglev table size for services using Maglev.
     #[arg(long, default_value_t = maglev::DEFAULT_SIZE)]
     pub maglev_table_size: u32,
+    /// --role node: the node's external device(s) (repeat or comma-separate): NodePort,
+    /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
+    #[arg(long, value_delimiter = ',')]
+    pub device: Vec<String>,
+}
+
+/// What the agent programs on this node, from one compile of the cluster state.
+pub struct NodeView {
+    pub model: Model,
+    /// Pod addresses of this node that back a frontend served from outside (local endpoints).
+    pub local: BTreeSet<IpAddr>,
+    /// This node's InternalIP addresses (the SNAT source towards other nodes).
+    pub internal_addresses: Vec<IpAddr>,
 }
 
 impl NodeArgs {
@@ -48,32 +68,59 @@ impl NodeArgs {
 
     /// The model of this node from the manifests folder; notes about skipped objects are logged.
     pub fn folder_model(&self, dir: &Path) -> Result<Model> {
+        Ok(self.folder_view(dir)?.model)
+    }
+
+    /// This node's view from the manifests folder; notes about skipped objects are logged.
+    pub fn folder_view(&self, dir: &Path) -> Result<NodeView> {
         let (opts, node) = self.validate()?;
         let nf = k8s::node_frontends(dir, &node, &opts)
             .with_context(|| format!("--manifests {}", dir.display()))?;
         for n in &nf.notes {
             warn!("{n}");
         }
-        Ok(model_of(&nf.frontends, self.maglev_table_size))
+        Ok(self.view(&nf, &node))
     }
 
-    /// The model of this node from the API source's cluster store.
-    fn cluster_model(&self, cluster: &k8s::cluster::Cluster) -> Result<Model> {
+    /// This node's view from the API source's cluster store.
+    fn cluster_view(&self, cluster: &k8s::cluster::Cluster) -> Result<NodeView> {
         let (opts, node) = self.validate()?;
         let nf = k8s::compile::compile_node(cluster, &node, &opts)?;
         for n in nf.notes.iter().filter(|n| n.error) {
             warn!("{n}");
         }
-        Ok(model_of(&nf.frontends, self.maglev_table_size))
+        Ok(self.view(&nf, &node))
+    }
+
+    fn view(&self, nf: &k8s::NodeFrontends, node: &str) -> NodeView {
+        NodeView {
+            model: model_of(&nf.frontends, self.maglev_table_size),
+            local: local_endpoints(&nf.frontends, node),
+            internal_addresses: nf.node.internal_addresses.clone(),
+        }
     }
 
     /// Everything that can be checked before the kernel is touched.
     pub fn check(&self) -> Result<()> {
+        if self.device.iter().any(|d| d.is_empty()) {
+            anyhow::bail!("--device: empty device name");
+        }
         match &self.manifests {
             Some(dir) => self.folder_model(dir).map(|_| ()),
             None => self.validate().map(|_| ()),
         }
     }
+}
+
+/// The addresses of this node's pods among the backends of frontends served from outside.
+pub fn local_endpoints(frontends: &[k8s::model::Frontend], node: &str) -> BTreeSet<IpAddr> {
+    frontends
+        .iter()
+        .filter(|f| f.kind != k8s::model::FrontendType::ClusterIP)
+        .flat_map(|f| f.external_backends.as_deref().unwrap_or(&f.backends))
+        .filter(|b| b.node.as_deref() == Some(node))
+        .map(|b| b.address)
+        .collect()
 }
 
 /// Kubernetes frontends → the datapath model: every frontend is served from inside (scope
@@ -101,12 +148,21 @@ pub fn model_of(frontends: &[k8s::model::Frontend], table_size: u32) -> Model {
             conntrack_timeout_s: 300,
             scope: Scope::Internal,
             affinity_timeout_s: f.affinity_timeout,
+            source_ranges: Vec::new(),
             backends: backends(&f.backends),
         };
         if f.kind != k8s::model::FrontendType::ClusterIP {
             let mut ext = base.clone();
             ext.scope = Scope::External;
             ext.affinity_timeout_s = None;
+            ext.source_ranges = f
+                .source_ranges
+                .iter()
+                .map(|c| SourceRange {
+                    addr: c.address,
+                    prefix_len: c.prefix_len,
+                })
+                .collect();
             ext.backends = backends(f.external_backends.as_deref().unwrap_or(&f.backends));
             services.push(ext);
         }
@@ -134,15 +190,18 @@ fn backends(bs: &[k8s::model::Backend]) -> Vec<Backend> {
         .collect()
 }
 
-/// Loads the socket LB, attaches it and applies the first model (from the folder; with the API
-/// source the model follows once the initial lists are in).
+/// Loads the socket LB, attaches it, with `--device` also the NodePort programs, and applies the
+/// first model (from the folder; with the API source the model follows once the initial lists
+/// are in). The local endpoints follow in [`run`] (they are looked up asynchronously).
 pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     let na = &args.node_args;
-    let model = match &na.manifests {
-        Some(dir) => na.folder_model(dir)?,
-        None => Model::default(),
+    let view = match &na.manifests {
+        Some(dir) => Some(na.folder_view(dir)?),
+        None => None,
     };
-    compile::compile(&model)?;
+    if let Some(v) = &view {
+        compile::compile(&v.model)?;
+    }
     let cgroup = match &na.cgroup {
         Some(c) => c.clone(),
         None => socklb::cgroup2_root(Path::new("/run/oxilium/cgroupv2"))?.0,
@@ -152,13 +211,138 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     sock.attach(&cgroup, Some(&args.pin_dir))
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
+    let external = if na.device.is_empty() {
+        None
+    } else {
+        let mut ext = External::load(&args.pin_dir, &na.device)?;
+        ext.set_node_addresses(&[])?;
+        Some(ext)
+    };
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
-    if na.manifests.is_some() {
-        apply_model(&mut st, model)?;
+    st.external = external;
+    if let Some(v) = view {
+        apply_view(&mut st, v)?;
     }
-    info!(cgroup = %cgroup.display(), services = st.model.services.len(), "node datapath ready");
+    info!(cgroup = %cgroup.display(), devices = ?na.device, services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
+}
+
+/// Applies a view: the model through the reconciler, then (with `--device`) the SNAT source and
+/// the source ranges of the services as they are now numbered. Returns the local endpoints
+/// wanted.
+fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>> {
+    apply_model(st, view.model)?;
+    let super::State {
+        external,
+        reconciler,
+        model,
+        ..
+    } = st;
+    if let (Some(ext), Some(rec)) = (external.as_mut(), reconciler.as_ref()) {
+        ext.set_node_addresses(&view.internal_addresses)?;
+        let n = ext.sync_source_ranges(rec, model)?;
+        if n > 0 {
+            info!(services = n, "source ranges updated");
+        }
+    }
+    Ok(view.local)
+}
+
+/// The asynchronous half of applying a view: the local endpoints, looked up with netlink
+/// without holding the state's lock, retried while some pod's neighbour is unresolved and
+/// re-checked every [`ENDPOINT_RECHECK`].
+struct Follower {
+    endpoints: Option<LocalEndpoints>,
+    /// The local endpoints of the last view applied; None until one was (the endpoints an
+    /// earlier run left are kept until then).
+    want: Option<BTreeSet<IpAddr>>,
+    checked: Instant,
+}
+
+impl Follower {
+    fn new(state: &Shared) -> Follower {
+        let st = state.lock().unwrap();
+        Follower {
+            endpoints: st
+                .external
+                .as_ref()
+                .map(|e| LocalEndpoints::adopt(e.endpoints())),
+            want: None,
+            checked: Instant::now(),
+        }
+    }
+
+    /// Applies a view: the local endpoints of new pods first (so that a new local backend is
+    /// delivered directly from its first flow, when its neighbour is known), then the model
+    /// (under the state's lock), then the removal of the endpoints no longer wanted.
+    async fn apply(&mut self, state: &Shared, view: Result<NodeView>, what: &str) {
+        let view = match view {
+            Ok(v) => v,
+            Err(e) => return record(state, Err(e), what),
+        };
+        if let Some(eps) = &self.endpoints {
+            let grow = eps.with_held(&view.local);
+            self.sync_endpoints(state, &grow, false).await;
+        }
+        let applied = apply_view(&mut state.lock().unwrap(), view);
+        match applied {
+            Ok(local) => {
+                record(state, Ok(()), what);
+                self.sync_endpoints(state, &local, false).await;
+                self.want = Some(local);
+            }
+            Err(e) => record(state, Err(e), what),
+        }
+    }
+
+    /// Called on every tick: retries waiting pods, re-checks all now and then.
+    async fn tick(&mut self, state: &Shared) {
+        let Some(eps) = &self.endpoints else { return };
+        let recheck = self.checked.elapsed() >= ENDPOINT_RECHECK;
+        let Some(want) = self.want.clone() else {
+            return;
+        };
+        if recheck || eps.is_waiting() {
+            self.sync_endpoints(state, &want, recheck).await;
+        }
+    }
+
+    async fn sync_endpoints(&mut self, state: &Shared, want: &BTreeSet<IpAddr>, recheck: bool) {
+        let Some(eps) = self.endpoints.as_mut() else {
+            return;
+        };
+        if recheck {
+            self.checked = Instant::now();
+        }
+        let result = eps
+            .sync(want, recheck, |plan| {
+                let mut st = state.lock().unwrap();
+                let ext = st.external.as_mut().context("NodePort not loaded")?;
+                for (a, ep) in &plan.set {
+                    ext.set_endpoint(*a, ep)?;
+                }
+                for a in &plan.remove {
+                    ext.remove_endpoint(*a)?;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(plan) if !plan.is_empty() => {
+                info!(
+                    set = plan.set.len(),
+                    removed = plan.remove.len(),
+                    "local endpoints updated"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("local endpoints: {e:#}");
+                state.lock().unwrap().last_error = Some(format!("local endpoints: {e:#}"));
+            }
+        }
+    }
 }
 
 /// Follows the source: the manifests folder (re-read on any change) or the API server (the model
@@ -187,7 +371,14 @@ fn record(state: &Shared, result: Result<()>, what: &str) {
 }
 
 async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Result<()> {
+    let mut follower = Follower::new(state);
+    // The first view was applied by `start`; the endpoints follow from a fresh compile.
     let mut last = folder_stamp(dir);
+    if follower.endpoints.is_some() {
+        follower
+            .apply(state, args.node_args.folder_view(dir), "manifests")
+            .await;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -195,14 +386,11 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
             _ = tick.tick() => {
                 let now = folder_stamp(dir);
                 if now == last {
+                    follower.tick(state).await;
                     continue;
                 }
                 last = now;
-                let result = args.node_args.folder_model(dir).and_then(|m| {
-                    let mut st = state.lock().unwrap();
-                    apply_model(&mut st, m)
-                });
-                record(state, result, "manifests");
+                follower.apply(state, args.node_args.folder_view(dir), "manifests").await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -218,7 +406,9 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     let client = na.kube.client().await?;
     let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
     let (task, mut events) = KubeSource::new(client, cluster.clone(), Some(&node)).spawn();
+    let mut follower = Follower::new(state);
     let mut synced = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -232,6 +422,10 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
                 }
                 None => break,
             },
+            _ = tick.tick() => {
+                follower.tick(state).await;
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -241,15 +435,13 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
                 synced = true;
             }
         }
-        let result = na.cluster_model(&cluster.read().unwrap()).and_then(|m| {
-            let mut st = state.lock().unwrap();
-            apply_model(&mut st, m)
-        });
-        record(state, result, "cluster state");
+        let view = na.cluster_view(&cluster.read().unwrap());
+        follower.apply(state, view, "cluster state").await;
     }
     task.abort();
     Ok(())
 }
+
 /// Names, sizes and modification times of the folder's files: any change shows.
 fn folder_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -263,4 +455,72 @@ fn folder_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         .collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s::model::{Backend as KBackend, BackendState as KState, Cidr, FrontendType, ObjectKey};
+
+    fn backend(addr: &str, node: &str) -> KBackend {
+        KBackend {
+            address: addr.parse().unwrap(),
+            port: 8080,
+            state: KState::Active,
+            node: Some(node.into()),
+            zone: None,
+        }
+    }
+
+    fn frontend(kind: FrontendType, addr: &str, backends: Vec<KBackend>) -> k8s::Frontend {
+        k8s::Frontend {
+            owner: ObjectKey::new("default", "web"),
+            port_name: "http".into(),
+            address: addr.parse().unwrap(),
+            port: 80,
+            protocol: k8s::Protocol::Tcp,
+            kind,
+            backends,
+            external_backends: None,
+            algorithm: k8s::Algorithm::Random,
+            affinity_timeout: None,
+            source_ranges: vec!["198.51.100.0/24".parse::<Cidr>().unwrap()],
+            health_check: None,
+        }
+    }
+
+    #[test]
+    fn source_ranges_go_to_the_external_scope_only() {
+        let f = frontend(
+            FrontendType::LoadBalancer,
+            "203.0.113.1",
+            vec![backend("10.0.0.1", "a")],
+        );
+        let m = model_of(&[f], 251);
+        let ext = m.services.iter().find(|s| s.scope == Scope::External);
+        let int = m.services.iter().find(|s| s.scope == Scope::Internal);
+        assert_eq!(
+            ext.unwrap().source_ranges,
+            [SourceRange::parse("198.51.100.0/24").unwrap()]
+        );
+        assert!(int.unwrap().source_ranges.is_empty());
+    }
+
+    #[test]
+    fn local_endpoints_are_this_nodes_backends_of_external_frontends() {
+        let mut np = frontend(
+            FrontendType::NodePort,
+            "192.0.2.1",
+            vec![backend("10.0.0.1", "a"), backend("10.0.0.2", "b")],
+        );
+        // externalTrafficPolicy Local: the external set decides.
+        np.external_backends = Some(vec![backend("10.0.0.3", "a")]);
+        let cip = frontend(
+            FrontendType::ClusterIP,
+            "10.96.0.1",
+            vec![backend("10.0.0.4", "a")],
+        );
+        let local = local_endpoints(&[np, cip], "a");
+        assert_eq!(local, BTreeSet::from(["10.0.0.3".parse().unwrap()]));
+    }
 }

@@ -34,6 +34,7 @@ pub fn model(cfg: &Config, health: &HashMap<HealthKey, bool>) -> Model {
             conntrack_timeout_s: s.conntrack_timeout.as_secs().clamp(1, u32::MAX as u64) as u32,
             scope: model::Scope::External,
             affinity_timeout_s: None,
+            source_ranges: Vec::new(),
             backends: s
                 .backends
                 .iter()

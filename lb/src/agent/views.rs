@@ -57,6 +57,9 @@ pub fn status(st: &State) -> Value {
         }
         v["counters"] = Value::Object(counters);
     }
+    if let Some(ext) = &st.external {
+        v["nodeport"] = ext.status();
+    }
     v
 }
 

@@ -15,7 +15,7 @@ use abi::{
         Endpoint, RANGE_ALLOW, RANGE_DENY, RANGE_ID_BITS, RangeData, names, range_prefix_len,
     },
 };
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
@@ -37,54 +37,32 @@ pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     ("oxilium_nodeport_egress", TcAttachType::Egress, "egress"),
 ];
 
-/// A client prefix of loadBalancerSourceRanges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SourceRange {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
+/// A client prefix of loadBalancerSourceRanges (the model's type, re-exported here).
+pub use crate::model::SourceRange;
 
-impl SourceRange {
-    /// Parses "a.b.c.d/n" or "x::/n" (a bare address is a host prefix).
-    pub fn parse(s: &str) -> Result<Self> {
-        let (a, n) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().with_context(|| format!("range {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len = if n.is_empty() {
-            max
-        } else {
-            n.trim().parse().with_context(|| format!("range {s:?}"))?
-        };
-        if prefix_len > max {
-            bail!("range {s:?}: prefix longer than the address");
+/// The LPM key of a range for a service: IPv4 prefixes count in the IPv4-mapped form.
+fn range_key(r: &SourceRange, service_id: u32) -> Key<RangeData> {
+    let bits = match r.addr {
+        IpAddr::V4(_) => 96 + r.prefix_len as u32,
+        IpAddr::V6(_) => r.prefix_len as u32,
+    };
+    let mut addr = addr_bytes(r.addr);
+    // The kernel ignores bits past the prefix; clearing them keeps one key per range.
+    for (i, b) in addr.iter_mut().enumerate() {
+        let start = i as u32 * 8;
+        if start >= bits {
+            *b = 0;
+        } else if start + 8 > bits {
+            *b &= 0xffu8 << (8 - (bits - start));
         }
-        Ok(SourceRange { addr, prefix_len })
     }
-
-    /// The LPM key of this range for a service: IPv4 prefixes count in the IPv4-mapped form.
-    fn key(&self, service_id: u32) -> Key<RangeData> {
-        let bits = match self.addr {
-            IpAddr::V4(_) => 96 + self.prefix_len as u32,
-            IpAddr::V6(_) => self.prefix_len as u32,
-        };
-        let mut addr = addr_bytes(self.addr);
-        // The kernel ignores bits past the prefix; clearing them keeps one key per range.
-        for (i, b) in addr.iter_mut().enumerate() {
-            let start = i as u32 * 8;
-            if start >= bits {
-                *b = 0;
-            } else if start + 8 > bits {
-                *b &= 0xffu8 << (8 - (bits - start));
-            }
-        }
-        Key::new(
-            range_prefix_len(bits),
-            RangeData {
-                service_id_be: service_id.to_be(),
-                addr,
-            },
-        )
-    }
+    Key::new(
+        range_prefix_len(bits),
+        RangeData {
+            service_id_be: service_id.to_be(),
+            addr,
+        },
+    )
 }
 
 fn addr_bytes(ip: IpAddr) -> Addr {
@@ -223,13 +201,13 @@ impl NodePort {
     pub fn set_source_ranges(&mut self, service_id: u32, ranges: &[SourceRange]) -> Result<()> {
         let want: BTreeSet<Vec<u8>> = ranges
             .iter()
-            .map(|r| key_bytes(&r.key(service_id)))
+            .map(|r| key_bytes(&range_key(r, service_id)))
             .collect();
         let have = self.range_keys(service_id);
         // Allows first, then the deny marker, then stale entries: never refuse an allowed client.
         for r in ranges {
             self.ranges
-                .insert(&r.key(service_id), RANGE_ALLOW, 0)
+                .insert(&range_key(r, service_id), RANGE_ALLOW, 0)
                 .context("writing a source range")?;
         }
         if ranges.is_empty() {
@@ -247,6 +225,15 @@ impl NodePort {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the services that have source ranges in the kernel (e.g. from an earlier run).
+    pub fn source_range_ids(&self) -> BTreeSet<u32> {
+        self.ranges
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| u32::from_be(k.data().service_id_be))
+            .collect()
     }
 
     /// Every LPM key of a service (the deny marker included).
@@ -303,12 +290,12 @@ mod tests {
     fn ranges_parse_and_mask() {
         let r = SourceRange::parse("10.1.2.3/24").unwrap();
         assert_eq!(r.prefix_len, 24);
-        let k = r.key(7);
+        let k = range_key(&r, 7);
         assert_eq!(k.prefix_len(), 32 + 96 + 24);
         assert_eq!(&k.data().addr[12..], &[10, 1, 2, 0]);
         assert_eq!(k.data().service_id_be, 7u32.to_be());
         let r6 = SourceRange::parse("fd00:1:2::ff/44").unwrap();
-        let a = r6.key(1).data().addr;
+        let a = range_key(&r6, 1).data().addr;
         assert_eq!(&a[..6], &[0xfd, 0, 0, 1, 0, 0]);
         assert!(a[6..].iter().all(|b| *b == 0));
         assert_eq!(SourceRange::parse("10.0.0.1").unwrap().prefix_len, 32);

@@ -443,6 +443,7 @@ pub fn service(
         conntrack_timeout_s: 300,
         scope: Scope::External,
         affinity_timeout_s: None,
+        source_ranges: Vec::new(),
         backends: backends
             .iter()
             .map(|a| Backend {

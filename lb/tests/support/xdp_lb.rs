@@ -224,6 +224,7 @@ pub fn service(name: &str, vip: &str, proto: Protocol, alg: Algorithm, mode: Mod
         conntrack_timeout_s: 300,
         scope: oxilium::model::Scope::External,
         affinity_timeout_s: None,
+        source_ranges: Vec::new(),
         backends: Vec::new(),
     }
 }

@@ -1,0 +1,484 @@
+//! End-to-end tests of `oxilium agent --role node --device ext0`: traffic from outside the cluster
+//! to NodePort, LoadBalancer and externalTrafficPolicy Local Services, served by the NodePort tc
+//! programs the real agent attaches, with the local endpoints (pods behind veths) it finds through
+//! netlink and the source ranges it reads from the manifests.
+//!
+//! ```text
+//!  client ─c0──────ext0─ node-a (agent) ─p1,p2,p3─ pods 10.244.i.2 / fd00:244:i::2
+//!  198.51.100.2, .66     198.51.100.1
+//!  fd51::2, ::66         fd51::1
+//! ```
+//! Kernel features: network namespaces, veth, TCX, cgroup v2 sock_addr programs, BTF maps,
+//! bpffs. Requires root: fails (never skips) when it cannot set up.
+mod support;
+
+use serde_json::Value;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use support::{
+    cgroup::Cgroup,
+    netns::{Netns, unique, veth},
+    peer::{Answer, PeerServers, tcp_ask, udp_ask},
+};
+
+const NODE4: &str = "198.51.100.1";
+const NODE6: &str = "fd51::1";
+const CLIENT4: &str = "198.51.100.2";
+const CLIENT6: &str = "fd51::2";
+/// Outside the LoadBalancer's source ranges (198.51.100.0/28, fd51::/126).
+const OUT4: &str = "198.51.100.66";
+const OUT6: &str = "fd51::66";
+const LB4: &str = "203.0.113.10";
+const LB6: &str = "2001:db8::10";
+const T: Duration = Duration::from_secs(2);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pod_ip(i: usize, v6: bool) -> IpAddr {
+    ip(&if v6 {
+        format!("fd00:244:{i}::2")
+    } else {
+        format!("10.244.{i}.2")
+    })
+}
+
+/// The cluster as manifests: node-a; `web` (NodePort: 30080/TCP, 30053/UDP) on the pods `web`;
+/// `lb` (LoadBalancer with source ranges `ranges`, ingress LB4/LB6) on pod 1; `loc` (NodePort
+/// 30090, externalTrafficPolicy Local) on pod 2 and an endpoint of node-b nobody can reach.
+fn manifests(web: &[usize], ranges: &[&str]) -> String {
+    let mut y = format!(
+        r#"apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses: [{{type: InternalIP, address: {NODE4}}}, {{type: InternalIP, address: "{NODE6}"}}]
+"#
+    );
+    let ranges = ranges
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let services = [
+        ("web", 10, "NodePort", "30080", "30053", "", web.to_vec()),
+        (
+            "lb",
+            11,
+            "LoadBalancer",
+            "30081",
+            "30054",
+            &*format!("  loadBalancerSourceRanges: [{ranges}]\n"),
+            vec![1],
+        ),
+        (
+            "loc",
+            12,
+            "NodePort",
+            "30090",
+            "30055",
+            "  externalTrafficPolicy: Local\n",
+            vec![2, 0],
+        ),
+    ];
+    for (name, n, ty, tcp, udp, extra, pods) in services {
+        y += &format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: {ty}
+  clusterIPs: [10.96.0.{n}, "fd00:96::{n}"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+    - {{name: http, port: 80, targetPort: 8080, protocol: TCP, nodePort: {tcp}}}
+    - {{name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: {udp}}}
+{extra}"#
+        );
+        if ty == "LoadBalancer" {
+            y += &format!(
+                "status: {{loadBalancer: {{ingress: [{{ip: {LB4}}}, {{ip: \"{LB6}\"}}]}}}}\n"
+            );
+        }
+        for (fam, ty) in [(false, "IPv4"), (true, "IPv6")] {
+            y += &format!(
+                r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-{ty}
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: {ty}
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]
+endpoints:
+"#
+            );
+            for &i in &pods {
+                // Pod 0 stands for a pod of node-b (an address this test bed does not route).
+                let (addr, node) = match i {
+                    0 if fam => ("fd00:99::5".to_string(), "node-b"),
+                    0 => ("10.99.0.5".to_string(), "node-b"),
+                    _ => (pod_ip(i, fam).to_string(), "node-a"),
+                };
+                y += &format!(
+                    "  - addresses: [\"{addr}\"]\n    nodeName: {node}\n    conditions: {{ready: true}}\n"
+                );
+            }
+        }
+    }
+    y
+}
+
+struct Bed {
+    _servers: Vec<PeerServers>,
+    agent: Option<Child>,
+    cg: Cgroup,
+    client: Netns,
+    node: Netns,
+    _pods: Vec<Netns>,
+    dir: PathBuf,
+    pins: PathBuf,
+    socket: PathBuf,
+}
+
+/// A namespace whose devices skip IPv6 duplicate address detection (link-local addresses are
+/// usable at once, so neighbour discovery works from the first packet).
+fn fresh(name: &str) -> Netns {
+    let ns = Netns::new(name);
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ]);
+    ns
+}
+
+fn addr(ns: &Netns, a: &str, dev: &str, extra: &[&str]) {
+    let mut args = vec!["ip", "addr", "add", a, "dev", dev];
+    args.extend_from_slice(extra);
+    ns.run(&args);
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let p = unique("x");
+        let client = fresh(&format!("{p}c"));
+        let node = fresh(&format!("{p}n"));
+        veth(&client, "c0", &node, "ext0");
+        addr(&client, &format!("{CLIENT4}/24"), "c0", &[]);
+        addr(&client, &format!("{OUT4}/24"), "c0", &[]);
+        addr(&client, &format!("{CLIENT6}/64"), "c0", &["nodad"]);
+        // Deprecated: never the default source, usable when a socket binds it.
+        addr(
+            &client,
+            &format!("{OUT6}/64"),
+            "c0",
+            &["nodad", "preferred_lft", "0"],
+        );
+        client.run(&["ip", "route", "add", "default", "via", NODE4]);
+        client.run(&["ip", "-6", "route", "add", "default", "via", NODE6]);
+        addr(&node, &format!("{NODE4}/24"), "ext0", &[]);
+        addr(&node, &format!("{NODE6}/64"), "ext0", &["nodad"]);
+        let mut pods = Vec::new();
+        let mut servers = Vec::new();
+        for i in 1..=3 {
+            let pod = fresh(&format!("{p}p{i}"));
+            let nif = format!("p{i}");
+            veth(&pod, "eth0", &node, &nif);
+            addr(&pod, &format!("{}/24", pod_ip(i, false)), "eth0", &[]);
+            addr(&pod, &format!("{}/64", pod_ip(i, true)), "eth0", &["nodad"]);
+            pod.run(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.244.{i}.1"),
+            ]);
+            pod.run(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:244:{i}::1"),
+            ]);
+            addr(&node, &format!("10.244.{i}.1/24"), &nif, &[]);
+            addr(&node, &format!("fd00:244:{i}::1/64"), &nif, &["nodad"]);
+            let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
+            servers.push(PeerServers::start(&pod, &format!("b{i}"), &addrs));
+            pods.push(pod);
+        }
+        let dir = std::env::temp_dir().join(format!("oxilium-kext-{p}"));
+        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        Bed {
+            _servers: servers,
+            agent: None,
+            cg: Cgroup::new("kx"),
+            client,
+            node,
+            _pods: pods,
+            pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
+            socket: dir.join("api.sock"),
+            dir,
+        }
+    }
+
+    fn write(&self, yaml: &str) {
+        let tmp = self.dir.join("cluster.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.join("manifests/cluster.yaml")).unwrap();
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
+        let child = self
+            .node
+            .command(&[env!("CARGO_BIN_EXE_oxilium"), "agent", "--role", "node"])
+            .args(["--node", "node-a", "--device", "ext0"])
+            .args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
+            .args(["--cgroup", self.cg.path.to_str().unwrap()])
+            .args(["--pin-dir", self.pins.to_str().unwrap()])
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args(["--watch-ms", "100"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let t = Instant::now();
+        while !self.socket.exists() {
+            if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "agent did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
+            .args(["status", "-o", "json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn np_counter(&self, name: &str) -> u64 {
+        self.status()["nodeport"]["counters"][name]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no nodeport counter {name}: {}", self.status()))
+    }
+
+    /// Waits until the agent holds `n` local endpoints (they are looked up asynchronously).
+    fn wait_endpoints(&self, n: u64) {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            if s["nodeport"]["local_endpoints"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "local endpoints not {n}: {s}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ask(&self, from: Option<&str>, to: SocketAddr, udp: bool) -> Result<Answer, String> {
+        let from = from.map(ip);
+        if udp {
+            udp_ask(&self.client, from, to, T)
+        } else {
+            tcp_ask(&self.client, from, to, T)
+        }
+    }
+
+    /// `n` requests from the client to `to`, all answered: backend → the client addresses seen.
+    #[track_caller]
+    fn spread(&self, to: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        let mut seen: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for i in 0..n {
+            let a = self.ask(None, to, udp).unwrap_or_else(|e| {
+                panic!(
+                    "request {i} to {to} (udp={udp}): {e}\n{}\n{}",
+                    self.status(),
+                    self.log()
+                )
+            });
+            seen.entry(a.id).or_default().insert(a.peer);
+        }
+        seen
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Removing the pins detaches the cgroup and TCX links and frees the maps; the
+        // namespaces (and their devices) go with the fields.
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn client(v6: bool) -> IpAddr {
+    ip(if v6 { CLIENT6 } else { CLIENT4 })
+}
+
+fn node_port(v6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(if v6 { NODE6 } else { NODE4 }), port)
+}
+
+/// Backends that answered, each having seen only the client's own address.
+#[track_caller]
+fn answered_by_seeing_client(seen: &BTreeMap<String, BTreeSet<IpAddr>>, v6: bool) -> Vec<&str> {
+    for (id, peers) in seen {
+        assert_eq!(peers, &BTreeSet::from([client(v6)]), "{id} saw {peers:?}");
+    }
+    seen.keys().map(String::as_str).collect()
+}
+
+const IN_RANGES: [&str; 2] = ["198.51.100.0/28", "fd51::/126"];
+
+#[test]
+fn node_port_load_balancer_and_local_policy_from_outside() {
+    let mut b = Bed::new();
+    b.write(&manifests(&[1, 2, 3], &IN_RANGES));
+    b.start();
+    // Pods 1-3 (web), 1 (lb), 2 (loc), in both families.
+    b.wait_endpoints(6);
+    for v6 in [false, true] {
+        // NodePort: every local pod answers and sees the real client; UDP answers come back
+        // from the node port itself (udp_ask checks the source).
+        let tcp = b.spread(node_port(v6, 30080), false, 30);
+        assert_eq!(answered_by_seeing_client(&tcp, v6), ["b1", "b2", "b3"]);
+        let udp = b.spread(node_port(v6, 30053), true, 30);
+        assert_eq!(answered_by_seeing_client(&udp, v6), ["b1", "b2", "b3"]);
+        // externalTrafficPolicy Local: only this node's endpoint, never node-b's.
+        for udp in [false, true] {
+            let port = if udp { 30055 } else { 30090 };
+            let seen = b.spread(node_port(v6, port), udp, 10);
+            assert_eq!(answered_by_seeing_client(&seen, v6), ["b2"], "udp={udp}");
+        }
+        // LoadBalancer ingress: a client inside the source ranges is served, one outside is not.
+        let lb = SocketAddr::new(ip(if v6 { LB6 } else { LB4 }), 80);
+        let lb_udp = SocketAddr::new(lb.ip(), 53);
+        let (inside, outside) = if v6 { (CLIENT6, OUT6) } else { (CLIENT4, OUT4) };
+        for (to, udp) in [(lb, false), (lb_udp, true)] {
+            let a = b
+                .ask(Some(inside), to, udp)
+                .unwrap_or_else(|e| panic!("inside client to {to}: {e}\n{}", b.log()));
+            assert_eq!((a.id.as_str(), a.peer), ("b1", ip(inside)));
+            let refused = b.np_counter("source_range");
+            let r = b.ask(Some(outside), to, udp);
+            assert!(r.is_err(), "outside client to {to} answered: {r:?}");
+            assert!(b.np_counter("source_range") > refused, "refusal counted");
+        }
+        // The ranges restrict only the LoadBalancer address: the node port stays open.
+        let a = b.ask(Some(outside), node_port(v6, 30081), false).unwrap();
+        assert_eq!((a.id.as_str(), a.peer), ("b1", ip(outside)));
+    }
+    let s = b.status();
+    assert!(b.np_counter("local") >= 160, "{s}");
+    assert!(b.np_counter("rev_dnat") >= 160, "{s}");
+    assert_eq!(b.np_counter("remote"), 0, "{s}");
+    assert_eq!(s["nodeport"]["devices"], serde_json::json!(["ext0"]));
+    assert_eq!(s["nodeport"]["source_range_services"], 4, "{s}");
+}
+
+#[test]
+fn endpoint_slice_and_source_range_changes_are_applied() {
+    let mut b = Bed::new();
+    b.write(&manifests(&[1, 2], &IN_RANGES));
+    b.start();
+    b.wait_endpoints(4);
+    for v6 in [false, true] {
+        let seen = b.spread(node_port(v6, 30080), false, 20);
+        assert_eq!(answered_by_seeing_client(&seen, v6), ["b1", "b2"]);
+    }
+    let lb = SocketAddr::new(ip(LB4), 80);
+    assert!(b.ask(Some(OUT4), lb, false).is_err());
+    // Pod 3 replaces pod 1 in web (pod 1 stays, as lb's endpoint); lb opens to everyone.
+    b.write(&manifests(&[2, 3], &[]));
+    b.wait_endpoints(6);
+    let t = Instant::now();
+    for v6 in [false, true] {
+        loop {
+            let seen = b.spread(node_port(v6, 30080), false, 20);
+            let ids = answered_by_seeing_client(&seen, v6);
+            if ids == ["b2", "b3"] {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "not applied (v6={v6}): {ids:?}\n{}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let seen = b.spread(node_port(v6, 30053), true, 20);
+        assert_eq!(answered_by_seeing_client(&seen, v6), ["b2", "b3"]);
+    }
+    let a = b
+        .ask(Some(OUT4), lb, false)
+        .unwrap_or_else(|e| panic!("ranges cleared, outside client: {e}\n{}", b.log()));
+    assert_eq!((a.id.as_str(), a.peer), ("b1", ip(OUT4)));
+    assert_eq!(b.status()["nodeport"]["source_range_services"], 0);
+    // Only pod 3 left anywhere: pods 1 and 2 leave the local endpoints.
+    let mut y = manifests(&[3], &[]);
+    y = y.replace(
+        &format!("\"{}\"", pod_ip(1, false)),
+        &format!("\"{}\"", pod_ip(3, false)),
+    );
+    y = y.replace(
+        &format!("\"{}\"", pod_ip(1, true)),
+        &format!("\"{}\"", pod_ip(3, true)),
+    );
+    y = y.replace(
+        &format!("\"{}\"", pod_ip(2, false)),
+        &format!("\"{}\"", pod_ip(3, false)),
+    );
+    y = y.replace(
+        &format!("\"{}\"", pod_ip(2, true)),
+        &format!("\"{}\"", pod_ip(3, true)),
+    );
+    b.write(&y);
+    b.wait_endpoints(2);
+    for udp in [false, true] {
+        let to = node_port(false, if udp { 30055 } else { 30090 });
+        let seen = b.spread(to, udp, 10);
+        assert_eq!(answered_by_seeing_client(&seen, false), ["b3"]);
+    }
+}
