@@ -25,29 +25,19 @@ pub struct KernelMaps {
     sock: Option<crate::bpf::socklb::SockMaps>,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
-}
-
 impl KernelMaps {
     /// Takes the maps out of a loaded XDP object (they are the pinned ones).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(KernelMaps {
-            services: take(ebpf, names::SERVICES)?,
-            backends: take(ebpf, names::BACKENDS)?,
-            tables: take(ebpf, names::TABLES)?,
-            conntrack: take(ebpf, names::CONNTRACK)?,
-            snat: take(ebpf, names::SNAT)?,
-            config: take(ebpf, names::CONFIG)?,
-            stats: take(ebpf, names::STATS)?,
-            service_stats: take(ebpf, names::SERVICE_STATS)?,
-            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            services: super::loader::take_map(ebpf, names::SERVICES)?,
+            backends: super::loader::take_map(ebpf, names::BACKENDS)?,
+            tables: super::loader::take_map(ebpf, names::TABLES)?,
+            conntrack: super::loader::take_map(ebpf, names::CONNTRACK)?,
+            snat: super::loader::take_map(ebpf, names::SNAT)?,
+            config: super::loader::take_map(ebpf, names::CONFIG)?,
+            stats: super::loader::take_map(ebpf, names::STATS)?,
+            service_stats: super::loader::take_map(ebpf, names::SERVICE_STATS)?,
+            backend_stats: super::loader::take_map(ebpf, names::BACKEND_STATS)?,
             sock: None,
         })
     }

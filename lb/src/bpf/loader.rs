@@ -63,15 +63,62 @@ fn is_bpffs(p: &Path) -> bool {
 }
 
 fn load(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
+    load_pinned(object, pin_dir, &[])
+}
+
+/// Loads an object with the shared LB maps (`names::PINNED`) and the `extra` maps pinned under
+/// `pin_dir`: a pin that exists is reused, so every object and every restart share one set.
+pub fn load_pinned(object: &[u8], pin_dir: &Path, extra: &[&'static str]) -> Result<Ebpf> {
     let paths: Vec<(&'static str, PathBuf)> = names::PINNED
         .iter()
+        .chain(extra)
         .map(|n| (*n, pin_dir.join(n)))
         .collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    loader.load(object).context("loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)")
+    loader.load(object).context(
+        "loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)",
+    )
+}
+
+/// Takes a map out of a loaded object, typed.
+pub fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+/// Attaches a tc program to `dev` through a TCX link pinned at `pin`; when `pin` already holds a
+/// link (an earlier run), the link is pointed at this program atomically instead.
+pub fn attach_tc_pinned(
+    prog: &mut SchedClassifier,
+    dev: &str,
+    attach: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    let id = match PinnedLink::from_pin(pin) {
+        Ok(old) => {
+            let fd = old.unpin().context("unpinning the previous tc link")?;
+            prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
+                .with_context(|| format!("replacing the tc program on {dev}"))?
+        }
+        Err(_) => prog
+            .attach(dev, attach)
+            .with_context(|| format!("attaching tc to {dev}"))?,
+    };
+    let link = prog.take_link(id)?;
+    let fd: FdLink = link
+        .try_into()
+        .context("tc link is not a bpf_link (TCX needs kernel ≥ 6.6)")?;
+    fd.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
@@ -116,22 +163,7 @@ pub fn load_decap(pin_dir: &Path, ifaces: &[String]) -> Result<Ebpf> {
     prog.load().context("verifying oxilium_decap")?;
     for iface in ifaces {
         let pin = link_pin(pin_dir, "tc_ingress", iface);
-        let id = match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let fd = old.unpin().context("unpinning the previous tc link")?;
-                prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
-                    .with_context(|| format!("replacing the tc program on {iface}"))?
-            }
-            Err(_) => prog
-                .attach(iface, TcAttachType::Ingress)
-                .with_context(|| format!("attaching tc ingress to {iface}"))?,
-        };
-        let link = prog.take_link(id)?;
-        let fd: FdLink = link
-            .try_into()
-            .context("tc link is not a bpf_link (TCX needs kernel ≥ 6.6)")?;
-        fd.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        attach_tc_pinned(prog, iface, TcAttachType::Ingress, &pin)?;
     }
     Ok(ebpf)
 }

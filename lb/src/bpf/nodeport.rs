@@ -8,22 +8,22 @@
 //! The frontends themselves are ordinary `SCOPE_EXTERNAL` services written by the reconciler
 //! (`KernelMaps`); `OXI_CONFIG.snat_v4/v6` is the node address used as SNAT source towards
 //! backends on other nodes. See docs/nodeport.md.
-use super::{datapath::KernelMaps, loader::prepare_pin_dir, objects};
+use super::{
+    datapath::KernelMaps,
+    loader::{self, prepare_pin_dir},
+    objects,
+};
 use abi::{
-    lb::{Addr, Counter, names as lb_names},
+    lb::{Addr, Counter},
     nodeport::{
         Endpoint, RANGE_ALLOW, RANGE_DENY, RANGE_ID_BITS, RangeData, names, range_prefix_len,
     },
 };
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{
-        SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-    },
+    programs::{SchedClassifier, TcAttachType},
 };
 use std::{
     collections::BTreeSet,
@@ -92,33 +92,12 @@ fn link_pin(pin_dir: &Path, dir: &str, dev: &str) -> PathBuf {
     pin_dir.join(format!("link_np_{dir}_{dev}"))
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the tc object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
-}
-
 impl NodePort {
     /// Loads the tc object (maps pinned under `pin_dir`) and attaches both programs to every
     /// device (names resolved in the calling thread's network namespace). Kernel: TCX (≥ 6.6).
     pub fn load(pin_dir: &Path, devices: &[String]) -> Result<NodePort> {
         prepare_pin_dir(pin_dir)?;
-        let paths: Vec<(&str, PathBuf)> = lb_names::PINNED
-            .iter()
-            .chain(names::PINNED.iter())
-            .map(|n| (*n, pin_dir.join(n)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(objects::tc()).context(
-            "loading the tc object (pinned maps from an incompatible version? remove the pin folder)",
-        )?;
+        let mut ebpf = loader::load_pinned(objects::tc(), pin_dir, &names::PINNED)?;
         for (name, attach, dir) in PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -126,29 +105,14 @@ impl NodePort {
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
             for dev in devices {
-                let pin = link_pin(pin_dir, dir, dev);
-                let id = match PinnedLink::from_pin(&pin) {
-                    Ok(old) => {
-                        let fd = old.unpin().context("unpinning the previous tc link")?;
-                        prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
-                            .with_context(|| format!("replacing {name} on {dev}"))?
-                    }
-                    Err(_) => prog
-                        .attach(dev, attach)
-                        .with_context(|| format!("attaching {name} to {dev}"))?,
-                };
-                let link = prog.take_link(id)?;
-                let fd: FdLink = link
-                    .try_into()
-                    .context("tc link is not a bpf_link (TCX needs kernel ≥ 6.6)")?;
-                fd.pin(&pin)
-                    .with_context(|| format!("pinning {}", pin.display()))?;
+                loader::attach_tc_pinned(prog, dev, attach, &link_pin(pin_dir, dir, dev))
+                    .with_context(|| format!("{name} on {dev}"))?;
             }
         }
         Ok(NodePort {
-            endpoints: take(&mut ebpf, names::ENDPOINTS)?,
-            ranges: take(&mut ebpf, names::SOURCE_RANGES)?,
-            stats: take(&mut ebpf, names::STATS)?,
+            endpoints: loader::take_map(&mut ebpf, names::ENDPOINTS)?,
+            ranges: loader::take_map(&mut ebpf, names::SOURCE_RANGES)?,
+            stats: loader::take_map(&mut ebpf, names::STATS)?,
             ebpf,
         })
     }

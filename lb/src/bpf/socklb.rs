@@ -8,12 +8,12 @@
 //! without a gap. Without a pin folder the links live as long as the [`SockLb`].
 use super::{datapath::KernelMaps, loader::prepare_pin_dir, objects};
 use abi::{
-    lb::{self as abi_lb, ServiceValue},
+    lb::ServiceValue,
     sock::{self as abi_sock, AffinityKey, AffinityValue, RevKey, RevValue, SVC_FLAG_AFFINITY},
 };
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSockAddr,
@@ -159,16 +159,6 @@ pub struct SockLb {
     pub maps: SockMaps,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the sock-lb object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
-}
-
 impl SockLb {
     /// Splits the loaded object from its maps (the maps can then join the reconciler's datapath).
     pub fn into_parts(self) -> (Ebpf, SockMaps) {
@@ -179,18 +169,9 @@ impl SockLb {
     /// the XDP / tc objects or an earlier run already pinned them).
     pub fn load(pin_dir: &Path) -> Result<SockLb> {
         prepare_pin_dir(pin_dir)?;
-        let paths: Vec<(&'static str, PathBuf)> = abi_lb::names::PINNED
-            .iter()
-            .chain(abi_sock::names::PINNED.iter())
-            .map(|n| (*n, pin_dir.join(n)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader
-            .load(objects::sock_lb())
-            .context("loading the sock-lb object (pinned maps of an incompatible version?)")?;
+        let mut ebpf =
+            super::loader::load_pinned(objects::sock_lb(), pin_dir, &abi_sock::names::PINNED)
+                .context("loading the sock-lb object")?;
         for (name, _) in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -199,10 +180,13 @@ impl SockLb {
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
         let maps = SockMaps {
-            revnat: take(&mut ebpf, abi_sock::names::REVNAT)?,
-            affinity: take(&mut ebpf, abi_sock::names::AFFINITY)?,
-            affinity_timeout: take(&mut ebpf, abi_sock::names::AFFINITY_TIMEOUT)?,
-            stats: take(&mut ebpf, abi_sock::names::STATS)?,
+            revnat: super::loader::take_map(&mut ebpf, abi_sock::names::REVNAT)?,
+            affinity: super::loader::take_map(&mut ebpf, abi_sock::names::AFFINITY)?,
+            affinity_timeout: super::loader::take_map(
+                &mut ebpf,
+                abi_sock::names::AFFINITY_TIMEOUT,
+            )?,
+            stats: super::loader::take_map(&mut ebpf, abi_sock::names::STATS)?,
         };
         Ok(SockLb { ebpf, maps })
     }
