@@ -50,7 +50,8 @@ fn pod_ip(i: usize, v6: bool) -> IpAddr {
 }
 
 /// The cluster as manifests: node-a; `web` (NodePort: 30080/TCP, 30053/UDP) on the pods `web`;
-/// `lb` (LoadBalancer with source ranges `ranges`, ingress LB4/LB6) on pod 1; `loc` (NodePort
+/// `lb` (LoadBalancer with source ranges `ranges`, ingress LB4/LB6, externalTrafficPolicy Local,
+/// health-check node port 30100) on pod 1; `loc` (NodePort
 /// 30090, externalTrafficPolicy Local) on pod 2 and an endpoint of node-b nobody can reach.
 fn manifests(web: &[usize], ranges: &[&str]) -> String {
     let mut y = format!(
@@ -74,7 +75,9 @@ status:
             "LoadBalancer",
             "30081",
             "30054",
-            &*format!("  loadBalancerSourceRanges: [{ranges}]\n"),
+            &*format!(
+                "  loadBalancerSourceRanges: [{ranges}]\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30100\n"
+            ),
             vec![1],
         ),
         (
@@ -410,6 +413,24 @@ fn node_port_load_balancer_and_local_policy_from_outside() {
         let a = b.ask(Some(outside), node_port(v6, 30081), false).unwrap();
         assert_eq!((a.id.as_str(), a.peer), ("b1", ip(outside)));
     }
+    // The health-check node port of the Local LoadBalancer counts this node's endpoints of it
+    // (pod 1, in both families).
+    let hc = b.client.exec(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&node_port(false, 30100), T)
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok::<_, String>(out)
+    });
+    let hc = hc.unwrap_or_else(|e| panic!("health-check node port: {e}\n{}", b.log()));
+    assert!(hc.starts_with("HTTP/1.1 200"), "{hc}");
+    assert!(
+        hc.contains(r#""localEndpoints":2"#) && hc.contains(r#""name":"lb""#),
+        "{hc}"
+    );
     let s = b.status();
     assert!(b.np_counter("local") >= 160, "{s}");
     assert!(b.np_counter("rev_dnat") >= 160, "{s}");

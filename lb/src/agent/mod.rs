@@ -3,6 +3,7 @@
 mod api;
 mod endpoints;
 mod external;
+mod healthz;
 mod ifaddr;
 mod neighbour;
 pub mod node;

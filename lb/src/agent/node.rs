@@ -52,6 +52,8 @@ pub struct NodeView {
     pub local: BTreeSet<IpAddr>,
     /// This node's InternalIP addresses (the SNAT source towards other nodes).
     pub internal_addresses: Vec<IpAddr>,
+    /// Health-check node ports (externalTrafficPolicy Local) and their local endpoint counts.
+    pub health_checks: Vec<k8s::model::HealthCheck>,
 }
 
 impl NodeArgs {
@@ -97,6 +99,7 @@ impl NodeArgs {
             model: model_of(&nf.frontends, self.maglev_table_size),
             local: local_endpoints(&nf.frontends, node),
             internal_addresses: nf.node.internal_addresses.clone(),
+            health_checks: nf.health_checks.clone(),
         }
     }
 
@@ -254,6 +257,7 @@ fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>>
 /// re-checked every [`ENDPOINT_RECHECK`].
 struct Follower {
     endpoints: Option<LocalEndpoints>,
+    health: super::healthz::HealthServers,
     /// The local endpoints of the last view applied; None until one was (the endpoints an
     /// earlier run left are kept until then).
     want: Option<BTreeSet<IpAddr>>,
@@ -270,6 +274,7 @@ impl Follower {
                 .map(|e| LocalEndpoints::adopt(e.endpoints())),
             want: None,
             checked: Instant::now(),
+            health: Default::default(),
         }
     }
 
@@ -285,7 +290,11 @@ impl Follower {
             let grow = eps.with_held(&view.local);
             self.sync_endpoints(state, &grow, false).await;
         }
+        let checks = view.health_checks.clone();
         let applied = apply_view(&mut state.lock().unwrap(), view);
+        if applied.is_ok() {
+            self.health.update(&checks);
+        }
         match applied {
             Ok(local) => {
                 record(state, Ok(()), what);
@@ -372,13 +381,12 @@ fn record(state: &Shared, result: Result<()>, what: &str) {
 
 async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Result<()> {
     let mut follower = Follower::new(state);
-    // The first view was applied by `start`; the endpoints follow from a fresh compile.
+    // The first view was applied by `start`; the endpoints and health-check ports follow from
+    // a fresh compile (the model part of it changes nothing).
     let mut last = folder_stamp(dir);
-    if follower.endpoints.is_some() {
-        follower
-            .apply(state, args.node_args.folder_view(dir), "manifests")
-            .await;
-    }
+    follower
+        .apply(state, args.node_args.folder_view(dir), "manifests")
+        .await;
     let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
