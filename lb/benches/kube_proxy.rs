@@ -400,13 +400,23 @@ impl Datapath for Counted {
         self.backends.remove(&id);
         timed(&mut self.ops.backend_time, || self.maps.remove_backend(id))
     }
-    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
-        // A new inner array (size slot + one slot per backend), then one swap in the outer map.
-        self.ops.inner_maps += 1;
-        self.ops.updates += backend_ids.len() + 2;
+    fn set_table(
+        &mut self,
+        service_id: u32,
+        old: Option<&[u32]>,
+        backend_ids: &[u32],
+    ) -> Result<()> {
+        // Same size: the changed slots are rewritten in place (as KernelMaps does). Otherwise a new
+        // inner array (size slot + one slot per backend), then one swap in the outer map.
+        if let Some(old) = old.filter(|o| o.len() == backend_ids.len()) {
+            self.ops.updates += old.iter().zip(backend_ids).filter(|(a, b)| a != b).count();
+        } else {
+            self.ops.inner_maps += 1;
+            self.ops.updates += backend_ids.len() + 2;
+        }
         let Some(pending) = self.bulk.get_mut().as_mut() else {
             return timed(&mut self.ops.table_time, || {
-                self.maps.set_table(service_id, backend_ids)
+                self.maps.set_table(service_id, old, backend_ids)
             });
         };
         let n = backend_ids.len() as u32;

@@ -21,8 +21,15 @@ pub trait Datapath {
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
     fn remove_backend(&mut self, id: u32) -> Result<()>;
-    /// Replaces a service's selection table in one step.
-    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()>;
+    /// Makes a service's selection table `backend_ids`. `old` is the table the datapath holds (when
+    /// known): a table of the same size may be updated slot by slot (every id in either table
+    /// names an existing backend meanwhile); otherwise the whole table is replaced in one step.
+    fn set_table(
+        &mut self,
+        service_id: u32,
+        old: Option<&[u32]>,
+        backend_ids: &[u32],
+    ) -> Result<()>;
     /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
@@ -242,7 +249,7 @@ impl<D: Datapath> Reconciler<D> {
         let table: Vec<u32> = cs.table.iter().map(|&i| ids[i as usize]).collect();
         if real.table.as_ref() != Some(&table) {
             if !table.is_empty() {
-                self.dp.set_table(sid, &table)?;
+                self.dp.set_table(sid, real.table.as_deref(), &table)?;
             }
             ch.tables_written += 1;
             real.table = Some(table.clone());
@@ -389,7 +396,12 @@ impl Datapath for MemoryDatapath {
         self.backends.remove(&id);
         Ok(())
     }
-    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
+    fn set_table(
+        &mut self,
+        service_id: u32,
+        _old: Option<&[u32]>,
+        backend_ids: &[u32],
+    ) -> Result<()> {
         if backend_ids.iter().any(|b| !self.backends.contains_key(b)) {
             bail!("table of service {service_id} written before its backends");
         }

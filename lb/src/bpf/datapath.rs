@@ -155,9 +155,31 @@ impl Datapath for KernelMaps {
         Ok(self.backends.remove(&id)?)
     }
 
-    fn set_table(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
-        // A new inner map, filled, then swapped in with one update: readers see old or new.
-        // Slot 0 holds the table's size, the backend ids follow (see datapath::lb::table_pick).
+    fn set_table(
+        &mut self,
+        service_id: u32,
+        old: Option<&[u32]>,
+        backend_ids: &[u32],
+    ) -> Result<()> {
+        // Same size: rewrite only the slots that change, in place. Readers may meet a mix of old
+        // and new slots for a moment, and every id in either table names an existing backend
+        // (the reconciler removes old backends only afterwards). No map-in-map update, so no
+        // wait for an RCU grace period.
+        if let Some(old) = old
+            && old.len() == backend_ids.len()
+            && let Ok(mut inner) = self.tables.get(&service_id, 0)
+            && inner.get(&0, 0).ok() == Some(old.len() as u32)
+        {
+            for (slot, (a, b)) in old.iter().zip(backend_ids).enumerate() {
+                if a != b {
+                    inner.set(slot as u32 + 1, b, 0)?;
+                }
+            }
+            return Ok(());
+        }
+        // Otherwise a new inner map, filled, then swapped in with one update: readers see the old
+        // table or the new one. Slot 0 holds the size, the backend ids follow (see
+        // datapath::lb::table_pick).
         let n = backend_ids.len() as u32;
         let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
             .context("creating a selection table")?;
