@@ -10,12 +10,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 use support::{
     cgroup::{Answer, Cgroup, run_client},
-    netns::{Netns, unique, veth},
+    netns::{Netns, oxilium_json, unique, wire_pod},
     servers::Servers,
 };
 
@@ -114,59 +114,7 @@ impl Node {
         let mut servers = Vec::new();
         for i in 1..=3 {
             let pod = Netns::new(&format!("{p}p{i}"));
-            let nif = format!("p{i}");
-            veth(&pod, "eth0", &node, &nif);
-            pod.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", pod4(i)),
-                "dev",
-                "eth0",
-            ]);
-            pod.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/64", pod6(i)),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            pod.run(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.244.{i}.1"),
-            ]);
-            pod.run(&[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:244:{i}::1"),
-            ]);
-            node.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.244.{i}.1/24"),
-                "dev",
-                &nif,
-            ]);
-            node.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("fd00:244:{i}::1/64"),
-                "dev",
-                &nif,
-                "nodad",
-            ]);
+            wire_pod(&node, &pod, i);
             let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
                 .iter()
                 .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
@@ -240,17 +188,7 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
-            .args(args)
-            .args(["-o", "json", "--socket", self.socket.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        oxilium_json(&self.socket, args)
     }
 
     #[track_caller]

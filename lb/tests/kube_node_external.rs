@@ -17,12 +17,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 use support::{
     cgroup::Cgroup,
-    netns::{Netns, unique, veth},
+    netns::{Netns, oxilium_json, unique, veth, wire_pod},
     peer::{Answer, PeerServers, tcp_ask, udp_ask},
 };
 
@@ -196,29 +196,7 @@ impl Bed {
         let mut servers = Vec::new();
         for i in 1..=3 {
             let pod = fresh(&format!("{p}p{i}"));
-            let nif = format!("p{i}");
-            veth(&pod, "eth0", &node, &nif);
-            addr(&pod, &format!("{}/24", pod_ip(i, false)), "eth0", &[]);
-            addr(&pod, &format!("{}/64", pod_ip(i, true)), "eth0", &["nodad"]);
-            pod.run(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.244.{i}.1"),
-            ]);
-            pod.run(&[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:244:{i}::1"),
-            ]);
-            addr(&node, &format!("10.244.{i}.1/24"), &nif, &[]);
-            addr(&node, &format!("fd00:244:{i}::1/64"), &nif, &["nodad"]);
+            wire_pod(&node, &pod, i);
             let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
             servers.push(PeerServers::start(&pod, &format!("b{i}"), &addrs));
             pods.push(pod);
@@ -280,17 +258,7 @@ impl Bed {
     }
 
     fn status(&self) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
-            .args(["status", "-o", "json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        oxilium_json(&self.socket, &["status"])
     }
 
     fn np_counter(&self, name: &str) -> u64 {

@@ -124,3 +124,77 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.run(&["ip", "link", "set", a_if, "up"]);
     b.run(&["ip", "link", "set", b_if, "up"]);
 }
+
+/// A pod: `pod` joined to `node` by a veth (`eth0` in the pod, `p{i}` on the node), addresses
+/// 10.244.{i}.2/24 and fd00:244:{i}::2/64, default routes via the node side (.1 / ::1).
+pub fn wire_pod(node: &Netns, pod: &Netns, i: usize) {
+    let nif = format!("p{i}");
+    veth(pod, "eth0", node, &nif);
+    pod.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("10.244.{i}.2/24"),
+        "dev",
+        "eth0",
+    ]);
+    pod.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("fd00:244:{i}::2/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    pod.run(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.244.{i}.1"),
+    ]);
+    pod.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("fd00:244:{i}::1"),
+    ]);
+    node.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("10.244.{i}.1/24"),
+        "dev",
+        &nif,
+    ]);
+    node.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("fd00:244:{i}::1/64"),
+        "dev",
+        &nif,
+        "nodad",
+    ]);
+}
+
+/// Runs an `oxilium` client command against the agent at `socket` with `-o json`.
+pub fn oxilium_json(socket: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
+        .args(args)
+        .args(["-o", "json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "oxilium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -8,7 +8,7 @@ use super::{
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -286,17 +286,7 @@ impl Bed {
 
     /// Runs an `oxilium` client command against this agent with `-o json`.
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(bin())
-            .args(args)
-            .args(["-o", "json", "--socket", self.socket.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "oxilium {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        super::netns::oxilium_json(&self.socket, args)
     }
 
     pub fn agent_log(&self) -> String {
