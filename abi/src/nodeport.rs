@@ -80,7 +80,12 @@ pub mod reason {
     pub const FAMILY: u32 = 5;
     /// A checksum / store helper failed (dropped).
     pub const ERROR: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// DSR: encapsulated towards a backend on another node (which answers the client itself).
+    pub const DSR: u32 = 7;
+    /// DSR, receiving node: a tunnelled packet for a pod of this node, decapsulated, DNAT'ed to
+    /// the port the outer header carries and delivered to the pod.
+    pub const DSR_IN: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "local",
         "remote",
@@ -89,6 +94,8 @@ pub mod reason {
         "source_range",
         "family",
         "error",
+        "dsr",
+        "dsr_in",
     ];
 }
 

@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod encap;
 pub mod fib;
 pub mod headers;
 pub mod lb;

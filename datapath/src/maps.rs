@@ -55,6 +55,8 @@ pub struct Scratch {
     pub flow: Flow,
     pub target: Target,
     pub rewrite: FlowKey,
+    /// The key of a reply expected for the packet (built here rather than on the stack).
+    pub reply: FlowKey,
 }
 
 #[btf_map]

@@ -8,12 +8,17 @@
 //!   the frame is redirected to the pod's veth; the pod's reply is restored to frontend → client
 //!   at the egress of the external device through an `OXI_SNAT` entry keyed by the reply;
 //! - backend elsewhere: DNAT + SNAT to the node's address (the edge LB's SNAT port allocation),
-//!   sent through the FIB; the reply comes back to the node and is restored at ingress.
+//!   sent through the FIB; the reply comes back to the node and is restored at ingress;
+//! - backend elsewhere, service in DSR mode: the packet is tunnelled (IP-in-IP, [`encap`]) to the
+//!   backend's address, the outer header carrying the backend port. The backend's node takes the
+//!   tunnel off at its own ingress ([`tunnel`]), DNATs to the pod keeping the client, and restores
+//!   the pod's reply to frontend → client at its egress: the reply goes straight to the client.
 //!
 //! Rewrites go through the skb checksum helpers (bpf_l3/l4_csum_replace with BPF_F_PSEUDO_HDR),
 //! so packets in any checksum state (CHECKSUM_PARTIAL from local senders, COMPLETE from NICs) stay
 //! valid: unlike XDP, tc sees offloaded packets.
 use crate::{
+    encap,
     fib::{self, Route},
     headers::*,
     lb::{self, NewFlow, Target},
@@ -23,7 +28,7 @@ use crate::{
     stats,
 };
 use abi::{
-    lb::{Addr, Counter, FAMILY_V6, FlowKey, ServiceValue, SnatEntry, reason},
+    lb::{Addr, Counter, FAMILY_V6, FlowKey, MODE_DSR, ServiceValue, SnatEntry, reason},
     nodeport::{
         Endpoint, MAX_ENDPOINTS, MAX_SOURCE_RANGES, RANGE_ALLOW, RANGE_ID_BITS, RangeData,
         reason as np,
@@ -72,8 +77,9 @@ fn count<M: NodePortMaps>(r: u32, bytes: u64) {
 }
 
 /// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
-/// translates (let it pass).
-#[inline(always)]
+/// translates (let it pass), or (ingress only) an IP-in-IP tunnel. Called once per parse site
+/// rather than inlined: the parser is the largest piece of code and frame.
+#[inline(never)]
 fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
     let len = ctx.len();
     let _ = ctx.pull_data(len.min(PULL_HEADERS));
@@ -92,6 +98,10 @@ fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch
         // Fragments are left to the host's reassembly: the node's address is shared with it.
         Parsed::Ip if f.frag != Fragment::No => reason::PASS,
         Parsed::Ip if f.key.proto == IPPROTO_TCP || f.key.proto == IPPROTO_UDP => return Some(s),
+        // DSR tunnels (checked by `tunnel`).
+        Parsed::Ip if ingress && (f.key.proto == IPPROTO_IPIP || f.key.proto == IPPROTO_IPV6) => {
+            return Some(s);
+        }
         Parsed::Ip => reason::PASS,
     };
     if ingress {
@@ -108,6 +118,9 @@ pub fn ingress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let f = &s.flow;
+    if f.key.proto == IPPROTO_IPIP || f.key.proto == IPPROTO_IPV6 {
+        return tunnel::<M>(ctx, s, bytes);
+    }
     if let Some(svc) = lb::service(&f.key) {
         return forward::<M>(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
@@ -151,29 +164,50 @@ fn new_flow<M: NodePortMaps>(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlo
     }
     // SAFETY: read-only lookup of a value the agent writes whole.
     if unsafe { M::endpoints().get(&t.backend.addr) }.is_none() {
-        return NewFlow::Snat;
+        return if svc.mode == MODE_DSR {
+            NewFlow::Keep
+        } else {
+            NewFlow::Snat
+        };
     }
-    let rkey = FlowKey {
-        src: t.backend.addr,
-        dst: f.key.src,
-        sport: t.backend.port,
-        dport: f.key.sport,
-        proto: f.key.proto,
-        _pad: [0; 3],
+    expect_reply(f, &t.backend.addr, t.backend.port, svc.id, t.backend_id);
+    NewFlow::Keep
+}
+
+/// Records how the reply of a pod of this node to the flow `f`, DNAT'ed to `backend`:`port`
+/// (network byte order), is restored to frontend → client: an `OXI_SNAT` entry keyed by the
+/// reply, used at the external device's egress.
+#[inline(always)]
+fn expect_reply(f: &Flow, backend: &Addr, port: u16, service_id: u32, backend_id: u32) {
+    let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
+    // SAFETY: this CPU's scratch; only the `reply` field is written here (callers hold the
+    // flow and target fields).
+    let rkey = unsafe { &mut *core::ptr::addr_of_mut!((*s).reply) };
+    rkey.src = *backend;
+    rkey.dst = f.key.src;
+    rkey.sport = port;
+    rkey.dport = f.key.sport;
+    rkey.proto = f.key.proto;
+    if OXI_SNAT
+        .get_ptr(&*rkey)
+        .is_some_and(|e| unsafe { (*e).vip == f.key.dst })
+    {
+        return;
+    }
     let entry = SnatEntry {
         client: f.key.src,
         vip: f.key.dst,
         client_port: f.key.sport,
         vip_port: f.key.dport,
-        service_id: svc.id,
-        backend_id: t.backend_id,
+        service_id,
+        backend_id,
         _pad: 0,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };
     // Failure (never expected: LRU) would only leave the reply untranslated.
-    let _ = OXI_SNAT.insert(&rkey, &entry, 0);
-    NewFlow::Keep
+    let _ = OXI_SNAT.insert(&*rkey, &entry, 0);
 }
 
 /// Client → frontend.
@@ -220,6 +254,16 @@ fn forward<M: NodePortMaps>(
         stats::reason(reason::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     };
+    if t.snat_port == 0 && svc.mode == MODE_DSR {
+        // The flow keeps its path: one pinned with a SNAT port stays SNAT'ed after a mode change.
+        if encap::encap_skb(ctx, f, node, &b.addr, b.port).is_err() {
+            count::<M>(np::ERROR, bytes);
+            return TC_ACT_SHOT as i32;
+        }
+        count::<M>(np::DSR, bytes);
+        stats::reason(reason::FWD_DSR, bytes);
+        return transmit(ctx, f.v6, node, &b.addr);
+    }
     if t.snat_port == 0 {
         // A flow pinned while its backend was local, whose pod has gone: nothing to reuse.
         stats::reason(reason::NO_BACKEND, bytes);
@@ -253,7 +297,9 @@ fn reply<M: NodePortMaps>(
     new.sport = e.vip_port;
     new.dport = e.client_port;
     new.proto = f.key.proto;
-    stats::service(e.service_id, bytes);
+    if e.service_id != 0 {
+        stats::service(e.service_id, bytes);
+    }
     if rewrite(ctx, f, new).is_err() {
         count::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
@@ -265,6 +311,55 @@ fn reply<M: NodePortMaps>(
     count::<M>(np::REV_SNAT, bytes);
     stats::reason(reason::REV_SNAT, bytes);
     transmit(ctx, f.v6, &new.src, &new.dst)
+}
+
+/// DSR, receiving side: a tunnel packet (`s.flow`, parsed up to its outer header) addressed to a
+/// pod of this node and carrying a port is decapsulated and DNAT'ed to that pod and port, the
+/// client kept; the pod's reply is restored at egress (an `OXI_SNAT` entry, as for local
+/// backends). Other tunnel packets pass untouched. The service need not be known on this node.
+#[inline(never)]
+fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -> i32 {
+    let f = &s.flow;
+    // SAFETY: read-only lookup of a value the agent writes whole.
+    let Some(ep) = (unsafe { M::endpoints().get(&f.key.dst) }) else {
+        stats::reason(reason::PASS, bytes);
+        return TC_ACT_OK as i32;
+    };
+    let port = encap::carried_port(ctx.data(), ctx.data_end(), f.l3_off, f.v6);
+    if port == 0 {
+        stats::reason(reason::PASS, bytes);
+        return TC_ACT_OK as i32;
+    }
+    let backend = f.key.dst;
+    let inner_v6 = f.key.proto == IPPROTO_IPV6;
+    if inner_v6 != !abi::lb::is_v4_mapped(&backend) {
+        count::<M>(np::FAMILY, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    if encap::decap_skb(ctx, f).is_err() {
+        count::<M>(np::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    // The inner packet: TCP or UDP, not a fragment (the sender only tunnels those).
+    let Some(s) = parse_tc(ctx, false) else {
+        count::<M>(np::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    };
+    let f = &s.flow;
+    let id = lb::service(&f.key).map(|svc| svc.id).unwrap_or(0);
+    expect_reply(f, &backend, port, id, 0);
+    let new = &mut s.rewrite;
+    new.src = f.key.src;
+    new.sport = f.key.sport;
+    new.dst = backend;
+    new.dport = port;
+    new.proto = f.key.proto;
+    if rewrite(ctx, f, new).is_err() || set_macs(ctx, &ep.mac, &ep.node_mac).is_err() {
+        count::<M>(np::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    count::<M>(np::DSR_IN, bytes);
+    unsafe { bpf_redirect(ep.ifindex, 0) as i32 }
 }
 
 /// One's-complement difference of two 4-byte-multiple fields (bpf_csum_diff).

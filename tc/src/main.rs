@@ -11,16 +11,14 @@ mod nodeport;
 
 use abi::lb::reason;
 use aya_ebpf::{
-    bindings::{
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    },
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
 use datapath::{
+    encap,
     headers::*,
-    parse::{self, Flow, Parsed, ptr_at},
+    parse::{self, Flow, Parsed},
     stats,
 };
 
@@ -33,30 +31,13 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
     if parse::parse(start, end, &mut f) != Parsed::Ip {
         return TC_ACT_OK;
     }
-    let inner_v6 = match f.key.proto {
-        IPPROTO_IPIP => false,
-        IPPROTO_IPV6 => true,
-        _ => return TC_ACT_OK,
-    };
-    let outer_len = (f.l4_off - f.l3_off) as i32;
-    let flags = if inner_v6 {
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
-    } else {
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
-    };
-    if ctx
-        .adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, flags as u64)
-        .is_err()
-    {
+    if f.key.proto != IPPROTO_IPIP && f.key.proto != IPPROTO_IPV6 {
+        return TC_ACT_OK;
+    }
+    if encap::decap_skb(&ctx, &f).is_err() {
         stats::reason(reason::ERROR, 0);
         return TC_ACT_SHOT;
     }
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let proto_off = if f.vlan { ETH_HLEN + 2 } else { ETH_HLEN - 2 };
-    let Some(p) = ptr_at::<u16>(start, end, proto_off) else {
-        return TC_ACT_SHOT;
-    };
-    unsafe { *p = if inner_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be() };
     stats::reason(reason::DECAP, 0);
     TC_ACT_OK
 }

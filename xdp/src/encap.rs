@@ -1,12 +1,12 @@
 //! DSR: IP-in-IP encapsulation towards the backend (IPIP for IPv4, IPv6-in-IPv6, or mixed), the
-//! outer source being the LB's own address. The backend's oxilium tc program strips the outer header.
+//! outer source being the LB's own address (header built by datapath::encap). The backend's oxilium
+//! tc program strips the outer header.
 use abi::lb::{Addr, reason};
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use datapath::{
-    csum,
+    encap,
     fib::{self, Route},
     headers::*,
-    nat::last4,
     parse::{Flow, ptr_at},
 };
 
@@ -68,45 +68,13 @@ fn try_encap(
             (*eth).proto = ethertype.to_be();
         }
     }
-    let inner_proto = if f.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    let proto = encap::inner_proto(f);
     if outer_v6 {
         let ip = ptr_at::<Ipv6Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
-        unsafe {
-            (*ip).version_tc_flow = [0x60, 0, 0, 0];
-            (*ip).payload_len = (inner_len as u16).to_be();
-            (*ip).nexthdr = inner_proto;
-            (*ip).hop_limit = 64;
-            (*ip).src = *src;
-            (*ip).dst = *dst;
-        }
+        unsafe { *ip = encap::outer_v6(src, dst, inner_len as u16, proto, 0) };
     } else {
         let ip = ptr_at::<Ipv4Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
-        let (s, d) = (last4(src), last4(dst));
-        let tot = (outer_len as u16).to_be();
-        let words: [u16; 10] = [
-            u16::from_ne_bytes([0x45, 0]),
-            tot,
-            0,
-            0,
-            u16::from_ne_bytes([64, inner_proto]),
-            0,
-            u16::from_ne_bytes([s[0], s[1]]),
-            u16::from_ne_bytes([s[2], s[3]]),
-            u16::from_ne_bytes([d[0], d[1]]),
-            u16::from_ne_bytes([d[2], d[3]]),
-        ];
-        unsafe {
-            (*ip).version_ihl = 0x45;
-            (*ip).tos = 0;
-            (*ip).tot_len = tot;
-            (*ip).id = 0;
-            (*ip).frag_off = 0;
-            (*ip).ttl = 64;
-            (*ip).proto = inner_proto;
-            (*ip).check = csum::ipv4_header(&words);
-            (*ip).src = s;
-            (*ip).dst = d;
-        }
+        unsafe { *ip = encap::outer_v4(src, dst, inner_len as u16, proto, 0) };
     }
     Ok(())
 }

@@ -4,8 +4,8 @@ use crate::cluster::Cluster;
 use crate::convert::{Family, NodeInfo, Svc, SvcType};
 use crate::endpoints::{self, Locality};
 use crate::model::{
-    Algorithm, ApiProtocol, Backend, BackendState, Frontend, FrontendType, HealthCheck, Note,
-    ObjectKey,
+    Algorithm, ApiProtocol, Backend, BackendState, Forwarding, Frontend, FrontendType, HealthCheck,
+    Note, ObjectKey,
 };
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -19,6 +19,8 @@ pub struct Options {
     pub node_port_range: RangeInclusive<u16>,
     /// The algorithm of Services without the service.cilium.io/lb-algorithm annotation.
     pub default_algorithm: Algorithm,
+    /// The forwarding of Services without the service.cilium.io/forwarding-mode annotation.
+    pub default_forwarding: Forwarding,
 }
 
 impl Default for Options {
@@ -26,6 +28,7 @@ impl Default for Options {
         Options {
             node_port_range: 30000..=32767,
             default_algorithm: Algorithm::Random,
+            default_forwarding: Forwarding::Snat,
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn compile_service(
         zone: node.zone.as_deref(),
     };
     let algorithm = svc.algorithm.unwrap_or(opts.default_algorithm);
+    let forwarding = svc.forwarding.unwrap_or(opts.default_forwarding);
     let has_node_ports = matches!(svc.ty, SvcType::NodePort | SvcType::LoadBalancer);
     let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
     for p in &svc.ports {
@@ -177,6 +181,7 @@ pub fn compile_service(
                             None
                         },
                         algorithm,
+                        forwarding,
                         affinity_timeout: svc.affinity_timeout,
                         source_ranges: if kind == FrontendType::LoadBalancer {
                             svc.source_ranges.clone()
@@ -302,6 +307,7 @@ pub fn compile_host_ports(cluster: &Cluster, node: &NodeInfo, opts: &Options) ->
                     }],
                     external_backends: None,
                     algorithm: opts.default_algorithm,
+                    forwarding: Forwarding::Snat,
                     affinity_timeout: None,
                     source_ranges: Vec::new(),
                     health_check: None,

@@ -1,6 +1,6 @@
 //! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
 //! object change, so compiling a frontend never re-parses strings.
-use crate::model::{Algorithm, ApiProtocol, Cidr, ObjectKey};
+use crate::model::{Algorithm, ApiProtocol, Cidr, Forwarding, ObjectKey};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -12,6 +12,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Per-service load-balancing algorithm (Cilium's annotation): `maglev` or `random`.
 pub const LB_ALGORITHM_ANNOTATION: &str = "service.cilium.io/lb-algorithm";
+/// Per-service forwarding of external traffic to other nodes (Cilium's annotation): `snat` or
+/// `dsr`.
+pub const FORWARDING_MODE_ANNOTATION: &str = "service.cilium.io/forwarding-mode";
 /// The legacy form of spec.loadBalancerSourceRanges, used when the field is empty.
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// sessionAffinity ClientIP timeout when sessionAffinityConfig does not give one.
@@ -75,6 +78,7 @@ pub(crate) struct Svc {
     /// trafficDistribution PreferClose (or its newer name PreferSameZone).
     pub prefer_close: bool,
     pub algorithm: Option<Algorithm>,
+    pub forwarding: Option<Forwarding>,
     /// Non-fatal remarks (ignored entries).
     pub notes: Vec<String>,
 }
@@ -117,6 +121,7 @@ pub(crate) fn service(s: &Service, origin: Option<String>) -> Svc {
         publish_not_ready: false,
         prefer_close: false,
         algorithm: None,
+        forwarding: None,
         notes: Vec::new(),
     };
     if let Err(e) = fill_service(s, &mut svc) {
@@ -267,16 +272,20 @@ fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
         spec.traffic_distribution.as_deref(),
         Some("PreferClose" | "PreferSameZone")
     );
-    if let Some(a) = s
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
-    {
+    let annotation = |name: &str| s.metadata.annotations.as_ref().and_then(|a| a.get(name));
+    if let Some(a) = annotation(LB_ALGORITHM_ANNOTATION) {
         match a.parse() {
             Ok(alg) => svc.algorithm = Some(alg),
             Err(e) => svc.notes.push(format!(
                 "annotation {LB_ALGORITHM_ANNOTATION}: {e}; using the default"
+            )),
+        }
+    }
+    if let Some(m) = annotation(FORWARDING_MODE_ANNOTATION) {
+        match m.parse() {
+            Ok(mode) => svc.forwarding = Some(mode),
+            Err(e) => svc.notes.push(format!(
+                "annotation {FORWARDING_MODE_ANNOTATION}: {e}; using the default"
             )),
         }
     }

@@ -22,8 +22,8 @@ pub use compile::{
 };
 pub use convert::{Family, NodeInfo};
 pub use model::{
-    Algorithm, Backend, BackendState, Cidr, Frontend, FrontendType, HealthCheck, Note, ObjectKey,
-    Protocol,
+    Algorithm, Backend, BackendState, Cidr, Forwarding, Frontend, FrontendType, HealthCheck, Note,
+    ObjectKey, Protocol,
 };
 pub use source::{Manifests, Origin, SourceError};
 

@@ -108,6 +108,29 @@ impl FromStr for Algorithm {
     }
 }
 
+/// How traffic from outside reaches a backend on another node (the service.cilium.io/
+/// forwarding-mode annotation, or the agent's --lb-mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// DNAT + SNAT to the node's address; the reply comes back through this node.
+    #[default]
+    Snat,
+    /// Direct server return: tunnelled to the backend's node, which answers the client itself.
+    Dsr,
+}
+
+impl FromStr for Forwarding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "snat" => Ok(Forwarding::Snat),
+            "dsr" => Ok(Forwarding::Dsr),
+            other => Err(format!("unknown forwarding mode {other:?} (snat or dsr)")),
+        }
+    }
+}
+
 /// One backend of a frontend.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
@@ -192,6 +215,8 @@ pub struct Frontend {
     /// (externalTrafficPolicy Local on NodePort, LoadBalancer and externalIPs).
     pub external_backends: Option<Vec<Backend>>,
     pub algorithm: Algorithm,
+    /// Traffic from outside to backends on other nodes: SNAT or DSR.
+    pub forwarding: Forwarding,
     /// sessionAffinity ClientIP: the affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// loadBalancerSourceRanges (LoadBalancer frontends only); empty = every source allowed.
@@ -275,5 +300,8 @@ mod tests {
         assert_eq!("maglev".parse(), Ok(Algorithm::Maglev));
         assert_eq!("random".parse(), Ok(Algorithm::Random));
         assert!("roundrobin".parse::<Algorithm>().is_err());
+        assert_eq!("dsr".parse(), Ok(Forwarding::Dsr));
+        assert_eq!("snat".parse(), Ok(Forwarding::Snat));
+        assert!("hybrid".parse::<Forwarding>().is_err());
     }
 }

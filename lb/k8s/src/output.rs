@@ -1,7 +1,7 @@
 //! The JSON of `oxilium service list -o json`: one object per frontend with `address`, `port`,
 //! `protocol`, `type` and `backends` (`address`, `port`, `state`), `external_backends` only where
 //! traffic from outside gets other backends, and descriptive extras.
-use crate::model::{Backend, Frontend};
+use crate::model::{Backend, Frontend, FrontendType};
 use serde_json::{Map, Value, json};
 
 fn backends(b: &[Backend]) -> Value {
@@ -27,6 +27,9 @@ pub fn frontend_json(f: &Frontend) -> Value {
     m.insert("name".into(), json!(f.owner.name));
     m.insert("port_name".into(), json!(f.port_name));
     m.insert("algorithm".into(), json!(f.algorithm));
+    if f.kind != FrontendType::ClusterIP && f.kind != FrontendType::HostPort {
+        m.insert("forwarding".into(), json!(f.forwarding));
+    }
     if let Some(t) = f.affinity_timeout {
         m.insert("session_affinity_timeout".into(), json!(t));
     }

@@ -67,6 +67,7 @@ fn options_change_range_and_algorithm() {
     let opts = Options {
         node_port_range: parse_port_range("31000-31999").unwrap(),
         default_algorithm: Algorithm::Maglev,
+        ..Options::default()
     };
     let n = compile_node(&c, "a", &opts).unwrap();
     assert!(n.frontends.is_empty());

@@ -158,6 +158,10 @@ pub fn model_of(frontends: &[k8s::model::Frontend], table_size: u32) -> Model {
             let mut ext = base.clone();
             ext.scope = Scope::External;
             ext.affinity_timeout_s = None;
+            ext.mode = match f.forwarding {
+                k8s::model::Forwarding::Snat => Mode::Snat,
+                k8s::model::Forwarding::Dsr => Mode::Dsr,
+            };
             ext.source_ranges = f
                 .source_ranges
                 .iter()
@@ -491,6 +495,7 @@ mod tests {
             backends,
             external_backends: None,
             algorithm: k8s::Algorithm::Random,
+            forwarding: k8s::model::Forwarding::Dsr,
             affinity_timeout: None,
             source_ranges: vec!["198.51.100.0/24".parse::<Cidr>().unwrap()],
             health_check: None,
@@ -512,6 +517,9 @@ mod tests {
             [SourceRange::parse("198.51.100.0/24").unwrap()]
         );
         assert!(int.unwrap().source_ranges.is_empty());
+        // The forwarding mode applies to traffic from outside only.
+        assert_eq!(ext.unwrap().mode, Mode::Dsr);
+        assert_eq!(int.unwrap().mode, Mode::Snat);
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct OfflineArgs {
     /// Backend selection when a Service has no service.cilium.io/lb-algorithm annotation.
     #[arg(long, value_parser = ["random", "maglev"], default_value = "random", requires = "manifests")]
     pub lb_algorithm: String,
+    /// Forwarding to other nodes when a Service has no service.cilium.io/forwarding-mode
+    /// annotation: snat or dsr.
+    #[arg(long, value_parser = ["snat", "dsr"], default_value = "snat", requires = "manifests")]
+    pub lb_mode: String,
 }
 
 pub fn run(args: &OfflineArgs, output: Output) -> Result<()> {
@@ -33,6 +37,10 @@ pub fn run(args: &OfflineArgs, output: Output) -> Result<()> {
         } else {
             k8s::model::Algorithm::Random
         },
+        default_forwarding: args
+            .lb_mode
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--lb-mode: {e}"))?,
     };
     let nf = k8s::node_frontends(dir, node, &opts)
         .with_context(|| format!("--manifests {}", dir.display()))?;

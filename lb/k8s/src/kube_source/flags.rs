@@ -1,7 +1,7 @@
 //! The agent's flags for the Kubernetes API source: where the API server is (`--kubeconfig PATH`,
 //! or the in-cluster service account), which node this is, and the compile [`Options`].
 use crate::compile::{Options, parse_port_range};
-use crate::model::Algorithm;
+use crate::model::{Algorithm, Forwarding};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::PathBuf;
@@ -25,6 +25,10 @@ pub struct KubeFlags {
     /// Backend selection when a Service has no service.cilium.io/lb-algorithm annotation.
     #[arg(long, value_parser = ["random", "maglev"], default_value = "random")]
     pub lb_algorithm: String,
+    /// Forwarding of external traffic to backends on other nodes when a Service has no
+    /// service.cilium.io/forwarding-mode annotation: snat, or dsr (direct server return).
+    #[arg(long, value_parser = ["snat", "dsr"], default_value = "snat")]
+    pub lb_mode: String,
 }
 
 impl Default for KubeFlags {
@@ -35,6 +39,7 @@ impl Default for KubeFlags {
             node: None,
             node_port_range: "30000-32767".into(),
             lb_algorithm: "random".into(),
+            lb_mode: "snat".into(),
         }
     }
 }
@@ -45,6 +50,8 @@ pub enum FlagError {
     NodePortRange(String),
     #[error("--lb-algorithm: {0}")]
     Algorithm(String),
+    #[error("--lb-mode: {0}")]
+    Forwarding(String),
     #[error("--node not given and $NODE_NAME not set")]
     NoNode,
     #[error("--kubeconfig {path}: {source}")]
@@ -68,6 +75,10 @@ impl KubeFlags {
                 .lb_algorithm
                 .parse::<Algorithm>()
                 .map_err(FlagError::Algorithm)?,
+            default_forwarding: self
+                .lb_mode
+                .parse::<Forwarding>()
+                .map_err(FlagError::Forwarding)?,
         })
     }
 
