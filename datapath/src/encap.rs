@@ -100,34 +100,37 @@ pub fn carried_port(start: usize, end: usize, l3_off: usize, v6: bool) -> u16 {
 }
 
 /// Wraps a tc packet (the flow `f`, same family outside as inside) in an outer header `src` →
-/// `dst` carrying `port`. The skb's GSO state is updated by the kernel (encap flags).
+/// `dst` carrying `port`. The skb's GSO state is updated by the kernel (encap flags). False when a
+/// helper failed (the packet is then unusable). A bool rather than a Result: a BPF function takes
+/// at most five arguments, and a Result would be returned through a sixth.
 #[inline(never)]
-pub fn encap_skb(ctx: &TcContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> Result<(), ()> {
+pub fn encap_skb(ctx: &TcContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> bool {
     let inner_len = f.l3_len as u16;
     let proto = inner_proto(f);
     if f.v6 {
         let hdr = outer_v6(src, dst, inner_len, proto, port);
         let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 as u64;
         ctx.adjust_room(IPV6_HLEN as i32, BPF_ADJ_ROOM_MAC, flags)
-            .map_err(|_| ())?;
-        ctx.store(f.l3_off, &hdr, 0).map_err(|_| ())
+            .is_ok()
+            && ctx.store(f.l3_off, &hdr, 0).is_ok()
     } else {
         let hdr = outer_v4(src, dst, inner_len, proto, port);
         let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64;
         ctx.adjust_room(IPV4_HLEN as i32, BPF_ADJ_ROOM_MAC, flags)
-            .map_err(|_| ())?;
-        ctx.store(f.l3_off, &hdr, 0).map_err(|_| ())
+            .is_ok()
+            && ctx.store(f.l3_off, &hdr, 0).is_ok()
     }
 }
 
 /// Strips the outer header of a parsed tunnel packet (`f.key.proto` IPIP or IPv6; the outer may
-/// be of either family) and sets the Ethernet type to the inner family's.
+/// be of either family) and sets the Ethernet type to the inner family's. False when the packet
+/// is no tunnel or a helper failed.
 #[inline(never)]
-pub fn decap_skb(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+pub fn decap_skb(ctx: &TcContext, f: &Flow) -> bool {
     let inner_v6 = match f.key.proto {
         IPPROTO_IPIP => false,
         IPPROTO_IPV6 => true,
-        _ => return Err(()),
+        _ => return false,
     };
     let outer_len = (f.l4_off - f.l3_off) as i32;
     let flags = if inner_v6 {
@@ -135,11 +138,17 @@ pub fn decap_skb(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
     } else {
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4
     };
-    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, flags as u64)
-        .map_err(|_| ())?;
+    if ctx
+        .adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, flags as u64)
+        .is_err()
+    {
+        return false;
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
     let proto_off = if f.vlan { ETH_HLEN + 2 } else { ETH_HLEN - 2 };
-    let p = ptr_at::<u16>(start, end, proto_off).ok_or(())?;
+    let Some(p) = ptr_at::<u16>(start, end, proto_off) else {
+        return false;
+    };
     unsafe { *p = if inner_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be() };
-    Ok(())
+    true
 }

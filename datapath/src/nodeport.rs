@@ -256,7 +256,7 @@ fn forward<M: NodePortMaps>(
     };
     if t.snat_port == 0 && svc.mode == MODE_DSR {
         // The flow keeps its path: one pinned with a SNAT port stays SNAT'ed after a mode change.
-        if encap::encap_skb(ctx, f, node, &b.addr, b.port).is_err() {
+        if !encap::encap_skb(ctx, f, node, &b.addr, b.port) {
             count::<M>(np::ERROR, bytes);
             return TC_ACT_SHOT as i32;
         }
@@ -336,7 +336,7 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
         count::<M>(np::FAMILY, bytes);
         return TC_ACT_SHOT as i32;
     }
-    if encap::decap_skb(ctx, f).is_err() {
+    if !encap::decap_skb(ctx, f) {
         count::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     }

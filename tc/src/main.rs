@@ -34,7 +34,7 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
     if f.key.proto != IPPROTO_IPIP && f.key.proto != IPPROTO_IPV6 {
         return TC_ACT_OK;
     }
-    if encap::decap_skb(&ctx, &f).is_err() {
+    if !encap::decap_skb(&ctx, &f) {
         stats::reason(reason::ERROR, 0);
         return TC_ACT_SHOT;
     }
