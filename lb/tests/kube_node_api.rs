@@ -26,6 +26,7 @@ use support::{
     },
     fake_api::Res,
     kube_agent::{KubeAgent, ask},
+    peer::PeerConn,
 };
 
 const LB4: &str = "203.0.113.10";
@@ -188,7 +189,8 @@ fn api_source_serves_node_ports_and_load_balancers_and_follows_endpoint_slices()
 /// families) and sees node1's InternalIP; replies return through node1 to the client. Mixed with
 /// a pod of node1 both serve, each seeing its own source. externalTrafficPolicy Local on the same
 /// Service keeps to node1's pod, and refuses when node1 has none (as kube-proxy does); back to
-/// Cluster, the remote pod serves again. Kernel features: see the file's header.
+/// Cluster, the remote pod serves again; a new InternalIP on node1's Node object becomes the
+/// source of new flows. Kernel features: see the file's header.
 #[test]
 fn remote_backend_through_the_agent_is_snatted_and_local_policy_keeps_to_this_node() {
     let c = Cluster::new([1, 1]);
@@ -237,6 +239,89 @@ fn remote_backend_through_the_agent_is_snatted_and_local_policy_keeps_to_this_no
     for (v6, udp) in CASES {
         let to = node_port(v6, udp, WEB);
         k.wait_answers(&c.client, to, udp, 5, &[("p21", snat(v6))]);
+    }
+    // node1's InternalIPs change on its Node object: new flows to node2 take the new source.
+    c.node1
+        .run(&["ip", "addr", "add", "10.77.0.11/24", "dev", "fab0"]);
+    c.node1
+        .run(&["ip", "addr", "add", "fd77::11/64", "dev", "fab0", "nodad"]);
+    k.put([node(
+        "node1",
+        ["10.77.0.11", "fd77::11"],
+        &[NODE1_EXT4, NODE1_EXT6],
+    )]);
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        let moved = ip(if v6 { "fd77::11" } else { "10.77.0.11" });
+        k.wait_answers(&c.client, to, udp, 5, &[("p21", moved)]);
+    }
+    assert_eq!(k.status()["last_error"], Value::Null);
+}
+
+/// An agent restart (SIGTERM, start again; pins kept) with the API source, while the API server
+/// is down: connections to a local and to a remote pod established before it go on, new flows
+/// are served as before (node2's pod still sees node1's InternalIP), and once the server is back
+/// the agent lists and applies the cluster. Kernel features: see the file's header.
+#[test]
+fn agent_restart_keeps_established_flows_and_the_snat_source() {
+    let c = Cluster::new([1, 1]);
+    let mut k = KubeAgent::serve(&c.node1);
+    k.put(nodes());
+    k.put([service("web", "NodePort", 10, WEB, false)]);
+    k.put(slices(&c, "web", &["p11", "p21"]));
+    k.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k.wait_local_endpoints(2);
+    // One connection to each pod, per family.
+    let mut conns = Vec::new();
+    for v6 in [false, true] {
+        let want = [("p11", client(v6)), ("p21", snat(v6))];
+        k.wait_answers(&c.client, node_port(v6, false, WEB), false, 20, &want);
+        for (id, peer) in want {
+            for _ in 0..60 {
+                let mut conn = PeerConn::open(&c.client, node_port(v6, false, WEB));
+                let a = conn.ask("first").unwrap();
+                if a.id == id {
+                    assert_eq!(a.peer, peer);
+                    conns.push((conn, id, peer));
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(conns.len(), 4, "a connection to each pod in each family");
+    k.stop();
+    for (conn, id, peer) in &mut conns {
+        let a = conn.ask("stopped").unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!((a.id.as_str(), a.peer), (*id, *peer));
+    }
+    // Started again while the API server is down: the datapath the earlier run left serves on
+    // (local endpoints, services, and the SNAT source, which stays node1's InternalIP rather
+    // than falling back to a device address before any Node object is known).
+    k.api.set_down(true);
+    k.spawn(&c.node1, "node1", &["ext0", "fab0"]);
+    for (conn, id, peer) in &mut conns {
+        let a = conn
+            .ask("restarted")
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!((a.id.as_str(), a.peer), (*id, *peer));
+    }
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        let want = [("p11", client(v6)), ("p21", snat(v6))];
+        k.wait_answers(&c.client, to, udp, 30, &want);
+    }
+    assert_eq!(
+        k.status()["reloads"],
+        0,
+        "nothing listed while the API server is down"
+    );
+    k.api.set_down(false);
+    k.wait_applied();
+    k.wait_local_endpoints(2);
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        let want = [("p11", client(v6)), ("p21", snat(v6))];
+        k.wait_answers(&c.client, to, udp, 30, &want);
     }
     assert_eq!(k.status()["last_error"], Value::Null);
 }

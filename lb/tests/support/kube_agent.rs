@@ -73,8 +73,26 @@ impl KubeAgent {
     /// Starts the agent in `node_ns` as node `node` with the NodePort programs on `devices`, and
     /// waits until it applied the cluster state it listed.
     pub fn start(&mut self, node_ns: &Netns, node: &str, devices: &[&str]) {
+        self.spawn(node_ns, node, devices);
+        self.wait_applied();
+    }
+
+    /// Waits until the agent applied a cluster state from the API server.
+    pub fn wait_applied(&self) {
+        self.eventually("the listed cluster state applied", || {
+            let s = self.status();
+            (s["reloads"].as_u64() >= Some(1)).then_some(()).ok_or(s)
+        });
+    }
+
+    /// Starts the agent and waits for its API socket only.
+    pub fn spawn(&mut self, node_ns: &Netns, node: &str, devices: &[&str]) {
         assert!(self.agent.is_none());
-        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
         let child = node_ns
             .command(&[env!("CARGO_BIN_EXE_oxilium"), "agent", "--role", "node"])
             .args(["--node", node, "--device", &devices.join(",")])
@@ -100,10 +118,22 @@ impl KubeAgent {
             assert!(t.elapsed() < WAIT, "agent did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.eventually("the listed cluster state applied", || {
-            let s = self.status();
-            (s["reloads"].as_u64() >= Some(1)).then_some(()).ok_or(s)
-        });
+    }
+
+    /// SIGTERM and wait: the agent leaves its maps and links pinned (as on an upgrade); then
+    /// [`start`](Self::start) again.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while c.try_wait().unwrap().is_none() && t.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
     }
 
     pub fn log(&self) -> String {

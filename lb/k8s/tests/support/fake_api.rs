@@ -72,6 +72,8 @@ struct ApiState {
     rv: u64,
     collections: HashMap<Res, Collection>,
     requests: Vec<Request>,
+    /// Every request is answered 503 (an API server outage).
+    down: bool,
 }
 
 pub struct FakeApi {
@@ -270,6 +272,18 @@ impl FakeApi {
         }
     }
 
+    /// An outage: while `down`, every request is answered 503 Service Unavailable; going down
+    /// ends the open watches.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.lock();
+        st.down = down;
+        if down {
+            for c in st.collections.values_mut() {
+                c.watches.clear();
+            }
+        }
+    }
+
     /// How many watches of `res` are open.
     pub fn watching(&self, res: Res) -> usize {
         let mut st = self.lock();
@@ -376,6 +390,11 @@ enum Reply {
 /// Answers one request from the state (under its lock).
 fn route(st: &mut ApiState, req: Request, path: &str, selector: Selector) -> Reply {
     st.requests.push(req.clone());
+    if st.down {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "ServiceUnavailable", "code": 503, "message": "down"});
+        return Reply::Json("503 Service Unavailable", body);
+    }
     let Some(res) = req.res else {
         let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "NotFound", "code": 404, "message": format!("no route {path}")});

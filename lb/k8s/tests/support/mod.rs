@@ -1,5 +1,7 @@
 //! Support for the kube source tests: the fake API server (shared with lb/tests by path) and what
 //! these tests read from it.
+// Shared with lb/tests: each suite uses part of it.
+#[allow(dead_code)]
 pub mod fake_api;
 
 use fake_api::{FakeApi, Res};
