@@ -263,7 +263,7 @@ fn remote_backend_through_the_agent_is_snatted_and_local_policy_keeps_to_this_no
 /// are served as before (node2's pod still sees node1's InternalIP), and once the server is back
 /// the agent lists and applies the cluster. Kernel features: see the file's header.
 #[test]
-fn agent_restart_keeps_established_flows_and_the_snat_source() {
+fn agent_restart_with_the_api_server_down_keeps_flows_and_the_snat_source() {
     let c = Cluster::new([1, 1]);
     let mut k = KubeAgent::serve(&c.node1);
     k.put(nodes());
@@ -322,6 +322,10 @@ fn agent_restart_keeps_established_flows_and_the_snat_source() {
         let to = node_port(v6, udp, WEB);
         let want = [("p11", client(v6)), ("p21", snat(v6))];
         k.wait_answers(&c.client, to, udp, 30, &want);
+    }
+    for (conn, id, peer) in &mut conns {
+        let a = conn.ask("listed").unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!((a.id.as_str(), a.peer), (*id, *peer));
     }
     assert_eq!(k.status()["last_error"], Value::Null);
 }
