@@ -339,7 +339,7 @@ async fn gone_relists_and_converges() {
     for r in [Res::Services, Res::EndpointSlices, Res::Nodes] {
         h.api.expire(r);
     }
-    let expected = summary(&h.api.cluster(), "a");
+    let expected = summary(&support::cluster_of(&h.api), "a");
     assert_eq!(
         expected,
         [

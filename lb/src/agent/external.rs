@@ -27,6 +27,11 @@ pub struct External {
     /// The tc object's handle on the shared maps: `OXI_CONFIG` is written through it.
     maps: KernelMaps,
     config: Option<LbConfig>,
+    /// The SNAT source an earlier run left in the kernel, kept until a view gives this node's
+    /// InternalIPs: established flows to other nodes are translated with the current address,
+    /// so falling back to a device address on restart (before the API server answers) would
+    /// cut them.
+    adopted: bool,
     /// Source ranges as last written, by service id (only services that have some).
     ranges: BTreeMap<u32, Vec<SourceRange>>,
 }
@@ -40,6 +45,10 @@ impl External {
         let mut np = NodePort::load(pin_dir, devices)
             .with_context(|| format!("attaching the NodePort programs to {devices:?}"))?;
         let maps = np.lb_maps()?;
+        let config = maps
+            .config()
+            .ok()
+            .filter(|c| c.ready == 1 && (c.snat_v4 != [0; 16] || c.snat_v6 != [0; 16]));
         let ranges = np
             .source_range_ids()
             .into_iter()
@@ -49,14 +58,20 @@ impl External {
             devices: devices.to_vec(),
             np,
             maps,
-            config: None,
+            adopted: config.is_some(),
+            config,
             ranges,
         })
     }
 
     /// Writes `OXI_CONFIG` when it changes: the SNAT source per family is the node's first
     /// InternalIP of that family (from its Node object), else the first address of a device.
+    /// Without InternalIPs, the addresses an earlier run left stay until some are known.
     pub fn set_node_addresses(&mut self, internal: &[IpAddr]) -> Result<()> {
+        if internal.is_empty() && self.adopted {
+            return Ok(());
+        }
+        self.adopted = false;
         let mut v4 = internal.iter().find_map(|a| match a {
             IpAddr::V4(v) => Some(*v),
             IpAddr::V6(_) => None,

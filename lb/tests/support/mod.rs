@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 pub mod cgroup;
 pub mod cluster;
+#[path = "../../k8s/tests/support/fake_api.rs"]
+pub mod fake_api;
+pub mod kube_agent;
 pub mod netns;
 pub mod packet;
 pub mod peer;

@@ -2,6 +2,9 @@
 //! (Services, EndpointSlices, Nodes, Pods), list and watch with resourceVersions, bookmarks, a
 //! history that can be "compacted" so that an old watch gets 410 Gone, and changes that no watch
 //! sees (as if the client were disconnected). Every response closes its connection.
+//!
+//! One copy, two users: the kube source tests (lb/k8s/tests) and the agent's end-to-end tests
+//! (lb/tests/support includes this file by path), so it names no crate of the workspace.
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,6 +72,8 @@ struct ApiState {
     rv: u64,
     collections: HashMap<Res, Collection>,
     requests: Vec<Request>,
+    /// Every request is answered 503 (an API server outage).
+    down: bool,
 }
 
 pub struct FakeApi {
@@ -123,8 +128,17 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 impl FakeApi {
     /// Starts the server on 127.0.0.1 (a free port) and writes a kubeconfig pointing at it.
     pub async fn start() -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeApi::serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// Serves on `listener` and writes a kubeconfig pointing at its address. The caller binds it
+    /// where the client will look: a socket bound on a thread inside a network namespace stays
+    /// in that namespace, so an agent run there reaches the server on that namespace's loopback.
+    /// Needs a Tokio runtime context.
+    pub fn serve(listener: std::net::TcpListener) -> FakeApi {
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let state = Arc::new(Mutex::new(ApiState::default()));
         let st = state.clone();
         let server = tokio::spawn(async move {
@@ -139,7 +153,7 @@ impl FakeApi {
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let kubeconfig = std::env::temp_dir().join(format!(
-            "oxilium-kube-watch-{}-{n}.kubeconfig",
+            "oxilium-fake-api-{}-{n}.kubeconfig",
             std::process::id()
         ));
         std::fs::write(
@@ -258,6 +272,18 @@ impl FakeApi {
         }
     }
 
+    /// An outage: while `down`, every request is answered 503 Service Unavailable; going down
+    /// ends the open watches.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.lock();
+        st.down = down;
+        if down {
+            for c in st.collections.values_mut() {
+                c.watches.clear();
+            }
+        }
+    }
+
     /// How many watches of `res` are open.
     pub fn watching(&self, res: Res) -> usize {
         let mut st = self.lock();
@@ -287,27 +313,6 @@ impl FakeApi {
             .values()
             .cloned()
             .collect()
-    }
-
-    /// The server's current state as a store (what the source must converge to).
-    pub fn cluster(&self) -> oxilium_k8s::Cluster {
-        fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
-            serde_json::from_value(v).unwrap()
-        }
-        let mut c = oxilium_k8s::Cluster::new();
-        for o in self.objects(Res::Services) {
-            c.apply_service(&from(o), None);
-        }
-        for o in self.objects(Res::EndpointSlices) {
-            c.apply_endpoint_slice(&from(o), None);
-        }
-        for o in self.objects(Res::Nodes) {
-            c.apply_node(&from(o));
-        }
-        for o in self.objects(Res::Pods) {
-            c.apply_pod(&from(o), None);
-        }
-        c
     }
 }
 
@@ -385,6 +390,11 @@ enum Reply {
 /// Answers one request from the state (under its lock).
 fn route(st: &mut ApiState, req: Request, path: &str, selector: Selector) -> Reply {
     st.requests.push(req.clone());
+    if st.down {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "ServiceUnavailable", "code": 503, "message": "down"});
+        return Reply::Json("503 Service Unavailable", body);
+    }
     let Some(res) = req.res else {
         let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "NotFound", "code": 404, "message": format!("no route {path}")});
