@@ -74,7 +74,7 @@ fn count<M: NodePortMaps>(r: u32, bytes: u64) {
 /// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
 /// translates (let it pass).
 #[inline(always)]
-fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
+pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
     let len = ctx.len();
     let _ = ctx.pull_data(len.min(PULL_HEADERS));
     let s = maps::scratch()?;
