@@ -60,7 +60,7 @@ fn count<M: PodMaps>(r: u32, bytes: u64) {
 pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let bytes = ctx.len() as u64;
     let Some(s) = parse_tc(ctx, false) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let f = &s.flow;
     let key = ServiceKey {
@@ -70,8 +70,8 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
         scope: SCOPE_INTERNAL,
     };
     // SAFETY: read-only use of a value the agent replaces whole.
-    let Some(svc) = (unsafe { OXI_SERVICES.get(&key) }) else {
-        return TC_ACT_OK as i32;
+    let Some(svc) = (unsafe { OXI_SERVICES.get(key) }) else {
+        return TC_ACT_OK;
     };
     let r = if svc.flags & SVC_FLAG_AFFINITY != 0 {
         affine::<M>(f, svc, bytes, &mut s.target)
@@ -82,11 +82,11 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     if r != 0 {
         count::<M>(reason::NO_BACKEND, bytes);
         stats::reason(r, bytes);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     if (t.backend.family == FAMILY_V6) != f.v6 {
         count::<M>(reason::FAMILY, bytes);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     stats::service(svc.id, bytes);
     stats::backend(t.backend_id, bytes);
@@ -98,10 +98,10 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     new.proto = f.key.proto;
     if rewrite(ctx, f, new).is_err() {
         count::<M>(reason::ERROR, bytes);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     count::<M>(reason::FORWARD, bytes);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// tc egress of a pod's host-side veth: backend → pod restored to frontend → pod.
@@ -109,11 +109,11 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
 pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let bytes = ctx.len() as u64;
     let Some(s) = parse_tc(ctx, false) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let f = &s.flow;
     let Some(e) = lb::snat_reply(&f.key) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let new = &mut s.rewrite;
     new.src = e.vip;
@@ -124,10 +124,10 @@ pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     stats::service(e.service_id, bytes);
     if rewrite(ctx, f, new).is_err() {
         count::<M>(reason::ERROR, bytes);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     count::<M>(reason::REPLY, bytes);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Every flow keeps the pod's source: records the `OXI_SNAT` entry that restores its replies
@@ -153,7 +153,7 @@ fn record_reply(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };
     // Failure (never expected: LRU) would only leave the replies untranslated.
-    let _ = OXI_SNAT.insert(&rkey, &entry, 0);
+    let _ = OXI_SNAT.insert(rkey, entry, 0);
     NewFlow::Keep
 }
 

@@ -155,7 +155,12 @@ impl Node {
         cmd.args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
             .args(["--cgroup", self.cg.path.to_str().unwrap()])
             .args(["--pin-dir", self.pins.to_str().unwrap()])
-            .args(["--socket", self.socket.to_str().unwrap(), "--watch-ms", "100"]);
+            .args([
+                "--socket",
+                self.socket.to_str().unwrap(),
+                "--watch-ms",
+                "100",
+            ]);
         if host_netns_only {
             cmd.arg("--socket-lb-host-netns-only");
         }
@@ -268,7 +273,11 @@ fn pods_are_translated_per_packet_and_the_node_by_the_socket_lb() {
     assert_eq!(n.spread(&n.node, "udp", CIP4, 53, 20), both());
     assert_eq!(n.sock("connect"), connect + 20);
     assert_eq!(n.sock("sendmsg"), sendmsg + 20);
-    assert_eq!(n.pod("forward"), fwd, "the pod programs translated the node");
+    assert_eq!(
+        n.pod("forward"),
+        fwd,
+        "the pod programs translated the node"
+    );
 
     // ClientIP affinity holds on the packet path: one backend for every connection of the pod.
     let sticky = n.spread(client, "tcp", STICKY4, 80, 20);
