@@ -33,8 +33,19 @@ pub mod names {
     pub const AFFINITY: &str = "OXI_SOCK_AFFINITY";
     pub const AFFINITY_TIMEOUT: &str = "OXI_SOCK_AFFINITY_TIMEOUT";
     pub const STATS: &str = "OXI_SOCK_STATS";
+    pub const CONFIG: &str = "OXI_SOCK_CONFIG";
     /// Every pinned socket-LB map (the shared LB maps are in `crate::lb::names::PINNED`).
-    pub const PINNED: [&str; 4] = [REVNAT, AFFINITY, AFFINITY_TIMEOUT, STATS];
+    pub const PINNED: [&str; 5] = [REVNAT, AFFINITY, AFFINITY_TIMEOUT, STATS, CONFIG];
+}
+
+/// `OXI_SOCK_CONFIG[0]`: the socket LB's settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockConfig {
+    /// 0: every socket of the cgroup is translated. Otherwise only sockets of the network
+    /// namespace with this cookie (the node's, `SO_NETNS_COOKIE` / `bpf_get_netns_cookie`); the
+    /// pods' traffic is then translated per packet by the pod tc programs ([`pod`]).
+    pub host_netns_cookie: u64,
 }
 
 /// (socket cookie, backend address, backend port) → the service address the application asked
@@ -103,8 +114,72 @@ pub mod reason {
     ];
 }
 
+/// The per-packet fallback for pods when the socket LB serves the node's namespace only: tc
+/// programs on the host side of every pod's veth translate `SCOPE_INTERNAL` frontends (DNAT,
+/// source kept) and restore the replies. They share `OXI_SERVICES`, `OXI_BACKENDS`,
+/// `OXI_TABLES`, `OXI_CONNTRACK` and `OXI_SNAT` with the other programs and the socket LB's
+/// affinity maps (`OXI_SOCK_AFFINITY`, `OXI_SOCK_AFFINITY_TIMEOUT`), with the client keyed by
+/// [`pod::affinity_client`] instead of a netns cookie.
+pub mod pod {
+    use crate::lb::Addr;
+
+    pub mod names {
+        pub const STATS: &str = "OXI_POD_STATS";
+        /// The maps of the pod programs (besides the shared LB maps): their own counters and
+        /// the socket LB's affinity maps.
+        pub const PINNED: [&str; 3] = [
+            STATS,
+            super::super::names::AFFINITY,
+            super::super::names::AFFINITY_TIMEOUT,
+        ];
+    }
+
+    /// Marks an affinity client that is a pod address (netns cookies are counted up from 1 and
+    /// never reach this bit).
+    pub const AFFINITY_ADDR_BIT: u64 = 1 << 63;
+
+    /// The `AffinityKey::netns_cookie` of a pod client on the packet path: a 63-bit FNV-1a hash
+    /// of its address with [`AFFINITY_ADDR_BIT`] set.
+    #[inline(always)]
+    pub const fn affinity_client(addr: &Addr) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < 16 {
+            h ^= addr[i] as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        h | AFFINITY_ADDR_BIT
+    }
+
+    /// Indexes of `OXI_POD_STATS` (per-CPU [`crate::lb::Counter`]s).
+    pub mod reason {
+        /// Packet from a pod to a frontend DNAT'ed to a backend (tc ingress of the pod's veth).
+        pub const FORWARD: u32 = 0;
+        /// Reply to a pod restored to come from the frontend (tc egress of the pod's veth).
+        pub const REPLY: u32 = 1;
+        /// Frontend without a usable backend (dropped).
+        pub const NO_BACKEND: u32 = 2;
+        /// Backend of another address family than the packet (dropped).
+        pub const FAMILY: u32 = 3;
+        /// A checksum / store helper failed (dropped).
+        pub const ERROR: u32 = 4;
+        /// Backend taken from a fresh ClientIP affinity entry.
+        pub const AFFINITY_HIT: u32 = 5;
+        pub const COUNT: u32 = 6;
+        pub const NAMES: [&str; COUNT as usize] = [
+            "forward",
+            "reply",
+            "no_backend",
+            "family",
+            "error",
+            "affinity_hit",
+        ];
+    }
+}
+
 #[cfg(feature = "user")]
-crate::pod!(RevKey, RevValue, AffinityKey, AffinityValue);
+crate::pod!(RevKey, RevValue, AffinityKey, AffinityValue, SockConfig);
 
 #[cfg(test)]
 mod tests {
@@ -117,6 +192,15 @@ mod tests {
         assert_eq!(size_of::<RevValue>(), 24);
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<SockConfig>(), 8);
+    }
+
+    #[test]
+    fn pod_clients_never_look_like_netns_cookies() {
+        let a = crate::lb::v4_mapped([10, 244, 1, 2]);
+        let b = crate::lb::v4_mapped([10, 244, 2, 1]);
+        assert_ne!(pod::affinity_client(&a), pod::affinity_client(&b));
+        assert!(pod::affinity_client(&a) & pod::AFFINITY_ADDR_BIT != 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod maps;
 pub mod nat;
 pub mod nodeport;
 pub mod parse;
+pub mod podlb;
 pub mod sock;
 pub mod stats;
 

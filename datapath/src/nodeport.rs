@@ -80,7 +80,7 @@ fn count<M: NodePortMaps>(r: u32, bytes: u64) {
 /// translates (let it pass), or (ingress only) an IP-in-IP tunnel. Called once per parse site
 /// rather than inlined: the parser is the largest piece of code and frame.
 #[inline(never)]
-fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
+pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
     let len = ctx.len();
     let _ = ctx.pull_data(len.min(PULL_HEADERS));
     let s = maps::scratch()?;

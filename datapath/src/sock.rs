@@ -5,6 +5,10 @@
 //! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
 //! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
 //! table's algorithm), or the one remembered in `OXI_SOCK_AFFINITY` for ClientIP affinity.
+//!
+//! With `OXI_SOCK_CONFIG.host_netns_cookie` set, connect / sendmsg leave alone the sockets of
+//! every other network namespace (pods): their packets are translated by the pod tc programs
+//! ([`crate::podlb`]). recvmsg / getpeername keep restoring whatever was translated.
 use crate::maps::{OXI_BACKENDS, OXI_SERVICES};
 use abi::{
     lb::{
@@ -13,7 +17,7 @@ use abi::{
     },
     sock::{
         AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
-        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, reason,
+        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SockConfig, reason,
     },
 };
 use aya_ebpf::{
@@ -32,6 +36,7 @@ pub type RevNatMap = LruHashMap<RevKey, RevValue, { MAX_SOCK_REVNAT as usize }>;
 pub type AffinityMap = LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }>;
 pub type AffinityTimeoutMap = Array<u32, { MAX_SERVICES as usize }>;
 pub type SockStatsMap = PerCpuArray<u64, { reason::COUNT as usize }>;
+pub type SockConfigMap = Array<SockConfig, 1>;
 
 /// The socket-LB's own maps, defined as `#[btf_map]` statics by the sock-lb crate (with the names
 /// of `abi::sock::names`) rather than here: every map static of this library lands in every
@@ -46,6 +51,8 @@ pub trait SockMaps {
     fn affinity_timeout() -> &'static AffinityTimeoutMap;
     /// Per-CPU counters, indexed by `abi::sock::reason`.
     fn stats() -> &'static SockStatsMap;
+    /// Settings (which network namespace is translated).
+    fn config() -> &'static SockConfigMap;
 }
 
 const ECONNREFUSED: i32 = 111;
@@ -111,10 +118,25 @@ fn write_addr(sa: *mut bpf_sock_addr, v6: bool, a: &Addr, port: u16) -> bool {
     true
 }
 
+/// False when only the node's namespace is translated and this socket lives in another one.
+#[inline(always)]
+fn in_scope<M: SockMaps>(ctx: &SockAddrContext) -> bool {
+    match M::config().get(0) {
+        Some(c) if c.host_netns_cookie != 0 => {
+            // SAFETY: helper on the hook's context (kernel ≥ 5.7 for sock_addr programs).
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == c.host_netns_cookie }
+        }
+        _ => true,
+    }
+}
+
 /// connect4/6 and sendmsg4/6: translates a service frontend to a backend and records the reverse
 /// entry. `done` is the counter of a translation. Returns the program's verdict.
 #[inline(always)]
 pub fn forward<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
+    if !in_scope::<M>(ctx) {
+        return ALLOW;
+    }
     let sa = ctx.sock_addr;
     // SAFETY: context field, 32-bit load.
     let proto = unsafe { read_volatile(addr_of!((*sa).protocol)) };

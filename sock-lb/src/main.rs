@@ -12,7 +12,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use datapath::sock::{
-    AffinityMap, AffinityTimeoutMap, RevNatMap, SockMaps, SockStatsMap, forward, reverse,
+    AffinityMap, AffinityTimeoutMap, RevNatMap, SockConfigMap, SockMaps, SockStatsMap, forward,
+    reverse,
 };
 
 // The socket-LB's own maps (see datapath::sock::SockMaps for why they are defined here). Their
@@ -25,6 +26,8 @@ static OXI_SOCK_AFFINITY: AffinityMap = LruHashMap::new();
 static OXI_SOCK_AFFINITY_TIMEOUT: AffinityTimeoutMap = Array::new();
 #[btf_map]
 static OXI_SOCK_STATS: SockStatsMap = PerCpuArray::new();
+#[btf_map]
+static OXI_SOCK_CONFIG: SockConfigMap = Array::new();
 
 struct Maps;
 
@@ -44,6 +47,10 @@ impl SockMaps for Maps {
     #[inline(always)]
     fn stats() -> &'static SockStatsMap {
         &OXI_SOCK_STATS
+    }
+    #[inline(always)]
+    fn config() -> &'static SockConfigMap {
+        &OXI_SOCK_CONFIG
     }
 }
 

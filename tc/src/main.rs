@@ -8,6 +8,7 @@
 #![no_main]
 
 mod nodeport;
+mod pod;
 
 use abi::lb::reason;
 use aya_ebpf::{

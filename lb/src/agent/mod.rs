@@ -7,6 +7,7 @@ mod healthz;
 mod ifaddr;
 mod neighbour;
 pub mod node;
+mod pods;
 pub mod source;
 mod views;
 

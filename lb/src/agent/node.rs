@@ -43,6 +43,11 @@ pub struct NodeArgs {
     /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
+    /// --role node: the socket LB translates only the sockets of the agent's (the node's)
+    /// network namespace; pods' traffic is translated per packet by tc programs on the host side
+    /// of their veths instead (for sidecar meshes, which must see the service address).
+    #[arg(long)]
+    pub socket_lb_host_netns_only: bool,
 }
 
 /// What the agent programs on this node, from one compile of the cluster state.
@@ -215,6 +220,18 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     };
     let mut sock = SockLb::load(&args.pin_dir)?;
     let maps = sock.lb_maps()?;
+    // Before the programs attach: no moment where pods' sockets are translated by mistake.
+    let host_only = match na.socket_lb_host_netns_only {
+        true => Some(socklb::own_netns_cookie().context("--socket-lb-host-netns-only")?),
+        false => None,
+    };
+    sock.maps.set_host_netns_only(host_only)?;
+    if host_only.is_some() {
+        super::pods::PodDevices::load(&args.pin_dir)?.hand_over();
+    } else {
+        // An earlier run's pod attachments are no longer wanted.
+        crate::bpf::podlb::detach_all(&args.pin_dir)?;
+    }
     sock.attach(&cgroup, Some(&args.pin_dir))
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
@@ -231,7 +248,7 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     if let Some(v) = view {
         apply_view(&mut st, v)?;
     }
-    info!(cgroup = %cgroup.display(), devices = ?na.device, services = st.model.services.len(), "node datapath ready");
+    info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
 }
 
@@ -266,6 +283,8 @@ struct Follower {
     /// earlier run left are kept until then).
     want: Option<BTreeSet<IpAddr>>,
     checked: Instant,
+    /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
+    pods: Option<super::pods::PodDevices>,
 }
 
 impl Follower {
@@ -279,6 +298,7 @@ impl Follower {
             want: None,
             checked: Instant::now(),
             health: Default::default(),
+            pods: super::pods::PodDevices::take(),
         }
     }
 
@@ -311,6 +331,11 @@ impl Follower {
 
     /// Called on every tick: retries waiting pods, re-checks all now and then.
     async fn tick(&mut self, state: &Shared) {
+        if let Some(pods) = self.pods.as_mut()
+            && let Some(e) = super::pods::report(pods.tick().await)
+        {
+            state.lock().unwrap().last_error = Some(e);
+        }
         let Some(eps) = &self.endpoints else { return };
         let recheck = self.checked.elapsed() >= ENDPOINT_RECHECK;
         let Some(want) = self.want.clone() else {

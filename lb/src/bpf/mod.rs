@@ -4,4 +4,5 @@ pub mod datapath;
 pub mod loader;
 pub mod nodeport;
 pub mod objects;
+pub mod podlb;
 pub mod socklb;

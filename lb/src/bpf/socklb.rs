@@ -9,7 +9,10 @@
 use super::{datapath::KernelMaps, loader::prepare_pin_dir, objects};
 use abi::{
     lb::ServiceValue,
-    sock::{self as abi_sock, AffinityKey, AffinityValue, RevKey, RevValue, SVC_FLAG_AFFINITY},
+    sock::{
+        self as abi_sock, AffinityKey, AffinityValue, RevKey, RevValue, SVC_FLAG_AFFINITY,
+        SockConfig,
+    },
 };
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -152,6 +155,7 @@ pub struct SockMaps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     affinity_timeout: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
+    config: Array<MapData, SockConfig>,
 }
 
 pub struct SockLb {
@@ -187,6 +191,7 @@ impl SockLb {
                 abi_sock::names::AFFINITY_TIMEOUT,
             )?,
             stats: super::loader::take_map(&mut ebpf, abi_sock::names::STATS)?,
+            config: super::loader::take_map(&mut ebpf, abi_sock::names::CONFIG)?,
         };
         Ok(SockLb { ebpf, maps })
     }
@@ -272,7 +277,47 @@ pub fn with_affinity(mut v: ServiceValue, on: bool) -> ServiceValue {
     v
 }
 
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, kernel ≥ 5.14): the
+/// value `bpf_get_netns_cookie` gives the socket programs for sockets of this namespace.
+pub fn own_netns_cookie() -> Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2); the fd is owned (and closed) by `sock`.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u64 of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cookie == 0 {
+        bail!(
+            "reading SO_NETNS_COOKIE (kernel ≥ 5.14 needed): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(cookie)
+}
+
 impl SockMaps {
+    /// `Some(cookie)`: only sockets of that network namespace are translated (the pods' traffic is
+    /// left to the pod tc programs); `None`: every socket of the cgroup.
+    pub fn set_host_netns_only(&mut self, cookie: Option<u64>) -> Result<()> {
+        let c = SockConfig {
+            host_netns_cookie: cookie.unwrap_or(0),
+        };
+        self.config.set(0, c, 0).context("writing OXI_SOCK_CONFIG")
+    }
+
     /// Sets the affinity timeout of a service id (0 disables affinity even with the flag).
     pub fn set_affinity_timeout(&mut self, service_id: u32, timeout_s: u32) -> Result<()> {
         self.affinity_timeout

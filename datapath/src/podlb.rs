@@ -1,0 +1,200 @@
+//! The pods' fallback when the socket LB serves the node's namespace only
+//! (`--socket-lb-host-netns-only`): per-packet service translation on the host side of every
+//! pod's veth (tc/: `oxilium_pod_ingress` / `oxilium_pod_egress`).
+//!
+//! - tc ingress of the host-side veth (packets leaving the pod): a packet to a `SCOPE_INTERNAL`
+//!   frontend (the ones the socket LB serves) is DNAT'ed to a backend chosen through conntrack and
+//!   the service's table ([`lb::select_with`]), or through the socket LB's ClientIP affinity map;
+//!   the pod's source is kept and an `OXI_SNAT` entry keyed by the reply's flow is recorded. The
+//!   packet then goes on (TC_ACT_OK): the kernel routes the rewritten packet.
+//! - tc egress of the host-side veth (packets to the pod): a reply with such an entry is restored
+//!   to come from the frontend.
+//!
+//! The rewrite is the NodePort one ([`crate::nodeport::rewrite`], valid for CHECKSUM_PARTIAL).
+use crate::{
+    lb::{self, NewFlow, Target},
+    maps::{OXI_BACKENDS, OXI_SERVICES, OXI_SNAT},
+    nodeport::{parse_tc, rewrite},
+    parse::Flow,
+    sock::{AffinityMap, AffinityTimeoutMap},
+    stats,
+};
+use abi::{
+    lb::{BACKEND_ACTIVE, Counter, FAMILY_V6, FlowKey, ServiceKey, ServiceValue, SnatEntry},
+    sock::{
+        AffinityKey, AffinityValue, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+        pod::{affinity_client, reason},
+    },
+};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::PerCpuArray,
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+
+pub type PodStatsMap = PerCpuArray<Counter, { reason::COUNT as usize }>;
+
+/// The pod programs' own maps, defined as `#[btf_map]` statics by the tc crate (names in
+/// `abi::sock::names` and `abi::sock::pod::names`), see `crate::sock::SockMaps`.
+pub trait PodMaps {
+    /// The socket LB's (client, service id) → backend map, shared for ClientIP affinity.
+    fn affinity() -> &'static AffinityMap;
+    fn affinity_timeout() -> &'static AffinityTimeoutMap;
+    fn stats() -> &'static PodStatsMap;
+}
+
+#[inline(always)]
+fn count<M: PodMaps>(r: u32, bytes: u64) {
+    if let Some(c) = M::stats().get_ptr_mut(r) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+/// tc ingress of a pod's host-side veth: pod → frontend translated to pod → backend.
+#[inline(always)]
+pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(s) = parse_tc(ctx, false) else {
+        return TC_ACT_OK;
+    };
+    let f = &s.flow;
+    let key = ServiceKey {
+        addr: f.key.dst,
+        port: f.key.dport,
+        proto: f.key.proto,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: read-only use of a value the agent replaces whole.
+    let Some(svc) = (unsafe { OXI_SERVICES.get(key) }) else {
+        return TC_ACT_OK;
+    };
+    let r = if svc.flags & SVC_FLAG_AFFINITY != 0 {
+        affine::<M>(f, svc, bytes, &mut s.target)
+    } else {
+        lb::select_with(f, svc, bytes, &mut s.target, record_reply)
+    };
+    let t = &s.target;
+    if r != 0 {
+        count::<M>(reason::NO_BACKEND, bytes);
+        stats::reason(r, bytes);
+        return TC_ACT_SHOT;
+    }
+    if (t.backend.family == FAMILY_V6) != f.v6 {
+        count::<M>(reason::FAMILY, bytes);
+        return TC_ACT_SHOT;
+    }
+    stats::service(svc.id, bytes);
+    stats::backend(t.backend_id, bytes);
+    let new = &mut s.rewrite;
+    new.src = f.key.src;
+    new.sport = f.key.sport;
+    new.dst = t.backend.addr;
+    new.dport = t.backend.port;
+    new.proto = f.key.proto;
+    if rewrite(ctx, f, new).is_err() {
+        count::<M>(reason::ERROR, bytes);
+        return TC_ACT_SHOT;
+    }
+    count::<M>(reason::FORWARD, bytes);
+    TC_ACT_OK
+}
+
+/// tc egress of a pod's host-side veth: backend → pod restored to frontend → pod.
+#[inline(always)]
+pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let Some(s) = parse_tc(ctx, false) else {
+        return TC_ACT_OK;
+    };
+    let f = &s.flow;
+    let Some(e) = lb::snat_reply(&f.key) else {
+        return TC_ACT_OK;
+    };
+    let new = &mut s.rewrite;
+    new.src = e.vip;
+    new.sport = e.vip_port;
+    new.dst = e.client;
+    new.dport = e.client_port;
+    new.proto = f.key.proto;
+    stats::service(e.service_id, bytes);
+    if rewrite(ctx, f, new).is_err() {
+        count::<M>(reason::ERROR, bytes);
+        return TC_ACT_SHOT;
+    }
+    count::<M>(reason::REPLY, bytes);
+    TC_ACT_OK
+}
+
+/// Every flow keeps the pod's source: records the `OXI_SNAT` entry that restores its replies
+/// (backend → pod) at the pod's egress.
+#[inline(never)]
+fn record_reply(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
+    let rkey = FlowKey {
+        src: t.backend.addr,
+        dst: f.key.src,
+        sport: t.backend.port,
+        dport: f.key.sport,
+        proto: f.key.proto,
+        _pad: [0; 3],
+    };
+    let entry = SnatEntry {
+        client: f.key.src,
+        vip: f.key.dst,
+        client_port: f.key.sport,
+        vip_port: f.key.dport,
+        service_id: svc.id,
+        backend_id: t.backend_id,
+        _pad: 0,
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Failure (never expected: LRU) would only leave the replies untranslated.
+    let _ = OXI_SNAT.insert(rkey, entry, 0);
+    NewFlow::Keep
+}
+
+/// ClientIP affinity on the packet path: the backend of a fresh affinity entry of this pod
+/// address (every packet, so a flow follows its client's entry), else [`lb::select_with`]'s,
+/// recorded for the client. Returns 0 or the drop reason, as `select_with`.
+#[inline(never)]
+fn affine<M: PodMaps>(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let akey = AffinityKey {
+        netns_cookie: affinity_client(&f.key.src),
+        service_id: svc.id,
+        _pad: 0,
+    };
+    let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0) as u64;
+    if let Some(e) = M::affinity().get_ptr_mut(akey) {
+        // SAFETY: LRU value; a race with another CPU only moves a timestamp.
+        let e = unsafe { &mut *e };
+        let fresh = now.wrapping_sub(e.last_used_ns) < timeout * 1_000_000_000;
+        if fresh
+            && let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) }
+            && b.service_id == svc.id
+            && b.state == BACKEND_ACTIVE
+        {
+            e.last_used_ns = now;
+            t.backend_id = e.backend_id;
+            t.backend = *b;
+            t.snat_port = 0;
+            record_reply(f, svc, t);
+            count::<M>(reason::AFFINITY_HIT, bytes);
+            return 0;
+        }
+    }
+    let r = lb::select_with(f, svc, bytes, t, record_reply);
+    if r == 0 && timeout != 0 {
+        let v = AffinityValue {
+            backend_id: t.backend_id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        let _ = M::affinity().insert(akey, v, 0);
+    }
+    r
+}
