@@ -329,3 +329,50 @@ fn agent_restart_with_the_api_server_down_keeps_flows_and_the_snat_source() {
     }
     assert_eq!(k.status()["last_error"], Value::Null);
 }
+
+/// `svc` with service.cilium.io/forwarding-mode: dsr.
+fn dsr(svc: (Res, Value)) -> (Res, Value) {
+    let (res, mut obj) = svc;
+    obj["metadata"]["annotations"] = json!({"service.cilium.io/forwarding-mode": "dsr"});
+    (res, obj)
+}
+
+/// DSR per service: both nodes run the agent (node2 with the NodePort programs on its fabric
+/// device). node1 tunnels the client's packets to node2's pod; node2 takes the tunnel off and
+/// DNATs to the pod, which sees the client itself; node2 restores the reply's source to node1's
+/// NodePort, so node1 reverse-translates nothing. Removing the annotation goes back to SNAT.
+/// Kernel features: the file's header, plus bpf_skb_adjust_room IP-in-IP encapsulation
+/// (BPF_F_ADJ_ROOM_ENCAP_L3_*) and decapsulation (BPF_F_ADJ_ROOM_DECAP_L3_*, kernel ≥ 6.3).
+#[test]
+fn dsr_service_reaches_a_remote_pod_that_sees_the_client_and_answers_it() {
+    let c = Cluster::new([1, 1]);
+    let mut k1 = KubeAgent::serve(&c.node1);
+    let mut k2 = KubeAgent::serve(&c.node2);
+    for k in [&k1, &k2] {
+        k.put(nodes());
+        k.put([dsr(service("web", "NodePort", 10, WEB, false))]);
+        k.put(slices(&c, "web", &["p21"]));
+    }
+    k2.start(&c.node2, "node2", &["fab0"]);
+    k2.wait_local_endpoints(2);
+    k1.start(&c.node1, "node1", &["ext0", "fab0"]);
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        k1.wait_answers(&c.client, to, udp, 10, &[("p21", client(v6))]);
+    }
+    let (s1, s2) = (k1.status(), k2.status());
+    assert!(k1.counter("dsr", false) >= 40, "{s1}");
+    assert_eq!(k1.counter("remote", false), 0, "{s1}");
+    assert_eq!(k1.counter("rev_snat", false), 0, "{s1}");
+    assert!(k2.counter("dsr_in", false) >= 40, "{s2}");
+    assert!(k2.counter("rev_dnat", false) >= 40, "{s2}");
+    // The annotation removed: SNAT again, the pod sees node1.
+    for k in [&k1, &k2] {
+        k.put([service("web", "NodePort", 10, WEB, false)]);
+    }
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        k1.wait_answers(&c.client, to, udp, 5, &[("p21", snat(v6))]);
+    }
+    assert!(k1.counter("rev_snat", false) >= 20, "{}", k1.status());
+}
