@@ -85,7 +85,10 @@ pub mod reason {
     /// DSR, receiving node: a tunnelled packet for a pod of this node, decapsulated, DNAT'ed to
     /// the port the outer header carries and delivered to the pod.
     pub const DSR_IN: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Sent on by the XDP acceleration (a remote backend's flow or its reply), besides its
+    /// `remote` / `dsr` / `rev_snat` count.
+    pub const XDP: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const NAMES: [&str; COUNT as usize] = [
         "local",
         "remote",
@@ -96,6 +99,7 @@ pub mod reason {
         "error",
         "dsr",
         "dsr_in",
+        "xdp",
     ];
 }
 

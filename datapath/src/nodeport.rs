@@ -59,6 +59,41 @@ pub trait NodePortMaps {
     fn stats() -> &'static NodePortStatsMap;
 }
 
+/// Defines the NodePort maps (`OXI_NP_ENDPOINTS`, `OXI_NP_SOURCE_RANGES`, `OXI_NP_STATS`) as
+/// `#[btf_map]` statics in the calling program crate, and `Maps`, their [`NodePortMaps`]. Every
+/// object with NodePort programs (tc/, and xdp/ for the XDP acceleration) invokes it once; the
+/// agent pins the maps by name, so the objects share them.
+#[macro_export]
+macro_rules! nodeport_maps {
+    () => {
+        #[aya_ebpf::macros::btf_map]
+        static OXI_NP_ENDPOINTS: $crate::nodeport::EndpointMap = aya_ebpf::btf_maps::HashMap::new();
+        #[aya_ebpf::macros::btf_map]
+        static OXI_NP_SOURCE_RANGES: $crate::nodeport::SourceRangeMap =
+            aya_ebpf::btf_maps::LpmTrie::new();
+        #[aya_ebpf::macros::btf_map]
+        static OXI_NP_STATS: $crate::nodeport::NodePortStatsMap =
+            aya_ebpf::btf_maps::PerCpuArray::new();
+
+        struct Maps;
+
+        impl $crate::nodeport::NodePortMaps for Maps {
+            #[inline(always)]
+            fn endpoints() -> &'static $crate::nodeport::EndpointMap {
+                &OXI_NP_ENDPOINTS
+            }
+            #[inline(always)]
+            fn source_ranges() -> &'static $crate::nodeport::SourceRangeMap {
+                &OXI_NP_SOURCE_RANGES
+            }
+            #[inline(always)]
+            fn stats() -> &'static $crate::nodeport::NodePortStatsMap {
+                &OXI_NP_STATS
+            }
+        }
+    };
+}
+
 /// bpf_l4_csum_replace: the checksum is IPv6's (kernel ≥ 6.16; older kernels refuse the flag and
 /// the update is retried without it).
 const BPF_F_IPV6: u64 = 1 << 7;
@@ -66,7 +101,7 @@ const BPF_F_IPV6: u64 = 1 << 7;
 const PULL_HEADERS: u32 = 128;
 
 #[inline(always)]
-fn count<M: NodePortMaps>(r: u32, bytes: u64) {
+pub fn count<M: NodePortMaps>(r: u32, bytes: u64) {
     if let Some(c) = M::stats().get_ptr_mut(r) {
         // SAFETY: this CPU's slot.
         unsafe {
@@ -149,7 +184,7 @@ pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
 /// (and a reply entry recorded) for a pod of this node, SNAT otherwise. Not inlined: its frame
 /// must not add to select_with's, which calls the SNAT port allocation.
 #[inline(never)]
-fn new_flow<M: NodePortMaps>(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
+pub fn new_flow<M: NodePortMaps>(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
     let key = Key::new(
         RANGE_ID_BITS + 128,
         RangeData {

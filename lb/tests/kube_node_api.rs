@@ -376,3 +376,53 @@ fn dsr_service_reaches_a_remote_pod_that_sees_the_client_and_answers_it() {
     }
     assert!(k1.counter("rev_snat", false) >= 20, "{}", k1.status());
 }
+
+/// XDP acceleration (`--nodeport-acceleration generic` on node1's devices): flows to node2's pod
+/// and their replies are sent on at XDP, first with SNAT, then (annotation) through the DSR
+/// tunnel; a flow to node1's own pod passes on to tc, which delivers it with the client's address.
+/// Kernel features: the file's header, plus generic XDP through bpf_links, bpf_fib_lookup and
+/// bpf_redirect from XDP, bpf_xdp_adjust_head (the DSR tunnel).
+#[test]
+fn xdp_acceleration_serves_remote_backends_and_leaves_local_ones_to_tc() {
+    let c = Cluster::new([1, 1]);
+    let mut k1 = KubeAgent::serve(&c.node1);
+    let mut k2 = KubeAgent::serve(&c.node2);
+    for k in [&k1, &k2] {
+        k.put(nodes());
+        k.put([service("web", "NodePort", 10, WEB, false)]);
+        k.put(slices(&c, "web", &["p11", "p21"]));
+    }
+    k2.start(&c.node2, "node2", &["fab0"]);
+    k1.extra_args = vec!["--nodeport-acceleration".into(), "generic".into()];
+    k1.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k1.wait_local_endpoints(2);
+    assert_eq!(k1.status()["nodeport"]["xdp_acceleration"], true);
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        let want = [("p11", client(v6)), ("p21", snat(v6))];
+        k1.wait_answers(&c.client, to, udp, 30, &want);
+    }
+    let s = k1.status();
+    // Every remote flow's packets in both directions went through XDP.
+    let (xdp, remote, rev) = (
+        k1.counter("xdp", false),
+        k1.counter("remote", false),
+        k1.counter("rev_snat", false),
+    );
+    assert!(remote >= 20 && rev >= 20, "{s}");
+    assert_eq!(xdp, remote + rev, "{s}");
+    assert!(k1.counter("local", false) >= 20, "{s}");
+    // DSR: the tunnel leaves from XDP too.
+    for k in [&k1, &k2] {
+        k.put([dsr(service("web", "NodePort", 10, WEB, false))]);
+    }
+    for (v6, udp) in CASES {
+        let to = node_port(v6, udp, WEB);
+        let want = [("p11", client(v6)), ("p21", client(v6))];
+        k1.wait_answers(&c.client, to, udp, 30, &want);
+    }
+    let s = k1.status();
+    assert!(k1.counter("dsr", false) >= 20, "{s}");
+    assert!(k1.counter("xdp", false) > xdp, "{s}");
+    assert!(k2.counter("dsr_in", false) >= 20, "{}", k2.status());
+}

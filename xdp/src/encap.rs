@@ -10,10 +10,12 @@ use datapath::{
     parse::{Flow, ptr_at},
 };
 
-/// Encapsulates the packet in an outer header `src` → `dst`. Returns 0, or the drop reason.
+/// Encapsulates the packet in an outer header `src` → `dst` (of `dst`'s family) carrying `port`
+/// (0: none, see datapath::encap). Returns 0, or the drop reason.
 #[inline(never)]
-pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, outer_v6: bool) -> u32 {
-    match try_encap(ctx, f, src, dst, outer_v6) {
+pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> u32 {
+    let outer_v6 = !abi::lb::is_v4_mapped(dst);
+    match try_encap(ctx, f, src, dst, outer_v6, port) {
         Ok(()) => 0,
         Err(r) => r,
     }
@@ -26,6 +28,7 @@ fn try_encap(
     src: &Addr,
     dst: &Addr,
     outer_v6: bool,
+    port: u16,
 ) -> Result<(), u32> {
     let hlen = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN };
     let inner_len = f.l3_len;
@@ -71,10 +74,10 @@ fn try_encap(
     let proto = encap::inner_proto(f);
     if outer_v6 {
         let ip = ptr_at::<Ipv6Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
-        unsafe { *ip = encap::outer_v6(src, dst, inner_len as u16, proto, 0) };
+        unsafe { *ip = encap::outer_v6(src, dst, inner_len as u16, proto, port) };
     } else {
         let ip = ptr_at::<Ipv4Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
-        unsafe { *ip = encap::outer_v4(src, dst, inner_len as u16, proto, 0) };
+        unsafe { *ip = encap::outer_v4(src, dst, inner_len as u16, proto, port) };
     }
     Ok(())
 }

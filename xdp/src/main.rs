@@ -5,6 +5,7 @@
 #![no_main]
 
 mod encap;
+mod nodeport;
 
 use abi::lb::{Addr, FAMILY_V6, FlowKey, MODE_DSR, ServiceValue, SnatEntry, reason};
 use aya_ebpf::{
@@ -78,15 +79,34 @@ fn forward(
     if r != 0 {
         return count(r, bytes, XDP_DROP);
     }
+    send(ctx, f, t, new, svc, bytes, 0)
+}
+
+/// Sends a client → VIP packet to the backend chosen in `t`: a flow without a SNAT port of a DSR
+/// service is encapsulated (the outer header carrying `dsr_port`, see datapath::encap), any other
+/// is rewritten to LB address:SNAT port. Both leave through [`transmit`].
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    f: &Flow,
+    t: &Target,
+    new: &mut FlowKey,
+    svc: &ServiceValue,
+    bytes: u64,
+    dsr_port: u16,
+) -> u32 {
     let b = &t.backend;
-    let outer_v6 = b.family == FAMILY_V6;
-    let Some(lb_src) = lb::lb_addr(outer_v6) else {
+    let Some(lb_src) = lb::lb_addr(b.family == FAMILY_V6) else {
         return count(reason::ERROR, bytes, XDP_DROP);
     };
     stats::service(svc.id, bytes);
     stats::backend(t.backend_id, bytes);
-    if svc.mode == MODE_DSR {
-        let r = encap::encap(ctx, f, lb_src, &b.addr, outer_v6);
+    if t.snat_port == 0 {
+        if svc.mode != MODE_DSR {
+            // Pinned while the service was in DSR mode: no SNAT port to reuse.
+            return count(reason::NO_BACKEND, bytes, XDP_DROP);
+        }
+        let r = encap::encap(ctx, f, lb_src, &b.addr, dsr_port);
         return match r {
             0 => count(reason::FWD_DSR, bytes, transmit(ctx, f, lb_src, &b.addr, 0)),
             r => count(r, bytes, XDP_DROP),

@@ -39,11 +39,18 @@ pub struct External {
 impl External {
     /// Loads and attaches the NodePort programs to `devices` (maps pinned in `pin_dir`, shared
     /// with the socket LB) and sets the kernel settings they rely on. Ranges an earlier run left
-    /// in the kernel are adopted, so the first sync removes the ones no longer wanted.
-    pub fn load(pin_dir: &Path, devices: &[String]) -> Result<External> {
+    /// in the kernel are adopted, so the first sync removes the ones no longer wanted. With
+    /// `xdp`, the XDP acceleration is attached too (else one an earlier run left is removed).
+    pub fn load(
+        pin_dir: &Path,
+        devices: &[String],
+        xdp: Option<aya::programs::XdpMode>,
+    ) -> Result<External> {
         crate::sysctl::prepare_lb(devices)?;
         let mut np = NodePort::load(pin_dir, devices)
             .with_context(|| format!("attaching the NodePort programs to {devices:?}"))?;
+        np.accelerate(pin_dir, devices, xdp)
+            .with_context(|| format!("attaching the NodePort XDP acceleration to {devices:?}"))?;
         let maps = np.lb_maps()?;
         let config = maps
             .config()
@@ -179,6 +186,7 @@ impl External {
             .collect();
         json!({
             "devices": self.devices,
+            "xdp_acceleration": self.np.accelerated(),
             "local_endpoints": self.np.endpoints().len(),
             "source_range_services": self.ranges.len(),
             "counters": counters,

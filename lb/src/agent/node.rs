@@ -43,11 +43,24 @@ pub struct NodeArgs {
     /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
+    /// --role node: also serve NodePort / LoadBalancer / externalIPs at XDP on the --device(s)
+    /// (flows to backends on other nodes and their replies; the rest goes on to tc): native
+    /// (driver) or generic (skb) XDP.
+    #[arg(long, value_enum, default_value = "disabled", requires = "device")]
+    pub nodeport_acceleration: Acceleration,
     /// --role node: the socket LB translates only the sockets of the agent's (the node's)
     /// network namespace; pods' traffic is translated per packet by tc programs on the host side
     /// of their veths instead (for sidecar meshes, which must see the service address).
     #[arg(long)]
     pub socket_lb_host_netns_only: bool,
+}
+
+/// XDP acceleration of the NodePort path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acceleration {
+    Disabled,
+    Native,
+    Generic,
 }
 
 /// What the agent programs on this node, from one compile of the cluster state.
@@ -238,7 +251,12 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     let external = if na.device.is_empty() {
         None
     } else {
-        let mut ext = External::load(&args.pin_dir, &na.device)?;
+        let xdp = match na.nodeport_acceleration {
+            Acceleration::Disabled => None,
+            Acceleration::Native => Some(aya::programs::XdpMode::Driver),
+            Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
+        };
+        let mut ext = External::load(&args.pin_dir, &na.device, xdp)?;
         ext.set_node_addresses(&[])?;
         Some(ext)
     };

@@ -62,18 +62,21 @@ fn is_bpffs(p: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-fn load(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
-    load_pinned(object, pin_dir, &[])
+/// Every map name the agent pins: the shared LB maps, the NodePort maps, the socket LB's and the
+/// pod programs'. An object carries some of them; each one it carries is pinned.
+fn pinned_names() -> impl Iterator<Item = &'static str> {
+    names::PINNED
+        .into_iter()
+        .chain(abi::nodeport::names::PINNED)
+        .chain(abi::sock::names::PINNED)
+        .chain(abi::sock::pod::names::PINNED)
 }
 
-/// Loads an object with the shared LB maps (`names::PINNED`) and the `extra` maps pinned under
-/// `pin_dir`: a pin that exists is reused, so every object and every restart share one set.
-pub fn load_pinned(object: &[u8], pin_dir: &Path, extra: &[&'static str]) -> Result<Ebpf> {
-    let paths: Vec<(&'static str, PathBuf)> = names::PINNED
-        .iter()
-        .chain(extra)
-        .map(|n| (*n, pin_dir.join(n)))
-        .collect();
+/// Loads an object with its maps pinned under `pin_dir` (every name of [`pinned_names`]): a pin
+/// that exists is reused, so every object and every restart share one set.
+pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
+    let paths: Vec<(&'static str, PathBuf)> =
+        pinned_names().map(|n| (n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
@@ -127,35 +130,41 @@ fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
 
 /// Loads the XDP object and attaches `oxilium_lb` to every interface.
 pub fn load_xdp(pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Ebpf> {
-    let mut ebpf = load(objects::xdp(), pin_dir)?;
+    let mut ebpf = load_pinned(objects::xdp(), pin_dir)?;
     let prog: &mut Xdp = ebpf
         .program_mut("oxilium_lb")
         .context("program oxilium_lb")?
         .try_into()?;
     prog.load().context("verifying oxilium_lb")?;
     for iface in ifaces {
-        let pin = link_pin(pin_dir, "xdp", iface);
-        let id = match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let fd = old.unpin().context("unpinning the previous XDP link")?;
-                prog.attach_to_link(XdpLink::try_from(fd)?)
-                    .with_context(|| format!("replacing the XDP program on {iface}"))?
-            }
-            Err(_) => prog
-                .attach(iface, mode)
-                .with_context(|| format!("attaching XDP to {iface}"))?,
-        };
-        let link = prog.take_link(id)?;
-        let fd: FdLink = link.try_into().context("XDP link is not a bpf_link")?;
-        fd.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        attach_xdp_pinned(prog, iface, mode, &link_pin(pin_dir, "xdp", iface))?;
     }
     Ok(ebpf)
 }
 
+/// Attaches an XDP program to `iface` through a bpf_link pinned at `pin`; when `pin` already
+/// holds a link (an earlier run), the link is pointed at this program atomically instead.
+pub fn attach_xdp_pinned(prog: &mut Xdp, iface: &str, mode: XdpMode, pin: &Path) -> Result<()> {
+    let id = match PinnedLink::from_pin(pin) {
+        Ok(old) => {
+            let fd = old.unpin().context("unpinning the previous XDP link")?;
+            prog.attach_to_link(XdpLink::try_from(fd)?)
+                .with_context(|| format!("replacing the XDP program on {iface}"))?
+        }
+        Err(_) => prog
+            .attach(iface, mode)
+            .with_context(|| format!("attaching XDP to {iface}"))?,
+    };
+    let link = prog.take_link(id)?;
+    let fd: FdLink = link.try_into().context("XDP link is not a bpf_link")?;
+    fd.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
+}
+
 /// Loads the tc object and attaches `oxilium_decap` on the ingress of every interface (DSR backends).
 pub fn load_decap(pin_dir: &Path, ifaces: &[String]) -> Result<Ebpf> {
-    let mut ebpf = load(objects::tc(), pin_dir)?;
+    let mut ebpf = load_pinned(objects::tc(), pin_dir)?;
     let prog: &mut SchedClassifier = ebpf
         .program_mut("oxilium_decap")
         .context("program oxilium_decap")?

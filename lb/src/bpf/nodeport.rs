@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use std::{
     collections::BTreeSet,
@@ -83,13 +83,32 @@ fn deny_key(service_id: u32) -> Key<RangeData> {
 /// datapath) in place; [`NodePort::detach`] removes them.
 pub struct NodePort {
     pub ebpf: Ebpf,
+    /// The XDP acceleration (`oxilium_nodeport_xdp` of the XDP object), when attached.
+    xdp: Option<Ebpf>,
     endpoints: HashMap<MapData, Addr, Endpoint>,
     ranges: LpmTrie<MapData, RangeData, u8>,
     stats: PerCpuArray<MapData, Counter>,
 }
 
+/// The XDP acceleration's program (xdp/src/nodeport.rs).
+pub const XDP_PROGRAM: &str = "oxilium_nodeport_xdp";
+
 fn link_pin(pin_dir: &Path, dir: &str, dev: &str) -> PathBuf {
     pin_dir.join(format!("link_np_{dir}_{dev}"))
+}
+
+/// Removes the pinned links of `devices` for the hooks `dirs` (ingress, egress, xdp).
+fn remove_links(pin_dir: &Path, devices: &[String], dirs: &[&str]) -> Result<()> {
+    for dev in devices {
+        for dir in dirs {
+            let pin = link_pin(pin_dir, dir, dev);
+            if pin.exists() {
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("removing {}", pin.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl NodePort {
@@ -97,7 +116,7 @@ impl NodePort {
     /// device (names resolved in the calling thread's network namespace). Kernel: TCX (≥ 6.6).
     pub fn load(pin_dir: &Path, devices: &[String]) -> Result<NodePort> {
         prepare_pin_dir(pin_dir)?;
-        let mut ebpf = loader::load_pinned(objects::tc(), pin_dir, &names::PINNED)?;
+        let mut ebpf = loader::load_pinned(objects::tc(), pin_dir)?;
         for (name, attach, dir) in PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -114,7 +133,41 @@ impl NodePort {
             ranges: loader::take_map(&mut ebpf, names::SOURCE_RANGES)?,
             stats: loader::take_map(&mut ebpf, names::STATS)?,
             ebpf,
+            xdp: None,
         })
+    }
+
+    /// With a mode: also attaches `oxilium_nodeport_xdp` (the XDP object, maps shared through
+    /// the pins) to every device, through links pinned as `link_np_xdp_<device>`, so flows to
+    /// backends on other nodes and their replies are served before the skb exists. Without one:
+    /// removes such links an earlier run left. Kernel: XDP bpf_links (≥ 5.9).
+    pub fn accelerate(
+        &mut self,
+        pin_dir: &Path,
+        devices: &[String],
+        mode: Option<XdpMode>,
+    ) -> Result<()> {
+        let Some(mode) = mode else {
+            self.xdp = None;
+            return remove_links(pin_dir, devices, &["xdp"]);
+        };
+        let mut ebpf = loader::load_pinned(objects::xdp(), pin_dir)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .context("program oxilium_nodeport_xdp")?
+            .try_into()?;
+        prog.load().context("verifying oxilium_nodeport_xdp")?;
+        for dev in devices {
+            loader::attach_xdp_pinned(prog, dev, mode, &link_pin(pin_dir, "xdp", dev))
+                .with_context(|| format!("{XDP_PROGRAM} on {dev}"))?;
+        }
+        self.xdp = Some(ebpf);
+        Ok(())
+    }
+
+    /// True when the XDP acceleration is attached.
+    pub fn accelerated(&self) -> bool {
+        self.xdp.is_some()
     }
 
     /// The shared LB maps of this object (the pinned ones), for a reconciler or for reading
@@ -125,16 +178,7 @@ impl NodePort {
 
     /// Removes the pinned links of `devices` (detaching the programs once no one holds them).
     pub fn detach(pin_dir: &Path, devices: &[String]) -> Result<()> {
-        for dev in devices {
-            for (_, _, dir) in PROGRAMS {
-                let pin = link_pin(pin_dir, dir, dev);
-                if pin.exists() {
-                    std::fs::remove_file(&pin)
-                        .with_context(|| format!("removing {}", pin.display()))?;
-                }
-            }
-        }
-        Ok(())
+        remove_links(pin_dir, devices, &["ingress", "egress", "xdp"])
     }
 
     /// A pod of this node: flows DNAT'ed to `addr` are redirected to `endpoint.ifindex`.

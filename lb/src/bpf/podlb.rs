@@ -10,7 +10,6 @@ use super::{
 };
 use abi::{
     lb::Counter,
-    nodeport,
     sock::pod::{self, reason},
 };
 use anyhow::{Context, Result};
@@ -54,12 +53,7 @@ impl PodLb {
     /// and the NodePort programs). Kernel: TCX (≥ 6.6) for the attachments.
     pub fn load(pin_dir: &Path) -> Result<PodLb> {
         prepare_pin_dir(pin_dir)?;
-        let extra: Vec<&'static str> = nodeport::names::PINNED
-            .iter()
-            .chain(&pod::names::PINNED)
-            .copied()
-            .collect();
-        let mut ebpf = loader::load_pinned(objects::tc(), pin_dir, &extra)?;
+        let mut ebpf = loader::load_pinned(objects::tc(), pin_dir)?;
         for (name, _, _) in PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

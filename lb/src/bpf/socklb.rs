@@ -173,9 +173,8 @@ impl SockLb {
     /// the XDP / tc objects or an earlier run already pinned them).
     pub fn load(pin_dir: &Path) -> Result<SockLb> {
         prepare_pin_dir(pin_dir)?;
-        let mut ebpf =
-            super::loader::load_pinned(objects::sock_lb(), pin_dir, &abi_sock::names::PINNED)
-                .context("loading the sock-lb object")?;
+        let mut ebpf = super::loader::load_pinned(objects::sock_lb(), pin_dir)
+            .context("loading the sock-lb object")?;
         for (name, _) in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)

@@ -34,6 +34,8 @@ pub struct KubeAgent {
     dir: PathBuf,
     pins: PathBuf,
     socket: PathBuf,
+    /// More agent flags (e.g. --nodeport-acceleration).
+    pub extra_args: Vec<String>,
 }
 
 impl KubeAgent {
@@ -60,6 +62,7 @@ impl KubeAgent {
             pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
             socket: dir.join("api.sock"),
             dir,
+            extra_args: Vec::new(),
         }
     }
 
@@ -104,6 +107,7 @@ impl KubeAgent {
             .arg(&self.pins)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
