@@ -221,3 +221,51 @@ impl NodeIndex {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, ip: &str) -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}))
+        .unwrap()
+    }
+
+    fn owners(fs: &[Frontend]) -> Vec<String> {
+        fs.iter().map(|f| f.owner.to_string()).collect()
+    }
+
+    #[test]
+    fn a_clash_hands_the_address_to_the_next_service_when_the_first_leaves() {
+        let mut c = Cluster::new();
+        c.apply_service(&service("a", "10.96.0.1"), None);
+        let (mut idx, nf) = NodeIndex::build(&c, "n", &Options::default()).unwrap();
+        assert_eq!(owners(&nf.frontends), ["default/a"]);
+        // b takes the same address: a keeps it, b's frontend is noted and not reported.
+        let b = c.apply_service(&service("b", "10.96.0.1"), None);
+        let up = idx.update(&c, &BTreeSet::from([b]));
+        assert!(up.slots.is_empty());
+        assert!(
+            up.notes
+                .iter()
+                .any(|n| n.error && n.object.contains("default/b"))
+        );
+        // a leaves: the address goes to b.
+        let a = ObjectKey::new("default", "a");
+        c.delete_service(&a);
+        let up = idx.update(&c, &BTreeSet::from([a]));
+        assert_eq!(up.slots.len(), 1);
+        let sc = &up.slots[0];
+        assert_eq!(sc.before.as_ref().unwrap().owner.to_string(), "default/a");
+        assert_eq!(sc.after.as_ref().unwrap().owner.to_string(), "default/b");
+        assert_eq!(
+            idx.frontends(),
+            crate::compile_node(&c, "n", &Options::default())
+                .unwrap()
+                .frontends
+        );
+    }
+}
