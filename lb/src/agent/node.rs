@@ -45,7 +45,7 @@ pub struct NodeArgs {
     pub device: Vec<String>,
 }
 
-mod tracker;
+pub mod tracker;
 
 /// What the agent programs on this node, from one compile of the cluster state (or of a change).
 pub struct NodeView {

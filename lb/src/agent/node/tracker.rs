@@ -184,7 +184,7 @@ pub(super) fn apply_delta(st: &mut crate::agent::State, delta: &ModelDelta) -> R
 
 /// Compiles the services of `delta`, writes them (and removes those they replace) through
 /// `rec`, then patches `model`; nothing is written when a service does not compile.
-pub(crate) fn apply_to<D: Datapath>(
+pub fn apply_to<D: Datapath>(
     rec: &mut Reconciler<D>,
     model: &mut Model,
     delta: &ModelDelta,
