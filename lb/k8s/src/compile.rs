@@ -1,5 +1,6 @@
 //! Store → the frontends one node programs. `compile_service` reads one Service and its own
-//! slices only; `compile_node` is the whole-node view the offline `service list` prints.
+//! slices only; `compile_node` is the whole-node view the offline `service list` prints;
+//! [`NodeIndex`] keeps that view current one Service at a time (the agent's per-change path).
 use crate::cluster::Cluster;
 use crate::convert::{Family, NodeInfo, Svc, SvcType};
 use crate::endpoints::{self, Locality};

@@ -402,9 +402,9 @@ impl Follower {
     }
 }
 
-/// Follows the source: the manifests folder (re-read on any change) or the API server (the model
-/// is recompiled after the initial lists and after every change). A model that fails to compile
-/// changes nothing and is reported in `status`.
+/// Follows the source: the manifests folder (re-read on any change) or the API server (compiled
+/// whole after the initial lists, then per change: see [`tracker`]). A model that fails to
+/// compile changes nothing and is reported in `status`.
 pub async fn run(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     match args.node_args.manifests.clone() {
         Some(dir) => run_folder(args, &dir, state).await,
