@@ -167,7 +167,9 @@ impl<D: Datapath> Reconciler<D> {
             .filter(|k| !desired.contains_key(k))
             .copied()
             .collect();
-        // Markers adopted from the datapath are checked too (their services may be gone).
+        // Every marker is checked: those of every wanted VIP (one may be missing after a
+        // restart) and those adopted from the datapath (their services may be gone).
+        pass.vips.extend(desired.keys().map(|k| k.addr));
         pass.vips.extend(self.markers.iter().map(|m| m.addr));
         self.finish(&gone, pass)
     }

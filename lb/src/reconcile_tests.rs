@@ -122,6 +122,19 @@ fn removing_a_service_removes_its_entries_and_vip_marker() {
     assert!(r.datapath().services.is_empty() && r.datapath().backends.is_empty());
 }
 
+#[test]
+fn a_full_apply_rewrites_a_missing_vip_marker_of_an_adopted_service() {
+    let m = compile(&model(vec![service("a", 80, &[1])])).unwrap();
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&m).unwrap();
+    let mut dp = r.datapath().clone();
+    let marker = vip_marker("10.0.0.1".parse().unwrap());
+    assert!(dp.services.remove(&marker).is_some());
+    let mut r = Reconciler::open(dp).unwrap();
+    r.apply(&m).unwrap();
+    assert!(r.datapath().services.contains_key(&marker));
+}
+
 proptest! {
     /// After any sequence of models, the datapath holds exactly the last one (and the in-memory
     /// datapath refuses writes in an unsafe order, so every sequence also respects the ordering).
