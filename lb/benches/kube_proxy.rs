@@ -26,7 +26,11 @@
 //! 2. One service change (one of three endpoints of a service replaced) with 10 000 services:
 //!    iptables-restore of the regenerated nat table; the `--noflush` partial restores (kube-proxy
 //!    ≥ 1.28 rewrites KUBE-SERVICES and the changed chains; the best case is the changed chains
-//!    only); oxilium's `Reconciler::apply` of the model with the change, counting map writes.
+//!    only); oxilium's `Reconciler::apply` of the model with the change, counting map writes;
+//!    then the same change through the node agent's full and per-change paths, from a store of
+//!    10 000 Services and EndpointSlices (see `agent_path`).
+#[path = "kube_proxy/agent_path.rs"]
+mod agent_path;
 #[path = "../tests/support/cgroup.rs"]
 #[allow(dead_code)]
 mod cgroup;
@@ -663,7 +667,7 @@ fn main() {
         ms(median(noops))
     );
     println!(
-        "    plus, in userspace: compile of the whole model {:.1} ms (what the agent does today), \
+        "    plus, in userspace: compile of the whole model {:.1} ms (the full path, below), \
          compile of the changed service alone {:.1} µs",
         ms(median(compiles)),
         median(one).as_secs_f64() * 1e6
@@ -673,6 +677,7 @@ fn main() {
         ms(ipt_full) / ms(apply),
         ms(median(times[2].clone())) / ms(apply)
     );
+    agent_path::agent_paths(&mut rec, n, mid, ipt_full, median(times[2].clone()));
     for (n, lines, d) in full_loads {
         println!(
             "  (initial iptables-restore of {n} services, {lines} lines: {:.0} ms)",

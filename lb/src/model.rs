@@ -3,8 +3,10 @@
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    ops::Range,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -54,7 +56,7 @@ pub struct Frontend {
 
 /// Who a frontend serves: traffic from outside (XDP / tc on the node's devices) or from inside the
 /// cluster or node (the socket LB).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     #[default]
@@ -140,4 +142,46 @@ impl Serialize for SourceRange {
 pub struct Model {
     pub maglev_seed: u32,
     pub services: Vec<Service>,
+}
+
+/// A change to some frontends of a model whose services are sorted by frontend, then scope (the
+/// node agent's models are: see `agent::node::model_of`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelDelta {
+    /// The frontends changed: every service on them is replaced by those of `services` on them.
+    pub frontends: BTreeSet<Frontend>,
+    pub services: Vec<Service>,
+}
+
+impl Model {
+    /// Where the services of `f` are, in a model sorted by frontend.
+    pub fn range_of(&self, f: &Frontend) -> Range<usize> {
+        let lo = self.services.partition_point(|s| s.frontend < *f);
+        let n = self.services[lo..].partition_point(|s| s.frontend == *f);
+        lo..lo + n
+    }
+
+    /// Applies `delta` to a model sorted by frontend, then scope, keeping that order; returns the
+    /// services replaced. Cost: a binary search per frontend, and a shift of the services after
+    /// it when the number of services on a frontend changes.
+    pub fn patch(&mut self, delta: &ModelDelta) -> Vec<Service> {
+        let mut by_frontend: BTreeMap<Frontend, Vec<Service>> = BTreeMap::new();
+        for s in &delta.services {
+            by_frontend.entry(s.frontend).or_default().push(s.clone());
+        }
+        let mut removed = Vec::new();
+        for f in &delta.frontends {
+            let mut new = by_frontend.remove(f).unwrap_or_default();
+            new.sort_by_key(|s| s.scope);
+            let range = self.range_of(f);
+            if range.len() == new.len() {
+                for (old, n) in self.services[range].iter_mut().zip(new) {
+                    removed.push(std::mem::replace(old, n));
+                }
+            } else {
+                removed.extend(self.services.splice(range, new));
+            }
+        }
+        removed
+    }
 }

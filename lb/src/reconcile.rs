@@ -3,7 +3,7 @@
 //! service entry → removal of old backends (and of the flows pinned to them).
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
 use abi::lb::{
-    self as abi_lb, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
+    self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
     ServiceValue,
 };
 use anyhow::{Result, bail};
@@ -69,8 +69,21 @@ pub struct Reconciler<D> {
     dp: D,
     services: BTreeMap<ServiceKey, Realised>,
     markers: BTreeSet<ServiceKey>,
+    /// VIP address → how many programmed services use it (its marker exists while > 0).
+    vip_users: BTreeMap<Addr, usize>,
     service_ids: Ids,
     backend_ids: Ids,
+}
+
+/// What one apply collects before its last step (markers, removals, flush, freed ids).
+#[derive(Default)]
+struct Pass {
+    ch: Changes,
+    flushed: BTreeSet<u32>,
+    freed_backends: Vec<u32>,
+    freed_services: Vec<u32>,
+    /// VIP addresses whose marker may have to be written or removed.
+    vips: BTreeSet<Addr>,
 }
 
 impl<D: Datapath> Reconciler<D> {
@@ -78,6 +91,7 @@ impl<D: Datapath> Reconciler<D> {
     pub fn open(dp: D) -> Result<Self> {
         let mut services = BTreeMap::new();
         let mut markers = BTreeSet::new();
+        let mut vip_users: BTreeMap<Addr, usize> = BTreeMap::new();
         let mut service_ids = Ids::new(MAX_SERVICES);
         let mut backend_ids = Ids::new(MAX_BACKENDS);
         let mut by_id = BTreeMap::new();
@@ -88,6 +102,7 @@ impl<D: Datapath> Reconciler<D> {
             }
             service_ids.take(v.id);
             by_id.insert(v.id, k);
+            *vip_users.entry(k.addr).or_default() += 1;
             services.insert(
                 k,
                 Realised {
@@ -113,6 +128,7 @@ impl<D: Datapath> Reconciler<D> {
             dp,
             services,
             markers,
+            vip_users,
             service_ids,
             backend_ids,
         };
@@ -139,71 +155,102 @@ impl<D: Datapath> Reconciler<D> {
             .unwrap_or_default()
     }
 
-    /// Makes the datapath hold exactly `desired`.
+    /// Makes the datapath hold exactly `desired`. Cost: a walk over every service.
     pub fn apply(&mut self, desired: &BTreeMap<ServiceKey, CompiledService>) -> Result<Changes> {
-        let mut ch = Changes::default();
-        let mut flushed = BTreeSet::new();
-        let mut freed_backends = Vec::new();
-        let mut freed_services = Vec::new();
-
+        let mut pass = Pass::default();
         for (key, cs) in desired {
-            self.apply_service(key, cs, &mut ch, &mut flushed, &mut freed_backends)?;
+            self.apply_service(key, cs, &mut pass)?;
         }
-        // VIP markers: one per distinct VIP address.
-        let want: BTreeSet<ServiceKey> = desired
-            .values()
-            .map(|c| vip_marker(crate::compile::bytes_addr(&c.key.addr)))
-            .collect();
-        for m in want.difference(&self.markers.clone()) {
-            self.dp.set_service(m, &ServiceValue::default())?;
-            self.markers.insert(*m);
-        }
-        // Services no longer wanted, then markers no longer wanted.
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
             .filter(|k| !desired.contains_key(k))
             .copied()
             .collect();
+        // Every marker is checked: those of every wanted VIP (one may be missing after a
+        // restart) and those adopted from the datapath (their services may be gone).
+        pass.vips.extend(desired.keys().map(|k| k.addr));
+        pass.vips.extend(self.markers.iter().map(|m| m.addr));
+        self.finish(&gone, pass)
+    }
+
+    /// Makes the datapath hold `updated` and no longer hold `removed`, leaving every other
+    /// service as it is: the same writes, in the same order, as [`apply`](Self::apply) of the
+    /// whole model with that change, at a cost proportional to the services named.
+    pub fn apply_services(
+        &mut self,
+        updated: &BTreeMap<ServiceKey, CompiledService>,
+        removed: &BTreeSet<ServiceKey>,
+    ) -> Result<Changes> {
+        let mut pass = Pass::default();
+        for (key, cs) in updated {
+            self.apply_service(key, cs, &mut pass)?;
+        }
+        let gone: Vec<ServiceKey> = removed
+            .iter()
+            .filter(|k| !updated.contains_key(k) && self.services.contains_key(k))
+            .copied()
+            .collect();
+        self.finish(&gone, pass)
+    }
+
+    /// The second half of an apply: markers of new VIPs, then the services `gone`, then markers
+    /// no longer used, then the flows of removed backends; ids are freed last.
+    fn finish(&mut self, gone: &[ServiceKey], mut pass: Pass) -> Result<Changes> {
+        let used = |users: &BTreeMap<Addr, usize>, a: &Addr| users.get(a).is_some_and(|n| *n > 0);
+        for addr in &pass.vips {
+            let m = vip_marker(crate::compile::bytes_addr(addr));
+            if used(&self.vip_users, addr) && !self.markers.contains(&m) {
+                self.dp.set_service(&m, &ServiceValue::default())?;
+                self.markers.insert(m);
+            }
+        }
         for key in gone {
-            let s = self.services.remove(&key).expect("listed above");
-            self.dp.remove_service(&key)?;
+            let s = self.services.remove(key).expect("listed by the caller");
+            self.dp.remove_service(key)?;
+            if let Some(n) = self.vip_users.get_mut(&key.addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.vip_users.remove(&key.addr);
+                }
+            }
+            pass.vips.insert(key.addr);
             if s.affinity.is_some() {
                 self.dp.set_affinity(s.id, None)?;
             }
-            ch.services_removed += 1;
+            pass.ch.services_removed += 1;
             for (id, _) in s.backends.values() {
                 self.dp.remove_backend(*id)?;
-                ch.backends_removed += 1;
-                flushed.insert(*id);
-                freed_backends.push(*id);
+                pass.ch.backends_removed += 1;
+                pass.flushed.insert(*id);
+                pass.freed_backends.push(*id);
             }
-            freed_services.push(s.id);
+            pass.freed_services.push(s.id);
         }
-        for m in self.markers.clone().difference(&want) {
-            self.dp.remove_service(m)?;
-            self.markers.remove(m);
+        for addr in &pass.vips {
+            let m = vip_marker(crate::compile::bytes_addr(addr));
+            if !used(&self.vip_users, addr) && self.markers.remove(&m) {
+                self.dp.remove_service(&m)?;
+            }
         }
-        if !flushed.is_empty() {
-            ch.flows_flushed = self.dp.flush_flows(&flushed)?;
+        if !pass.flushed.is_empty() {
+            pass.ch.flows_flushed = self.dp.flush_flows(&pass.flushed)?;
         }
         // Ids are reused only after the flows that named them are gone.
-        for id in freed_backends {
+        for id in pass.freed_backends {
             self.backend_ids.free(id);
         }
-        for id in freed_services {
+        for id in pass.freed_services {
             self.service_ids.free(id);
         }
-        Ok(ch)
+        Ok(pass.ch)
     }
 
     fn apply_service(
         &mut self,
         key: &ServiceKey,
         cs: &CompiledService,
-        ch: &mut Changes,
-        flushed: &mut BTreeSet<u32>,
-        freed: &mut Vec<u32>,
+        pass: &mut Pass,
     ) -> Result<()> {
         if !self.services.contains_key(key) {
             let id = self.service_ids.alloc()?;
@@ -214,7 +261,10 @@ impl<D: Datapath> Reconciler<D> {
                     ..Default::default()
                 },
             );
+            *self.vip_users.entry(key.addr).or_default() += 1;
+            pass.vips.insert(key.addr);
         }
+        let ch = &mut pass.ch;
         let real = self.services.get_mut(key).expect("inserted above");
         let sid = real.id;
 
@@ -284,8 +334,8 @@ impl<D: Datapath> Reconciler<D> {
             let (id, _) = real.backends.remove(&addr).expect("listed above");
             self.dp.remove_backend(id)?;
             ch.backends_removed += 1;
-            flushed.insert(id);
-            freed.push(id);
+            pass.flushed.insert(id);
+            pass.freed_backends.push(id);
         }
         Ok(())
     }
@@ -421,6 +471,57 @@ impl Datapath for MemoryDatapath {
             None => self.affinity.remove(&service_id),
         };
         Ok(())
+    }
+}
+
+/// What a datapath holds, named by service key and backend address instead of ids: two
+/// reconcilers that reached the same services by different paths hold equal snapshots.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Service (or VIP marker) → its entry with the id zeroed, the backends of its selection
+    /// table slot by slot, and its affinity timeout.
+    pub services: BTreeMap<ServiceKey, (ServiceValue, Vec<SocketAddr>, Option<u32>)>,
+    /// Every backend entry: the key of its service (the default key when none has its id), its
+    /// address and state.
+    pub backends: Vec<(ServiceKey, SocketAddr, u8)>,
+}
+
+impl MemoryDatapath {
+    pub fn snapshot(&self) -> Snapshot {
+        let key_of: BTreeMap<u32, ServiceKey> = self
+            .services
+            .iter()
+            .filter(|(_, v)| v.id != 0)
+            .map(|(k, v)| (v.id, *k))
+            .collect();
+        let addr = |b: &Backend| {
+            SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port))
+        };
+        let services = self
+            .services
+            .iter()
+            .map(|(k, v)| {
+                let table = match self.tables.get(&v.id) {
+                    Some(t) if v.table_size > 0 => {
+                        t.iter().map(|b| addr(&self.backends[b])).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let value = ServiceValue { id: 0, ..*v };
+                let affinity = self.affinity.get(&v.id).copied().filter(|_| v.id != 0);
+                (*k, (value, table, affinity))
+            })
+            .collect();
+        let mut backends: Vec<_> = self
+            .backends
+            .values()
+            .map(|b| {
+                let k = key_of.get(&b.service_id).copied().unwrap_or_default();
+                (k, addr(b), b.state)
+            })
+            .collect();
+        backends.sort();
+        Snapshot { services, backends }
     }
 }
 

@@ -122,6 +122,19 @@ fn removing_a_service_removes_its_entries_and_vip_marker() {
     assert!(r.datapath().services.is_empty() && r.datapath().backends.is_empty());
 }
 
+#[test]
+fn a_full_apply_rewrites_a_missing_vip_marker_of_an_adopted_service() {
+    let m = compile(&model(vec![service("a", 80, &[1])])).unwrap();
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&m).unwrap();
+    let mut dp = r.datapath().clone();
+    let marker = vip_marker("10.0.0.1".parse().unwrap());
+    assert!(dp.services.remove(&marker).is_some());
+    let mut r = Reconciler::open(dp).unwrap();
+    r.apply(&m).unwrap();
+    assert!(r.datapath().services.contains_key(&marker));
+}
+
 proptest! {
     /// After any sequence of models, the datapath holds exactly the last one (and the in-memory
     /// datapath refuses writes in an unsafe order, so every sequence also respects the ordering).
@@ -162,5 +175,76 @@ proptest! {
         };
         prop_assert_eq!(summary(r.datapath()), summary(fresh.datapath()));
         prop_assert_eq!(r.datapath().backends.len(), fresh.datapath().backends.len());
+    }
+}
+
+/// The services of one step of the incremental property: port → (backends, affinity on); even
+/// ports on one VIP, odd ones on another, so that VIP markers come and go.
+fn step_model(step: &BTreeMap<u16, (BTreeSet<u8>, bool)>) -> Model {
+    model(
+        step.iter()
+            .map(|(p, (b, aff))| {
+                let b: Vec<u8> = b.iter().copied().collect();
+                let mut s = service(&format!("s{p}"), 80 + p, &b);
+                s.frontend.addr = format!("10.0.0.{}", 1 + p % 2).parse().unwrap();
+                s.affinity_timeout_s = aff.then_some(30);
+                s
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn applying_services_writes_only_those_and_keeps_the_others() {
+    let many: Vec<Service> = (0..50)
+        .map(|i| service(&format!("s{i}"), 1000 + i, &[1, 2]))
+        .collect();
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&compile(&model(many.clone())).unwrap()).unwrap();
+    let before = r.datapath().writes;
+    let changed = compile(&model(vec![service("s7", 1007, &[1, 2, 3])])).unwrap();
+    let gone = crate::compile::service_key(&many[8]);
+    let ch = r.apply_services(&changed, &BTreeSet::from([gone])).unwrap();
+    assert_eq!(
+        (
+            ch.backends_written,
+            ch.tables_written,
+            ch.services_removed,
+            ch.backends_removed
+        ),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(
+        r.datapath().writes - before,
+        2 + 3,
+        "one backend, one table; one service and its two backends"
+    );
+    let mut want = many;
+    want[7] = service("s7", 1007, &[1, 2, 3]);
+    want.remove(8);
+    let mut fresh = Reconciler::open(MemoryDatapath::default()).unwrap();
+    fresh.apply(&compile(&model(want)).unwrap()).unwrap();
+    assert_eq!(r.datapath().snapshot(), fresh.datapath().snapshot());
+}
+
+proptest! {
+    /// Applying only the services that changed (and removing those that left) leaves the datapath
+    /// as a fresh full apply of the last model would: entries, tables, affinity and VIP markers.
+    #[test]
+    fn applying_the_changed_services_equals_a_full_apply(steps in proptest::collection::vec(
+        proptest::collection::btree_map(0u16..6, (proptest::collection::btree_set(1u8..8, 0..5), any::<bool>()), 0..6), 1..8)) {
+        let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+        let mut have: BTreeMap<ServiceKey, crate::compile::CompiledService> = BTreeMap::new();
+        for step in &steps {
+            let mut want = compile(&step_model(step)).unwrap();
+            let updated: BTreeMap<_, _> = want.iter().filter(|(k, c)| have.get(k) != Some(c))
+                .map(|(k, c)| (*k, c.clone())).collect();
+            let removed: BTreeSet<_> = have.keys().filter(|k| !want.contains_key(k)).copied().collect();
+            r.apply_services(&updated, &removed).unwrap();
+            have = std::mem::take(&mut want);
+        }
+        let mut fresh = Reconciler::open(MemoryDatapath::default()).unwrap();
+        fresh.apply(&have).unwrap();
+        prop_assert_eq!(r.datapath().snapshot(), fresh.datapath().snapshot());
     }
 }

@@ -1,5 +1,6 @@
 //! Store → the frontends one node programs. `compile_service` reads one Service and its own
-//! slices only; `compile_node` is the whole-node view the offline `service list` prints.
+//! slices only; `compile_node` is the whole-node view the offline `service list` prints;
+//! [`NodeIndex`] keeps that view current one Service at a time (the agent's per-change path).
 use crate::cluster::Cluster;
 use crate::convert::{Family, NodeInfo, Svc, SvcType};
 use crate::endpoints::{self, Locality};
@@ -10,6 +11,9 @@ use crate::model::{
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+
+mod index;
+pub use index::{IndexUpdate, NodeIndex, Slot, SlotChange};
 
 /// Agent-wide settings that change what is programmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -325,71 +329,75 @@ pub fn compile_node(
     node: &str,
     opts: &Options,
 ) -> Result<NodeFrontends, CompileError> {
-    let mut out = NodeFrontends {
-        notes: cluster.notes.clone(),
-        ..Default::default()
-    };
-    out.node = match cluster.nodes.get(node) {
-        Some((info, notes)) => {
+    NodeIndex::build(cluster, node, opts).map(|(_, nf)| nf)
+}
+
+/// The Node `node` as the compile reads it (addresses and zone), with the notes about it.
+pub(crate) fn node_info(
+    cluster: &Cluster,
+    node: &str,
+    notes: &mut Vec<Note>,
+) -> Result<NodeInfo, CompileError> {
+    match cluster.nodes.get(node) {
+        Some((info, node_notes)) => {
             let key = ObjectKey::new("", node);
-            for m in notes {
-                out.notes.push(note("Node", &key, &None, m.clone(), false));
+            for m in node_notes {
+                notes.push(note("Node", &key, &None, m.clone(), false));
             }
-            info.clone()
+            Ok(info.clone())
         }
         None if cluster.nodes.is_empty() => {
-            out.notes.push(Note {
+            notes.push(Note {
                 object: format!("Node {node}"),
                 origin: None,
                 message: "no Node objects: no node addresses (no NodePort frontends) and no zone"
                     .into(),
                 error: false,
             });
-            NodeInfo {
+            Ok(NodeInfo {
                 name: node.to_string(),
                 ..Default::default()
-            }
+            })
         }
         None => {
             let mut known: Vec<String> = cluster.nodes.keys().cloned().collect();
             known.sort();
-            return Err(CompileError::UnknownNode {
+            Err(CompileError::UnknownNode {
                 node: node.to_string(),
                 known,
-            });
+            })
         }
-    };
-    let mut frontends = Vec::new();
-    for key in cluster.service_keys() {
-        let s = compile_service(cluster, key, &out.node, opts);
-        frontends.extend(s.frontends);
-        out.health_checks.extend(s.health_check);
-        out.notes.extend(s.notes);
     }
-    let hp = compile_host_ports(cluster, &out.node, opts);
-    frontends.extend(hp.frontends);
-    out.notes.extend(hp.notes);
+}
+
+/// Sorts `frontends` and keeps the first of each (address, port, protocol); the others are noted.
+fn first_per_address(mut frontends: Vec<Frontend>, notes: &mut Vec<Note>) -> Vec<Frontend> {
     frontends.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(frontends.len());
     for f in frontends {
         if seen.insert((f.address, f.port, f.protocol)) {
-            out.frontends.push(f);
+            out.push(f);
         } else {
-            out.notes.push(Note {
-                object: format!("{:?} frontend of {}", f.kind, f.owner),
-                origin: None,
-                message: format!(
-                    "{}:{}/{} is already used by another frontend; not programmed",
-                    f.address,
-                    f.port,
-                    f.protocol.as_str()
-                ),
-                error: true,
-            });
+            notes.push(clash_note(&f));
         }
     }
-    out.health_checks.sort_by(|a, b| a.service.cmp(&b.service));
-    Ok(out)
+    out
+}
+
+/// The note about a frontend left out because its address is already used.
+pub(crate) fn clash_note(f: &Frontend) -> Note {
+    Note {
+        object: format!("{:?} frontend of {}", f.kind, f.owner),
+        origin: None,
+        message: format!(
+            "{}:{}/{} is already used by another frontend; not programmed",
+            f.address,
+            f.port,
+            f.protocol.as_str()
+        ),
+        error: true,
+    }
 }
 
 #[cfg(test)]

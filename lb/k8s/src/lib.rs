@@ -17,8 +17,8 @@ pub mod source;
 
 pub use cluster::Cluster;
 pub use compile::{
-    CompileError, NodeFrontends, Options, ServiceFrontends, compile_host_ports, compile_node,
-    compile_service, parse_port_range,
+    CompileError, IndexUpdate, NodeFrontends, NodeIndex, Options, ServiceFrontends, Slot,
+    SlotChange, compile_host_ports, compile_node, compile_service, parse_port_range,
 };
 pub use convert::{Family, NodeInfo};
 pub use model::{

@@ -63,15 +63,25 @@ pub enum Acceleration {
     Generic,
 }
 
-/// What the agent programs on this node, from one compile of the cluster state.
+pub mod tracker;
+
+/// What the agent programs on this node, from one compile of the cluster state (or of a change).
 pub struct NodeView {
-    pub model: Model,
+    pub model: ModelUpdate,
     /// Pod addresses of this node that back a frontend served from outside (local endpoints).
     pub local: BTreeSet<IpAddr>,
     /// This node's InternalIP addresses (the SNAT source towards other nodes).
     pub internal_addresses: Vec<IpAddr>,
     /// Health-check node ports (externalTrafficPolicy Local) and their local endpoint counts.
     pub health_checks: Vec<k8s::model::HealthCheck>,
+}
+
+/// What a view changes in the model.
+pub enum ModelUpdate {
+    /// The whole model: the manifests folder, the API source's initial sync and its fallback.
+    Whole(Model),
+    /// Some frontends: a Service or EndpointSlice change from the API source.
+    Delta(model::ModelDelta),
 }
 
 impl NodeArgs {
@@ -88,7 +98,10 @@ impl NodeArgs {
 
     /// The model of this node from the manifests folder; notes about skipped objects are logged.
     pub fn folder_model(&self, dir: &Path) -> Result<Model> {
-        Ok(self.folder_view(dir)?.model)
+        match self.folder_view(dir)?.model {
+            ModelUpdate::Whole(m) => Ok(m),
+            ModelUpdate::Delta(_) => unreachable!("a folder is read whole"),
+        }
     }
 
     /// This node's view from the manifests folder; notes about skipped objects are logged.
@@ -102,19 +115,19 @@ impl NodeArgs {
         Ok(self.view(&nf, &node))
     }
 
-    /// This node's view from the API source's cluster store.
-    fn cluster_view(&self, cluster: &k8s::cluster::Cluster) -> Result<NodeView> {
+    /// Follows the API source's cluster store: whole, then per change.
+    fn cluster_tracker(&self) -> Result<tracker::ClusterTracker> {
         let (opts, node) = self.validate()?;
-        let nf = k8s::compile::compile_node(cluster, &node, &opts)?;
-        for n in nf.notes.iter().filter(|n| n.error) {
-            warn!("{n}");
-        }
-        Ok(self.view(&nf, &node))
+        Ok(tracker::ClusterTracker::new(
+            node,
+            opts,
+            self.maglev_table_size,
+        ))
     }
 
     fn view(&self, nf: &k8s::NodeFrontends, node: &str) -> NodeView {
         NodeView {
-            model: model_of(&nf.frontends, self.maglev_table_size),
+            model: ModelUpdate::Whole(model_of(&nf.frontends, self.maglev_table_size)),
             local: local_endpoints(&nf.frontends, node),
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks.clone(),
@@ -135,70 +148,87 @@ impl NodeArgs {
 
 /// The addresses of this node's pods among the backends of frontends served from outside.
 pub fn local_endpoints(frontends: &[k8s::model::Frontend], node: &str) -> BTreeSet<IpAddr> {
-    frontends
-        .iter()
-        .filter(|f| f.kind != k8s::model::FrontendType::ClusterIP)
-        .flat_map(|f| f.external_backends.as_deref().unwrap_or(&f.backends))
-        .filter(|b| b.node.as_deref() == Some(node))
+    frontends.iter().flat_map(|f| local_of(f, node)).collect()
+}
+
+/// The addresses of this node's pods among the backends of one frontend served from outside.
+fn local_of<'a>(f: &'a k8s::model::Frontend, node: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
+    let external = f.kind != k8s::model::FrontendType::ClusterIP;
+    external
+        .then(|| f.external_backends.as_deref().unwrap_or(&f.backends))
+        .into_iter()
+        .flatten()
+        .filter(move |b| b.node.as_deref() == Some(node))
         .map(|b| b.address)
-        .collect()
 }
 
 /// Kubernetes frontends → the datapath model: every frontend is served from inside (scope
 /// internal, socket LB); NodePort, LoadBalancer, externalIP and HostPort frontends also from
 /// outside (scope external), with the externalTrafficPolicy-filtered backends where they differ.
+/// The services are sorted by frontend, then scope, as `frontends` are (see [`Model::patch`]).
 pub fn model_of(frontends: &[k8s::model::Frontend], table_size: u32) -> Model {
-    let mut services = Vec::new();
-    for f in frontends {
-        let base = Service {
-            name: format!("{}:{}/{:?}", f.owner, f.port_name, f.kind),
-            frontend: Frontend {
-                addr: f.address,
-                port: f.port,
-                protocol: match f.protocol {
-                    k8s::model::Protocol::Tcp => model::Protocol::Tcp,
-                    k8s::model::Protocol::Udp => model::Protocol::Udp,
-                },
-            },
-            algorithm: match f.algorithm {
-                k8s::model::Algorithm::Maglev => model::Algorithm::Maglev,
-                k8s::model::Algorithm::Random => model::Algorithm::Random,
-            },
-            mode: Mode::Snat,
-            table_size,
-            conntrack_timeout_s: 300,
-            scope: Scope::Internal,
-            affinity_timeout_s: f.affinity_timeout,
-            source_ranges: Vec::new(),
-            backends: backends(&f.backends),
-        };
-        if f.kind != k8s::model::FrontendType::ClusterIP {
-            let mut ext = base.clone();
-            ext.scope = Scope::External;
-            ext.affinity_timeout_s = None;
-            ext.mode = match f.forwarding {
-                k8s::model::Forwarding::Snat => Mode::Snat,
-                k8s::model::Forwarding::Dsr => Mode::Dsr,
-            };
-            ext.source_ranges = f
-                .source_ranges
-                .iter()
-                .map(|c| SourceRange {
-                    addr: c.address,
-                    prefix_len: c.prefix_len,
-                })
-                .collect();
-            ext.backends = backends(f.external_backends.as_deref().unwrap_or(&f.backends));
-            services.push(ext);
-        }
-        // The socket LB picks a random slot: keep its table small.
-        let mut int = base;
-        int.algorithm = model::Algorithm::Random;
-        services.push(int);
-    }
     Model {
         maglev_seed: 0,
-        services,
+        services: frontends
+            .iter()
+            .flat_map(|f| services_of(f, table_size))
+            .collect(),
+    }
+}
+
+/// The datapath services of one Kubernetes frontend: the external one first, if any.
+fn services_of(f: &k8s::model::Frontend, table_size: u32) -> Vec<Service> {
+    let mut services = Vec::with_capacity(2);
+    let base = Service {
+        name: format!("{}:{}/{:?}", f.owner, f.port_name, f.kind),
+        frontend: frontend_of((f.address, f.port, f.protocol)),
+        algorithm: match f.algorithm {
+            k8s::model::Algorithm::Maglev => model::Algorithm::Maglev,
+            k8s::model::Algorithm::Random => model::Algorithm::Random,
+        },
+        mode: Mode::Snat,
+        table_size,
+        conntrack_timeout_s: 300,
+        scope: Scope::Internal,
+        affinity_timeout_s: f.affinity_timeout,
+        source_ranges: Vec::new(),
+        backends: backends(&f.backends),
+    };
+    if f.kind != k8s::model::FrontendType::ClusterIP {
+        let mut ext = base.clone();
+        ext.scope = Scope::External;
+        ext.affinity_timeout_s = None;
+        ext.mode = match f.forwarding {
+            k8s::model::Forwarding::Snat => Mode::Snat,
+            k8s::model::Forwarding::Dsr => Mode::Dsr,
+        };
+        ext.source_ranges = f
+            .source_ranges
+            .iter()
+            .map(|c| SourceRange {
+                addr: c.address,
+                prefix_len: c.prefix_len,
+            })
+            .collect();
+        ext.backends = backends(f.external_backends.as_deref().unwrap_or(&f.backends));
+        services.push(ext);
+    }
+    // The socket LB picks a random slot: keep its table small.
+    let mut int = base;
+    int.algorithm = model::Algorithm::Random;
+    services.push(int);
+    services
+}
+
+/// The datapath frontend of a Kubernetes address.
+fn frontend_of((addr, port, protocol): k8s::Slot) -> Frontend {
+    Frontend {
+        addr,
+        port,
+        protocol: match protocol {
+            k8s::model::Protocol::Tcp => model::Protocol::Tcp,
+            k8s::model::Protocol::Udp => model::Protocol::Udp,
+        },
     }
 }
 
@@ -224,8 +254,12 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         Some(dir) => Some(na.folder_view(dir)?),
         None => None,
     };
-    if let Some(v) = &view {
-        compile::compile(&v.model)?;
+    if let Some(NodeView {
+        model: ModelUpdate::Whole(m),
+        ..
+    }) = &view
+    {
+        compile::compile(m)?;
     }
     let cgroup = match &na.cgroup {
         Some(c) => c.clone(),
@@ -274,7 +308,15 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
 /// the source ranges of the services as they are now numbered. Returns the local endpoints
 /// wanted.
 fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>> {
-    apply_model(st, view.model)?;
+    // A delta leaves the node addresses as they are (a Node change is applied whole) and touches
+    // the source ranges only when a service it changed has some.
+    let (whole, ranges) = match view.model {
+        ModelUpdate::Whole(m) => {
+            apply_model(st, m)?;
+            (true, true)
+        }
+        ModelUpdate::Delta(d) => (false, tracker::apply_delta(st, &d)?),
+    };
     let super::State {
         external,
         reconciler,
@@ -282,8 +324,14 @@ fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>>
         ..
     } = st;
     if let (Some(ext), Some(rec)) = (external.as_mut(), reconciler.as_ref()) {
-        ext.set_node_addresses(&view.internal_addresses)?;
-        let n = ext.sync_source_ranges(rec, model)?;
+        if whole {
+            ext.set_node_addresses(&view.internal_addresses)?;
+        }
+        let n = if ranges {
+            ext.sync_source_ranges(rec, model)?
+        } else {
+            0
+        };
         if n > 0 {
             info!(services = n, "source ranges updated");
         }
@@ -401,9 +449,9 @@ impl Follower {
     }
 }
 
-/// Follows the source: the manifests folder (re-read on any change) or the API server (the model
-/// is recompiled after the initial lists and after every change). A model that fails to compile
-/// changes nothing and is reported in `status`.
+/// Follows the source: the manifests folder (re-read on any change) or the API server (compiled
+/// whole after the initial lists, then per change: see [`tracker`]). A model that fails to
+/// compile changes nothing and is reported in `status`.
 pub async fn run(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     match args.node_args.manifests.clone() {
         Some(dir) => run_folder(args, &dir, state).await,
@@ -455,25 +503,24 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
 }
 
 async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
-    use k8s::kube_source::{KubeSource, SourceEvent};
+    use k8s::kube_source::KubeSource;
     let na = &args.node_args;
     let (_, node) = na.validate()?;
+    let mut tracker = na.cluster_tracker()?;
     let client = na.kube.client().await?;
     let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
     let (task, mut events) = KubeSource::new(client, cluster.clone(), Some(&node)).spawn();
     let mut follower = Follower::new(state);
-    let mut synced = false;
+    let mut pending = tracker::Pending::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(SourceEvent::Synced) => synced = true,
-                Some(SourceEvent::Changed(_)) if synced => {}
-                Some(SourceEvent::Changed(_)) => continue,
-                Some(SourceEvent::Error { resource, message }) => {
-                    warn!(resource, "API source: {message}");
-                    continue;
+                Some(ev) => {
+                    if !pending.take(ev) {
+                        continue;
+                    }
                 }
                 None => break,
             },
@@ -484,14 +531,17 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
-        // Coalesce what is already queued, then recompile once.
+        // Coalesce what is already queued, then compile once: the Services changed only, or
+        // everything (see `tracker`).
         while let Ok(ev) = events.try_recv() {
-            if matches!(ev, SourceEvent::Synced) {
-                synced = true;
-            }
+            pending.take(ev);
         }
-        let view = na.cluster_view(&cluster.read().unwrap());
+        let view = pending.view(&mut tracker, &cluster.read().unwrap());
         follower.apply(state, view, "cluster state").await;
+        if state.lock().unwrap().last_error.is_some() {
+            // The datapath may hold less than the tracker: the next change is applied whole.
+            tracker.invalidate();
+        }
     }
     task.abort();
     Ok(())
