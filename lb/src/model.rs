@@ -145,7 +145,7 @@ pub struct Model {
 }
 
 /// A change to some frontends of a model whose services are sorted by frontend, then scope (the
-/// node agent's models are: see `agent::node::model_of`).
+/// node agent's models are: see `agent::node::model_of`, in agent/node/services.rs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelDelta {
     /// The frontends changed: every service on them is replaced by those of `services` on them.
