@@ -13,16 +13,16 @@
 //! The rewrite is the NodePort one ([`crate::nodeport::rewrite`], valid for CHECKSUM_PARTIAL).
 use crate::{
     lb::{self, NewFlow, Target},
-    maps::{OXI_BACKENDS, OXI_SERVICES, OXI_SNAT},
+    maps::{OXI_SERVICES, OXI_SNAT},
     nodeport::{parse_tc, rewrite},
     parse::Flow,
-    sock::{AffinityMap, AffinityTimeoutMap},
+    sock::{self, AffinityMap, AffinityTimeoutMap},
     stats,
 };
 use abi::{
-    lb::{BACKEND_ACTIVE, Counter, FAMILY_V6, FlowKey, ServiceKey, ServiceValue, SnatEntry},
+    lb::{Counter, FAMILY_V6, FlowKey, ServiceKey, ServiceValue, SnatEntry},
     sock::{
-        AffinityKey, AffinityValue, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+        AffinityKey, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
         pod::{affinity_client, reason},
     },
 };
@@ -168,33 +168,18 @@ fn affine<M: PodMaps>(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) 
         service_id: svc.id,
         _pad: 0,
     };
-    let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0) as u64;
-    if let Some(e) = M::affinity().get_ptr_mut(akey) {
-        // SAFETY: LRU value; a race with another CPU only moves a timestamp.
-        let e = unsafe { &mut *e };
-        let fresh = now.wrapping_sub(e.last_used_ns) < timeout * 1_000_000_000;
-        if fresh
-            && let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) }
-            && b.service_id == svc.id
-            && b.state == BACKEND_ACTIVE
-        {
-            e.last_used_ns = now;
-            t.backend_id = e.backend_id;
-            t.backend = *b;
-            t.snat_port = 0;
-            record_reply(f, svc, t);
-            count::<M>(reason::AFFINITY_HIT, bytes);
-            return 0;
-        }
+    let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
+    if let Some((id, b)) = sock::affinity_backend(M::affinity(), &akey, svc, timeout, now) {
+        t.backend_id = id;
+        t.backend = *b;
+        t.snat_port = 0;
+        record_reply(f, svc, t);
+        count::<M>(reason::AFFINITY_HIT, bytes);
+        return 0;
     }
     let r = lb::select_with(f, svc, bytes, t, record_reply);
     if r == 0 && timeout != 0 {
-        let v = AffinityValue {
-            backend_id: t.backend_id,
-            _pad: 0,
-            last_used_ns: now,
-        };
-        let _ = M::affinity().insert(akey, v, 0);
+        sock::remember_affinity(M::affinity(), &akey, t.backend_id, now);
     }
     r
 }

@@ -210,34 +210,56 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
         _pad: 0,
     };
     if affinity {
-        let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0) as u64;
-        if let Some(e) = M::affinity().get_ptr_mut(akey) {
-            // SAFETY: LRU value; a race with another CPU only moves a timestamp.
-            let e = unsafe { &mut *e };
-            let fresh = now.wrapping_sub(e.last_used_ns) < timeout * 1_000_000_000;
-            if fresh
-                && let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) }
-                && b.service_id == svc.id
-                && b.state == BACKEND_ACTIVE
-            {
-                e.last_used_ns = now;
-                count::<M>(reason::AFFINITY_HIT);
-                return Some(*b);
-            }
+        let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
+        if let Some((_, b)) = affinity_backend(M::affinity(), &akey, svc, timeout, now) {
+            count::<M>(reason::AFFINITY_HIT);
+            return Some(*b);
         }
     }
     let id = crate::lb::table_pick(svc.id, unsafe { bpf_get_prandom_u32() })?;
     // The table decides who takes new connections (terminating backends only as the fallback).
     let b = *(unsafe { OXI_BACKENDS.get(id) })?;
     if affinity {
-        let v = AffinityValue {
-            backend_id: id,
-            _pad: 0,
-            last_used_ns: now,
-        };
-        let _ = M::affinity().insert(akey, v, 0);
+        remember_affinity(M::affinity(), &akey, id, now);
     }
     Some(b)
+}
+
+/// ClientIP affinity, shared by the socket LB and the pods' packet path: the backend (id and
+/// value) of `key`'s entry while it is younger than `timeout_s` and its backend is still an
+/// active one of the service; the entry's last use moves to `now`.
+#[inline(always)]
+pub fn affinity_backend(
+    map: &AffinityMap,
+    key: &AffinityKey,
+    svc: &ServiceValue,
+    timeout_s: u32,
+    now: u64,
+) -> Option<(u32, &'static Backend)> {
+    // SAFETY: LRU value; a race with another CPU only moves a timestamp.
+    let e = unsafe { &mut *map.get_ptr_mut(key)? };
+    if now.wrapping_sub(e.last_used_ns) >= timeout_s as u64 * 1_000_000_000 {
+        return None;
+    }
+    // SAFETY: read-only lookup of a value the agent writes whole.
+    let b = unsafe { OXI_BACKENDS.get(e.backend_id) }?;
+    if b.service_id != svc.id || b.state != BACKEND_ACTIVE {
+        return None;
+    }
+    e.last_used_ns = now;
+    Some((e.backend_id, b))
+}
+
+/// Records `backend_id` as `key`'s affinity backend, last used `now`.
+#[inline(always)]
+pub fn remember_affinity(map: &AffinityMap, key: &AffinityKey, backend_id: u32, now: u64) {
+    let v = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    // Failure (never expected: LRU) only loses the affinity.
+    let _ = map.insert(key, v, 0);
 }
 
 /// recvmsg4/6 and getpeername4/6: gives back the service address for a backend this socket was
