@@ -381,8 +381,9 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
         return TC_ACT_SHOT as i32;
     };
     let f = &s.flow;
-    let id = lb::service(&f.key).map(|svc| svc.id).unwrap_or(0);
-    expect_reply(f, &backend, port, id, 0);
+    // No service id: ids are per node, and the frontend is usually another node's address. The
+    // flow is counted by `dsr_in` and its reply by `rev_dnat`.
+    expect_reply(f, &backend, port, 0, 0);
     let new = &mut s.rewrite;
     new.src = f.key.src;
     new.sport = f.key.sport;
