@@ -225,9 +225,13 @@ fn expect_reply(f: &Flow, backend: &Addr, port: u16, service_id: u32, backend_id
     rkey.sport = port;
     rkey.dport = f.key.sport;
     rkey.proto = f.key.proto;
+    // Already there for this frontend (every packet of a DSR flow asks): nothing to write. An
+    // entry for another frontend (the client's port reused towards another service port of the
+    // same pod) is replaced.
+    // SAFETY: read-only use of an LRU value.
     if OXI_SNAT
         .get_ptr(&*rkey)
-        .is_some_and(|e| unsafe { (*e).vip == f.key.dst })
+        .is_some_and(|e| unsafe { (*e).vip == f.key.dst && (*e).vip_port == f.key.dport })
     {
         return;
     }
