@@ -138,11 +138,11 @@ fn maglev_table(eligible: &[(usize, String, u32)], size: u32, seed: u32) -> Resu
     if eligible.is_empty() {
         return Ok(Vec::new());
     }
-    let input: Vec<maglev::Backend> = eligible
+    let input: Vec<crate::maglev::Backend> = eligible
         .iter()
-        .map(|(_, key, w)| maglev::Backend { key, weight: *w })
+        .map(|(_, key, w)| crate::maglev::Backend { key, weight: *w })
         .collect();
-    let slots = maglev::build(&input, size, seed)?;
+    let slots = crate::maglev::build(&input, size, seed)?;
     Ok(slots
         .into_iter()
         .map(|i| eligible[i as usize].0 as u32)

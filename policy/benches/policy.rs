@@ -4,12 +4,10 @@
 //! 2. cost of one new identity against the number of selectors it matches, at two cluster sizes, vs
 //!    testing it against every selector;
 //! 3. memory per identity and per selector (counting allocator), vs the bare label set.
-use oxilium_policy::engine::EndpointSpec;
-use oxilium_policy::rule::{
-    Action, Direction, Filter, PolicyKind, PolicyRef, PortSel, PortSpec, Rule,
-};
-use oxilium_policy::selector_cache::SelectorCache;
-use oxilium_policy::{Config, Engine, Labels, Selector, Source};
+use policy::engine::EndpointSpec;
+use policy::rule::{Action, Direction, Filter, PolicyKind, PolicyRef, PortSel, PortSpec, Rule};
+use policy::selector_cache::SelectorCache;
+use policy::{Config, Engine, Labels, Selector, Source};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -54,7 +52,7 @@ fn rule(j: usize) -> (PolicyRef, Vec<Rule>) {
             format!("svc{}", (j + 1) % RULES).as_str(),
         )])],
         ports: vec![PortSpec {
-            proto: oxilium_policy::api::Protocol::Tcp,
+            proto: policy::api::Protocol::Tcp,
             port: PortSel::Range(8000 + (j % 50) as u16, 8000 + (j % 50) as u16),
         }],
         action: Action::Allow,
@@ -144,7 +142,7 @@ fn grouped(n: usize) -> (Engine, Vec<Selector>) {
             direction: Direction::Ingress,
             peers: vec![sel],
             ports: vec![PortSpec {
-                proto: oxilium_policy::api::Protocol::Tcp,
+                proto: policy::api::Protocol::Tcp,
                 port: PortSel::Range(80 + (j % 100) as u16, 80 + (j % 100) as u16),
             }],
             action: Action::Allow,

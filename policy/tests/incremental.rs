@@ -1,14 +1,12 @@
 //! Property: after any sequence of identity, endpoint, namespace and policy events, every endpoint's
 //! incrementally maintained map equals a from-scratch computation, and equals the map rebuilt by
 //! applying the emitted deltas.
-use oxilium_policy::api::Protocol;
-use oxilium_policy::api::cilium::HttpRule;
-use oxilium_policy::engine::{EndpointDelta, EndpointSpec};
-use oxilium_policy::rule::{
-    Action, Direction, Filter, L7, PolicyKind, PolicyRef, PortSel, PortSpec, Rule,
-};
-use oxilium_policy::selector::{Op, Requirement};
-use oxilium_policy::{Config, Engine, Labels, PolicyMap, Selector};
+use policy::api::Protocol;
+use policy::api::cilium::HttpRule;
+use policy::engine::{EndpointDelta, EndpointSpec};
+use policy::rule::{Action, Direction, Filter, L7, PolicyKind, PolicyRef, PortSel, PortSpec, Rule};
+use policy::selector::{Op, Requirement};
+use policy::{Config, Engine, Labels, PolicyMap, Selector};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,9 +119,9 @@ proptest! {
             match ev {
                 Event::AddIdentity(a, n) => {
                     let l = Labels::new()
-                        .with(oxilium_policy::Source::K8s, "app", APPS[a as usize % 3])
-                        .with(oxilium_policy::Source::K8s, "io.kubernetes.pod.namespace", NSS[n as usize % 2])
-                        .with(oxilium_policy::Source::K8s, "io.cilium.k8s.namespace.labels.team", if n.is_multiple_of(3) { "x" } else { "y" });
+                        .with(policy::Source::K8s, "app", APPS[a as usize % 3])
+                        .with(policy::Source::K8s, "io.kubernetes.pod.namespace", NSS[n as usize % 2])
+                        .with(policy::Source::K8s, "io.cilium.k8s.namespace.labels.team", if n.is_multiple_of(3) { "x" } else { "y" });
                     let (id, d) = e.add_identity(&l);
                     held.push(id);
                     apply(&mut shadow, d);

@@ -1,5 +1,5 @@
 //! Strict parsing: unknown fields and bad values are rejected with the field path.
-use oxilium_policy::manifests::Manifests;
+use policy::manifests::Manifests;
 
 fn load(y: &str) -> Result<Manifests, String> {
     let mut m = Manifests::default();
@@ -119,7 +119,7 @@ fn full_cilium_language_parses() {
 #[test]
 fn pods_and_namespaces_are_read() {
     let m = load("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: n, labels: {a: b}, uid: x}\nspec: {serviceAccountName: sa, containers: [{name: c, image: i, ports: [{name: web, containerPort: 8080, protocol: TCP}]}]}\nstatus: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {t: x}}\n").unwrap();
-    let spec = oxilium_policy::manifests::endpoint_spec(&m.pods[0]);
+    let spec = policy::manifests::endpoint_spec(&m.pods[0]);
     assert_eq!(spec.ips.len(), 2);
     assert_eq!(spec.service_account.as_deref(), Some("sa"));
     assert!(spec.ports.contains_key("web"));

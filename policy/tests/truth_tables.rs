@@ -1,8 +1,8 @@
 //! Truth tables: each folder under tests/cases holds manifests and `expect.txt` lines
 //! `FROM TO PORT/PROTO [METHOD PATH] => VERDICT [POLICY]`, plus an optional `options:` line
 //! (`audit`, `enforcement=always|never`).
-use oxilium_policy::offline::{self, Offline, Query};
-use oxilium_policy::{Config, Enforcement};
+use policy::offline::{self, Offline, Query};
+use policy::{Config, Enforcement};
 use std::path::Path;
 
 fn run_case(dir: &Path) -> usize {
@@ -31,7 +31,7 @@ fn run_case(dir: &Path) -> usize {
         let q: Vec<&str> = q.split_whitespace().collect();
         let want: Vec<&str> = want.split_whitespace().collect();
         let (port, proto) = offline::parse_port("--port", q[2]).unwrap();
-        let http = (q.len() == 5).then(|| oxilium_policy::l7::HttpRequest {
+        let http = (q.len() == 5).then(|| policy::l7::HttpRequest {
             method: q[3].into(),
             path: q[4].into(),
             ..Default::default()

@@ -1,0 +1,373 @@
+//! XDP ns/packet through BPF_PROG_TEST_RUN, with baselines measured in the same run:
+//!   `cargo bench -p oxilium --bench xdp` (root; env OXILIUM_BENCH_REPEAT overrides the repeat).
+//!
+//! With repeat > 1 the kernel re-runs the program on the frame the previous run rewrote, so the
+//! repeated cases are built as fixed points of the program (see docs/datapath-tests.md):
+//! - established: two SNAT services whose backend is each other's VIP, a one-port SNAT range and
+//!   a client that is the LB's own SNAT address, so L:P → V1 becomes L:P → V2, which becomes
+//!   L:P → V1 again, both established flows after the first two runs;
+//! - new flow: the same with a conntrack timeout of 0, so every run takes the new-flow path
+//!   (table, backend, SNAT port claim, conntrack insert) on an existing but stale entry;
+//! - distinct new flows: repeat = 1 on many different packets, against the raw baseline also at
+//!   repeat = 1 (each sample then carries the kernel's timer overhead, so only the ratio means much).
+//!
+//! Everything runs in a namespace where the FIB answers (veth, static neighbours, forwarding on),
+//! so the translated cases pay a successful bpf_fib_lookup and return XDP_TX, as in production.
+#[path = "../tests/support/packet.rs"]
+#[allow(dead_code)]
+mod packet;
+
+use abi::lb::{LbConfig, reason};
+use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp, programs::XdpMode};
+use lb::{
+    compile,
+    model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Service},
+    reconcile::Reconciler,
+};
+use oxilium::bpf::{datapath::KernelMaps, loader};
+use packet::{ether, ip, tcp};
+use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
+
+const LB4: &str = "10.10.1.100";
+const PORT: u16 = 40_000;
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
+    assert!(st.success(), "{args:?}");
+}
+
+/// The namespace the benchmark thread runs in; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn enter() -> Netns {
+        let name = format!("oxilium-bench-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name.clone());
+        for cmd in [
+            "ip link set lo up",
+            "ip link add va type veth peer name vb",
+            "ip link set va up",
+            "ip link set vb up",
+            "ip addr add 10.10.1.100/24 dev va",
+            "ip route add 10.10.0.0/24 dev va",
+            "ip neigh add 10.10.0.1 lladdr 02:00:00:00:00:01 dev va nud permanent",
+            "ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent",
+            "ip neigh add 10.10.0.3 lladdr 02:00:00:00:00:03 dev va nud permanent",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        ] {
+            let mut a = vec!["ip", "netns", "exec", &name];
+            a.extend(cmd.split_whitespace());
+            sh(&a);
+        }
+        let f = File::open(format!("/run/netns/{name}")).unwrap();
+        // SAFETY: setns of the calling thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
+    let fe: std::net::SocketAddr = vip.parse().unwrap();
+    Service {
+        name: name.into(),
+        frontend: Frontend {
+            addr: fe.ip(),
+            port: fe.port(),
+            protocol: Protocol::Tcp,
+        },
+        algorithm: Algorithm::Maglev,
+        mode: Mode::Snat,
+        table_size: 251,
+        conntrack_timeout_s: ct_timeout_s,
+        scope: lb::model::Scope::External,
+        affinity_timeout_s: None,
+        source_ranges: Vec::new(),
+        backends: vec![Backend {
+            addr: backend.parse().unwrap(),
+            weight: 1,
+            state: BackendState::Active,
+        }],
+    }
+}
+
+/// V1 → V2 and V2 → V1, plus a DSR service for the distinct-flow samples.
+fn model(ct_timeout_s: u32) -> Model {
+    let mut dsr = service("dsr", "10.10.0.3:80", "10.10.0.1:80", 300);
+    dsr.mode = Mode::Dsr;
+    Model {
+        maglev_seed: 0,
+        services: vec![
+            service("v1", "10.10.0.1:80", "10.10.0.2:80", ct_timeout_s),
+            service("v2", "10.10.0.2:80", "10.10.0.1:80", ct_timeout_s),
+            dsr,
+        ],
+    }
+}
+
+/// struct xdp_md with data_end and ingress_ifindex set.
+fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
+    [0, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect()
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    rest: [u64; 8],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    rest: [u64; 8],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
+    // SAFETY: `attr` is a zero-padded bpf_attr prefix of the right layout for `cmd`.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
+}
+
+/// The real baseline: `r0 = XDP_PASS; exit`, loaded with BPF_PROG_LOAD.
+fn load_trivial_xdp() -> i32 {
+    let insns: [u64; 2] = [
+        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 2 (XDP_PASS): code 0xb7, imm in the top 32 bits.
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]), // BPF_JMP | BPF_EXIT
+    ];
+    let mut a = ProgLoadAttr {
+        prog_type: 6, // BPF_PROG_TYPE_XDP
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: c"GPL".as_ptr() as u64,
+        ..Default::default()
+    };
+    a.prog_name[..8].copy_from_slice(b"xdp_pass");
+    let fd = bpf(5, &mut a); // BPF_PROG_LOAD
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    fd as i32
+}
+
+/// (return value, ns per run) of the raw program.
+fn run_raw(fd: i32, pkt: &[u8], md: &[u8], repeat: u32) -> (u32, u32) {
+    let mut a = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: pkt.len() as u32,
+        data_in: pkt.as_ptr() as u64,
+        repeat,
+        ctx_size_in: md.len() as u32,
+        ctx_in: md.as_ptr() as u64,
+        ..Default::default()
+    };
+    assert_eq!(bpf(10, &mut a), 0, "{}", std::io::Error::last_os_error()); // BPF_PROG_TEST_RUN
+    (a.retval, a.duration)
+}
+
+fn run(prog: &Xdp, pkt: &[u8], md: &[u8], repeat: u32) -> (u32, u32, Vec<u8>) {
+    let mut out = vec![0u8; pkt.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: Some(md),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, r.duration.as_nanos() as u32, out)
+}
+
+/// Median of three measurements.
+fn median3(mut f: impl FnMut() -> u32) -> f64 {
+    let mut v = [f(), f(), f()];
+    v.sort_unstable();
+    f64::from(v[1])
+}
+
+fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    ether(&ip(s, d, tcp(sport, dport, &[], &[0x61; 64])), None)
+}
+
+/// A loaded program with its own pinned maps, holding `model(300)`.
+fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
+    let n = port_min; // distinct per call here
+    let pins = PinDir(format!("/sys/fs/bpf/oxilium-bench-{}-{n}", std::process::id()).into());
+    loader::prepare_pin_dir(&pins.0).expect("bpffs");
+    let mut ebpf = loader::load_xdp(&pins.0, &[], XdpMode::default()).expect("load (root?)");
+    let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
+    maps.set_config(&LbConfig {
+        snat_v4: compile::addr_bytes(LB4.parse().unwrap()),
+        snat_v6: compile::addr_bytes("fd00::100".parse().unwrap()),
+        snat_port_min: port_min,
+        snat_port_max: port_max,
+        ready: 1,
+    })
+    .unwrap();
+    let mut rec = Reconciler::open(maps).unwrap();
+    rec.apply(&compile::compile(&model(300)).unwrap()).unwrap();
+    (ebpf, rec, pins)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / `cargo test --benches`: nothing to list.
+    }
+    let repeat: u32 = std::env::var("OXILIUM_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let _ns = Netns::enter();
+    let ifindex = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
+    // The fixed points need a one-port SNAT range; distinct flows need a wide one: two loads.
+    let (ebpf, mut rec, _pins) = setup(PORT, PORT);
+    let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
+    let est = frame(LB4, PORT, "10.10.0.1", 80);
+    let md = xdp_md(est.len(), ifindex);
+    let raw = load_trivial_xdp();
+    let mut arp = est.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+
+    // Check the fixed point with single runs: V1 → V2 → V1, XDP_TX (the FIB answers).
+    let (a1, _, o1) = run(prog, &est, &md, 1);
+    let (a2, _, o2) = run(prog, &o1, &md, 1);
+    assert_eq!((a1, a2), (3, 3), "XDP_TX expected");
+    assert_eq!(&o2[14..], &est[14..], "V1 → V2 → V1 is a fixed point");
+    let stats = |rec: &Reconciler<KernelMaps>| rec.datapath().reason_counter(reason::FWD_SNAT);
+    let before = stats(&rec).packets;
+
+    println!("XDP via BPF_PROG_TEST_RUN, repeat {repeat}, median of 3, FIB answering (XDP_TX)");
+    let base = median3(|| run_raw(raw, &est, &md, repeat).1);
+    let row = |name: &str, ns: f64| println!("{name:<44} {ns:>7.1} ns/packet  {:>5.2}x", ns / base);
+    row("baseline: r0 = XDP_PASS; exit (raw)", base);
+    row(
+        "oxilium, non-IP frame (earliest exit)",
+        median3(|| run(prog, &arp, &md, repeat).1),
+    );
+    row(
+        "oxilium, established SNAT flow",
+        median3(|| run(prog, &est, &md, repeat).1),
+    );
+    let done = stats(&rec).packets - before;
+    let ct = rec.datapath().conntrack();
+    assert_eq!(done, 3 * u64::from(repeat), "every run translated");
+    assert!(
+        ct.iter().all(|(_, e)| e.packets > u64::from(repeat)),
+        "established"
+    );
+
+    // The same with forwarding off: bpf_fib_lookup gives up early, the packet is XDP_PASS'ed.
+    let ns_name = _ns.0.clone();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+    assert_eq!(run(prog, &est, &md, 1).0, 2, "XDP_PASS without forwarding");
+    row(
+        "oxilium, established SNAT flow, FIB off",
+        median3(|| run(prog, &est, &md, repeat).1),
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    rec.apply(&compile::compile(&model(0)).unwrap()).unwrap();
+    row(
+        "oxilium, new SNAT flow (stale conntrack)",
+        median3(|| run(prog, &est, &md, repeat).1),
+    );
+    let ct = rec.datapath().conntrack();
+    assert!(
+        ct.iter().all(|(_, e)| e.packets == 1),
+        "every run was a new flow"
+    );
+
+    // Distinct flows, one run each, against the raw baseline run the same way.
+    let n = 20_000u32;
+    let sample = |f: &dyn Fn(u32) -> u32| {
+        let mut v: Vec<u32> = (0..n).map(f).collect();
+        v.sort_unstable();
+        f64::from(v[v.len() / 2])
+    };
+    let flow = |i: u32, dst: &str| {
+        let src = format!("172.16.{}.{}", (i >> 8) & 0xff, i & 0xff);
+        frame(&src, 1024 + (i >> 16) as u16, dst, 80)
+    };
+    println!("one run per packet (repeat 1), median of {n} distinct flows");
+    let base1 = sample(&|i| run_raw(raw, &flow(i, "10.10.0.1"), &md, 1).1);
+    let row1 =
+        |name: &str, ns: f64| println!("{name:<44} {ns:>7.1} ns/packet  {:>5.2}x", ns / base1);
+    row1("baseline: r0 = XDP_PASS; exit (raw)", base1);
+    let (ebpf, _rec, _pins2) = setup(1024, 65535);
+    let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
+    row1(
+        "oxilium, new SNAT flows",
+        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
+    );
+    row1(
+        "oxilium, the same flows again (established)",
+        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
+    );
+    row1(
+        "oxilium, new DSR flows (IPIP encapsulation)",
+        sample(&|i| run(prog, &flow(i, "10.10.0.3"), &md, 1).1),
+    );
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(raw) };
+}

@@ -1,0 +1,195 @@
+//! `--device`: traffic from outside the cluster. The NodePort tc programs on the node's external
+//! devices (sharing the pinned LB maps with the socket LB), the datapath settings they need (the
+//! node's address as SNAT source towards backends on other nodes), and the services'
+//! loadBalancerSourceRanges kept equal to the model. The local endpoints (pods of this node) are
+//! resolved by [`super::endpoints`]. See docs/nodeport.md.
+use crate::bpf::{
+    datapath::KernelMaps,
+    nodeport::{NodePort, SourceRange},
+};
+use abi::{lb::LbConfig, nodeport::Endpoint};
+use anyhow::{Context, Result};
+use lb::{
+    compile,
+    model::{Model, Scope},
+    reconcile::Reconciler,
+};
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use tracing::info;
+
+/// SNAT source ports of flows to backends on other nodes (the kernel's default ephemeral range).
+pub const SNAT_PORTS: (u16, u16) = (32768, 60999);
+
+pub struct External {
+    pub devices: Vec<String>,
+    np: NodePort,
+    /// The tc object's handle on the shared maps: `OXI_CONFIG` is written through it.
+    maps: KernelMaps,
+    config: Option<LbConfig>,
+    /// The SNAT source an earlier run left in the kernel, kept until a view gives this node's
+    /// InternalIPs: established flows to other nodes are translated with the current address,
+    /// so falling back to a device address on restart (before the API server answers) would
+    /// cut them.
+    adopted: bool,
+    /// Source ranges as last written, by service id (only services that have some).
+    ranges: BTreeMap<u32, Vec<SourceRange>>,
+}
+
+impl External {
+    /// Loads and attaches the NodePort programs to `devices` (maps pinned in `pin_dir`, shared
+    /// with the socket LB) and sets the kernel settings they rely on. Ranges an earlier run left
+    /// in the kernel are adopted, so the first sync removes the ones no longer wanted. With
+    /// `xdp`, the XDP acceleration is attached too (else one an earlier run left is removed).
+    pub fn load(
+        pin_dir: &Path,
+        devices: &[String],
+        xdp: Option<aya::programs::XdpMode>,
+    ) -> Result<External> {
+        crate::sysctl::prepare_lb(devices)?;
+        let mut np = NodePort::load(pin_dir, devices)
+            .with_context(|| format!("attaching the NodePort programs to {devices:?}"))?;
+        np.accelerate(pin_dir, devices, xdp)
+            .with_context(|| format!("attaching the NodePort XDP acceleration to {devices:?}"))?;
+        let maps = np.lb_maps()?;
+        let config = maps
+            .config()
+            .ok()
+            .filter(|c| c.ready == 1 && (c.snat_v4 != [0; 16] || c.snat_v6 != [0; 16]));
+        let ranges = np
+            .source_range_ids()
+            .into_iter()
+            .map(|id| (id, np.source_ranges(id)))
+            .collect();
+        Ok(External {
+            devices: devices.to_vec(),
+            np,
+            maps,
+            adopted: config.is_some(),
+            config,
+            ranges,
+        })
+    }
+
+    /// Writes `OXI_CONFIG` when it changes: the SNAT source per family is the node's first
+    /// InternalIP of that family (from its Node object), else the first address of a device.
+    /// Without InternalIPs, the addresses an earlier run left stay until some are known.
+    pub fn set_node_addresses(&mut self, internal: &[IpAddr]) -> Result<()> {
+        if internal.is_empty() && self.adopted {
+            return Ok(());
+        }
+        self.adopted = false;
+        let mut v4 = internal.iter().find_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        });
+        let mut v6 = internal.iter().find_map(|a| match a {
+            IpAddr::V6(v) => Some(*v),
+            IpAddr::V4(_) => None,
+        });
+        for d in &self.devices {
+            let (a4, a6) = super::ifaddr::addresses(d);
+            v4 = v4.or(a4);
+            v6 = v6.or(a6);
+        }
+        let config = LbConfig {
+            snat_v4: v4
+                .map(|a| abi::lb::v4_mapped(a.octets()))
+                .unwrap_or_default(),
+            snat_v6: v6.map(|a| a.octets()).unwrap_or_default(),
+            snat_port_min: SNAT_PORTS.0,
+            snat_port_max: SNAT_PORTS.1,
+            ready: 1,
+        };
+        if self.config == Some(config) {
+            return Ok(());
+        }
+        self.maps.set_config(&config)?;
+        self.config = Some(config);
+        info!(?v4, ?v6, "NodePort SNAT source addresses");
+        Ok(())
+    }
+
+    /// Makes the kernel hold the source ranges of every external service of `model` (by the
+    /// ids the reconciler gave them), writing only services whose ranges changed and clearing
+    /// those of services that lost theirs or are gone. Returns how many services were written.
+    pub fn sync_source_ranges(
+        &mut self,
+        rec: &Reconciler<KernelMaps>,
+        model: &Model,
+    ) -> Result<usize> {
+        let mut want: BTreeMap<u32, Vec<SourceRange>> = BTreeMap::new();
+        for s in &model.services {
+            if s.scope != Scope::External || s.source_ranges.is_empty() {
+                continue;
+            }
+            let Some(id) = rec.service_id(&compile::service_key(s)) else {
+                continue;
+            };
+            let mut r = s.source_ranges.clone();
+            r.sort();
+            r.dedup();
+            want.insert(id, r);
+        }
+        let mut written = 0;
+        for (id, r) in &want {
+            if self.ranges.get(id) != Some(r) {
+                self.np
+                    .set_source_ranges(*id, r)
+                    .with_context(|| format!("source ranges of service {id}"))?;
+                self.ranges.insert(*id, r.clone());
+                written += 1;
+            }
+        }
+        let stale: Vec<u32> = self
+            .ranges
+            .keys()
+            .filter(|id| !want.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            self.np
+                .set_source_ranges(id, &[])
+                .with_context(|| format!("clearing the source ranges of service {id}"))?;
+            self.ranges.remove(&id);
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    pub fn set_endpoint(&mut self, addr: IpAddr, ep: &Endpoint) -> Result<()> {
+        self.np.set_endpoint(addr, ep)
+    }
+
+    pub fn remove_endpoint(&mut self, addr: IpAddr) -> Result<()> {
+        self.np.remove_endpoint(addr)
+    }
+
+    /// The local endpoints the kernel holds.
+    pub fn endpoints(&self) -> Vec<(IpAddr, Endpoint)> {
+        self.np.endpoints()
+    }
+
+    /// For `status`: devices, counters (`abi::nodeport::reason`), endpoints and services with
+    /// source ranges.
+    pub fn status(&self) -> Value {
+        let counters: serde_json::Map<String, Value> = abi::nodeport::reason::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let c = self.np.counter(i as u32);
+                (
+                    n.to_string(),
+                    json!({ "packets": c.packets, "bytes": c.bytes }),
+                )
+            })
+            .collect();
+        json!({
+            "devices": self.devices,
+            "xdp_acceleration": self.np.accelerated(),
+            "local_endpoints": self.np.endpoints().len(),
+            "source_range_services": self.ranges.len(),
+            "counters": counters,
+        })
+    }
+}

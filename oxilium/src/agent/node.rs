@@ -1,0 +1,468 @@
+//! `oxilium agent --role node`: the kube-proxy replacement on one node. The source is a folder of
+//! Kubernetes manifests (watched); the datapath is the socket LB on a cgroup v2 (the root cgroup
+//! unless `--cgroup` says otherwise), which translates every frontend for traffic from inside the
+//! node and its pods. External frontends are also written (scope external); with `--device` the
+//! NodePort tc programs serve them on those devices (see [`super::external`]), with this node's
+//! pods as local endpoints (see [`super::endpoints`]) and the services' source ranges.
+use super::{Shared, apply_model, endpoints::LocalEndpoints, external::External};
+use crate::bpf::socklb::{self, SockLb};
+use anyhow::{Context, Result};
+use aya::Ebpf;
+use lb::{
+    compile,
+    model::{self, Model},
+    reconcile::Reconciler,
+};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+use tracing::{info, warn};
+
+/// How often the local endpoints are looked up again even without a change (a pod's veth
+/// recreated with the same address).
+const ENDPOINT_RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// --role node: read the cluster from a folder of Kubernetes manifests (Services,
+    /// EndpointSlices, Nodes, Pods), watched, instead of the API server.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: k8s::kube_source::KubeFlags,
+    /// --role node: the cgroup v2 whose sockets are translated (default: the root cgroup).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// --role node: Maglev table size for services using Maglev.
+    #[arg(long, default_value_t = lb::maglev::DEFAULT_SIZE)]
+    pub maglev_table_size: u32,
+    /// --role node: the node's external device(s) (repeat or comma-separate): NodePort,
+    /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
+    #[arg(long, value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// --role node: also serve NodePort / LoadBalancer / externalIPs at XDP on the --device(s)
+    /// (flows to backends on other nodes and their replies; the rest goes on to tc): native
+    /// (driver) or generic (skb) XDP.
+    #[arg(long, value_enum, default_value = "disabled", requires = "device")]
+    pub nodeport_acceleration: Acceleration,
+    /// --role node: the socket LB translates only the sockets of the agent's (the node's)
+    /// network namespace; pods' traffic is translated per packet by tc programs on the host side
+    /// of their veths instead (for sidecar meshes, which must see the service address).
+    #[arg(long)]
+    pub socket_lb_host_netns_only: bool,
+}
+
+/// XDP acceleration of the NodePort path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acceleration {
+    Disabled,
+    Native,
+    Generic,
+}
+
+mod services;
+pub mod tracker;
+
+use services::{frontend_of, local_of, services_of};
+pub use services::{local_endpoints, model_of};
+
+/// What the agent programs on this node, from one compile of the cluster state (or of a change).
+pub struct NodeView {
+    pub model: ModelUpdate,
+    /// Pod addresses of this node that back a frontend served from outside (local endpoints).
+    pub local: BTreeSet<IpAddr>,
+    /// This node's InternalIP addresses (the SNAT source towards other nodes).
+    pub internal_addresses: Vec<IpAddr>,
+    /// Health-check node ports (externalTrafficPolicy Local) and their local endpoint counts.
+    pub health_checks: Vec<k8s::model::HealthCheck>,
+}
+
+/// What a view changes in the model.
+pub enum ModelUpdate {
+    /// The whole model: the manifests folder, the API source's initial sync and its fallback.
+    Whole(Model),
+    /// Some frontends: a Service or EndpointSlice change from the API source.
+    Delta(model::ModelDelta),
+}
+
+impl NodeArgs {
+    /// Checks the flags; returns the compile options and the node name.
+    pub fn validate(&self) -> Result<(k8s::compile::Options, String)> {
+        if !lb::maglev::is_valid_size(self.maglev_table_size) {
+            anyhow::bail!(
+                "--maglev-table-size: {} is not a prime from 251 to 131071",
+                self.maglev_table_size
+            );
+        }
+        Ok((self.kube.options()?, self.kube.node_name()?))
+    }
+
+    /// The model of this node from the manifests folder; notes about skipped objects are logged.
+    pub fn folder_model(&self, dir: &Path) -> Result<Model> {
+        match self.folder_view(dir)?.model {
+            ModelUpdate::Whole(m) => Ok(m),
+            ModelUpdate::Delta(_) => unreachable!("a folder is read whole"),
+        }
+    }
+
+    /// This node's view from the manifests folder; notes about skipped objects are logged.
+    pub fn folder_view(&self, dir: &Path) -> Result<NodeView> {
+        let (opts, node) = self.validate()?;
+        let nf = k8s::node_frontends(dir, &node, &opts)
+            .with_context(|| format!("--manifests {}", dir.display()))?;
+        for n in &nf.notes {
+            warn!("{n}");
+        }
+        Ok(self.view(&nf, &node))
+    }
+
+    /// Follows the API source's cluster store: whole, then per change.
+    fn cluster_tracker(&self) -> Result<tracker::ClusterTracker> {
+        let (opts, node) = self.validate()?;
+        Ok(tracker::ClusterTracker::new(
+            node,
+            opts,
+            self.maglev_table_size,
+        ))
+    }
+
+    fn view(&self, nf: &k8s::NodeFrontends, node: &str) -> NodeView {
+        NodeView {
+            model: ModelUpdate::Whole(model_of(&nf.frontends, self.maglev_table_size)),
+            local: local_endpoints(&nf.frontends, node),
+            internal_addresses: nf.node.internal_addresses.clone(),
+            health_checks: nf.health_checks.clone(),
+        }
+    }
+
+    /// Everything that can be checked before the kernel is touched.
+    pub fn check(&self) -> Result<()> {
+        if self.device.iter().any(|d| d.is_empty()) {
+            anyhow::bail!("--device: empty device name");
+        }
+        match &self.manifests {
+            Some(dir) => self.folder_model(dir).map(|_| ()),
+            None => self.validate().map(|_| ()),
+        }
+    }
+}
+
+/// Loads the socket LB, attaches it, with `--device` also the NodePort programs, and applies the
+/// first model (from the folder; with the API source the model follows once the initial lists
+/// are in). The local endpoints follow in [`run`] (they are looked up asynchronously).
+pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
+    let na = &args.node_args;
+    let view = match &na.manifests {
+        Some(dir) => Some(na.folder_view(dir)?),
+        None => None,
+    };
+    if let Some(NodeView {
+        model: ModelUpdate::Whole(m),
+        ..
+    }) = &view
+    {
+        compile::compile(m)?;
+    }
+    let cgroup = match &na.cgroup {
+        Some(c) => c.clone(),
+        None => socklb::cgroup2_root(Path::new("/run/oxilium/cgroupv2"))?.0,
+    };
+    let mut sock = SockLb::load(&args.pin_dir)?;
+    let maps = sock.lb_maps()?;
+    // Before the programs attach: no moment where pods' sockets are translated by mistake.
+    let host_only = match na.socket_lb_host_netns_only {
+        true => Some(socklb::own_netns_cookie().context("--socket-lb-host-netns-only")?),
+        false => None,
+    };
+    sock.maps.set_host_netns_only(host_only)?;
+    if host_only.is_some() {
+        super::pods::PodDevices::load(&args.pin_dir)?.hand_over();
+    } else {
+        // An earlier run's pod attachments are no longer wanted.
+        crate::bpf::podlb::detach_all(&args.pin_dir)?;
+    }
+    sock.attach(&cgroup, Some(&args.pin_dir))
+        .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
+    let (ebpf, sock_maps) = sock.into_parts();
+    let external = if na.device.is_empty() {
+        None
+    } else {
+        let xdp = match na.nodeport_acceleration {
+            Acceleration::Disabled => None,
+            Acceleration::Native => Some(aya::programs::XdpMode::Driver),
+            Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
+        };
+        let mut ext = External::load(&args.pin_dir, &na.device, xdp)?;
+        ext.set_node_addresses(&[])?;
+        Some(ext)
+    };
+    let mut st = state.lock().unwrap();
+    st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
+    st.external = external;
+    if let Some(v) = view {
+        apply_view(&mut st, v)?;
+    }
+    info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
+    Ok(ebpf)
+}
+
+/// Applies a view: the model through the reconciler, then (with `--device`) the SNAT source and
+/// the source ranges of the services as they are now numbered. Returns the local endpoints
+/// wanted.
+fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>> {
+    // A delta leaves the node addresses as they are (a Node change is applied whole) and touches
+    // the source ranges only when a service it changed has some.
+    let (whole, ranges) = match view.model {
+        ModelUpdate::Whole(m) => {
+            apply_model(st, m)?;
+            (true, true)
+        }
+        ModelUpdate::Delta(d) => (false, tracker::apply_delta(st, &d)?),
+    };
+    let super::State {
+        external,
+        reconciler,
+        model,
+        ..
+    } = st;
+    if let (Some(ext), Some(rec)) = (external.as_mut(), reconciler.as_ref()) {
+        if whole {
+            ext.set_node_addresses(&view.internal_addresses)?;
+        }
+        let n = if ranges {
+            ext.sync_source_ranges(rec, model)?
+        } else {
+            0
+        };
+        if n > 0 {
+            info!(services = n, "source ranges updated");
+        }
+    }
+    Ok(view.local)
+}
+
+/// The asynchronous half of applying a view: the local endpoints, looked up with netlink
+/// without holding the state's lock, retried while some pod's neighbour is unresolved and
+/// re-checked every [`ENDPOINT_RECHECK`].
+struct Follower {
+    endpoints: Option<LocalEndpoints>,
+    health: super::healthz::HealthServers,
+    /// The local endpoints of the last view applied; None until one was (the endpoints an
+    /// earlier run left are kept until then).
+    want: Option<BTreeSet<IpAddr>>,
+    checked: Instant,
+    /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
+    pods: Option<super::pods::PodDevices>,
+}
+
+impl Follower {
+    fn new(state: &Shared) -> Follower {
+        let st = state.lock().unwrap();
+        Follower {
+            endpoints: st
+                .external
+                .as_ref()
+                .map(|e| LocalEndpoints::adopt(e.endpoints())),
+            want: None,
+            checked: Instant::now(),
+            health: Default::default(),
+            pods: super::pods::PodDevices::take(),
+        }
+    }
+
+    /// Applies a view: the local endpoints of new pods first (so that a new local backend is
+    /// delivered directly from its first flow, when its neighbour is known), then the model
+    /// (under the state's lock), then the removal of the endpoints no longer wanted.
+    async fn apply(&mut self, state: &Shared, view: Result<NodeView>, what: &str) {
+        let view = match view {
+            Ok(v) => v,
+            Err(e) => return record(state, Err(e), what),
+        };
+        if let Some(eps) = &self.endpoints {
+            let grow = eps.with_held(&view.local);
+            self.sync_endpoints(state, &grow, false).await;
+        }
+        let checks = view.health_checks.clone();
+        let applied = apply_view(&mut state.lock().unwrap(), view);
+        if applied.is_ok() {
+            self.health.update(&checks);
+        }
+        match applied {
+            Ok(local) => {
+                record(state, Ok(()), what);
+                self.sync_endpoints(state, &local, false).await;
+                self.want = Some(local);
+            }
+            Err(e) => record(state, Err(e), what),
+        }
+    }
+
+    /// Called on every tick: retries waiting pods, re-checks all now and then.
+    async fn tick(&mut self, state: &Shared) {
+        if let Some(pods) = self.pods.as_mut()
+            && let Some(e) = super::pods::report(pods.tick().await)
+        {
+            state.lock().unwrap().last_error = Some(e);
+        }
+        let Some(eps) = &self.endpoints else { return };
+        let recheck = self.checked.elapsed() >= ENDPOINT_RECHECK;
+        let Some(want) = self.want.clone() else {
+            return;
+        };
+        if recheck || eps.is_waiting() {
+            self.sync_endpoints(state, &want, recheck).await;
+        }
+    }
+
+    async fn sync_endpoints(&mut self, state: &Shared, want: &BTreeSet<IpAddr>, recheck: bool) {
+        let Some(eps) = self.endpoints.as_mut() else {
+            return;
+        };
+        if recheck {
+            self.checked = Instant::now();
+        }
+        let result = eps
+            .sync(want, recheck, |plan| {
+                let mut st = state.lock().unwrap();
+                let ext = st.external.as_mut().context("NodePort not loaded")?;
+                for (a, ep) in &plan.set {
+                    ext.set_endpoint(*a, ep)?;
+                }
+                for a in &plan.remove {
+                    ext.remove_endpoint(*a)?;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(plan) if !plan.is_empty() => {
+                info!(
+                    set = plan.set.len(),
+                    removed = plan.remove.len(),
+                    "local endpoints updated"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("local endpoints: {e:#}");
+                state.lock().unwrap().last_error = Some(format!("local endpoints: {e:#}"));
+            }
+        }
+    }
+}
+
+/// Follows the source: the manifests folder (re-read on any change) or the API server (compiled
+/// whole after the initial lists, then per change: see [`tracker`]). A model that fails to
+/// compile changes nothing and is reported in `status`.
+pub async fn run(args: &super::AgentArgs, state: &Shared) -> Result<()> {
+    match args.node_args.manifests.clone() {
+        Some(dir) => run_folder(args, &dir, state).await,
+        None => run_api(args, state).await,
+    }
+}
+
+fn record(state: &Shared, result: Result<()>, what: &str) {
+    let mut st = state.lock().unwrap();
+    match result {
+        Ok(()) => {
+            st.reloads += 1;
+            st.last_error = None;
+            info!("{what} applied");
+        }
+        Err(e) => {
+            warn!("{what} not applied: {e:#}");
+            st.last_error = Some(format!("{e:#}"));
+        }
+    }
+}
+
+async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Result<()> {
+    let mut follower = Follower::new(state);
+    // The first view was applied by `start`; the endpoints and health-check ports follow from
+    // a fresh compile (the model part of it changes nothing).
+    let mut last = folder_stamp(dir);
+    follower
+        .apply(state, args.node_args.folder_view(dir), "manifests")
+        .await;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = folder_stamp(dir);
+                if now == last {
+                    follower.tick(state).await;
+                    continue;
+                }
+                last = now;
+                follower.apply(state, args.node_args.folder_view(dir), "manifests").await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    Ok(())
+}
+
+async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
+    use k8s::kube_source::KubeSource;
+    let na = &args.node_args;
+    let (_, node) = na.validate()?;
+    let mut tracker = na.cluster_tracker()?;
+    let client = na.kube.client().await?;
+    let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
+    let (task, mut events) = KubeSource::new(client, cluster.clone(), Some(&node)).spawn();
+    let mut follower = Follower::new(state);
+    let mut pending = tracker::Pending::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    if !pending.take(ev) {
+                        continue;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                follower.tick(state).await;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        // Coalesce what is already queued, then compile once: the Services changed only, or
+        // everything (see `tracker`).
+        while let Ok(ev) = events.try_recv() {
+            pending.take(ev);
+        }
+        let view = pending.view(&mut tracker, &cluster.read().unwrap());
+        follower.apply(state, view, "cluster state").await;
+        if state.lock().unwrap().last_error.is_some() {
+            // The datapath may hold less than the tracker: the next change is applied whole.
+            tracker.invalidate();
+        }
+    }
+    task.abort();
+    Ok(())
+}
+
+/// Names, sizes and modification times of the folder's files: any change shows.
+fn folder_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}

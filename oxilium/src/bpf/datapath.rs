@@ -1,0 +1,235 @@
+//! The pinned maps behind the reconciler's `Datapath` trait, plus read access for the API.
+use abi::lb::{
+    BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, ServiceKey, ServiceValue,
+    SnatEntry, names,
+};
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
+};
+use lb::reconcile::Datapath;
+use std::collections::BTreeSet;
+
+pub struct KernelMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    snat: HashMap<MapData, FlowKey, SnatEntry>,
+    config: Array<MapData, LbConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+    service_stats: PerCpuArray<MapData, Counter>,
+    backend_stats: PerCpuArray<MapData, Counter>,
+    /// The socket LB's maps, when the socket LB is loaded (session affinity lives there).
+    sock: Option<crate::bpf::socklb::SockMaps>,
+}
+
+impl KernelMaps {
+    /// Takes the maps out of a loaded XDP object (they are the pinned ones).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(KernelMaps {
+            services: super::loader::take_map(ebpf, names::SERVICES)?,
+            backends: super::loader::take_map(ebpf, names::BACKENDS)?,
+            tables: super::loader::take_map(ebpf, names::TABLES)?,
+            conntrack: super::loader::take_map(ebpf, names::CONNTRACK)?,
+            snat: super::loader::take_map(ebpf, names::SNAT)?,
+            config: super::loader::take_map(ebpf, names::CONFIG)?,
+            stats: super::loader::take_map(ebpf, names::STATS)?,
+            service_stats: super::loader::take_map(ebpf, names::SERVICE_STATS)?,
+            backend_stats: super::loader::take_map(ebpf, names::BACKEND_STATS)?,
+            sock: None,
+        })
+    }
+
+    /// The socket LB's counters by name, when it is loaded.
+    pub fn sock_counters(&self) -> Option<Vec<(&'static str, u64)>> {
+        let s = self.sock.as_ref()?;
+        Some(
+            abi::sock::reason::NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (*n, s.counter(i as u32)))
+                .collect(),
+        )
+    }
+
+    /// Lets the reconciler program session affinity into the socket LB's maps.
+    pub fn with_sock_maps(mut self, sock: crate::bpf::socklb::SockMaps) -> Self {
+        self.sock = Some(sock);
+        self
+    }
+
+    pub fn set_config(&mut self, c: &LbConfig) -> Result<()> {
+        self.config.set(0, c, 0).context("writing OXI_CONFIG")
+    }
+
+    pub fn config(&self) -> Result<LbConfig> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// The selection table of a service, as the kernel holds it (without its size slot).
+    pub fn table(&self, service_id: u32) -> Result<Vec<u32>> {
+        let inner = self
+            .tables
+            .get(&service_id, 0)
+            .with_context(|| format!("table of service {service_id}"))?;
+        let mut out = Vec::with_capacity(inner.len() as usize);
+        for v in inner.iter().skip(1) {
+            out.push(v?);
+        }
+        Ok(out)
+    }
+
+    pub fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
+        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
+        self.snat.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
+        match map.get(&index, 0) {
+            Ok(per_cpu) => per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }),
+            Err(_) => Counter::default(),
+        }
+    }
+
+    pub fn reason_counter(&self, reason: u32) -> Counter {
+        Self::sum(&self.stats, reason)
+    }
+
+    pub fn service_counter(&self, id: u32) -> Counter {
+        Self::sum(&self.service_stats, id)
+    }
+
+    pub fn backend_counter(&self, id: u32) -> Counter {
+        Self::sum(&self.backend_stats, id)
+    }
+
+    fn zero(map: &mut PerCpuArray<MapData, Counter>, index: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let values = aya::maps::PerCpuValues::try_from(vec![Counter::default(); n])?;
+        map.set(index, values, 0)?;
+        Ok(())
+    }
+}
+
+impl Datapath for KernelMaps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().collect::<Result<_, _>>()?)
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().collect::<Result<_, _>>()?)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        let fresh = self
+            .services
+            .get(key, 0)
+            .map(|v| v.id != value.id)
+            .unwrap_or(true);
+        if fresh && value.id != 0 {
+            Self::zero(&mut self.service_stats, value.id)?;
+        }
+        Ok(self.services.insert(key, value, 0)?)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Ok(self.services.remove(key)?)
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        if self.backends.get(&id, 0).is_err() {
+            Self::zero(&mut self.backend_stats, id)?;
+        }
+        Ok(self.backends.insert(id, backend, 0)?)
+    }
+
+    fn remove_backend(&mut self, id: u32) -> Result<()> {
+        Ok(self.backends.remove(&id)?)
+    }
+
+    fn set_table(
+        &mut self,
+        service_id: u32,
+        old: Option<&[u32]>,
+        backend_ids: &[u32],
+    ) -> Result<()> {
+        // Same size: rewrite only the slots that change, in place. Readers may meet a mix of old
+        // and new slots for a moment, and every id in either table names an existing backend
+        // (the reconciler removes old backends only afterwards). No map-in-map update, so no
+        // wait for an RCU grace period.
+        if let Some(old) = old
+            && old.len() == backend_ids.len()
+            && let Ok(mut inner) = self.tables.get(&service_id, 0)
+            && inner.get(&0, 0).ok() == Some(old.len() as u32)
+        {
+            for (slot, (a, b)) in old.iter().zip(backend_ids).enumerate() {
+                if a != b {
+                    inner.set(slot as u32 + 1, b, 0)?;
+                }
+            }
+            return Ok(());
+        }
+        // Otherwise a new inner map, filled, then swapped in with one update: readers see the old
+        // table or the new one. Slot 0 holds the size, the backend ids follow (see
+        // datapath::lb::table_pick).
+        let n = backend_ids.len() as u32;
+        let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
+            .context("creating a selection table")?;
+        inner.set(0, n, 0)?;
+        for (slot, id) in backend_ids.iter().enumerate() {
+            inner.set(slot as u32 + 1, id, 0)?;
+        }
+        self.tables
+            .set(service_id, &inner, 0)
+            .context("swapping the selection table")?;
+        Ok(())
+    }
+
+    fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
+        let ct: Vec<FlowKey> = self
+            .conntrack
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        let snat: Vec<FlowKey> = self
+            .snat
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &ct {
+            let _ = self.conntrack.remove(k);
+        }
+        for k in &snat {
+            let _ = self.snat.remove(k);
+        }
+        Ok(ct.len())
+    }
+
+    fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
+        let Some(sock) = self.sock.as_mut() else {
+            if timeout_s.is_some() {
+                anyhow::bail!("session affinity needs the socket LB, which is not loaded");
+            }
+            return Ok(());
+        };
+        match timeout_s {
+            Some(t) => sock.set_affinity_timeout(service_id, t),
+            None => {
+                sock.set_affinity_timeout(service_id, 0)?;
+                sock.flush_affinity(service_id).map(|_| ())
+            }
+        }
+    }
+}

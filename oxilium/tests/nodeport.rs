@@ -1,0 +1,317 @@
+//! NodePort / LoadBalancer / externalIPs from outside, end to end with real TCP and UDP: an
+//! external client, node1 running the NodePort tc programs on its external devices, pods on node1
+//! and on node2 (see support/cluster.rs).
+//! Kernel features: network namespaces, veth, IPv4/IPv6 forwarding, TCX (tc ingress and egress
+//! bpf_links), bpf_skb_store_bytes / bpf_l3_csum_replace / bpf_l4_csum_replace / bpf_csum_diff,
+//! bpf_skb_pull_data, bpf_fib_lookup, bpf_redirect, BTF maps (hash, LRU hash, LPM trie, per-CPU
+//! array, map-in-map), bpffs pinning. Requires root: without it the setup fails (never skips).
+mod support;
+
+use abi::{lb::reason, nodeport::reason as np};
+use lb::{
+    compile::bytes_addr,
+    model::{BackendState, Model, Protocol, Service},
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+use support::{
+    cluster::{
+        CLIENT4, CLIENT4_OUT, CLIENT6, CLIENT6_OUT, Cluster, NODE1_EXT4, NODE1_EXT6, NODE1_FAB4,
+        NODE1_FAB6, PORT_MAX, PORT_MIN, ip, service,
+    },
+    peer::{Answer, PeerConn, tcp_ask, udp_ask},
+    servers::{Servers, tcp_request, udp_request},
+};
+
+const T: Duration = Duration::from_secs(2);
+
+fn node(v6: bool) -> &'static str {
+    if v6 { NODE1_EXT6 } else { NODE1_EXT4 }
+}
+
+fn frontend(v6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(node(v6)), port)
+}
+
+/// One service per (family, protocol) on `port`, with the named pods as backends.
+fn services(c: &Cluster, port: u16, pods: &[&str]) -> Vec<Service> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let backends: Vec<SocketAddr> = pods.iter().map(|p| c.pod(p).addr(v6)).collect();
+            let name = format!("np{port}-{proto:?}-{}", if v6 { 6 } else { 4 });
+            out.push(service(&name, frontend(v6, port), proto, &backends));
+        }
+    }
+    out
+}
+
+fn ask(c: &Cluster, from: Option<IpAddr>, to: SocketAddr, udp: bool) -> Result<Answer, String> {
+    if udp {
+        udp_ask(&c.client, from, to, T)
+    } else {
+        tcp_ask(&c.client, from, to, T)
+    }
+}
+
+/// `n` new connections (or datagrams from fresh sockets) to `to`: who answered, and whom each
+/// backend saw. Every request must succeed.
+fn spread(c: &Cluster, to: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, BTreeSet<IpAddr>> {
+    let mut seen: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    for i in 0..n {
+        let a = ask(c, None, to, udp)
+            .unwrap_or_else(|e| panic!("request {i} to {to} (udp={udp}) failed: {e}"));
+        seen.entry(a.id).or_default().insert(a.peer);
+    }
+    seen
+}
+
+fn client(v6: bool) -> IpAddr {
+    ip(if v6 { CLIENT6 } else { CLIENT4 })
+}
+
+fn snat_addr(v6: bool) -> IpAddr {
+    ip(if v6 { NODE1_FAB6 } else { NODE1_FAB4 })
+}
+
+#[test]
+fn local_backend_sees_the_client_and_replies_are_reverse_translated() {
+    let mut c = Cluster::new([1, 1]);
+    let model = Model {
+        maglev_seed: 7,
+        services: services(&c, 30001, &["p11"]),
+    };
+    c.start(&model);
+    for v6 in [false, true] {
+        for udp in [false, true] {
+            // udp_ask checks the answer's source is the frontend: reverse DNAT at egress.
+            let seen = spread(&c, frontend(v6, 30001), udp, 5);
+            let want: BTreeMap<_, _> = [("p11".to_string(), BTreeSet::from([client(v6)]))].into();
+            assert_eq!(seen, want, "v6={v6} udp={udp}");
+        }
+    }
+    assert!(c.np_count(np::LOCAL) >= 20);
+    assert!(c.np_count(np::REV_DNAT) >= 20);
+    assert_eq!(c.np_count(np::REMOTE), 0);
+}
+
+#[test]
+fn remote_backend_is_snatted_to_the_node_and_replies_come_back_through_it() {
+    let mut c = Cluster::new([1, 1]);
+    let model = Model {
+        maglev_seed: 7,
+        services: services(&c, 30002, &["p21"]),
+    };
+    c.start(&model);
+    for v6 in [false, true] {
+        for udp in [false, true] {
+            let seen = spread(&c, frontend(v6, 30002), udp, 5);
+            let want: BTreeMap<_, _> =
+                [("p21".to_string(), BTreeSet::from([snat_addr(v6)]))].into();
+            assert_eq!(seen, want, "v6={v6} udp={udp}");
+        }
+    }
+    assert!(c.np_count(np::REMOTE) >= 20);
+    assert!(c.np_count(np::REV_SNAT) >= 20);
+    assert!(c.lb_count(reason::FWD_SNAT) >= 20);
+    assert_eq!(c.np_count(np::LOCAL), 0);
+    // Every reply entry towards node1's SNAT address holds a port of the configured range.
+    let snat = c.rec.as_ref().unwrap().datapath().snat_entries();
+    let to_node: Vec<u16> = snat
+        .iter()
+        .filter(|(k, _)| [snat_addr(false), snat_addr(true)].contains(&bytes_addr(&k.dst)))
+        .map(|(k, _)| u16::from_be(k.dport))
+        .collect();
+    assert!(!to_node.is_empty());
+    assert!(
+        to_node.iter().all(|p| (PORT_MIN..=PORT_MAX).contains(p)),
+        "{to_node:?}"
+    );
+}
+
+#[test]
+fn mixed_backends_are_all_used_over_many_connections() {
+    let mut c = Cluster::new([2, 2]);
+    let model = Model {
+        maglev_seed: 7,
+        services: services(&c, 30003, &["p11", "p12", "p21", "p22"]),
+    };
+    c.start(&model);
+    for v6 in [false, true] {
+        for udp in [false, true] {
+            let seen = spread(&c, frontend(v6, 30003), udp, 40);
+            let ids: BTreeSet<&str> = seen.keys().map(|s| s.as_str()).collect();
+            assert_eq!(
+                ids,
+                BTreeSet::from(["p11", "p12", "p21", "p22"]),
+                "v6={v6} udp={udp}"
+            );
+            for (id, peers) in &seen {
+                let want = if id.starts_with("p1") {
+                    client(v6)
+                } else {
+                    snat_addr(v6)
+                };
+                assert_eq!(peers, &BTreeSet::from([want]), "{id} v6={v6} udp={udp}");
+            }
+        }
+    }
+}
+
+#[test]
+fn source_ranges_refuse_clients_outside_them() {
+    let mut c = Cluster::new([1, 1]);
+    let svcs = services(&c, 30004, &["p11", "p21"]);
+    let model = Model {
+        maglev_seed: 7,
+        services: svcs.clone(),
+    };
+    c.start(&model);
+    for s in &svcs {
+        let r: &[&str] = if s.frontend.addr.is_ipv4() {
+            &["192.168.50.0/28", "203.0.113.0/24"]
+        } else {
+            &["fd50::/126"]
+        };
+        c.set_source_ranges(s, r);
+    }
+    for v6 in [false, true] {
+        let (inside, outside) = if v6 {
+            (ip(CLIENT6), ip(CLIENT6_OUT))
+        } else {
+            (ip(CLIENT4), ip(CLIENT4_OUT))
+        };
+        let fe = frontend(v6, 30004);
+        for udp in [false, true] {
+            for _ in 0..3 {
+                ask(&c, Some(inside), fe, udp)
+                    .unwrap_or_else(|e| panic!("inside v6={v6} udp={udp}: {e}"));
+            }
+            let before = c.np_count(np::SOURCE_RANGE);
+            let r = ask(&c, Some(outside), fe, udp);
+            assert!(r.is_err(), "outside client answered: {r:?}");
+            assert!(c.np_count(np::SOURCE_RANGE) > before, "refusal counted");
+        }
+    }
+    // Ranges read back; clearing them opens the service.
+    let s4 = &svcs[0];
+    let id = c.service_id(s4);
+    let held = c.np.as_ref().unwrap().source_ranges(id);
+    assert_eq!(held.len(), 2, "{held:?}");
+    c.set_source_ranges(s4, &["192.168.50.64/26"]);
+    assert!(ask(&c, Some(ip(CLIENT4_OUT)), frontend(false, 30004), false).is_ok());
+    assert!(ask(&c, Some(ip(CLIENT4)), frontend(false, 30004), false).is_err());
+    c.set_source_ranges(s4, &[]);
+    assert!(c.np.as_ref().unwrap().source_ranges(id).is_empty());
+    for from in [CLIENT4, CLIENT4_OUT] {
+        ask(&c, Some(ip(from)), frontend(false, 30004), false)
+            .unwrap_or_else(|e| panic!("open service from {from}: {e}"));
+    }
+}
+
+#[test]
+fn established_connections_keep_their_backend_while_the_backend_set_changes() {
+    let mut c = Cluster::new([2, 2]);
+    let mut svcs = services(&c, 30005, &["p11", "p21"]);
+    svcs.retain(|s| s.frontend.protocol == Protocol::Tcp);
+    let mut model = Model {
+        maglev_seed: 7,
+        services: svcs,
+    };
+    c.start(&model);
+    // A connection to the local and one to the remote backend, per family.
+    let mut conns: Vec<(PeerConn, String, bool)> = Vec::new();
+    for v6 in [false, true] {
+        let mut have = BTreeSet::new();
+        for _ in 0..60 {
+            let mut conn = PeerConn::open(&c.client, frontend(v6, 30005));
+            let id = conn.ask("first").unwrap().id;
+            if have.insert(id.clone()) {
+                conns.push((conn, id, v6));
+            }
+            if have.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(have.len(), 2, "v6={v6}: {have:?}");
+    }
+    // New backends; the old ones terminating (kept, but out of new-flow selection).
+    for (s, v6) in model.services.iter_mut().zip([false, true]) {
+        for b in &mut s.backends {
+            b.state = BackendState::Terminating;
+        }
+        for p in ["p12", "p22"] {
+            s.backends.push(lb::model::Backend {
+                addr: c.pod(p).addr(v6),
+                weight: 1,
+                state: BackendState::Active,
+            });
+        }
+    }
+    c.apply(&model);
+    for v6 in [false, true] {
+        let seen = spread(&c, frontend(v6, 30005), false, 20);
+        let ids: BTreeSet<&str> = seen.keys().map(|s| s.as_str()).collect();
+        assert_eq!(ids, BTreeSet::from(["p12", "p22"]), "new flows, v6={v6}");
+    }
+    for (conn, id, v6) in &mut conns {
+        for i in 0..5 {
+            let a = conn
+                .ask(&format!("again{i}"))
+                .expect("established connection");
+            assert_eq!(&a.id, id, "v6={v6}");
+        }
+    }
+    // Removing the old backends flushes their flows (conntrack and reply entries).
+    let pinned = |c: &Cluster| c.rec.as_ref().unwrap().datapath().conntrack().len();
+    let before = pinned(&c);
+    for s in &mut model.services {
+        s.backends.retain(|b| b.state == BackendState::Active);
+    }
+    c.apply(&model);
+    assert!(pinned(&c) < before);
+    for (conn, _, v6) in &mut conns {
+        assert!(
+            conn.ask("gone").is_err(),
+            "v6={v6}: flow of a removed backend still answered"
+        );
+    }
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    let mut c = Cluster::new([1, 1]);
+    let model = Model {
+        maglev_seed: 7,
+        services: services(&c, 30006, &["p11"]),
+    };
+    c.start(&model);
+    // node1's own server on a port that is no service, and the frontend's address itself.
+    let own = Servers::start(
+        &c.node1,
+        "node1",
+        &[
+            SocketAddr::new(ip(NODE1_EXT4), 8080),
+            SocketAddr::new(ip(NODE1_EXT6), 8080),
+        ],
+    );
+    let before = c.lb_count(reason::PASS);
+    for v6 in [false, true] {
+        let to = SocketAddr::new(ip(node(v6)), 8080);
+        assert_eq!(tcp_request(&c.client, to).unwrap(), "node1");
+        assert_eq!(udp_request(&c.client, to).unwrap(), "node1");
+    }
+    assert!(c.lb_count(reason::PASS) > before);
+    // Pods stay reachable directly (routed by node1, untranslated).
+    let a = tcp_ask(&c.client, None, c.pod("p21").addr(false), T).unwrap();
+    assert_eq!((a.id.as_str(), a.peer), ("p21", client(false)));
+    let a = udp_ask(&c.client, None, c.pod("p11").addr(true), T).unwrap();
+    assert_eq!((a.id.as_str(), a.peer), ("p11", client(true)));
+    // ICMP too.
+    c.client.run(&["ping", "-c1", "-W2", NODE1_EXT4]);
+    drop(own);
+    assert_eq!(c.np_count(np::ERROR), 0);
+}

@@ -1,0 +1,12 @@
+//! The network-namespace test bed shared by the end-to-end tests.
+#![allow(dead_code)]
+pub mod cgroup;
+pub mod cluster;
+#[path = "../../../k8s/tests/support/fake_api.rs"]
+pub mod fake_api;
+pub mod kube_agent;
+pub mod netns;
+pub mod packet;
+pub mod peer;
+pub mod servers;
+pub mod topology;
