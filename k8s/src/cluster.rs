@@ -2,8 +2,8 @@
 //! ports (indexed by node). Every apply/delete costs work proportional to the object changed; the
 //! compile of one Service reads only that Service and its own slices.
 use crate::convert::{self, NodeInfo, PodInfo, Slice, Svc};
-use crate::model::{Note, ObjectKey};
-use crate::source::{Manifests, Origin};
+use crate::frontend::{Note, ObjectKey};
+use crate::manifests::{Manifests, Origin};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

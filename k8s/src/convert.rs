@@ -1,6 +1,6 @@
 //! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
 //! object change, so compiling a frontend never re-parses strings.
-use crate::model::{Algorithm, ApiProtocol, Cidr, Forwarding, ObjectKey};
+use crate::frontend::{Algorithm, ApiProtocol, Cidr, Forwarding, ObjectKey};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

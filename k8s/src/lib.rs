@@ -3,29 +3,29 @@
 //! per-node frontends (ClusterIP, NodePort, LoadBalancer, externalIPs, HostPort) with their backends,
 //! and the offline `oxilium service list --manifests DIR --node NAME -o json`.
 //!
-//! Flow: [`source::read_dir`] or the API watchers of [`kube_source`] → [`Cluster`] (`apply_*`/`delete_*`) →
+//! Flow: [`manifests::read_dir`] or the API watchers of [`api_source`] → [`Cluster`] (`apply_*`/`delete_*`) →
 //! [`compile_service`] / [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
 //! docs/kube-proxy-replacement.md lists the semantics.
+pub mod api_source;
 pub mod cluster;
-pub mod compile;
 pub mod convert;
-mod endpoints;
-pub mod kube_source;
-pub mod model;
+mod endpoint_selection;
+pub mod frontend;
+pub mod manifests;
 pub mod output;
-pub mod source;
+pub mod per_node;
 
 pub use cluster::Cluster;
-pub use compile::{
-    CompileError, IndexUpdate, NodeFrontends, NodeIndex, Options, ServiceFrontends, Slot,
-    SlotChange, compile_host_ports, compile_node, compile_service, parse_port_range,
-};
 pub use convert::{Family, NodeInfo};
-pub use model::{
+pub use frontend::{
     Algorithm, Backend, BackendState, Cidr, Forwarding, Frontend, FrontendType, HealthCheck, Note,
     ObjectKey, Protocol,
 };
-pub use source::{Manifests, Origin, SourceError};
+pub use manifests::{Manifests, Origin, SourceError};
+pub use per_node::{
+    CompileError, IndexUpdate, NodeFrontends, NodeIndex, Options, ServiceFrontends, Slot,
+    SlotChange, compile_host_ports, compile_node, compile_service, parse_port_range,
+};
 
 use std::path::Path;
 
@@ -42,7 +42,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything node `node` would program for the manifests under `dir`, with the notes (skipped and
 /// rejected objects) the CLI prints on stderr.
 pub fn node_frontends(dir: &Path, node: &str, opts: &Options) -> Result<NodeFrontends> {
-    let manifests = source::read_dir(dir)?;
+    let manifests = manifests::read_dir(dir)?;
     let cluster = Cluster::from_manifests(&manifests);
     Ok(compile_node(&cluster, node, opts)?)
 }

@@ -1,7 +1,7 @@
 //! The JSON of `oxilium service list -o json`: one object per frontend with `address`, `port`,
 //! `protocol`, `type` and `backends` (`address`, `port`, `state`), `external_backends` only where
 //! traffic from outside gets other backends, and descriptive extras.
-use crate::model::{Backend, Frontend, FrontendType};
+use crate::frontend::{Backend, Frontend, FrontendType};
 use serde_json::{Map, Value, json};
 
 fn backends(b: &[Backend]) -> Value {

@@ -8,10 +8,7 @@ use k8s_openapi::api::{
 use serde::Deserialize;
 
 fn docs(file: &str) -> Vec<serde_yaml::Value> {
-    let path = format!(
-        "{}/../../deploy/kubernetes/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../deploy/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde_yaml::Value::deserialize(d).unwrap())

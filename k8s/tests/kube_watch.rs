@@ -2,7 +2,7 @@
 //! and the single "synced", watch MODIFIED / DELETED, bookmarks, and 410 Gone → relist.
 mod support;
 
-use k8s::kube_source::{Changes, KubeFlags, KubeSource, SharedCluster, SourceEvent, Stores};
+use k8s::api_source::{Changes, KubeFlags, KubeSource, SharedCluster, SourceEvent, Stores};
 use k8s::{Cluster, ObjectKey, Options, compile_node, output};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;

@@ -57,7 +57,7 @@ use lb::{
 };
 use netns::{Netns, unique};
 use oxilium::bpf::{
-    datapath::KernelMaps,
+    lb_maps::KernelMaps,
     loader,
     socklb::{self, SockLb},
 };

@@ -24,7 +24,7 @@ use lb::{
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Service},
     reconcile::Reconciler,
 };
-use oxilium::bpf::{datapath::KernelMaps, loader};
+use oxilium::bpf::{lb_maps::KernelMaps, loader};
 use packet::{ether, ip, tcp};
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 

@@ -21,7 +21,7 @@ use lb::{
     reconcile::{Datapath, Reconciler},
 };
 use oxilium::bpf::{
-    datapath::KernelMaps,
+    lb_maps::KernelMaps,
     loader::{load_xdp, prepare_pin_dir, remove_pins},
     socklb::{self, SockLb, with_affinity},
 };

@@ -9,7 +9,7 @@
 //!
 //! Every repeat measures one change of each (back and forth, so that every change is real).
 use super::*;
-use k8s::{Manifests, kube_source::Changes as SourceChanges};
+use k8s::{Manifests, api_source::Changes as SourceChanges};
 use oxilium::agent::node::{
     ModelUpdate,
     tracker::{ClusterTracker, apply_to},
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 fn typed(items: Vec<Value>) -> Manifests {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     let mut m = Manifests::default();
-    k8s::source::parse_file(
+    k8s::manifests::parse_file(
         std::path::Path::new("bench.json"),
         &list.to_string(),
         &mut m,

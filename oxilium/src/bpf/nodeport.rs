@@ -9,7 +9,7 @@
 //! (`KernelMaps`); `OXI_CONFIG.snat_v4/v6` is the node address used as SNAT source towards
 //! backends on other nodes. See docs/nodeport.md.
 use super::{
-    datapath::KernelMaps,
+    lb_maps::KernelMaps,
     loader::{self, prepare_pin_dir},
     objects,
 };

@@ -6,7 +6,7 @@
 //! Links are pinned when a pin folder is given (`link_sock_<program>_<cgroup id>`): the programs
 //! then keep translating while the agent restarts, and a restarted agent swaps in its own programs
 //! without a gap. Without a pin folder the links live as long as the [`SockLb`].
-use super::{datapath::KernelMaps, loader::prepare_pin_dir, objects};
+use super::{lb_maps::KernelMaps, loader::prepare_pin_dir, objects};
 use abi::{
     lb::ServiceValue,
     sock::{

@@ -29,13 +29,13 @@ pub fn run(args: &OfflineArgs, output: Output) -> Result<()> {
     let Some(node) = &args.node else {
         bail!("--node: required with --manifests")
     };
-    let opts = k8s::compile::Options {
-        node_port_range: k8s::compile::parse_port_range(&args.node_port_range)
+    let opts = k8s::per_node::Options {
+        node_port_range: k8s::per_node::parse_port_range(&args.node_port_range)
             .map_err(|e| anyhow::anyhow!("--node-port-range: {e}"))?,
         default_algorithm: if args.lb_algorithm == "maglev" {
-            k8s::model::Algorithm::Maglev
+            k8s::frontend::Algorithm::Maglev
         } else {
-            k8s::model::Algorithm::Random
+            k8s::frontend::Algorithm::Random
         },
         default_forwarding: args
             .lb_mode

@@ -22,7 +22,7 @@ use lb::{
     reconcile::Reconciler,
 };
 use oxilium::bpf::{
-    datapath::KernelMaps,
+    lb_maps::KernelMaps,
     nodeport::{NodePort, SourceRange},
 };
 use std::{

@@ -11,7 +11,7 @@ pub use lb::{
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Service},
     reconcile::Reconciler,
 };
-pub use oxilium::bpf::{datapath::KernelMaps, loader};
+pub use oxilium::bpf::{lb_maps::KernelMaps, loader};
 pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::{
     fs::File,

@@ -6,16 +6,16 @@ use lb::model::{self, Backend, BackendState, Frontend, Mode, Model, Scope, Servi
 use std::{collections::BTreeSet, net::IpAddr};
 
 /// The addresses of this node's pods among the backends of frontends served from outside.
-pub fn local_endpoints(frontends: &[k8s::model::Frontend], node: &str) -> BTreeSet<IpAddr> {
+pub fn local_endpoints(frontends: &[k8s::frontend::Frontend], node: &str) -> BTreeSet<IpAddr> {
     frontends.iter().flat_map(|f| local_of(f, node)).collect()
 }
 
 /// The addresses of this node's pods among the backends of one frontend served from outside.
 pub(super) fn local_of<'a>(
-    f: &'a k8s::model::Frontend,
+    f: &'a k8s::frontend::Frontend,
     node: &'a str,
 ) -> impl Iterator<Item = IpAddr> + 'a {
-    let external = f.kind != k8s::model::FrontendType::ClusterIP;
+    let external = f.kind != k8s::frontend::FrontendType::ClusterIP;
     external
         .then(|| f.external_backends.as_deref().unwrap_or(&f.backends))
         .into_iter()
@@ -28,7 +28,7 @@ pub(super) fn local_of<'a>(
 /// internal, socket LB); NodePort, LoadBalancer, externalIP and HostPort frontends also from
 /// outside (scope external), with the externalTrafficPolicy-filtered backends where they differ.
 /// The services are sorted by frontend, then scope, as `frontends` are (see [`Model::patch`]).
-pub fn model_of(frontends: &[k8s::model::Frontend], table_size: u32) -> Model {
+pub fn model_of(frontends: &[k8s::frontend::Frontend], table_size: u32) -> Model {
     Model {
         maglev_seed: 0,
         services: frontends
@@ -39,14 +39,14 @@ pub fn model_of(frontends: &[k8s::model::Frontend], table_size: u32) -> Model {
 }
 
 /// The datapath services of one Kubernetes frontend: the external one first, if any.
-pub(super) fn services_of(f: &k8s::model::Frontend, table_size: u32) -> Vec<Service> {
+pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<Service> {
     let mut services = Vec::with_capacity(2);
     let base = Service {
         name: format!("{}:{}/{:?}", f.owner, f.port_name, f.kind),
         frontend: frontend_of((f.address, f.port, f.protocol)),
         algorithm: match f.algorithm {
-            k8s::model::Algorithm::Maglev => model::Algorithm::Maglev,
-            k8s::model::Algorithm::Random => model::Algorithm::Random,
+            k8s::frontend::Algorithm::Maglev => model::Algorithm::Maglev,
+            k8s::frontend::Algorithm::Random => model::Algorithm::Random,
         },
         mode: Mode::Snat,
         table_size,
@@ -56,13 +56,13 @@ pub(super) fn services_of(f: &k8s::model::Frontend, table_size: u32) -> Vec<Serv
         source_ranges: Vec::new(),
         backends: backends(&f.backends),
     };
-    if f.kind != k8s::model::FrontendType::ClusterIP {
+    if f.kind != k8s::frontend::FrontendType::ClusterIP {
         let mut ext = base.clone();
         ext.scope = Scope::External;
         ext.affinity_timeout_s = None;
         ext.mode = match f.forwarding {
-            k8s::model::Forwarding::Snat => Mode::Snat,
-            k8s::model::Forwarding::Dsr => Mode::Dsr,
+            k8s::frontend::Forwarding::Snat => Mode::Snat,
+            k8s::frontend::Forwarding::Dsr => Mode::Dsr,
         };
         ext.source_ranges = f
             .source_ranges
@@ -88,20 +88,20 @@ pub(super) fn frontend_of((addr, port, protocol): k8s::Slot) -> Frontend {
         addr,
         port,
         protocol: match protocol {
-            k8s::model::Protocol::Tcp => model::Protocol::Tcp,
-            k8s::model::Protocol::Udp => model::Protocol::Udp,
+            k8s::frontend::Protocol::Tcp => model::Protocol::Tcp,
+            k8s::frontend::Protocol::Udp => model::Protocol::Udp,
         },
     }
 }
 
-fn backends(bs: &[k8s::model::Backend]) -> Vec<Backend> {
+fn backends(bs: &[k8s::frontend::Backend]) -> Vec<Backend> {
     bs.iter()
         .map(|b| Backend {
             addr: std::net::SocketAddr::new(b.address, b.port),
             weight: 1,
             state: match b.state {
-                k8s::model::BackendState::Active => BackendState::Active,
-                k8s::model::BackendState::Terminating => BackendState::Terminating,
+                k8s::frontend::BackendState::Active => BackendState::Active,
+                k8s::frontend::BackendState::Terminating => BackendState::Terminating,
             },
         })
         .collect()
@@ -110,7 +110,9 @@ fn backends(bs: &[k8s::model::Backend]) -> Vec<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s::model::{Backend as KBackend, BackendState as KState, Cidr, FrontendType, ObjectKey};
+    use k8s::frontend::{
+        Backend as KBackend, BackendState as KState, Cidr, FrontendType, ObjectKey,
+    };
 
     fn backend(addr: &str, node: &str) -> KBackend {
         KBackend {
@@ -133,7 +135,7 @@ mod tests {
             backends,
             external_backends: None,
             algorithm: k8s::Algorithm::Random,
-            forwarding: k8s::model::Forwarding::Dsr,
+            forwarding: k8s::frontend::Forwarding::Dsr,
             affinity_timeout: None,
             source_ranges: vec!["198.51.100.0/24".parse::<Cidr>().unwrap()],
             health_check: None,

@@ -8,7 +8,7 @@
 //! failed.
 use super::{ModelUpdate, NodeView, local_of, services_of};
 use anyhow::{Context, Result, bail};
-use k8s::{NodeIndex, Note, cluster::Cluster, kube_source::SourceEvent};
+use k8s::{NodeIndex, Note, api_source::SourceEvent, cluster::Cluster};
 use lb::{
     compile::{self, CompiledService},
     model::{Model, ModelDelta, Scope, Service},
@@ -65,7 +65,7 @@ impl ClusterTracker {
     pub fn changed(
         &mut self,
         cluster: &Cluster,
-        changes: &k8s::kube_source::Changes,
+        changes: &k8s::api_source::Changes,
     ) -> Result<NodeView> {
         let whole = !changes.nodes.is_empty() || !changes.host_ports.is_empty();
         let index = match self.index.as_mut() {
@@ -130,7 +130,7 @@ fn log_errors(notes: &[Note]) {
 pub struct Pending {
     synced: bool,
     whole: bool,
-    changes: k8s::kube_source::Changes,
+    changes: k8s::api_source::Changes,
 }
 
 impl Pending {

@@ -3,7 +3,7 @@
 //! the agent applies them, the datapath, the model, the local endpoints and the health checks
 //! equal what a fresh compile and a full apply of the final store give.
 use super::*;
-use k8s::{Manifests, kube_source::Changes as SourceChanges};
+use k8s::{Manifests, api_source::Changes as SourceChanges};
 use lb::reconcile::MemoryDatapath;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -131,7 +131,7 @@ fn host_port_pod() -> Value {
 /// One object, typed by the manifests reader.
 fn typed(v: Value) -> Manifests {
     let mut m = Manifests::default();
-    k8s::source::parse_file(std::path::Path::new("t.json"), &v.to_string(), &mut m).unwrap();
+    k8s::manifests::parse_file(std::path::Path::new("t.json"), &v.to_string(), &mut m).unwrap();
     m
 }
 

@@ -2,9 +2,9 @@
 //! Kubernetes manifests (watched); the datapath is the socket LB on a cgroup v2 (the root cgroup
 //! unless `--cgroup` says otherwise), which translates every frontend for traffic from inside the
 //! node and its pods. External frontends are also written (scope external); with `--device` the
-//! NodePort tc programs serve them on those devices (see [`super::external`]), with this node's
-//! pods as local endpoints (see [`super::endpoints`]) and the services' source ranges.
-use super::{Shared, apply_model, endpoints::LocalEndpoints, external::External};
+//! NodePort tc programs serve them on those devices (see [`nodeport`]), with this node's
+//! pods as local endpoints (see [`nodeport_endpoints`]) and the services' source ranges.
+use super::{Shared, apply_model};
 use crate::bpf::socklb::{self, SockLb};
 use anyhow::{Context, Result};
 use aya::Ebpf;
@@ -13,6 +13,8 @@ use lb::{
     model::{self, Model},
     reconcile::Reconciler,
 };
+use nodeport::NodePortDevices;
+use nodeport_endpoints::LocalEndpoints;
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -32,7 +34,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub manifests: Option<PathBuf>,
     #[command(flatten)]
-    pub kube: k8s::kube_source::KubeFlags,
+    pub kube: k8s::api_source::KubeFlags,
     /// --role node: the cgroup v2 whose sockets are translated (default: the root cgroup).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
@@ -63,6 +65,10 @@ pub enum Acceleration {
     Generic,
 }
 
+mod health_node_ports;
+pub mod nodeport;
+mod nodeport_endpoints;
+mod pod_devices;
 mod services;
 pub mod tracker;
 
@@ -77,7 +83,7 @@ pub struct NodeView {
     /// This node's InternalIP addresses (the SNAT source towards other nodes).
     pub internal_addresses: Vec<IpAddr>,
     /// Health-check node ports (externalTrafficPolicy Local) and their local endpoint counts.
-    pub health_checks: Vec<k8s::model::HealthCheck>,
+    pub health_checks: Vec<k8s::frontend::HealthCheck>,
 }
 
 /// What a view changes in the model.
@@ -90,7 +96,7 @@ pub enum ModelUpdate {
 
 impl NodeArgs {
     /// Checks the flags; returns the compile options and the node name.
-    pub fn validate(&self) -> Result<(k8s::compile::Options, String)> {
+    pub fn validate(&self) -> Result<(k8s::per_node::Options, String)> {
         if !lb::maglev::is_valid_size(self.maglev_table_size) {
             anyhow::bail!(
                 "--maglev-table-size: {} is not a prime from 251 to 131071",
@@ -179,7 +185,7 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     };
     sock.maps.set_host_netns_only(host_only)?;
     if host_only.is_some() {
-        super::pods::PodDevices::load(&args.pin_dir)?.hand_over();
+        pod_devices::PodDevices::load(&args.pin_dir)?.hand_over();
     } else {
         // An earlier run's pod attachments are no longer wanted.
         crate::bpf::podlb::detach_all(&args.pin_dir)?;
@@ -187,7 +193,7 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     sock.attach(&cgroup, Some(&args.pin_dir))
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
-    let external = if na.device.is_empty() {
+    let nodeport = if na.device.is_empty() {
         None
     } else {
         let xdp = match na.nodeport_acceleration {
@@ -195,13 +201,13 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
             Acceleration::Native => Some(aya::programs::XdpMode::Driver),
             Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
         };
-        let mut ext = External::load(&args.pin_dir, &na.device, xdp)?;
+        let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp)?;
         ext.set_node_addresses(&[])?;
         Some(ext)
     };
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
-    st.external = external;
+    st.nodeport = nodeport;
     if let Some(v) = view {
         apply_view(&mut st, v)?;
     }
@@ -223,12 +229,12 @@ fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>>
         ModelUpdate::Delta(d) => (false, tracker::apply_delta(st, &d)?),
     };
     let super::State {
-        external,
+        nodeport,
         reconciler,
         model,
         ..
     } = st;
-    if let (Some(ext), Some(rec)) = (external.as_mut(), reconciler.as_ref()) {
+    if let (Some(ext), Some(rec)) = (nodeport.as_mut(), reconciler.as_ref()) {
         if whole {
             ext.set_node_addresses(&view.internal_addresses)?;
         }
@@ -249,13 +255,13 @@ fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>>
 /// re-checked every [`ENDPOINT_RECHECK`].
 struct Follower {
     endpoints: Option<LocalEndpoints>,
-    health: super::healthz::HealthServers,
+    health: health_node_ports::HealthServers,
     /// The local endpoints of the last view applied; None until one was (the endpoints an
     /// earlier run left are kept until then).
     want: Option<BTreeSet<IpAddr>>,
     checked: Instant,
     /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
-    pods: Option<super::pods::PodDevices>,
+    pods: Option<pod_devices::PodDevices>,
 }
 
 impl Follower {
@@ -263,13 +269,13 @@ impl Follower {
         let st = state.lock().unwrap();
         Follower {
             endpoints: st
-                .external
+                .nodeport
                 .as_ref()
                 .map(|e| LocalEndpoints::adopt(e.endpoints())),
             want: None,
             checked: Instant::now(),
             health: Default::default(),
-            pods: super::pods::PodDevices::take(),
+            pods: pod_devices::PodDevices::take(),
         }
     }
 
@@ -303,7 +309,7 @@ impl Follower {
     /// Called on every tick: retries waiting pods, re-checks all now and then.
     async fn tick(&mut self, state: &Shared) {
         if let Some(pods) = self.pods.as_mut()
-            && let Some(e) = super::pods::report(pods.tick().await)
+            && let Some(e) = pod_devices::report(pods.tick().await)
         {
             state.lock().unwrap().last_error = Some(e);
         }
@@ -327,7 +333,7 @@ impl Follower {
         let result = eps
             .sync(want, recheck, |plan| {
                 let mut st = state.lock().unwrap();
-                let ext = st.external.as_mut().context("NodePort not loaded")?;
+                let ext = st.nodeport.as_mut().context("NodePort not loaded")?;
                 for (a, ep) in &plan.set {
                     ext.set_endpoint(*a, ep)?;
                 }
@@ -408,7 +414,7 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
 }
 
 async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
-    use k8s::kube_source::KubeSource;
+    use k8s::api_source::KubeSource;
     let na = &args.node_args;
     let (_, node) = na.validate()?;
     let mut tracker = na.cluster_tracker()?;

@@ -1,7 +1,7 @@
 //! The agent's flags for the Kubernetes API source: where the API server is (`--kubeconfig PATH`,
 //! or the in-cluster service account), which node this is, and the compile [`Options`].
-use crate::compile::{Options, parse_port_range};
-use crate::model::{Algorithm, Forwarding};
+use crate::frontend::{Algorithm, Forwarding};
+use crate::per_node::{Options, parse_port_range};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::cluster::Cluster;
 use crate::convert::NodeInfo;
-use crate::model::{Frontend, FrontendType, HealthCheck, Note, ObjectKey, Protocol};
+use crate::frontend::{Frontend, FrontendType, HealthCheck, Note, ObjectKey, Protocol};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 

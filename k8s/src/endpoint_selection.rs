@@ -1,7 +1,7 @@
 //! Which endpoints of one Service port and one address family a node uses: conditions, the
 //! terminating fallback, topology hints, and the cluster / node-local split of the traffic policies.
 use crate::convert::{Ep, Family, Slice, SvcPort};
-use crate::model::{Backend, BackendState};
+use crate::frontend::{Backend, BackendState};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -181,7 +181,7 @@ fn topology_filter<'a, 'b>(
 mod tests {
     use super::*;
     use crate::convert::SlicePort;
-    use crate::model::{ApiProtocol, ObjectKey, Protocol};
+    use crate::frontend::{ApiProtocol, ObjectKey, Protocol};
 
     fn ep(addr: &str, node: &str, ready: bool, serving: bool, term: bool, zh: &[&str]) -> Ep {
         Ep {

@@ -32,7 +32,7 @@ pub struct HealthServers {
 impl HealthServers {
     /// Makes the served ports and answers those of `checks`: new ports start listening, gone
     /// ones stop, counts change in place.
-    pub fn update(&mut self, checks: &[k8s::model::HealthCheck]) {
+    pub fn update(&mut self, checks: &[k8s::frontend::HealthCheck]) {
         let want: BTreeMap<u16, Answer> = checks
             .iter()
             .map(|c| {

@@ -1,5 +1,5 @@
 //! The JSON the API serves: what the agent was told (config, health) beside what the kernel holds.
-use super::State;
+use crate::agent::State;
 use abi::lb::{self as abi_lb, reason};
 use anyhow::{Context, Result};
 use lb::{compile, reconcile::family_name};
@@ -57,7 +57,7 @@ pub fn status(st: &State) -> Value {
         }
         v["counters"] = Value::Object(counters);
     }
-    if let Some(ext) = &st.external {
+    if let Some(ext) = &st.nodeport {
         v["nodeport"] = ext.status();
     }
     v

@@ -2,9 +2,9 @@
 //! devices (sharing the pinned LB maps with the socket LB), the datapath settings they need (the
 //! node's address as SNAT source towards backends on other nodes), and the services'
 //! loadBalancerSourceRanges kept equal to the model. The local endpoints (pods of this node) are
-//! resolved by [`super::endpoints`]. See docs/nodeport.md.
+//! resolved by [`super::nodeport_endpoints`]. See docs/nodeport.md.
 use crate::bpf::{
-    datapath::KernelMaps,
+    lb_maps::KernelMaps,
     nodeport::{NodePort, SourceRange},
 };
 use abi::{lb::LbConfig, nodeport::Endpoint};
@@ -21,7 +21,7 @@ use tracing::info;
 /// SNAT source ports of flows to backends on other nodes (the kernel's default ephemeral range).
 pub const SNAT_PORTS: (u16, u16) = (32768, 60999);
 
-pub struct External {
+pub struct NodePortDevices {
     pub devices: Vec<String>,
     np: NodePort,
     /// The tc object's handle on the shared maps: `OXI_CONFIG` is written through it.
@@ -36,7 +36,7 @@ pub struct External {
     ranges: BTreeMap<u32, Vec<SourceRange>>,
 }
 
-impl External {
+impl NodePortDevices {
     /// Loads and attaches the NodePort programs to `devices` (maps pinned in `pin_dir`, shared
     /// with the socket LB) and sets the kernel settings they rely on. Ranges an earlier run left
     /// in the kernel are adopted, so the first sync removes the ones no longer wanted. With
@@ -45,7 +45,7 @@ impl External {
         pin_dir: &Path,
         devices: &[String],
         xdp: Option<aya::programs::XdpMode>,
-    ) -> Result<External> {
+    ) -> Result<NodePortDevices> {
         crate::sysctl::prepare_lb(devices)?;
         let mut np = NodePort::load(pin_dir, devices)
             .with_context(|| format!("attaching the NodePort programs to {devices:?}"))?;
@@ -61,7 +61,7 @@ impl External {
             .into_iter()
             .map(|id| (id, np.source_ranges(id)))
             .collect();
-        Ok(External {
+        Ok(NodePortDevices {
             devices: devices.to_vec(),
             np,
             maps,
@@ -88,7 +88,7 @@ impl External {
             IpAddr::V4(_) => None,
         });
         for d in &self.devices {
-            let (a4, a6) = super::ifaddr::addresses(d);
+            let (a4, a6) = crate::agent::ifaddr::addresses(d);
             v4 = v4.or(a4);
             v6 = v6.or(a6);
         }

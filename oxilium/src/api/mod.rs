@@ -1,5 +1,6 @@
 //! The agent's API: HTTP/1.1 + JSON on a unix socket (root only, mode 0600).
-use super::{Shared, views};
+use crate::agent::Shared;
+mod views;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;

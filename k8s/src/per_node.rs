@@ -3,8 +3,8 @@
 //! [`NodeIndex`] keeps that view current one Service at a time (the agent's per-change path).
 use crate::cluster::Cluster;
 use crate::convert::{Family, NodeInfo, Svc, SvcType};
-use crate::endpoints::{self, Locality};
-use crate::model::{
+use crate::endpoint_selection::{self, Locality};
+use crate::frontend::{
     Algorithm, ApiProtocol, Backend, BackendState, Forwarding, Frontend, FrontendType, HealthCheck,
     Note, ObjectKey,
 };
@@ -154,9 +154,13 @@ pub fn compile_service(
             let Some(&cluster_ip) = svc.cluster_ips.iter().find(|a| Family::of(a) == family) else {
                 continue;
             };
-            let cands =
-                endpoints::candidates(cluster.slices_of(key), p, family, svc.publish_not_ready);
-            let sel = endpoints::select(&cands, at, svc.prefer_close);
+            let cands = endpoint_selection::candidates(
+                cluster.slices_of(key),
+                p,
+                family,
+                svc.publish_not_ready,
+            );
+            let sel = endpoint_selection::select(&cands, at, svc.prefer_close);
             local_ready.extend(sel.local_ready.iter().copied());
             let internal = if svc.itp_local {
                 &sel.local

@@ -18,7 +18,7 @@ pub use flags::{FlagError, KubeFlags};
 
 use crate::cluster::Cluster;
 use crate::convert;
-use crate::model::ObjectKey;
+use crate::frontend::ObjectKey;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};

@@ -1,0 +1,163 @@
+//! The edge LB role (`--role lb`): XDP service translation on `--iface`, kept equal to the config
+//! file (validated whole, then applied; an invalid file changes nothing) and to the backends' health.
+pub mod config_model;
+
+use super::{AgentArgs, Shared, apply_model, ifaddr};
+use crate::bpf::{lb_maps::KernelMaps, loader};
+use abi::lb::LbConfig;
+use anyhow::{Context, Result, bail};
+use aya::{Ebpf, programs::XdpMode};
+use config_model::HealthKey;
+use lb::config::Config;
+use lb::{compile, reconcile::Reconciler};
+use std::{collections::HashMap, path::Path, time::Duration};
+use tracing::{error, info, warn};
+
+pub(super) fn start(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
+    let path = args
+        .config
+        .as_ref()
+        .context("--config is required with --role lb")?;
+    // Validate everything before touching the kernel.
+    let cfg = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = config_model::model(&cfg, &HashMap::new());
+    compile::compile(&model)?;
+    let lb_config = lb_config(&cfg, &args.iface)?;
+
+    crate::sysctl::prepare_lb(&args.iface)?;
+    let mode = match args.xdp_mode {
+        super::XdpAttach::Native => XdpMode::Driver,
+        super::XdpAttach::Generic => XdpMode::Skb,
+    };
+    let mut ebpf = loader::load_xdp(&args.pin_dir, &args.iface, mode)?;
+    let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+    maps.set_config(&lb_config)?;
+    let mut st = state.lock().unwrap();
+    st.reconciler = Some(Reconciler::open(maps)?);
+    apply_model(&mut st, model)?;
+    st.config = Some(cfg);
+    Ok(ebpf)
+}
+
+/// The datapath's global settings: SNAT / tunnel source addresses and the SNAT port range.
+fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
+    let (mut v4, mut v6) = (cfg.snat.ipv4, cfg.snat.ipv6);
+    for i in ifaces {
+        let (a4, a6) = ifaddr::addresses(i);
+        v4 = v4.or(a4);
+        v6 = v6.or(a6);
+    }
+    let needs_v4 = cfg
+        .services
+        .iter()
+        .any(|s| s.backends.iter().any(|b| b.address.is_ipv4()));
+    let needs_v6 = cfg
+        .services
+        .iter()
+        .any(|s| s.backends.iter().any(|b| b.address.is_ipv6()));
+    if needs_v4 && v4.is_none() {
+        bail!("snat.ipv4: not set and no IPv4 address on {ifaces:?}");
+    }
+    if needs_v6 && v6.is_none() {
+        bail!("snat.ipv6: not set and no global IPv6 address on {ifaces:?}");
+    }
+    Ok(LbConfig {
+        snat_v4: v4
+            .map(|a| abi::lb::v4_mapped(a.octets()))
+            .unwrap_or_default(),
+        snat_v6: v6.map(|a| a.octets()).unwrap_or_default(),
+        snat_port_min: cfg.snat.ports.min,
+        snat_port_max: cfg.snat.ports.max,
+        ready: 1,
+    })
+}
+
+/// Re-applies the datapath from the current config and health.
+fn reapply(state: &Shared) -> Result<()> {
+    let mut st = state.lock().unwrap();
+    let Some(cfg) = st.config.clone() else {
+        return Ok(());
+    };
+    let model = config_model::model(&cfg, &st.health);
+    apply_model(&mut st, model)
+}
+
+pub(super) async fn run(args: &AgentArgs, state: &Shared) -> Result<()> {
+    let path = args.config.clone().expect("checked in start");
+    let (mut prober, mut events) = lb::health::Prober::<HealthKey>::new();
+    {
+        let st = state.lock().unwrap();
+        prober.set_targets(config_model::health_targets(
+            st.config.as_ref().expect("loaded"),
+        ));
+    }
+    let mut last = file_stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = file_stamp(&path);
+                if now != last {
+                    last = now;
+                    reload(&path, state, &mut prober);
+                }
+            }
+            Some(ev) = events.recv() => {
+                info!(service = %ev.id.0, backend = %ev.id.1, healthy = ev.healthy, "health changed");
+                state.lock().unwrap().health.insert(ev.id, ev.healthy);
+                if let Err(e) = reapply(state) {
+                    error!("applying health change: {e:#}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    info!("agent stopping; the datapath keeps running from its pinned maps and links");
+    Ok(())
+}
+
+/// Loads a changed config file; an invalid file changes nothing (the error names field and line).
+fn reload(path: &Path, state: &Shared, prober: &mut lb::health::Prober<HealthKey>) {
+    let cfg = match lb::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("config not applied: {e}");
+            state.lock().unwrap().last_error = Some(e.to_string());
+            return;
+        }
+    };
+    let model = config_model::model(&cfg, &state.lock().unwrap().health);
+    if let Err(e) = compile::compile(&model) {
+        warn!("config not applied: {e:#}");
+        state.lock().unwrap().last_error = Some(format!("{e:#}"));
+        return;
+    }
+    prober.set_targets(config_model::health_targets(&cfg));
+    {
+        let mut st = state.lock().unwrap();
+        // Forget the health of backends that left.
+        let keep: std::collections::HashSet<HealthKey> = config_model::health_targets(&cfg)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        st.health.retain(|k, _| keep.contains(k));
+        st.config = Some(cfg);
+        st.reloads += 1;
+        st.last_error = None;
+    }
+    match reapply(state) {
+        Ok(()) => info!("config reloaded"),
+        Err(e) => {
+            error!("applying config: {e:#}");
+            state.lock().unwrap().last_error = Some(format!("{e:#}"));
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
