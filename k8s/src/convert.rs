@@ -1,6 +1,6 @@
 //! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
 //! object change, so compiling a frontend never re-parses strings.
-use crate::frontend::{Algorithm, ApiProtocol, Cidr, Forwarding, ObjectKey};
+use crate::frontend::{Algorithm, ApiProtocol, Cidr, Mode, ObjectKey};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -78,7 +78,7 @@ pub(crate) struct Svc {
     /// trafficDistribution PreferClose (or its newer name PreferSameZone).
     pub prefer_close: bool,
     pub algorithm: Option<Algorithm>,
-    pub forwarding: Option<Forwarding>,
+    pub forwarding: Option<Mode>,
     /// Non-fatal remarks (ignored entries).
     pub notes: Vec<String>,
 }

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+pub use lb::model::{Algorithm, BackendState, Mode, Protocol};
+
 /// Namespace and name of the object a frontend comes from (a Service, or a Pod for HostPort).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ObjectKey {
@@ -24,22 +26,6 @@ impl ObjectKey {
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        }
     }
 }
 
@@ -78,56 +64,6 @@ impl FrontendType {
             self,
             FrontendType::NodePort | FrontendType::LoadBalancer | FrontendType::ExternalIP
         )
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    /// Ready: takes new flows.
-    Active,
-    /// Serving but terminating, used only because no ready endpoint exists (the terminating fallback).
-    Terminating,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    Maglev,
-    Random,
-}
-
-impl FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "maglev" => Ok(Algorithm::Maglev),
-            "random" => Ok(Algorithm::Random),
-            other => Err(format!("unknown algorithm {other:?} (maglev or random)")),
-        }
-    }
-}
-
-/// How traffic from outside reaches a backend on another node (the service.cilium.io/
-/// forwarding-mode annotation, or the agent's --lb-mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Forwarding {
-    /// DNAT + SNAT to the node's address; the reply comes back through this node.
-    #[default]
-    Snat,
-    /// Direct server return: tunnelled to the backend's node, which answers the client itself.
-    Dsr,
-}
-
-impl FromStr for Forwarding {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "snat" => Ok(Forwarding::Snat),
-            "dsr" => Ok(Forwarding::Dsr),
-            other => Err(format!("unknown forwarding mode {other:?} (snat or dsr)")),
-        }
     }
 }
 
@@ -216,7 +152,7 @@ pub struct Frontend {
     pub external_backends: Option<Vec<Backend>>,
     pub algorithm: Algorithm,
     /// Traffic from outside to backends on other nodes: SNAT or DSR.
-    pub forwarding: Forwarding,
+    pub forwarding: Mode,
     /// sessionAffinity ClientIP: the affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// loadBalancerSourceRanges (LoadBalancer frontends only); empty = every source allowed.
@@ -300,8 +236,8 @@ mod tests {
         assert_eq!("maglev".parse(), Ok(Algorithm::Maglev));
         assert_eq!("random".parse(), Ok(Algorithm::Random));
         assert!("roundrobin".parse::<Algorithm>().is_err());
-        assert_eq!("dsr".parse(), Ok(Forwarding::Dsr));
-        assert_eq!("snat".parse(), Ok(Forwarding::Snat));
-        assert!("hybrid".parse::<Forwarding>().is_err());
+        assert_eq!("dsr".parse(), Ok(Mode::Dsr));
+        assert_eq!("snat".parse(), Ok(Mode::Snat));
+        assert!("hybrid".parse::<Mode>().is_err());
     }
 }

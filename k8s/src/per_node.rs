@@ -5,8 +5,8 @@ use crate::cluster::Cluster;
 use crate::convert::{Family, NodeInfo, Svc, SvcType};
 use crate::endpoint_selection::{self, Locality};
 use crate::frontend::{
-    Algorithm, ApiProtocol, Backend, BackendState, Forwarding, Frontend, FrontendType, HealthCheck,
-    Note, ObjectKey,
+    Algorithm, ApiProtocol, Backend, BackendState, Frontend, FrontendType, HealthCheck, Mode, Note,
+    ObjectKey,
 };
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -24,7 +24,7 @@ pub struct Options {
     /// The algorithm of Services without the service.cilium.io/lb-algorithm annotation.
     pub default_algorithm: Algorithm,
     /// The forwarding of Services without the service.cilium.io/forwarding-mode annotation.
-    pub default_forwarding: Forwarding,
+    pub default_forwarding: Mode,
 }
 
 impl Default for Options {
@@ -32,7 +32,7 @@ impl Default for Options {
         Options {
             node_port_range: 30000..=32767,
             default_algorithm: Algorithm::Random,
-            default_forwarding: Forwarding::Snat,
+            default_forwarding: Mode::Snat,
         }
     }
 }
@@ -315,7 +315,7 @@ pub fn compile_host_ports(cluster: &Cluster, node: &NodeInfo, opts: &Options) ->
                     }],
                     external_backends: None,
                     algorithm: opts.default_algorithm,
-                    forwarding: Forwarding::Snat,
+                    forwarding: Mode::Snat,
                     affinity_timeout: None,
                     source_ranges: Vec::new(),
                     health_check: None,

@@ -201,6 +201,7 @@ proptest! {
                         prop_assert!(matching.iter().any(|e| usable_term(e)));
                         prop_assert!(!pool.iter().any(|e| is_ready(e)), "fallback only without ready endpoints");
                     }
+                    BackendState::Quarantined => prop_assert!(false, "the Kubernetes source never quarantines"),
                 }
             }
             // Every ready endpoint of the pool is used (no topology hints here).

@@ -78,26 +78,7 @@ impl Serialize for PortRange {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    Maglev,
-    Random,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Snat,
-    Dsr,
-}
+pub use crate::model::{Algorithm, Mode, Protocol};
 
 /// Built-in defaults, used where neither the service nor the file's `defaults:` says otherwise.
 pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::Maglev;

@@ -1,5 +1,6 @@
-//! The service model, whatever the source (edge LB config file now, Kubernetes later): frontends
-//! with their backends, each backend with a weight and a state.
+//! The service model, whatever the source (the edge LB config file, Kubernetes): frontends with
+//! their backends, each backend with a weight and a state. Its protocol, algorithm, forwarding mode
+//! and backend state enums are the only ones: the config and the Kubernetes source use them too.
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::{
@@ -7,6 +8,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     ops::Range,
+    str::FromStr,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -17,6 +19,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The name Kubernetes uses (`TCP`, `UDP`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => abi::lb::PROTO_TCP,
@@ -33,18 +43,49 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// How a service picks the backend of a new flow. The one type for every source (lb.yaml,
+/// Kubernetes annotations and flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
+    /// Consistent hashing of the flow into a Maglev table (`docs/maglev.md`).
     Maglev,
+    /// A random backend slot per new flow.
     Random,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "maglev" => Ok(Algorithm::Maglev),
+            "random" => Ok(Algorithm::Random),
+            other => Err(format!("unknown algorithm {other:?} (maglev or random)")),
+        }
+    }
+}
+
+/// How traffic from outside reaches a backend: the forwarding mode, one type for every source
+/// (lb.yaml `mode`, the service.cilium.io/forwarding-mode annotation, the agent's --lb-mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// DNAT + SNAT to the LB's (node's) address; the reply comes back through it.
+    #[default]
     Snat,
+    /// Direct server return: tunnelled to the backend (its node), which answers the client itself.
     Dsr,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "snat" => Ok(Mode::Snat),
+            "dsr" => Ok(Mode::Dsr),
+            other => Err(format!("unknown forwarding mode {other:?} (snat or dsr)")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -64,7 +105,7 @@ pub enum Scope {
     Internal,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
     /// Takes new flows.

@@ -1,6 +1,6 @@
 //! The agent's flags for the Kubernetes API source: where the API server is (`--kubeconfig PATH`,
 //! or the in-cluster service account), which node this is, and the compile [`Options`].
-use crate::frontend::{Algorithm, Forwarding};
+use crate::frontend::{Algorithm, Mode};
 use crate::per_node::{Options, parse_port_range};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -51,7 +51,7 @@ pub enum FlagError {
     #[error("--lb-algorithm: {0}")]
     Algorithm(String),
     #[error("--lb-mode: {0}")]
-    Forwarding(String),
+    Mode(String),
     #[error("--node not given and $NODE_NAME not set")]
     NoNode,
     #[error("--kubeconfig {path}: {source}")]
@@ -75,10 +75,7 @@ impl KubeFlags {
                 .lb_algorithm
                 .parse::<Algorithm>()
                 .map_err(FlagError::Algorithm)?,
-            default_forwarding: self
-                .lb_mode
-                .parse::<Forwarding>()
-                .map_err(FlagError::Forwarding)?,
+            default_forwarding: self.lb_mode.parse::<Mode>().map_err(FlagError::Mode)?,
         })
     }
 

@@ -17,19 +17,10 @@ pub fn model(cfg: &Config, health: &HashMap<HealthKey, bool>) -> Model {
             frontend: Frontend {
                 addr: s.vip,
                 port: s.port,
-                protocol: match s.protocol {
-                    lb::config::Protocol::Tcp => model::Protocol::Tcp,
-                    lb::config::Protocol::Udp => model::Protocol::Udp,
-                },
+                protocol: s.protocol,
             },
-            algorithm: match s.algorithm {
-                lb::config::Algorithm::Maglev => model::Algorithm::Maglev,
-                lb::config::Algorithm::Random => model::Algorithm::Random,
-            },
-            mode: match s.mode {
-                lb::config::Mode::Snat => model::Mode::Snat,
-                lb::config::Mode::Dsr => model::Mode::Dsr,
-            },
+            algorithm: s.algorithm,
+            mode: s.mode,
             table_size: s.table_size,
             conntrack_timeout_s: s.conntrack_timeout.as_secs().clamp(1, u32::MAX as u64) as u32,
             scope: model::Scope::External,

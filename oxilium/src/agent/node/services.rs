@@ -2,7 +2,7 @@
 //! (scope internal, socket LB); NodePort, LoadBalancer, externalIP and HostPort frontends also from
 //! outside (scope external, with their forwarding mode, source ranges and the
 //! externalTrafficPolicy-filtered backends). Also which of the backends are this node's pods.
-use lb::model::{self, Backend, BackendState, Frontend, Mode, Model, Scope, Service, SourceRange};
+use lb::model::{self, Backend, Frontend, Mode, Model, Scope, Service, SourceRange};
 use std::{collections::BTreeSet, net::IpAddr};
 
 /// The addresses of this node's pods among the backends of frontends served from outside.
@@ -44,10 +44,7 @@ pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<S
     let base = Service {
         name: format!("{}:{}/{:?}", f.owner, f.port_name, f.kind),
         frontend: frontend_of((f.address, f.port, f.protocol)),
-        algorithm: match f.algorithm {
-            k8s::frontend::Algorithm::Maglev => model::Algorithm::Maglev,
-            k8s::frontend::Algorithm::Random => model::Algorithm::Random,
-        },
+        algorithm: f.algorithm,
         mode: Mode::Snat,
         table_size,
         conntrack_timeout_s: 300,
@@ -60,10 +57,7 @@ pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<S
         let mut ext = base.clone();
         ext.scope = Scope::External;
         ext.affinity_timeout_s = None;
-        ext.mode = match f.forwarding {
-            k8s::frontend::Forwarding::Snat => Mode::Snat,
-            k8s::frontend::Forwarding::Dsr => Mode::Dsr,
-        };
+        ext.mode = f.forwarding;
         ext.source_ranges = f
             .source_ranges
             .iter()
@@ -87,10 +81,7 @@ pub(super) fn frontend_of((addr, port, protocol): k8s::Slot) -> Frontend {
     Frontend {
         addr,
         port,
-        protocol: match protocol {
-            k8s::frontend::Protocol::Tcp => model::Protocol::Tcp,
-            k8s::frontend::Protocol::Udp => model::Protocol::Udp,
-        },
+        protocol,
     }
 }
 
@@ -99,10 +90,7 @@ fn backends(bs: &[k8s::frontend::Backend]) -> Vec<Backend> {
         .map(|b| Backend {
             addr: std::net::SocketAddr::new(b.address, b.port),
             weight: 1,
-            state: match b.state {
-                k8s::frontend::BackendState::Active => BackendState::Active,
-                k8s::frontend::BackendState::Terminating => BackendState::Terminating,
-            },
+            state: b.state,
         })
         .collect()
 }
@@ -135,7 +123,7 @@ mod tests {
             backends,
             external_backends: None,
             algorithm: k8s::Algorithm::Random,
-            forwarding: k8s::frontend::Forwarding::Dsr,
+            forwarding: Mode::Dsr,
             affinity_timeout: None,
             source_ranges: vec!["198.51.100.0/24".parse::<Cidr>().unwrap()],
             health_check: None,
