@@ -1,6 +1,6 @@
 //! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
 //! object change, so compiling a frontend never re-parses strings.
-use crate::frontend::{Algorithm, ApiProtocol, Cidr, Mode, ObjectKey};
+use crate::frontend::{Algorithm, ApiProtocol, IpNetwork, Mode, ObjectKey};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -72,7 +72,7 @@ pub(crate) struct Svc {
     pub etp_local: bool,
     pub itp_local: bool,
     pub affinity_timeout: Option<u32>,
-    pub source_ranges: Vec<Cidr>,
+    pub source_ranges: Vec<IpNetwork>,
     pub health_check_node_port: Option<u16>,
     pub publish_not_ready: bool,
     /// trafficDistribution PreferClose (or its newer name PreferSameZone).
@@ -227,8 +227,7 @@ fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
                 .unwrap_or_default(),
         };
         for (i, r) in ranges.iter().enumerate() {
-            let c = r
-                .parse()
+            let c = lb::model::parse_prefix(r)
                 .map_err(|e| format!("spec.loadBalancerSourceRanges[{i}]: {e}"))?;
             svc.source_ranges.push(c);
         }

@@ -3,9 +3,8 @@
 use serde::Serialize;
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
-pub use lb::model::{Algorithm, BackendState, Mode, Protocol};
+pub use lb::model::{Algorithm, BackendState, IpNetwork, Mode, Protocol};
 
 /// Namespace and name of the object a frontend comes from (a Service, or a Pod for HostPort).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -79,52 +78,6 @@ pub struct Backend {
     pub zone: Option<String>,
 }
 
-/// An address prefix (loadBalancerSourceRanges).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let address: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR (bad address)"))?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match len {
-            None => max,
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("{s:?} is not a CIDR (bad prefix length)"))?,
-        };
-        Ok(Cidr {
-            address,
-            prefix_len,
-        })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// externalTrafficPolicy Local with spec.healthCheckNodePort: the node answers HTTP /healthz on this
 /// port with the number of local ready endpoints (200 when > 0, 503 otherwise), as kube-proxy does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -156,7 +109,7 @@ pub struct Frontend {
     /// sessionAffinity ClientIP: the affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// loadBalancerSourceRanges (LoadBalancer frontends only); empty = every source allowed.
-    pub source_ranges: Vec<Cidr>,
+    pub source_ranges: Vec<IpNetwork>,
     /// externalTrafficPolicy Local health check (external frontends of LoadBalancer services).
     pub health_check: Option<HealthCheck>,
 }
@@ -206,15 +159,14 @@ mod tests {
 
     #[test]
     fn cidr_parse() {
-        let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert_eq!(c.prefix_len, 8);
+        use lb::model::parse_prefix;
+        let c = parse_prefix("10.0.0.0/8").unwrap();
+        assert_eq!(c.prefix(), 8);
         assert_eq!(c.to_string(), "10.0.0.0/8");
-        let c: Cidr = "2001:db8::/32".parse().unwrap();
-        assert_eq!(c.prefix_len, 32);
-        let c: Cidr = "192.0.2.1".parse().unwrap();
-        assert_eq!(c.prefix_len, 32);
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("nope/8".parse::<Cidr>().is_err());
+        assert_eq!(parse_prefix("2001:db8::/32").unwrap().prefix(), 32);
+        assert_eq!(parse_prefix("192.0.2.1").unwrap().prefix(), 32);
+        assert!(parse_prefix("10.0.0.0/33").is_err());
+        assert!(parse_prefix("nope/8").is_err());
     }
 
     #[test]

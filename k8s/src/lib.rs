@@ -18,7 +18,7 @@ pub mod per_node;
 pub use cluster::Cluster;
 pub use convert::{Family, NodeInfo};
 pub use frontend::{
-    Algorithm, Backend, BackendState, Cidr, Frontend, FrontendType, HealthCheck, Mode, Note,
+    Algorithm, Backend, BackendState, Frontend, FrontendType, HealthCheck, IpNetwork, Mode, Note,
     ObjectKey, Protocol,
 };
 pub use manifests::{Manifests, Origin, SourceError};

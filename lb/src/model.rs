@@ -1,11 +1,10 @@
 //! The service model, whatever the source (the edge LB config file, Kubernetes): frontends with
 //! their backends, each backend with a weight and a state. Its protocol, algorithm, forwarding mode
 //! and backend state enums are the only ones: the config and the Kubernetes source use them too.
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::{IpAddr, SocketAddr},
     ops::Range,
     str::FromStr,
@@ -137,45 +136,31 @@ pub struct Service {
     pub affinity_timeout_s: Option<u32>,
     /// loadBalancerSourceRanges: the client prefixes admitted from outside (scope external only;
     /// empty = every client).
-    pub source_ranges: Vec<SourceRange>,
+    pub source_ranges: Vec<IpNetwork>,
     pub backends: Vec<Backend>,
 }
 
-/// A client prefix of loadBalancerSourceRanges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SourceRange {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
+/// An address prefix (loadBalancerSourceRanges, CIDR identities): `ipnetwork`'s type, the one
+/// prefix type of the project. A bare address parses as a host prefix.
+pub use ipnetwork::IpNetwork;
 
-impl SourceRange {
-    /// Parses "a.b.c.d/n" or "x::/n" (a bare address is a host prefix).
-    pub fn parse(s: &str) -> Result<Self> {
-        let (a, n) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().with_context(|| format!("range {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len = if n.is_empty() {
-            max
-        } else {
-            n.trim().parse().with_context(|| format!("range {s:?}"))?
-        };
-        if prefix_len > max {
-            bail!("range {s:?}: prefix longer than the address");
-        }
-        Ok(SourceRange { addr, prefix_len })
-    }
-}
-
-impl fmt::Display for SourceRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-impl Serialize for SourceRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Parses "a.b.c.d/n", "x::/n" or a bare address (a host prefix); the error says what is wrong.
+pub fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
+    let s = s.trim();
+    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR (bad address)"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?} is not a CIDR (bad prefix length)"))?
+    };
+    IpNetwork::new(ip, prefix).map_err(|e| format!("{s:?} is not a CIDR ({e})"))
 }
 
 /// Everything the LB datapath should hold.

@@ -1,114 +1,75 @@
-//! IPv4/IPv6 prefixes: parsing, containment and the chain of enclosing prefixes a CIDR identity carries
-//! as labels.
+//! Canonical IPv4/IPv6 prefixes for policy: parsing, containment and the chain of enclosing prefixes a
+//! CIDR identity carries as labels. The prefix is `ipnetwork`'s type (the project's one prefix type);
+//! this wrapper only adds the invariant that the host bits are clear, because an identity must be
+//! canonical: `10.1.2.3/8` and `10.0.0.0/8` select the same peers and must get the same identity.
+use ipnetwork::IpNetwork;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
 /// A prefix with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-}
+pub struct Cidr(IpNetwork);
 
 impl Cidr {
     pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
-        let max = Self::max_len(&addr);
-        if len > max {
-            return Err(format!("prefix length {len} exceeds {max}"));
-        }
-        Ok(Cidr {
-            addr: mask(addr, len),
-            len,
-        })
+        let n = IpNetwork::new(addr, len).map_err(|e| e.to_string())?;
+        Ok(Cidr::canonical(n))
+    }
+
+    fn canonical(n: IpNetwork) -> Cidr {
+        Cidr(IpNetwork::new(n.network(), n.prefix()).expect("same prefix length"))
     }
 
     /// The host prefix (/32 or /128) of an address.
     pub fn host(addr: IpAddr) -> Cidr {
-        Cidr {
-            addr,
-            len: Self::max_len(&addr),
-        }
+        Cidr(IpNetwork::from(addr))
     }
 
-    fn max_len(addr: &IpAddr) -> u8 {
-        if addr.is_ipv4() { 32 } else { 128 }
+    pub fn network(&self) -> IpNetwork {
+        self.0
     }
 
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.ip()
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.len
+        self.0.prefix()
     }
 
     pub fn is_ipv4(&self) -> bool {
-        self.addr.is_ipv4()
+        self.0.is_ipv4()
     }
 
     pub fn contains_ip(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.is_ipv4() && mask(ip, self.len) == self.addr
+        self.0.contains(ip)
     }
 
     /// True when `other` lies inside `self` (or equals it).
     pub fn contains(&self, other: &Cidr) -> bool {
-        other.len >= self.len && self.contains_ip(other.addr)
+        other.prefix_len() >= self.prefix_len() && self.contains_ip(other.addr())
     }
 
     /// This prefix and every shorter prefix enclosing it, down to /0.
     pub fn ancestors(&self) -> impl Iterator<Item = Cidr> + '_ {
-        (0..=self.len).rev().map(|l| Cidr {
-            addr: mask(self.addr, l),
-            len: l,
-        })
-    }
-}
-
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            IpAddr::V4((u32::from(a) & m).into())
-        }
-        IpAddr::V6(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            IpAddr::V6((u128::from(a) & m).into())
-        }
+        (0..=self.prefix_len())
+            .rev()
+            .map(|l| Cidr::new(self.addr(), l).expect("shorter than a valid prefix"))
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, l) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("invalid address {a:?} in CIDR {s:?}"))?;
-        let len = match l {
-            Some(l) => l
-                .parse::<u8>()
-                .map_err(|_| format!("invalid prefix length in CIDR {s:?}"))?,
-            None => Self::max_len(&addr),
-        };
-        Cidr::new(addr, len).map_err(|e| format!("invalid CIDR {s:?}: {e}"))
+        let n = IpNetwork::from_str(s).map_err(|e| format!("invalid CIDR {s:?}: {e}"))?;
+        Ok(Cidr::canonical(n))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
+        write!(f, "{}/{}", self.addr(), self.prefix_len())
     }
 }
 

@@ -37,16 +37,15 @@ pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     ("oxilium_nodeport_egress", TcAttachType::Egress, "egress"),
 ];
 
-/// A client prefix of loadBalancerSourceRanges (the model's type, re-exported here).
-pub use lb::model::SourceRange;
+use lb::model::IpNetwork;
 
 /// The LPM key of a range for a service: IPv4 prefixes count in the IPv4-mapped form.
-fn range_key(r: &SourceRange, service_id: u32) -> Key<RangeData> {
-    let bits = match r.addr {
-        IpAddr::V4(_) => 96 + r.prefix_len as u32,
-        IpAddr::V6(_) => r.prefix_len as u32,
+fn range_key(r: &IpNetwork, service_id: u32) -> Key<RangeData> {
+    let bits = match r.ip() {
+        IpAddr::V4(_) => 96 + r.prefix() as u32,
+        IpAddr::V6(_) => r.prefix() as u32,
     };
-    let mut addr = addr_bytes(r.addr);
+    let mut addr = addr_bytes(r.ip());
     // The kernel ignores bits past the prefix; clearing them keeps one key per range.
     for (i, b) in addr.iter_mut().enumerate() {
         let start = i as u32 * 8;
@@ -206,7 +205,7 @@ impl NodePort {
     /// Replaces the loadBalancerSourceRanges of a service (by datapath id): new flows from
     /// clients outside every range are dropped; an empty list opens the service to everyone.
     /// Established flows keep going. Cost: proportional to this service's old and new ranges.
-    pub fn set_source_ranges(&mut self, service_id: u32, ranges: &[SourceRange]) -> Result<()> {
+    pub fn set_source_ranges(&mut self, service_id: u32, ranges: &[IpNetwork]) -> Result<()> {
         let want: BTreeSet<Vec<u8>> = ranges
             .iter()
             .map(|r| key_bytes(&range_key(r, service_id)))
@@ -254,8 +253,8 @@ impl NodePort {
     }
 
     /// The ranges of a service as the kernel holds them.
-    pub fn source_ranges(&self, service_id: u32) -> Vec<SourceRange> {
-        let mut out: Vec<SourceRange> = self
+    pub fn source_ranges(&self, service_id: u32) -> Vec<IpNetwork> {
+        let mut out: Vec<IpNetwork> = self
             .range_keys(service_id)
             .into_iter()
             .filter(|k| k.prefix_len() > RANGE_ID_BITS)
@@ -263,7 +262,7 @@ impl NodePort {
                 let bits = k.prefix_len() - RANGE_ID_BITS;
                 let addr = lb::compile::bytes_addr(&k.data().addr);
                 let prefix_len = if addr.is_ipv4() { bits - 96 } else { bits } as u8;
-                SourceRange { addr, prefix_len }
+                IpNetwork::new(addr, prefix_len).expect("the kernel's prefix fits the address")
             })
             .collect();
         out.sort();
@@ -293,21 +292,22 @@ fn key_bytes(k: &Key<RangeData>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb::model::parse_prefix;
 
     #[test]
     fn ranges_parse_and_mask() {
-        let r = SourceRange::parse("10.1.2.3/24").unwrap();
-        assert_eq!(r.prefix_len, 24);
+        let r = parse_prefix("10.1.2.3/24").unwrap();
+        assert_eq!(r.prefix(), 24);
         let k = range_key(&r, 7);
         assert_eq!(k.prefix_len(), 32 + 96 + 24);
         assert_eq!(&k.data().addr[12..], &[10, 1, 2, 0]);
         assert_eq!(k.data().service_id_be, 7u32.to_be());
-        let r6 = SourceRange::parse("fd00:1:2::ff/44").unwrap();
+        let r6 = parse_prefix("fd00:1:2::ff/44").unwrap();
         let a = range_key(&r6, 1).data().addr;
         assert_eq!(&a[..6], &[0xfd, 0, 0, 1, 0, 0]);
         assert!(a[6..].iter().all(|b| *b == 0));
-        assert_eq!(SourceRange::parse("10.0.0.1").unwrap().prefix_len, 32);
-        assert!(SourceRange::parse("10.0.0.0/33").is_err());
-        assert!(SourceRange::parse("nonsense/8").is_err());
+        assert_eq!(parse_prefix("10.0.0.1").unwrap().prefix(), 32);
+        assert!(parse_prefix("10.0.0.0/33").is_err());
+        assert!(parse_prefix("nonsense/8").is_err());
     }
 }

@@ -21,10 +21,7 @@ use lb::{
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Scope, Service},
     reconcile::Reconciler,
 };
-use oxilium::bpf::{
-    lb_maps::KernelMaps,
-    nodeport::{NodePort, SourceRange},
-};
+use oxilium::bpf::{lb_maps::KernelMaps, nodeport::NodePort};
 use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
@@ -387,9 +384,9 @@ impl Cluster {
 
     pub fn set_source_ranges(&mut self, s: &Service, ranges: &[&str]) {
         let id = self.service_id(s);
-        let r: Vec<SourceRange> = ranges
+        let r: Vec<lb::model::IpNetwork> = ranges
             .iter()
-            .map(|r| SourceRange::parse(r).unwrap())
+            .map(|r| lb::model::parse_prefix(r).unwrap())
             .collect();
         self.np
             .as_mut()

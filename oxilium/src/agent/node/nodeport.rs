@@ -3,10 +3,7 @@
 //! node's address as SNAT source towards backends on other nodes), and the services'
 //! loadBalancerSourceRanges kept equal to the model. The local endpoints (pods of this node) are
 //! resolved by [`super::nodeport_endpoints`]. See docs/nodeport.md.
-use crate::bpf::{
-    lb_maps::KernelMaps,
-    nodeport::{NodePort, SourceRange},
-};
+use crate::bpf::{lb_maps::KernelMaps, nodeport::NodePort};
 use abi::{lb::LbConfig, nodeport::Endpoint};
 use anyhow::{Context, Result};
 use lb::{
@@ -33,7 +30,7 @@ pub struct NodePortDevices {
     /// cut them.
     adopted: bool,
     /// Source ranges as last written, by service id (only services that have some).
-    ranges: BTreeMap<u32, Vec<SourceRange>>,
+    ranges: BTreeMap<u32, Vec<lb::model::IpNetwork>>,
 }
 
 impl NodePortDevices {
@@ -118,7 +115,7 @@ impl NodePortDevices {
         rec: &Reconciler<KernelMaps>,
         model: &Model,
     ) -> Result<usize> {
-        let mut want: BTreeMap<u32, Vec<SourceRange>> = BTreeMap::new();
+        let mut want: BTreeMap<u32, Vec<lb::model::IpNetwork>> = BTreeMap::new();
         for s in &model.services {
             if s.scope != Scope::External || s.source_ranges.is_empty() {
                 continue;

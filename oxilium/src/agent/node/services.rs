@@ -2,7 +2,7 @@
 //! (scope internal, socket LB); NodePort, LoadBalancer, externalIP and HostPort frontends also from
 //! outside (scope external, with their forwarding mode, source ranges and the
 //! externalTrafficPolicy-filtered backends). Also which of the backends are this node's pods.
-use lb::model::{self, Backend, Frontend, Mode, Model, Scope, Service, SourceRange};
+use lb::model::{self, Backend, Frontend, Mode, Model, Scope, Service};
 use std::{collections::BTreeSet, net::IpAddr};
 
 /// The addresses of this node's pods among the backends of frontends served from outside.
@@ -58,14 +58,7 @@ pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<S
         ext.scope = Scope::External;
         ext.affinity_timeout_s = None;
         ext.mode = f.forwarding;
-        ext.source_ranges = f
-            .source_ranges
-            .iter()
-            .map(|c| SourceRange {
-                addr: c.address,
-                prefix_len: c.prefix_len,
-            })
-            .collect();
+        ext.source_ranges = f.source_ranges.to_vec();
         ext.backends = backends(f.external_backends.as_deref().unwrap_or(&f.backends));
         services.push(ext);
     }
@@ -98,9 +91,7 @@ fn backends(bs: &[k8s::frontend::Backend]) -> Vec<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s::frontend::{
-        Backend as KBackend, BackendState as KState, Cidr, FrontendType, ObjectKey,
-    };
+    use k8s::frontend::{Backend as KBackend, BackendState as KState, FrontendType, ObjectKey};
 
     fn backend(addr: &str, node: &str) -> KBackend {
         KBackend {
@@ -125,7 +116,7 @@ mod tests {
             algorithm: k8s::Algorithm::Random,
             forwarding: Mode::Dsr,
             affinity_timeout: None,
-            source_ranges: vec!["198.51.100.0/24".parse::<Cidr>().unwrap()],
+            source_ranges: vec![model::parse_prefix("198.51.100.0/24").unwrap()],
             health_check: None,
         }
     }
@@ -142,7 +133,7 @@ mod tests {
         let int = m.services.iter().find(|s| s.scope == Scope::Internal);
         assert_eq!(
             ext.unwrap().source_ranges,
-            [SourceRange::parse("198.51.100.0/24").unwrap()]
+            [model::parse_prefix("198.51.100.0/24").unwrap()]
         );
         assert!(int.unwrap().source_ranges.is_empty());
         // The forwarding mode applies to traffic from outside only.
