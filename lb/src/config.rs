@@ -266,7 +266,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Write `config` as YAML that [`parse`] reads back to an equal `Config` (all defaults spelled out).
 pub fn to_yaml(config: &Config) -> String {
-    serde_yaml::to_string(config).expect("Config always serialises")
+    serde_saphyr::to_string(config).expect("Config always serialises")
 }
 
 /// True if `n` is prime (trial division; n ≤ 131071 here).
