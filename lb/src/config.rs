@@ -268,19 +268,3 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn to_yaml(config: &Config) -> String {
     serde_saphyr::to_string(config).expect("Config always serialises")
 }
-
-/// True if `n` is prime (trial division; n ≤ 131071 here).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut d = 2u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
