@@ -247,21 +247,5 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Write `config` as YAML that [`parse`] reads back to an equal `Config` (all defaults spelled out).
 pub fn to_yaml(config: &Config) -> String {
-    serde_yaml::to_string(config).expect("Config always serialises")
-}
-
-/// True if `n` is prime (trial division; n ≤ 131071 here).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut d = 2u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
+    serde_saphyr::to_string(config).expect("Config always serialises")
 }

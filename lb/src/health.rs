@@ -56,7 +56,7 @@ pub struct Check {
     pub kind: CheckKind,
     /// Time between the starts of two probes.
     pub interval: Duration,
-    /// Budget for one probe (connect, and for HTTP the request and status line); should be < interval.
+    /// Budget for one probe (connect, and for HTTP the request and response head); should be < interval.
     pub timeout: Duration,
     /// Consecutive successes that make an unhealthy target healthy (0 is treated as 1).
     pub healthy_threshold: u32,

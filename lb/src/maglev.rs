@@ -71,11 +71,13 @@ pub fn is_valid_size(size: u32) -> bool {
     (MIN_SIZE..=MAX_SIZE).contains(&size) && is_prime(size)
 }
 
-fn is_prime(n: u32) -> bool {
+/// True if `n` is prime (trial division: fine for table sizes; correct for every `u32`).
+pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    let mut d = 2u32;
+    let n = u64::from(n);
+    let mut d = 2u64;
     while d * d <= n {
         if n.is_multiple_of(d) {
             return false;
@@ -380,6 +382,8 @@ mod tests {
         assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37]);
         assert!(is_prime(65521) && is_prime(131071) && is_prime(16381));
         assert!(!is_prime(65535) && !is_prime(131073) && !is_prime(16383));
+        // The whole u32 range, without overflow: the largest u32 prime, and u32::MAX = 3·5·17·257·65537.
+        assert!(is_prime(4_294_967_291) && !is_prime(u32::MAX));
     }
 
     #[test]

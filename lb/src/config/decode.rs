@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config::fields::{At, Ctx, Fields, choice, duration, int, parsed, scalar};
 use crate::config::yaml::{Kind, Node};
 use crate::config::*;
+use crate::maglev::is_prime;
 
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
 const ALGORITHMS: &[(&str, Algorithm)] =

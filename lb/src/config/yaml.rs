@@ -1,14 +1,22 @@
 //! A YAML tree that remembers where every node came from.
 //!
-//! serde_yaml reports a position only for the first syntax or type error, and none at all for a value
-//! that deserialises fine but breaks a rule. To name the line of *every* problem we build our own small
-//! tree from `yaml-rust2`'s marked events: each node keeps the 1-based line it starts on, and each
-//! mapping key keeps its own line. The decoder in `decode.rs` then walks this tree.
+//! A serde deserialiser stops at the first error and reports no position at all for a value that
+//! deserialises fine but breaks a rule. To name the line of *every* problem we build our own small
+//! tree from the marked events of `granit_parser` (serde-saphyr's YAML event parser): each node keeps
+//! the 1-based line it starts on, and each mapping key keeps its own line. The decoder in `decode.rs`
+//! then walks this tree.
+//!
+//! An alias is expanded by copying the anchored node, so a few lines of nested aliases ("billion
+//! laughs") could ask for billions of nodes. The copies are counted: past [`MAX_ALIAS_NODES`] the
+//! document is refused, at the line of the alias that went over.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, StrInput};
+
+/// Nodes that alias expansions may add to a document, in all. Far above any real lb.yaml (a shared
+/// health check is a dozen nodes); nodes written out in the file do not count, they cost file size.
+pub const MAX_ALIAS_NODES: usize = 100_000;
 
 /// One YAML node with the line it starts on.
 #[derive(Clone, Debug)]
@@ -66,25 +74,43 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut b = Builder {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        alias_nodes: 0,
     };
     b.document()
 }
 
 struct Builder<'a> {
-    parser: Parser<std::str::Chars<'a>>,
-    anchors: HashMap<usize, Node>,
+    parser: Parser<'a, StrInput<'a>>,
+    /// Anchored nodes by anchor id, with their size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes added by alias expansions so far.
+    alias_nodes: usize,
+}
+
+/// Nodes in `n`, itself included; a mapping entry counts its key as one node.
+fn size(n: &Node) -> usize {
+    1 + match &n.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => items.iter().map(size).sum(),
+        Kind::Map(entries) => entries.iter().map(|e| 1 + size(&e.value)).sum(),
+    }
 }
 
 fn line_of(m: &Marker) -> usize {
     m.line().max(1)
 }
 
-impl Builder<'_> {
-    fn next(&mut self) -> Result<(Event, Marker), SyntaxError> {
-        self.parser.next_token().map_err(|e| SyntaxError {
-            line: line_of(e.marker()),
-            message: e.info().to_string(),
-        })
+impl<'a> Builder<'a> {
+    fn next(&mut self) -> Result<(Event<'a>, Marker), SyntaxError> {
+        match self.parser.next_event() {
+            Some(Ok((ev, span))) => Ok((ev, span.start)),
+            Some(Err(e)) => Err(SyntaxError {
+                line: line_of(e.marker()),
+                message: e.info(),
+            }),
+            // Only after StreamEnd, which `document` never reads past.
+            None => Ok((Event::StreamEnd, Marker::default())),
+        }
     }
 
     fn document(&mut self) -> Result<Option<Node>, SyntaxError> {
@@ -92,25 +118,26 @@ impl Builder<'_> {
         loop {
             let (ev, mark) = self.next()?;
             match ev {
-                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+                Event::StreamStart | Event::DocumentEnd => {}
                 Event::StreamEnd => return Ok(root),
-                Event::DocumentStart if root.is_some() => {
+                Event::DocumentStart(..) if root.is_some() => {
                     return Err(SyntaxError {
                         line: line_of(&mark),
                         message: "only one YAML document is allowed".into(),
                     });
                 }
-                Event::DocumentStart => {}
+                Event::DocumentStart(..) => {}
                 other => root = Some(self.node(other, mark)?),
             }
         }
     }
 
-    fn node(&mut self, ev: Event, mark: Marker) -> Result<Node, SyntaxError> {
+    fn node(&mut self, ev: Event<'a>, mark: Marker) -> Result<Node, SyntaxError> {
         let line = line_of(&mark);
         let (node, anchor) = match ev {
             Event::Scalar(text, style, anchor, _tag) => {
-                let quoted = style != TScalarStyle::Plain;
+                let quoted = style != ScalarStyle::Plain;
+                let text = text.into_owned();
                 (
                     Node {
                         line,
@@ -119,7 +146,7 @@ impl Builder<'_> {
                     anchor,
                 )
             }
-            Event::SequenceStart(anchor, _) => {
+            Event::SequenceStart(_, anchor, _) => {
                 let mut items = Vec::new();
                 loop {
                     let (ev, mark) = self.next()?;
@@ -136,7 +163,7 @@ impl Builder<'_> {
                     anchor,
                 )
             }
-            Event::MappingStart(anchor, _) => {
+            Event::MappingStart(_, anchor, _) => {
                 let mut entries = Vec::new();
                 loop {
                     let (ev, mark) = self.next()?;
@@ -180,7 +207,19 @@ impl Builder<'_> {
                 )
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(n) => return Ok(n.clone()),
+                Some((n, size)) => {
+                    self.alias_nodes = self.alias_nodes.saturating_add(*size);
+                    if self.alias_nodes > MAX_ALIAS_NODES {
+                        return Err(SyntaxError {
+                            line,
+                            message: format!(
+                                "aliases expand to more than {MAX_ALIAS_NODES} nodes \
+                                 (nested aliases such as a \"billion laughs\" document are refused)"
+                            ),
+                        });
+                    }
+                    return Ok(n.clone());
+                }
                 None => {
                     return Err(SyntaxError {
                         line,
@@ -196,7 +235,7 @@ impl Builder<'_> {
             }
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size(&node)));
         }
         Ok(node)
     }

@@ -1,21 +1,27 @@
-//! One probe: a TCP connect, or a minimal HTTP/1.1 GET.
+//! One probe: a TCP connect, or an HTTP/1.1 GET with hyper's client.
 //!
-//! The HTTP client is hand-written (about fifty lines) instead of pulling in hyper or reqwest: a health
-//! check needs one request shape and only the status line of the answer, and the agent should not carry
-//! a full HTTP stack (TLS, pools, redirects) for that.
+//! The HTTP probe uses hyper's low-level HTTP/1 connection over the stream we connected ourselves (no
+//! pool, no TLS, no redirects): one `GET path` with `Host` and `Connection: close`, judged by the
+//! response status alone.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1;
+use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::health::CheckKind;
 
-/// Longest status line accepted.
-const MAX_STATUS_LINE: usize = 1024;
-/// After the status line, at most this much of the rest is read (and discarded) before closing, so the
+/// Longest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// After the status, at most this much of the body is read (and discarded) before closing, so the
 /// backend sees an orderly close rather than a reset for unread data.
 const MAX_DRAIN: usize = 64 * 1024;
 
@@ -34,7 +40,8 @@ pub enum ProbeError {
     Status { got: u16, expected: String },
 }
 
-/// Probe `address` once; the whole probe (connect, request, status line) must finish within `timeout`.
+/// Probe `address` once; the whole probe (connect, request, response head) must finish within
+/// `timeout`.
 pub async fn probe(
     address: SocketAddr,
     kind: &CheckKind,
@@ -54,30 +61,53 @@ pub async fn probe(
     }
 }
 
+/// Aborts the connection task when the probe ends, however it ends (a timeout drops it mid-way).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn http(
-    mut stream: TcpStream,
+    stream: TcpStream,
     address: SocketAddr,
     path: &str,
     expect: Option<u16>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
+    let uri: Uri = request_target(path)
+        .parse()
+        .map_err(|e| ProbeError::Io(invalid_input(format!("path `{path}`: {e}"))))?;
     // SocketAddr's Display brackets IPv6 addresses, as the Host header wants.
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: oxilium-health\r\nAccept: */*\r\n\
-         Connection: close\r\n\r\n"
-    );
-    let status = timeout_at(deadline, async {
-        stream
-            .write_all(request.as_bytes())
+    let request = Request::get(uri)
+        .header(HOST, address.to_string())
+        .header(USER_AGENT, "oxilium-health")
+        .header(ACCEPT, "*/*")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ProbeError::Io(invalid_input(e.to_string())))?;
+    let (response, conn) = timeout_at(deadline, async {
+        let (mut sender, conn) = http1::Builder::new()
+            .title_case_headers(true)
+            .max_buf_size(MAX_HEAD)
+            .handshake(TokioIo::new(stream))
             .await
-            .map_err(ProbeError::Io)?;
-        read_status(&mut stream).await
+            .map_err(hyper_error)?;
+        let conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let response = sender.send_request(request).await.map_err(hyper_error)?;
+        Ok((response, conn))
     })
     .await
     .map_err(|_| ProbeError::Timeout(timeout))??;
+    let status = response.status().as_u16();
     // Best effort, within what is left of the timeout; the verdict is already known.
-    let _ = timeout_at(deadline, drain(&mut stream)).await;
+    let _ = timeout_at(deadline, drain(response.into_body())).await;
+    drop(conn);
     let ok = match expect {
         Some(want) => status == want,
         None => (200..300).contains(&status),
@@ -93,52 +123,44 @@ async fn http(
     }
 }
 
-/// Read up to the end of the first line and parse `HTTP/1.x NNN ...`.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    let line_end = loop {
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            break i;
-        }
-        if buf.len() > MAX_STATUS_LINE {
-            return Err(ProbeError::BadResponse("status line too long".into()));
-        }
-        let n = stream.read(&mut chunk).await.map_err(ProbeError::Io)?;
-        if n == 0 {
-            return Err(ProbeError::BadResponse(
-                "connection closed before the status line".into(),
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    parse_status_line(&buf[..line_end])
-}
-
-fn parse_status_line(line: &[u8]) -> Result<u16, ProbeError> {
-    let line =
-        std::str::from_utf8(line).map_err(|_| ProbeError::BadResponse("not UTF-8".into()))?;
-    let line = line.trim_end_matches('\r');
-    let bad = || ProbeError::BadResponse(format!("bad status line `{}`", line.escape_default()));
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().ok_or_else(bad)?;
-    let code = parts.next().ok_or_else(bad)?;
-    if !version.starts_with("HTTP/1.")
-        || code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
+/// A response that is not HTTP/1.x, or a connection closed before a complete head, is a bad response;
+/// anything else failed at the transport.
+fn hyper_error(e: hyper::Error) -> ProbeError {
+    if e.is_parse() || e.is_incomplete_message() {
+        ProbeError::BadResponse(e.to_string())
+    } else {
+        ProbeError::Io(std::io::Error::other(e))
     }
-    code.parse().map_err(|_| bad())
 }
 
-async fn drain(stream: &mut TcpStream) {
-    let mut chunk = [0u8; 4096];
+fn invalid_input(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+/// The config's path (visible ASCII, starting with `/`) as a request target hyper accepts: the few
+/// characters the URI grammar forbids there are percent-encoded (`#` would otherwise start a fragment
+/// and be dropped), everything else is sent as written.
+fn request_target(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_query = false;
+    for c in path.chars() {
+        in_query |= c == '?';
+        match c {
+            '#' | '<' | '>' | '`' | ' ' => out += &format!("%{:02X}", c as u32),
+            '"' if in_query => out += "%22",
+            c if c.is_ascii_control() => out += &format!("%{:02X}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn drain(mut body: Incoming) {
     let mut total = 0;
     while total < MAX_DRAIN {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => total += n,
+        match body.frame().await {
+            Some(Ok(frame)) => total += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
         }
     }
 }
@@ -146,27 +168,67 @@ async fn drain(stream: &mut TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r").unwrap(), 200);
-        assert_eq!(
-            parse_status_line(b"HTTP/1.0 503 Service Unavailable").unwrap(),
-            503
-        );
-        assert_eq!(parse_status_line(b"HTTP/1.1 204").unwrap(), 204);
+    /// Probe (`GET /`, any 2xx) a one-shot server that answers `response` verbatim and closes.
+    async fn probe_answered_by(response: &'static [u8]) -> Result<(), ProbeError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(response).await;
+        });
+        let kind = CheckKind::Http {
+            path: "/".into(),
+            expect_status: None,
+        };
+        let r = probe(addr, &kind, Duration::from_secs(2)).await;
+        server.abort();
+        r
+    }
+
+    #[tokio::test]
+    async fn status_lines() {
+        probe_answered_by(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        probe_answered_by(b"HTTP/1.1 204\r\n\r\n").await.unwrap();
+        let err = probe_answered_by(b"HTTP/1.0 503 Service Unavailable\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::Status { got: 503, .. }), "{err}");
         for bad in [
-            &b"SSH-2.0-OpenSSH"[..],
-            b"HTTP/1.1 20 OK",
-            b"HTTP/2 200",
-            b"HTTP/1.1 abc",
+            &b"SSH-2.0-OpenSSH\r\n"[..],
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 abc\r\n\r\n",
             b"",
         ] {
+            let err = probe_answered_by(bad).await.unwrap_err();
             assert!(
-                parse_status_line(bad).is_err(),
-                "{:?}",
+                matches!(err, ProbeError::BadResponse(_)),
+                "{:?}: {err}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn every_visible_ascii_path_is_a_valid_request_target() {
+        let all: String = (0x21u8..0x7f).map(char::from).collect();
+        for path in [
+            format!("/{all}"),
+            format!("/a?{all}"),
+            "/healthz?x=1&y=%20".into(),
+        ] {
+            let target = request_target(&path);
+            let uri: Uri = target.parse().unwrap_or_else(|e| panic!("{target}: {e}"));
+            // Nothing dropped: what is sent is the whole (encoded) path.
+            assert_eq!(uri.path_and_query().unwrap().as_str(), target);
+        }
+        assert_eq!(request_target("/healthz?full=1"), "/healthz?full=1");
+        assert_eq!(request_target("/a#b<c>`d"), "/a%23b%3Cc%3E%60d");
+        assert_eq!(request_target("/\"q\"?\"q\""), "/\"q\"?%22q%22");
     }
 }

@@ -193,6 +193,49 @@ services:
     assert_eq!(c.services[0].backends[1].weight, 2);
 }
 
+/// "Billion laughs": nine levels of nine aliases each would expand to 9^9 (387 million) scalars.
+#[test]
+fn alias_bomb_is_refused_quickly() {
+    let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..=9 {
+        let item = format!("*a{}", i - 1);
+        text += &format!("a{i}: &a{i} [{}]\n", vec![item; 9].join(", "));
+    }
+    let start = std::time::Instant::now();
+    let got = issues(&text);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Nodes a copy of a(n) adds: 10, 91, 820, 7381, 66430. The copies a1..a4 make 74,709 in all, so the
+    // second alias on line 6 (a5) is the one that goes over 100,000.
+    assert_eq!(
+        got,
+        [
+            "6: YAML syntax error: aliases expand to more than 100000 nodes \
+          (nested aliases such as a \"billion laughs\" document are refused)"
+        ],
+    );
+}
+
+/// The alias budget counts copies only: a long file written out in full is not refused.
+#[test]
+fn large_file_without_aliases_is_not_limited() {
+    let mut text =
+        String::from("services:\n  - name: big\n    vip: 10.0.0.1\n    port: 80\n    backends:\n");
+    for i in 0..30_000u32 {
+        text += &format!(
+            "      - {{address: 10.{}.{}.{}}}\n",
+            1 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
+    }
+    let c = parse(&text).unwrap();
+    assert_eq!(c.services[0].backends.len(), 30_000);
+}
+
 #[test]
 fn load_reads_a_file_and_names_it() {
     let dir = std::env::temp_dir().join(format!("oxilium-config-test-{}", std::process::id()));

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use lb::config::*;
+use lb::maglev::is_prime;
 use proptest::prelude::*;
 
 fn addr(v6: bool, net: u8, i: u16) -> IpAddr {
