@@ -2,7 +2,6 @@
 //! equal to its source, and serves the CLI's API on a unix socket. The roles live in [`edge`] and
 //! [`node`]; the API in [`crate::api`].
 mod edge;
-mod ifaddr;
 mod neighbour;
 pub mod node;
 
@@ -81,6 +80,9 @@ pub struct State {
     pub reloads: u64,
     pub last_error: Option<String>,
     warmer: neighbour::Warmer,
+    /// `--socket-lb-host-netns-only`: the pod programs [`node::start`] loaded, until the node
+    /// loop takes them over.
+    pod_devices: Option<node::pod_devices::PodDevices>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -123,12 +125,13 @@ async fn agent(args: AgentArgs) -> Result<()> {
         reloads: 0,
         last_error: None,
         warmer: neighbour::Warmer::default(),
+        pod_devices: None,
     }));
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
     let _ebpf: Ebpf = match args.role {
         Role::Backend => loader::load_decap(&args.pin_dir, &args.iface)?,
-        Role::Lb => edge::start(&args, &state)?,
-        Role::Node => node::start(&args, &state)?,
+        Role::Lb => edge::start(&args, &state).await?,
+        Role::Node => node::start(&args, &state).await?,
     };
     let api = crate::api::serve(&args.socket, state.clone())?;
     info!(socket = %args.socket.display(), "agent ready");

@@ -87,26 +87,29 @@ pub fn mount_cgroup2(dir: &Path) -> Result<()> {
 }
 
 /// The mount point of a cgroup2 hierarchy's root, from /proc/self/mountinfo.
+///
+/// Read with `procfs` (rather than `nix`, which has no mountinfo reader): a maintained parser of
+/// the whole line format (optional fields, the ` - ` separator, file system type), the one most
+/// Rust tools use. It hands the mount point over as the kernel wrote it, though, so the octal
+/// escapes are undone here.
 pub fn find_cgroup2() -> Result<Option<PathBuf>> {
-    let info = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = left.split(' ').collect();
-        if right.split(' ').next() == Some("cgroup2") && f.len() > 4 && f[3] == "/" {
-            let p = PathBuf::from(unescape(f[4]));
-            if is_cgroup2(&p) {
-                return Ok(Some(p));
-            }
-        }
-    }
-    Ok(None)
+    let mounts = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .context("reading mountinfo")?;
+    Ok(mounts
+        .iter()
+        .filter_map(cgroup2_root_mount)
+        .find(|p| is_cgroup2(p)))
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+/// Where a mount shows the root of a cgroup2 hierarchy (not a subtree of it).
+fn cgroup2_root_mount(m: &procfs::process::MountInfo) -> Option<PathBuf> {
+    (m.fs_type == "cgroup2" && m.root == "/").then(|| PathBuf::from(unescape(&m.mount_point)))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(p: &Path) -> String {
+    let b = p.as_os_str().as_encoded_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -366,9 +369,29 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape("/sys/fs/cgroup"), "/sys/fs/cgroup");
-        assert_eq!(unescape(r"/x\"), r"/x\");
+        let u = |s: &str| unescape(Path::new(s));
+        assert_eq!(u(r"/a\040b"), "/a b");
+        assert_eq!(u("/sys/fs/cgroup"), "/sys/fs/cgroup");
+        assert_eq!(u(r"/x\"), r"/x\");
+    }
+
+    #[test]
+    fn mountinfo_cgroup2_roots() {
+        let line = |root: &str, point: &str, fs: &str| {
+            procfs::process::MountInfo::from_line(&format!(
+                "35 24 0:30 {root} {point} rw,nosuid shared:9 - {fs} {fs} rw,nsdelegate"
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            cgroup2_root_mount(&line("/", r"/run/my\040cgroup", "cgroup2")),
+            Some(PathBuf::from("/run/my cgroup"))
+        );
+        assert_eq!(
+            cgroup2_root_mount(&line("/kubepods", "/x", "cgroup2")),
+            None
+        );
+        assert_eq!(cgroup2_root_mount(&line("/", "/sys", "sysfs")), None);
     }
 
     #[test]

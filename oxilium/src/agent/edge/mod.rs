@@ -2,7 +2,7 @@
 //! file (validated whole, then applied; an invalid file changes nothing) and to the backends' health.
 pub mod config_model;
 
-use super::{AgentArgs, Shared, apply_model, ifaddr};
+use super::{AgentArgs, Shared, apply_model};
 use crate::bpf::{lb_maps::KernelMaps, loader};
 use abi::lb::LbConfig;
 use anyhow::{Context, Result, bail};
@@ -13,7 +13,7 @@ use lb::{compile, reconcile::Reconciler};
 use std::{collections::HashMap, path::Path, time::Duration};
 use tracing::{error, info, warn};
 
-pub(super) fn start(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
+pub(super) async fn start(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
     let path = args
         .config
         .as_ref()
@@ -22,7 +22,7 @@ pub(super) fn start(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
     let cfg = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let model = config_model::model(&cfg, &HashMap::new());
     compile::compile(&model)?;
-    let lb_config = lb_config(&cfg, &args.iface)?;
+    let lb_config = lb_config(&cfg, &args.iface).await?;
 
     crate::sysctl::prepare_lb(&args.iface)?;
     let mode = match args.xdp_mode {
@@ -40,12 +40,13 @@ pub(super) fn start(args: &AgentArgs, state: &Shared) -> Result<Ebpf> {
 }
 
 /// The datapath's global settings: SNAT / tunnel source addresses and the SNAT port range.
-fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
+async fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
     let (mut v4, mut v6) = (cfg.snat.ipv4, cfg.snat.ipv6);
+    let nl = net::Netlink::connect()?;
     for i in ifaces {
-        let (a4, a6) = ifaddr::addresses(i);
-        v4 = v4.or(a4);
-        v6 = v6.or(a6);
+        let a = net::addresses::first_routable(&nl, i).await?;
+        v4 = v4.or(a.v4);
+        v6 = v6.or(a.v6);
     }
     let needs_v4 = cfg
         .services

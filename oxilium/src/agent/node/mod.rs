@@ -68,7 +68,7 @@ pub enum Acceleration {
 mod health_node_ports;
 pub mod nodeport;
 mod nodeport_endpoints;
-mod pod_devices;
+pub(super) mod pod_devices;
 mod services;
 pub mod tracker;
 
@@ -158,8 +158,9 @@ impl NodeArgs {
 
 /// Loads the socket LB, attaches it, with `--device` also the NodePort programs, and applies the
 /// first model (from the folder; with the API source the model follows once the initial lists
-/// are in). The local endpoints follow in [`run`] (they are looked up asynchronously).
-pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
+/// are in). The local endpoints follow in [`run`] (they are looked up asynchronously), which also
+/// takes the pod programs over from the state.
+pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     let na = &args.node_args;
     let view = match &na.manifests {
         Some(dir) => Some(na.folder_view(dir)?),
@@ -184,15 +185,17 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         false => None,
     };
     sock.maps.set_host_netns_only(host_only)?;
-    if host_only.is_some() {
-        pod_devices::PodDevices::load(&args.pin_dir)?.hand_over();
+    let pods = if host_only.is_some() {
+        Some(pod_devices::PodDevices::load(&args.pin_dir)?)
     } else {
         // An earlier run's pod attachments are no longer wanted.
         crate::bpf::podlb::detach_all(&args.pin_dir)?;
-    }
+        None
+    };
     sock.attach(&cgroup, Some(&args.pin_dir))
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
+    let device_addresses = nodeport::device_addresses(&na.device).await?;
     let nodeport = if na.device.is_empty() {
         None
     } else {
@@ -202,23 +205,28 @@ pub fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
             Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
         };
         let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp)?;
-        ext.set_node_addresses(&[])?;
+        ext.set_node_addresses(&[], device_addresses)?;
         Some(ext)
     };
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
     st.nodeport = nodeport;
+    st.pod_devices = pods;
     if let Some(v) = view {
-        apply_view(&mut st, v)?;
+        apply_view(&mut st, v, device_addresses)?;
     }
     info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
 }
 
 /// Applies a view: the model through the reconciler, then (with `--device`) the SNAT source and
-/// the source ranges of the services as they are now numbered. Returns the local endpoints
-/// wanted.
-fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>> {
+/// the source ranges of the services as they are now numbered (`devices`: the addresses of the
+/// `--device`s, see [`nodeport::device_addresses`]). Returns the local endpoints wanted.
+fn apply_view(
+    st: &mut super::State,
+    view: NodeView,
+    devices: net::addresses::Addresses,
+) -> Result<BTreeSet<IpAddr>> {
     // A delta leaves the node addresses as they are (a Node change is applied whole) and touches
     // the source ranges only when a service it changed has some.
     let (whole, ranges) = match view.model {
@@ -236,7 +244,7 @@ fn apply_view(st: &mut super::State, view: NodeView) -> Result<BTreeSet<IpAddr>>
     } = st;
     if let (Some(ext), Some(rec)) = (nodeport.as_mut(), reconciler.as_ref()) {
         if whole {
-            ext.set_node_addresses(&view.internal_addresses)?;
+            ext.set_node_addresses(&view.internal_addresses, devices)?;
         }
         let n = if ranges {
             ext.sync_source_ranges(rec, model)?
@@ -262,11 +270,13 @@ struct Follower {
     checked: Instant,
     /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
     pods: Option<pod_devices::PodDevices>,
+    /// `--device`: their addresses are looked up for every whole view.
+    devices: Vec<String>,
 }
 
 impl Follower {
     fn new(state: &Shared) -> Follower {
-        let st = state.lock().unwrap();
+        let mut st = state.lock().unwrap();
         Follower {
             endpoints: st
                 .nodeport
@@ -275,7 +285,12 @@ impl Follower {
             want: None,
             checked: Instant::now(),
             health: Default::default(),
-            pods: pod_devices::PodDevices::take(),
+            pods: st.pod_devices.take(),
+            devices: st
+                .nodeport
+                .as_ref()
+                .map(|e| e.devices.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -292,7 +307,11 @@ impl Follower {
             self.sync_endpoints(state, &grow, false).await;
         }
         let checks = view.health_checks.clone();
-        let applied = apply_view(&mut state.lock().unwrap(), view);
+        let devices = match view.model {
+            ModelUpdate::Whole(_) => nodeport::device_addresses(&self.devices).await,
+            ModelUpdate::Delta(_) => Ok(Default::default()),
+        };
+        let applied = devices.and_then(|d| apply_view(&mut state.lock().unwrap(), view, d));
         if applied.is_ok() {
             self.health.update(&checks);
         }

@@ -11,12 +11,29 @@ use lb::{
     model::{Model, Scope},
     reconcile::Reconciler,
 };
+use net::addresses::Addresses;
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use tracing::info;
 
 /// SNAT source ports of flows to backends on other nodes (the kernel's default ephemeral range).
 pub const SNAT_PORTS: (u16, u16) = (32768, 60999);
+
+/// The first IPv4 and IPv6 address of the devices, in their order (see
+/// [`net::addresses::first_routable`]); none without devices.
+pub async fn device_addresses(devices: &[String]) -> Result<Addresses> {
+    let mut out = Addresses::default();
+    if devices.is_empty() {
+        return Ok(out);
+    }
+    let nl = net::Netlink::connect()?;
+    for d in devices {
+        let a = net::addresses::first_routable(&nl, d).await?;
+        out.v4 = out.v4.or(a.v4);
+        out.v6 = out.v6.or(a.v6);
+    }
+    Ok(out)
+}
 
 pub struct NodePortDevices {
     pub devices: Vec<String>,
@@ -69,9 +86,10 @@ impl NodePortDevices {
     }
 
     /// Writes `OXI_CONFIG` when it changes: the SNAT source per family is the node's first
-    /// InternalIP of that family (from its Node object), else the first address of a device.
-    /// Without InternalIPs, the addresses an earlier run left stay until some are known.
-    pub fn set_node_addresses(&mut self, internal: &[IpAddr]) -> Result<()> {
+    /// InternalIP of that family (from its Node object), else the first address of a device
+    /// (`devices`, from [`device_addresses`]). Without InternalIPs, the addresses an earlier run
+    /// left stay until some are known.
+    pub fn set_node_addresses(&mut self, internal: &[IpAddr], devices: Addresses) -> Result<()> {
         if internal.is_empty() && self.adopted {
             return Ok(());
         }
@@ -84,11 +102,8 @@ impl NodePortDevices {
             IpAddr::V6(v) => Some(*v),
             IpAddr::V4(_) => None,
         });
-        for d in &self.devices {
-            let (a4, a6) = crate::agent::ifaddr::addresses(d);
-            v4 = v4.or(a4);
-            v6 = v6.or(a6);
-        }
+        v4 = v4.or(devices.v4);
+        v6 = v6.or(devices.v6);
         let config = LbConfig {
             snat_v4: v4
                 .map(|a| abi::lb::v4_mapped(a.octets()))

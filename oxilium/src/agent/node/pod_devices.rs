@@ -4,17 +4,14 @@
 //! plugin leaves it: routed (/32, /128 host routes) and bridged (port of a bridge) set-ups alike.
 //! Veth pairs with both ends in the node's namespace are not pods.
 //!
-//! The devices are listed with rtnetlink every [`RECHECK`] (from the node loop's tick): new ones
+//! The devices are listed with rtnetlink ([`net::links::veths_with_peer_elsewhere`]) every [`RECHECK`] (from the node loop's tick): new ones
 //! are attached, pins of devices that are gone (the kernel already detached their links) or were
 //! recreated under a new ifindex are removed.
 use crate::bpf::podlb::{self, PodDevice, PodLb};
 use anyhow::{Context, Result};
-use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 use tracing::{info, warn};
@@ -26,34 +23,24 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 pub struct PodDevices {
     lb: PodLb,
     pin_dir: PathBuf,
-    handle: Option<rtnetlink::Handle>,
+    netlink: Option<net::Netlink>,
     /// Attached by this run.
     attached: BTreeSet<PodDevice>,
     checked: Option<Instant>,
 }
 
-/// `start` loads the programs (errors stop the agent before it is ready); the node loop takes
-/// them here to follow the devices.
-static HANDOFF: Mutex<Option<PodDevices>> = Mutex::new(None);
-
 impl PodDevices {
+    /// Loads the programs (`start` does, so that errors stop the agent before it is ready; the
+    /// node loop then follows the devices).
     pub fn load(pin_dir: &Path) -> Result<PodDevices> {
         let lb = PodLb::load(pin_dir).context("loading the pod programs")?;
         Ok(PodDevices {
             lb,
             pin_dir: pin_dir.to_path_buf(),
-            handle: None,
+            netlink: None,
             attached: BTreeSet::new(),
             checked: None,
         })
-    }
-
-    pub fn hand_over(self) {
-        *HANDOFF.lock().unwrap() = Some(self);
-    }
-
-    pub fn take() -> Option<PodDevices> {
-        HANDOFF.lock().unwrap().take()
     }
 
     /// Syncs when [`RECHECK`] has passed since the last sync. Returns an error to report.
@@ -98,48 +85,19 @@ impl PodDevices {
 
     /// The pod devices of the calling thread's network namespace.
     async fn list(&mut self) -> Result<BTreeSet<PodDevice>> {
-        if self.handle.is_none() {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().context("opening a netlink socket")?;
-            tokio::spawn(conn);
-            self.handle = Some(handle);
+        if self.netlink.is_none() {
+            self.netlink = Some(net::Netlink::connect()?);
         }
-        let handle = self.handle.as_ref().expect("just set");
-        let mut links = handle.link().get().execute();
-        let mut out = BTreeSet::new();
-        while let Some(l) = links.try_next().await.context("listing links")? {
-            if let Some(d) = pod_device(&l) {
-                out.insert(d);
-            }
-        }
-        Ok(out)
+        let nl = self.netlink.as_ref().expect("just set");
+        Ok(net::links::veths_with_peer_elsewhere(nl)
+            .await?
+            .into_iter()
+            .map(|l| PodDevice {
+                name: l.name,
+                ifindex: l.index,
+            })
+            .collect())
     }
-}
-
-/// A veth whose peer is in another network namespace.
-fn pod_device(l: &LinkMessage) -> Option<PodDevice> {
-    let mut veth = false;
-    let mut other_ns = false;
-    let mut name = None;
-    for a in &l.attributes {
-        match a {
-            LinkAttribute::LinkInfo(infos) => {
-                veth = infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
-            }
-            LinkAttribute::LinkNetNsId(_) => other_ns = true,
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            _ => {}
-        }
-    }
-    if !(veth && other_ns) {
-        return None;
-    }
-    Some(PodDevice {
-        name: name?,
-        ifindex: l.header.index,
-    })
 }
 
 /// Logs a failed sync (kept going: the next tick retries).
