@@ -182,19 +182,3 @@ pub fn wire_pod(node: &Netns, pod: &Netns, i: usize) {
         "nodad",
     ]);
 }
-
-/// Runs an `oxilium` client command against the agent at `socket` with `-o json`.
-pub fn oxilium_json(socket: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
-        .args(args)
-        .args(["-o", "json", "--socket"])
-        .arg(socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "oxilium {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
