@@ -65,11 +65,7 @@ use lb::{
     reconcile::{Changes, Datapath, Reconciler},
 };
 use netns::{Netns, unique};
-use oxilium::bpf::{
-    datapath::KernelMaps,
-    loader,
-    socklb::{self, SockLb},
-};
+use oxilium::bpf::{datapath::KernelMaps, loader, socklb::SockLb};
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashSet},

@@ -127,7 +127,7 @@ fn policy_verdicts_for_the_star_wars_example() {
 
 #[test]
 fn offline_service_list_prints_what_the_node_would_program() {
-    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/tests/cases");
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../k8s/tests/cases");
     let mut checked = 0;
     for case in std::fs::read_dir(cases).unwrap() {
         let case = case.unwrap().path();
@@ -156,7 +156,7 @@ fn offline_service_list_prints_what_the_node_would_program() {
     assert!(checked >= 10, "only {checked} cases found");
     let bad = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/k8s/tests/cases/bad-syntax/manifests"
+        "/../k8s/tests/cases/bad-syntax/manifests"
     );
     let (ok, _, err) = oxilium(&[
         "service",

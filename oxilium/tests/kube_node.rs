@@ -14,7 +14,7 @@ use std::{
 use support::{
     agent::AgentProcess,
     cgroup::{Answer, run_client},
-    netns::{Netns, unique, wire_pod},
+    netns::{Netns, pod_ip, unique, wire_pod},
     servers::Servers,
 };
 
@@ -22,13 +22,6 @@ const NODE4: &str = "10.200.0.1";
 const NODE6: &str = "fd00:200::1";
 const CIP4: &str = "10.96.0.10";
 const CIP6: &str = "fd00:96::10";
-
-fn pod4(i: usize) -> String {
-    format!("10.244.{i}.2")
-}
-fn pod6(i: usize) -> String {
-    format!("fd00:244:{i}::2")
-}
 
 /// The manifests: node-a, a dual-stack NodePort Service `web` (http 80/TCP → 8080, dns 53/UDP →
 /// 8080) and its EndpointSlices with the given endpoints (index, ready, terminating).
@@ -69,7 +62,7 @@ endpoints:
 "#
         );
         for (i, ready, terminating) in endpoints {
-            let a = if fam == 4 { pod4(*i) } else { pod6(*i) };
+            let a = pod_ip(*i, fam == 6);
             y += &format!(
                 "  - addresses: [\"{a}\"]\n    nodeName: node-a\n    conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}\n"
             );
@@ -113,10 +106,7 @@ impl Node {
         for i in 1..=3 {
             let pod = Netns::new(&format!("{p}p{i}"));
             wire_pod(&node, &pod, i);
-            let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
-                .iter()
-                .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
-                .collect();
+            let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
             servers.push(Servers::start(&pod, &format!("b{i}"), &addrs));
             pods.push(pod);
         }
@@ -131,6 +121,18 @@ impl Node {
             pods,
             node,
         }
+    }
+
+    /// A node whose agent runs with pods 1-3 as ready endpoints of `web`.
+    fn started() -> Node {
+        let mut n = Node::new();
+        n.write(&manifests(&[
+            (1, true, false),
+            (2, true, false),
+            (3, true, false),
+        ]));
+        n.agent.start();
+        n
     }
 
     fn write(&self, yaml: &str) {
@@ -180,13 +182,7 @@ const ALL: [&str; 3] = ["b1", "b2", "b3"];
 
 #[test]
 fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
-    let mut n = Node::new();
-    n.write(&manifests(&[
-        (1, true, false),
-        (2, true, false),
-        (3, true, false),
-    ]));
-    n.agent.start();
+    let n = Node::started();
     let node = &n.node;
     let pod = &n.pods[0];
     for ns in [node, pod] {
@@ -218,13 +214,7 @@ fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
 
 #[test]
 fn endpoint_changes_and_the_terminating_fallback_are_applied() {
-    let mut n = Node::new();
-    n.write(&manifests(&[
-        (1, true, false),
-        (2, true, false),
-        (3, true, false),
-    ]));
-    n.agent.start();
+    let n = Node::started();
     assert_eq!(ids(&n.spread(&n.node, "tcp", CIP4, 80, 30)), ALL.into());
     // b2 goes away, b3 is terminating while b1 is ready: only b1 takes new connections.
     n.write(&manifests(&[(1, true, false), (3, false, true)]));

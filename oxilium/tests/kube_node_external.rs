@@ -20,7 +20,7 @@ use std::{
 };
 use support::{
     agent::AgentProcess,
-    netns::{Netns, unique, veth, wire_pod},
+    netns::{Netns, pod_ip, unique, veth, wire_pod},
     peer::{Answer, PeerServers, Seen, T, ask, spread},
 };
 
@@ -36,14 +36,6 @@ const LB6: &str = "2001:db8::10";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn pod_ip(i: usize, v6: bool) -> IpAddr {
-    ip(&if v6 {
-        format!("fd00:244:{i}::2")
-    } else {
-        format!("10.244.{i}.2")
-    })
 }
 
 /// The cluster as manifests: node-a; `web` (NodePort: 30080/TCP, 30053/UDP) on the pods `web`;

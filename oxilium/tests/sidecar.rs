@@ -18,7 +18,7 @@ use std::{
 use support::{
     agent::AgentProcess,
     cgroup::{Answer, run_client},
-    netns::{Netns, unique, wire_pod},
+    netns::{Netns, pod_ip, unique, wire_pod},
     servers::Servers,
 };
 
@@ -27,13 +27,6 @@ const CIP4: &str = "10.96.0.10";
 const CIP6: &str = "fd00:96::10";
 /// ClusterIP of the service with ClientIP session affinity.
 const STICKY4: &str = "10.96.0.11";
-
-fn pod4(i: usize) -> String {
-    format!("10.244.{i}.2")
-}
-fn pod6(i: usize) -> String {
-    format!("fd00:244:{i}::2")
-}
 
 /// node-a; ClusterIP services `web` (dual-stack, 80/TCP and 53/UDP → 8080) and `sticky` (IPv4,
 /// 80/TCP → 8080, sessionAffinity ClientIP), both backed by pods 1 and 2.
@@ -75,7 +68,7 @@ spec:
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{fam}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: {ty}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]\nendpoints:\n"
         );
         for i in [1, 2] {
-            let a = if fam == 4 { pod4(i) } else { pod6(i) };
+            let a = pod_ip(i, fam == 6);
             y += &format!("  - addresses: [\"{a}\"]\n    nodeName: node-a\n");
         }
     }
@@ -120,10 +113,7 @@ impl Node {
         };
         for i in 1..=2 {
             n.add_pod(i);
-            let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
-                .iter()
-                .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
-                .collect();
+            let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
             n._servers
                 .push(Servers::start(&n.pods[&i], &format!("b{i}"), &addrs));
         }

@@ -3,13 +3,13 @@
 use super::*;
 
 /// A plain TCP accept loop on 0.0.0.0:8080 inside a namespace (accepts and closes).
-struct Acceptor {
+pub(crate) struct Acceptor {
     fd: RawFd,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Acceptor {
-    fn start(ns: &Netns) -> Acceptor {
+    pub(crate) fn start(ns: &Netns) -> Acceptor {
         let path = ns.path();
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::spawn(move || {
@@ -49,7 +49,7 @@ impl Drop for Acceptor {
 
 /// A namespace configured like a node without a way out: lo up, `eth0` (a veth whose peer is a
 /// dead end) holding the default route, the live endpoints' addresses on lo.
-fn node(tag: &str, live: &[Ipv4Addr]) -> Netns {
+pub(crate) fn node(tag: &str, live: &[Ipv4Addr]) -> Netns {
     let ns = Netns::new(&unique(tag));
     for cmd in [
         "ip link add eth0 type veth peer name eth0p",
@@ -67,7 +67,7 @@ fn node(tag: &str, live: &[Ipv4Addr]) -> Netns {
 }
 
 /// The client process (this binary re-executed): joins the cgroup, then the namespace, then prints the duration of each connect() in ns, one a line.
-fn client(args: &[String]) {
+pub(crate) fn client(args: &[String]) {
     let [cg, ns, to, count, warmup] = args else {
         panic!("client arguments: {args:?}");
     };
@@ -138,7 +138,7 @@ fn measure(ns: &Netns, cgroup: &Cgroup, to: SocketAddrV4, count: usize) -> Laten
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             CLIENT_FLAG,
-            cg,
+            &cg,
             &ns.path(),
             &to.to_string(),
             &count.to_string(),
