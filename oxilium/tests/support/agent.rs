@@ -34,7 +34,7 @@ pub fn bin() -> &'static str {
 
 /// Runs an `oxilium` client command against the agent at `socket` with `-o json`; panics with its
 /// error output when it fails.
-pub fn oxilium_json(socket: &Path, args: &[&str]) -> Value {
+fn oxilium_json(socket: &Path, args: &[&str]) -> Value {
     let out = client(socket, args);
     assert!(
         out.status.success(),
