@@ -13,12 +13,16 @@
 //!
 //! Everything runs in a namespace where the FIB answers (veth, static neighbours, forwarding on),
 //! so the translated cases pay a successful bpf_fib_lookup and return XDP_TX, as in production.
+#[path = "../tests/support/bpffs.rs"]
+#[allow(dead_code)]
+mod bpffs;
 #[path = "../tests/support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
 
 use abi::lb::{LbConfig, reason};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp, programs::XdpMode};
+use bpffs::PinDir;
 use lb::{
     compile,
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Service},
@@ -73,14 +77,6 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct PinDir(std::path::PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -238,9 +234,8 @@ fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
 /// A loaded program with its own pinned maps, holding `model(300)`.
 fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let n = port_min; // distinct per call here
-    let pins = PinDir(format!("/sys/fs/bpf/oxilium-bench-{}-{n}", std::process::id()).into());
-    loader::prepare_pin_dir(&pins.0).expect("bpffs");
-    let mut ebpf = loader::load_xdp(&pins.0, &[], XdpMode::default()).expect("load (root?)");
+    let pins = PinDir::new(&format!("oxilium-bench-{}-{n}", std::process::id()));
+    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(LB4.parse().unwrap()),

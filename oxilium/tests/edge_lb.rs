@@ -42,8 +42,8 @@ fn spread(bed: &Bed, vip: &str, udp: bool, n: usize) -> BTreeMap<String, usize> 
         let id = r.unwrap_or_else(|e| {
             panic!(
                 "request to {vip} (udp={udp}) failed: {e}\nstatus: {}\n{}",
-                bed.cli(&["status"]),
-                bed.agent_log()
+                bed.agent.cli(&["status"]),
+                bed.agent.log()
             )
         });
         *seen.entry(id).or_default() += 1;
@@ -60,7 +60,7 @@ fn snat_tcp_and_udp_over_ipv4_and_ipv6() {
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
-    bed.start_agent();
+    bed.agent.start();
     for vip in [VIP4, VIP6] {
         for udp in [false, true] {
             let seen = spread(&bed, vip, udp, 45);
@@ -68,14 +68,14 @@ fn snat_tcp_and_udp_over_ipv4_and_ipv6() {
         }
     }
     // The datapath did the work: per-service and per-backend counters moved.
-    let services = bed.cli(&["service", "list"]);
+    let services = bed.agent.cli(&["service", "list"]);
     for s in services.as_array().unwrap() {
         assert!(s["packets"].as_u64().unwrap() > 0, "{s}");
         for b in s["backends"].as_array().unwrap() {
             assert!(b["packets"].as_u64().unwrap() > 0, "{b}");
         }
     }
-    let status = bed.cli(&["status"]);
+    let status = bed.agent.cli(&["status"]);
     assert!(status["counters"]["fwd_snat"]["packets"].as_u64().unwrap() > 0);
     assert!(status["counters"]["rev_snat"]["packets"].as_u64().unwrap() > 0);
 }
@@ -86,14 +86,14 @@ fn dsr_tcp_and_udp_over_ipv4_and_ipv6() {
     bed.dsr_backends();
     bed.serve(PORT, true);
     bed.write_config(&config("random", "dsr", &[1, 2, 3], ""));
-    bed.start_agent();
+    bed.agent.start();
     for vip in [VIP4, VIP6] {
         for udp in [false, true] {
             let seen = spread(&bed, vip, udp, 45);
             assert!(all_three(&seen), "{vip} udp={udp}: {seen:?}");
         }
     }
-    let status = bed.cli(&["status"]);
+    let status = bed.agent.cli(&["status"]);
     assert!(status["counters"]["fwd_dsr"]["packets"].as_u64().unwrap() > 0);
     assert_eq!(
         status["counters"]["rev_snat"]["packets"].as_u64().unwrap(),
@@ -107,7 +107,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
-    bed.start_agent();
+    bed.agent.start();
     let mut conn = Conn::open(&bed.client, sa(VIP4, PORT));
     let mine = conn.ask("one").unwrap();
     let n: usize = mine[1..].parse().unwrap();
@@ -116,7 +116,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
     let keep: Vec<usize> = (1..=3).filter(|i| *i != other).collect();
     bed.write_config(&config("maglev", "snat", &keep, ""));
     bed.eventually(10, "reload", || {
-        bed.cli(&["bpf", "lb", "list"])[0]["backends"]
+        bed.agent.cli(&["bpf", "lb", "list"])[0]["backends"]
             .as_array()
             .unwrap()
             .len()
@@ -134,8 +134,8 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
     assert!(!seen.contains_key(&format!("b{other}")), "{seen:?}");
     // Removing the flow's own backend drops its conntrack entries.
     let ct_has = |bed: &Bed, addr: &str| {
-        let ct = bed.cli(&["ct", "list"]);
-        let lb = bed.cli(&["bpf", "lb", "list"]);
+        let ct = bed.agent.cli(&["ct", "list"]);
+        let lb = bed.agent.cli(&["bpf", "lb", "list"]);
         let ids: BTreeSet<u64> = lb
             .as_array()
             .unwrap()
@@ -155,7 +155,8 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
     let keep: Vec<usize> = (1..=3).filter(|i| *i != n).collect();
     bed.write_config(&config("maglev", "snat", &keep, ""));
     bed.eventually(10, "flows of the removed backend flushed", || {
-        bed.cli(&["ct", "list"])
+        bed.agent
+            .cli(&["ct", "list"])
             .as_array()
             .unwrap()
             .iter()
@@ -169,10 +170,11 @@ fn health_checks_quarantine_and_restore_a_backend() {
     bed.serve(PORT, false);
     let hc = "    health_check:\n      type: http\n      path: /healthz\n      interval: 100ms\n      timeout: 50ms\n      healthy_threshold: 2\n      unhealthy_threshold: 2\n";
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], hc));
-    bed.start_agent();
+    bed.agent.start();
     assert!(all_three(&spread(&bed, VIP4, false, 45)));
     let state_of_b2 = |bed: &Bed| -> Vec<String> {
-        bed.cli(&["service", "list"])
+        bed.agent
+            .cli(&["service", "list"])
             .as_array()
             .unwrap()
             .iter()
@@ -209,7 +211,7 @@ fn reload_applies_valid_changes_and_rejects_invalid_ones_whole() {
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1], ""));
-    bed.start_agent();
+    bed.agent.start();
     assert_eq!(
         spread(&bed, VIP4, true, 10).keys().collect::<Vec<_>>(),
         ["b1"]
@@ -221,9 +223,9 @@ fn reload_applies_valid_changes_and_rejects_invalid_ones_whole() {
     assert_ne!(bad, config("maglev", "snat", &[1, 2, 3], ""));
     bed.write_config(&bad);
     bed.eventually(10, "the reload error", || {
-        bed.cli(&["status"])["last_error"].as_str().is_some()
+        bed.agent.cli(&["status"])["last_error"].as_str().is_some()
     });
-    let err = bed.cli(&["status"])["last_error"]
+    let err = bed.agent.cli(&["status"])["last_error"]
         .as_str()
         .unwrap()
         .to_string();
@@ -238,7 +240,7 @@ fn reload_applies_valid_changes_and_rejects_invalid_ones_whole() {
     bed.eventually(10, "the new backends", || {
         all_three(&spread(&bed, VIP4, true, 30))
     });
-    assert!(bed.cli(&["status"])["last_error"].is_null());
+    assert!(bed.agent.cli(&["status"])["last_error"].is_null());
 }
 
 #[test]
@@ -246,15 +248,15 @@ fn agent_restart_keeps_established_connections() {
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
-    bed.start_agent();
+    bed.agent.start();
     let mut v4 = Conn::open(&bed.client, sa(VIP4, PORT));
     let mut v6 = Conn::open(&bed.client, sa(VIP6, PORT));
     let (a, b) = (v4.ask("before").unwrap(), v6.ask("before").unwrap());
-    bed.stop_agent();
+    bed.agent.stop();
     // The datapath runs on from its pinned maps and links while no agent is there.
     assert_eq!(v4.ask("during").unwrap(), a);
     assert_eq!(v6.ask("during").unwrap(), b);
-    bed.start_agent();
+    bed.agent.start();
     assert_eq!(v4.ask("after").unwrap(), a);
     assert_eq!(v6.ask("after").unwrap(), b);
     assert!(all_three(&spread(&bed, VIP4, false, 45)));
@@ -265,9 +267,9 @@ fn kernel_maglev_table_matches_the_offline_builder() {
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
-    bed.start_agent();
-    let kernel = bed.cli(&["maglev", "get", "tcp4"]);
-    let out = std::process::Command::new(support::topology::bin())
+    bed.agent.start();
+    let kernel = bed.agent.cli(&["maglev", "get", "tcp4"]);
+    let out = std::process::Command::new(support::agent::bin())
         .args([
             "maglev", "table", "--size", "251", "--seed", "7", "-o", "json",
         ])

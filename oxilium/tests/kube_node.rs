@@ -9,13 +9,12 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use support::{
-    cgroup::{Answer, Cgroup, run_client},
-    netns::{Netns, oxilium_json, unique, wire_pod},
+    agent::AgentProcess,
+    cgroup::{Answer, run_client},
+    netns::{Netns, pod_ip, unique, wire_pod},
     servers::Servers,
 };
 
@@ -23,13 +22,6 @@ const NODE4: &str = "10.200.0.1";
 const NODE6: &str = "fd00:200::1";
 const CIP4: &str = "10.96.0.10";
 const CIP6: &str = "fd00:96::10";
-
-fn pod4(i: usize) -> String {
-    format!("10.244.{i}.2")
-}
-fn pod6(i: usize) -> String {
-    format!("fd00:244:{i}::2")
-}
 
 /// The manifests: node-a, a dual-stack NodePort Service `web` (http 80/TCP → 8080, dns 53/UDP →
 /// 8080) and its EndpointSlices with the given endpoints (index, ready, terminating).
@@ -70,7 +62,7 @@ endpoints:
 "#
         );
         for (i, ready, terminating) in endpoints {
-            let a = if fam == 4 { pod4(*i) } else { pod6(*i) };
+            let a = pod_ip(*i, fam == 6);
             y += &format!(
                 "  - addresses: [\"{a}\"]\n    nodeName: node-a\n    conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}\n"
             );
@@ -79,15 +71,14 @@ endpoints:
     y
 }
 
+/// Fields drop in order: the agent (killed; its pins, files and cgroup removed), servers, pods,
+/// node.
 struct Node {
+    /// `--role node --node node-a --manifests DIR/manifests` with a cgroup.
+    agent: AgentProcess,
     _servers: Vec<Servers>,
-    agent: Option<Child>,
-    cg: Cgroup,
-    node: Netns,
     pods: Vec<Netns>,
-    dir: PathBuf,
-    pins: PathBuf,
-    socket: PathBuf,
+    node: Netns,
 }
 
 impl Node {
@@ -115,80 +106,43 @@ impl Node {
         for i in 1..=3 {
             let pod = Netns::new(&format!("{p}p{i}"));
             wire_pod(&node, &pod, i);
-            let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
-                .iter()
-                .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
-                .collect();
+            let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
             servers.push(Servers::start(&pod, &format!("b{i}"), &addrs));
             pods.push(pod);
         }
-        let dir = std::env::temp_dir().join(format!("oxilium-kube-{p}"));
-        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        let agent = AgentProcess::builder(&node, "kn")
+            .args(["--role", "node", "--node", "node-a", "--watch-ms", "100"])
+            .file_arg("--manifests", "manifests")
+            .cgroup()
+            .build();
         Node {
+            agent,
             _servers: servers,
-            agent: None,
-            cg: Cgroup::new("kn"),
-            node,
             pods,
-            pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
-            socket: dir.join("api.sock"),
-            dir,
+            node,
         }
+    }
+
+    /// A node whose agent runs with pods 1-3 as ready endpoints of `web`.
+    fn started() -> Node {
+        let mut n = Node::new();
+        n.write(&manifests(&[
+            (1, true, false),
+            (2, true, false),
+            (3, true, false),
+        ]));
+        n.agent.start();
+        n
     }
 
     fn write(&self, yaml: &str) {
-        let tmp = self.dir.join("web.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.dir.join("manifests/web.yaml")).unwrap();
+        self.agent.write_file("manifests/web.yaml", yaml);
     }
 
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
-        let child = self
-            .node
-            .command(&[
-                env!("CARGO_BIN_EXE_oxilium"),
-                "agent",
-                "--role",
-                "node",
-                "--node",
-                "node-a",
-            ])
-            .args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
-            .args([
-                "--cgroup",
-                self.cg.path.to_str().unwrap(),
-                "--pin-dir",
-                self.pins.to_str().unwrap(),
-            ])
-            .args([
-                "--socket",
-                self.socket.to_str().unwrap(),
-                "--watch-ms",
-                "100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let t = Instant::now();
-        while !self.socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "agent did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> serde_json::Value {
-        oxilium_json(&self.socket, args)
+    /// Waits (10 s at most) until `f` is Ok; panics with its last error, the status and the log.
+    #[track_caller]
+    fn eventually<E: std::fmt::Debug>(&self, what: &str, f: impl FnMut() -> Result<(), E>) {
+        self.agent.eventually(Duration::from_secs(10), what, f);
     }
 
     #[track_caller]
@@ -203,7 +157,7 @@ impl Node {
         n: usize,
     ) -> BTreeMap<String, usize> {
         let mut seen = BTreeMap::new();
-        for a in run_client(Some(&self.cg.path), ns, mode, host, port, n) {
+        for a in run_client(Some(self.agent.cgroup()), ns, mode, host, port, n) {
             match a {
                 Answer::Ok { id, peer, port: p } => {
                     assert_eq!((peer.as_str(), p), (host, port), "{mode} peer");
@@ -211,24 +165,12 @@ impl Node {
                 }
                 Answer::Err(e) => panic!(
                     "{mode} to {host}:{port}: errno {e}\n{}\n{}",
-                    self.cli(&["status"]),
-                    self.log()
+                    self.agent.status_text(),
+                    self.agent.log()
                 ),
             }
         }
         seen
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Removing the pins detaches the cgroup links and frees the maps.
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -240,13 +182,7 @@ const ALL: [&str; 3] = ["b1", "b2", "b3"];
 
 #[test]
 fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
-    let mut n = Node::new();
-    n.write(&manifests(&[
-        (1, true, false),
-        (2, true, false),
-        (3, true, false),
-    ]));
-    n.start();
+    let n = Node::started();
     let node = &n.node;
     let pod = &n.pods[0];
     for ns in [node, pod] {
@@ -257,7 +193,7 @@ fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
     // NodePort on the node's own addresses, reached from the node.
     assert_eq!(ids(&n.spread(node, "tcp", NODE4, 30080, 30)), ALL.into());
     assert_eq!(ids(&n.spread(node, "udp", NODE6, 30053, 30)), ALL.into());
-    let services = n.cli(&["service", "list"]);
+    let services = n.agent.cli(&["service", "list"]);
     let names: BTreeSet<String> = services
         .as_array()
         .unwrap()
@@ -278,55 +214,28 @@ fn cluster_ip_and_node_port_from_the_node_and_from_a_pod() {
 
 #[test]
 fn endpoint_changes_and_the_terminating_fallback_are_applied() {
-    let mut n = Node::new();
-    n.write(&manifests(&[
-        (1, true, false),
-        (2, true, false),
-        (3, true, false),
-    ]));
-    n.start();
+    let n = Node::started();
     assert_eq!(ids(&n.spread(&n.node, "tcp", CIP4, 80, 30)), ALL.into());
     // b2 goes away, b3 is terminating while b1 is ready: only b1 takes new connections.
     n.write(&manifests(&[(1, true, false), (3, false, true)]));
-    let t = Instant::now();
-    loop {
+    n.eventually("only b1", || {
         let seen = n.spread(&n.node, "tcp", CIP4, 80, 20);
-        if ids(&seen) == ["b1"].into() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "not applied: {seen:?}\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (ids(&seen) == ["b1"].into()).then_some(()).ok_or(seen)
+    });
     // Nothing ready: the serving, terminating endpoints take the traffic.
     n.write(&manifests(&[(2, false, true), (3, false, true)]));
-    let t = Instant::now();
-    loop {
+    n.eventually("the terminating fallback", || {
         let seen = n.spread(&n.node, "udp", CIP4, 53, 20);
-        if ids(&seen) == ["b2", "b3"].into() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "fallback not applied: {seen:?}\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (ids(&seen) == ["b2", "b3"].into())
+            .then_some(())
+            .ok_or(seen)
+    });
     // An invalid folder changes nothing and is reported.
     n.write("apiVersion: v1\nkind: Service\nmetadata: {name: x\n");
-    let t = Instant::now();
-    while n.cli(&["status"])["last_error"].is_null() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no error reported\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    n.eventually("the error reported", || {
+        let s = n.agent.status();
+        (!s["last_error"].is_null()).then_some(()).ok_or(s)
+    });
     assert_eq!(
         ids(&n.spread(&n.node, "udp", CIP4, 53, 20)),
         ["b2", "b3"].into()

@@ -25,8 +25,8 @@ use support::{
         NODE2_FAB6, ip,
     },
     fake_api::Res,
-    kube_agent::{KubeAgent, ask},
-    peer::PeerConn,
+    kube_agent::KubeAgent,
+    peer::{PeerConn, ask},
 };
 
 const LB4: &str = "203.0.113.10";
@@ -133,7 +133,7 @@ const CASES: [(bool, bool); 4] = [(false, false), (false, true), (true, false), 
 #[test]
 fn api_source_serves_node_ports_and_load_balancers_and_follows_endpoint_slices() {
     let c = Cluster::new([3, 0]);
-    let mut k = KubeAgent::serve(&c.node1);
+    let mut k = KubeAgent::serve(&c.node1, "node1", &["ext0"]);
     k.put(nodes());
     k.put([
         service("web", "NodePort", 10, WEB, false),
@@ -141,7 +141,7 @@ fn api_source_serves_node_ports_and_load_balancers_and_follows_endpoint_slices()
     ]);
     k.put(slices(&c, "web", &["p11", "p12"]));
     k.put(slices(&c, "lb", &["p13"]));
-    k.start(&c.node1, "node1", &["ext0"]);
+    k.start();
     // p11, p12 (web) and p13 (lb), in both families.
     k.wait_local_endpoints(6);
     for (v6, udp) in CASES {
@@ -194,11 +194,11 @@ fn api_source_serves_node_ports_and_load_balancers_and_follows_endpoint_slices()
 #[test]
 fn remote_backend_through_the_agent_is_snatted_and_local_policy_keeps_to_this_node() {
     let c = Cluster::new([1, 1]);
-    let mut k = KubeAgent::serve(&c.node1);
+    let mut k = KubeAgent::serve(&c.node1, "node1", &["ext0", "fab0"]);
     k.put(nodes());
     k.put([service("web", "NodePort", 10, WEB, false)]);
     k.put(slices(&c, "web", &["p21"]));
-    k.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k.start();
     for (v6, udp) in CASES {
         let to = node_port(v6, udp, WEB);
         k.wait_answers(&c.client, to, udp, 10, &[("p21", snat(v6))]);
@@ -265,11 +265,11 @@ fn remote_backend_through_the_agent_is_snatted_and_local_policy_keeps_to_this_no
 #[test]
 fn agent_restart_with_the_api_server_down_keeps_flows_and_the_snat_source() {
     let c = Cluster::new([1, 1]);
-    let mut k = KubeAgent::serve(&c.node1);
+    let mut k = KubeAgent::serve(&c.node1, "node1", &["ext0", "fab0"]);
     k.put(nodes());
     k.put([service("web", "NodePort", 10, WEB, false)]);
     k.put(slices(&c, "web", &["p11", "p21"]));
-    k.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k.start();
     k.wait_local_endpoints(2);
     // One connection to each pod, per family.
     let mut conns = Vec::new();
@@ -289,7 +289,7 @@ fn agent_restart_with_the_api_server_down_keeps_flows_and_the_snat_source() {
         }
     }
     assert_eq!(conns.len(), 4, "a connection to each pod in each family");
-    k.stop();
+    k.agent.stop();
     for (conn, id, peer) in &mut conns {
         let a = conn.ask("stopped").unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!((a.id.as_str(), a.peer), (*id, *peer));
@@ -298,7 +298,7 @@ fn agent_restart_with_the_api_server_down_keeps_flows_and_the_snat_source() {
     // (local endpoints, services, and the SNAT source, which stays node1's InternalIP rather
     // than falling back to a device address before any Node object is known).
     k.api.set_down(true);
-    k.spawn(&c.node1, "node1", &["ext0", "fab0"]);
+    k.agent.start();
     for (conn, id, peer) in &mut conns {
         let a = conn
             .ask("restarted")
@@ -346,16 +346,16 @@ fn dsr(svc: (Res, Value)) -> (Res, Value) {
 #[test]
 fn dsr_service_reaches_a_remote_pod_that_sees_the_client_and_answers_it() {
     let c = Cluster::new([1, 1]);
-    let mut k1 = KubeAgent::serve(&c.node1);
-    let mut k2 = KubeAgent::serve(&c.node2);
+    let mut k1 = KubeAgent::serve(&c.node1, "node1", &["ext0", "fab0"]);
+    let mut k2 = KubeAgent::serve(&c.node2, "node2", &["fab0"]);
     for k in [&k1, &k2] {
         k.put(nodes());
         k.put([dsr(service("web", "NodePort", 10, WEB, false))]);
         k.put(slices(&c, "web", &["p21"]));
     }
-    k2.start(&c.node2, "node2", &["fab0"]);
+    k2.start();
     k2.wait_local_endpoints(2);
-    k1.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k1.start();
     for (v6, udp) in CASES {
         let to = node_port(v6, udp, WEB);
         k1.wait_answers(&c.client, to, udp, 10, &[("p21", client(v6))]);
@@ -385,16 +385,16 @@ fn dsr_service_reaches_a_remote_pod_that_sees_the_client_and_answers_it() {
 #[test]
 fn xdp_acceleration_serves_remote_backends_and_leaves_local_ones_to_tc() {
     let c = Cluster::new([1, 1]);
-    let mut k1 = KubeAgent::serve(&c.node1);
-    let mut k2 = KubeAgent::serve(&c.node2);
+    let mut k1 = KubeAgent::serve(&c.node1, "node1", &["ext0", "fab0"]);
+    let mut k2 = KubeAgent::serve(&c.node2, "node2", &["fab0"]);
     for k in [&k1, &k2] {
         k.put(nodes());
         k.put([service("web", "NodePort", 10, WEB, false)]);
         k.put(slices(&c, "web", &["p11", "p21"]));
     }
-    k2.start(&c.node2, "node2", &["fab0"]);
-    k1.extra_args = vec!["--nodeport-acceleration".into(), "generic".into()];
-    k1.start(&c.node1, "node1", &["ext0", "fab0"]);
+    k2.start();
+    k1.agent.add_args(["--nodeport-acceleration", "generic"]);
+    k1.start();
     k1.wait_local_endpoints(2);
     assert_eq!(k1.status()["nodeport"]["xdp_acceleration"], true);
     for (v6, udp) in CASES {

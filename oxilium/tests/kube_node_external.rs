@@ -14,16 +14,14 @@ mod support;
 
 use serde_json::Value;
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use support::{
-    cgroup::Cgroup,
-    netns::{Netns, oxilium_json, unique, veth, wire_pod},
-    peer::{Answer, PeerServers, tcp_ask, udp_ask},
+    agent::AgentProcess,
+    netns::{Netns, pod_ip, unique, veth, wire_pod},
+    peer::{Answer, PeerServers, Seen, T, ask, spread},
 };
 
 const NODE4: &str = "198.51.100.1";
@@ -35,18 +33,9 @@ const OUT4: &str = "198.51.100.66";
 const OUT6: &str = "fd51::66";
 const LB4: &str = "203.0.113.10";
 const LB6: &str = "2001:db8::10";
-const T: Duration = Duration::from_secs(2);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn pod_ip(i: usize, v6: bool) -> IpAddr {
-    ip(&if v6 {
-        format!("fd00:244:{i}::2")
-    } else {
-        format!("10.244.{i}.2")
-    })
 }
 
 /// The cluster as manifests: node-a; `web` (NodePort: 30080/TCP, 30053/UDP) on the pods `web`;
@@ -141,16 +130,15 @@ endpoints:
     y
 }
 
+/// Fields drop in order: the agent (killed; its pins, files and cgroup removed), servers, the
+/// namespaces (and their devices).
 struct Bed {
+    /// `--role node --node node-a --device ext0 --manifests DIR/manifests` with a cgroup.
+    agent: AgentProcess,
     _servers: Vec<PeerServers>,
-    agent: Option<Child>,
-    cg: Cgroup,
     client: Netns,
-    node: Netns,
+    _node: Netns,
     _pods: Vec<Netns>,
-    dir: PathBuf,
-    pins: PathBuf,
-    socket: PathBuf,
 }
 
 /// A namespace whose devices skip IPv6 duplicate address detection (link-local addresses are
@@ -201,64 +189,32 @@ impl Bed {
             servers.push(PeerServers::start(&pod, &format!("b{i}"), &addrs));
             pods.push(pod);
         }
-        let dir = std::env::temp_dir().join(format!("oxilium-kext-{p}"));
-        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        let agent = AgentProcess::builder(&node, "kx")
+            .args(["--role", "node", "--node", "node-a", "--device", "ext0"])
+            .args(["--watch-ms", "100"])
+            .file_arg("--manifests", "manifests")
+            .env("RUST_LOG", "info")
+            .cgroup()
+            .build();
         Bed {
+            agent,
             _servers: servers,
-            agent: None,
-            cg: Cgroup::new("kx"),
             client,
-            node,
+            _node: node,
             _pods: pods,
-            pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
-            socket: dir.join("api.sock"),
-            dir,
         }
     }
 
     fn write(&self, yaml: &str) {
-        let tmp = self.dir.join("cluster.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.dir.join("manifests/cluster.yaml")).unwrap();
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
-        let child = self
-            .node
-            .command(&[env!("CARGO_BIN_EXE_oxilium"), "agent", "--role", "node"])
-            .args(["--node", "node-a", "--device", "ext0"])
-            .args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
-            .args(["--cgroup", self.cg.path.to_str().unwrap()])
-            .args(["--pin-dir", self.pins.to_str().unwrap()])
-            .args(["--socket", self.socket.to_str().unwrap()])
-            .args(["--watch-ms", "100"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let t = Instant::now();
-        while !self.socket.exists() {
-            if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "agent did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.agent.write_file("manifests/cluster.yaml", yaml);
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        self.agent.log()
     }
 
     fn status(&self) -> Value {
-        oxilium_json(&self.socket, &["status"])
+        self.agent.status()
     }
 
     fn np_counter(&self, name: &str) -> u64 {
@@ -267,60 +223,35 @@ impl Bed {
             .unwrap_or_else(|| panic!("no nodeport counter {name}: {}", self.status()))
     }
 
+    /// Waits (10 s at most) until `f` is Ok; panics with its last error, the status and the log.
+    #[track_caller]
+    fn eventually<E: std::fmt::Debug>(&self, what: &str, f: impl FnMut() -> Result<(), E>) {
+        self.agent.eventually(Duration::from_secs(10), what, f);
+    }
+
     /// Waits until the agent holds `n` local endpoints (they are looked up asynchronously).
+    #[track_caller]
     fn wait_endpoints(&self, n: u64) {
-        let t = Instant::now();
-        loop {
-            let s = self.status();
-            if s["nodeport"]["local_endpoints"].as_u64() == Some(n) {
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "local endpoints not {n}: {s}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.eventually(&format!("{n} local endpoints"), || {
+            let have = self.status()["nodeport"]["local_endpoints"].as_u64();
+            (have == Some(n)).then_some(()).ok_or(have)
+        });
     }
 
     fn ask(&self, from: Option<&str>, to: SocketAddr, udp: bool) -> Result<Answer, String> {
-        let from = from.map(ip);
-        if udp {
-            udp_ask(&self.client, from, to, T)
-        } else {
-            tcp_ask(&self.client, from, to, T)
-        }
+        ask(&self.client, from.map(ip), to, udp)
     }
 
     /// `n` requests from the client to `to`, all answered: backend → the client addresses seen.
     #[track_caller]
-    fn spread(&self, to: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, BTreeSet<IpAddr>> {
-        let mut seen: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
-        for i in 0..n {
-            let a = self.ask(None, to, udp).unwrap_or_else(|e| {
-                panic!(
-                    "request {i} to {to} (udp={udp}): {e}\n{}\n{}",
-                    self.status(),
-                    self.log()
-                )
-            });
-            seen.entry(a.id).or_default().insert(a.peer);
-        }
-        seen
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Removing the pins detaches the cgroup and TCX links and frees the maps; the
-        // namespaces (and their devices) go with the fields.
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
+    fn spread(&self, to: SocketAddr, udp: bool, n: usize) -> Seen {
+        spread(&self.client, to, udp, n).unwrap_or_else(|e| {
+            panic!(
+                "to {to} (udp={udp}): {e}\n{}\n{}",
+                self.agent.status_text(),
+                self.log()
+            )
+        })
     }
 }
 
@@ -334,7 +265,7 @@ fn node_port(v6: bool, port: u16) -> SocketAddr {
 
 /// Backends that answered, each having seen only the client's own address.
 #[track_caller]
-fn answered_by_seeing_client(seen: &BTreeMap<String, BTreeSet<IpAddr>>, v6: bool) -> Vec<&str> {
+fn answered_by_seeing_client(seen: &Seen, v6: bool) -> Vec<&str> {
     for (id, peers) in seen {
         assert_eq!(peers, &BTreeSet::from([client(v6)]), "{id} saw {peers:?}");
     }
@@ -347,7 +278,7 @@ const IN_RANGES: [&str; 2] = ["198.51.100.0/28", "fd51::/126"];
 fn node_port_load_balancer_and_local_policy_from_outside() {
     let mut b = Bed::new();
     b.write(&manifests(&[1, 2, 3], &IN_RANGES));
-    b.start();
+    b.agent.start();
     // Pods 1-3 (web), 1 (lb), 2 (loc), in both families.
     b.wait_endpoints(6);
     for v6 in [false, true] {
@@ -411,7 +342,7 @@ fn node_port_load_balancer_and_local_policy_from_outside() {
 fn endpoint_slice_and_source_range_changes_are_applied() {
     let mut b = Bed::new();
     b.write(&manifests(&[1, 2], &IN_RANGES));
-    b.start();
+    b.agent.start();
     b.wait_endpoints(4);
     for v6 in [false, true] {
         let seen = b.spread(node_port(v6, 30080), false, 20);
@@ -422,21 +353,14 @@ fn endpoint_slice_and_source_range_changes_are_applied() {
     // Pod 3 replaces pod 1 in web (pod 1 stays, as lb's endpoint); lb opens to everyone.
     b.write(&manifests(&[2, 3], &[]));
     b.wait_endpoints(6);
-    let t = Instant::now();
     for v6 in [false, true] {
-        loop {
+        b.eventually(&format!("web's new endpoints (v6={v6})"), || {
             let seen = b.spread(node_port(v6, 30080), false, 20);
             let ids = answered_by_seeing_client(&seen, v6);
-            if ids == ["b2", "b3"] {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "not applied (v6={v6}): {ids:?}\n{}",
-                b.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            (ids == ["b2", "b3"])
+                .then_some(())
+                .ok_or(format!("{ids:?}"))
+        });
         let seen = b.spread(node_port(v6, 30053), true, 20);
         assert_eq!(answered_by_seeing_client(&seen, v6), ["b2", "b3"]);
     }

@@ -15,18 +15,15 @@ use lb::{
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    time::Duration,
 };
 use support::{
     cluster::{
         CLIENT4, CLIENT4_OUT, CLIENT6, CLIENT6_OUT, Cluster, NODE1_EXT4, NODE1_EXT6, NODE1_FAB4,
         NODE1_FAB6, PORT_MAX, PORT_MIN, ip, service,
     },
-    peer::{Answer, PeerConn, tcp_ask, udp_ask},
+    peer::{self, Answer, PeerConn, Seen},
     servers::{Servers, tcp_request, udp_request},
 };
-
-const T: Duration = Duration::from_secs(2);
 
 fn node(v6: bool) -> &'static str {
     if v6 { NODE1_EXT6 } else { NODE1_EXT4 }
@@ -50,23 +47,13 @@ fn services(c: &Cluster, port: u16, pods: &[&str]) -> Vec<Service> {
 }
 
 fn ask(c: &Cluster, from: Option<IpAddr>, to: SocketAddr, udp: bool) -> Result<Answer, String> {
-    if udp {
-        udp_ask(&c.client, from, to, T)
-    } else {
-        tcp_ask(&c.client, from, to, T)
-    }
+    peer::ask(&c.client, from, to, udp)
 }
 
 /// `n` new connections (or datagrams from fresh sockets) to `to`: who answered, and whom each
 /// backend saw. Every request must succeed.
-fn spread(c: &Cluster, to: SocketAddr, udp: bool, n: usize) -> BTreeMap<String, BTreeSet<IpAddr>> {
-    let mut seen: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
-    for i in 0..n {
-        let a = ask(c, None, to, udp)
-            .unwrap_or_else(|e| panic!("request {i} to {to} (udp={udp}) failed: {e}"));
-        seen.entry(a.id).or_default().insert(a.peer);
-    }
-    seen
+fn spread(c: &Cluster, to: SocketAddr, udp: bool, n: usize) -> Seen {
+    peer::spread(&c.client, to, udp, n).unwrap_or_else(|e| panic!("to {to} (udp={udp}): {e}"))
 }
 
 fn client(v6: bool) -> IpAddr {
@@ -306,9 +293,9 @@ fn traffic_not_for_a_service_passes_untouched() {
     }
     assert!(c.lb_count(reason::PASS) > before);
     // Pods stay reachable directly (routed by node1, untranslated).
-    let a = tcp_ask(&c.client, None, c.pod("p21").addr(false), T).unwrap();
+    let a = ask(&c, None, c.pod("p21").addr(false), false).unwrap();
     assert_eq!((a.id.as_str(), a.peer), ("p21", client(false)));
-    let a = udp_ask(&c.client, None, c.pod("p11").addr(true), T).unwrap();
+    let a = ask(&c, None, c.pod("p11").addr(true), true).unwrap();
     assert_eq!((a.id.as_str(), a.peer), ("p11", client(true)));
     // ICMP too.
     c.client.run(&["ping", "-c1", "-W2", NODE1_EXT4]);

@@ -13,13 +13,12 @@ use oxilium::bpf::podlb;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use support::{
-    cgroup::{Answer, Cgroup, run_client},
-    netns::{Netns, oxilium_json, unique, wire_pod},
+    agent::AgentProcess,
+    cgroup::{Answer, run_client},
+    netns::{Netns, pod_ip, unique, wire_pod},
     servers::Servers,
 };
 
@@ -28,13 +27,6 @@ const CIP4: &str = "10.96.0.10";
 const CIP6: &str = "fd00:96::10";
 /// ClusterIP of the service with ClientIP session affinity.
 const STICKY4: &str = "10.96.0.11";
-
-fn pod4(i: usize) -> String {
-    format!("10.244.{i}.2")
-}
-fn pod6(i: usize) -> String {
-    format!("fd00:244:{i}::2")
-}
 
 /// node-a; ClusterIP services `web` (dual-stack, 80/TCP and 53/UDP → 8080) and `sticky` (IPv4,
 /// 80/TCP → 8080, sessionAffinity ClientIP), both backed by pods 1 and 2.
@@ -76,7 +68,7 @@ spec:
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{fam}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: {ty}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]\nendpoints:\n"
         );
         for i in [1, 2] {
-            let a = if fam == 4 { pod4(i) } else { pod6(i) };
+            let a = pod_ip(i, fam == 6);
             y += &format!("  - addresses: [\"{a}\"]\n    nodeName: node-a\n");
         }
     }
@@ -84,17 +76,15 @@ spec:
 }
 
 /// A node namespace, backend pods 1 and 2, client pod 3 (no servers: never its own backend), the
-/// agent. Fields drop in order: agent (killed in Drop), servers, pods, node, cgroup.
+/// agent. Fields drop in order: agent (killed; its pins, files and cgroup removed), servers, pods,
+/// node.
 struct Node {
-    agent: Option<Child>,
+    /// `--role node --node node-a --manifests DIR/manifests` with a cgroup.
+    agent: AgentProcess,
     _servers: Vec<Servers>,
     pods: BTreeMap<usize, Netns>,
     node: Netns,
-    cg: Cgroup,
     prefix: String,
-    dir: PathBuf,
-    pins: PathBuf,
-    socket: PathBuf,
 }
 
 impl Node {
@@ -108,26 +98,22 @@ impl Node {
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
         ]);
-        let dir = std::env::temp_dir().join(format!("oxilium-sidecar-{p}"));
-        std::fs::create_dir_all(dir.join("manifests")).unwrap();
-        std::fs::write(dir.join("manifests/web.yaml"), manifests()).unwrap();
+        let agent = AgentProcess::builder(&node, "sc")
+            .args(["--role", "node", "--node", "node-a", "--watch-ms", "100"])
+            .file_arg("--manifests", "manifests")
+            .cgroup()
+            .build();
+        agent.write_file("manifests/web.yaml", &manifests());
         let mut n = Node {
-            agent: None,
+            agent,
             _servers: Vec::new(),
             pods: BTreeMap::new(),
             node,
-            cg: Cgroup::new("sc"),
-            pins: PathBuf::from(format!("/sys/fs/bpf/oxilium-test-{p}")),
-            socket: dir.join("api.sock"),
-            dir,
             prefix: p,
         };
         for i in 1..=2 {
             n.add_pod(i);
-            let addrs: Vec<SocketAddr> = [pod4(i), pod6(i)]
-                .iter()
-                .map(|a| SocketAddr::new(a.parse().unwrap(), 8080))
-                .collect();
+            let addrs = [false, true].map(|v6| SocketAddr::new(pod_ip(i, v6), 8080));
             n._servers
                 .push(Servers::start(&n.pods[&i], &format!("b{i}"), &addrs));
         }
@@ -143,51 +129,22 @@ impl Node {
     }
 
     fn start(&mut self, host_netns_only: bool) {
-        let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
-        let mut cmd = self.node.command(&[
-            env!("CARGO_BIN_EXE_oxilium"),
-            "agent",
-            "--role",
-            "node",
-            "--node",
-            "node-a",
-        ]);
-        cmd.args(["--manifests", self.dir.join("manifests").to_str().unwrap()])
-            .args(["--cgroup", self.cg.path.to_str().unwrap()])
-            .args(["--pin-dir", self.pins.to_str().unwrap()])
-            .args([
-                "--socket",
-                self.socket.to_str().unwrap(),
-                "--watch-ms",
-                "100",
-            ]);
         if host_netns_only {
-            cmd.arg("--socket-lb-host-netns-only");
+            self.agent.add_args(["--socket-lb-host-netns-only"]);
         }
-        self.agent = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
-        self.wait("the agent's API socket", || self.socket.exists());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        self.agent.start();
     }
 
     #[track_caller]
     fn wait(&self, what: &str, ok: impl Fn() -> bool) {
-        let t = Instant::now();
-        while !ok() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "waiting for {what}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.agent.eventually(Duration::from_secs(20), what, || {
+            ok().then_some(()).ok_or("not yet")
+        });
     }
 
     /// The node devices that carry the pod programs (from their pins).
     fn pod_devices(&self) -> BTreeSet<String> {
-        podlb::pinned(&self.pins)
+        podlb::pinned(self.agent.pins())
             .unwrap()
             .into_iter()
             .map(|d| d.name)
@@ -196,7 +153,7 @@ impl Node {
 
     /// A socket-LB counter from `oxilium status`.
     fn sock(&self, name: &str) -> u64 {
-        let st = oxilium_json(&self.socket, &["status"]);
+        let st = self.agent.status();
         st["socket_lb"][name]
             .as_u64()
             .unwrap_or_else(|| panic!("no socket_lb.{name} in {st}"))
@@ -204,7 +161,7 @@ impl Node {
 
     /// A pod-program counter (packets), from its pinned map.
     fn pod(&self, name: &str) -> u64 {
-        let c = podlb::counters(&self.pins).unwrap();
+        let c = podlb::counters(self.agent.pins()).unwrap();
         c.iter().find(|(n, _)| *n == name).unwrap().1.packets
     }
 
@@ -214,28 +171,18 @@ impl Node {
     #[track_caller]
     fn spread(&self, ns: &Netns, mode: &str, host: &str, port: u16, n: usize) -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
-        for a in run_client(Some(&self.cg.path), ns, mode, host, port, n) {
+        for a in run_client(Some(self.agent.cgroup()), ns, mode, host, port, n) {
             match a {
                 Answer::Ok { id, peer, port: p } => {
                     assert_eq!((peer.as_str(), p), (host, port), "{mode} peer");
                     seen.insert(id);
                 }
-                Answer::Err(e) => panic!("{mode} to {host}:{port}: errno {e}\n{}", self.log()),
+                Answer::Err(e) => {
+                    panic!("{mode} to {host}:{port}: errno {e}\n{}", self.agent.log())
+                }
             }
         }
         seen
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Removing the pins detaches the cgroup and tc links and frees the maps.
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -261,7 +208,7 @@ fn pods_are_translated_per_packet_and_the_node_by_the_socket_lb() {
         (n.sock("connect"), n.sock("sendmsg")),
         (connect, sendmsg),
         "the socket LB translated a pod's socket\n{}",
-        n.log()
+        n.agent.log()
     );
     // Every request's first packet (TCP: SYN) was DNAT'ed, every answer restored.
     let (fwd, rep) = (n.pod("forward"), n.pod("reply"));
@@ -303,18 +250,8 @@ fn a_pod_added_after_start_gets_the_fallback_and_loses_it_when_gone() {
     n.wait("the gone pod's pins removed", || {
         !n.pod_devices().contains("p4")
     });
-    // --cleanup detaches everything.
-    if let Some(mut c) = n.agent.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let out = n
-        .node
-        .command(&[env!("CARGO_BIN_EXE_oxilium"), "agent", "--cleanup"])
-        .args(["--pin-dir", n.pins.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    // --cleanup (the agent stopped) detaches everything.
+    n.agent.cleanup();
     assert!(n.pod_devices().is_empty());
 }
 

@@ -22,16 +22,16 @@ use lb::{
 };
 use oxilium::bpf::{
     lb_maps::KernelMaps,
-    loader::{load_xdp, prepare_pin_dir, remove_pins},
+    loader::load_xdp,
     socklb::{self, SockLb, with_affinity},
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
     time::Duration,
 };
 use support::{
+    bpffs::{CgroupLinks, PinDir},
     cgroup::{Answer, Cgroup, run_client},
     netns::{Netns, unique},
     servers::Servers,
@@ -51,37 +51,16 @@ fn be6(i: usize) -> String {
     format!("fd00:244::{i}")
 }
 
-/// Pin folder on bpffs, removed (with the pinned maps and links in it) on drop.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = remove_pins(&self.0);
-    }
-}
-
 /// Node netns with backends on its loopback, a cgroup with the socket-LB attached, the services.
 /// Fields drop in order: servers, programs, links, cgroup, pins, netns.
 struct Bed {
     _servers: Vec<Servers>,
     sock: SockLb,
     reconciler: Reconciler<KernelMaps>,
-    _links: Links,
+    _links: CgroupLinks,
     cg: Cgroup,
-    pins: Pins,
+    pins: PinDir,
     node: Netns,
-}
-
-/// The pinned links of the test cgroup; removing their pins detaches them.
-struct Links {
-    pin_dir: PathBuf,
-    cgroup_id: u64,
-}
-
-impl Drop for Links {
-    fn drop(&mut self) {
-        let _ = socklb::detach_id(&self.pin_dir, self.cgroup_id);
-    }
 }
 
 fn service(addr: &str, proto: Protocol, backends: &[String]) -> CompiledService {
@@ -116,8 +95,7 @@ fn service(addr: &str, proto: Protocol, backends: &[String]) -> CompiledService 
 impl Bed {
     fn new(tag: &str) -> Bed {
         let node = Netns::new(&unique(tag));
-        let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/{}", unique(tag))));
-        prepare_pin_dir(&pins.0).expect("pin folder");
+        let pins = PinDir::new(&unique(tag));
         let cg = Cgroup::new(tag);
         let mut servers = Vec::new();
         for i in 1..=3 {
@@ -139,9 +117,10 @@ impl Bed {
         }
         // As in the agent: the XDP object creates and owns the LB maps, the sock-lb object
         // reuses their pins (and adds its own maps).
-        let mut xdp = load_xdp(&pins.0, &[], XdpMode::default()).expect("loading the XDP object");
+        let mut xdp =
+            load_xdp(pins.path(), &[], XdpMode::default()).expect("loading the XDP object");
         let maps = KernelMaps::from_ebpf(&mut xdp).expect("LB maps");
-        let mut sock = SockLb::load(&pins.0).expect("loading the sock-lb object");
+        let mut sock = SockLb::load(pins.path()).expect("loading the sock-lb object");
         let mut reconciler = Reconciler::open(maps).expect("reconciler");
         let b4: Vec<String> = (1..=3).map(be4).collect();
         let b6: Vec<String> = (1..=3).map(be6).collect();
@@ -159,12 +138,9 @@ impl Bed {
         reconciler
             .apply(&desired)
             .expect("programming the services");
-        sock.attach(&cg.path, Some(&pins.0))
+        sock.attach(&cg.path, Some(pins.path()))
             .expect("attaching to the cgroup");
-        let links = Links {
-            pin_dir: pins.0.clone(),
-            cgroup_id: socklb::cgroup_id(&cg.path).unwrap(),
-        };
+        let links = CgroupLinks::new(pins.path(), &cg.path);
         Bed {
             _servers: servers,
             sock,
@@ -265,7 +241,7 @@ fn session_affinity_pins_a_client_until_the_timeout() {
     let mut bed = Bed::new("sa");
     let timeout_s = 1;
     let mut services: BpfHashMap<MapData, ServiceKey, ServiceValue> = BpfHashMap::try_from(
-        Map::HashMap(MapData::from_pin(bed.pins.0.join(lb_names::SERVICES)).unwrap()),
+        Map::HashMap(MapData::from_pin(bed.pins.path().join(lb_names::SERVICES)).unwrap()),
     )
     .unwrap();
     for proto in [Protocol::Tcp, Protocol::Udp] {
@@ -329,14 +305,14 @@ fn service_without_backends_refuses_and_links_survive_a_reload() {
     assert!(bed.sock.maps.counter(reason::NO_BACKEND) >= 3);
     // A restarted agent: new object, same pinned maps, links replaced in place; the old object
     // going away leaves the pinned links (and so the translation) in place.
-    let mut again = SockLb::load(&bed.pins.0).expect("reloading");
+    let mut again = SockLb::load(bed.pins.path()).expect("reloading");
     let services = again.lb_maps().unwrap().services().unwrap();
     assert!(
         services
             .iter()
             .any(|(k, _)| *k == Bed::key(CIP4, Protocol::Tcp))
     );
-    again.attach(&bed.cg.path, Some(&bed.pins.0)).unwrap();
+    again.attach(&bed.cg.path, Some(bed.pins.path())).unwrap();
     bed.sock = again;
     assert_eq!(
         bed.backends("tcp", CIP4, CIP4, 5).values().sum::<usize>(),
@@ -345,7 +321,7 @@ fn service_without_backends_refuses_and_links_survive_a_reload() {
     assert!(bed.sock.maps.counter(reason::NO_BACKEND) >= 3, "maps kept");
     // Removing the link pins detaches: the ClusterIP is no longer translated. The kernel frees an
     // unpinned link from a work queue, so the detach takes effect shortly after the unlink.
-    assert_eq!(socklb::detach(&bed.pins.0, &bed.cg.path).unwrap(), 8);
+    assert_eq!(socklb::detach(bed.pins.path(), &bed.cg.path).unwrap(), 8);
     let t = std::time::Instant::now();
     while bed.client(true, "tcp", CIP4, 1) != [Answer::Err("101".into())] {
         assert!(

@@ -1,5 +1,7 @@
 //! The network-namespace test bed shared by the end-to-end tests.
 #![allow(dead_code)]
+pub mod agent;
+pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 #[path = "../../../k8s/tests/support/fake_api.rs"]

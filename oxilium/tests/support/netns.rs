@@ -2,6 +2,7 @@
 //! inside them (nsenter / setns), deletion on drop.
 use std::{
     fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -125,6 +126,15 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.run(&["ip", "link", "set", b_if, "up"]);
 }
 
+/// Pod `i`'s address as [`wire_pod`] sets it: 10.244.{i}.2 or fd00:244:{i}::2.
+pub fn pod_ip(i: usize, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, i as u16, 0, 0, 0, 0, 2))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 244, i as u8, 2))
+    }
+}
+
 /// A pod: `pod` joined to `node` by a veth (`eth0` in the pod, `p{i}` on the node), addresses
 /// 10.244.{i}.2/24 and fd00:244:{i}::2/64, default routes via the node side (.1 / ::1).
 pub fn wire_pod(node: &Netns, pod: &Netns, i: usize) {
@@ -181,20 +191,4 @@ pub fn wire_pod(node: &Netns, pod: &Netns, i: usize) {
         &nif,
         "nodad",
     ]);
-}
-
-/// Runs an `oxilium` client command against the agent at `socket` with `-o json`.
-pub fn oxilium_json(socket: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_oxilium"))
-        .args(args)
-        .args(["-o", "json", "--socket"])
-        .arg(socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "oxilium {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -1,119 +1,97 @@
-//! Hand-written packet builders (Ethernet, one optional 802.1Q tag, IPv4 with options, IPv6 with
-//! extension headers, TCP with options, UDP, ICMP) that compute every checksum in full, and a
-//! decoder + checksum verifier for what a program hands back. Deliberately independent of
-//! datapath/src/csum.rs: plain RFC 1071 sums over big-endian words, no incremental updates.
+//! Test packets, built and read with `etherparse` (independent of the datapath's parser and of
+//! datapath/src/csum.rs): Ethernet with one optional 802.1Q tag, IPv4 with options, IPv6 with
+//! extension headers, TCP with options, UDP, ICMP / ICMPv6, every length and checksum computed in
+//! full; a decoder and a checksum verifier for what a program hands back.
+//!
+//! Deliberately broken packets (cut short, bad lengths, a wrong version nibble, a raw segment
+//! behind a fragment) are not expressible as etherparse headers: the tests make them from these
+//! well-formed ones by cutting or editing bytes, or with [`L4::raw`].
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, Icmpv4Header, Icmpv6Header, IpDscp,
+    IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6Extensions, Ipv6FlowLabel,
+    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, LinkSlice, NetSlice, SingleVlanHeader,
+    SlicedPacket, TcpHeader, TcpHeaderSlice, TransportHeader, TransportSlice, UdpHeader,
+    UdpHeaderSlice, VlanSlice,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-pub const ICMPV6: u8 = 58;
-pub const IPIP: u8 = 4;
-pub const IPV6_IN_IP: u8 = 41;
+pub const TCP: u8 = IpNumber::TCP.0;
+pub const UDP: u8 = IpNumber::UDP.0;
+pub const ICMP: u8 = IpNumber::ICMP.0;
+pub const ICMPV6: u8 = IpNumber::IPV6_ICMP.0;
+pub const IPIP: u8 = IpNumber::IPV4.0;
+pub const IPV6_IN_IP: u8 = IpNumber::IPV6.0;
 
-/// One's-complement sum of `data` as big-endian 16-bit words (odd length padded with a zero byte),
-/// folded to 16 bits.
-pub fn ones_sum(data: &[u8], mut acc: u32) -> u16 {
-    let mut chunks = data.chunks_exact(2);
-    for w in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-/// The pseudo-header of TCP / UDP / ICMPv6 over IPv4 or IPv6 (RFC 793, RFC 8200 §8.1).
-pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, proto]);
-            p.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&(len as u32).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, proto]);
-        }
-        _ => panic!("mixed address families in one pseudo-header"),
-    }
-    p
-}
-
-/// An upper-layer segment; its checksum is filled in once the addresses are known.
+/// An upper-layer segment; its checksum is filled in once the IP header is known.
 #[derive(Clone, Debug)]
 pub struct L4 {
     pub proto: u8,
-    pub bytes: Vec<u8>,
-    /// Offset of the checksum field, and whether it covers a pseudo-header.
-    csum: Option<(usize, bool)>,
+    /// None: raw bytes (an inner packet for IP-in-IP, a later fragment, a cut header).
+    header: Option<TransportHeader>,
+    payload: Vec<u8>,
+    /// False: the checksum field stays 0 (UDP over IPv4 without a checksum).
+    checksum: bool,
 }
 
 impl L4 {
-    /// Raw bytes of any protocol (an inner packet for IP-in-IP, a later fragment, ...).
+    /// Raw bytes of any protocol, carried as they are.
     pub fn raw(proto: u8, bytes: &[u8]) -> L4 {
         L4 {
             proto,
-            bytes: bytes.to_vec(),
-            csum: None,
+            header: None,
+            payload: bytes.to_vec(),
+            checksum: false,
         }
     }
 
-    /// Finishes the checksum for these addresses (a no-op for raw segments).
-    fn seal(mut self, src: IpAddr, dst: IpAddr) -> Vec<u8> {
-        if let Some((off, pseudo)) = self.csum {
-            self.bytes[off..off + 2].fill(0);
-            let acc = if pseudo {
-                u32::from(ones_sum(
-                    &pseudo_header(src, dst, self.proto, self.bytes.len()),
-                    0,
-                ))
-            } else {
-                0
-            };
-            let mut c = !ones_sum(&self.bytes, acc);
-            if self.proto == UDP && c == 0 {
-                c = 0xffff;
-            }
-            self.bytes[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    fn len(&self) -> usize {
+        self.header.as_ref().map_or(0, |h| h.header_len()) + self.payload.len()
+    }
+
+    /// The segment's bytes with the checksum as it stands (0 before [`Ipv4::build`] /
+    /// [`Ipv6::build`] fill it in): what a test cuts to make a short header.
+    pub fn unsealed(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        if let Some(h) = &self.header {
+            h.write(&mut out).unwrap();
         }
-        self.bytes
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn seal_v4(mut self, ip: &Ipv4Header) -> Vec<u8> {
+        if let Some(h) = &mut self.header
+            && self.checksum
+        {
+            h.update_checksum_ipv4(ip, &self.payload).unwrap();
+        }
+        self.unsealed()
+    }
+
+    fn seal_v6(mut self, ip: &Ipv6Header) -> Vec<u8> {
+        if let Some(h) = &mut self.header
+            && self.checksum
+        {
+            h.update_checksum_ipv6(ip, &self.payload).unwrap();
+        }
+        self.unsealed()
     }
 }
 
 /// TCP (PSH|ACK) with the given options (a multiple of 4 bytes) and payload.
 pub fn tcp(sport: u16, dport: u16, options: &[u8], payload: &[u8]) -> L4 {
-    assert!(
-        options.len().is_multiple_of(4) && options.len() <= 40,
-        "TCP options"
-    );
-    let doff = (20 + options.len()) / 4;
-    let mut b = Vec::new();
-    b.extend_from_slice(&sport.to_be_bytes());
-    b.extend_from_slice(&dport.to_be_bytes());
-    b.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq
-    b.extend_from_slice(&0x9abc_def0u32.to_be_bytes()); // ack
-    b.push((doff as u8) << 4);
-    b.push(0x18); // PSH|ACK
-    b.extend_from_slice(&64240u16.to_be_bytes()); // window
-    b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    b.extend_from_slice(options);
-    b.extend_from_slice(payload);
+    let mut h = TcpHeader::new(sport, dport, 0x1234_5678, 64240);
+    h.acknowledgment_number = 0x9abc_def0;
+    (h.psh, h.ack) = (true, true);
+    h.set_options_raw(options).expect("TCP options");
     L4 {
         proto: TCP,
-        bytes: b,
-        csum: Some((16, true)),
+        header: Some(TransportHeader::Tcp(h)),
+        payload: payload.to_vec(),
+        checksum: true,
     }
 }
 
@@ -123,36 +101,39 @@ pub const TCP_OPTIONS: [u8; 20] = [
 ];
 
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4 {
-    let mut b = Vec::new();
-    b.extend_from_slice(&sport.to_be_bytes());
-    b.extend_from_slice(&dport.to_be_bytes());
-    b.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    b.extend_from_slice(&[0, 0]);
-    b.extend_from_slice(payload);
+    let h = UdpHeader::without_ipv4_checksum(sport, dport, payload.len()).unwrap();
     L4 {
         proto: UDP,
-        bytes: b,
-        csum: Some((6, true)),
+        header: Some(TransportHeader::Udp(h)),
+        payload: payload.to_vec(),
+        checksum: true,
     }
 }
 
 /// UDP over IPv4 with no checksum (the field stays 0).
 pub fn udp_no_checksum(sport: u16, dport: u16, payload: &[u8]) -> L4 {
     L4 {
-        csum: None,
+        checksum: false,
         ..udp(sport, dport, payload)
     }
 }
 
-/// ICMP (v4: no pseudo-header) or ICMPv6 (pseudo-header) message: type, code, 4 bytes of
-/// type-specific data, then the body (for errors: the quoted packet).
+/// ICMP (v4) or ICMPv6 message: type, code, 4 bytes of type-specific data (zero), then the body
+/// (for errors: the quoted packet).
 pub fn icmp(v6: bool, ty: u8, code: u8, body: &[u8]) -> L4 {
-    let mut b = vec![ty, code, 0, 0, 0, 0, 0, 0];
-    b.extend_from_slice(body);
+    let first = [ty, code, 0, 0, 0, 0, 0, 0];
+    let (proto, header) = if v6 {
+        let (h, _) = Icmpv6Header::from_slice(&first).unwrap();
+        (ICMPV6, TransportHeader::Icmpv6(h))
+    } else {
+        let (h, _) = Icmpv4Header::from_slice(&first).unwrap();
+        (ICMP, TransportHeader::Icmpv4(h))
+    };
     L4 {
-        proto: if v6 { ICMPV6 } else { ICMP },
-        bytes: b,
-        csum: Some((2, v6)),
+        proto,
+        header: Some(header),
+        payload: body.to_vec(),
+        checksum: true,
     }
 }
 
@@ -184,27 +165,32 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> Ipv4 {
 
 impl Ipv4 {
     pub fn build(&self, l4: L4) -> Vec<u8> {
-        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
-        let proto = l4.proto;
-        let body = l4.seal(self.src.into(), self.dst.into());
-        let ihl = 5 + self.options.len() / 4;
-        let tot = ihl * 4 + body.len();
-        let mut h = vec![0x40 | ihl as u8, self.tos];
-        h.extend_from_slice(&(tot as u16).to_be_bytes());
-        h.extend_from_slice(&self.id.to_be_bytes());
-        h.extend_from_slice(&self.frag.to_be_bytes());
-        h.extend_from_slice(&[self.ttl, proto, 0, 0]);
-        h.extend_from_slice(&self.src.octets());
-        h.extend_from_slice(&self.dst.octets());
-        h.extend_from_slice(&self.options);
-        let c = !ones_sum(&h, 0);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        h.extend_from_slice(&body);
-        h
+        let mut h = Ipv4Header::new(
+            0,
+            self.ttl,
+            IpNumber(l4.proto),
+            self.src.octets(),
+            self.dst.octets(),
+        )
+        .unwrap();
+        h.dscp = IpDscp::try_new(self.tos >> 2).unwrap();
+        h.ecn = IpEcn::try_new(self.tos & 3).unwrap();
+        h.identification = self.id;
+        h.dont_fragment = self.frag & 0x4000 != 0;
+        h.more_fragments = self.frag & 0x2000 != 0;
+        h.fragment_offset = IpFragOffset::try_new(self.frag & 0x1fff).unwrap();
+        h.options = self.options.as_slice().try_into().expect("IPv4 options");
+        h.set_payload_len(l4.len()).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let body = l4.seal_v4(&h);
+        let mut out = h.to_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
     }
 }
 
-/// IPv6 extension headers the builders can put in front of the upper layer.
+/// IPv6 extension headers the builders can put in front of the upper layer (written in the
+/// order of RFC 8200 §4.1, whatever the order of the list).
 #[derive(Clone, Debug)]
 pub enum Ext {
     /// Hop-by-hop options (next header 0) of `8 * (1 + len)` bytes, PadN filled.
@@ -232,60 +218,92 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr) -> Ipv6 {
     }
 }
 
+/// An options header of `8 * (1 + len)` bytes holding one PadN option.
+fn padded(len: u8) -> Ipv6RawExtHeader {
+    let n = 8 * (1 + len as usize);
+    let mut options = vec![0u8; n - 2];
+    options[..2].copy_from_slice(&[1, (n - 4) as u8]);
+    Ipv6RawExtHeader::new_raw(IpNumber(0), &options).unwrap()
+}
+
 impl Ipv6 {
     pub fn build(&self, l4: L4) -> Vec<u8> {
-        let proto = l4.proto;
-        let body = l4.seal(self.src.into(), self.dst.into());
-        let code = |e: &Ext| match e {
-            Ext::HopByHop(_) => 0u8,
-            Ext::DestOpts(_) => 60,
-            Ext::Fragment { .. } => 44,
-        };
-        let mut exts = Vec::new();
-        for (i, e) in self.ext.iter().enumerate() {
-            let next = self.ext.get(i + 1).map(code).unwrap_or(proto);
-            match e {
-                Ext::HopByHop(len) | Ext::DestOpts(len) => {
-                    let n = 8 * (1 + *len as usize);
-                    // PadN option covering the rest of the header.
-                    exts.extend_from_slice(&[next, *len, 1, (n - 4) as u8]);
-                    exts.extend(std::iter::repeat_n(0u8, n - 4));
-                }
+        let mut exts = Ipv6Extensions::default();
+        for e in &self.ext {
+            match *e {
+                Ext::HopByHop(len) => exts.hop_by_hop_options = Some(padded(len)),
+                Ext::DestOpts(len) => exts.destination_options = Some(padded(len)),
                 Ext::Fragment { offset, more } => {
-                    let fo = (offset << 3) | u16::from(*more);
-                    exts.extend_from_slice(&[next, 0]);
-                    exts.extend_from_slice(&fo.to_be_bytes());
-                    exts.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+                    let offset = IpFragOffset::try_new(offset).unwrap();
+                    exts.fragment = Some(Ipv6FragmentHeader::new(
+                        IpNumber(0),
+                        offset,
+                        more,
+                        0xdead_beef,
+                    ));
                 }
             }
         }
-        let first = self.ext.first().map(code).unwrap_or(proto);
-        let plen = exts.len() + body.len();
-        let mut h = vec![0x60, 0, 0, 0];
-        h.extend_from_slice(&(plen as u16).to_be_bytes());
-        h.extend_from_slice(&[first, self.hop_limit]);
-        h.extend_from_slice(&self.src.octets());
-        h.extend_from_slice(&self.dst.octets());
-        h.extend_from_slice(&exts);
-        h.extend_from_slice(&body);
-        h
+        let first = exts.set_next_headers(IpNumber(l4.proto));
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: (exts.header_len() + l4.len()) as u16,
+            next_header: first,
+            hop_limit: self.hop_limit,
+            source: self.src.octets(),
+            destination: self.dst.octets(),
+        };
+        let body = l4.seal_v6(&h);
+        let mut out = h.to_bytes().to_vec();
+        exts.write(&mut out, first).unwrap();
+        out.extend_from_slice(&body);
+        out
     }
 }
 
 /// An Ethernet frame client → LB around an IP packet (ethertype from the IP version), with an
 /// optional 802.1Q tag (TCI).
 pub fn ether(l3: &[u8], vlan: Option<u16>) -> Vec<u8> {
-    let ethertype: u16 = if l3[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
-    let mut f = Vec::with_capacity(l3.len() + 18);
-    f.extend_from_slice(&LB_MAC);
-    f.extend_from_slice(&CLIENT_MAC);
+    let ether_type = if l3[0] >> 4 == 6 {
+        EtherType::IPV6
+    } else {
+        EtherType::IPV4
+    };
+    ether_typed(ether_type, l3, vlan)
+}
+
+/// An Ethernet frame client → LB of any ethertype, with an optional 802.1Q tag (TCI).
+pub fn ether_typed(ether_type: EtherType, payload: &[u8], vlan: Option<u16>) -> Vec<u8> {
+    let mut eth = Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type,
+    };
+    let mut f = Vec::with_capacity(payload.len() + 18);
     if let Some(tci) = vlan {
-        f.extend_from_slice(&0x8100u16.to_be_bytes());
-        f.extend_from_slice(&tci.to_be_bytes());
+        eth.ether_type = EtherType::VLAN_TAGGED_FRAME;
+        let [t0, t1] = tci.to_be_bytes();
+        let [e0, e1] = ether_type.0.to_be_bytes();
+        f.extend_from_slice(&eth.to_bytes());
+        f.extend_from_slice(&SingleVlanHeader::from_bytes([t0, t1, e0, e1]).to_bytes());
+    } else {
+        f.extend_from_slice(&eth.to_bytes());
     }
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(l3);
+    f.extend_from_slice(payload);
     f
+}
+
+/// An ARP request (Ethernet, IPv4) from the client for `target`.
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let arp = ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac: CLIENT_MAC,
+        sender_ipv4: sender.octets(),
+        target_mac: [0; 6],
+        target_ipv4: target.octets(),
+    };
+    ether_typed(EtherType::ARP, &arp.to_bytes(), None)
 }
 
 /// What a frame holds, decoded independently of the datapath's parser.
@@ -307,103 +325,131 @@ pub struct View {
     pub dport: u16,
 }
 
-/// Decodes Ethernet (+ 802.1Q), IPv4 / IPv6 (+ hop-by-hop, destination options, fragment) and
-/// the ports of TCP / UDP. Panics on anything it cannot decode: the tests only feed it frames
-/// the program should have produced correctly.
+fn offset(frame: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - frame.as_ptr() as usize
+}
+
+/// Decodes Ethernet (+ 802.1Q), IPv4 / IPv6 (+ extension headers) and the ports of TCP / UDP.
+/// Panics on anything it cannot decode: the tests only feed it frames the program should have
+/// produced correctly.
 pub fn view(f: &[u8]) -> View {
-    let mut et = u16::from_be_bytes([f[12], f[13]]);
-    let mut l3 = 14;
-    let mut vlan = None;
-    if et == 0x8100 {
-        vlan = Some(u16::from_be_bytes([f[14], f[15]]));
-        et = u16::from_be_bytes([f[16], f[17]]);
-        l3 = 18;
-    }
-    let ip = &f[l3..];
-    let (src, dst, mut proto, mut l4, l3_len): (IpAddr, IpAddr, u8, usize, usize) = match et {
-        0x0800 => {
-            assert_eq!(ip[0] >> 4, 4, "IPv4 version");
-            let o = |i: usize| Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]);
-            let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-            (
-                o(12).into(),
-                o(16).into(),
-                ip[9],
-                (ip[0] & 0xf) as usize * 4,
-                tot,
-            )
-        }
-        0x86dd => {
-            assert_eq!(ip[0] >> 4, 6, "IPv6 version");
-            let a = |i: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[i..i + 16]).unwrap());
-            let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            (a(8).into(), a(24).into(), ip[6], 40, 40 + plen)
-        }
-        other => panic!("ethertype {other:#06x} is not IP"),
+    let p = SlicedPacket::from_ethernet(f).unwrap_or_else(|e| panic!("undecodable frame: {e}"));
+    let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
+        panic!("not Ethernet II")
     };
-    if src.is_ipv6() {
-        while matches!(proto, 0 | 60 | 44) {
-            let next = ip[l4];
-            l4 += if proto == 44 {
-                8
-            } else {
-                8 * (1 + ip[l4 + 1] as usize)
-            };
-            proto = next;
-        }
-    }
-    let (sport, dport) = if proto == TCP || proto == UDP {
-        let p = |i: usize| u16::from_be_bytes([ip[l4 + i], ip[l4 + i + 1]]);
-        (p(0), p(2))
-    } else {
-        (0, 0)
+    let vlan = match p.vlan() {
+        None => None,
+        Some(VlanSlice::SingleVlan(v)) => Some(u16::from_be_bytes([v.slice()[0], v.slice()[1]])),
+        Some(VlanSlice::DoubleVlan(_)) => panic!("two 802.1Q tags"),
+    };
+    let (l3, src, dst, l3_len, payload): (usize, IpAddr, IpAddr, usize, _) =
+        match p.net.as_ref().expect("an IP packet") {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                let len = h.total_len() as usize;
+                let (s, d) = (h.source_addr().into(), h.destination_addr().into());
+                (offset(f, h.slice()), s, d, len, ip.payload())
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                let len = 40 + h.payload_length() as usize;
+                let (s, d) = (h.source_addr().into(), h.destination_addr().into());
+                (offset(f, h.slice()), s, d, len, ip.payload())
+            }
+            NetSlice::Arp(_) => panic!("ARP is not IP"),
+        };
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        // A fragment is not sliced further: the first one still starts with the ports.
+        None if payload.fragmented => match payload.ip_number {
+            IpNumber::TCP => TcpHeaderSlice::from_slice(payload.payload)
+                .map_or((0, 0), |t| (t.source_port(), t.destination_port())),
+            IpNumber::UDP => UdpHeaderSlice::from_slice(payload.payload)
+                .map_or((0, 0), |u| (u.source_port(), u.destination_port())),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
     };
     View {
-        dst_mac: f[0..6].try_into().unwrap(),
-        src_mac: f[6..12].try_into().unwrap(),
+        dst_mac: eth.destination(),
+        src_mac: eth.source(),
         vlan,
         l3,
         src,
         dst,
-        proto,
-        l4: l3 + l4,
+        proto: payload.ip_number.0,
+        l4: offset(f, payload.payload),
         l3_len,
         sport,
         dport,
     }
 }
 
-/// True when the IPv4 header at `ip` (options included) sums to 0xffff.
+/// Ones'-complement checksums have two zeros: a stored 0xffff and a computed 0x0000 (or the
+/// reverse) are the same sum, which the receiver accepts.
+fn same_sum(stored: u16, computed: u16) -> bool {
+    stored == computed || matches!((stored, computed), (0, 0xffff) | (0xffff, 0))
+}
+
+/// True when the checksum of the IPv4 header at the start of `ip` (options included) is right.
 pub fn ipv4_header_ok(ip: &[u8]) -> bool {
-    let ihl = (ip[0] & 0xf) as usize * 4;
-    ones_sum(&ip[..ihl], 0) == 0xffff
+    let h = Ipv4HeaderSlice::from_slice(ip).expect("IPv4 header");
+    same_sum(h.header_checksum(), h.to_header().calc_header_checksum())
+}
+
+/// The addresses of the pseudo-header.
+enum Addrs {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
 }
 
 /// Verifies every checksum of a frame: the IPv4 header's, and the TCP / UDP / ICMP one over the
 /// pseudo-header (an IPv4 UDP checksum of 0 means "none" and passes). Returns a description of
 /// the first wrong one.
 pub fn verify_checksums(f: &[u8]) -> Result<(), String> {
-    let v = view(f);
-    let ip = &f[v.l3..v.l3 + v.l3_len];
-    if v.src.is_ipv4() && !ipv4_header_ok(ip) {
-        return Err("IPv4 header checksum".into());
-    }
-    let seg = &f[v.l4..v.l3 + v.l3_len];
-    let ok = match v.proto {
-        TCP | UDP | ICMPV6 => {
-            if v.proto == UDP && v.src.is_ipv4() && seg[6..8] == [0, 0] {
-                return Ok(());
+    let p = SlicedPacket::from_ethernet(f).map_err(|e| format!("undecodable frame: {e}"))?;
+    let addrs = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            if !ipv4_header_ok(h.slice()) {
+                return Err("IPv4 header checksum".into());
             }
-            let ph = pseudo_header(v.src, v.dst, v.proto, seg.len());
-            ones_sum(seg, u32::from(ones_sum(&ph, 0))) == 0xffff
+            Addrs::V4(h.source(), h.destination())
         }
-        ICMP => ones_sum(seg, 0) == 0xffff,
-        _ => true,
+        Some(NetSlice::Ipv6(ip)) => Addrs::V6(ip.header().source(), ip.header().destination()),
+        _ => return Ok(()),
     };
-    if ok {
+    let (proto, stored, computed) = match (&p.transport, addrs) {
+        (Some(TransportSlice::Tcp(t)), Addrs::V4(s, d)) => {
+            (TCP, t.checksum(), t.calc_checksum_ipv4(s, d).unwrap())
+        }
+        (Some(TransportSlice::Tcp(t)), Addrs::V6(s, d)) => {
+            (TCP, t.checksum(), t.calc_checksum_ipv6(s, d).unwrap())
+        }
+        (Some(TransportSlice::Udp(u)), Addrs::V4(_, _)) if u.checksum() == 0 => return Ok(()),
+        (Some(TransportSlice::Udp(u)), Addrs::V4(s, d)) => {
+            let c = u.to_header().calc_checksum_ipv4_raw(s, d, u.payload());
+            (UDP, u.checksum(), c.unwrap())
+        }
+        (Some(TransportSlice::Udp(u)), Addrs::V6(s, d)) => {
+            let c = u.to_header().calc_checksum_ipv6_raw(s, d, u.payload());
+            (UDP, u.checksum(), c.unwrap())
+        }
+        (Some(TransportSlice::Icmpv4(i)), _) => {
+            let c = Icmpv4Header::with_checksum(i.icmp_type(), i.payload()).checksum;
+            (ICMP, i.checksum(), c)
+        }
+        (Some(TransportSlice::Icmpv6(i)), Addrs::V6(s, d)) => {
+            let c = Icmpv6Header::with_checksum(i.icmp_type(), s, d, i.payload());
+            (ICMPV6, i.checksum(), c.unwrap().checksum)
+        }
+        _ => return Ok(()),
+    };
+    if same_sum(stored, computed) {
         Ok(())
     } else {
-        Err(format!("protocol {} checksum", v.proto))
+        Err(format!("protocol {proto} checksum"))
     }
 }
 

@@ -4,6 +4,7 @@
 //! address). Threads inside namespaces, stopped on drop.
 use super::netns::{Netns, enter};
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::FromRawFd,
@@ -260,4 +261,35 @@ impl PeerConn {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// One request's time limit in [`ask`].
+pub const T: Duration = Duration::from_secs(2);
+
+/// Backend id → the client addresses it saw.
+pub type Seen = BTreeMap<String, BTreeSet<IpAddr>>;
+
+/// One request (a new TCP connection, or a datagram from a fresh socket) from `client`, from
+/// `from` if given.
+pub fn ask(
+    client: &Netns,
+    from: Option<IpAddr>,
+    to: SocketAddr,
+    udp: bool,
+) -> Result<Answer, String> {
+    if udp {
+        udp_ask(client, from, to, T)
+    } else {
+        tcp_ask(client, from, to, T)
+    }
+}
+
+/// `n` requests to `to`: who answered and whom each backend saw; the first failure ends it.
+pub fn spread(client: &Netns, to: SocketAddr, udp: bool, n: usize) -> Result<Seen, String> {
+    let mut seen = Seen::new();
+    for i in 0..n {
+        let a = ask(client, None, to, udp).map_err(|e| format!("request {i}: {e}"))?;
+        seen.entry(a.id).or_default().insert(a.peer);
+    }
+    Ok(seen)
 }

@@ -3,6 +3,7 @@
 //! services and frames the cases share.
 #![allow(dead_code)]
 
+use super::bpffs::PinDir;
 pub use super::packet::*;
 pub use abi::lb::{CtEntry, FlowKey, LbConfig, reason};
 pub use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp, programs::XdpMode};
@@ -16,7 +17,6 @@ pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::{
     fs::File,
     os::fd::AsRawFd,
-    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -98,15 +98,6 @@ impl Drop for ThreadNetns {
     }
 }
 
-/// A bpffs folder for one test's pinned maps, removed on drop (panics included).
-pub struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub struct Out {
     pub action: u32,
     pub data: Vec<u8>,
@@ -127,10 +118,9 @@ impl Lb {
     }
 
     pub fn in_netns(model: Model, ns: ThreadNetns) -> Lb {
-        let pins = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("test")));
-        loader::prepare_pin_dir(&pins.0).expect("bpffs pin folder (root?)");
+        let pins = PinDir::new(&unique("test"));
         let mut ebpf =
-            loader::load_xdp(&pins.0, &[], XdpMode::default()).expect("loading oxilium_lb");
+            loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("loading oxilium_lb");
         let mut maps = KernelMaps::from_ebpf(&mut ebpf).expect("maps");
         maps.set_config(&LbConfig {
             snat_v4: compile::addr_bytes(LB4.into()),
