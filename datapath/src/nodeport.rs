@@ -19,12 +19,11 @@
 //! valid: unlike XDP, tc sees offloaded packets.
 use crate::{
     encap,
-    fib::{self, Route},
     headers::*,
     lb::{self, NewFlow, Target},
     maps::{self, OXI_SNAT},
-    nat::last4,
-    parse::{self, Flow, Fragment, Parsed},
+    parse::Flow,
+    skb::{parse_tc, rewrite, set_macs, transmit},
     stats,
 };
 use abi::{
@@ -35,12 +34,9 @@ use abi::{
     },
 };
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_csum_diff, bpf_redirect},
-    },
+    helpers::{bpf_ktime_get_ns, generated::bpf_redirect},
     programs::TcContext,
 };
 
@@ -94,12 +90,6 @@ macro_rules! nodeport_maps {
     };
 }
 
-/// bpf_l4_csum_replace: the checksum is IPv6's (kernel ≥ 6.16; older kernels refuse the flag and
-/// the update is retried without it).
-const BPF_F_IPV6: u64 = 1 << 7;
-/// Bytes made directly readable before parsing (Ethernet + VLAN + IPv6 + extension headers + TCP).
-const PULL_HEADERS: u32 = 128;
-
 #[inline(always)]
 pub fn count<M: NodePortMaps>(r: u32, bytes: u64) {
     if let Some(c) = M::stats().get_ptr_mut(r) {
@@ -109,40 +99,6 @@ pub fn count<M: NodePortMaps>(r: u32, bytes: u64) {
             (*c).bytes += bytes;
         }
     }
-}
-
-/// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
-/// translates (let it pass), or (ingress only) an IP-in-IP tunnel. Called once per parse site
-/// rather than inlined: the parser is the largest piece of code and frame.
-#[inline(never)]
-pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
-    let len = ctx.len();
-    let _ = ctx.pull_data(len.min(PULL_HEADERS));
-    let s = maps::scratch()?;
-    let mut r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
-    if r == Parsed::Malformed && ctx.data_end() - ctx.data() < len as usize {
-        // The parser wants the whole IP packet in the linear area (XDP always has it): pull it.
-        let _ = ctx.pull_data(len);
-        r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
-    }
-    let f = &s.flow;
-    let why = match r {
-        Parsed::NotIp => return None,
-        Parsed::Malformed => reason::MALFORMED,
-        Parsed::Ip if f.icmp_error => reason::ICMP_ERROR,
-        // Fragments are left to the host's reassembly: the node's address is shared with it.
-        Parsed::Ip if f.frag != Fragment::No => reason::PASS,
-        Parsed::Ip if f.key.proto == IPPROTO_TCP || f.key.proto == IPPROTO_UDP => return Some(s),
-        // DSR tunnels (checked by `tunnel`).
-        Parsed::Ip if ingress && (f.key.proto == IPPROTO_IPIP || f.key.proto == IPPROTO_IPV6) => {
-            return Some(s);
-        }
-        Parsed::Ip => reason::PASS,
-    };
-    if ingress {
-        stats::reason(why, len as u64);
-    }
-    None
 }
 
 /// tc ingress of an external device: frontends translated, remote backends' replies restored.
@@ -400,107 +356,4 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
     }
     count::<M>(np::DSR_IN, bytes);
     unsafe { bpf_redirect(ep.ifindex, 0) as i32 }
-}
-
-/// One's-complement difference of two 4-byte-multiple fields (bpf_csum_diff).
-#[inline(always)]
-fn diff<const N: usize>(from: &[u8; N], to: &[u8; N], seed: u32) -> Result<u64, ()> {
-    let d = unsafe {
-        bpf_csum_diff(
-            from.as_ptr() as *mut u32,
-            N as u32,
-            to.as_ptr() as *mut u32,
-            N as u32,
-            seed,
-        )
-    };
-    if d < 0 {
-        Err(())
-    } else {
-        Ok(d as u64 & 0xffff_ffff)
-    }
-}
-
-/// Rewrites the flow's addresses and ports to `new`'s with bpf_skb_store_bytes, updating the IPv4
-/// header checksum and the TCP / UDP checksum (pseudo-header changes flagged as such, so that
-/// CHECKSUM_PARTIAL packets stay right; a UDP checksum of 0 stays 0).
-#[inline(never)]
-pub fn rewrite(ctx: &TcContext, f: &Flow, new: &FlowKey) -> Result<(), ()> {
-    let old = &f.key;
-    let (csum_off, udp) = match old.proto {
-        IPPROTO_TCP => (TCP_CSUM_OFF, false),
-        IPPROTO_UDP => (UDP_CSUM_OFF, true),
-        _ => return Err(()),
-    };
-    let csum_at = f.l4_off + csum_off;
-    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
-    let old_ports = [old.sport, old.dport];
-    let new_ports = [new.sport, new.dport];
-    let ports = diff(
-        unsafe { &*(old_ports.as_ptr() as *const [u8; 4]) },
-        unsafe { &*(new_ports.as_ptr() as *const [u8; 4]) },
-        0,
-    )?;
-    if f.v6 {
-        let d = diff(&old.src, &new.src, 0)?;
-        let d = diff(&old.dst, &new.dst, d as u32)?;
-        if ctx
-            .l4_csum_replace(csum_at, 0, d, pseudo | BPF_F_IPV6)
-            .is_err()
-        {
-            ctx.l4_csum_replace(csum_at, 0, d, pseudo).map_err(|_| ())?;
-        }
-        ctx.store(f.l3_off + 8, &new.src, 0).map_err(|_| ())?;
-        ctx.store(f.l3_off + 24, &new.dst, 0).map_err(|_| ())?;
-    } else {
-        let (os, od, ns, nd) = (
-            last4(&old.src),
-            last4(&old.dst),
-            last4(&new.src),
-            last4(&new.dst),
-        );
-        let d = diff(&os, &ns, 0)?;
-        let d = diff(&od, &nd, d as u32)?;
-        ctx.l4_csum_replace(csum_at, 0, d, pseudo).map_err(|_| ())?;
-        ctx.l3_csum_replace(f.l3_off + 10, 0, d, 0)
-            .map_err(|_| ())?;
-        ctx.store(f.l3_off + 12, &ns, 0).map_err(|_| ())?;
-        ctx.store(f.l3_off + 16, &nd, 0).map_err(|_| ())?;
-    }
-    ctx.l4_csum_replace(csum_at, 0, ports, mangled)
-        .map_err(|_| ())?;
-    ctx.store(f.l4_off, &new_ports, 0).map_err(|_| ())
-}
-
-/// Sets the frame's destination and source MACs.
-#[inline(always)]
-fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
-    ctx.store(0, dst, 0).map_err(|_| ())?;
-    ctx.store(6, src, 0).map_err(|_| ())
-}
-
-/// Sends a translated packet to its next hop: MACs from the FIB and bpf_redirect to the egress
-/// device; without a resolved neighbour the packet goes up the stack, which resolves it and
-/// forwards (the agent sets accept_local, since the source may be the node's own address).
-#[inline(never)]
-fn transmit(ctx: &TcContext, v6: bool, src: &Addr, dst: &Addr) -> i32 {
-    let skb = ctx.skb.skb;
-    let ingress = unsafe { (*skb).ingress_ifindex };
-    match fib::lookup(skb as *mut _, ingress, v6, src, dst, 0) {
-        Route::Via {
-            ifindex,
-            smac,
-            dmac,
-        } => {
-            if set_macs(ctx, &dmac, &smac).is_err() {
-                return TC_ACT_SHOT as i32;
-            }
-            unsafe { bpf_redirect(ifindex, 0) as i32 }
-        }
-        Route::NoNeighbour | Route::None | Route::TooBig => {
-            stats::reason(reason::FIB_PASS, 0);
-            TC_ACT_OK as i32
-        }
-    }
 }

@@ -10,12 +10,12 @@
 //! - tc egress of the host-side veth (packets to the pod): a reply with such an entry is restored
 //!   to come from the frontend.
 //!
-//! The rewrite is the NodePort one ([`crate::nodeport::rewrite`], valid for CHECKSUM_PARTIAL).
+//! The rewrite is the NodePort one ([`crate::skb::rewrite`], valid for CHECKSUM_PARTIAL).
 use crate::{
     lb::{self, NewFlow, Target},
     maps::{OXI_SERVICES, OXI_SNAT},
-    nodeport::{parse_tc, rewrite},
     parse::Flow,
+    skb::{parse_tc, rewrite},
     sock::{self, AffinityMap, AffinityTimeoutMap},
     stats,
 };

@@ -1,16 +1,14 @@
 //! The agent's API: HTTP/1.1 + JSON on a unix socket (root only, mode 0600).
-use crate::agent::Shared;
+pub mod http;
 mod views;
+
+use crate::agent::Shared;
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
-};
+use hyper::{Request, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
 use std::{os::unix::fs::PermissionsExt, path::Path};
 use tokio::{net::UnixListener, task::JoinHandle};
-use tracing::debug;
 
 pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
     if let Some(dir) = socket.parent() {
@@ -26,23 +24,12 @@ pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
                 continue;
             };
             let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req)) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!("api connection: {e}");
-                }
-            });
+            http::spawn_connection(stream, "api", move |req| handle(&state, req));
         }
     }))
 }
 
-fn handle(state: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::Value) {
     let path = req.uri().path().to_string();
     let st = state.lock().unwrap();
     let result = match path
@@ -58,18 +45,13 @@ fn handle(state: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ["ct"] => views::conntrack(&st),
         _ => Err(anyhow::anyhow!("no such endpoint: {path}")),
     };
-    let (code, body) = match result {
+    match result {
         Ok(v) => (StatusCode::OK, v),
         Err(e) => (
             StatusCode::NOT_FOUND,
             serde_json::json!({ "error": format!("{e:#}") }),
         ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    resp
+    }
 }
 
 /// The CLI side: GET `path` from the agent and return the JSON body.

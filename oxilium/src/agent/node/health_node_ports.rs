@@ -2,10 +2,7 @@
 //! server on the node answering `/healthz` with the number of the Service's local endpoints —
 //! 200 when there is at least one, 503 otherwise — so an external load balancer only sends to
 //! nodes that can serve the traffic locally (what kube-proxy serves on `healthCheckNodePort`).
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde_json::json;
 use std::{
     collections::BTreeMap,
@@ -91,20 +88,14 @@ async fn serve(listener: TcpListener, port: u16, answers: Arc<Mutex<BTreeMap<u16
             continue;
         };
         let answers = answers.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |_req| {
-                let a = answers.lock().unwrap().get(&port).cloned();
-                async move { Ok::<_, std::convert::Infallible>(respond(a)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+        crate::api::http::spawn_connection(stream, "health-check node port", move |_req| {
+            respond(answers.lock().unwrap().get(&port).cloned())
         });
     }
 }
 
-fn respond(a: Option<Answer>) -> Response<Full<Bytes>> {
-    let (code, body) = match a {
+fn respond(a: Option<Answer>) -> (StatusCode, serde_json::Value) {
+    match a {
         Some(a) => {
             let code = if a.local_endpoints > 0 {
                 StatusCode::OK
@@ -121,10 +112,5 @@ fn respond(a: Option<Answer>) -> Response<Full<Bytes>> {
             StatusCode::NOT_FOUND,
             json!({"error": "no such health check"}),
         ),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = code;
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
+    }
 }

@@ -1,0 +1,43 @@
+//! The agent's HTTP servers share this: one HTTP/1.1 connection served with hyper, every request
+//! answered by a synchronous function with a JSON body (the API socket, the health-check node
+//! ports).
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+/// Serves one accepted connection in its own task; `answer` gives each request's status and JSON.
+pub fn spawn_connection<IO, F>(io: IO, what: &'static str, answer: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(&Request<Incoming>) -> (StatusCode, serde_json::Value) + Send + Sync + 'static,
+{
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| {
+            let (code, body) = answer(&req);
+            async move { Ok::<_, std::convert::Infallible>(json_response(code, &body)) }
+        });
+        if let Err(e) = http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+        {
+            debug!("{what} connection: {e}");
+        }
+    });
+}
+
+/// A response with `body` as `application/json`.
+pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
