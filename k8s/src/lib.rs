@@ -3,8 +3,9 @@
 //! per-node frontends (ClusterIP, NodePort, LoadBalancer, externalIPs, HostPort) with their backends,
 //! and the offline `oxilium service list --manifests DIR --node NAME -o json`.
 //!
-//! Flow: [`manifests::read_dir`] (the one manifests-folder reader, [`manifests::read_folder`], typed) or the API watchers of [`api_source`] → [`Cluster`] (`apply_*`/`delete_*`) →
-//! [`compile_service`] / [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
+//! Flow: [`manifests::read_dir`] (the manifests-folder reader [`manifests::read_folder`], typed) or
+//! the API watchers of [`api_source`] → [`Cluster`] (`apply_*`/`delete_*`) → [`compile_service`] /
+//! [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
 //! docs/kube-proxy-replacement.md lists the semantics.
 pub mod api_source;
 pub mod cluster;
