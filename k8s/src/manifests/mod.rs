@@ -295,7 +295,7 @@ pub(crate) mod tests {
         bomb += "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
         for i in 1..=9 {
             let p = format!("*a{}", i - 1);
-            bomb += &format!("a{i}: &a{i} [{}]\n", vec![p.as_str(); 10].join(", "));
+            bomb += &format!("a{i}: &a{i} [{}]\n", [p.as_str(); 10].join(", "));
         }
         let t = std::time::Instant::now();
         let e = parse_text(Path::new("bomb.yaml"), &bomb)

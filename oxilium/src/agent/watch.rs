@@ -218,7 +218,10 @@ fn relevant(ev: &notify::Result<Event>, folder: &Path, name: Option<&OsStr>) -> 
 
 /// What the files read look like: a change of any of them (or of which files there are) shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp(Result<Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>, String>);
+pub struct Stamp(Result<Vec<(PathBuf, Option<FileStamp>)>, String>);
+
+/// Modification time, size and inode.
+type FileStamp = (SystemTime, u64, u64);
 
 impl Stamp {
     /// One file (followed if a symlink); a missing file is a state of its own.
@@ -244,7 +247,7 @@ impl Stamp {
     }
 }
 
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+fn file_stamp(path: &Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
