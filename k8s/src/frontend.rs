@@ -134,7 +134,7 @@ impl Frontend {
 pub struct Note {
     /// The object concerned, as `kind namespace/name`.
     pub object: String,
-    /// Where it was read from (file and document), when it came from a manifests folder.
+    /// Where it was read from (file and line), when it came from a manifests folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     pub message: String,

@@ -3,8 +3,9 @@
 //! per-node frontends (ClusterIP, NodePort, LoadBalancer, externalIPs, HostPort) with their backends,
 //! and the offline `oxilium service list --manifests DIR --node NAME -o json`.
 //!
-//! Flow: [`manifests::read_dir`] or the API watchers of [`api_source`] → [`Cluster`] (`apply_*`/`delete_*`) →
-//! [`compile_service`] / [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
+//! Flow: [`manifests::read_dir`] (the manifests-folder reader [`manifests::read_folder`], typed) or
+//! the API watchers of [`api_source`] → [`Cluster`] (`apply_*`/`delete_*`) → [`compile_service`] /
+//! [`compile_node`] → [`Frontend`]s → [`output::frontends_json`].
 //! docs/kube-proxy-replacement.md lists the semantics.
 pub mod api_source;
 pub mod cluster;
@@ -21,7 +22,7 @@ pub use frontend::{
     Algorithm, Backend, BackendState, Frontend, FrontendType, HealthCheck, IpNetwork, Mode, Note,
     ObjectKey, Protocol,
 };
-pub use manifests::{Manifests, Origin, SourceError};
+pub use manifests::{Manifests, Object, Origin, SourceError};
 pub use per_node::{
     CompileError, IndexUpdate, NodeFrontends, NodeIndex, Options, ServiceFrontends, Slot,
     SlotChange, compile_host_ports, compile_node, compile_service, parse_port_range,

@@ -5,13 +5,17 @@ use k8s_openapi::api::{
     core::v1::ServiceAccount,
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
-use serde::Deserialize;
+use serde_json::{Value, from_value};
+use std::path::Path;
 
-fn docs(file: &str) -> Vec<serde_yaml::Value> {
+/// The objects of one file, read as the manifests folder reader reads them.
+fn docs(file: &str) -> Vec<Value> {
     let path = format!("{}/../deploy/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    k8s::manifests::parse_text(Path::new(&path), &text)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.value)
         .collect()
 }
 
@@ -19,9 +23,9 @@ fn docs(file: &str) -> Vec<serde_yaml::Value> {
 fn daemonset_and_rbac_are_valid_objects() {
     let rbac = docs("rbac.yaml");
     assert_eq!(rbac.len(), 3);
-    let sa: ServiceAccount = serde_yaml::from_value(rbac[0].clone()).unwrap();
-    let role: ClusterRole = serde_yaml::from_value(rbac[1].clone()).unwrap();
-    let binding: ClusterRoleBinding = serde_yaml::from_value(rbac[2].clone()).unwrap();
+    let sa: ServiceAccount = from_value(rbac[0].clone()).unwrap();
+    let role: ClusterRole = from_value(rbac[1].clone()).unwrap();
+    let binding: ClusterRoleBinding = from_value(rbac[2].clone()).unwrap();
     let resources: Vec<String> = role
         .rules
         .unwrap()
@@ -36,7 +40,7 @@ fn daemonset_and_rbac_are_valid_objects() {
         sa.metadata.name.clone().unwrap()
     );
 
-    let ds: DaemonSet = serde_yaml::from_value(docs("daemonset.yaml")[0].clone()).unwrap();
+    let ds: DaemonSet = from_value(docs("daemonset.yaml")[0].clone()).unwrap();
     let pod = ds.spec.template.spec.unwrap();
     assert_eq!(pod.service_account_name, sa.metadata.name);
     assert_eq!(pod.host_network, Some(true));

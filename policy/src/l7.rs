@@ -65,9 +65,10 @@ pub fn http_allows<'a>(rules: &'a [HttpRule], req: &HttpRequest) -> Option<&'a H
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn rule(y: &str) -> HttpRule {
-        serde_yaml::from_str(y).unwrap()
+    fn rule(v: serde_json::Value) -> HttpRule {
+        serde_json::from_value(v).unwrap()
     }
 
     fn req(m: &str, p: &str) -> HttpRequest {
@@ -80,13 +81,15 @@ mod tests {
 
     #[test]
     fn method_path_host_headers() {
-        let r = rule("{method: POST, path: /v1/request-landing}");
+        let r = rule(json!({"method": "POST", "path": "/v1/request-landing"}));
         assert!(http_rule_matches(&r, &req("POST", "/v1/request-landing")));
         assert!(!http_rule_matches(&r, &req("PUT", "/v1/exhaust-port")));
         assert!(!http_rule_matches(&r, &req("POST", "/v1/request-landing2")));
-        let r = rule(
-            "{path: '/public/.*', host: 'api\\.example\\.com', headers: ['X-Token: abc', 'X-Trace']}",
-        );
+        let r = rule(json!({
+            "path": "/public/.*",
+            "host": "api\\.example\\.com",
+            "headers": ["X-Token: abc", "X-Trace"],
+        }));
         let mut q = req("GET", "/public/x");
         assert!(!http_rule_matches(&r, &q));
         q.host = Some("api.example.com".into());
@@ -95,9 +98,11 @@ mod tests {
             ("X-Trace".into(), "1".into()),
         ];
         assert!(http_rule_matches(&r, &q));
-        let r = rule("{headerMatches: [{name: X-Role, value: admin}]}");
+        let r = rule(json!({"headerMatches": [{"name": "X-Role", "value": "admin"}]}));
         assert!(!http_rule_matches(&r, &req("GET", "/")));
-        let r = rule("{headerMatches: [{name: X-Role, value: admin, mismatch: LOG}]}");
+        let r = rule(
+            json!({"headerMatches": [{"name": "X-Role", "value": "admin", "mismatch": "LOG"}]}),
+        );
         assert!(http_rule_matches(&r, &req("GET", "/")));
         assert!(http_allows(&[], &req("GET", "/")).is_none());
     }

@@ -1,7 +1,8 @@
 //! The identity-based policy engine: labels → identities → selector cache → per-endpoint policy maps.
 //!
-//! Pure Rust, no I/O besides reading a manifests folder, no kernel. The tc programs enforce the output:
-//! the per-endpoint map entries defined in `abi::policy`. See docs/policy.md for the model.
+//! Pure Rust, no I/O, no kernel: a manifests folder is read by `k8s::manifests::read_folder` and its
+//! objects handed to [`manifests::Manifests::from_objects`]. The tc programs enforce the output: the
+//! per-endpoint map entries defined in `abi::policy`. See docs/policy.md for the model.
 pub mod api;
 pub mod cidr;
 pub mod endpoint_policy;

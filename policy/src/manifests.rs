@@ -1,92 +1,65 @@
-//! Loading a folder of YAML manifests (multi-document files, `kind: List`) into typed objects. Policy
-//! objects are parsed strictly; errors name the file, the document, the object and the field path.
+//! The policy objects of a manifests folder (Namespaces, Pods, NetworkPolicies, Cilium policies)
+//! as typed objects. Parsing is strict; errors name the file and line of the object, the object and
+//! the field path.
+//!
+//! This crate does no I/O and parses no YAML: the folder is read by the one manifests-folder reader,
+//! `k8s::manifests::read_folder` (which walks it, parses multi-document YAML and JSON, flattens
+//! `kind: List` and gives each object its file and line), and the caller (the binary's offline
+//! `policy` commands, the tests) hands the objects over with [`Manifests::from_objects`]. policy
+//! does not depend on k8s: that crate brings the Kubernetes client and its async runtime, which a
+//! pure library has no use for.
 use crate::api::cilium::CiliumPolicy;
 use crate::api::k8s::{Namespace, NetworkPolicy, Pod};
 use crate::endpoint_policy::NamedPorts;
 use crate::engine::EndpointSpec;
 use crate::rule::{PolicyRef, Rule};
 use crate::translate;
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use serde_json::Value;
+use std::fmt::Display;
 
+/// A bad object: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{file}: document {doc}: {msg}")]
-    Yaml {
-        file: String,
-        doc: usize,
-        msg: String,
-    },
-    #[error("{0}")]
-    Field(Box<FieldLocation>),
-}
+#[error("{0}")]
+pub struct LoadError(pub Box<FieldLocation>);
 
-/// A bad field in one document: where it is and what is wrong.
+/// A bad field in one object: where it is and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: document {doc} ({kind} {name}): {path}: {msg}")]
+#[error("{origin} ({kind} {name}): {path}: {msg}")]
 pub struct FieldLocation {
-    pub file: String,
-    pub doc: usize,
+    /// File and line of the object, as the reader names them (`policies.yaml:12`).
+    pub origin: String,
     pub kind: String,
     pub name: String,
     pub path: String,
     pub msg: String,
 }
 
-/// The objects found in a manifests folder.
+/// The policy objects found in a manifests folder.
 #[derive(Debug, Default)]
 pub struct Manifests {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<(PolicyRef, Vec<Rule>)>,
-    /// `kind` of documents that are not policy-relevant (Deployments, Services, ...).
+    /// `kind` of objects that are not policy-relevant (Deployments, Services, ...).
     pub ignored: Vec<String>,
 }
 
 impl Manifests {
-    /// Reads every `.yaml`, `.yml` and `.json` file under `dir` (recursively, in name order).
-    pub fn load_dir(dir: &Path, cluster: &str) -> Result<Manifests, LoadError> {
-        let mut files = Vec::new();
-        collect(dir, &mut files)?;
+    /// The objects of a folder, in the reader's order: each a JSON mapping with `apiVersion` and
+    /// `kind` (the items of a `kind: List` already taken out), with where it came from.
+    pub fn from_objects<O: Display>(
+        objects: impl IntoIterator<Item = (O, Value)>,
+        cluster: &str,
+    ) -> Result<Manifests, LoadError> {
         let mut m = Manifests::default();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|source| LoadError::Io {
-                path: f.clone(),
-                source,
-            })?;
-            m.add_str(&text, &f.display().to_string(), cluster)?;
+        for (origin, v) in objects {
+            m.add_object(&origin.to_string(), v, cluster)?;
         }
         Ok(m)
     }
 
-    /// Adds the documents of one YAML stream; `file` names it in errors.
-    pub fn add_str(&mut self, text: &str, file: &str, cluster: &str) -> Result<(), LoadError> {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError::Yaml {
-                file: file.into(),
-                doc: i + 1,
-                msg: e.to_string(),
-            })?;
-            self.add_value(v, file, i + 1, cluster)?;
-        }
-        Ok(())
-    }
-
-    fn add_value(
-        &mut self,
-        v: serde_yaml::Value,
-        file: &str,
-        doc: usize,
-        cluster: &str,
-    ) -> Result<(), LoadError> {
-        if v.is_null() {
-            return Ok(());
-        }
+    /// Adds one object; `origin` (file and line) names it in errors.
+    pub fn add_object(&mut self, origin: &str, v: Value, cluster: &str) -> Result<(), LoadError> {
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
         let (api, kind) = (s("apiVersion"), s("kind"));
         let name = v
@@ -96,9 +69,8 @@ impl Manifests {
             .unwrap_or("?")
             .to_string();
         let field = |path: String, msg: String| {
-            LoadError::Field(Box::new(FieldLocation {
-                file: file.into(),
-                doc,
+            LoadError(Box::new(FieldLocation {
+                origin: origin.into(),
                 kind: kind.clone(),
                 name: name.clone(),
                 path,
@@ -117,13 +89,6 @@ impl Manifests {
             ));
         }
         match (api.as_str(), kind.as_str()) {
-            ("v1", "List") => {
-                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
-                    for it in items.clone() {
-                        self.add_value(it, file, doc, cluster)?;
-                    }
-                }
-            }
             ("v1", "Namespace") => self
                 .namespaces
                 .push(parse(v).map_err(|(p, m)| field(p, m))?),
@@ -157,7 +122,7 @@ impl Manifests {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, (String, String)> {
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.inner().to_string();
@@ -170,26 +135,6 @@ fn parse<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, (Str
             msg,
         )
     })
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
-        path: dir.into(),
-        source,
-    })?;
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// The engine's view of a pod.

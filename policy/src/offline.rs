@@ -1,6 +1,7 @@
-//! Offline mode: a manifests folder → engine → verdicts and policy maps as JSON (what
-//! `oxilium policy verdict|get --manifests DIR` print). Argument parsing helpers live here too so that
-//! the CLI only parses flags and prints.
+//! Offline mode: the objects of a manifests folder → engine → verdicts and policy maps as JSON (what
+//! `oxilium policy verdict|get --manifests DIR` print; the binary reads the folder with
+//! `k8s::manifests::read_folder` and hands the objects over). Argument parsing helpers live here too
+//! so that the CLI only parses flags and prints.
 use crate::api::Protocol;
 use crate::engine::{Config, Endpoint, Engine};
 use crate::identity::NumericIdentity;
@@ -9,8 +10,8 @@ use crate::manifests::{LoadError, Manifests, endpoint_spec};
 use crate::mapstate::{MapKey, Verdict, lookup};
 use crate::rule::Direction;
 use serde_json::{Value, json};
+use std::fmt::Display;
 use std::net::IpAddr;
-use std::path::Path;
 
 /// A bad query: names the flag and what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,14 +91,18 @@ pub fn parse_header(flag: &'static str, s: &str) -> Result<(String, String), Que
     }
 }
 
-/// An engine loaded from a manifests folder.
+/// An engine loaded from the objects of a manifests folder.
 pub struct Offline {
     pub engine: Engine,
 }
 
 impl Offline {
-    pub fn load(dir: &Path, cfg: Config) -> Result<Offline, LoadError> {
-        let m = Manifests::load_dir(dir, &cfg.cluster)?;
+    /// The objects as the manifests-folder reader yields them, with their origins (file and line).
+    pub fn from_objects<O: Display>(
+        objects: impl IntoIterator<Item = (O, Value)>,
+        cfg: Config,
+    ) -> Result<Offline, LoadError> {
+        let m = Manifests::from_objects(objects, &cfg.cluster)?;
         Ok(Self::from_manifests(m, cfg))
     }
 

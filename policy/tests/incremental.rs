@@ -51,7 +51,7 @@ fn action(k: u8) -> Action {
         0 | 1 => Action::Allow,
         2 => Action::Deny,
         _ => Action::L7(Arc::new(L7::Http(vec![
-            serde_yaml::from_str::<HttpRule>("{method: GET}").unwrap(),
+            serde_json::from_str::<HttpRule>(r#"{"method": "GET"}"#).unwrap(),
         ]))),
     }
 }

@@ -1,10 +1,11 @@
 //! Strict parsing: unknown fields and bad values are rejected with the field path.
 use policy::manifests::Manifests;
 
+/// The objects of one YAML text, read as the manifests-folder reader reads a file.
 fn load(y: &str) -> Result<Manifests, String> {
-    let mut m = Manifests::default();
-    m.add_str(y, "test.yaml", "default")
-        .map(|_| m)
+    let objects = k8s::manifests::parse_text(std::path::Path::new("test.yaml"), y)
+        .map_err(|e| e.to_string())?;
+    Manifests::from_objects(objects.into_iter().map(|o| (o.origin, o.value)), "default")
         .map_err(|e| e.to_string())
 }
 
@@ -24,6 +25,17 @@ fn bad_port_names_its_path() {
         "{e}"
     );
     assert!(e.contains("out of range"), "{e}");
+    // The object's file and line (the reader's origin), kind and name.
+    assert!(
+        e.starts_with("test.yaml:1 (CiliumNetworkPolicy p): "),
+        "{e}"
+    );
+    let e = load(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
+                  apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: x}\n",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("test.yaml:5 (Pod p): status.podIP"), "{e}");
 }
 
 #[test]

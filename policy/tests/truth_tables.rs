@@ -25,7 +25,9 @@ fn run_case(dir: &Path) -> usize {
             }
         }
     }
-    let off = Offline::load(dir, cfg).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let objects = k8s::manifests::read_folder(dir).unwrap_or_else(|e| panic!("{e}"));
+    let off = Offline::from_objects(objects.into_iter().map(|o| (o.origin, o.value)), cfg)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for l in lines.iter().filter(|l| !l.starts_with("options:")) {
         let (q, want) = l.split_once("=>").unwrap();
         let q: Vec<&str> = q.split_whitespace().collect();

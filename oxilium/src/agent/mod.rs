@@ -4,6 +4,7 @@
 mod edge;
 mod neighbour;
 pub mod node;
+mod watch;
 
 use crate::bpf::{lb_maps::KernelMaps, loader};
 use anyhow::{Context, Result};
@@ -49,7 +50,9 @@ pub struct AgentArgs {
     /// XDP attach mode: native (driver) or generic (skb).
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: XdpAttach,
-    /// How often the config file is checked for changes, in milliseconds.
+    /// Debounce of the config file / manifests folder watch (inotify), in milliseconds: a change
+    /// is applied once no further change came for this long (at the latest after 4 times this).
+    /// With a manifests folder, also how often waiting pods are looked up again.
     #[arg(long, default_value_t = 500)]
     pub watch_ms: u64,
     /// Detach everything, remove the pin folder and exit.

@@ -1,15 +1,11 @@
 //! `oxilium policy ...`: offline policy verdicts and computed policy maps from a manifests folder.
 //! Flag parsing and printing only; the engine and the JSON shapes live in the policy crate.
+use super::Output;
 use anyhow::Context as _;
-use clap::{Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum, builder::PossibleValuesParser, builder::TypedValueParser};
 use policy::offline::{self, Offline, Query};
 use policy::{Config, Enforcement};
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    Json,
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -29,8 +25,9 @@ pub struct Common {
     /// Audit mode: report would-be drops as `audit`.
     #[arg(long)]
     audit: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "json")]
+    /// Output format (these commands print JSON only).
+    #[arg(short = 'o', long, default_value = "json",
+          value_parser = PossibleValuesParser::new(["json"]).map(|_| Output::Json))]
     output: Output,
 }
 
@@ -46,8 +43,16 @@ impl Common {
             audit: self.audit,
             ..Config::default()
         };
-        Offline::load(&self.manifests, cfg)
-            .with_context(|| format!("--manifests {}", self.manifests.display()))
+        // The folder is read by the one manifests-folder reader; the policy crate does no I/O.
+        let objects = k8s::manifests::read_folder(&self.manifests)
+            .map_err(anyhow::Error::from)
+            .and_then(|objects| {
+                Ok(Offline::from_objects(
+                    objects.into_iter().map(|o| (o.origin, o.value)),
+                    cfg,
+                )?)
+            });
+        objects.with_context(|| format!("--manifests {}", self.manifests.display()))
     }
 }
 

@@ -265,24 +265,24 @@ mod tests {
 
     #[test]
     fn ports_parse_numbers_and_names() {
-        let p: PortValue = serde_yaml::from_str("\"80\"").unwrap();
+        let p: PortValue = serde_json::from_str("\"80\"").unwrap();
         assert_eq!(p, PortValue::Number(80));
-        let p: PortValue = serde_yaml::from_str("8080").unwrap();
+        let p: PortValue = serde_json::from_str("8080").unwrap();
         assert_eq!(p, PortValue::Number(8080));
-        let p: PortValue = serde_yaml::from_str("http-alt").unwrap();
+        let p: PortValue = serde_json::from_str("\"http-alt\"").unwrap();
         assert_eq!(p, PortValue::Name("http-alt".into()));
-        assert!(serde_yaml::from_str::<PortValue>("70000").is_err());
-        assert!(serde_yaml::from_str::<PortValue>("\"Not_A_Name\"").is_err());
+        assert!(serde_json::from_str::<PortValue>("70000").is_err());
+        assert!(serde_json::from_str::<PortValue>("\"Not_A_Name\"").is_err());
     }
 
     #[test]
     fn expressions_are_validated() {
-        let e: Result<Expression, _> = serde_yaml::from_str("{key: a, operator: In}");
+        let e: Result<Expression, _> = serde_json::from_str(r#"{"key": "a", "operator": "In"}"#);
         assert!(e.unwrap_err().to_string().contains("needs values"));
         let e: Result<Expression, _> =
-            serde_yaml::from_str("{key: a, operator: Exists, values: [x]}");
+            serde_json::from_str(r#"{"key": "a", "operator": "Exists", "values": ["x"]}"#);
         assert!(e.is_err());
-        let e: Result<Expression, _> = serde_yaml::from_str("{key: a, operator: Foo}");
+        let e: Result<Expression, _> = serde_json::from_str(r#"{"key": "a", "operator": "Foo"}"#);
         assert!(e.is_err());
     }
 

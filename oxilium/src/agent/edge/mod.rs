@@ -1,7 +1,10 @@
 //! The edge LB role (`--role lb`): XDP service translation on `--iface`, kept equal to the config
 //! file (validated whole, then applied; an invalid file changes nothing) and to the backends' health.
+//! The file is watched through its folder (see [`super::watch`]): in-place edits and a new file
+//! renamed over it are applied, debounced by `--watch-ms`.
 pub mod config_model;
 
+use super::watch::{Stamp, Watch};
 use super::{AgentArgs, Shared, apply_model};
 use crate::bpf::{lb_maps::KernelMaps, loader};
 use abi::lb::LbConfig;
@@ -92,13 +95,14 @@ pub(super) async fn run(args: &AgentArgs, state: &Shared) -> Result<()> {
             st.config.as_ref().expect("loaded"),
         ));
     }
-    let mut last = file_stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
+    // The watch is set before the stamp is taken: a change from now on is seen.
+    let mut watch = Watch::file(&path, Duration::from_millis(args.watch_ms.max(50)))?;
+    let mut last = Stamp::file(&path);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let now = file_stamp(&path);
+            _ = watch.changed() => {
+                let now = Stamp::file(&path);
                 if now != last {
                     last = now;
                     reload(&path, state, &mut prober);
@@ -155,10 +159,4 @@ fn reload(path: &Path, state: &Shared, prober: &mut lb::health::Prober<HealthKey
             state.lock().unwrap().last_error = Some(format!("{e:#}"));
         }
     }
-}
-
-fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
 }

@@ -1,9 +1,11 @@
 //! `oxilium agent --role node`: the kube-proxy replacement on one node. The source is a folder of
-//! Kubernetes manifests (watched); the datapath is the socket LB on a cgroup v2 (the root cgroup
-//! unless `--cgroup` says otherwise), which translates every frontend for traffic from inside the
-//! node and its pods. External frontends are also written (scope external); with `--device` the
+//! Kubernetes manifests (read by `k8s::manifests`, watched with inotify through [`super::watch`]:
+//! any change under it, subfolders included, is applied, debounced by `--watch-ms`) or the API
+//! server; the datapath is the socket LB on a cgroup v2 (the root cgroup unless `--cgroup` says
+//! otherwise), which translates every frontend for traffic from inside the node and its pods. External frontends are also written (scope external); with `--device` the
 //! NodePort tc programs serve them on those devices (see [`nodeport`]), with this node's
 //! pods as local endpoints (see [`nodeport_endpoints`]) and the services' source ranges.
+use super::watch::{Stamp, Watch};
 use super::{Shared, apply_model};
 use crate::bpf::socklb::{self, SockLb};
 use anyhow::{Context, Result};
@@ -19,7 +21,7 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 use tracing::{info, warn};
 
@@ -408,23 +410,26 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
     let mut follower = Follower::new(state);
     // The first view was applied by `start`; the endpoints and health-check ports follow from
     // a fresh compile (the model part of it changes nothing).
-    let mut last = folder_stamp(dir);
+    // The watch is set before the stamp is taken: a change from now on is seen.
+    let every = Duration::from_millis(args.watch_ms.max(50));
+    let mut watch = Watch::folder(dir, every)?;
+    let mut last = Stamp::folder(dir);
     follower
         .apply(state, args.node_args.folder_view(dir), "manifests")
         .await;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.watch_ms.max(50)));
+    let mut tick = tokio::time::interval(every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let now = folder_stamp(dir);
-                if now == last {
-                    follower.tick(state).await;
-                    continue;
+            _ = watch.changed() => {
+                // A burst that changed nothing read (an editor's swap file) applies nothing.
+                let now = Stamp::folder(dir);
+                if now != last {
+                    last = now;
+                    follower.apply(state, args.node_args.folder_view(dir), "manifests").await;
                 }
-                last = now;
-                follower.apply(state, args.node_args.folder_view(dir), "manifests").await;
             }
+            _ = tick.tick() => follower.tick(state).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -475,19 +480,4 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     }
     task.abort();
     Ok(())
-}
-
-/// Names, sizes and modification times of the folder's files: any change shows.
-fn folder_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((e.path(), m.len(), m.modified().ok()))
-        })
-        .collect();
-    v.sort();
-    v
 }
