@@ -16,6 +16,9 @@ pub mod names {
     pub const BACKEND_STATS: &str = "OXI_BACKEND_STATS";
     /// Per-CPU working space of the programs (not pinned: it holds nothing between packets).
     pub const SCRATCH: &str = "OXI_SCRATCH";
+    /// DSR backends: the outer source addresses `oxilium_decap` accepts tunnels from (not
+    /// pinned: each agent start fills its own from `--tunnel-source` before attaching).
+    pub const TUNNEL_SOURCES: &str = "OXI_TUNNEL_SOURCES";
     /// Every pinned map.
     pub const PINNED: [&str; 9] = [
         SERVICES,
@@ -35,6 +38,8 @@ pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Largest selection table (Maglev M); also the bound the programs apply to a slot index.
 pub const MAX_TABLE_SIZE: u32 = 131_071;
+/// Entries of `OXI_TUNNEL_SOURCES` (LB addresses a DSR backend accepts tunnels from).
+pub const MAX_TUNNEL_SOURCES: u32 = 256;
 /// `BPF_F_INNER_MAP`: lets the inner selection tables have per-service sizes.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
@@ -197,7 +202,13 @@ pub mod reason {
     pub const DECAP: u32 = 11;
     /// No room to grow the packet, or another helper failed (dropped).
     pub const ERROR: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// tc: a packet translated in place while only its headers were linear (a GSO / GRO skb
+    /// whose payload stays in page fragments); counted besides its own reason.
+    pub const NONLINEAR: u32 = 13;
+    /// DSR backend side: a tunnel packet from a source that is not a configured LB
+    /// (`--tunnel-source`) (dropped).
+    pub const TUNNEL_REFUSED: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "fwd_snat",
@@ -212,6 +223,8 @@ pub mod reason {
         "too_big",
         "decap",
         "error",
+        "nonlinear",
+        "tunnel_refused",
     ];
 }
 

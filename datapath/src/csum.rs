@@ -50,12 +50,12 @@ impl Default for Delta {
     }
 }
 
-/// Full checksum of an IPv4 header without options (the header's own check field must be 0).
+/// Full checksum of an IPv4 header of `N` 16-bit words (the header's own check field must be 0).
 #[inline(always)]
-pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+pub fn ipv4_header<const N: usize>(words: &[u16; N]) -> u16 {
     let mut s: u32 = 0;
     let mut i = 0;
-    while i < 10 {
+    while i < N {
         s += words[i] as u32;
         i += 1;
     }

@@ -1,5 +1,10 @@
 //! Bounds-checked parsing of Ethernet (+ one VLAN tag), IPv4 / IPv6 (+ extension headers) and the
 //! TCP / UDP ports, over the packet window [start, end) of any hook (XDP or tc direct access).
+//!
+//! Only the headers must lie in the window: lengths the headers state are checked against the
+//! packet's length `len`, which for tc may exceed the window (a GSO / GRO skb whose payload sits
+//! in page fragments: tc makes only the headers linear, never the whole packet). XDP passes
+//! `end - start`.
 use crate::headers::*;
 use abi::lb::{FlowKey, v4_mapped};
 use core::mem::size_of;
@@ -42,6 +47,10 @@ pub struct Flow {
     pub vlan: bool,
     pub v6: bool,
     pub frag: Fragment,
+    /// IPv4: the identification field (as in the packet); IPv6: 0.
+    pub ip_id: u16,
+    /// IPv4: "don't fragment" set; IPv6: always (routers never fragment IPv6).
+    pub df: bool,
     /// An ICMP / ICMPv6 error message (destination unreachable, time exceeded, ...).
     pub icmp_error: bool,
 }
@@ -56,9 +65,9 @@ pub enum Parsed {
     Ip,
 }
 
-/// Parses the packet into `f`.
+/// Parses the packet of `len` bytes, of which [start, end) is readable, into `f`.
 #[inline(always)]
-pub fn parse(start: usize, end: usize, f: &mut Flow) -> Parsed {
+pub fn parse(start: usize, end: usize, len: usize, f: &mut Flow) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
         return Parsed::Malformed;
     };
@@ -76,8 +85,8 @@ pub fn parse(start: usize, end: usize, f: &mut Flow) -> Parsed {
     f.l3_off = l3_off;
     f.vlan = vlan;
     let ok = match proto {
-        ETH_P_IP => parse_v4(start, end, f),
-        ETH_P_IPV6 => parse_v6(start, end, f),
+        ETH_P_IP => parse_v4(start, end, len, f),
+        ETH_P_IPV6 => parse_v6(start, end, len, f),
         _ => return Parsed::NotIp,
     };
     if ok.is_some() && parse_l4(start, end, f) {
@@ -88,10 +97,10 @@ pub fn parse(start: usize, end: usize, f: &mut Flow) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v4(start: usize, end: usize, f: &mut Flow) -> Option<()> {
+fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     let l3_off = f.l3_off;
     let ip = ptr_at::<Ipv4Hdr>(start, end, l3_off)?;
-    let (vihl, frag_off, proto, src, dst, tot_len) = unsafe {
+    let (vihl, frag_off, proto, src, dst, tot_len, id) = unsafe {
         (
             (*ip).version_ihl,
             u16::from_be((*ip).frag_off),
@@ -99,10 +108,11 @@ fn parse_v4(start: usize, end: usize, f: &mut Flow) -> Option<()> {
             (*ip).src,
             (*ip).dst,
             u16::from_be((*ip).tot_len) as usize,
+            (*ip).id,
         )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || ihl < IPV4_HLEN || tot_len < ihl || start + l3_off + tot_len > end {
+    if vihl >> 4 != 4 || ihl < IPV4_HLEN || tot_len < ihl || l3_off + tot_len > len {
         return None;
     }
     let offset = frag_off & 0x1fff;
@@ -121,12 +131,14 @@ fn parse_v4(start: usize, end: usize, f: &mut Flow) -> Option<()> {
     f.l3_len = tot_len;
     f.v6 = false;
     f.frag = frag;
+    f.ip_id = id;
+    f.df = frag_off & 0x4000 != 0;
     Some(())
 }
 
 /// IPv6: walks up to four extension headers (hop-by-hop, routing, destination options, fragment).
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
+fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     let l3_off = f.l3_off;
     let ip = ptr_at::<Ipv6Hdr>(start, end, l3_off)?;
     let (vtf, mut next, src, dst, plen) = unsafe {
@@ -138,7 +150,7 @@ fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
             u16::from_be((*ip).payload_len) as usize,
         )
     };
-    if vtf >> 4 != 6 || start + l3_off + IPV6_HLEN + plen > end {
+    if vtf >> 4 != 6 || l3_off + IPV6_HLEN + plen > len {
         return None;
     }
     let mut off = l3_off + IPV6_HLEN;
@@ -147,9 +159,9 @@ fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
         match next {
             0 | 43 | 60 => {
                 let h = ptr_at::<Ipv6ExtHdr>(start, end, off)?;
-                let (n, len) = unsafe { ((*h).nexthdr, (*h).len) };
+                let (n, hlen) = unsafe { ((*h).nexthdr, (*h).len) };
                 next = n;
-                off += (len as usize + 1) * 8;
+                off += (hlen as usize + 1) * 8;
             }
             44 => {
                 let h = ptr_at::<Ipv6FragHdr>(start, end, off)?;
@@ -172,6 +184,8 @@ fn parse_v6(start: usize, end: usize, f: &mut Flow) -> Option<()> {
     f.l3_len = IPV6_HLEN + plen;
     f.v6 = true;
     f.frag = frag;
+    f.ip_id = 0;
+    f.df = true;
     Some(())
 }
 
@@ -238,6 +252,8 @@ impl Flow {
             vlan: false,
             v6: false,
             frag: Fragment::No,
+            ip_id: 0,
+            df: false,
             icmp_error: false,
         }
     }

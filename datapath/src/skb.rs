@@ -18,8 +18,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-/// Bytes made directly readable before parsing (Ethernet + VLAN + IPv6 + extension headers + TCP).
+/// Bytes made linear before parsing: Ethernet + VLAN + IPv6 (or IPv4 with options) + TCP.
 const PULL_HEADERS: u32 = 128;
+/// The most ever made linear: headers as deep as the parser looks ([`parse::MAX_HDR_OFF`], IPv6
+/// extension headers) plus the TCP header. The payload never is: a GSO / GRO skb keeps its page
+/// fragments, and the rewrite helpers (bpf_skb_store_bytes, bpf_l3/l4_csum_replace) only touch
+/// the headers.
+const PULL_MAX: u32 = parse::MAX_HDR_OFF as u32 + TCP_HLEN as u32;
 
 /// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
 /// translates (let it pass), or (ingress only) an IP-in-IP tunnel. Called once per parse site
@@ -29,11 +34,12 @@ pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scr
     let len = ctx.len();
     let _ = ctx.pull_data(len.min(PULL_HEADERS));
     let s = maps::scratch()?;
-    let mut r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
-    if r == Parsed::Malformed && ctx.data_end() - ctx.data() < len as usize {
-        // The parser wants the whole IP packet in the linear area (XDP always has it): pull it.
-        let _ = ctx.pull_data(len);
-        r = parse::parse(ctx.data(), ctx.data_end(), &mut s.flow);
+    let mut r = parse::parse(ctx.data(), ctx.data_end(), len as usize, &mut s.flow);
+    let deeper = len.min(PULL_MAX);
+    if r == Parsed::Malformed && ctx.data_end() - ctx.data() < deeper as usize {
+        // Headers deeper than the first pull (IPv6 extension headers): make them linear too.
+        let _ = ctx.pull_data(deeper);
+        r = parse::parse(ctx.data(), ctx.data_end(), len as usize, &mut s.flow);
     }
     let f = &s.flow;
     let why = match r {
@@ -127,7 +133,19 @@ pub fn rewrite(ctx: &TcContext, f: &Flow, new: &FlowKey) -> Result<(), ()> {
     }
     ctx.l4_csum_replace(csum_at, 0, ports, mangled)
         .map_err(|_| ())?;
-    ctx.store(f.l4_off, &new_ports, 0).map_err(|_| ())
+    ctx.store(f.l4_off, &new_ports, 0).map_err(|_| ())?;
+    count_nonlinear(ctx);
+    Ok(())
+}
+
+/// Counts a translated packet whose payload stayed out of the linear area (see
+/// [`reason::NONLINEAR`]): proof that GSO / GRO skbs are rewritten without being copied.
+#[inline(always)]
+fn count_nonlinear(ctx: &TcContext) {
+    let len = ctx.len();
+    if ctx.data_end() - ctx.data() < len as usize {
+        stats::reason(reason::NONLINEAR, len as u64);
+    }
 }
 
 /// Sets the frame's destination and source MACs.

@@ -1,7 +1,9 @@
 //! oxilium's tc programs.
 //! - `oxilium_decap` runs on a DSR backend's ingress: it strips the outer IP header the edge LB
 //!   added (IPIP, IPv6-in-IPv6, or mixed) so the inner client → VIP packet is delivered to the VIP
-//!   the backend holds locally, and the backend answers the client directly.
+//!   the backend holds locally, and the backend answers the client directly. Only tunnels whose
+//!   outer source is a configured LB (`OXI_TUNNEL_SOURCES`, `--tunnel-source`) are taken off;
+//!   any other tunnel packet is dropped and counted (`tunnel_refused`).
 //! - `oxilium_nodeport_ingress` / `oxilium_nodeport_egress` run on a Kubernetes node's external
 //!   devices: NodePort, LoadBalancer and externalIPs from outside (datapath::nodeport).
 #![no_std]
@@ -10,10 +12,11 @@
 mod nodeport;
 mod pod;
 
-use abi::lb::reason;
+use abi::lb::{Addr, MAX_TUNNEL_SOURCES, reason};
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
+    btf_maps::HashMap,
+    macros::{btf_map, classifier},
     programs::TcContext,
 };
 use datapath::{
@@ -23,17 +26,26 @@ use datapath::{
     stats,
 };
 
+/// Outer source addresses tunnels are accepted from → 1 (see abi::lb::names::TUNNEL_SOURCES).
+#[btf_map]
+static OXI_TUNNEL_SOURCES: HashMap<Addr, u8, { MAX_TUNNEL_SOURCES as usize }> = HashMap::new();
+
 #[classifier]
 pub fn oxilium_decap(ctx: TcContext) -> i32 {
     // Make the headers we read directly accessible (eth + VLAN + two IPv6 headers + ports).
     let _ = ctx.pull_data(ETH_HLEN as u32 + VLAN_HLEN as u32 + 2 * IPV6_HLEN as u32 + 4);
     let (start, end) = (ctx.data(), ctx.data_end());
     let mut f = Flow::new();
-    if parse::parse(start, end, &mut f) != Parsed::Ip {
+    if parse::parse(start, end, ctx.len() as usize, &mut f) != Parsed::Ip {
         return TC_ACT_OK;
     }
     if f.key.proto != IPPROTO_IPIP && f.key.proto != IPPROTO_IPV6 {
         return TC_ACT_OK;
+    }
+    // SAFETY: read-only lookup.
+    if unsafe { OXI_TUNNEL_SOURCES.get(&f.key.src) }.is_none() {
+        stats::reason(reason::TUNNEL_REFUSED, ctx.len() as u64);
+        return TC_ACT_SHOT;
     }
     if !encap::decap_skb(&ctx, &f) {
         stats::reason(reason::ERROR, 0);

@@ -30,7 +30,11 @@ fn try_encap(
     outer_v6: bool,
     port: u16,
 ) -> Result<(), u32> {
-    let hlen = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let hlen = if outer_v6 {
+        IPV6_HLEN
+    } else {
+        encap::outer_v4_len(port)
+    };
     let inner_len = f.l3_len;
     let outer_len = inner_len + hlen;
     if outer_len > 0xffff {
@@ -75,9 +79,15 @@ fn try_encap(
     if outer_v6 {
         let ip = ptr_at::<Ipv6Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
         unsafe { *ip = encap::outer_v6(src, dst, inner_len as u16, proto, port) };
+        return Ok(());
+    }
+    let hdr = encap::outer_v4(src, dst, f, encap::outer_id(f), port);
+    if port != 0 {
+        let ip = ptr_at::<encap::Outer4>(start, end, f.l3_off).ok_or(reason::ERROR)?;
+        unsafe { *ip = hdr };
     } else {
         let ip = ptr_at::<Ipv4Hdr>(start, end, f.l3_off).ok_or(reason::ERROR)?;
-        unsafe { *ip = encap::outer_v4(src, dst, inner_len as u16, proto, port) };
+        unsafe { *ip = hdr.ip };
     }
     Ok(())
 }

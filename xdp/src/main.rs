@@ -31,7 +31,7 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
         return XDP_PASS;
     };
     let f = &mut s.flow;
-    match parse::parse(start, end, f) {
+    match parse::parse(start, end, end - start, f) {
         Parsed::Ip => {}
         Parsed::NotIp => return XDP_PASS,
         Parsed::Malformed => return count(reason::MALFORMED, bytes, XDP_PASS),

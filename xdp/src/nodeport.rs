@@ -33,7 +33,7 @@ pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
-    if parse::parse(start, end, &mut s.flow) != Parsed::Ip {
+    if parse::parse(start, end, end - start, &mut s.flow) != Parsed::Ip {
         return XDP_PASS;
     }
     let f = &s.flow;
