@@ -6,7 +6,7 @@ mod neighbour;
 pub mod node;
 mod watch;
 
-use crate::bpf::{lb_maps::KernelMaps, loader};
+use crate::bpf::{decap::Decap, lb_maps::KernelMaps, loader};
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use edge::config_model::HealthKey;
@@ -55,6 +55,11 @@ pub struct AgentArgs {
     /// With a manifests folder, also how often waiting pods are looked up again.
     #[arg(long, default_value_t = 500)]
     pub watch_ms: u64,
+    /// --role backend: an LB address whose DSR tunnels are taken off (repeat or comma-separate).
+    /// Tunnel packets from any other source are dropped and counted (`tunnel_refused`); without
+    /// this flag every tunnel packet is.
+    #[arg(long = "tunnel-source", value_delimiter = ',', value_name = "ADDR")]
+    pub tunnel_sources: Vec<std::net::IpAddr>,
     /// Detach everything, remove the pin folder and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -80,6 +85,8 @@ pub struct State {
     pub reconciler: Option<Reconciler<KernelMaps>>,
     /// The NodePort programs on the node's devices (`--role node --device`).
     pub nodeport: Option<node::nodeport::NodePortDevices>,
+    /// The DSR decapsulation (`--role backend`).
+    pub decap: Option<crate::bpf::decap::Decap>,
     pub reloads: u64,
     pub last_error: Option<String>,
     warmer: neighbour::Warmer,
@@ -108,6 +115,9 @@ async fn agent(args: AgentArgs) -> Result<()> {
     if args.role == Role::Node {
         args.node_args.check()?;
     }
+    if args.role != Role::Backend && !args.tunnel_sources.is_empty() {
+        anyhow::bail!("--tunnel-source is only for --role backend");
+    }
     if args.role == Role::Lb {
         let path = args
             .config
@@ -125,16 +135,24 @@ async fn agent(args: AgentArgs) -> Result<()> {
         model: Default::default(),
         reconciler: None,
         nodeport: None,
+        decap: None,
         reloads: 0,
         last_error: None,
         warmer: neighbour::Warmer::default(),
         pod_devices: None,
     }));
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
-    let _ebpf: Ebpf = match args.role {
-        Role::Backend => loader::load_decap(&args.pin_dir, &args.iface)?,
-        Role::Lb => edge::start(&args, &state).await?,
-        Role::Node => node::start(&args, &state).await?,
+    let _ebpf: Option<Ebpf> = match args.role {
+        Role::Backend => {
+            let d = Decap::load(&args.pin_dir, &args.iface, &args.tunnel_sources)?;
+            if args.tunnel_sources.is_empty() {
+                tracing::warn!("no --tunnel-source: every DSR tunnel packet is refused");
+            }
+            state.lock().unwrap().decap = Some(d);
+            None
+        }
+        Role::Lb => Some(edge::start(&args, &state).await?),
+        Role::Node => Some(node::start(&args, &state).await?),
     };
     let api = crate::api::serve(&args.socket, state.clone())?;
     info!(socket = %args.socket.display(), "agent ready");

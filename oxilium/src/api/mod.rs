@@ -7,17 +7,17 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::{Request, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+};
 use tokio::{net::UnixListener, task::JoinHandle};
 
+/// Serves the API on `socket`, which never exists with wider permissions than 0600: it is bound
+/// inside a fresh 0700 folder beside its final path, restricted there, then renamed into place
+/// (replacing a stale socket atomically).
 pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let listener = bind_private(socket)?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -27,6 +27,39 @@ pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
             http::spawn_connection(stream, "api", move |req| handle(&state, req));
         }
     }))
+}
+
+/// Binds a unix socket at `socket` with mode 0600 from its first moment (see [`serve`]).
+pub fn bind_private(socket: &Path) -> Result<UnixListener> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = socket
+        .file_name()
+        .with_context(|| format!("--socket {}: no file name", socket.display()))?;
+    let private = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let result = (|| {
+        let tmp = private.join("s");
+        let listener =
+            UnixListener::bind(&tmp).with_context(|| format!("binding {}", socket.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, socket)
+            .with_context(|| format!("moving the socket to {}", socket.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::Value) {
@@ -83,4 +116,51 @@ pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
         );
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_private;
+    use std::{os::unix::fs::PermissionsExt, process::Command};
+
+    /// The socket is 0600 and owned by root: root connects, another user (nobody, through
+    /// setpriv) is refused. Needs root (the test suite runs as root).
+    #[tokio::test]
+    async fn api_socket_is_0600_and_refuses_other_users() {
+        let dir = std::env::temp_dir().join(format!("oxilium-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("api.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let _listener = bind_private(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        let connect = |user: Option<&str>| {
+            let code = format!(
+                "import socket; socket.socket(socket.AF_UNIX).connect({:?})",
+                path.to_str().unwrap()
+            );
+            let mut cmd = match user {
+                Some(u) => {
+                    let mut c = Command::new("setpriv");
+                    c.args(["--reuid", u, "--regid", u, "--clear-groups", "python3"]);
+                    c
+                }
+                None => Command::new("python3"),
+            };
+            let out = cmd.args(["-c", &code]).output().expect("python3 / setpriv");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        };
+        let root = connect(None);
+        let nobody = connect(Some("65534"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert!(meta.file_type().is_file() || {
+            use std::os::unix::fs::FileTypeExt;
+            meta.file_type().is_socket()
+        });
+        assert_eq!(entries.len(), 1, "the private folder is gone: {entries:?}");
+        assert!(root.0, "root connects: {}", root.1);
+        assert!(!nobody.0 && nobody.1.contains("Permission"), "{nobody:?}");
+    }
 }

@@ -60,6 +60,9 @@ pub fn status(st: &State) -> Value {
     if let Some(ext) = &st.nodeport {
         v["nodeport"] = ext.status();
     }
+    if let Some(d) = &st.decap {
+        v["tunnel"] = d.status();
+    }
     v
 }
 

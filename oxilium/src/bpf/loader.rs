@@ -124,7 +124,7 @@ pub fn attach_tc_pinned(
     Ok(())
 }
 
-fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
+pub fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
     pin_dir.join(format!("link_{kind}_{iface}"))
 }
 
@@ -160,21 +160,6 @@ pub fn attach_xdp_pinned(prog: &mut Xdp, iface: &str, mode: XdpMode, pin: &Path)
     fd.pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
-}
-
-/// Loads the tc object and attaches `oxilium_decap` on the ingress of every interface (DSR backends).
-pub fn load_decap(pin_dir: &Path, ifaces: &[String]) -> Result<Ebpf> {
-    let mut ebpf = load_pinned(objects::tc(), pin_dir)?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut("oxilium_decap")
-        .context("program oxilium_decap")?
-        .try_into()?;
-    prog.load().context("verifying oxilium_decap")?;
-    for iface in ifaces {
-        let pin = link_pin(pin_dir, "tc_ingress", iface);
-        attach_tc_pinned(prog, iface, TcAttachType::Ingress, &pin)?;
-    }
-    Ok(ebpf)
 }
 
 /// Detaches everything and removes the pin folder (`oxilium agent --cleanup`).
