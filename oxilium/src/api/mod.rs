@@ -149,16 +149,21 @@ mod tests {
                 None => Command::new("python3"),
             };
             let out = cmd.args(["-c", &code]).output().expect("python3 / setpriv");
-            (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
         };
         let root = connect(None);
         let nobody = connect(Some("65534"));
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
-        assert!(meta.file_type().is_file() || {
-            use std::os::unix::fs::FileTypeExt;
-            meta.file_type().is_socket()
-        });
+        assert!(
+            meta.file_type().is_file() || {
+                use std::os::unix::fs::FileTypeExt;
+                meta.file_type().is_socket()
+            }
+        );
         assert_eq!(entries.len(), 1, "the private folder is gone: {entries:?}");
         assert!(root.0, "root connects: {}", root.1);
         assert!(!nobody.0 && nobody.1.contains("Permission"), "{nobody:?}");
