@@ -5,7 +5,10 @@
 //! Requires root; a test that cannot set up its namespaces or load the programs fails.
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 use support::{
     servers::{Conn, tcp_request, udp_request},
     topology::{Bed, VIP4, VIP6, backend4, backend6, sa},
@@ -284,4 +287,141 @@ fn kernel_maglev_table_matches_the_offline_builder() {
     let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(kernel["size"], 251);
     assert_eq!(kernel["table"], offline["table"]);
+}
+
+/// A DSR backend takes off only the LB's tunnels (`--tunnel-source`): the LB's are decapsulated
+/// (the DSR flows answer), an IP-in-IP packet the client sends itself to the backend is dropped
+/// and counted as `tunnel_refused` in the backend agent's `oxilium status`, and its inner UDP
+/// datagram to the VIP never reaches the server there. Kernel features: the file's header, plus
+/// raw IPPROTO_IPIP sockets.
+#[test]
+fn dsr_backend_takes_tunnels_only_from_its_lb() {
+    let mut bed = Bed::new(1);
+    bed.dsr_backends();
+    bed.serve(PORT, true);
+    bed.write_config(&config("random", "dsr", &[1], ""));
+    bed.agent.start();
+    assert_eq!(spread(&bed, VIP4, true, 5).get("b1"), Some(&5));
+    let b1 = bed.backend_agent(1);
+    let tunnel = |b: &support::agent::AgentProcess| b.status()["tunnel"].clone();
+    let before = tunnel(b1);
+    assert_eq!(
+        before["sources"],
+        serde_json::json!([support::topology::LB4, support::topology::LB6])
+    );
+    assert!(
+        before["counters"]["decap"]["packets"].as_u64().unwrap() >= 5,
+        "{before}"
+    );
+    assert_eq!(
+        before["counters"]["tunnel_refused"]["packets"], 0,
+        "{before}"
+    );
+    // The client's own tunnel: outer 10.200.1.2 → b1, inner client → VIP4 (UDP).
+    let client = std::net::Ipv4Addr::new(10, 200, 1, 2);
+    let inner = support::packet::ipv4(client, VIP4.parse().unwrap()).build(support::packet::udp(
+        40404,
+        PORT,
+        b"smuggled",
+    ));
+    let IpAddr::V4(b1_addr) = backend4(1) else {
+        unreachable!()
+    };
+    bed.client.exec(move || {
+        // SAFETY: a raw socket of this thread's namespace, closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_IPIP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(b1_addr.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            for _ in 0..3 {
+                let n = libc::sendto(
+                    fd,
+                    inner.as_ptr().cast(),
+                    inner.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                );
+                assert_eq!(
+                    n,
+                    inner.len() as isize,
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    });
+    b1.eventually(
+        std::time::Duration::from_secs(10),
+        "3 tunnel packets refused",
+        || {
+            let t = tunnel(b1);
+            (t["counters"]["tunnel_refused"]["packets"] == 3)
+                .then_some(())
+                .ok_or(t)
+        },
+    );
+    let after = tunnel(b1);
+    assert_eq!(
+        after["counters"]["decap"], before["counters"]["decap"],
+        "{after}"
+    );
+}
+
+/// Without `--tunnel-source` a DSR backend refuses every tunnel; the flag is refused for other
+/// roles. Kernel features: the file's header.
+#[test]
+fn dsr_backend_without_tunnel_sources_refuses_everything() {
+    let mut bed = Bed::new(1);
+    let b = &bed.backends[0];
+    b.run(&["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"]);
+    b.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{VIP6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    let backend = support::agent::AgentProcess::builder(b, "edge-open")
+        .args(["--role", "backend", "--iface", "e0"])
+        .start();
+    bed.serve(PORT, true);
+    bed.write_config(&config("random", "dsr", &[1], ""));
+    bed.agent.start();
+    assert!(udp_request(&bed.client, sa(VIP4, PORT)).is_err());
+    let t = backend.status()["tunnel"].clone();
+    assert_eq!(t["sources"], serde_json::json!([]), "{t}");
+    assert!(
+        t["counters"]["tunnel_refused"]["packets"].as_u64().unwrap() >= 1,
+        "{t}"
+    );
+    assert_eq!(t["counters"]["decap"]["packets"], 0, "{t}");
+    let out = std::process::Command::new(support::agent::bin())
+        .args([
+            "agent",
+            "--iface",
+            "lo",
+            "--role",
+            "lb",
+            "--tunnel-source",
+            "10.0.0.1",
+        ])
+        .args(["--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--tunnel-source"),
+        "{err}"
+    );
 }

@@ -14,6 +14,9 @@ use std::{
 
 pub const VIP4: &str = "10.200.100.1";
 pub const VIP6: &str = "fd00:200:100::1";
+/// The LB's addresses on the client link (l0): its SNAT and tunnel source.
+pub const LB4: &str = "10.200.1.1";
+pub const LB6: &str = "fd00:200:1::1";
 
 pub fn backend4(i: usize) -> IpAddr {
     format!("10.200.1{i}.2").parse().unwrap()
@@ -175,7 +178,8 @@ impl Bed {
         }
     }
 
-    /// DSR backends: the VIPs on loopback, and `oxilium agent --role backend` decapsulating on e0.
+    /// DSR backends: the VIPs on loopback, and `oxilium agent --role backend` decapsulating on e0
+    /// the tunnels of the LB (its address on l0, the tunnels' source).
     pub fn dsr_backends(&mut self) {
         for (i, b) in self.backends.iter().enumerate() {
             b.run(&["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"]);
@@ -190,9 +194,15 @@ impl Bed {
             ]);
             let agent = AgentProcess::builder(b, &format!("edge-b{}", i + 1))
                 .args(["--role", "backend", "--iface", "e0"])
+                .args(["--tunnel-source", LB4, "--tunnel-source", LB6])
                 .start();
             self.backend_agents.push(agent);
         }
+    }
+
+    /// The agent of DSR backend `i` (1-based), after [`dsr_backends`](Self::dsr_backends).
+    pub fn backend_agent(&self, i: usize) -> &AgentProcess {
+        &self.backend_agents[i - 1]
     }
 
     /// Replaces the config file atomically (the agent sees the old or the new file, never half).

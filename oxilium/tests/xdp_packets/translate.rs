@@ -166,7 +166,12 @@ fn ipip(inner: &[u8], backend: IpAddr) -> Vec<u8> {
         panic!("v4 backend")
     };
     let mut h = ipv4(LB4, b);
-    (h.id, h.frag, h.ttl) = (0, 0, 64);
+    // The inner packet's identification and DF (RFC 2003 §3.1); no port option (edge LB).
+    let (id, df) = (
+        u16::from_be_bytes([inner[4], inner[5]]),
+        inner[6] & 0x40 != 0,
+    );
+    (h.id, h.frag, h.ttl) = (id, if df { 0x4000 } else { 0 }, 64);
     h.build(L4::raw(IPIP, inner))
 }
 
@@ -187,7 +192,11 @@ fn dsr_ipv4_encapsulates_in_ipip() {
     dsr_case(&lb, &input, false, ipip);
     let tagged = tcp_frame(Some(0x2064))(sa("192.168.7.7:33007"), sa("10.10.0.2:80"));
     dsr_case(&lb, &tagged, true, ipip);
-    assert_eq!(lb.count(reason::FWD_DSR), 2);
+    // DF clear and another identification inside: the outer header follows.
+    let mut may_fragment = tcp_frame(None)(sa("192.168.7.7:33010"), sa("10.10.0.2:80"));
+    may_fragment[14 + 4..14 + 8].copy_from_slice(&[0x12, 0x34, 0, 0]);
+    dsr_case(&lb, &may_fragment, false, ipip);
+    assert_eq!(lb.count(reason::FWD_DSR), 3);
 }
 
 #[test]
