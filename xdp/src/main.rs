@@ -6,6 +6,7 @@
 
 mod encap;
 mod nodeport;
+mod partial;
 
 use abi::lb::{Addr, FAMILY_V6, FlowKey, MODE_DSR, ServiceValue, SnatEntry, reason};
 use aya_ebpf::{
@@ -117,7 +118,7 @@ fn send(
     new.sport = t.snat_port;
     new.dport = b.port;
     new.proto = f.key.proto;
-    if nat::rewrite(ctx.data(), ctx.data_end(), f, new).is_err() {
+    if rewrite(ctx, f, new).is_err() {
         return count(reason::MALFORMED, bytes, XDP_DROP);
     }
     count(
@@ -135,7 +136,7 @@ fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u6
     new.sport = e.vip_port;
     new.dport = e.client_port;
     new.proto = f.key.proto;
-    if nat::rewrite(ctx.data(), ctx.data_end(), f, new).is_err() {
+    if rewrite(ctx, f, new).is_err() {
         return count(reason::MALFORMED, bytes, XDP_DROP);
     }
     stats::service(e.service_id, bytes);
@@ -144,6 +145,20 @@ fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u6
         bytes,
         transmit(ctx, f, &new.src, &new.dst, 0),
     )
+}
+
+/// Rewrites the flow's addresses and ports (datapath::nat), keeping the checksum seed of a
+/// CHECKSUM_PARTIAL skb right in generic mode (see [`partial`]). A frame of its own: the
+/// verifier sums the stack of a call chain.
+#[inline(never)]
+fn rewrite(ctx: &XdpContext, f: &Flow, new: &FlowKey) -> Result<(), ()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let seed = partial::partial_seed(start, end, f);
+    nat::rewrite(start, end, f, new)?;
+    if let Some(s) = seed {
+        partial::fix_seed(start, end, f, new, s).ok_or(())?;
+    }
+    Ok(())
 }
 
 /// Sends a translated packet to its next hop: MACs from the FIB, XDP_TX on the same interface

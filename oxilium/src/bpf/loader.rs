@@ -75,11 +75,27 @@ fn pinned_names() -> impl Iterator<Item = &'static str> {
 /// Loads an object with its maps pinned under `pin_dir` (every name of [`pinned_names`]): a pin
 /// that exists is reused, so every object and every restart share one set.
 pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
+    load_pinned_with(object, pin_dir, None)
+}
+
+/// [`load_pinned`] for the XDP object attached in `mode`: in generic (skb) mode its
+/// `OXI_GENERIC_XDP` global is set, so that it keeps CHECKSUM_PARTIAL seeds right.
+pub fn load_xdp_object(pin_dir: &Path, mode: XdpMode) -> Result<Ebpf> {
+    let generic = matches!(mode, XdpMode::Skb).then_some(("OXI_GENERIC_XDP", 1u8));
+    load_pinned_with(objects::xdp(), pin_dir, generic)
+}
+
+fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -> Result<Ebpf> {
     let paths: Vec<(&'static str, PathBuf)> =
         pinned_names().map(|n| (n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
+    }
+    let value;
+    if let Some((name, v)) = global {
+        value = v;
+        loader.override_global(name, &value, true);
     }
     loader.load(object).context(
         "loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)",
@@ -130,7 +146,7 @@ pub fn link_pin(pin_dir: &Path, kind: &str, iface: &str) -> PathBuf {
 
 /// Loads the XDP object and attaches `oxilium_lb` to every interface.
 pub fn load_xdp(pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Ebpf> {
-    let mut ebpf = load_pinned(objects::xdp(), pin_dir)?;
+    let mut ebpf = load_xdp_object(pin_dir, mode)?;
     let prog: &mut Xdp = ebpf
         .program_mut("oxilium_lb")
         .context("program oxilium_lb")?

@@ -150,7 +150,7 @@ impl NodePort {
             self.xdp = None;
             return remove_links(pin_dir, devices, &["xdp"]);
         };
-        let mut ebpf = loader::load_pinned(objects::xdp(), pin_dir)?;
+        let mut ebpf = loader::load_xdp_object(pin_dir, mode)?;
         let prog: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .context("program oxilium_nodeport_xdp")?
