@@ -479,8 +479,7 @@ fn capture(
                     &mut len,
                 );
                 // Incoming on e0 only (not loopback, not outgoing).
-                if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 && from.sll_hatype == 1
-                {
+                if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING && from.sll_hatype == 1 {
                     frames.push(buf[..n as usize].to_vec());
                 }
             }

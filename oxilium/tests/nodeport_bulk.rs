@@ -16,7 +16,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use support::{
     cluster::{Cluster, NODE1_EXT4, NODE1_FAB4, NODE1_FAB6, NODE2_FAB4, NODE2_FAB6},
     fake_api::Res,
