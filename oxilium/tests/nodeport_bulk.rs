@@ -235,7 +235,13 @@ fn multi_mib_transfers_with_offloads_on_through_local_snat_and_dsr_paths() {
     k1.wait_local_endpoints(1);
     for (base, what) in [(30100, "local"), (30110, "snat"), (30120, "dsr")] {
         k1.eventually(&format!("{what}: 32 MiB uploaded"), || {
-            let got = iperf_upload(&c, base + 1, "32M")?;
+            let got = iperf_upload(&c, base + 1, "32M").map_err(|e| {
+                let s2 = k2.status();
+                format!(
+                    "{e}; node2: {} {}",
+                    s2["nodeport"]["counters"], s2["counters"]
+                )
+            })?;
             (got >= 32 << 20)
                 .then_some(())
                 .ok_or(format!("{got} bytes"))
