@@ -139,7 +139,10 @@ pub(crate) fn select(cands: &[Candidate<'_>], at: Locality<'_>) -> Selection {
 /// one names this node; else zone hints when every ready endpoint has one and one names this
 /// node's zone; else no filtering. As kube-proxy: trafficDistribution alone (PreferClose,
 /// PreferSameZone) filters nothing; only the hints the EndpointSlice controller wrote do.
-fn topology_filter<'a, 'b>(ready: &[&'b Candidate<'a>], at: Locality<'_>) -> Vec<&'b Candidate<'a>> {
+fn topology_filter<'a, 'b>(
+    ready: &[&'b Candidate<'a>],
+    at: Locality<'_>,
+) -> Vec<&'b Candidate<'a>> {
     let has = |hints: &[String], v: &str| hints.iter().any(|h| h == v);
     let all_node_hinted = ready.iter().all(|c| !c.ep.node_hints.is_empty());
     if all_node_hinted && ready.iter().any(|c| has(&c.ep.node_hints, at.node)) {
@@ -276,10 +279,7 @@ mod tests {
             ],
         );
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
-        assert_eq!(
-            addrs(&select(&c, AT).cluster),
-            ["10.0.0.1:80 Active"]
-        );
+        assert_eq!(addrs(&select(&c, AT).cluster), ["10.0.0.1:80 Active"]);
         let other = Locality {
             node: "x",
             zone: Some("z3"),
@@ -312,10 +312,7 @@ mod tests {
     fn publish_not_ready_uses_everything() {
         let s = slice("s", 80, vec![ep("10.0.0.1", "b", false, false, false, &[])]);
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, true);
-        assert_eq!(
-            addrs(&select(&c, AT).cluster),
-            ["10.0.0.1:80 Active"]
-        );
+        assert_eq!(addrs(&select(&c, AT).cluster), ["10.0.0.1:80 Active"]);
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
         assert!(select(&c, AT).cluster.is_empty());
     }

@@ -15,7 +15,10 @@ use support::{agent::AgentProcess, fake_api::Res, kube_agent::WAIT, netns::Netns
 
 /// The agent container's arguments after the binary, and its environment on node `node`.
 fn daemonset_command(node: &str) -> (Vec<String>, Vec<(String, String)>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/daemonset.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/daemonset.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let objects = k8s::manifests::parse_text(Path::new(path), &text).unwrap();
     let ds = &objects[0].value;

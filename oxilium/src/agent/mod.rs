@@ -68,7 +68,11 @@ impl AgentArgs {
     /// attaches to its `--device`s and its cgroup.
     pub fn check_iface(&self) -> Result<()> {
         if self.iface.is_empty() && matches!(self.role, Role::Lb | Role::Backend) {
-            let role = if self.role == Role::Lb { "lb" } else { "backend" };
+            let role = if self.role == Role::Lb {
+                "lb"
+            } else {
+                "backend"
+            };
             anyhow::bail!("--iface is required with --role {role}");
         }
         Ok(())
