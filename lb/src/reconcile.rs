@@ -73,6 +73,8 @@ pub struct Reconciler<D> {
     vip_users: BTreeMap<Addr, usize>,
     service_ids: Ids,
     backend_ids: Ids,
+    /// Ids given out by [`Reconciler::reserve_id`] to services not yet written.
+    reserved: BTreeMap<ServiceKey, u32>,
 }
 
 /// What one apply collects before its last step (markers, removals, flush, freed ids).
@@ -131,6 +133,7 @@ impl<D: Datapath> Reconciler<D> {
             vip_users,
             service_ids,
             backend_ids,
+            reserved: BTreeMap::new(),
         };
         for id in orphans {
             r.dp.remove_backend(id)?;
@@ -145,6 +148,22 @@ impl<D: Datapath> Reconciler<D> {
     /// Service id of a frontend, if it is programmed.
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         self.services.get(key).map(|s| s.id)
+    }
+
+    /// The id `key` has, or will have when the next apply writes it (reserved now, nothing is
+    /// written): what is keyed by the service id elsewhere (e.g. its source ranges) can be
+    /// written before the service entry makes the frontend live. A reservation the next apply
+    /// does not use is released by it.
+    pub fn reserve_id(&mut self, key: &ServiceKey) -> Result<u32> {
+        if let Some(id) = self
+            .service_id(key)
+            .or_else(|| self.reserved.get(key).copied())
+        {
+            return Ok(id);
+        }
+        let id = self.service_ids.alloc()?;
+        self.reserved.insert(*key, id);
+        Ok(id)
     }
 
     /// Backend ids of a programmed service, by address.
@@ -243,6 +262,9 @@ impl<D: Datapath> Reconciler<D> {
         for id in pass.freed_services {
             self.service_ids.free(id);
         }
+        for (_, id) in std::mem::take(&mut self.reserved) {
+            self.service_ids.free(id);
+        }
         Ok(pass.ch)
     }
 
@@ -253,7 +275,10 @@ impl<D: Datapath> Reconciler<D> {
         pass: &mut Pass,
     ) -> Result<()> {
         if !self.services.contains_key(key) {
-            let id = self.service_ids.alloc()?;
+            let id = match self.reserved.remove(key) {
+                Some(id) => id,
+                None => self.service_ids.alloc()?,
+            };
             self.services.insert(
                 *key,
                 Realised {

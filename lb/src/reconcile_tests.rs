@@ -248,3 +248,26 @@ proptest! {
         prop_assert_eq!(r.datapath().snapshot(), fresh.datapath().snapshot());
     }
 }
+
+/// A reserved id is the one the next apply writes the service with; nothing is written before,
+/// and a reservation the apply does not use is released.
+#[test]
+fn reserved_ids_are_used_by_the_next_apply_or_released() {
+    let compiled = compile(&model(vec![service("a", 80, &[1])])).unwrap();
+    let other = compile(&model(vec![service("b", 81, &[2])])).unwrap();
+    let (key, other_key) = (
+        *compiled.keys().next().unwrap(),
+        *other.keys().next().unwrap(),
+    );
+    let mut rec = Reconciler::open(MemoryDatapath::default()).unwrap();
+    let unused = rec.reserve_id(&other_key).unwrap();
+    let id = rec.reserve_id(&key).unwrap();
+    assert_eq!(rec.reserve_id(&key).unwrap(), id);
+    assert_eq!(rec.datapath().writes, 0);
+    rec.apply(&compiled).unwrap();
+    assert_eq!(rec.service_id(&key), Some(id));
+    assert_eq!(rec.datapath().services[&key].id, id);
+    // The unused reservation was released: the next new service may take it.
+    rec.apply(&other).unwrap();
+    assert_eq!(rec.service_id(&other_key), Some(unused));
+}
