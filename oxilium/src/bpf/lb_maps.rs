@@ -25,6 +25,16 @@ pub struct KernelMaps {
     sock: Option<crate::bpf::socklb::SockMaps>,
 }
 
+/// Counts the conntrack entries by walking the keys (no value is copied); made from
+/// [`KernelMaps::conntrack_counter`] under the state lock, used after it is released.
+pub struct ConntrackCounter(HashMap<MapData, FlowKey, CtEntry>);
+
+impl ConntrackCounter {
+    pub fn count(&self) -> usize {
+        self.0.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
 impl KernelMaps {
     /// Takes the maps out of a loaded XDP object (they are the pinned ones).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
@@ -83,6 +93,23 @@ impl KernelMaps {
 
     pub fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// A second handle on the conntrack map (its fd duplicated), to count the entries without
+    /// the agent's state: see [`ConntrackCounter`].
+    pub fn conntrack_counter(&self) -> Result<ConntrackCounter> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = IterableMap::map(&self.conntrack)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the conntrack map's fd")?;
+        let data = MapData::from_fd(fd).context("opening the conntrack map")?;
+        Ok(ConntrackCounter(
+            HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                .context("opening the conntrack map")?,
+        ))
     }
 
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
