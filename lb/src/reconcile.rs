@@ -35,6 +35,17 @@ pub trait Datapath {
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
     /// entry that switches the flag on; `None` forgets the service's affinity entries.
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()>;
+    /// The selection table the datapath holds for a service, read when a restart adopts it, so
+    /// that an unchanged table is not written again. None (the default): unknown, written by the
+    /// next apply.
+    fn read_table(&self, _service_id: u32) -> Result<Option<Vec<u32>>> {
+        Ok(None)
+    }
+    /// The affinity timeout the datapath holds for a service (Some only when on), read on
+    /// adoption like [`read_table`](Self::read_table).
+    fn read_affinity(&self, _service_id: u32) -> Result<Option<u32>> {
+        Ok(None)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,9 +53,9 @@ struct Realised {
     id: u32,
     value: ServiceValue,
     backends: BTreeMap<SocketAddr, (u32, Backend)>,
-    /// None: unknown (after a restart) and rewritten on the next apply.
+    /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<Vec<u32>>,
-    /// None: unknown (after a restart) or off.
+    /// None: off, or unknown (a restart that could not read it).
     affinity: Option<u32>,
 }
 
@@ -89,7 +100,9 @@ struct Pass {
 }
 
 impl<D: Datapath> Reconciler<D> {
-    /// Adopts what the datapath already holds (an agent restart keeps ids, so flows keep going).
+    /// Adopts what the datapath already holds (an agent restart keeps ids, so flows keep going):
+    /// service entries, backends, and the selection tables and affinity timeouts it can read, so
+    /// that a restart with an unchanged model writes nothing (no table swapped, no RCU wait).
     pub fn open(dp: D) -> Result<Self> {
         let mut services = BTreeMap::new();
         let mut markers = BTreeSet::new();
@@ -105,11 +118,19 @@ impl<D: Datapath> Reconciler<D> {
             service_ids.take(v.id);
             by_id.insert(v.id, k);
             *vip_users.entry(k.addr).or_default() += 1;
+            // A table or timeout that cannot be read stays unknown and is rewritten.
+            let table = if v.table_size > 0 {
+                dp.read_table(v.id).ok().flatten()
+            } else {
+                Some(Vec::new())
+            };
             services.insert(
                 k,
                 Realised {
                     id: v.id,
                     value: v,
+                    table,
+                    affinity: dp.read_affinity(v.id).ok().flatten(),
                     ..Default::default()
                 },
             );
@@ -496,6 +517,12 @@ impl Datapath for MemoryDatapath {
             None => self.affinity.remove(&service_id),
         };
         Ok(())
+    }
+    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        Ok(self.tables.get(&service_id).cloned())
+    }
+    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
+        Ok(self.affinity.get(&service_id).copied())
     }
 }
 

@@ -271,3 +271,29 @@ fn reserved_ids_are_used_by_the_next_apply_or_released() {
     rec.apply(&other).unwrap();
     assert_eq!(rec.service_id(&other_key), Some(unused));
 }
+
+/// A restart adopts the tables (and affinity timeouts) the datapath holds: applying the same
+/// model again writes nothing at all, in particular no table.
+#[test]
+fn a_restart_with_the_same_model_writes_no_table() {
+    let mut svcs = vec![service("a", 80, &[1, 2, 3]), service("b", 81, &[4])];
+    svcs[1].algorithm = Algorithm::Random;
+    svcs[1].affinity_timeout_s = Some(30);
+    svcs.push(service("empty", 82, &[]));
+    let m = compile(&model(svcs)).unwrap();
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    assert_eq!(r.apply(&m).unwrap().tables_written, 3);
+    let mut dp = r.datapath().clone();
+    dp.writes = 0;
+    let mut r = Reconciler::open(dp).unwrap();
+    let ch = r.apply(&m).unwrap();
+    assert!(ch.is_empty(), "{ch:?}");
+    assert_eq!(r.datapath().writes, 0);
+    // A table that changed while the agent was away is rewritten (only that one).
+    let mut dp = r.datapath().clone();
+    let t = dp.tables.values_mut().find(|t| t.len() > 3).unwrap();
+    let last = *t.last().unwrap();
+    t[0] = if t[0] == last { t[1] } else { last };
+    let mut r = Reconciler::open(dp).unwrap();
+    assert_eq!(r.apply(&m).unwrap().tables_written, 1);
+}

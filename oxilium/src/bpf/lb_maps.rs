@@ -244,6 +244,17 @@ impl Datapath for KernelMaps {
         Ok(ct.len())
     }
 
+    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        self.table(service_id).map(Some)
+    }
+
+    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
+        Ok(match &self.sock {
+            Some(sock) => Some(sock.affinity_timeout(service_id)?).filter(|t| *t != 0),
+            None => None,
+        })
+    }
+
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
         let Some(sock) = self.sock.as_mut() else {
             if timeout_s.is_some() {
