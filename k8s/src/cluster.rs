@@ -31,6 +31,14 @@ impl Cluster {
     pub fn from_manifests(m: &Manifests) -> Self {
         let mut c = Cluster::new();
         let mut seen: HashMap<(&'static str, ObjectKey), &Origin> = HashMap::new();
+        for r in &m.rejected {
+            c.notes.push(Note {
+                object: format!("{} {}", r.kind, r.name),
+                origin: Some(r.origin.to_string()),
+                message: r.to_string(),
+                error: true,
+            });
+        }
         for (o, s) in &m.services {
             c.note_duplicate(&mut seen, "Service", convert::key_of(&s.metadata), o);
             c.apply_service(s, Some(o));

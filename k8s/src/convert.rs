@@ -75,8 +75,6 @@ pub(crate) struct Svc {
     pub source_ranges: Vec<IpNetwork>,
     pub health_check_node_port: Option<u16>,
     pub publish_not_ready: bool,
-    /// trafficDistribution PreferClose (or its newer name PreferSameZone).
-    pub prefer_close: bool,
     pub algorithm: Option<Algorithm>,
     pub forwarding: Option<Mode>,
     /// Non-fatal remarks (ignored entries).
@@ -119,7 +117,6 @@ pub(crate) fn service(s: &Service, origin: Option<String>) -> Svc {
         source_ranges: Vec::new(),
         health_check_node_port: None,
         publish_not_ready: false,
-        prefer_close: false,
         algorithm: None,
         forwarding: None,
         notes: Vec::new(),
@@ -130,7 +127,24 @@ pub(crate) fn service(s: &Service, origin: Option<String>) -> Svc {
     svc
 }
 
+/// The label naming the proxy that serves a Service: any value means another proxy does (kube-proxy
+/// leaves such Services alone too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label the control plane puts on headless Services' objects; kube-proxy skips them.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
 fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
+    let labels = s.metadata.labels.as_ref();
+    if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
+        svc.skip = Some(format!(
+            "label {SERVICE_PROXY_NAME_LABEL}={proxy:?}: served by that proxy"
+        ));
+        return Ok(());
+    }
+    if labels.is_some_and(|l| l.contains_key(HEADLESS_LABEL)) {
+        svc.skip = Some(format!("headless (label {HEADLESS_LABEL})"));
+        return Ok(());
+    }
     let Some(spec) = &s.spec else {
         svc.skip = Some("no spec".into());
         return Ok(());
@@ -267,10 +281,6 @@ fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
         other => return Err(format!("spec.sessionAffinity: unknown value {other:?}")),
     }
     svc.publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    svc.prefer_close = matches!(
-        spec.traffic_distribution.as_deref(),
-        Some("PreferClose" | "PreferSameZone")
-    );
     let annotation = |name: &str| s.metadata.annotations.as_ref().and_then(|a| a.get(name));
     if let Some(a) = annotation(LB_ALGORITHM_ANNOTATION) {
         match a.parse() {

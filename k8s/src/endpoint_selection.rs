@@ -99,7 +99,7 @@ pub(crate) struct Selection {
     pub local_ready: Vec<IpAddr>,
 }
 
-pub(crate) fn select(cands: &[Candidate<'_>], at: Locality<'_>, prefer_close: bool) -> Selection {
+pub(crate) fn select(cands: &[Candidate<'_>], at: Locality<'_>) -> Selection {
     let ready: Vec<&Candidate> = cands.iter().filter(|c| c.ready).collect();
     let cluster = if ready.is_empty() {
         cands
@@ -108,7 +108,7 @@ pub(crate) fn select(cands: &[Candidate<'_>], at: Locality<'_>, prefer_close: bo
             .map(|c| c.backend(BackendState::Terminating))
             .collect()
     } else {
-        topology_filter(&ready, at, prefer_close)
+        topology_filter(&ready, at)
             .into_iter()
             .map(|c| c.backend(BackendState::Active))
             .collect()
@@ -137,12 +137,11 @@ pub(crate) fn select(cands: &[Candidate<'_>], at: Locality<'_>, prefer_close: bo
 
 /// Topology: node hints (trafficDistribution PreferSameNode) when every ready endpoint has one and
 /// one names this node; else zone hints when every ready endpoint has one and one names this
-/// node's zone; else no filtering. For PreferClose/PreferSameZone Services an endpoint without
-/// hints counts as hinted for its own zone (what the EndpointSlice controller writes then).
+/// node's zone; else no filtering. As kube-proxy: trafficDistribution alone (PreferClose,
+/// PreferSameZone) filters nothing; only the hints the EndpointSlice controller wrote do.
 fn topology_filter<'a, 'b>(
     ready: &[&'b Candidate<'a>],
     at: Locality<'_>,
-    prefer_close: bool,
 ) -> Vec<&'b Candidate<'a>> {
     let has = |hints: &[String], v: &str| hints.iter().any(|h| h == v);
     let all_node_hinted = ready.iter().all(|c| !c.ep.node_hints.is_empty());
@@ -157,13 +156,7 @@ fn topology_filter<'a, 'b>(
         return ready.to_vec();
     };
     let zone_hint = |c: &Candidate| -> Option<bool> {
-        if !c.ep.zone_hints.is_empty() {
-            Some(has(&c.ep.zone_hints, zone))
-        } else if prefer_close {
-            c.ep.zone.as_deref().map(|z| z == zone)
-        } else {
-            None
-        }
+        (!c.ep.zone_hints.is_empty()).then(|| has(&c.ep.zone_hints, zone))
     };
     let hinted: Option<Vec<bool>> = ready.iter().map(|c| zone_hint(c)).collect();
     match hinted {
@@ -262,7 +255,7 @@ mod tests {
             ],
         );
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
-        let sel = select(&c, AT, false);
+        let sel = select(&c, AT);
         assert_eq!(addrs(&sel.cluster), ["10.0.0.2:8080 Active"]);
         // No local ready endpoint: the local serving+terminating one, even though a remote one is ready.
         assert_eq!(addrs(&sel.local), ["10.0.0.1:8080 Terminating"]);
@@ -270,7 +263,7 @@ mod tests {
         let s = slice("s", 8080, vec![ep("10.0.0.1", "a", false, true, true, &[])]);
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
         assert_eq!(
-            addrs(&select(&c, AT, false).cluster),
+            addrs(&select(&c, AT).cluster),
             ["10.0.0.1:8080 Terminating"]
         );
     }
@@ -286,15 +279,12 @@ mod tests {
             ],
         );
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
-        assert_eq!(
-            addrs(&select(&c, AT, false).cluster),
-            ["10.0.0.1:80 Active"]
-        );
+        assert_eq!(addrs(&select(&c, AT).cluster), ["10.0.0.1:80 Active"]);
         let other = Locality {
             node: "x",
             zone: Some("z3"),
         };
-        assert_eq!(select(&c, other, false).cluster.len(), 2);
+        assert_eq!(select(&c, other).cluster.len(), 2);
         let s = slice(
             "s",
             80,
@@ -304,19 +294,27 @@ mod tests {
             ],
         );
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
-        assert_eq!(select(&c, AT, false).cluster.len(), 2);
+        assert_eq!(select(&c, AT).cluster.len(), 2);
+    }
+
+    #[test]
+    fn zones_without_hints_filter_nothing() {
+        let mut a = ep("10.0.0.1", "a", true, true, false, &[]);
+        let mut b = ep("10.0.0.2", "b", true, true, false, &[]);
+        a.zone = Some("z1".into());
+        b.zone = Some("z2".into());
+        let s = slice("s", 80, vec![a, b]);
+        let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
+        assert_eq!(select(&c, AT).cluster.len(), 2);
     }
 
     #[test]
     fn publish_not_ready_uses_everything() {
         let s = slice("s", 80, vec![ep("10.0.0.1", "b", false, false, false, &[])]);
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, true);
-        assert_eq!(
-            addrs(&select(&c, AT, false).cluster),
-            ["10.0.0.1:80 Active"]
-        );
+        assert_eq!(addrs(&select(&c, AT).cluster), ["10.0.0.1:80 Active"]);
         let c = candidates([&s].into_iter(), &svc_port(), Family::V4, false);
-        assert!(select(&c, AT, false).cluster.is_empty());
+        assert!(select(&c, AT).cluster.is_empty());
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn compile_service(
                 family,
                 svc.publish_not_ready,
             );
-            let sel = endpoint_selection::select(&cands, at, svc.prefer_close);
+            let sel = endpoint_selection::select(&cands, at);
             local_ready.extend(sel.local_ready.iter().copied());
             let internal = if svc.itp_local {
                 &sel.local

@@ -35,6 +35,17 @@ pub trait Datapath {
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
     /// entry that switches the flag on; `None` forgets the service's affinity entries.
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()>;
+    /// The selection table the datapath holds for a service, read when a restart adopts it, so
+    /// that an unchanged table is not written again. None (the default): unknown, written by the
+    /// next apply.
+    fn read_table(&self, _service_id: u32) -> Result<Option<Vec<u32>>> {
+        Ok(None)
+    }
+    /// The affinity timeout the datapath holds for a service (Some only when on), read on
+    /// adoption like [`read_table`](Self::read_table).
+    fn read_affinity(&self, _service_id: u32) -> Result<Option<u32>> {
+        Ok(None)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,9 +53,9 @@ struct Realised {
     id: u32,
     value: ServiceValue,
     backends: BTreeMap<SocketAddr, (u32, Backend)>,
-    /// None: unknown (after a restart) and rewritten on the next apply.
+    /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<Vec<u32>>,
-    /// None: unknown (after a restart) or off.
+    /// None: off, or unknown (a restart that could not read it).
     affinity: Option<u32>,
 }
 
@@ -73,6 +84,8 @@ pub struct Reconciler<D> {
     vip_users: BTreeMap<Addr, usize>,
     service_ids: Ids,
     backend_ids: Ids,
+    /// Ids given out by [`Reconciler::reserve_id`] to services not yet written.
+    reserved: BTreeMap<ServiceKey, u32>,
 }
 
 /// What one apply collects before its last step (markers, removals, flush, freed ids).
@@ -87,7 +100,9 @@ struct Pass {
 }
 
 impl<D: Datapath> Reconciler<D> {
-    /// Adopts what the datapath already holds (an agent restart keeps ids, so flows keep going).
+    /// Adopts what the datapath already holds (an agent restart keeps ids, so flows keep going):
+    /// service entries, backends, and the selection tables and affinity timeouts it can read, so
+    /// that a restart with an unchanged model writes nothing (no table swapped, no RCU wait).
     pub fn open(dp: D) -> Result<Self> {
         let mut services = BTreeMap::new();
         let mut markers = BTreeSet::new();
@@ -103,11 +118,19 @@ impl<D: Datapath> Reconciler<D> {
             service_ids.take(v.id);
             by_id.insert(v.id, k);
             *vip_users.entry(k.addr).or_default() += 1;
+            // A table or timeout that cannot be read stays unknown and is rewritten.
+            let table = if v.table_size > 0 {
+                dp.read_table(v.id).ok().flatten()
+            } else {
+                Some(Vec::new())
+            };
             services.insert(
                 k,
                 Realised {
                     id: v.id,
                     value: v,
+                    table,
+                    affinity: dp.read_affinity(v.id).ok().flatten(),
                     ..Default::default()
                 },
             );
@@ -131,6 +154,7 @@ impl<D: Datapath> Reconciler<D> {
             vip_users,
             service_ids,
             backend_ids,
+            reserved: BTreeMap::new(),
         };
         for id in orphans {
             r.dp.remove_backend(id)?;
@@ -145,6 +169,22 @@ impl<D: Datapath> Reconciler<D> {
     /// Service id of a frontend, if it is programmed.
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         self.services.get(key).map(|s| s.id)
+    }
+
+    /// The id `key` has, or will have when the next apply writes it (reserved now, nothing is
+    /// written): what is keyed by the service id elsewhere (e.g. its source ranges) can be
+    /// written before the service entry makes the frontend live. A reservation the next apply
+    /// does not use is released by it.
+    pub fn reserve_id(&mut self, key: &ServiceKey) -> Result<u32> {
+        if let Some(id) = self
+            .service_id(key)
+            .or_else(|| self.reserved.get(key).copied())
+        {
+            return Ok(id);
+        }
+        let id = self.service_ids.alloc()?;
+        self.reserved.insert(*key, id);
+        Ok(id)
     }
 
     /// Backend ids of a programmed service, by address.
@@ -243,6 +283,9 @@ impl<D: Datapath> Reconciler<D> {
         for id in pass.freed_services {
             self.service_ids.free(id);
         }
+        for (_, id) in std::mem::take(&mut self.reserved) {
+            self.service_ids.free(id);
+        }
         Ok(pass.ch)
     }
 
@@ -253,7 +296,10 @@ impl<D: Datapath> Reconciler<D> {
         pass: &mut Pass,
     ) -> Result<()> {
         if !self.services.contains_key(key) {
-            let id = self.service_ids.alloc()?;
+            let id = match self.reserved.remove(key) {
+                Some(id) => id,
+                None => self.service_ids.alloc()?,
+            };
             self.services.insert(
                 *key,
                 Realised {
@@ -471,6 +517,12 @@ impl Datapath for MemoryDatapath {
             None => self.affinity.remove(&service_id),
         };
         Ok(())
+    }
+    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        Ok(self.tables.get(&service_id).cloned())
+    }
+    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
+        Ok(self.affinity.get(&service_id).copied())
     }
 }
 

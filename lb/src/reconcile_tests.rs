@@ -248,3 +248,52 @@ proptest! {
         prop_assert_eq!(r.datapath().snapshot(), fresh.datapath().snapshot());
     }
 }
+
+/// A reserved id is the one the next apply writes the service with; nothing is written before,
+/// and a reservation the apply does not use is released.
+#[test]
+fn reserved_ids_are_used_by_the_next_apply_or_released() {
+    let compiled = compile(&model(vec![service("a", 80, &[1])])).unwrap();
+    let other = compile(&model(vec![service("b", 81, &[2])])).unwrap();
+    let (key, other_key) = (
+        *compiled.keys().next().unwrap(),
+        *other.keys().next().unwrap(),
+    );
+    let mut rec = Reconciler::open(MemoryDatapath::default()).unwrap();
+    let unused = rec.reserve_id(&other_key).unwrap();
+    let id = rec.reserve_id(&key).unwrap();
+    assert_eq!(rec.reserve_id(&key).unwrap(), id);
+    assert_eq!(rec.datapath().writes, 0);
+    rec.apply(&compiled).unwrap();
+    assert_eq!(rec.service_id(&key), Some(id));
+    assert_eq!(rec.datapath().services[&key].id, id);
+    // The unused reservation was released: the next new service may take it.
+    rec.apply(&other).unwrap();
+    assert_eq!(rec.service_id(&other_key), Some(unused));
+}
+
+/// A restart adopts the tables (and affinity timeouts) the datapath holds: applying the same
+/// model again writes nothing at all, in particular no table.
+#[test]
+fn a_restart_with_the_same_model_writes_no_table() {
+    let mut svcs = vec![service("a", 80, &[1, 2, 3]), service("b", 81, &[4])];
+    svcs[1].algorithm = Algorithm::Random;
+    svcs[1].affinity_timeout_s = Some(30);
+    svcs.push(service("empty", 82, &[]));
+    let m = compile(&model(svcs)).unwrap();
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    assert_eq!(r.apply(&m).unwrap().tables_written, 3);
+    let mut dp = r.datapath().clone();
+    dp.writes = 0;
+    let mut r = Reconciler::open(dp).unwrap();
+    let ch = r.apply(&m).unwrap();
+    assert!(ch.is_empty(), "{ch:?}");
+    assert_eq!(r.datapath().writes, 0);
+    // A table that changed while the agent was away is rewritten (only that one).
+    let mut dp = r.datapath().clone();
+    let t = dp.tables.values_mut().find(|t| t.len() > 3).unwrap();
+    let last = *t.last().unwrap();
+    t[0] = if t[0] == last { t[1] } else { last };
+    let mut r = Reconciler::open(dp).unwrap();
+    assert_eq!(r.apply(&m).unwrap().tables_written, 1);
+}

@@ -146,7 +146,10 @@ fn offline_service_list_prints_what_the_node_would_program() {
             "-o",
             "json",
         ]);
-        assert!(ok, "{}: {err}", case.display());
+        // Non-zero exactly when some object was rejected; the rest is printed all the same.
+        let nf = k8s::node_frontends(&dir, "node-a", &Default::default()).unwrap();
+        let rejected = nf.notes.iter().any(|n| n.error);
+        assert_eq!(ok, !rejected, "{}: {err}", case.display());
         let got: serde_json::Value = serde_json::from_str(&out).unwrap();
         let want: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
@@ -171,4 +174,31 @@ fn offline_service_list_prints_what_the_node_would_program() {
     assert!(!ok && err.contains("--manifests"), "{err}");
     let (ok, _, err) = oxilium(&["service", "list", "--manifests", bad, "-o", "json"]);
     assert!(!ok && err.contains("--node"), "{err}");
+}
+
+/// A typo'd field (`kubectl --validate=strict` would refuse it) rejects that object with an error
+/// naming the file, the object and the field path; the rest is still listed; the exit status fails.
+#[test]
+fn offline_service_list_rejects_unknown_fields() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../k8s/tests/cases/unknown-field/manifests"
+    );
+    let (ok, out, err) = oxilium(&["service", "list", "--manifests", dir, "--node", "node-a"]);
+    assert!(!ok, "{out}{err}");
+    assert!(out.contains("ClusterIP 10.96.12.1:80/TCP"), "{out}");
+    assert!(!out.contains("10.96.12.2"), "{out}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("Service default/typo"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.starts_with("error: "), "{line}");
+    assert!(
+        line.contains("unknown-field/manifests/svc.yaml:8"),
+        "{line}"
+    );
+    assert!(line.contains("`spec.externalTraficPolicy`"), "{line}");
+    assert!(line.contains("`spec.ports[0].protocl`"), "{line}");
+    assert!(err.contains("EndpointSlice default/ok-2"), "{err}");
+    assert!(err.contains("2 object(s) rejected"), "{err}");
 }

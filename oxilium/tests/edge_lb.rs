@@ -132,6 +132,14 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
             "flow moved after the backend set changed"
         );
     }
+    // The status counts the conntrack entries (keys walked after the state lock is released):
+    // as many as `ct list` copies out.
+    let listed = bed.agent.cli(&["ct", "list"]).as_array().unwrap().len();
+    assert!(listed > 0);
+    assert_eq!(
+        bed.agent.status()["conntrack_entries"].as_u64(),
+        Some(listed as u64)
+    );
     // New flows never reach the removed backend.
     let seen = spread(&bed, VIP4, false, 30);
     assert!(!seen.contains_key(&format!("b{other}")), "{seen:?}");

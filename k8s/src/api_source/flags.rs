@@ -16,8 +16,8 @@ pub struct KubeFlags {
     /// The kubeconfig context to use (default: its current-context).
     #[arg(long, value_name = "NAME", requires = "kubeconfig")]
     pub kube_context: Option<String>,
-    /// This node's name (default: $NODE_NAME, set from spec.nodeName in the DaemonSet).
-    #[arg(long, value_name = "NAME")]
+    /// This node's name (the DaemonSet sets $NODE_NAME from spec.nodeName).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node: Option<String>,
     /// NodePort range, MIN-MAX (the kube-apiserver --service-node-port-range).
     #[arg(long, value_name = "MIN-MAX", default_value = "30000-32767")]

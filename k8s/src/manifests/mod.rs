@@ -23,16 +23,20 @@
 //!   keeps the later one with a note; the policy engine's upserts keep the later one silently.
 //!
 //! The typed view of the node agent (Services, EndpointSlices, Nodes, Pods) is [`Manifests`];
-//! other kinds are ignored there. Errors name the file, the line and the field.
+//! other kinds are ignored there. Errors name the file, the line and the field. A field its type
+//! does not know (a typo) rejects that object, as `kubectl --validate=strict` would: it is kept in
+//! [`Manifests::rejected`] (file, kind, namespace/name, field paths) and the rest is used.
 mod folder;
 mod parse;
+pub mod strict;
 
 pub use folder::{files, is_manifest_name};
 pub use parse::{parse_text, yaml_options};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -115,6 +119,31 @@ pub struct Manifests {
     pub endpoint_slices: Vec<(Origin, EndpointSlice)>,
     pub nodes: Vec<(Origin, Node)>,
     pub pods: Vec<(Origin, Pod)>,
+    /// Objects left out because of fields their type does not know, in input order.
+    pub rejected: Vec<Rejected>,
+}
+
+/// An object rejected by strict field validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub origin: Origin,
+    pub kind: String,
+    /// `namespace/name`, or `name` for cluster-scoped objects.
+    pub name: String,
+    /// The unknown fields, as paths (`spec.ports[0].prot`).
+    pub fields: Vec<String>,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields: Vec<String> = self.fields.iter().map(|p| format!("`{p}`")).collect();
+        write!(
+            f,
+            "unknown field{} {} (strict validation, as kubectl --validate=strict): object rejected",
+            if fields.len() == 1 { "" } else { "s" },
+            fields.join(", ")
+        )
+    }
 }
 
 impl Manifests {
@@ -122,13 +151,14 @@ impl Manifests {
     /// other kinds and versions are not ours.
     pub fn add(&mut self, o: Object) -> Result<(), SourceError> {
         match (o.api_version(), o.kind()) {
-            ("v1", "Service") => self.services.push(typed(o)?),
-            ("discovery.k8s.io/v1", "EndpointSlice") => self.endpoint_slices.push(typed(o)?),
-            ("v1", "Node") => self.nodes.push(typed(o)?),
-            ("v1", "Pod") => self.pods.push(typed(o)?),
-            _ => {}
+            ("v1", "Service") => push(&mut self.services, &mut self.rejected, o),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                push(&mut self.endpoint_slices, &mut self.rejected, o)
+            }
+            ("v1", "Node") => push(&mut self.nodes, &mut self.rejected, o),
+            ("v1", "Pod") => push(&mut self.pods, &mut self.rejected, o),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     pub fn from_objects(objects: Vec<Object>) -> Result<Manifests, SourceError> {
@@ -149,6 +179,36 @@ pub fn read_dir(dir: &Path) -> Result<Manifests, SourceError> {
 pub fn parse_file(file: &Path, text: &str, out: &mut Manifests) -> Result<(), SourceError> {
     for o in parse_text(file, text)? {
         out.add(o)?;
+    }
+    Ok(())
+}
+
+/// Adds the typed object to `list`, or to `rejected` when it has fields its type does not know.
+fn push<T: DeserializeOwned + Serialize>(
+    list: &mut Vec<(Origin, T)>,
+    rejected: &mut Vec<Rejected>,
+    o: Object,
+) -> Result<(), SourceError> {
+    let kind = o.kind().to_string();
+    let meta = &o.value["metadata"];
+    let name = match (meta["namespace"].as_str(), meta["name"].as_str()) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_string(),
+        (_, None) => "(no name)".to_string(),
+    };
+    let input = o.value.clone();
+    let (origin, t) = typed::<T>(o)?;
+    let back = serde_json::to_value(&t).unwrap_or(Value::Null);
+    let fields = strict::unknown_fields(&input, &back);
+    if fields.is_empty() {
+        list.push((origin, t));
+    } else {
+        rejected.push(Rejected {
+            origin,
+            kind,
+            name,
+            fields,
+        });
     }
     Ok(())
 }

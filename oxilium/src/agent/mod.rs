@@ -36,8 +36,9 @@ pub struct AgentArgs {
     /// The LB config file (required for --role lb); watched and applied on change.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Interface(s) to attach to (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',', required_unless_present_any = ["cleanup", "manifests", "kubeconfig", "node"])]
+    /// --role lb / backend: interface(s) to attach to (repeat or comma-separate); required there.
+    /// --role node takes its devices from --device.
+    #[arg(long, value_delimiter = ',')]
     pub iface: Vec<String>,
     #[arg(long, value_enum, default_value = "lb")]
     pub role: Role,
@@ -65,6 +66,22 @@ pub struct AgentArgs {
     pub cleanup: bool,
     #[command(flatten)]
     pub node_args: node::NodeArgs,
+}
+
+impl AgentArgs {
+    /// `--iface` is required by the roles that attach to interfaces by name (lb, backend); a node
+    /// attaches to its `--device`s and its cgroup.
+    pub fn check_iface(&self) -> Result<()> {
+        if self.iface.is_empty() && matches!(self.role, Role::Lb | Role::Backend) {
+            let role = if self.role == Role::Lb {
+                "lb"
+            } else {
+                "backend"
+            };
+            anyhow::bail!("--iface is required with --role {role}");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -112,6 +129,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
 
 async fn agent(args: AgentArgs) -> Result<()> {
     // Bad input is refused before anything touches the kernel.
+    args.check_iface()?;
     if args.role == Role::Node {
         args.node_args.check()?;
     }

@@ -64,6 +64,9 @@ pub fn bind_private(socket: &Path) -> Result<UnixListener> {
 
 fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::Value) {
     let path = req.uri().path().to_string();
+    if path.trim_end_matches('/') == "/status" {
+        return (StatusCode::OK, status(state));
+    }
     let st = state.lock().unwrap();
     let result = match path
         .split('/')
@@ -71,7 +74,6 @@ fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::V
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["status"] => Ok(views::status(&st)),
         ["services"] => Ok(views::services(&st)),
         ["bpf", "lb"] => views::bpf_lb(&st),
         ["maglev", name] => views::maglev(&st, name),
@@ -85,6 +87,25 @@ fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::V
             serde_json::json!({ "error": format!("{e:#}") }),
         ),
     }
+}
+
+/// The status; the conntrack entries are counted (keys walked, nothing copied) after the state
+/// lock is released, so a large conntrack table never holds up the agent's loop.
+fn status(state: &Shared) -> serde_json::Value {
+    let (mut v, counter) = {
+        let st = state.lock().unwrap();
+        let counter = st
+            .reconciler
+            .as_ref()
+            .map(|r| r.datapath().conntrack_counter());
+        (views::status(&st), counter)
+    };
+    match counter {
+        Some(Ok(c)) => v["conntrack_entries"] = serde_json::json!(c.count()),
+        Some(Err(e)) => v["conntrack_entries_error"] = serde_json::json!(format!("{e:#}")),
+        None => {}
+    }
+    v
 }
 
 /// The CLI side: GET `path` from the agent and return the JSON body.

@@ -47,7 +47,7 @@ pub fn status(st: &State) -> Value {
                 .map(|s| s.backends.len())
                 .sum::<usize>()
         );
-        v["conntrack_entries"] = json!(dp.conntrack().len());
+        // conntrack_entries: counted by the caller, outside the state lock (see api::handle).
         if let Some(sock) = dp.sock_counters() {
             v["socket_lb"] = Value::Object(
                 sock.into_iter()

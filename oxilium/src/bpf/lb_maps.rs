@@ -25,6 +25,16 @@ pub struct KernelMaps {
     sock: Option<crate::bpf::socklb::SockMaps>,
 }
 
+/// Counts the conntrack entries by walking the keys (no value is copied); made from
+/// [`KernelMaps::conntrack_counter`] under the state lock, used after it is released.
+pub struct ConntrackCounter(HashMap<MapData, FlowKey, CtEntry>);
+
+impl ConntrackCounter {
+    pub fn count(&self) -> usize {
+        self.0.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
 impl KernelMaps {
     /// Takes the maps out of a loaded XDP object (they are the pinned ones).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
@@ -83,6 +93,23 @@ impl KernelMaps {
 
     pub fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// A second handle on the conntrack map (its fd duplicated), to count the entries without
+    /// the agent's state: see [`ConntrackCounter`].
+    pub fn conntrack_counter(&self) -> Result<ConntrackCounter> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = IterableMap::map(&self.conntrack)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the conntrack map's fd")?;
+        let data = MapData::from_fd(fd).context("opening the conntrack map")?;
+        Ok(ConntrackCounter(
+            HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                .context("opening the conntrack map")?,
+        ))
     }
 
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
@@ -215,6 +242,17 @@ impl Datapath for KernelMaps {
             let _ = self.snat.remove(k);
         }
         Ok(ct.len())
+    }
+
+    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        self.table(service_id).map(Some)
+    }
+
+    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
+        Ok(match &self.sock {
+            Some(sock) => Some(sock.affinity_timeout(service_id)?).filter(|t| *t != 0),
+            None => None,
+        })
     }
 
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {

@@ -44,8 +44,9 @@ pub fn run(args: &OfflineArgs, output: Output) -> Result<()> {
     };
     let nf = k8s::node_frontends(dir, node, &opts)
         .with_context(|| format!("--manifests {}", dir.display()))?;
+    // Each note says its level ("error: ..." for a rejected object, "note: ..." otherwise).
     for n in &nf.notes {
-        eprintln!("{}: {n}", if n.error { "error" } else { "note" });
+        eprintln!("{n}");
     }
     let json = k8s::output::frontends_json(&nf.frontends);
     match output {
@@ -69,6 +70,11 @@ pub fn run(args: &OfflineArgs, output: Output) -> Result<()> {
                 }
             }
         }
+    }
+    // Like `kubectl apply` with some invalid objects: the rest is listed, the exit status fails.
+    let rejected = nf.notes.iter().filter(|n| n.error).count();
+    if rejected > 0 {
+        bail!("{rejected} object(s) rejected (see the errors above); the rest is listed");
     }
     Ok(())
 }

@@ -27,9 +27,14 @@ use std::{
 /// How long the agent may take to open its API socket, and to exit after SIGTERM.
 pub const READY: Duration = Duration::from_secs(20);
 
-/// The `oxilium` binary under test.
+/// The `oxilium` binary under test: `$OXILIUM_TEST_BIN` when set (a copy taken right after the
+/// build, when the target folder is shared with other checkouts that may rebuild it meanwhile),
+/// else the one cargo built.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_oxilium")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("OXILIUM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_oxilium").into())
+    })
 }
 
 /// Runs an `oxilium` client command against the agent at `socket` with `-o json`; panics with its

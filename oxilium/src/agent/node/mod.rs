@@ -231,6 +231,14 @@ fn apply_view(
 ) -> Result<BTreeSet<IpAddr>> {
     // A delta leaves the node addresses as they are (a Node change is applied whole) and touches
     // the source ranges only when a service it changed has some.
+    // Source ranges first: a new LoadBalancer must not be open to all until they follow.
+    if let (Some(ext), Some(rec)) = (st.nodeport.as_mut(), st.reconciler.as_mut()) {
+        let services = match &view.model {
+            ModelUpdate::Whole(m) => &m.services,
+            ModelUpdate::Delta(d) => &d.services,
+        };
+        ext.write_ranges_first(rec, services)?;
+    }
     let (whole, ranges) = match view.model {
         ModelUpdate::Whole(m) => {
             apply_model(st, m)?;

@@ -8,8 +8,8 @@ use abi::{lb::LbConfig, nodeport::Endpoint};
 use anyhow::{Context, Result};
 use lb::{
     compile,
-    model::{Model, Scope},
-    reconcile::Reconciler,
+    model::{IpNetwork, Model, Scope, Service},
+    reconcile::{Datapath, Reconciler},
 };
 use net::addresses::Addresses;
 use serde_json::{Value, json};
@@ -122,6 +122,27 @@ impl NodePortDevices {
         Ok(())
     }
 
+    /// Before an apply writes `services`: writes the source ranges of those that have some
+    /// (reserving the id of a new one), so that a new or changed LoadBalancer is never open to
+    /// clients outside its ranges, not even between two writes. Returns how many were written;
+    /// [`sync_source_ranges`](Self::sync_source_ranges) after the apply clears stale ones.
+    pub fn write_ranges_first(
+        &mut self,
+        rec: &mut Reconciler<KernelMaps>,
+        services: &[Service],
+    ) -> Result<usize> {
+        let (np, have) = (&mut self.np, &mut self.ranges);
+        ranges_before_services(rec, services, |id, r| {
+            if have.get(&id).map(Vec::as_slice) == Some(r) {
+                return Ok(false);
+            }
+            np.set_source_ranges(id, r)
+                .with_context(|| format!("source ranges of service {id}"))?;
+            have.insert(id, r.to_vec());
+            Ok(true)
+        })
+    }
+
     /// Makes the kernel hold the source ranges of every external service of `model` (by the
     /// ids the reconciler gave them), writing only services whose ranges changed and clearing
     /// those of services that lost theirs or are gone. Returns how many services were written.
@@ -203,5 +224,114 @@ impl NodePortDevices {
             "source_range_services": self.ranges.len(),
             "counters": counters,
         })
+    }
+}
+
+/// The ordering of [`NodePortDevices::write_ranges_first`]: for each external service of
+/// `services` with source ranges, its id (reserved if it is new) and its sorted ranges go to
+/// `write` (which says whether it wrote), before the reconciler writes any service entry.
+pub fn ranges_before_services<D: Datapath>(
+    rec: &mut Reconciler<D>,
+    services: &[Service],
+    mut write: impl FnMut(u32, &[IpNetwork]) -> Result<bool>,
+) -> Result<usize> {
+    let mut written = 0;
+    for s in services {
+        if s.scope != Scope::External || s.source_ranges.is_empty() {
+            continue;
+        }
+        let id = rec.reserve_id(&compile::service_key(s))?;
+        let mut r = s.source_ranges.clone();
+        r.sort();
+        r.dedup();
+        written += usize::from(write(id, &r)?);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi::lb::{ServiceKey, ServiceValue};
+    use lb::reconcile::MemoryDatapath;
+    use std::{cell::RefCell, rc::Rc};
+
+    /// The in-memory datapath, logging service entries as they are written.
+    struct Recording(MemoryDatapath, Rc<RefCell<Vec<String>>>);
+
+    impl Datapath for Recording {
+        fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+            self.0.services()
+        }
+        fn backends(&self) -> Result<Vec<(u32, abi::lb::Backend)>> {
+            self.0.backends()
+        }
+        fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+            if value.id != 0 {
+                self.1.borrow_mut().push(format!("service {}", value.id));
+            }
+            self.0.set_service(key, value)
+        }
+        fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+            self.0.remove_service(key)
+        }
+        fn set_backend(&mut self, id: u32, b: &abi::lb::Backend) -> Result<()> {
+            self.0.set_backend(id, b)
+        }
+        fn remove_backend(&mut self, id: u32) -> Result<()> {
+            self.0.remove_backend(id)
+        }
+        fn set_table(&mut self, id: u32, old: Option<&[u32]>, ids: &[u32]) -> Result<()> {
+            self.0.set_table(id, old, ids)
+        }
+        fn flush_flows(&mut self, ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
+            self.0.flush_flows(ids)
+        }
+        fn set_affinity(&mut self, id: u32, t: Option<u32>) -> Result<()> {
+            self.0.set_affinity(id, t)
+        }
+    }
+
+    /// The loadbalancer case of k8s/tests/cases (a LoadBalancer with loadBalancerSourceRanges) as
+    /// node-a's model: every service with ranges has them written before its entry, under the id
+    /// the entry then carries; the others get ids as usual.
+    #[test]
+    fn source_ranges_are_written_before_the_service_entry() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../k8s/tests/cases/loadbalancer/manifests"
+        );
+        let nf = k8s::node_frontends(Path::new(dir), "node-a", &Default::default()).unwrap();
+        let model = super::super::model_of(&nf.frontends, 251);
+        let with_ranges: Vec<&Service> = model
+            .services
+            .iter()
+            .filter(|s| s.scope == Scope::External && !s.source_ranges.is_empty())
+            .collect();
+        assert!(!with_ranges.is_empty());
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let dp = Recording(MemoryDatapath::default(), log.clone());
+        let mut rec = Reconciler::open(dp).unwrap();
+        let n = ranges_before_services(&mut rec, &model.services, |id, r| {
+            log.borrow_mut().push(format!("ranges {id} {}", r.len()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(n, with_ranges.len());
+        rec.apply(&compile::compile(&model).unwrap()).unwrap();
+        let log = log.borrow();
+        for s in with_ranges {
+            let id = rec.service_id(&compile::service_key(s)).unwrap();
+            let at = |what: &str| log.iter().position(|l| l.starts_with(what));
+            let ranges = at(&format!("ranges {id} ")).unwrap_or_else(|| panic!("{log:?}"));
+            let entry = at(&format!("service {id}")).unwrap_or_else(|| panic!("{log:?}"));
+            assert!(ranges < entry, "{log:?}");
+        }
+        let entries: Vec<u32> = (rec.datapath().0.services.values())
+            .map(|v| v.id)
+            .filter(|id| *id != 0)
+            .collect();
+        let ids: std::collections::BTreeSet<u32> = entries.iter().copied().collect();
+        assert_eq!(ids.len(), entries.len(), "ids are unique");
     }
 }
