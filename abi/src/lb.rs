@@ -126,8 +126,11 @@ pub struct CtEntry {
     pub bytes: u64,
     /// SNAT mode: the LB-side source port chosen for this flow (network byte order), else 0.
     pub snat_port: u16,
+    /// Conntrack state (`crate::ct`: state and FIN bits).
     pub flags: u16,
-    pub _pad: u32,
+    /// The service's established / replied timeout override when the flow was last seen (0: the
+    /// global one), so that a SNAT port's owner can be judged without its service.
+    pub svc_timeout_s: u32,
 }
 
 /// SNAT reverse entry, keyed by the reply's [`FlowKey`] (backend → LB address): how to restore the
@@ -143,7 +146,9 @@ pub struct SnatEntry {
     pub vip_port: u16,
     pub service_id: u32,
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The flow's conntrack state, mirrored from its `CtEntry` (`crate::ct`).
+    pub flags: u16,
+    pub _pad: u16,
     pub last_seen_ns: u64,
 }
 
@@ -159,6 +164,8 @@ pub struct LbConfig {
     pub snat_port_max: u16,
     /// 1 once the agent has written this entry.
     pub ready: u32,
+    /// Conntrack idle timeouts per protocol and state (0: the built-in default).
+    pub timeouts: crate::ct::Timeouts,
 }
 
 /// Packet and byte counter; per-CPU in the maps, summed by the agent.
@@ -197,7 +204,12 @@ pub mod reason {
     pub const DECAP: u32 = 11;
     /// No room to grow the packet, or another helper failed (dropped).
     pub const ERROR: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Event, not a disposition: a conntrack entry was created (a new flow; compare with the
+    /// map's occupancy to see evictions and expiries).
+    pub const CT_NEW: u32 = 13;
+    /// Event: a SNAT port of a closed or expired flow was given to a new flow.
+    pub const SNAT_REUSE: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "fwd_snat",
@@ -212,6 +224,8 @@ pub mod reason {
         "too_big",
         "decap",
         "error",
+        "ct_new",
+        "snat_reuse",
     ];
 }
 
@@ -290,7 +304,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtEntry>(), 48);
         assert_eq!(size_of::<SnatEntry>(), 56);
-        assert_eq!(size_of::<LbConfig>(), 40);
+        assert_eq!(size_of::<LbConfig>(), 64);
     }
 
     #[test]
