@@ -114,10 +114,11 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     })
 }
 
-/// The configured conntrack timeouts (`None` before the agent wrote the config: the defaults).
+/// The configured conntrack timeouts (zeros, before the agent wrote them: the defaults). Read
+/// whether or not the SNAT settings are ready: a node without NodePort devices writes only these.
 #[inline(always)]
 pub fn timeouts() -> Option<&'static ct::Timeouts> {
-    config().map(|c| &c.timeouts)
+    OXI_CONFIG.get(0).map(|c| &c.timeouts)
 }
 
 /// [`select`], with the hook deciding for each new flow (once its backend is in `t`) whether it

@@ -534,5 +534,8 @@ fn automatic_snat_range_avoids_the_ephemeral_range() {
     assert_eq!(PortRange::outside(r(1024, 65535)), None);
     assert_eq!(PortRange::outside(r(2000, 65000)), None);
     assert_eq!(r(32768, 60999).overlap(&r(1024, 32767)), None);
-    assert_eq!(r(30000, 40000).overlap(&r(32768, 60999)), Some(r(32768, 40000)));
+    assert_eq!(
+        r(30000, 40000).overlap(&r(32768, 60999)),
+        Some(r(32768, 40000))
+    );
 }

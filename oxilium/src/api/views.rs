@@ -47,7 +47,20 @@ pub fn status(st: &State) -> Value {
                 .map(|s| s.backends.len())
                 .sum::<usize>()
         );
-        v["conntrack_entries"] = json!(dp.conntrack().len());
+        let occupancy = dp.occupancy();
+        v["conntrack_entries"] = json!(occupancy[0].1);
+        v["maps"] = Value::Object(
+            occupancy
+                .into_iter()
+                .map(|(name, entries, max)| {
+                    let full = max > 0 && entries as u64 * 100 >= u64::from(max) * 95;
+                    (
+                        name.to_string(),
+                        json!({ "entries": entries, "max_entries": max, "full": full }),
+                    )
+                })
+                .collect(),
+        );
         if let Some(sock) = dp.sock_counters() {
             v["socket_lb"] = Value::Object(
                 sock.into_iter()
@@ -204,6 +217,7 @@ pub fn conntrack(st: &State) -> Result<Value> {
                 "service_id": v.service_id,
                 "backend_id": v.backend_id,
                 "snat_port": u16::from_be(v.snat_port),
+                "state": abi::ct::state_name(v.flags, k.proto),
                 "packets": v.packets,
                 "bytes": v.bytes,
             })

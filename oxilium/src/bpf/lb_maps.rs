@@ -85,6 +85,25 @@ impl KernelMaps {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
     }
 
+    /// Occupancy of the LRU maps: (name, entries, max_entries). An LRU map at its size evicts
+    /// its least recently used entry for each new one.
+    pub fn occupancy(&self) -> Vec<(&'static str, usize, u32)> {
+        use aya::maps::IterableMap;
+        let max = |m: &aya::maps::MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
+        vec![
+            (
+                "conntrack",
+                self.conntrack.keys().filter(|k| k.is_ok()).count(),
+                max(self.conntrack.map()),
+            ),
+            (
+                "snat",
+                self.snat.keys().filter(|k| k.is_ok()).count(),
+                max(self.snat.map()),
+            ),
+        ]
+    }
+
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
         self.snat.iter().filter_map(|r| r.ok()).collect()
     }
