@@ -216,9 +216,13 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
 /// Copies a flow's new conntrack state into its SNAT entry (backend → LB address:port).
 #[inline(never)]
 fn mirror_state(f: &Flow, t: &Target, flags: u16) {
-    let Some(lb) = lb_addr(f.v6) else {
+    let Some(c) = config() else {
         return;
     };
+    // The flag as a 0/1 the verifier can see (a plain bool read lets the compiler index the
+    // config by an unbounded byte).
+    let v6 = unsafe { core::ptr::read_volatile(&f.v6 as *const bool as *const u8) } & 1;
+    let lb = if v6 != 0 { &c.snat_v6 } else { &c.snat_v4 };
     let rkey = FlowKey {
         src: t.backend.addr,
         dst: *lb,
@@ -242,7 +246,7 @@ pub fn lb_addr(v6: bool) -> Option<&'static Addr> {
 }
 
 /// How many ports [`snat_port`] tries for a new flow.
-const SNAT_TRIES: u32 = 8;
+const SNAT_TRIES: u32 = 16;
 
 /// Reserves a SNAT source port (into `t.snat_port`) for the flow towards `t.backend`: a
 /// hash-chosen port in the configured range, then others, each claimed with BPF_NOEXIST. A port
@@ -262,33 +266,43 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
         return reason::ERROR;
     }
     let h = flow_hash(&f.key, 0x5a17);
-    let entry = SnatEntry {
-        client: f.key.src,
-        vip: f.key.dst,
-        client_port: f.key.sport,
-        vip_port: f.key.dport,
-        service_id,
-        backend_id: t.backend_id,
-        flags: ct::next(ct::NEW, f.key.proto, f.tcp_flags, false),
-        _pad: 0,
-        last_seen_ns: now,
+    // The new entry and its key live in the per-CPU scratch space: this frame is the third of
+    // the call chain and the verifier caps the chain's stack at 512 bytes. `rewrite` is free
+    // until the hook rewrites the packet, after the selection.
+    let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return reason::ERROR;
     };
-    let mut rkey = FlowKey {
-        src: t.backend.addr,
-        dst: *lb,
-        sport: t.backend.port,
-        dport: 0,
-        proto: f.key.proto,
-        _pad: [0; 3],
+    // SAFETY: this CPU's scratch; only the `snat` and `rewrite` fields are written here (callers
+    // hold the flow and target fields).
+    let (entry, rkey) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!((*s).snat),
+            &mut *core::ptr::addr_of_mut!((*s).rewrite),
+        )
     };
+    entry.client = f.key.src;
+    entry.vip = f.key.dst;
+    entry.client_port = f.key.sport;
+    entry.vip_port = f.key.dport;
+    entry.service_id = service_id;
+    entry.backend_id = t.backend_id;
+    entry.flags = ct::next(ct::NEW, f.key.proto, f.tcp_flags, false);
+    entry._pad = 0;
+    entry.last_seen_ns = now;
+    rkey.src = t.backend.addr;
+    rkey.dst = *lb;
+    rkey.sport = t.backend.port;
+    rkey.dport = 0;
+    rkey.proto = f.key.proto;
+    rkey._pad = [0; 3];
     for i in 0..SNAT_TRIES {
         let port = ((min + h.wrapping_add(i.wrapping_mul(40_503)) % range) as u16).to_be();
         rkey.dport = port;
-        if OXI_SNAT.insert(&rkey, &entry, BPF_NOEXIST as u64).is_ok() {
+        if OXI_SNAT.insert(&*rkey, &*entry, BPF_NOEXIST as u64).is_ok() {
             t.snat_port = port;
             return 0;
         }
-        let Some(e) = (unsafe { OXI_SNAT.get(&rkey) }) else {
+        let Some(e) = (unsafe { OXI_SNAT.get(&*rkey) }) else {
             continue;
         };
         // Already this client's (its conntrack entry evicted or closed while the SNAT entry
@@ -298,7 +312,7 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
             && e.vip == f.key.dst
             && e.vip_port == f.key.dport;
         let reused = !ours && owner_gone(e, port, f.key.proto, now);
-        if (ours || reused) && OXI_SNAT.insert(&rkey, &entry, 0).is_ok() {
+        if (ours || reused) && OXI_SNAT.insert(&*rkey, &*entry, 0).is_ok() {
             if reused {
                 stats::reason(reason::SNAT_REUSE, 0);
             }
@@ -313,18 +327,24 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
 /// entry is closed or expired (`abi::ct::reusable`), belongs to another flow now (the client
 /// reused its port and got another SNAT port or backend), or is gone and the SNAT entry itself
 /// is idle past its state's timeout.
-#[inline(never)]
+#[inline(always)]
 fn owner_gone(e: &SnatEntry, port: u16, proto: u8, now: u64) -> bool {
-    let key = FlowKey {
-        src: e.client,
-        dst: e.vip,
-        sport: e.client_port,
-        dport: e.vip_port,
-        proto,
-        _pad: [0; 3],
+    // The owner's conntrack key, built in the per-CPU scratch space (the stack is short here:
+    // this runs three calls deep). `reply` is free: only DNAT-only flows use it, never SNAT ones.
+    let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's scratch; only the `reply` field is written (callers hold the flow and
+    // target fields).
+    let key = unsafe { &mut *core::ptr::addr_of_mut!((*s).reply) };
+    key.src = e.client;
+    key.dst = e.vip;
+    key.sport = e.client_port;
+    key.dport = e.vip_port;
+    key.proto = proto;
+    key._pad = [0; 3];
     let snat_idle = now.wrapping_sub(e.last_seen_ns);
-    match unsafe { OXI_CONNTRACK.get(&key) } {
+    match unsafe { OXI_CONNTRACK.get(&*key) } {
         Some(c) if c.snat_port == port && c.backend_id == e.backend_id => {
             let last = if c.last_seen_ns > e.last_seen_ns {
                 c.last_seen_ns
