@@ -18,6 +18,8 @@ pub const CLOSED: u16 = 3;
 pub const FIN_FWD: u16 = 1 << 8;
 /// The backend sent a FIN.
 pub const FIN_REV: u16 = 1 << 9;
+/// A RST closed the flow: the backend's socket is gone, its SNAT port free at once.
+pub const RST: u16 = 1 << 10;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -27,9 +29,10 @@ pub const TCP_ACK: u8 = 0x10;
 const PROTO_TCP: u8 = 6;
 const NS: u64 = 1_000_000_000;
 
-/// The SNAT port of a closed flow is kept this long after its last packet (a retransmitted FIN
-/// or the last ACK still in flight), then it may be taken over by a new flow.
-pub const CLOSED_REUSE_NS: u64 = NS;
+/// The SNAT port of a closed flow is kept this long after its last packet, then it may be taken
+/// over by a new flow: longer than TCP's minimum retransmission timeout (200 ms), so the last
+/// ACK or a FIN retransmitted once still reaches the old flow's backend socket.
+pub const CLOSED_REUSE_NS: u64 = NS / 4;
 
 /// Idle timeouts per protocol and state, in seconds; 0 means the built-in default
 /// ([`DEFAULT_TIMEOUTS`]), so a zeroed config is a valid one.
@@ -81,11 +84,14 @@ pub const fn next(flags: u16, proto: u8, tcp: u8, reply: bool) -> u16 {
     if restarts(flags, proto, tcp) && !reply {
         return NEW;
     }
-    let mut fins = flags & (FIN_FWD | FIN_REV);
+    let mut fins = flags & (FIN_FWD | FIN_REV | RST);
     if tcp & TCP_FIN != 0 {
         fins |= if reply { FIN_REV } else { FIN_FWD };
     }
-    let st = if tcp & TCP_RST != 0 || st == CLOSED || fins == FIN_FWD | FIN_REV {
+    if tcp & TCP_RST != 0 {
+        fins |= RST;
+    }
+    let st = if fins & RST != 0 || st == CLOSED || fins & (FIN_FWD | FIN_REV) == FIN_FWD | FIN_REV {
         CLOSED
     } else if fins != 0 {
         FIN
@@ -156,7 +162,7 @@ pub const fn expired(
 }
 
 /// True when the SNAT port of a flow (its state and idle time) may be given to a new flow: the
-/// flow expired, or it is closed and quiet for [`CLOSED_REUSE_NS`].
+/// flow expired, was reset, or closed by FINs both ways and quiet for [`CLOSED_REUSE_NS`].
 #[inline(always)]
 pub const fn reusable(
     flags: u16,
@@ -165,7 +171,8 @@ pub const fn reusable(
     t: Option<&Timeouts>,
     svc_s: u32,
 ) -> bool {
-    (proto == PROTO_TCP && state(flags) == CLOSED && idle_ns >= CLOSED_REUSE_NS)
+    let closed = proto == PROTO_TCP && state(flags) == CLOSED;
+    (closed && (flags & RST != 0 || idle_ns >= CLOSED_REUSE_NS))
         || expired(flags, proto, idle_ns, t, svc_s)
 }
 
@@ -233,6 +240,7 @@ mod tests {
         assert!(restarts(closed, PROTO_TCP, TCP_SYN));
         assert!(!restarts(closed, PROTO_TCP, TCP_ACK));
         assert_eq!(next(closed, PROTO_TCP, TCP_SYN, false), NEW);
+        assert_ne!(next(closed, PROTO_TCP, 0, false) & RST, 0);
         let est = run(PROTO_TCP, &[(TCP_SYN, false), (TCP_SYN | TCP_ACK, true)]);
         assert!(!restarts(est, PROTO_TCP, TCP_SYN));
         assert!(!restarts(closed, UDP, TCP_SYN));
@@ -282,9 +290,12 @@ mod tests {
     }
 
     #[test]
-    fn closed_ports_are_reusable_after_a_second_established_ones_not() {
-        assert!(!reusable(CLOSED, PROTO_TCP, S / 2, None, 0));
-        assert!(reusable(CLOSED, PROTO_TCP, S, None, 0));
+    fn closed_ports_are_reusable_after_a_quarter_second_established_ones_not() {
+        let fins = CLOSED | FIN_FWD | FIN_REV;
+        assert!(!reusable(fins, PROTO_TCP, S / 5, None, 0));
+        assert!(reusable(fins, PROTO_TCP, S / 4, None, 0));
+        // A reset flow has no socket left at the backend: its port is free at once.
+        assert!(reusable(CLOSED | RST, PROTO_TCP, 0, None, 0));
         assert!(!expired(CLOSED, PROTO_TCP, S, None, 0));
         assert!(!reusable(ESTABLISHED, PROTO_TCP, 3600 * S, None, 0));
         assert!(!reusable(FIN | FIN_FWD, PROTO_TCP, 60 * S, None, 0));

@@ -280,8 +280,9 @@ pub fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
     mix(h ^ k.proto as u32)
 }
 
+/// The murmur3 32-bit finalizer: a bijective mix of all bits.
 #[inline(always)]
-const fn mix(mut h: u32) -> u32 {
+pub const fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

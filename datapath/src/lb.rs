@@ -296,7 +296,9 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
     rkey.proto = f.key.proto;
     rkey._pad = [0; 3];
     for i in 0..SNAT_TRIES {
-        let port = ((min + h.wrapping_add(i.wrapping_mul(40_503)) % range) as u16).to_be();
+        // Each try an independent hash of the flow: tries of flows with close hashes do not
+        // walk the same ports.
+        let port = ((min + abi::lb::mix(h.wrapping_add(i)) % range) as u16).to_be();
         rkey.dport = port;
         if OXI_SNAT.insert(&*rkey, &*entry, BPF_NOEXIST as u64).is_ok() {
             t.snat_port = port;

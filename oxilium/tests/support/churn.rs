@@ -17,6 +17,8 @@ use std::{
 pub struct Sink {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    ns: String,
+    addr: SocketAddr,
 }
 
 impl Sink {
@@ -33,12 +35,14 @@ impl Sink {
                 return;
             }
             let l = l.unwrap();
-            l.set_nonblocking(true).unwrap();
+            // A deep accept queue (std listens with 128): the sink thread may be descheduled on
+            // a busy machine. listen(2) again only changes the backlog.
+            // SAFETY: listen on the listener's own open socket.
+            unsafe { libc::listen(l.as_raw_fd(), 4096) };
+            // Blocking accept: the backlog (128) must never overflow. Drop wakes it with a
+            // connection of its own.
             while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
-                }
+                let _ = l.accept();
             }
         });
         rx.recv_timeout(Duration::from_secs(5))
@@ -47,6 +51,8 @@ impl Sink {
         Sink {
             stop,
             handle: Some(handle),
+            ns: ns.path(),
+            addr,
         }
     }
 }
@@ -54,6 +60,12 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let (path, addr) = (self.ns.clone(), self.addr);
+        let _ = std::thread::spawn(move || {
+            enter(&path);
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        })
+        .join();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -65,6 +77,8 @@ pub struct Churn {
     pub ok: usize,
     pub failed: usize,
     pub first_error: Option<String>,
+    /// Indexes of the first failed connections (up to 20).
+    pub failures: Vec<usize>,
     pub elapsed: Duration,
 }
 
@@ -104,6 +118,7 @@ pub fn churn(ns: &Netns, to: SocketAddr, n: usize, timeout: Duration) -> Churn {
             ok: 0,
             failed: 0,
             first_error: None,
+            failures: Vec::new(),
             elapsed: Duration::ZERO,
         };
         for i in 0..n {
@@ -114,6 +129,9 @@ pub fn churn(ns: &Netns, to: SocketAddr, n: usize, timeout: Duration) -> Churn {
                 }
                 Err(e) => {
                     r.failed += 1;
+                    if r.failures.len() < 20 {
+                        r.failures.push(i);
+                    }
                     if r.first_error.is_none() {
                         r.first_error = Some(format!("connection {i}: {e}"));
                     }
