@@ -100,18 +100,22 @@ fn conntrack_state(bed: &Bed) -> Vec<String> {
         .collect()
 }
 
-/// One SNAT port (40000) shows who holds it: an established flow keeps it while younger than
+/// Map sizes from the file. One SNAT port (40000) shows who holds it: an established flow keeps it while younger than
 /// `tcp_established` (a short one, 2s, then a long one, 1h, after a reload: the flow outlives the
 /// old fixed 300 s in kind), a flow past it gives it up, and a RST frees it within a second.
 #[test]
 fn closed_and_expired_flows_free_their_port_established_ones_keep_it() {
     let mut bed = Bed::new(1);
     bed.serve(PORT, false);
-    let snat = "snat:\n  ports: 40000-40000\n";
-    let short = "conntrack:\n  timeouts:\n    tcp_established: 2s\n";
+    let snat = "snat:\n  ports: 40000-40000\n  max_entries: 2048\n";
+    let short = "conntrack:\n  max_entries: 4096\n  timeouts:\n    tcp_established: 2s\n";
     bed.write_config(&one_service(snat, short));
     bed.agent.start();
     let vip = sa(VIP4, PORT);
+    // The map sizes of the file were set before the maps were created.
+    let maps = &bed.agent.cli(&["status"])["maps"];
+    assert_eq!(maps["conntrack"]["max_entries"], 4096, "{maps}");
+    assert_eq!(maps["snat"]["max_entries"], 2048, "{maps}");
 
     let mut a = Conn::open(&bed.client, vip);
     assert_eq!(a.ask("a").unwrap(), "b1");
@@ -126,7 +130,7 @@ fn closed_and_expired_flows_free_their_port_established_ones_keep_it() {
     drop(a);
 
     // A long established timeout: the idle flow keeps its port and its backend.
-    let long = "conntrack:\n  timeouts:\n    tcp_established: 1h\n";
+    let long = "conntrack:\n  max_entries: 4096\n  timeouts:\n    tcp_established: 1h\n";
     bed.write_config(&one_service(snat, long));
     bed.eventually(10, "reload", || {
         bed.agent.cli(&["status"])["reloads"].as_u64() == Some(1)
