@@ -131,8 +131,11 @@ pub struct CtEntry {
     pub bytes: u64,
     /// SNAT mode: the LB-side source port chosen for this flow (network byte order), else 0.
     pub snat_port: u16,
+    /// Conntrack state (`crate::ct`: state and FIN bits).
     pub flags: u16,
-    pub _pad: u32,
+    /// The service's established / replied timeout override when the flow was last seen (0: the
+    /// global one), so that a SNAT port's owner can be judged without its service.
+    pub svc_timeout_s: u32,
 }
 
 /// SNAT reverse entry, keyed by the reply's [`FlowKey`] (backend → LB address): how to restore the
@@ -148,7 +151,9 @@ pub struct SnatEntry {
     pub vip_port: u16,
     pub service_id: u32,
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The flow's conntrack state, mirrored from its `CtEntry` (`crate::ct`).
+    pub flags: u16,
+    pub _pad: u16,
     pub last_seen_ns: u64,
 }
 
@@ -164,6 +169,8 @@ pub struct LbConfig {
     pub snat_port_max: u16,
     /// 1 once the agent has written this entry.
     pub ready: u32,
+    /// Conntrack idle timeouts per protocol and state (0: the built-in default).
+    pub timeouts: crate::ct::Timeouts,
 }
 
 /// Packet and byte counter; per-CPU in the maps, summed by the agent.
@@ -208,7 +215,12 @@ pub mod reason {
     /// DSR backend side: a tunnel packet from a source that is not a configured LB
     /// (`--tunnel-source`) (dropped).
     pub const TUNNEL_REFUSED: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Event, not a disposition: a conntrack entry was created (a new flow; compare with the
+    /// map's occupancy to see evictions and expiries).
+    pub const CT_NEW: u32 = 15;
+    /// Event: a SNAT port of a closed or expired flow was given to a new flow.
+    pub const SNAT_REUSE: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "fwd_snat",
@@ -225,6 +237,8 @@ pub mod reason {
         "error",
         "nonlinear",
         "tunnel_refused",
+        "ct_new",
+        "snat_reuse",
     ];
 }
 
@@ -279,8 +293,9 @@ pub fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
     mix(h ^ k.proto as u32)
 }
 
+/// The murmur3 32-bit finalizer: a bijective mix of all bits.
 #[inline(always)]
-const fn mix(mut h: u32) -> u32 {
+pub const fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -303,7 +318,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtEntry>(), 48);
         assert_eq!(size_of::<SnatEntry>(), 56);
-        assert_eq!(size_of::<LbConfig>(), 40);
+        assert_eq!(size_of::<LbConfig>(), 64);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! network byte order, as they appear in packets.
 #![no_std]
 
+pub mod ct;
 pub mod lb;
 pub mod nodeport;
 pub mod policy;

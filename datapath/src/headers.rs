@@ -21,6 +21,8 @@ pub const UDP_HLEN: usize = 8;
 /// Offset of the checksum field inside the TCP and UDP headers.
 pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
+/// Offset of the flags byte (CWR ECE URG ACK PSH RST SYN FIN) inside the TCP header.
+pub const TCP_FLAGS_OFF: usize = 13;
 
 #[repr(C)]
 pub struct EthHdr {

@@ -3,7 +3,9 @@
 use crate::{
     maps::{OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICES, OXI_SNAT, OXI_TABLES},
     parse::Flow,
+    stats,
 };
+use abi::ct;
 use abi::lb::{
     ALG_RANDOM, Addr, Backend, CtEntry, FlowKey, LbConfig, MAX_TABLE_SIZE, MODE_SNAT,
     SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason,
@@ -112,9 +114,19 @@ pub fn select(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     })
 }
 
+/// The configured conntrack timeouts (zeros, before the agent wrote them: the defaults). Read
+/// whether or not the SNAT settings are ready: a node without NodePort devices writes only these.
+#[inline(always)]
+pub fn timeouts() -> Option<&'static ct::Timeouts> {
+    OXI_CONFIG.get(0).map(|c| &c.timeouts)
+}
+
 /// [`select`], with the hook deciding for each new flow (once its backend is in `t`) whether it
 /// needs SNAT, keeps its source, or is refused. `new_flow` must capture nothing (BPF functions
 /// take at most five arguments): it gets the flow, the service and the target.
+///
+/// The conntrack entry is used while its flow has not expired in its state (see `abi::ct`) and
+/// is not a client's new SYN on a closed flow; each packet moves its state on.
 #[inline(never)]
 pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     f: &Flow,
@@ -125,19 +137,29 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
 ) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = &f.key;
-    if let Some(ct) = OXI_CONNTRACK.get_ptr_mut(key) {
+    if let Some(e) = OXI_CONNTRACK.get_ptr_mut(key) {
         // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
-        let ct = unsafe { &mut *ct };
-        let fresh = now.wrapping_sub(ct.last_seen_ns) < svc.ct_timeout_s as u64 * 1_000_000_000;
-        if ct.service_id == svc.id && fresh {
-            if let Some(b) = unsafe { OXI_BACKENDS.get(ct.backend_id) } {
+        let e = unsafe { &mut *e };
+        let idle = now.wrapping_sub(e.last_seen_ns);
+        let live = !ct::expired(e.flags, key.proto, idle, timeouts(), svc.ct_timeout_s)
+            && !ct::restarts(e.flags, key.proto, f.tcp_flags);
+        if e.service_id == svc.id && live {
+            if let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) } {
                 if b.service_id == svc.id {
-                    ct.last_seen_ns = now;
-                    ct.packets += 1;
-                    ct.bytes += bytes;
-                    t.backend_id = ct.backend_id;
+                    e.last_seen_ns = now;
+                    e.packets += 1;
+                    e.bytes += bytes;
+                    e.svc_timeout_s = svc.ct_timeout_s;
+                    t.backend_id = e.backend_id;
                     t.backend = *b;
-                    t.snat_port = ct.snat_port;
+                    t.snat_port = e.snat_port;
+                    let flags = ct::next(e.flags, key.proto, f.tcp_flags, false);
+                    if flags != e.flags {
+                        e.flags = flags;
+                        if e.snat_port != 0 {
+                            mirror_state(f, t, flags);
+                        }
+                    }
                     return 0;
                 }
             }
@@ -163,6 +185,7 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     t.backend_id = id;
     t.backend = *b;
     t.snat_port = 0;
+    let flags = ct::next(ct::NEW, key.proto, f.tcp_flags, false);
     match new_flow(f, svc, t) {
         NewFlow::Snat => {
             let r = snat_port(f, t, svc.id, now);
@@ -181,12 +204,37 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
         packets: 1,
         bytes,
         snat_port: t.snat_port,
-        flags: 0,
-        _pad: 0,
+        flags,
+        svc_timeout_s: svc.ct_timeout_s,
     };
-    // A full LRU evicts the oldest flow; failure here only costs stickiness for this flow.
+    // A full LRU evicts the least recently used flow; failure here only costs stickiness.
     let _ = OXI_CONNTRACK.insert(key, &entry, 0);
+    stats::reason(reason::CT_NEW, 0);
     0
+}
+
+/// Copies a flow's new conntrack state into its SNAT entry (backend → LB address:port).
+#[inline(never)]
+fn mirror_state(f: &Flow, t: &Target, flags: u16) {
+    let Some(c) = config() else {
+        return;
+    };
+    // The flag as a 0/1 the verifier can see (a plain bool read lets the compiler index the
+    // config by an unbounded byte).
+    let v6 = unsafe { core::ptr::read_volatile(&f.v6 as *const bool as *const u8) } & 1;
+    let lb = if v6 != 0 { &c.snat_v6 } else { &c.snat_v4 };
+    let rkey = FlowKey {
+        src: t.backend.addr,
+        dst: *lb,
+        sport: t.backend.port,
+        dport: t.snat_port,
+        proto: f.key.proto,
+        _pad: [0; 3],
+    };
+    if let Some(e) = OXI_SNAT.get_ptr_mut(&rkey) {
+        // SAFETY: LRU value; a racing writer only delays the state by a packet.
+        unsafe { (*e).flags = flags };
+    }
 }
 
 /// The LB-side address of a family: SNAT source and DSR tunnel source.
@@ -197,9 +245,12 @@ pub fn lb_addr(v6: bool) -> Option<&'static Addr> {
     if *a == [0u8; 16] { None } else { Some(a) }
 }
 
+/// How many ports [`snat_port`] tries for a new flow.
+const SNAT_TRIES: u32 = 16;
+
 /// Reserves a SNAT source port (into `t.snat_port`) for the flow towards `t.backend`: a
-/// hash-chosen port in the configured range, then up to three others, each claimed with
-/// BPF_NOEXIST. Returns 0 or the drop reason.
+/// hash-chosen port in the configured range, then others, each claimed with BPF_NOEXIST. A port
+/// held by a closed or expired flow ([`owner_gone`]) is taken over. Returns 0 or the drop reason.
 #[inline(never)]
 fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
     let Some(cfg) = config() else {
@@ -215,52 +266,129 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
         return reason::ERROR;
     }
     let h = flow_hash(&f.key, 0x5a17);
-    let entry = SnatEntry {
-        client: f.key.src,
-        vip: f.key.dst,
-        client_port: f.key.sport,
-        vip_port: f.key.dport,
-        service_id,
-        backend_id: t.backend_id,
-        _pad: 0,
-        last_seen_ns: now,
+    // The new entry and its key live in the per-CPU scratch space: this frame is the third of
+    // the call chain and the verifier caps the chain's stack at 512 bytes. `rewrite` is free
+    // until the hook rewrites the packet, after the selection.
+    let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return reason::ERROR;
     };
-    let mut rkey = FlowKey {
-        src: t.backend.addr,
-        dst: *lb,
-        sport: t.backend.port,
-        dport: 0,
-        proto: f.key.proto,
-        _pad: [0; 3],
+    // SAFETY: this CPU's scratch; only the `snat` and `rewrite` fields are written here (callers
+    // hold the flow and target fields).
+    let (entry, rkey) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!((*s).snat),
+            &mut *core::ptr::addr_of_mut!((*s).rewrite),
+        )
     };
-    for i in 0..4u32 {
-        let port = ((min + h.wrapping_add(i.wrapping_mul(40_503)) % range) as u16).to_be();
+    entry.client = f.key.src;
+    entry.vip = f.key.dst;
+    entry.client_port = f.key.sport;
+    entry.vip_port = f.key.dport;
+    entry.service_id = service_id;
+    entry.backend_id = t.backend_id;
+    entry.flags = ct::next(ct::NEW, f.key.proto, f.tcp_flags, false);
+    entry._pad = 0;
+    entry.last_seen_ns = now;
+    rkey.src = t.backend.addr;
+    rkey.dst = *lb;
+    rkey.sport = t.backend.port;
+    rkey.dport = 0;
+    rkey.proto = f.key.proto;
+    rkey._pad = [0; 3];
+    for i in 0..SNAT_TRIES {
+        // Each try an independent hash of the flow: tries of flows with close hashes do not
+        // walk the same ports.
+        let port = ((min + abi::lb::mix(h.wrapping_add(i)) % range) as u16).to_be();
         rkey.dport = port;
-        if OXI_SNAT.insert(&rkey, &entry, BPF_NOEXIST as u64).is_ok() {
+        if OXI_SNAT.insert(&*rkey, &*entry, BPF_NOEXIST as u64).is_ok() {
             t.snat_port = port;
             return 0;
         }
-        // Already ours (conntrack entry evicted while the SNAT entry lived on)?
-        if let Some(e) = unsafe { OXI_SNAT.get(&rkey) } {
-            if e.client == f.key.src
-                && e.client_port == f.key.sport
-                && e.vip == f.key.dst
-                && e.vip_port == f.key.dport
-            {
-                t.snat_port = port;
-                return 0;
+        let Some(e) = (unsafe { OXI_SNAT.get(&*rkey) }) else {
+            continue;
+        };
+        // Already this client's (its conntrack entry evicted or closed while the SNAT entry
+        // lived on): renewed for the new flow.
+        let ours = e.client == f.key.src
+            && e.client_port == f.key.sport
+            && e.vip == f.key.dst
+            && e.vip_port == f.key.dport;
+        let reused = !ours && owner_gone(e, port, f.key.proto, now);
+        if (ours || reused) && OXI_SNAT.insert(&*rkey, &*entry, 0).is_ok() {
+            if reused {
+                stats::reason(reason::SNAT_REUSE, 0);
             }
+            t.snat_port = port;
+            return 0;
         }
     }
     reason::SNAT_EXHAUSTED
 }
 
-/// The SNAT entry of a reply (backend → LB address), if this packet is one.
+/// True when the flow holding SNAT port `port` (entry `e`) no longer needs it: its conntrack
+/// entry is closed or expired (`abi::ct::reusable`), belongs to another flow now (the client
+/// reused its port and got another SNAT port or backend), or is gone and the SNAT entry itself
+/// is idle past its state's timeout.
 #[inline(always)]
-pub fn snat_reply(k: &FlowKey) -> Option<&'static mut SnatEntry> {
-    let e = OXI_SNAT.get_ptr_mut(k)?;
-    unsafe {
-        (*e).last_seen_ns = bpf_ktime_get_ns();
-        Some(&mut *e)
+fn owner_gone(e: &SnatEntry, port: u16, proto: u8, now: u64) -> bool {
+    // The owner's conntrack key, built in the per-CPU scratch space (the stack is short here:
+    // this runs three calls deep). `reply` is free: only DNAT-only flows use it, never SNAT ones.
+    let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch; only the `reply` field is written (callers hold the flow and
+    // target fields).
+    let key = unsafe { &mut *core::ptr::addr_of_mut!((*s).reply) };
+    key.src = e.client;
+    key.dst = e.vip;
+    key.sport = e.client_port;
+    key.dport = e.vip_port;
+    key.proto = proto;
+    key._pad = [0; 3];
+    let snat_idle = now.wrapping_sub(e.last_seen_ns);
+    match unsafe { OXI_CONNTRACK.get(&*key) } {
+        Some(c) if c.snat_port == port && c.backend_id == e.backend_id => {
+            let last = if c.last_seen_ns > e.last_seen_ns {
+                c.last_seen_ns
+            } else {
+                e.last_seen_ns
+            };
+            let idle = now.wrapping_sub(last);
+            ct::reusable(c.flags, proto, idle, timeouts(), c.svc_timeout_s)
+        }
+        Some(_) => true,
+        None => ct::reusable(e.flags, proto, snat_idle, timeouts(), 0),
     }
+}
+
+/// The SNAT entry of a reply (backend → LB address, or backend → client for DNAT-only flows), if
+/// this packet is one. Its state moves on; on a change (first reply, FIN, RST) the flow's
+/// conntrack entry, the state's authority, is updated too.
+#[inline(never)]
+pub fn snat_reply(f: &Flow) -> Option<&'static mut SnatEntry> {
+    let e = OXI_SNAT.get_ptr_mut(&f.key)?;
+    // SAFETY: LRU value; racing CPUs may interleave state updates, which the next packet fixes.
+    let e = unsafe { &mut *e };
+    e.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let proto = f.key.proto;
+    let flags = ct::next(e.flags, proto, f.tcp_flags, true);
+    if flags != e.flags {
+        let key = FlowKey {
+            src: e.client,
+            dst: e.vip,
+            sport: e.client_port,
+            dport: e.vip_port,
+            proto,
+            _pad: [0; 3],
+        };
+        e.flags = flags;
+        if let Some(c) = OXI_CONNTRACK.get_ptr_mut(&key) {
+            let c = unsafe { &mut *c };
+            if c.backend_id == e.backend_id && (c.snat_port == 0 || c.snat_port == f.key.dport) {
+                c.flags = ct::next(c.flags, proto, f.tcp_flags, true);
+                e.flags = c.flags;
+            }
+        }
+    }
+    Some(e)
 }

@@ -57,6 +57,8 @@ pub struct Scratch {
     pub rewrite: FlowKey,
     /// The key of a reply expected for the packet (built here rather than on the stack).
     pub reply: FlowKey,
+    /// A new flow's SNAT entry while its port is chosen.
+    pub snat: SnatEntry,
 }
 
 #[btf_map]

@@ -115,7 +115,7 @@ pub fn ingress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
     if let Some(svc) = lb::service(&f.key) {
         return forward::<M>(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
-    if let Some(e) = lb::snat_reply(&f.key) {
+    if let Some(e) = lb::snat_reply(f) {
         return reply::<M>(ctx, f, &mut s.rewrite, e, bytes, true);
     }
     stats::reason(reason::PASS, bytes);
@@ -130,7 +130,7 @@ pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let f = &s.flow;
-    match lb::snat_reply(&f.key) {
+    match lb::snat_reply(f) {
         Some(e) => reply::<M>(ctx, f, &mut s.rewrite, e, bytes, false),
         None => TC_ACT_OK as i32,
     }
@@ -198,6 +198,7 @@ fn expect_reply(f: &Flow, backend: &Addr, port: u16, service_id: u32, backend_id
         vip_port: f.key.dport,
         service_id,
         backend_id,
+        flags: 0,
         _pad: 0,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };

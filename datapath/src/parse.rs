@@ -53,6 +53,8 @@ pub struct Flow {
     pub df: bool,
     /// An ICMP / ICMPv6 error message (destination unreachable, time exceeded, ...).
     pub icmp_error: bool,
+    /// TCP: the flags byte (FIN, SYN, RST, ACK, ...; see `abi::ct`), else 0.
+    pub tcp_flags: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -197,6 +199,7 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
     f.key.sport = 0;
     f.key.dport = 0;
     f.icmp_error = false;
+    f.tcp_flags = 0;
     if f.frag == Fragment::Later {
         return true;
     }
@@ -216,6 +219,12 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
             unsafe {
                 f.key.sport = (*p).src;
                 f.key.dport = (*p).dst;
+            }
+            if f.key.proto == IPPROTO_TCP {
+                let Some(fl) = ptr_at::<u8>(start, end, f.l4_off + TCP_FLAGS_OFF) else {
+                    return false;
+                };
+                f.tcp_flags = unsafe { *fl };
             }
             true
         }
@@ -255,6 +264,7 @@ impl Flow {
             ip_id: 0,
             df: false,
             icmp_error: false,
+            tcp_flags: 0,
         }
     }
 }

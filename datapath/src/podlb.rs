@@ -112,7 +112,7 @@ pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let f = &s.flow;
-    let Some(e) = lb::snat_reply(&f.key) else {
+    let Some(e) = lb::snat_reply(f) else {
         return TC_ACT_OK;
     };
     let new = &mut s.rewrite;
@@ -149,6 +149,7 @@ fn record_reply(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
         vip_port: f.key.dport,
         service_id: svc.id,
         backend_id: t.backend_id,
+        flags: 0,
         _pad: 0,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };

@@ -5,6 +5,7 @@
 //! `lb.yaml:14: services[2].backends[0].weight: must be 1..=65535, got 0`. A returned [`Config`] has every
 //! default applied and every rule satisfied. docs/config.md is the user-facing reference.
 
+mod conntrack;
 mod decode;
 pub mod duration;
 mod fields;
@@ -21,6 +22,7 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Config {
     pub snat: Snat,
+    pub conntrack: Conntrack,
     pub maglev_seed: u32,
     pub services: Vec<Service>,
 }
@@ -34,7 +36,12 @@ pub struct Snat {
     /// `None`: the agent picks the interface's IPv6 address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Ipv6Addr>,
-    pub ports: PortRange,
+    /// `None`: the agent picks the largest block outside its namespace's `ip_local_port_range`
+    /// ([`PortRange::outside`]), so the host's own sockets never collide with SNAT'ed flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// Size of the SNAT map (`OXI_SNAT`, an LRU: when full, the least recently used entry goes).
+    pub max_entries: u32,
 }
 
 impl Default for Snat {
@@ -42,10 +49,15 @@ impl Default for Snat {
         Snat {
             ipv4: None,
             ipv6: None,
-            ports: PortRange::DEFAULT_SNAT,
+            ports: None,
+            max_entries: DEFAULT_MAP_ENTRIES,
         }
     }
 }
+
+pub use conntrack::{Conntrack, MAP_ENTRIES_RANGE, Timeouts};
+/// Default size of the conntrack and SNAT maps.
+pub const DEFAULT_MAP_ENTRIES: u32 = 262_144;
 
 /// An inclusive port range, `min <= max`, both in 1..=65535. Written `min-max` in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,14 +67,43 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    /// Linux's default ephemeral range.
-    pub const DEFAULT_SNAT: PortRange = PortRange {
-        min: 32768,
-        max: 60999,
-    };
+    /// The lowest port an automatic SNAT range starts at (below are the well-known ports).
+    pub const AUTO_MIN: u16 = 1024;
 
     pub fn contains(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
+    }
+
+    pub fn len(&self) -> u32 {
+        u32::from(self.max) - u32::from(self.min) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The part shared with `other`, if any.
+    pub fn overlap(&self, other: &PortRange) -> Option<PortRange> {
+        let (min, max) = (self.min.max(other.min), self.max.min(other.max));
+        (min <= max).then_some(PortRange { min, max })
+    }
+
+    /// The largest block of 1024..=65535 outside `local` (the host's ephemeral range, from
+    /// `ip_local_port_range`): the default SNAT range. `None` when less than 1024 ports remain.
+    pub fn outside(local: PortRange) -> Option<PortRange> {
+        let below = (local.min > Self::AUTO_MIN).then(|| PortRange {
+            min: Self::AUTO_MIN,
+            max: local.min - 1,
+        });
+        let above = (local.max < u16::MAX).then(|| PortRange {
+            min: (local.max + 1).max(Self::AUTO_MIN),
+            max: u16::MAX,
+        });
+        [below, above]
+            .into_iter()
+            .flatten()
+            .filter(|r| r.min <= r.max && r.len() >= 1024)
+            .max_by_key(|r| r.len())
     }
 }
 
@@ -85,7 +126,6 @@ pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::Maglev;
 pub const DEFAULT_MODE: Mode = Mode::Snat;
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
-pub const DEFAULT_CONNTRACK_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest health-check interval accepted.
 pub const MIN_HC_INTERVAL: Duration = Duration::from_millis(10);
@@ -107,8 +147,13 @@ pub struct Service {
     pub mode: Mode,
     /// Maglev table size M: a prime in 251..=131071 (kept for `random` too, unused there).
     pub table_size: u32,
-    #[serde(serialize_with = "duration::serialize")]
-    pub conntrack_timeout: Duration,
+    /// Overrides the idle timeout of established TCP / replied UDP flows of this service
+    /// (`None`: `conntrack.timeouts.tcp_established` / `udp_replied`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub conntrack_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     /// May be empty: the service then drops its traffic.

@@ -166,6 +166,11 @@ impl<D: Datapath> Reconciler<D> {
         &self.dp
     }
 
+    /// The datapath, for settings outside the model (e.g. the kernel's global config).
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
     /// Service id of a frontend, if it is programmed.
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
         self.services.get(key).map(|s| s.id)

@@ -243,6 +243,7 @@ fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir)
         snat_port_min: port_min,
         snat_port_max: port_max,
         ready: 1,
+        timeouts: Default::default(),
     })
     .unwrap();
     let mut rec = Reconciler::open(maps).unwrap();

@@ -54,7 +54,7 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
     if let Some(svc) = lb::service(&f.key) {
         return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
-    if let Some(e) = lb::snat_reply(&f.key) {
+    if let Some(e) = lb::snat_reply(f) {
         return reply(&ctx, f, &mut s.rewrite, e, bytes);
     }
     count(reason::PASS, bytes, XDP_PASS)

@@ -46,7 +46,7 @@ pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
     if let Some(svc) = lb::service(&f.key) {
         return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
-    if let Some(e) = lb::snat_reply(&f.key) {
+    if let Some(e) = lb::snat_reply(f) {
         let action = reply(&ctx, f, &mut s.rewrite, e, bytes);
         if action != XDP_DROP {
             dp::count::<Maps>(np::REV_SNAT, bytes);

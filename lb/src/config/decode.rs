@@ -30,12 +30,7 @@ fn table_size(ctx: &mut Ctx, node: &Node, path: &str) -> Option<u32> {
 }
 
 fn conntrack_timeout(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Duration> {
-    let d = duration(ctx, node, path)?;
-    if d.v < Duration::from_secs(1) {
-        ctx.err(d.line, path, "must be at least 1s");
-        return None;
-    }
-    Some(d.v)
+    crate::config::conntrack::timeout(ctx, node, path)
 }
 
 /// An address a packet can be sent to: not unspecified, multicast or broadcast.
@@ -64,7 +59,7 @@ struct Defaults {
     algorithm: Algorithm,
     mode: Mode,
     table_size: u32,
-    conntrack_timeout: Duration,
+    conntrack_timeout: Option<Duration>,
 }
 
 pub(crate) fn config(root: Option<&Node>) -> Result<Config, Vec<Issue>> {
@@ -83,6 +78,10 @@ pub(crate) fn config(root: Option<&Node>) -> Result<Config, Vec<Issue>> {
         Some(n) => snat(&mut ctx, n).unwrap_or_default(),
         None => Snat::default(),
     };
+    let conntrack = match f.take("conntrack") {
+        Some(n) => crate::config::conntrack::conntrack(&mut ctx, n),
+        None => Conntrack::default(),
+    };
     let maglev_seed = f
         .take("maglev_seed")
         .and_then(|n| int(&mut ctx, n, "maglev_seed", 0, u64::from(u32::MAX)))
@@ -92,10 +91,14 @@ pub(crate) fn config(root: Option<&Node>) -> Result<Config, Vec<Issue>> {
         Some(n) => services(&mut ctx, n, &defaults),
         None => Vec::new(),
     };
-    f.finish(&mut ctx, &["snat", "maglev_seed", "defaults", "services"]);
+    f.finish(
+        &mut ctx,
+        &["snat", "conntrack", "maglev_seed", "defaults", "services"],
+    );
     if ctx.issues.is_empty() {
         Ok(Config {
             snat,
+            conntrack,
             maglev_seed,
             services,
         })
@@ -116,9 +119,15 @@ fn snat(ctx: &mut Ctx, node: &Node) -> Option<Snat> {
     if let Some(n) = f.take("ports")
         && let Some(r) = port_range(ctx, n, "snat.ports")
     {
-        s.ports = r;
+        s.ports = Some(r);
     }
-    f.finish(ctx, &["ipv4", "ipv6", "ports"]);
+    if let Some(v) = f
+        .take("max_entries")
+        .and_then(|n| crate::config::conntrack::max_entries(ctx, n, "snat.max_entries"))
+    {
+        s.max_entries = v;
+    }
+    f.finish(ctx, &["ipv4", "ipv6", "ports", "max_entries"]);
     Some(s)
 }
 
@@ -147,7 +156,7 @@ fn defaults(ctx: &mut Ctx, node: Option<&Node>) -> Defaults {
         algorithm: DEFAULT_ALGORITHM,
         mode: DEFAULT_MODE,
         table_size: DEFAULT_TABLE_SIZE,
-        conntrack_timeout: DEFAULT_CONNTRACK_TIMEOUT,
+        conntrack_timeout: None,
     };
     let Some(mut f) = node.and_then(|n| Fields::of(ctx, n, "defaults")) else {
         return d;
@@ -174,7 +183,7 @@ fn defaults(ctx: &mut Ctx, node: Option<&Node>) -> Defaults {
         .take("conntrack_timeout")
         .and_then(|n| conntrack_timeout(ctx, n, &f.path("conntrack_timeout")))
     {
-        d.conntrack_timeout = v;
+        d.conntrack_timeout = Some(v);
     }
     f.finish(
         ctx,
@@ -240,7 +249,7 @@ fn services(ctx: &mut Ctx, node: &Node, d: &Defaults) -> Vec<Service> {
             None => Some(d.table_size),
         };
         let ct = match f.take("conntrack_timeout") {
-            Some(n) => conntrack_timeout(ctx, n, &f.path("conntrack_timeout")),
+            Some(n) => conntrack_timeout(ctx, n, &f.path("conntrack_timeout")).map(Some),
             None => Some(d.conntrack_timeout),
         };
         let hc = match f.take("health_check") {

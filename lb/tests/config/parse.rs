@@ -13,10 +13,10 @@ fn full_example_parses() {
     assert_eq!(c.snat.ipv6, Some("fd00:1::1".parse().unwrap()));
     assert_eq!(
         c.snat.ports,
-        PortRange {
+        Some(PortRange {
             min: 40000,
             max: 50000
-        }
+        })
     );
     assert_eq!(c.services.len(), 3);
     let web = &c.services[0];
@@ -30,7 +30,7 @@ fn full_example_parses() {
             algorithm: Algorithm::Maglev,
             mode: Mode::Snat,
             table_size: 251,
-            conntrack_timeout: Duration::from_secs(30),
+            conntrack_timeout: Some(Duration::from_secs(30)),
             health_check: Some(HealthCheck {
                 kind: HealthCheckKind::Http {
                     path: "/healthz".into(),
@@ -62,7 +62,7 @@ fn full_example_parses() {
         (dns.algorithm, dns.mode, dns.table_size),
         (Algorithm::Random, Mode::Dsr, 1021)
     );
-    assert_eq!(dns.conntrack_timeout, Duration::from_secs(120));
+    assert_eq!(dns.conntrack_timeout, Some(Duration::from_secs(120)));
     assert_eq!(dns.protocol, Protocol::Udp);
     assert_eq!(dns.backends.len(), 2, "dsr may mix address families");
     assert!(
@@ -83,11 +83,14 @@ fn builtin_defaults() {
         Snat {
             ipv4: None,
             ipv6: None,
-            ports: PortRange {
-                min: 32768,
-                max: 60999
-            }
+            ports: None,
+            max_entries: 262_144,
         }
+    );
+    assert_eq!(c.conntrack, Conntrack::default());
+    assert_eq!(
+        c.conntrack.timeouts.tcp_established,
+        Duration::from_secs(86_400)
     );
     assert_eq!(c.maglev_seed, 0);
     let s = &c.services[0];
@@ -95,7 +98,8 @@ fn builtin_defaults() {
     assert_eq!(s.algorithm, Algorithm::Maglev);
     assert_eq!(s.mode, Mode::Snat);
     assert_eq!(s.table_size, 16381);
-    assert_eq!(s.conntrack_timeout, Duration::from_secs(300));
+    // No per-service timeout: the global per-protocol, per-state ones apply.
+    assert_eq!(s.conntrack_timeout, None);
     assert_eq!(
         s.backends,
         vec![BackendCfg {

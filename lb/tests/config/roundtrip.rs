@@ -60,7 +60,7 @@ fn service(index: usize) -> impl Strategy<Value = Service> {
         prop_oneof![Just(Algorithm::Maglev), Just(Algorithm::Random)],
         prop_oneof![Just(Mode::Snat), Just(Mode::Dsr)],
         proptest::sample::select(PRIMES.as_slice()),
-        (1u64..100_000).prop_map(Duration::from_secs),
+        proptest::option::of((1u64..100_000).prop_map(Duration::from_secs)),
         proptest::option::of(health_check()),
         proptest::collection::vec((any::<bool>(), 1u16.., 1u16..), 0..6),
     )
@@ -96,20 +96,39 @@ fn config() -> impl Strategy<Value = Config> {
     let snat = (
         proptest::option::of(any::<u32>().prop_map(Ipv4Addr::from)),
         proptest::option::of(any::<u128>().prop_map(Ipv6Addr::from)),
-        (1u16.., 1u16..),
+        proptest::option::of((1u16.., 1u16..)),
+        MAP_ENTRIES_RANGE,
     )
-        .prop_map(|(ipv4, ipv6, (a, b))| Snat {
+        .prop_map(|(ipv4, ipv6, ports, max_entries)| Snat {
             ipv4,
             ipv6,
-            ports: PortRange {
+            ports: ports.map(|(a, b)| PortRange {
                 min: a.min(b),
                 max: a.max(b),
+            }),
+            max_entries,
+        });
+    let secs = || (1u64..=u64::from(u32::MAX)).prop_map(Duration::from_secs);
+    let conntrack = (
+        MAP_ENTRIES_RANGE,
+        (secs(), secs(), secs(), secs(), secs(), secs()),
+    )
+        .prop_map(|(max_entries, t)| Conntrack {
+            max_entries,
+            timeouts: Timeouts {
+                tcp_syn: t.0,
+                tcp_established: t.1,
+                tcp_fin: t.2,
+                tcp_close: t.3,
+                udp: t.4,
+                udp_replied: t.5,
             },
         });
-    (snat, any::<u32>(), 0usize..5).prop_flat_map(|(snat, seed, n)| {
+    (snat, conntrack, any::<u32>(), 0usize..5).prop_flat_map(|(snat, conntrack, seed, n)| {
         let services: Vec<_> = (0..n).map(service).collect();
         services.prop_map(move |services| Config {
             snat: snat.clone(),
+            conntrack: conntrack.clone(),
             maglev_seed: seed,
             services,
         })

@@ -358,10 +358,10 @@ fn snat_port_range() {
             .unwrap()
             .snat
             .ports,
-        PortRange {
+        Some(PortRange {
             min: 5000,
             max: 5000
-        }
+        })
     );
 }
 
@@ -487,4 +487,55 @@ services:
     for (g, w) in got.iter().zip(want) {
         assert!(g.starts_with(w), "{g} should start with {w}; all: {got:#?}");
     }
+}
+
+#[test]
+fn conntrack_section_rules() {
+    one(
+        "conntrack:\n  timeouts:\n    tcp_established: 500ms\nservices: []\n",
+        3,
+        "conntrack.timeouts.tcp_established",
+        "whole seconds, at least 1s",
+    );
+    one(
+        "conntrack:\n  timeouts:\n    tcp_establshed: 1h\nservices: []\n",
+        3,
+        "conntrack.timeouts.tcp_establshed",
+        "unknown field",
+    );
+    one(
+        "conntrack:\n  max_entries: 10\nservices: []\n",
+        2,
+        "conntrack.max_entries",
+        "1024..=16777216",
+    );
+    one(
+        "snat:\n  max_entries: 0\nservices: []\n",
+        2,
+        "snat.max_entries",
+        "1024..=16777216",
+    );
+    let c = parse(
+        "conntrack:\n  max_entries: 4096\n  timeouts:\n    tcp_established: 2s\n    udp: 5s\nservices: []\n",
+    )
+    .unwrap();
+    assert_eq!(c.conntrack.max_entries, 4096);
+    let t = c.conntrack.timeouts.to_abi();
+    assert_eq!((t.tcp_established_s, t.udp_s), (2, 5));
+    assert_eq!(t.tcp_syn_s, abi::ct::DEFAULT_TIMEOUTS.tcp_syn_s);
+}
+
+#[test]
+fn automatic_snat_range_avoids_the_ephemeral_range() {
+    let r = |min, max| PortRange { min, max };
+    // Linux's default ip_local_port_range.
+    assert_eq!(PortRange::outside(r(32768, 60999)), Some(r(1024, 32767)));
+    assert_eq!(PortRange::outside(r(1024, 40000)), Some(r(40001, 65535)));
+    assert_eq!(PortRange::outside(r(1024, 65535)), None);
+    assert_eq!(PortRange::outside(r(2000, 65000)), None);
+    assert_eq!(r(32768, 60999).overlap(&r(1024, 32767)), None);
+    assert_eq!(
+        r(30000, 40000).overlap(&r(32768, 60999)),
+        Some(r(32768, 40000))
+    );
 }

@@ -1,6 +1,7 @@
 //! `oxilium agent`: loads the datapath for its role (edge LB, DSR backend, Kubernetes node), keeps it
 //! equal to its source, and serves the CLI's API on a unix socket. The roles live in [`edge`] and
 //! [`node`]; the API in [`crate::api`].
+pub mod conntrack;
 mod edge;
 mod neighbour;
 pub mod node;
@@ -136,13 +137,21 @@ async fn agent(args: AgentArgs) -> Result<()> {
     if args.role != Role::Backend && !args.tunnel_sources.is_empty() {
         anyhow::bail!("--tunnel-source is only for --role backend");
     }
-    if args.role == Role::Lb {
-        let path = args
-            .config
-            .as_ref()
-            .context("--config is required with --role lb")?;
-        lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let (ct_entries, snat_entries) = match args.role {
+        Role::Lb => {
+            let path = args
+                .config
+                .as_ref()
+                .context("--config is required with --role lb")?;
+            let c = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            (c.conntrack.max_entries, c.snat.max_entries)
+        }
+        _ => {
+            let (c, snat, _) = args.node_args.conntrack.settings()?;
+            (c.max_entries, snat)
+        }
+    };
+    loader::set_map_sizes(ct_entries, snat_entries);
     loader::prepare_pin_dir(&args.pin_dir)?;
     let state = Arc::new(Mutex::new(State {
         role: args.role,

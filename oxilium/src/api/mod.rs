@@ -89,19 +89,33 @@ fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::V
     }
 }
 
-/// The status; the conntrack entries are counted (keys walked, nothing copied) after the state
-/// lock is released, so a large conntrack table never holds up the agent's loop.
+/// The status; the conntrack and SNAT entries are counted (keys walked, nothing copied) after
+/// the state lock is released, so a large table never holds up the agent's loop.
 fn status(state: &Shared) -> serde_json::Value {
-    let (mut v, counter) = {
+    let (mut v, reader) = {
         let st = state.lock().unwrap();
-        let counter = st
+        let reader = st
             .reconciler
             .as_ref()
-            .map(|r| r.datapath().conntrack_counter());
-        (views::status(&st), counter)
+            .map(|r| r.datapath().occupancy_reader());
+        (views::status(&st), reader)
     };
-    match counter {
-        Some(Ok(c)) => v["conntrack_entries"] = serde_json::json!(c.count()),
+    match reader {
+        Some(Ok(r)) => {
+            let occupancy = r.read();
+            v["conntrack_entries"] = serde_json::json!(occupancy[0].1);
+            v["maps"] = occupancy
+                .into_iter()
+                .map(|(name, entries, max)| {
+                    let full = max > 0 && entries as u64 * 100 >= u64::from(max) * 95;
+                    (
+                        name.to_string(),
+                        serde_json::json!({ "entries": entries, "max_entries": max, "full": full }),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         Some(Err(e)) => v["conntrack_entries_error"] = serde_json::json!(format!("{e:#}")),
         None => {}
     }

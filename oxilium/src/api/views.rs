@@ -47,7 +47,7 @@ pub fn status(st: &State) -> Value {
                 .map(|s| s.backends.len())
                 .sum::<usize>()
         );
-        // conntrack_entries: counted by the caller, outside the state lock (see api::handle).
+        // conntrack_entries and maps: read by the caller, outside the state lock (api::status).
         if let Some(sock) = dp.sock_counters() {
             v["socket_lb"] = Value::Object(
                 sock.into_iter()
@@ -207,6 +207,7 @@ pub fn conntrack(st: &State) -> Result<Value> {
                 "service_id": v.service_id,
                 "backend_id": v.backend_id,
                 "snat_port": u16::from_be(v.snat_port),
+                "state": abi::ct::state_name(v.flags, k.proto),
                 "packets": v.packets,
                 "bytes": v.bytes,
             })

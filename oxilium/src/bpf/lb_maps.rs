@@ -25,14 +25,50 @@ pub struct KernelMaps {
     sock: Option<crate::bpf::socklb::SockMaps>,
 }
 
-/// Counts the conntrack entries by walking the keys (no value is copied); made from
-/// [`KernelMaps::conntrack_counter`] under the state lock, used after it is released.
-pub struct ConntrackCounter(HashMap<MapData, FlowKey, CtEntry>);
+/// Occupancy of the LRU maps read through handles of their own, taken by
+/// [`KernelMaps::occupancy_reader`] under the state lock and used after it is released, so that
+/// walking a large table never holds up the agent's loop. Keys are walked, nothing is copied.
+pub struct Occupancy {
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    snat: HashMap<MapData, FlowKey, SnatEntry>,
+}
 
-impl ConntrackCounter {
-    pub fn count(&self) -> usize {
-        self.0.keys().filter(|k| k.is_ok()).count()
+impl Occupancy {
+    /// (name, entries, max_entries) per map. An LRU map at its size evicts its least recently
+    /// used entry for each new one.
+    pub fn read(&self) -> Vec<(&'static str, usize, u32)> {
+        use aya::maps::IterableMap;
+        let max = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
+        vec![
+            (
+                "conntrack",
+                self.conntrack.keys().filter(|k| k.is_ok()).count(),
+                max(self.conntrack.map()),
+            ),
+            (
+                "snat",
+                self.snat.keys().filter(|k| k.is_ok()).count(),
+                max(self.snat.map()),
+            ),
+        ]
     }
+}
+
+/// A new handle on an LRU hash map: its fd duplicated.
+fn dup_lru<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
+    use aya::maps::IterableMap;
+    use std::os::fd::AsFd;
+    let fd = IterableMap::map(map)
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("duplicating the {name} map's fd"))?;
+    let data = MapData::from_fd(fd).with_context(|| format!("opening the {name} map"))?;
+    HashMap::try_from(aya::maps::Map::LruHashMap(data))
+        .with_context(|| format!("opening the {name} map"))
 }
 
 impl KernelMaps {
@@ -95,21 +131,13 @@ impl KernelMaps {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
     }
 
-    /// A second handle on the conntrack map (its fd duplicated), to count the entries without
-    /// the agent's state: see [`ConntrackCounter`].
-    pub fn conntrack_counter(&self) -> Result<ConntrackCounter> {
-        use aya::maps::IterableMap;
-        use std::os::fd::AsFd;
-        let fd = IterableMap::map(&self.conntrack)
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the conntrack map's fd")?;
-        let data = MapData::from_fd(fd).context("opening the conntrack map")?;
-        Ok(ConntrackCounter(
-            HashMap::try_from(aya::maps::Map::LruHashMap(data))
-                .context("opening the conntrack map")?,
-        ))
+    /// Second handles on the LRU maps (their fds duplicated), to read their occupancy without the
+    /// agent's state: see [`Occupancy`].
+    pub fn occupancy_reader(&self) -> Result<Occupancy> {
+        Ok(Occupancy {
+            conntrack: dup_lru(&self.conntrack, "conntrack")?,
+            snat: dup_lru(&self.snat, "snat")?,
+        })
     }
 
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {

@@ -72,6 +72,15 @@ fn pinned_names() -> impl Iterator<Item = &'static str> {
         .chain(abi::sock::pod::names::PINNED)
 }
 
+static MAP_SIZES: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// Sizes of the conntrack and SNAT maps (max_entries) for every object loaded from now on; set
+/// once by the agent before it loads anything. Maps already pinned keep the size they were
+/// created with (a new size needs the pins removed: `oxilium agent --cleanup`).
+pub fn set_map_sizes(conntrack: u32, snat: u32) {
+    let _ = MAP_SIZES.set((conntrack, snat));
+}
+
 /// Loads an object with its maps pinned under `pin_dir` (every name of [`pinned_names`]): a pin
 /// that exists is reused, so every object and every restart share one set.
 pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
@@ -89,6 +98,10 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
     let paths: Vec<(&'static str, PathBuf)> =
         pinned_names().map(|n| (n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
+    if let Some(&(ct, snat)) = MAP_SIZES.get() {
+        loader.map_max_entries(names::CONNTRACK, ct);
+        loader.map_max_entries(names::SNAT, snat);
+    }
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

@@ -49,6 +49,21 @@ fn text(v: &Value, kind: Kind) -> String {
             ] {
                 out += &format!("{key:<18} {}\n", s(&v[key]));
             }
+            if let Some(m) = v["maps"].as_object() {
+                out += "maps:\n";
+                for (name, m) in m {
+                    out += &format!(
+                        "  {name:<16} {:>12} / {} entries{}\n",
+                        s(&m["entries"]),
+                        s(&m["max_entries"]),
+                        if m["full"] == true {
+                            " (full: evicting least recently used)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
             if let Some(c) = v["counters"].as_object() {
                 out += "counters:\n";
                 for (name, c) in c {
@@ -118,8 +133,9 @@ fn text(v: &Value, kind: Kind) -> String {
         Kind::Conntrack => {
             for c in list {
                 out += &format!(
-                    "{} {} -> {} backend {} snat_port {} {} pkts\n",
+                    "{} {} {} -> {} backend {} snat_port {} {} pkts\n",
                     s(&c["protocol"]),
+                    s(&c["state"]),
                     s(&c["client"]),
                     s(&c["frontend"]),
                     s(&c["backend_id"]),

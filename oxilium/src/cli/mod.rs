@@ -40,7 +40,7 @@ pub struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (edge LB or DSR backend).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// The agent's state and datapath counters.
     Status(ClientArgs),
     /// Services.
@@ -107,7 +107,7 @@ pub fn main() -> ExitCode {
     let res = match cli.cmd {
         Command::Agent(a) => {
             init_tracing();
-            agent::run(a)
+            agent::run(*a)
         }
         Command::Status(c) => client::show(&c, "/status", client::Kind::Status),
         Command::Service(ServiceCmd::List { client: c, offline }) => match offline.manifests {

@@ -344,6 +344,7 @@ impl Cluster {
             snat_port_min: PORT_MIN,
             snat_port_max: PORT_MAX,
             ready: 1,
+            timeouts: Default::default(),
         })
         .expect("config");
         for pod in self.pods.iter().filter(|p| p.node == 1) {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod cgroup;
+pub mod churn;
 pub mod cluster;
 #[path = "../../../k8s/tests/support/fake_api.rs"]
 pub mod fake_api;

@@ -195,6 +195,11 @@ impl Conn {
         Conn(s, r)
     }
 
+    /// Closes with a RST (SO_LINGER 0), as a client aborting its connection does.
+    pub fn reset(self) {
+        super::churn::rst_close(self.0);
+    }
+
     /// Sends a line and returns the id of the backend that answered.
     pub fn ask(&mut self, msg: &str) -> Result<String, String> {
         self.0

@@ -128,6 +128,7 @@ impl Lb {
             snat_port_min: PORT_MIN,
             snat_port_max: PORT_MAX,
             ready: 1,
+            timeouts: Default::default(),
         })
         .expect("config");
         let mut rec = Reconciler::open(maps).expect("reconciler");

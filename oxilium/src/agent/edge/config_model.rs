@@ -22,7 +22,9 @@ pub fn model(cfg: &Config, health: &HashMap<HealthKey, bool>) -> Model {
             algorithm: s.algorithm,
             mode: s.mode,
             table_size: s.table_size,
-            conntrack_timeout_s: s.conntrack_timeout.as_secs().clamp(1, u32::MAX as u64) as u32,
+            conntrack_timeout_s: s
+                .conntrack_timeout
+                .map_or(0, |d| d.as_secs().clamp(1, u32::MAX as u64) as u32),
             scope: model::Scope::External,
             affinity_timeout_s: None,
             source_ranges: Vec::new(),

@@ -65,15 +65,39 @@ async fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
     if needs_v6 && v6.is_none() {
         bail!("snat.ipv6: not set and no global IPv6 address on {ifaces:?}");
     }
+    let ports = super::conntrack::snat_ports(cfg.snat.ports, "snat.ports")?;
     Ok(LbConfig {
         snat_v4: v4
             .map(|a| abi::lb::v4_mapped(a.octets()))
             .unwrap_or_default(),
         snat_v6: v6.map(|a| a.octets()).unwrap_or_default(),
-        snat_port_min: cfg.snat.ports.min,
-        snat_port_max: cfg.snat.ports.max,
+        snat_port_min: ports.min,
+        snat_port_max: ports.max,
         ready: 1,
+        timeouts: cfg.conntrack.timeouts.to_abi(),
     })
+}
+
+/// After a reload: rewrites `OXI_CONFIG` when the conntrack timeouts or the SNAT ports changed
+/// (the map sizes and SNAT addresses are read at start only).
+fn reload_settings(st: &mut super::State, old: &Config, new: &Config) -> Result<()> {
+    if old.conntrack.timeouts == new.conntrack.timeouts && old.snat.ports == new.snat.ports {
+        return Ok(());
+    }
+    if old.conntrack.max_entries != new.conntrack.max_entries
+        || old.snat.max_entries != new.snat.max_entries
+    {
+        warn!("conntrack / snat max_entries changes apply after a restart without pins");
+    }
+    let rec = st.reconciler.as_mut().context("datapath not loaded")?;
+    let mut c = rec.datapath().config()?;
+    let ports = super::conntrack::snat_ports(new.snat.ports, "snat.ports")?;
+    c.snat_port_min = ports.min;
+    c.snat_port_max = ports.max;
+    c.timeouts = new.conntrack.timeouts.to_abi();
+    rec.datapath_mut().set_config(&c)?;
+    info!(%ports, timeouts = ?c.timeouts, "conntrack settings updated");
+    Ok(())
 }
 
 /// Re-applies the datapath from the current config and health.
@@ -148,6 +172,12 @@ fn reload(path: &Path, state: &Shared, prober: &mut lb::health::Prober<HealthKey
             .map(|(k, _)| k)
             .collect();
         st.health.retain(|k, _| keep.contains(k));
+        if let Some(old) = st.config.clone()
+            && let Err(e) = reload_settings(&mut st, &old, &cfg)
+        {
+            error!("applying conntrack settings: {e:#}");
+            st.last_error = Some(format!("{e:#}"));
+        }
         st.config = Some(cfg);
         st.reloads += 1;
         st.last_error = None;

@@ -57,6 +57,8 @@ pub struct NodeArgs {
     /// of their veths instead (for sidecar meshes, which must see the service address).
     #[arg(long)]
     pub socket_lb_host_netns_only: bool,
+    #[command(flatten)]
+    pub conntrack: super::conntrack::CtFlags,
 }
 
 /// XDP acceleration of the NodePort path.
@@ -197,6 +199,18 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     sock.attach(&cgroup, Some(&args.pin_dir))
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
+    let (conntrack, _, ports) = na.conntrack.settings()?;
+    let ct = nodeport::CtSettings {
+        ports: super::conntrack::snat_ports(ports, "--snat-port-range")?,
+        timeouts: conntrack.timeouts.to_abi(),
+    };
+    let mut maps = maps;
+    if na.device.is_empty() {
+        // The pod path reads the timeouts too: written without SNAT addresses (not ready).
+        let mut c = maps.config().unwrap_or_default();
+        c.timeouts = ct.timeouts;
+        maps.set_config(&c)?;
+    }
     let device_addresses = nodeport::device_addresses(&na.device).await?;
     let nodeport = if na.device.is_empty() {
         None
@@ -206,7 +220,7 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
             Acceleration::Native => Some(aya::programs::XdpMode::Driver),
             Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
         };
-        let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp)?;
+        let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp, ct)?;
         ext.set_node_addresses(&[], device_addresses)?;
         Some(ext)
     };

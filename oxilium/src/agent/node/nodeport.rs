@@ -16,8 +16,13 @@ use serde_json::{Value, json};
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use tracing::info;
 
-/// SNAT source ports of flows to backends on other nodes (the kernel's default ephemeral range).
-pub const SNAT_PORTS: (u16, u16) = (32768, 60999);
+/// The conntrack settings written with the SNAT source: the SNAT port range (see
+/// [`crate::agent::conntrack::snat_ports`]) and the idle timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct CtSettings {
+    pub ports: lb::config::PortRange,
+    pub timeouts: abi::ct::Timeouts,
+}
 
 /// The first IPv4 and IPv6 address of the devices, in their order (see
 /// [`net::addresses::first_routable`]); none without devices.
@@ -38,6 +43,7 @@ pub async fn device_addresses(devices: &[String]) -> Result<Addresses> {
 pub struct NodePortDevices {
     pub devices: Vec<String>,
     np: NodePort,
+    ct: CtSettings,
     /// The tc object's handle on the shared maps: `OXI_CONFIG` is written through it.
     maps: KernelMaps,
     config: Option<LbConfig>,
@@ -59,6 +65,7 @@ impl NodePortDevices {
         pin_dir: &Path,
         devices: &[String],
         xdp: Option<aya::programs::XdpMode>,
+        ct: CtSettings,
     ) -> Result<NodePortDevices> {
         crate::sysctl::prepare_lb(devices)?;
         let mut np = NodePort::load(pin_dir, devices)
@@ -66,10 +73,22 @@ impl NodePortDevices {
         np.accelerate(pin_dir, devices, xdp)
             .with_context(|| format!("attaching the NodePort XDP acceleration to {devices:?}"))?;
         let maps = np.lb_maps()?;
+        let mut maps = maps;
         let config = maps
             .config()
             .ok()
             .filter(|c| c.ready == 1 && (c.snat_v4 != [0; 16] || c.snat_v6 != [0; 16]));
+        // Adopted addresses stay; the ports and timeouts are this run's.
+        let config = match config {
+            Some(mut c) => {
+                c.snat_port_min = ct.ports.min;
+                c.snat_port_max = ct.ports.max;
+                c.timeouts = ct.timeouts;
+                maps.set_config(&c)?;
+                Some(c)
+            }
+            None => None,
+        };
         let ranges = np
             .source_range_ids()
             .into_iter()
@@ -78,6 +97,7 @@ impl NodePortDevices {
         Ok(NodePortDevices {
             devices: devices.to_vec(),
             np,
+            ct,
             maps,
             adopted: config.is_some(),
             config,
@@ -109,9 +129,10 @@ impl NodePortDevices {
                 .map(|a| abi::lb::v4_mapped(a.octets()))
                 .unwrap_or_default(),
             snat_v6: v6.map(|a| a.octets()).unwrap_or_default(),
-            snat_port_min: SNAT_PORTS.0,
-            snat_port_max: SNAT_PORTS.1,
+            snat_port_min: self.ct.ports.min,
+            snat_port_max: self.ct.ports.max,
             ready: 1,
+            timeouts: self.ct.timeouts,
         };
         if self.config == Some(config) {
             return Ok(());
