@@ -72,12 +72,13 @@ fn http_server(ns: &Netns, i: usize, dir: &std::path::Path) -> Server {
         root = root.to_str().unwrap(),
         addr = backend4(i).to_string(),
     );
-    let child = ns
-        .command(&["python3", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
+    let server = Server(
+        ns.command(&["python3", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
     // Ready when it answers on its own address (from the LB's namespace, not through the VIP).
     for _ in 0..100 {
         let ok = Command::new("nsenter")
@@ -94,7 +95,7 @@ fn http_server(ns: &Netns, i: usize, dir: &std::path::Path) -> Server {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            return Server(child);
+            return server;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
