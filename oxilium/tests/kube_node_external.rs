@@ -409,7 +409,10 @@ fn client_ip_affinity_holds_from_outside() {
     for v6 in [false, true] {
         let seen = b.spread(node_port(v6, 30080), false, 20);
         let ids = answered_by_seeing_client(&seen, v6);
-        assert!(ids.len() >= 2, "without affinity, one backend only: {ids:?}");
+        assert!(
+            ids.len() >= 2,
+            "without affinity, one backend only: {ids:?}"
+        );
     }
     let web = "  type: NodePort\n  clusterIPs: [10.96.0.10,";
     assert!(plain.contains(web));
