@@ -398,13 +398,16 @@ fn endpoint_slice_and_source_range_changes_are_applied() {
 
 /// `sessionAffinity: ClientIP` holds for traffic from outside: the NodePort tc program picks new
 /// flows through the client address's affinity entry (the socket LB's affinity maps, keyed with
-/// the external service's own id). Without affinity the same client spreads.
+/// the external service's own id). Without affinity the same client spreads. Runs with the XDP
+/// acceleration (generic XDP, kernel ≥ 4.12), which must leave affinity services to tc.
 #[test]
 fn client_ip_affinity_holds_from_outside() {
     let mut b = Bed::new();
     let plain = manifests(&[1, 2, 3], &IN_RANGES);
     b.write(&plain);
+    b.agent.add_args(["--nodeport-acceleration", "generic"]);
     b.agent.start();
+    assert_eq!(b.status()["nodeport"]["xdp_acceleration"], true);
     b.wait_endpoints(6);
     for v6 in [false, true] {
         let seen = b.spread(node_port(v6, 30080), false, 20);
