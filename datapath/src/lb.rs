@@ -136,47 +136,82 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     new_flow: N,
 ) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
+    if established(f, svc, bytes, t, now) {
+        return 0;
+    }
+    let Some(id) = pick(f, svc) else {
+        return reason::NO_BACKEND;
+    };
+    open(f, svc, bytes, t, id, now, new_flow)
+}
+
+/// The conntrack part of [`select_with`]: true (and `t` filled, the entry moved on) when the
+/// flow has a live entry whose backend still belongs to the service.
+#[inline(always)]
+pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now: u64) -> bool {
     let key = &f.key;
-    if let Some(e) = OXI_CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
-        let e = unsafe { &mut *e };
-        let idle = now.wrapping_sub(e.last_seen_ns);
-        let live = !ct::expired(e.flags, key.proto, idle, timeouts(), svc.ct_timeout_s)
-            && !ct::restarts(e.flags, key.proto, f.tcp_flags);
-        if e.service_id == svc.id && live {
-            if let Some(b) = unsafe { OXI_BACKENDS.get(e.backend_id) } {
-                if b.service_id == svc.id {
-                    e.last_seen_ns = now;
-                    e.packets += 1;
-                    e.bytes += bytes;
-                    e.svc_timeout_s = svc.ct_timeout_s;
-                    t.backend_id = e.backend_id;
-                    t.backend = *b;
-                    t.snat_port = e.snat_port;
-                    let flags = ct::next(e.flags, key.proto, f.tcp_flags, false);
-                    if flags != e.flags {
-                        e.flags = flags;
-                        if e.snat_port != 0 {
-                            mirror_state(f, t, flags);
-                        }
-                    }
-                    return 0;
-                }
-            }
+    let Some(e) = OXI_CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
+    let e = unsafe { &mut *e };
+    let idle = now.wrapping_sub(e.last_seen_ns);
+    let live = !ct::expired(e.flags, key.proto, idle, timeouts(), svc.ct_timeout_s)
+        && !ct::restarts(e.flags, key.proto, f.tcp_flags);
+    if e.service_id != svc.id || !live {
+        return false;
+    }
+    let Some(b) = (unsafe { OXI_BACKENDS.get(e.backend_id) }) else {
+        return false;
+    };
+    if b.service_id != svc.id {
+        return false;
+    }
+    e.last_seen_ns = now;
+    e.packets += 1;
+    e.bytes += bytes;
+    e.svc_timeout_s = svc.ct_timeout_s;
+    t.backend_id = e.backend_id;
+    t.backend = *b;
+    t.snat_port = e.snat_port;
+    let flags = ct::next(e.flags, key.proto, f.tcp_flags, false);
+    if flags != e.flags {
+        e.flags = flags;
+        if e.snat_port != 0 {
+            mirror_state(f, t, flags);
         }
     }
+    true
+}
 
+/// The service table's backend id for a new flow (random or flow hash, as the service says).
+#[inline(always)]
+pub fn pick(f: &Flow, svc: &ServiceValue) -> Option<u32> {
     if svc.table_size == 0 {
-        return reason::NO_BACKEND;
+        return None;
     }
     let pick = if svc.algorithm == ALG_RANDOM {
         unsafe { bpf_get_prandom_u32() }
     } else {
-        flow_hash(key, 0)
+        flow_hash(&f.key, 0)
     };
-    let Some(id) = table_pick(svc.id, pick) else {
-        return reason::NO_BACKEND;
-    };
+    table_pick(svc.id, pick)
+}
+
+/// Opens a new flow to backend `id` (the table's choice, or an affinity entry's): the hook
+/// decides, a SNAT port is taken if asked, and the conntrack entry recorded. Returns 0, the drop
+/// reason, or [`REFUSED`].
+#[inline(always)]
+pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
+    f: &Flow,
+    svc: &ServiceValue,
+    bytes: u64,
+    t: &mut Target,
+    id: u32,
+    now: u64,
+    new_flow: N,
+) -> u32 {
+    let key = &f.key;
     let Some(b) = (unsafe { OXI_BACKENDS.get(id) }) else {
         return reason::NO_BACKEND;
     };

@@ -3,6 +3,7 @@
 //! Written once here; the program crates only glue these pieces to their hook.
 #![no_std]
 
+pub mod affinity;
 pub mod csum;
 pub mod encap;
 pub mod fib;

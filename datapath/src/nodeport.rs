@@ -2,8 +2,9 @@
 //! external devices (tc/: `oxilium_nodeport_ingress` / `oxilium_nodeport_egress`).
 //!
 //! Ingress, client → frontend (a `SCOPE_EXTERNAL` entry of `OXI_SERVICES`): the backend comes from
-//! conntrack or the service's table ([`lb::select_with`], the edge LB's selection). A new flow is
-//! first checked against the service's loadBalancerSourceRanges. Then:
+//! conntrack or the service's table ([`lb::select_with`], the edge LB's selection), or for a
+//! service with ClientIP affinity the client address's affinity entry ([`affinity::select`]). A
+//! new flow is first checked against the service's loadBalancerSourceRanges. Then:
 //! - backend on this node (in the endpoints map): DNAT only, the pod sees the client's address;
 //!   the frame is redirected to the pod's veth; the pod's reply is restored to frontend → client
 //!   at the egress of the external device through an `OXI_SNAT` entry keyed by the reply;
@@ -18,6 +19,7 @@
 //! so packets in any checksum state (CHECKSUM_PARTIAL from local senders, COMPLETE from NICs) stay
 //! valid: unlike XDP, tc sees offloaded packets.
 use crate::{
+    affinity::{self, AffinityMaps},
     encap,
     headers::*,
     lb::{self, NewFlow, Target},
@@ -103,7 +105,7 @@ pub fn count<M: NodePortMaps>(r: u32, bytes: u64) {
 
 /// tc ingress of an external device: frontends translated, remote backends' replies restored.
 #[inline(always)]
-pub fn ingress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
+pub fn ingress<M: NodePortMaps + AffinityMaps>(ctx: &TcContext) -> i32 {
     let bytes = ctx.len() as u64;
     let Some(s) = parse_tc(ctx, true) else {
         return TC_ACT_OK as i32;
@@ -208,7 +210,7 @@ fn expect_reply(f: &Flow, backend: &Addr, port: u16, service_id: u32, backend_id
 
 /// Client → frontend.
 #[inline(always)]
-fn forward<M: NodePortMaps>(
+fn forward<M: NodePortMaps + AffinityMaps>(
     ctx: &TcContext,
     f: &Flow,
     t: &mut Target,
@@ -216,7 +218,7 @@ fn forward<M: NodePortMaps>(
     svc: &ServiceValue,
     bytes: u64,
 ) -> i32 {
-    let r = lb::select_with(f, svc, bytes, t, new_flow::<M>);
+    let r = affinity::select::<M, _>(f, svc, bytes, t, new_flow::<M>);
     if r == lb::REFUSED {
         count::<M>(np::SOURCE_RANGE, bytes);
         return TC_ACT_SHOT as i32;

@@ -395,3 +395,48 @@ fn endpoint_slice_and_source_range_changes_are_applied() {
         assert_eq!(answered_by_seeing_client(&seen, false), ["b3"]);
     }
 }
+
+/// `sessionAffinity: ClientIP` holds for traffic from outside: the NodePort tc program picks new
+/// flows through the client address's affinity entry (the socket LB's affinity maps, keyed with
+/// the external service's own id). Without affinity the same client spreads. Runs with the XDP
+/// acceleration (generic XDP, kernel ≥ 4.12), which must leave affinity services to tc.
+#[test]
+fn client_ip_affinity_holds_from_outside() {
+    let mut b = Bed::new();
+    let plain = manifests(&[1, 2, 3], &IN_RANGES);
+    b.write(&plain);
+    b.agent.add_args(["--nodeport-acceleration", "generic"]);
+    b.agent.start();
+    assert_eq!(b.status()["nodeport"]["xdp_acceleration"], true);
+    b.wait_endpoints(6);
+    for v6 in [false, true] {
+        let seen = b.spread(node_port(v6, 30080), false, 20);
+        let ids = answered_by_seeing_client(&seen, v6);
+        assert!(
+            ids.len() >= 2,
+            "without affinity, one backend only: {ids:?}"
+        );
+    }
+    let web = "  type: NodePort\n  clusterIPs: [10.96.0.10,";
+    assert!(plain.contains(web));
+    b.write(&plain.replace(
+        web,
+        "  type: NodePort\n  sessionAffinity: ClientIP\n  clusterIPs: [10.96.0.10,",
+    ));
+    for v6 in [false, true] {
+        b.eventually(&format!("affinity on web (v6={v6})"), || {
+            let seen = b.spread(node_port(v6, 30080), false, 20);
+            let ids = answered_by_seeing_client(&seen, v6);
+            (ids.len() == 1).then_some(()).ok_or(format!("{ids:?}"))
+        });
+        // And it stays: 20 more new connections, the same single backend.
+        let again = b.spread(node_port(v6, 30080), false, 20);
+        assert_eq!(again.len(), 1, "v6={v6}: {again:?}");
+    }
+    // Affinity off again: the client spreads once more.
+    b.write(&plain);
+    b.eventually("affinity off", || {
+        let seen = b.spread(node_port(false, 30080), false, 20);
+        (seen.len() >= 2).then_some(()).ok_or(format!("{seen:?}"))
+    });
+}

@@ -148,6 +148,42 @@ fn mixed_backends_are_all_used_over_many_connections() {
     }
 }
 
+/// ClientIP affinity from outside, over local (DNAT) and remote (SNAT) backends: each client
+/// address keeps one backend for every new connection; the same backends without affinity are
+/// spread over. Also needs the socket LB's maps (LRU hash, array), loaded but not attached.
+#[test]
+fn client_ip_affinity_keeps_each_client_on_one_backend() {
+    let mut c = Cluster::new([2, 2]);
+    let pods = ["p11", "p12", "p21", "p22"];
+    let mut svcs = services(&c, 30007, &pods);
+    for mut s in services(&c, 30008, &pods) {
+        s.affinity_timeout_s = Some(60);
+        svcs.push(s);
+    }
+    let model = Model {
+        maglev_seed: 7,
+        services: svcs,
+    };
+    c.start(&model);
+    let mut chosen = BTreeSet::new();
+    for v6 in [false, true] {
+        let plain = spread(&c, frontend(v6, 30007), false, 20);
+        assert!(plain.len() >= 2, "without affinity v6={v6}: {plain:?}");
+        let out = ip(if v6 { CLIENT6_OUT } else { CLIENT4_OUT });
+        for from in [client(v6), out] {
+            let mut seen = BTreeSet::new();
+            for i in 0..20 {
+                let a = ask(&c, Some(from), frontend(v6, 30008), false)
+                    .unwrap_or_else(|e| panic!("{from} request {i}: {e}"));
+                seen.insert(a.id);
+            }
+            assert_eq!(seen.len(), 1, "with affinity, {from}: {seen:?}");
+            chosen.extend(seen);
+        }
+    }
+    eprintln!("affinity backends: {chosen:?}");
+}
+
 #[test]
 fn source_ranges_refuse_clients_outside_them() {
     let mut c = Cluster::new([1, 1]);

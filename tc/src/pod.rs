@@ -12,9 +12,9 @@ use datapath::{
 };
 
 #[btf_map]
-static OXI_SOCK_AFFINITY: AffinityMap = LruHashMap::new();
+pub(crate) static OXI_SOCK_AFFINITY: AffinityMap = LruHashMap::new();
 #[btf_map]
-static OXI_SOCK_AFFINITY_TIMEOUT: AffinityTimeoutMap = Array::new();
+pub(crate) static OXI_SOCK_AFFINITY_TIMEOUT: AffinityTimeoutMap = Array::new();
 #[btf_map]
 static OXI_POD_STATS: PodStatsMap = PerCpuArray::new();
 

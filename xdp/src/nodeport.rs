@@ -5,11 +5,13 @@
 //! (datapath::nodeport: conntrack, selection, source ranges, local endpoints), over the same
 //! pinned maps. Everything else passes to the tc program behind it: flows to pods of this node
 //! (their conntrack and reply entries already made here), DSR tunnels to local pods, fragments,
-//! ICMP errors, and traffic that is not for a frontend.
+//! ICMP errors, services with ClientIP session affinity (whose entries are the tc program's, see
+//! datapath::affinity), and traffic that is not for a frontend.
 use crate::{count, reply, send};
 use abi::{
     lb::{FAMILY_V6, FlowKey, ServiceValue},
     nodeport::reason as np,
+    sock::SVC_FLAG_AFFINITY,
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -44,6 +46,10 @@ pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
         return XDP_PASS;
     }
     if let Some(svc) = lb::service(&f.key) {
+        if svc.flags & SVC_FLAG_AFFINITY != 0 {
+            // Selected through the client's affinity entry by the tc program.
+            return XDP_PASS;
+        }
         return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
     if let Some(e) = lb::snat_reply(f) {

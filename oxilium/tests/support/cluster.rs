@@ -21,7 +21,7 @@ use lb::{
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Scope, Service},
     reconcile::Reconciler,
 };
-use oxilium::bpf::{lb_maps::KernelMaps, nodeport::NodePort};
+use oxilium::bpf::{lb_maps::KernelMaps, nodeport::NodePort, socklb::SockLb};
 use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
@@ -332,7 +332,8 @@ impl Cluster {
 
     /// Loads the NodePort programs on node1's ext0 and fab0 (kernel: TCX, BTF maps, bpffs pins,
     /// LPM trie, LRU hash, map-in-map), programs the config (SNAT source = node1's fabric
-    /// address), the local endpoints (node1's pods) and the services of `model`.
+    /// address), the local endpoints (node1's pods) and the services of `model` (with the socket
+    /// LB's maps when one has ClientIP affinity).
     pub fn start(&mut self, model: &Model) {
         let devices = ["ext0".to_string(), "fab0".to_string()];
         let mut np = in_netns(&self.node1, || NodePort::load(&self.pin_dir, &devices))
@@ -360,6 +361,17 @@ impl Cluster {
                 np.set_endpoint(a, &ep).expect("endpoint");
             }
         }
+        // ClientIP affinity lives in the socket LB's maps (loaded, never attached).
+        let maps = if model
+            .services
+            .iter()
+            .any(|s| s.affinity_timeout_s.is_some())
+        {
+            let sock = SockLb::load(&self.pin_dir).expect("socket LB maps (affinity)");
+            maps.with_sock_maps(sock.into_parts().1)
+        } else {
+            maps
+        };
         let mut rec = Reconciler::open(maps).expect("reconciler");
         rec.apply(&compile::compile(model).expect("compile"))
             .expect("apply");

@@ -56,7 +56,6 @@ pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<S
     if f.kind != k8s::frontend::FrontendType::ClusterIP {
         let mut ext = base.clone();
         ext.scope = Scope::External;
-        ext.affinity_timeout_s = None;
         ext.mode = f.forwarding;
         ext.source_ranges = f.source_ranges.to_vec();
         ext.backends = backends(f.external_backends.as_deref().unwrap_or(&f.backends));
