@@ -41,7 +41,7 @@ impl Decap {
             .program_mut("oxilium_decap")
             .context("program oxilium_decap")?
             .try_into()?;
-        prog.load().context("verifying oxilium_decap")?;
+        loader::verify("oxilium_decap", || prog.load())?;
         for iface in ifaces {
             let pin = loader::link_pin(pin_dir, "tc_ingress", iface);
             loader::attach_tc_pinned(prog, iface, TcAttachType::Ingress, &pin)?;

@@ -164,7 +164,7 @@ pub fn load_xdp(pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Ebpf
         .program_mut("oxilium_lb")
         .context("program oxilium_lb")?
         .try_into()?;
-    prog.load().context("verifying oxilium_lb")?;
+    verify("oxilium_lb", || prog.load())?;
     for iface in ifaces {
         attach_xdp_pinned(prog, iface, mode, &link_pin(pin_dir, "xdp", iface))?;
     }
@@ -197,4 +197,33 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
         fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     Ok(())
+}
+
+/// How often a program load is tried when the verifier gives up with EAGAIN.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads (verifies) one program, trying again when the kernel answers EAGAIN: the verifier
+/// abandons a long verification when a signal is pending for the loading thread (a child process
+/// exiting is enough), and a second attempt succeeds. libbpf retries the same way.
+pub fn verify(
+    name: &str,
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Ok(()) => return Ok(()),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                tracing::warn!(
+                    program = name,
+                    attempt,
+                    "verifier interrupted (EAGAIN), retrying"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("verifying {name}")),
+        }
+    }
 }

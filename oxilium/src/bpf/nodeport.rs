@@ -121,7 +121,7 @@ impl NodePort {
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
+            loader::verify(name, || prog.load())?;
             for dev in devices {
                 loader::attach_tc_pinned(prog, dev, attach, &link_pin(pin_dir, dir, dev))
                     .with_context(|| format!("{name} on {dev}"))?;
@@ -155,7 +155,7 @@ impl NodePort {
             .program_mut(XDP_PROGRAM)
             .context("program oxilium_nodeport_xdp")?
             .try_into()?;
-        prog.load().context("verifying oxilium_nodeport_xdp")?;
+        loader::verify("oxilium_nodeport_xdp", || prog.load())?;
         for dev in devices {
             loader::attach_xdp_pinned(prog, dev, mode, &link_pin(pin_dir, "xdp", dev))
                 .with_context(|| format!("{XDP_PROGRAM} on {dev}"))?;

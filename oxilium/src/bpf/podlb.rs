@@ -59,7 +59,7 @@ impl PodLb {
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
+            loader::verify(name, || prog.load())?;
         }
         Ok(PodLb {
             ebpf,

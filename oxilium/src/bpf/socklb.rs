@@ -6,7 +6,11 @@
 //! Links are pinned when a pin folder is given (`link_sock_<program>_<cgroup id>`): the programs
 //! then keep translating while the agent restarts, and a restarted agent swaps in its own programs
 //! without a gap. Without a pin folder the links live as long as the [`SockLb`].
-use super::{lb_maps::KernelMaps, loader::prepare_pin_dir, objects};
+use super::{
+    lb_maps::KernelMaps,
+    loader::{self, prepare_pin_dir},
+    objects,
+};
 use abi::{
     lb::ServiceValue,
     sock::{
@@ -183,7 +187,7 @@ impl SockLb {
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
+            loader::verify(name, || prog.load())?;
         }
         let maps = SockMaps {
             revnat: super::loader::take_map(&mut ebpf, abi_sock::names::REVNAT)?,
