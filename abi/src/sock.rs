@@ -152,6 +152,17 @@ pub mod pod {
         h | AFFINITY_ADDR_BIT
     }
 
+    /// The affinity entry of an address-identified client (the packet path: pods, and clients
+    /// from outside through NodePort) for one service.
+    #[inline(always)]
+    pub const fn affinity_key(client: &Addr, service_id: u32) -> super::AffinityKey {
+        super::AffinityKey {
+            netns_cookie: affinity_client(client),
+            service_id,
+            _pad: 0,
+        }
+    }
+
     /// Indexes of `OXI_POD_STATS` (per-CPU [`crate::lb::Counter`]s).
     pub mod reason {
         /// Packet from a pod to a frontend DNAT'ed to a backend (tc ingress of the pod's veth).

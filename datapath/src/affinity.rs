@@ -12,7 +12,7 @@ use crate::{
 };
 use abi::{
     lb::{ServiceValue, reason},
-    sock::{AffinityKey, SVC_FLAG_AFFINITY, pod::affinity_client},
+    sock::{SVC_FLAG_AFFINITY, pod::affinity_key},
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
@@ -52,11 +52,7 @@ fn affine<A: AffinityMaps, N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     if lb::established(f, svc, bytes, t, now) {
         return 0;
     }
-    let akey = AffinityKey {
-        netns_cookie: affinity_client(&f.key.src),
-        service_id: svc.id,
-        _pad: 0,
-    };
+    let akey = affinity_key(&f.key.src, svc.id);
     let timeout = A::affinity_timeout().get(svc.id).copied().unwrap_or(0);
     let id = match sock::affinity_backend(A::affinity(), &akey, svc, timeout, now) {
         Some((id, _)) => id,

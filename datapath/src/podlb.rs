@@ -22,8 +22,8 @@ use crate::{
 use abi::{
     lb::{Counter, FAMILY_V6, FlowKey, ServiceKey, ServiceValue, SnatEntry},
     sock::{
-        AffinityKey, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
-        pod::{affinity_client, reason},
+        SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+        pod::{affinity_key, reason},
     },
 };
 use aya_ebpf::{
@@ -164,11 +164,7 @@ fn record_reply(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
 #[inline(never)]
 fn affine<M: PodMaps>(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
-    let akey = AffinityKey {
-        netns_cookie: affinity_client(&f.key.src),
-        service_id: svc.id,
-        _pad: 0,
-    };
+    let akey = affinity_key(&f.key.src, svc.id);
     let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
     if let Some((id, b)) = sock::affinity_backend(M::affinity(), &akey, svc, timeout, now) {
         t.backend_id = id;
