@@ -15,19 +15,11 @@
 //! the Debian packages `hey` and `python3` (installed by ci/setup).
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::netns::Netns;
+use support::soak::{Server, env_u64, http_server, load, parse_hey, phase};
 use support::topology::{Bed, VIP4, backend4};
 
 const PORT: u16 = 8080;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One service on the IPv4 VIP; `backends` are 1-based indices; HTTP health checks every 200 ms.
 fn config(backends: &[usize]) -> String {
@@ -38,152 +30,6 @@ fn config(backends: &[usize]) -> String {
         y += &format!("      - address: {}\n", backend4(*i));
     }
     y
-}
-
-/// A backend's HTTP server process, killed on drop (also when the test panics: a process in a
-/// deleted namespace would otherwise keep running).
-struct Server(Child);
-
-impl Server {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// python's threading HTTP server on a backend's address, serving a page naming the backend.
-fn http_server(ns: &Netns, i: usize, dir: &std::path::Path) -> Server {
-    let root = dir.join(format!("b{i}"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("index.html"), format!("b{i}\n")).unwrap();
-    // python's http.server, with a listen backlog of 1024 instead of its default 5: a full
-    // accept queue drops SYNs, and the client's retransmission would count against the LB.
-    let script = format!(
-        "import functools, http.server as h\n\
-         h.ThreadingHTTPServer.request_queue_size = 1024\n\
-         handler = functools.partial(h.SimpleHTTPRequestHandler, directory={root:?})\n\
-         h.ThreadingHTTPServer(({addr:?}, {PORT}), handler).serve_forever()\n",
-        root = root.to_str().unwrap(),
-        addr = backend4(i).to_string(),
-    );
-    let server = Server(
-        ns.command(&["python3", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    // Ready when it answers on its own address (from the LB's namespace, not through the VIP).
-    for _ in 0..100 {
-        let ok = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .args([
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "1",
-                &format!("http://{}:{PORT}/", backend4(i)),
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("backend b{i} did not start");
-}
-
-/// What one `hey` run reported.
-#[derive(Debug, Default)]
-struct Load {
-    ok: u64,
-    other_status: u64,
-    errors: u64,
-    summary: String,
-}
-
-/// Runs `hey` in the client namespace for `secs` at `rate` requests/s (new connection each).
-fn load(client: &Netns, secs: u64, rate: u64) -> std::thread::JoinHandle<Load> {
-    let workers = 20u64.min(rate.max(1));
-    let per_worker = (rate / workers).max(1);
-    let cmd = client
-        .command(&[
-            "hey",
-            "-z",
-            &format!("{secs}s"),
-            "-c",
-            &workers.to_string(),
-            "-q",
-            &per_worker.to_string(),
-            "-t",
-            "2",
-            "-disable-keepalive",
-            &format!("http://{VIP4}:{PORT}/"),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hey");
-    std::thread::spawn(move || {
-        let out = cmd.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        parse_hey(&text)
-    })
-}
-
-/// Reads hey's summary: "[200]\tN responses" lines and "[N]\tGet ...: error" lines.
-fn parse_hey(text: &str) -> Load {
-    let mut l = Load {
-        summary: text.to_string(),
-        ..Default::default()
-    };
-    let mut section = "";
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with("Status code distribution") {
-            section = "status";
-            continue;
-        }
-        if t.starts_with("Error distribution") {
-            section = "errors";
-            continue;
-        }
-        let Some(rest) = t.strip_prefix('[') else {
-            continue;
-        };
-        let Some((num, tail)) = rest.split_once(']') else {
-            continue;
-        };
-        let Ok(n) = num.trim().parse::<u64>() else {
-            continue;
-        };
-        match section {
-            "status" => {
-                let count: u64 = tail
-                    .split_whitespace()
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                if n == 200 {
-                    l.ok += count;
-                } else {
-                    l.other_status += count;
-                }
-            }
-            "errors" => l.errors += n,
-            _ => {}
-        }
-    }
-    l
 }
 
 #[test]
@@ -200,48 +46,62 @@ fn faults_under_load_cost_no_requests_except_the_killed_backend() {
     let mut bed = Bed::new(3);
     let dir = bed.agent.dir().to_path_buf();
     let mut servers: Vec<Server> = (1..=3)
-        .map(|i| http_server(&bed.backends[i - 1], i, &dir))
+        .map(|i| {
+            http_server(
+                &bed.backends[i - 1],
+                backend4(i),
+                PORT,
+                &dir,
+                &format!("b{i}"),
+            )
+        })
         .collect();
     bed.write_config(&config(&[1, 2, 3]));
     bed.agent.start();
+    let url = format!("http://{VIP4}:{PORT}/");
+    let start = |b: &Bed| load(&b.client, &url, secs, rate);
 
     // Warm-up: the path works before any fault.
-    let warm = load(&bed.client, 1, rate.min(200)).join().unwrap();
+    let warm = load(&bed.client, &url, 1, rate.min(200)).join().unwrap();
     assert!(warm.ok > 0 && warm.errors == 0, "warm-up: {warm:?}");
 
     let mut report = Vec::new();
-    let phase = |bed: &mut Bed,
-                 report: &mut Vec<String>,
-                 name: &str,
-                 fault: &mut dyn FnMut(&mut Bed)|
-     -> Load {
-        let h = load(&bed.client, secs, rate);
-        std::thread::sleep(Duration::from_millis(secs * 1000 / 3));
-        fault(bed);
-        let l = h.join().unwrap();
-        report.push(format!(
-            "{name}: {} ok, {} other status, {} errors",
-            l.ok, l.other_status, l.errors
-        ));
-        l
-    };
-    let kill = phase(&mut bed, &mut report, "agent SIGKILL + start", &mut |b| {
-        b.agent.kill();
-        std::thread::sleep(Duration::from_millis(300));
-        b.agent.start();
-    });
-    let restart = phase(&mut bed, &mut report, "agent SIGTERM + start", &mut |b| {
-        b.agent.restart()
-    });
+    let kill = phase(
+        &mut bed,
+        &mut report,
+        "agent SIGKILL + start",
+        start,
+        secs,
+        |b| {
+            b.agent.kill();
+            std::thread::sleep(Duration::from_millis(300));
+            b.agent.start();
+        },
+    );
+    let restart = phase(
+        &mut bed,
+        &mut report,
+        "agent SIGTERM + start",
+        start,
+        secs,
+        |b| b.agent.restart(),
+    );
     let reload = phase(
         &mut bed,
         &mut report,
         "backend b3 removed by reload",
-        &mut |b| b.write_config(&config(&[1, 2])),
+        start,
+        secs,
+        |b| b.write_config(&config(&[1, 2])),
     );
-    let bad = phase(&mut bed, &mut report, "bad config written", &mut |b| {
-        b.write_config("services: [ {name: broken, vip: nope} ]\n")
-    });
+    let bad = phase(
+        &mut bed,
+        &mut report,
+        "bad config written",
+        start,
+        secs,
+        |b| b.write_config("services: [ {name: broken, vip: nope} ]\n"),
+    );
     // The bad file was seen and refused (the datapath kept the last good config).
     let last_error = bed.agent.status()["last_error"].clone();
     assert!(
@@ -250,7 +110,7 @@ fn faults_under_load_cost_no_requests_except_the_killed_backend() {
     );
     // The last phase kills b2's server; the health check (200 ms × 2) takes it out.
     let killed = {
-        let h = load(&bed.client, secs, rate);
+        let h = start(&bed);
         std::thread::sleep(Duration::from_millis(secs * 1000 / 3));
         servers[1].kill();
         let killed_at = std::time::Instant::now();

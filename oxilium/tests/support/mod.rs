@@ -12,4 +12,5 @@ pub mod netns;
 pub mod packet;
 pub mod peer;
 pub mod servers;
+pub mod soak;
 pub mod topology;
