@@ -16,17 +16,12 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::process::{Child, Stdio};
 use support::{
+    bulk::{BulkServers, HTTP, IPERF, curl_download, iperf_upload},
     cluster::{Cluster, NODE1_EXT4, NODE1_FAB4, NODE1_FAB6, NODE2_FAB4, NODE2_FAB6},
     fake_api::Res,
     kube_agent::KubeAgent,
-    netns::Netns,
 };
-
-const IPERF: u16 = 5201;
-const HTTP: u16 = 8000;
-const BLOB: usize = 8 << 20;
 
 fn nodes() -> [(Res, Value); 2] {
     let node = |name: &str, v4: &str, v6: &str| {
@@ -84,65 +79,6 @@ fn bulk_service(
     vec![(Res::Services, svc), (Res::EndpointSlices, slice)]
 }
 
-/// iperf3 and an HTTP server (an 8 MiB file) in a pod; killed and removed on drop.
-struct BulkServers {
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl BulkServers {
-    fn start(ns: &Netns, addr: &str) -> BulkServers {
-        let dir = std::env::temp_dir().join(format!("oxilium-bulk-{}-{addr}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("blob"), blob()).unwrap();
-        let spawn = |args: &[&str]| {
-            ns.command(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-        };
-        let mut s = BulkServers {
-            children: Vec::new(),
-            dir,
-        };
-        s.children.push(spawn(&[
-            "iperf3",
-            "-s",
-            "-B",
-            addr,
-            "-p",
-            &IPERF.to_string(),
-        ]));
-        let d = s.dir.to_str().unwrap().to_string();
-        s.children.push(spawn(&[
-            "python3",
-            "-m",
-            "http.server",
-            &HTTP.to_string(),
-            "--bind",
-            addr,
-            "--directory",
-            &d,
-        ]));
-        s
-    }
-}
-
-impl Drop for BulkServers {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn blob() -> Vec<u8> {
-    (0..BLOB).map(|i| (i * 7 + i / 4093) as u8).collect()
-}
-
 /// Offloads on, explicitly: TSO / GSO / checksum offload on every veth end, GRO on the nodes'.
 fn offloads_on(c: &Cluster) {
     c.client
@@ -157,55 +93,6 @@ fn offloads_on(c: &Cluster) {
             "ethtool", "-K", "eth0", "tso", "on", "gso", "on", "tx", "on",
         ]);
     }
-}
-
-/// Uploads `bytes` with iperf3 to node1's NodePort; returns what the server received.
-fn iperf_upload(c: &Cluster, port: u16, bytes: &str) -> Result<u64, String> {
-    let out = c
-        .client
-        .command(&[
-            "timeout",
-            "60",
-            "iperf3",
-            "-c",
-            NODE1_EXT4,
-            "-p",
-            &port.to_string(),
-            "-n",
-            bytes,
-            "-J",
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "iperf3 to {port}: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if !v["error"].is_null() {
-        return Err(format!("iperf3 to {port}: {}", v["error"]));
-    }
-    v["end"]["sum_received"]["bytes"]
-        .as_u64()
-        .ok_or_else(|| format!("iperf3 to {port}: no result"))
-}
-
-/// Downloads the 8 MiB file through node1's NodePort with curl; checks every byte.
-fn curl_download(c: &Cluster, port: u16) {
-    let url = format!("http://{NODE1_EXT4}:{port}/blob");
-    let out = c
-        .client
-        .command(&["curl", "-sS", "--max-time", "60", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), BLOB, "curl {url}: length");
-    assert!(out.stdout == blob(), "curl {url}: content differs");
 }
 
 /// Local pod (DNAT), remote pod (SNAT) and remote pod through DSR, each with a 32 MiB upload and
@@ -235,7 +122,7 @@ fn multi_mib_transfers_with_offloads_on_through_local_snat_and_dsr_paths() {
     k1.wait_local_endpoints(1);
     for (base, what) in [(30100, "local"), (30110, "snat"), (30120, "dsr")] {
         k1.eventually(&format!("{what}: 32 MiB uploaded"), || {
-            let got = iperf_upload(&c, base + 1, "32M").map_err(|e| {
+            let got = iperf_upload(&c.client, NODE1_EXT4, base + 1, "32M").map_err(|e| {
                 let s2 = k2.status();
                 format!(
                     "{e}; node2: {} {}",
@@ -246,7 +133,7 @@ fn multi_mib_transfers_with_offloads_on_through_local_snat_and_dsr_paths() {
                 .then_some(())
                 .ok_or(format!("{got} bytes"))
         });
-        curl_download(&c, base + 2);
+        curl_download(&c.client, NODE1_EXT4, base + 2);
     }
     let (s1, s2) = (k1.status(), k2.status());
     for (k, name) in [

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod agent;
 pub mod bpffs;
+pub mod bulk;
 pub mod cgroup;
 pub mod churn;
 pub mod cluster;
