@@ -30,6 +30,12 @@ pub trait Datapath {
         old: Option<&[u32]>,
         backend_ids: &[u32],
     ) -> Result<()>;
+    /// Makes every table [`set_table`](Self::set_table) queued in this pass visible. A datapath may
+    /// defer replacing whole tables until here to swap them in one batch; the reconciler calls it
+    /// after the pass's tables and before any of its service entries.
+    fn commit_tables(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
@@ -203,9 +209,7 @@ impl<D: Datapath> Reconciler<D> {
     /// Makes the datapath hold exactly `desired`. Cost: a walk over every service.
     pub fn apply(&mut self, desired: &BTreeMap<ServiceKey, CompiledService>) -> Result<Changes> {
         let mut pass = Pass::default();
-        for (key, cs) in desired {
-            self.apply_service(key, cs, &mut pass)?;
-        }
+        self.apply_all(desired, &mut pass)?;
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
@@ -228,9 +232,7 @@ impl<D: Datapath> Reconciler<D> {
         removed: &BTreeSet<ServiceKey>,
     ) -> Result<Changes> {
         let mut pass = Pass::default();
-        for (key, cs) in updated {
-            self.apply_service(key, cs, &mut pass)?;
-        }
+        self.apply_all(updated, &mut pass)?;
         let gone: Vec<ServiceKey> = removed
             .iter()
             .filter(|k| !updated.contains_key(k) && self.services.contains_key(k))
@@ -294,7 +296,25 @@ impl<D: Datapath> Reconciler<D> {
         Ok(pass.ch)
     }
 
-    fn apply_service(
+    /// Every service's backends and table first, the tables committed together (one batch: see
+    /// [`Datapath::commit_tables`]), then every service entry and the backends that left.
+    fn apply_all(
+        &mut self,
+        services: &BTreeMap<ServiceKey, CompiledService>,
+        pass: &mut Pass,
+    ) -> Result<()> {
+        for (key, cs) in services {
+            self.apply_backends(key, cs, pass)?;
+        }
+        self.dp.commit_tables()?;
+        for (key, cs) in services {
+            self.apply_entry(key, cs, pass)?;
+        }
+        Ok(())
+    }
+
+    /// Steps 1 and 2 of a service: its backends, then its selection table.
+    fn apply_backends(
         &mut self,
         key: &ServiceKey,
         cs: &CompiledService,
@@ -353,8 +373,23 @@ impl<D: Datapath> Reconciler<D> {
                 self.dp.set_table(sid, real.table.as_deref(), &table)?;
             }
             ch.tables_written += 1;
-            real.table = Some(table.clone());
+            real.table = Some(table);
         }
+        Ok(())
+    }
+
+    /// Steps 3 and 4 of a service (its table committed): the affinity timeout and the service
+    /// entry, then the backends that left it.
+    fn apply_entry(
+        &mut self,
+        key: &ServiceKey,
+        cs: &CompiledService,
+        pass: &mut Pass,
+    ) -> Result<()> {
+        let ch = &mut pass.ch;
+        let real = self.services.get_mut(key).expect("added by apply_backends");
+        let sid = real.id;
+        let table_size = real.table.as_ref().map_or(0, |t| t.len() as u32);
         // 3. Affinity timeout, then the service entry (whose flag turns affinity on).
         if real.affinity != cs.affinity_timeout_s {
             self.dp.set_affinity(sid, cs.affinity_timeout_s)?;
@@ -362,7 +397,7 @@ impl<D: Datapath> Reconciler<D> {
         }
         let value = ServiceValue {
             id: sid,
-            table_size: table.len() as u32,
+            table_size,
             algorithm: cs.algorithm,
             mode: cs.mode,
             flags: cs.flags,
@@ -447,6 +482,9 @@ pub struct MemoryDatapath {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Tables written but not yet committed (as the kernel datapath defers whole-table swaps):
+    /// invisible to the service-entry checks until [`Datapath::commit_tables`].
+    pub pending: BTreeMap<u32, Vec<u32>>,
     /// Flow → backend id, standing in for conntrack.
     pub flows: BTreeMap<u32, u32>,
     /// Service id → affinity timeout.
@@ -507,7 +545,11 @@ impl Datapath for MemoryDatapath {
             bail!("table of service {service_id} written before its backends");
         }
         self.writes += 1;
-        self.tables.insert(service_id, backend_ids.to_vec());
+        self.pending.insert(service_id, backend_ids.to_vec());
+        Ok(())
+    }
+    fn commit_tables(&mut self) -> Result<()> {
+        self.tables.append(&mut self.pending);
         Ok(())
     }
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {

@@ -138,6 +138,9 @@ impl Datapath for Counted {
         pending.push((service_id, inner));
         Ok(())
     }
+    fn commit_tables(&mut self) -> Result<()> {
+        timed(&mut self.ops.table_time, || self.maps.commit_tables())
+    }
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
         let n = timed(&mut self.ops.flush_time, || {
             self.maps.flush_flows(backend_ids)

@@ -9,12 +9,19 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
 };
 use lb::reconcile::Datapath;
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+};
 
 pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    /// `OXI_TABLES` again, for the batched swaps aya has no call for.
+    tables_fd: OwnedFd,
+    /// New selection tables of this pass, filled, waiting for [`Datapath::commit_tables`].
+    pending_tables: Vec<(u32, Array<MapData, u32>)>,
     conntrack: HashMap<MapData, FlowKey, CtEntry>,
     snat: HashMap<MapData, FlowKey, SnatEntry>,
     config: Array<MapData, LbConfig>,
@@ -74,10 +81,20 @@ fn dup_lru<K: aya::Pod, V: aya::Pod>(
 impl KernelMaps {
     /// Takes the maps out of a loaded XDP object (they are the pinned ones).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        let tables = ebpf
+            .take_map(names::TABLES)
+            .with_context(|| format!("map {} missing from the object", names::TABLES))?;
+        let tables_fd = match &tables {
+            aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned()?,
+            _ => anyhow::bail!("map {} is not an array of maps", names::TABLES),
+        };
         Ok(KernelMaps {
             services: super::loader::take_map(ebpf, names::SERVICES)?,
             backends: super::loader::take_map(ebpf, names::BACKENDS)?,
-            tables: super::loader::take_map(ebpf, names::TABLES)?,
+            tables: ArrayOfMaps::try_from(tables)
+                .with_context(|| format!("map {}", names::TABLES))?,
+            tables_fd,
+            pending_tables: Vec::new(),
             conntrack: super::loader::take_map(ebpf, names::CONNTRACK)?,
             snat: super::loader::take_map(ebpf, names::SNAT)?,
             config: super::loader::take_map(ebpf, names::CONFIG)?,
@@ -232,9 +249,9 @@ impl Datapath for KernelMaps {
             }
             return Ok(());
         }
-        // Otherwise a new inner map, filled, then swapped in with one update: readers see the old
-        // table or the new one. Slot 0 holds the size, the backend ids follow (see
-        // datapath::lb::table_pick).
+        // Otherwise a new inner map, filled, then swapped in with one update at commit_tables:
+        // readers see the old table or the new one. Slot 0 holds the size, the backend ids
+        // follow (see datapath::lb::table_pick).
         let n = backend_ids.len() as u32;
         let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
             .context("creating a selection table")?;
@@ -242,10 +259,44 @@ impl Datapath for KernelMaps {
         for (slot, id) in backend_ids.iter().enumerate() {
             inner.set(slot as u32 + 1, id, 0)?;
         }
-        self.tables
-            .set(service_id, &inner, 0)
-            .context("swapping the selection table")?;
+        self.pending_tables.retain(|(id, _)| *id != service_id);
+        self.pending_tables.push((service_id, inner));
         Ok(())
+    }
+
+    /// One `BPF_MAP_UPDATE_BATCH` for every new table of the pass: one RCU grace period in all
+    /// instead of one per table (see [`super::batch`]). A kernel without batch support for maps
+    /// of maps gets the swaps one by one.
+    fn commit_tables(&mut self) -> Result<()> {
+        use aya::maps::IterableMap;
+        /// The kernel's internal "operation not supported" (not in libc).
+        const ENOTSUPP: i32 = 524;
+        let pending = std::mem::take(&mut self.pending_tables);
+        let keys: Vec<u32> = pending.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u32> = pending
+            .iter()
+            .map(|(_, inner)| inner.map().fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        match super::batch::update_u32(self.tables_fd.as_fd(), &keys, &fds) {
+            Ok(()) => Ok(()),
+            Err((e, done))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
+                ) =>
+            {
+                for (id, inner) in &pending[done..] {
+                    self.tables
+                        .set(*id, inner, 0)
+                        .context("swapping a selection table")?;
+                }
+                Ok(())
+            }
+            Err((e, done)) => Err(anyhow::Error::new(e).context(format!(
+                "swapping {} selection tables ({done} done)",
+                keys.len()
+            ))),
+        }
     }
 
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {

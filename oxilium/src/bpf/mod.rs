@@ -1,5 +1,6 @@
 //! The kernel side as the agent sees it: embedded objects, loading and attaching programs, and
 //! typed access to the pinned maps.
+pub mod batch;
 pub mod decap;
 pub mod lb_maps;
 pub mod loader;

@@ -305,6 +305,9 @@ mod tests {
         fn set_table(&mut self, id: u32, old: Option<&[u32]>, ids: &[u32]) -> Result<()> {
             self.0.set_table(id, old, ids)
         }
+        fn commit_tables(&mut self) -> Result<()> {
+            self.0.commit_tables()
+        }
         fn flush_flows(&mut self, ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
             self.0.flush_flows(ids)
         }
