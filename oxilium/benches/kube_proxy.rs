@@ -52,7 +52,7 @@ use connect::*;
 use counted::*;
 use iptables::*;
 
-use abi::lb::{BPF_F_INNER_MAP, Backend as AbiBackend, ServiceKey, ServiceValue, names};
+use abi::lb::{Backend as AbiBackend, ServiceKey, ServiceValue, names};
 use anyhow::Result;
 use aya::maps::{Array, ArrayOfMaps, Map, MapData};
 use bpffs::{CgroupLinks, PinDir};

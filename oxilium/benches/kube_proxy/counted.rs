@@ -129,13 +129,7 @@ impl Datapath for Counted {
                 self.maps.set_table(service_id, old, backend_ids)
             });
         };
-        let n = backend_ids.len() as u32;
-        let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)?;
-        inner.set(0, n, 0)?;
-        for (slot, id) in backend_ids.iter().enumerate() {
-            inner.set(slot as u32 + 1, id, 0)?;
-        }
-        pending.push((service_id, inner));
+        pending.push((service_id, oxilium::bpf::lb_maps::new_table(backend_ids)?));
         Ok(())
     }
     fn commit_tables(&mut self) -> Result<()> {

@@ -137,11 +137,15 @@ impl KernelMaps {
             .tables
             .get(&service_id, 0)
             .with_context(|| format!("table of service {service_id}"))?;
-        let mut out = Vec::with_capacity(inner.len() as usize);
-        for v in inner.iter().skip(1) {
-            out.push(v?);
-        }
-        Ok(out)
+        let n = inner.len();
+        let fd = aya::maps::IterableMap::map(&inner).fd().as_fd();
+        let mut slots = match super::batch::lookup_array_u32(fd, n) {
+            Ok(slots) => slots,
+            // Without batch lookups: one syscall per slot.
+            Err(_) => inner.iter().collect::<Result<_, _>>()?,
+        };
+        slots.remove(0);
+        Ok(slots)
     }
 
     pub fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
@@ -189,6 +193,25 @@ impl KernelMaps {
         map.set(index, values, 0)?;
         Ok(())
     }
+}
+
+/// A new inner selection table holding `backend_ids`: slot 0 the size, then the ids, written
+/// with one batch update (one syscall per slot where batches are not supported).
+pub fn new_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>> {
+    use aya::maps::IterableMap;
+    let n = backend_ids.len() as u32;
+    let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
+        .context("creating a selection table")?;
+    let keys: Vec<u32> = (0..=n).collect();
+    let values: Vec<u32> = std::iter::once(n)
+        .chain(backend_ids.iter().copied())
+        .collect();
+    if super::batch::update_u32(inner.map().fd().as_fd(), &keys, &values).is_err() {
+        for (k, v) in keys.iter().zip(&values) {
+            inner.set(*k, v, 0)?;
+        }
+    }
+    Ok(inner)
 }
 
 impl Datapath for KernelMaps {
@@ -252,13 +275,7 @@ impl Datapath for KernelMaps {
         // Otherwise a new inner map, filled, then swapped in with one update at commit_tables:
         // readers see the old table or the new one. Slot 0 holds the size, the backend ids
         // follow (see datapath::lb::table_pick).
-        let n = backend_ids.len() as u32;
-        let mut inner = Array::<MapData, u32>::create(n + 1, BPF_F_INNER_MAP)
-            .context("creating a selection table")?;
-        inner.set(0, n, 0)?;
-        for (slot, id) in backend_ids.iter().enumerate() {
-            inner.set(slot as u32 + 1, id, 0)?;
-        }
+        let inner = new_table(backend_ids)?;
         self.pending_tables.retain(|(id, _)| *id != service_id);
         self.pending_tables.push((service_id, inner));
         Ok(())
