@@ -64,8 +64,13 @@ impl NetConf {
                 ),
             ));
         }
-        let c: NetConf = serde_json::from_value(v)
-            .map_err(|e| invalid(format!("{e}")).in_version(&version))?;
+        let c: NetConf = match serde_json::from_value(v.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                let field = failing_field(&v).map(|f| format!("{f}: ")).unwrap_or_default();
+                return Err(invalid(format!("{field}{e}")).in_version(&version));
+            }
+        };
         if let Some(m) = c.mtu
             && !(68..=65535).contains(&m)
         {
@@ -82,6 +87,24 @@ impl NetConf {
             .clone()
             .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into())
     }
+}
+
+/// The first known key whose value has the wrong type (serde's message does not say which).
+fn failing_field(v: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::from_value as f;
+    let get = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let bad: [(&'static str, bool); 6] = [
+        ("name", f::<String>(get("name")).is_err()),
+        ("type", f::<String>(get("type")).is_err()),
+        ("agent-socket", f::<Option<PathBuf>>(get("agent-socket")).is_err()),
+        ("mtu", f::<Option<u32>>(get("mtu")).is_err()),
+        ("prevResult", f::<Option<serde_json::Value>>(get("prevResult")).is_err()),
+        (
+            "cni.dev/valid-attachments",
+            f::<Option<Vec<Attachment>>>(get("cni.dev/valid-attachments")).is_err(),
+        ),
+    ];
+    bad.into_iter().find(|(_, b)| *b).map(|(k, _)| k)
 }
 
 fn invalid(msg: impl Into<String>) -> CniError {

@@ -36,6 +36,13 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
     format!("oxi{:011x}", h & 0xfff_ffff_ffff)
 }
 
+/// Whether a device is the host side of an endpoint (by its name, see [`host_name`]).
+pub fn is_endpoint_device(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("oxi")
+        && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Makes the pair (an earlier one of the same host name is removed first), configures the pod
 /// side inside `netns` and the host side here.
 pub async fn make(
