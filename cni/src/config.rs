@@ -67,7 +67,9 @@ impl NetConf {
         let c: NetConf = match serde_json::from_value(v.clone()) {
             Ok(c) => c,
             Err(e) => {
-                let field = failing_field(&v).map(|f| format!("{f}: ")).unwrap_or_default();
+                let field = failing_field(&v)
+                    .map(|f| format!("{f}: "))
+                    .unwrap_or_default();
                 return Err(invalid(format!("{field}{e}")).in_version(&version));
             }
         };
@@ -76,7 +78,10 @@ impl NetConf {
         {
             return Err(invalid(format!("mtu: {m} is not from 68 to 65535")).in_version(&version));
         }
-        if c.agent_socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if c.agent_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return Err(invalid("agent-socket: empty path").in_version(&version));
         }
         Ok(c)
@@ -96,9 +101,15 @@ fn failing_field(v: &serde_json::Value) -> Option<&'static str> {
     let bad: [(&'static str, bool); 6] = [
         ("name", f::<String>(get("name")).is_err()),
         ("type", f::<String>(get("type")).is_err()),
-        ("agent-socket", f::<Option<PathBuf>>(get("agent-socket")).is_err()),
+        (
+            "agent-socket",
+            f::<Option<PathBuf>>(get("agent-socket")).is_err(),
+        ),
         ("mtu", f::<Option<u32>>(get("mtu")).is_err()),
-        ("prevResult", f::<Option<serde_json::Value>>(get("prevResult")).is_err()),
+        (
+            "prevResult",
+            f::<Option<serde_json::Value>>(get("prevResult")).is_err(),
+        ),
         (
             "cni.dev/valid-attachments",
             f::<Option<Vec<Attachment>>>(get("cni.dev/valid-attachments")).is_err(),
@@ -191,9 +202,9 @@ impl Env {
         check_ifname(&env.ifname)?;
         if let Some(args) = nonempty("CNI_ARGS") {
             for kv in args.split(';').filter(|s| !s.is_empty()) {
-                let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    env_error(format!("CNI_ARGS: {kv:?} is not KEY=VALUE"))
-                })?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| env_error(format!("CNI_ARGS: {kv:?} is not KEY=VALUE")))?;
                 match k {
                     "K8S_POD_NAMESPACE" => env.pod_namespace = Some(v.into()),
                     "K8S_POD_NAME" => env.pod_name = Some(v.into()),
@@ -236,7 +247,9 @@ fn check_ifname(name: &str) -> Result<(), CniError> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     match ok {
         true => Ok(()),
         false => Err(env_error(format!(
@@ -305,7 +318,10 @@ mod tests {
         let mut del = without("CNI_NETNS");
         del[0] = ("CNI_COMMAND", "DEL");
         assert_eq!(env(&del).unwrap().0, Command::Del);
-        assert_eq!(env(&[("CNI_COMMAND", "VERSION")]).unwrap().0, Command::Version);
+        assert_eq!(
+            env(&[("CNI_COMMAND", "VERSION")]).unwrap().0,
+            Command::Version
+        );
         assert_eq!(env(&[("CNI_COMMAND", "PING")]).unwrap_err().code, 7);
         assert_eq!(env(&[]).unwrap_err().code, 7);
         let mut bad = base;

@@ -380,8 +380,7 @@ mod tests {
     #[test]
     fn released_addresses_wait_for_the_rest_of_the_pool() {
         let d = dir("rot");
-        let mut ipam: Ipam<()> =
-            Ipam::open(&d.join("s.json"), cidrs(&["10.2.0.0/24"])).unwrap();
+        let mut ipam: Ipam<()> = Ipam::open(&d.join("s.json"), cidrs(&["10.2.0.0/24"])).unwrap();
         let a = ipam.allocate(&att("a"), ()).unwrap().addresses[0];
         ipam.release(&att("a")).unwrap();
         let b = ipam.allocate(&att("b"), ()).unwrap().addresses[0];

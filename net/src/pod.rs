@@ -91,9 +91,7 @@ pub async fn add_veth(
 
 /// Sets a device up.
 pub async fn set_up(nl: &Netlink, index: u32) -> Result<()> {
-    let msg = LinkUnspec::new_with_index(index)
-        .up()
-        .build();
+    let msg = LinkUnspec::new_with_index(index).up().build();
     nl.handle()
         .link()
         .set(msg)

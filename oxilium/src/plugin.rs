@@ -12,11 +12,7 @@ use std::{io::Read, path::Path, process::ExitCode};
 pub fn invoked_as_plugin() -> bool {
     std::env::args_os()
         .next()
-        .and_then(|a| {
-            Path::new(&a)
-                .file_name()
-                .map(|f| f == "oxilium-cni")
-        })
+        .and_then(|a| Path::new(&a).file_name().map(|f| f == "oxilium-cni"))
         .unwrap_or(false)
 }
 
@@ -54,7 +50,10 @@ fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     if !cni::version_at_least(&v, cmd.since()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
-            format!("{cmd:?} needs cniVersion {} or later (have {v})", cmd.since()),
+            format!(
+                "{cmd:?} needs cniVersion {} or later (have {v})",
+                cmd.since()
+            ),
         )
         .in_version(&v));
     }
@@ -107,13 +106,18 @@ fn forward(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json:
         }
     };
     if !status.is_success() {
-        return Err(match serde_json::from_value::<CniError>(body["cni_error"].clone()) {
-            Ok(e) => e,
-            Err(_) => CniError::new(
-                code::AGENT_FAILED,
-                body["error"].as_str().unwrap_or("the agent failed").to_string(),
-            ),
-        });
+        return Err(
+            match serde_json::from_value::<CniError>(body["cni_error"].clone()) {
+                Ok(e) => e,
+                Err(_) => CniError::new(
+                    code::AGENT_FAILED,
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("the agent failed")
+                        .to_string(),
+                ),
+            },
+        );
     }
     match cmd {
         Command::Add => {

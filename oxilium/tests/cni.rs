@@ -140,7 +140,15 @@ impl Bed {
         let p = unique("cni");
         let node = Netns::new(&format!("{p}n"));
         let agent = AgentProcess::builder(&node, "cni")
-            .args(["--role", "node", "--node", "node-a", "--watch-ms", "100", "--cni"])
+            .args([
+                "--role",
+                "node",
+                "--node",
+                "node-a",
+                "--watch-ms",
+                "100",
+                "--cni",
+            ])
             .file_arg("--manifests", "manifests")
             .file_arg("--state-dir", "state")
             .cgroup()
@@ -185,7 +193,9 @@ impl Bed {
     }
 
     fn tx_packets(&self, dev: &str) -> u64 {
-        let out = self.node.run(&["ip", "-s", "-j", "link", "show", "dev", dev]);
+        let out = self
+            .node
+            .run(&["ip", "-s", "-j", "link", "show", "dev", dev]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
     }
@@ -231,7 +241,11 @@ fn cni_plugin_end_to_end() {
     let r3 = b.add(3);
     assert_eq!(v4(&r3), "10.244.1.3");
     let addr = |ip: &str| -> SocketAddr { format!("{ip}:8080").parse().unwrap() };
-    let _s1 = Servers::start(&b.pods[0], "b1", &[addr("10.244.1.1"), "[fd00:244:1::1]:8080".parse().unwrap()]);
+    let _s1 = Servers::start(
+        &b.pods[0],
+        "b1",
+        &[addr("10.244.1.1"), "[fd00:244:1::1]:8080".parse().unwrap()],
+    );
     let _s2 = Servers::start(&b.pods[1], "b2", &[addr("10.244.1.2")]);
 
     // Pod to pod, both families; pod 1's host side transmits nothing: redirect_peer.
@@ -245,7 +259,11 @@ fn cni_plugin_end_to_end() {
         "b1"
     );
     let after = b.tx_packets(&dev1);
-    assert!(after - before < 5, "host side transmitted {} packets", after - before);
+    assert!(
+        after - before < 5,
+        "host side transmitted {} packets",
+        after - before
+    );
     // A ClusterIP through the socket LB (pod 3's client in the agent's cgroup).
     let answers = run_client(Some(b.agent.cgroup()), &b.pods[2], "tcp", CIP4, 80, 20);
     let mut ids: Vec<String> = answers
@@ -264,19 +282,34 @@ fn cni_plugin_end_to_end() {
     assert!(c.ok && c.out.is_null(), "{}", c.out);
     assert_eq!(b.call("CHECK", 7, "1.1.0").code(), 3);
     assert_eq!(b.call("CHECK", 1, "0.3.1").code(), 1);
-    let v = cni(&b.plugin, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    let v = cni(
+        &b.plugin,
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"1.0.0"}"#,
+    );
     assert!(v.ok);
-    assert_eq!(v.out["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        v.out["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
     let list = b.agent.cli(&["endpoint", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
-    let web1 = list.as_array().unwrap().iter().find(|e| e["pod"] == "default/web-1").unwrap();
+    let web1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pod"] == "default/web-1")
+        .unwrap();
     assert_eq!(web1["labels"]["app"], "web");
 
     // Restart with the pod fallback: the endpoints persist, the ClusterIP is translated by the
     // endpoint programs (the test's own process is in no translated cgroup).
     b.agent.add_args(["--socket-lb-host-netns-only"]);
     b.agent.restart();
-    assert_eq!(b.agent.cli(&["endpoint", "list"]).as_array().unwrap().len(), 3);
+    assert_eq!(
+        b.agent.cli(&["endpoint", "list"]).as_array().unwrap().len(),
+        3
+    );
     let cip: SocketAddr = format!("{CIP4}:80").parse().unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
@@ -296,10 +329,16 @@ fn cni_plugin_end_to_end() {
     assert_eq!(v4(&b.add(4)), "10.244.1.4");
     let full = b.call("ADD", 7, "1.1.0");
     assert_eq!(full.code(), 100);
-    assert!(full.out["msg"].as_str().unwrap().contains("10.244.1.0/29"), "{}", full.out);
+    assert!(
+        full.out["msg"].as_str().unwrap().contains("10.244.1.0/29"),
+        "{}",
+        full.out
+    );
 
     // GC: only pods 1-3 are valid.
-    let valid: Vec<Value> = (1..=3).map(|i| json!({"containerID": format!("c{i}"), "ifname": "eth0"})).collect();
+    let valid: Vec<Value> = (1..=3)
+        .map(|i| json!({"containerID": format!("c{i}"), "ifname": "eth0"}))
+        .collect();
     let mut gc: Value = serde_json::from_str(&b.conf("1.1.0")).unwrap();
     gc["cni.dev/valid-attachments"] = valid.into();
     let g = cni(&b.plugin, &[("CNI_COMMAND", "GC")], &gc.to_string());
@@ -307,7 +346,10 @@ fn cni_plugin_end_to_end() {
     let list = b.agent.cli(&["endpoint", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     let gone = b.pods[4].run(&["ip", "-j", "link", "show"]);
-    assert!(!String::from_utf8_lossy(&gone.stdout).contains("eth0"), "GC removed pod 5's veth");
+    assert!(
+        !String::from_utf8_lossy(&gone.stdout).contains("eth0"),
+        "GC removed pod 5's veth"
+    );
     // The search goes on after the last address handed out (.4).
     assert_eq!(v4(&b.add(7)), "10.244.1.5");
 
@@ -328,7 +370,11 @@ fn cni_plugin_end_to_end() {
     let bad_version = run(&env8, &conf("0.2.0", b.agent.socket()));
     assert_eq!(bad_version.code(), 1);
     assert!(bad_version.out["msg"].as_str().unwrap().contains("0.2.0"));
-    let no_netns: Vec<(&str, &str)> = env8.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect();
+    let no_netns: Vec<(&str, &str)> = env8
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "CNI_NETNS")
+        .collect();
     let e = run(&no_netns, &b.conf("1.1.0"));
     assert_eq!(e.code(), 7);
     assert!(e.out["msg"].as_str().unwrap().contains("CNI_NETNS"));
@@ -342,12 +388,25 @@ fn cni_plugin_end_to_end() {
     b.agent.stop();
     let e = run(&env8, &b.conf("1.1.0"));
     assert_eq!(e.code(), 11);
-    assert!(e.out["msg"].as_str().unwrap().contains("not answering"), "{}", e.out);
-    assert_eq!(run(&[("CNI_COMMAND", "STATUS")], &b.conf("1.1.0")).code(), 50);
+    assert!(
+        e.out["msg"].as_str().unwrap().contains("not answering"),
+        "{}",
+        e.out
+    );
+    assert_eq!(
+        run(&[("CNI_COMMAND", "STATUS")], &b.conf("1.1.0")).code(),
+        50
+    );
     let d = b.call("DEL", 1, "1.1.0");
     assert!(d.ok, "{}", d.out);
     let left = b.pods[0].run(&["ip", "-j", "link", "show"]);
-    assert!(!String::from_utf8_lossy(&left.stdout).contains("eth0"), "DEL removed eth0");
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("eth0"),
+        "DEL removed eth0"
+    );
     let left = b.node.run(&["ip", "-j", "link", "show"]);
-    assert!(!String::from_utf8_lossy(&left.stdout).contains(&dev1), "host side gone too");
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&dev1),
+        "host side gone too"
+    );
 }

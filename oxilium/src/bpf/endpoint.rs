@@ -8,12 +8,12 @@ use super::{
     objects,
 };
 use abi::endpoint::{EndpointInfo, EndpointKey, names};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
-use anyhow::{Context, Result};
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},

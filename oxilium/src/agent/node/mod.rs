@@ -231,13 +231,11 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         ext.set_node_addresses(&[], device_addresses)?;
         Some(ext)
     };
+    let cni = endpoints::CniFlags::start(args).await?;
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
     st.nodeport = nodeport;
     st.pod_devices = pods;
-    drop(st);
-    let cni = endpoints::CniFlags::start(args).await?;
-    let mut st = state.lock().unwrap();
     st.cni = cni;
     if let Some(v) = view {
         apply_view(&mut st, v, device_addresses)?;

@@ -102,7 +102,10 @@ pub async fn serve(state: &Shared, cmd: &str, body: &[u8]) -> (StatusCode, serde
         "check" => a.check(&req).await.map(|()| serde_json::Value::Null),
         "gc" => a.gc(&req).await.map(|n| n.into()),
         "status" => a.status().map(|()| serde_json::Value::Null),
-        _ => Err(CniError::new(code::INVALID_ENV, format!("unknown CNI request {cmd}"))),
+        _ => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI request {cmd}"),
+        )),
     };
     match r {
         Ok(v) => (StatusCode::OK, serde_json::json!({ "result": v })),

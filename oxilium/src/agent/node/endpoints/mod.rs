@@ -145,7 +145,10 @@ impl CniAgent {
         let att = env.attachment();
         if let Some(e) = self.ipam.get(&att).cloned()
             && e.data.host_ifindex != 0
-            && net::links::index(&self.nl, &e.data.host_ifname).await.ok().flatten()
+            && net::links::index(&self.nl, &e.data.host_ifname)
+                .await
+                .ok()
+                .flatten()
                 == Some(e.data.host_ifindex)
         {
             return Ok(result_of(env, &e.addresses, &e.data));
@@ -156,7 +159,9 @@ impl CniAgent {
             .ipam
             .allocate(&att, Endpoint::default())
             .map_err(|e| match e {
-                cni::ipam::IpamError::Exhausted(_) => CniError::new(code::POOL_EXHAUSTED, e.to_string()),
+                cni::ipam::IpamError::Exhausted(_) => {
+                    CniError::new(code::POOL_EXHAUSTED, e.to_string())
+                }
                 e => failed(e),
             })?;
         let host = veth::host_name(&env.container_id, &env.ifname);
@@ -203,7 +208,9 @@ impl CniAgent {
 
     fn next_id(&self) -> u32 {
         let used: BTreeSet<u32> = self.ipam.entries().map(|(_, e)| e.data.id).collect();
-        (1..).find(|i| !used.contains(i)).expect("fewer than 2^32 endpoints")
+        (1..)
+            .find(|i| !used.contains(i))
+            .expect("fewer than 2^32 endpoints")
     }
 
     /// The Pod's labels from the manifests folder (an endpoint without them is still made).
@@ -273,7 +280,10 @@ impl CniAgent {
             .await
             .map_err(failed)?;
         if host != Some(e.data.host_ifindex) {
-            return Err(failed(format!("host device {} is missing", e.data.host_ifname)));
+            return Err(failed(format!(
+                "host device {} is missing",
+                e.data.host_ifname
+            )));
         }
         let have = veth::pod_addresses(Path::new(&env.netns), &env.ifname)
             .map_err(|e| failed(format!("{e:#}")))?
@@ -287,10 +297,13 @@ impl CniAgent {
             }
         }
         if let Some(prev) = &req.prev_result {
-            let prev = CniResult::parse(prev).map_err(|m| CniError::new(code::INVALID_NETWORK_CONFIG, m))?;
+            let prev = CniResult::parse(prev)
+                .map_err(|m| CniError::new(code::INVALID_NETWORK_CONFIG, m))?;
             for a in prev.addresses_of(&env.ifname) {
                 if !e.addresses.contains(&a.ip()) {
-                    return Err(failed(format!("prevResult address {a} is not the endpoint's")));
+                    return Err(failed(format!(
+                        "prevResult address {a} is not the endpoint's"
+                    )));
                 }
             }
         }
@@ -299,7 +312,8 @@ impl CniAgent {
 
     /// GC: releases every attachment not in the valid list.
     pub async fn gc(&mut self, req: &Request) -> Result<usize, CniError> {
-        let valid: BTreeSet<Attachment> = req.valid.clone().unwrap_or_default().into_iter().collect();
+        let valid: BTreeSet<Attachment> =
+            req.valid.clone().unwrap_or_default().into_iter().collect();
         let gone = self.ipam.retain(&valid).map_err(failed)?;
         for (att, e) in &gone {
             self.teardown(&e.addresses, &e.data).await;
@@ -360,7 +374,11 @@ fn result_of(env: &Env, addrs: &[IpAddr], ep: &Endpoint) -> CniResult {
         ..Default::default()
     };
     for ip in addrs {
-        let gw = if ip.is_ipv4() { veth::GATEWAY4 } else { veth::GATEWAY6 };
+        let gw = if ip.is_ipv4() {
+            veth::GATEWAY4
+        } else {
+            veth::GATEWAY6
+        };
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         r.ips.push(result::IpConfig {
             address: IpNetwork::new(*ip, prefix).expect("full prefix"),

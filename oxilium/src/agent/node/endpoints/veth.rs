@@ -38,9 +38,7 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
 
 /// Whether a device is the host side of an endpoint (by its name, see [`host_name`]).
 pub fn is_endpoint_device(name: &str) -> bool {
-    name.len() == 14
-        && name.starts_with("oxi")
-        && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 14 && name.starts_with("oxi") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Makes the pair (an earlier one of the same host name is removed first), configures the pod
@@ -66,14 +64,14 @@ pub async fn make(
     let host_mac = net::links::mac(nl, host_ifindex)
         .await?
         .with_context(|| format!("{host} has no MAC"))?;
-    let made = (|| async {
+    let made = async {
         net::pod::set_up(nl, host_ifindex).await?;
         let pod_mac = configure_pod(netns, ifname, addresses, host_mac)?;
         for ip in addresses {
             net::pod::add_route(nl, *ip, full(ip), host_ifindex, None, ROUTE_PROTOCOL).await?;
         }
         anyhow::Ok(pod_mac)
-    })()
+    }
     .await;
     match made {
         Ok(pod_mac) => Ok(Made {
@@ -107,10 +105,12 @@ fn configure_pod(
             if let Some(lo) = net::links::index(&nl, "lo").await? {
                 net::pod::set_up(&nl, lo).await?;
             }
-            let i = net::links::index(&nl, &ifname).await?.ok_or(net::Error::Refused {
-                what: "the pod interface",
-                source: std::io::Error::from_raw_os_error(19),
-            })?;
+            let i = net::links::index(&nl, &ifname)
+                .await?
+                .ok_or(net::Error::Refused {
+                    what: "the pod interface",
+                    source: std::io::Error::from_raw_os_error(19),
+                })?;
             let mac = net::links::mac(&nl, i).await?.unwrap_or_default();
             for ip in &addresses {
                 net::pod::add_address(&nl, i, *ip, full(ip)).await?;
