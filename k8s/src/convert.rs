@@ -457,6 +457,8 @@ pub struct NodeInfo {
     pub internal_addresses: Vec<IpAddr>,
     /// Label topology.kubernetes.io/zone.
     pub zone: Option<String>,
+    /// spec.podCIDRs (or spec.podCIDR), as written: the node's pod address pools.
+    pub pod_cidrs: Vec<String>,
 }
 
 pub(crate) fn node(n: &Node) -> (NodeInfo, Vec<String>) {
@@ -471,6 +473,15 @@ pub(crate) fn node(n: &Node) -> (NodeInfo, Vec<String>) {
             .and_then(|l| l.get(ZONE_LABEL))
             .filter(|z| !z.is_empty())
             .cloned(),
+        pod_cidrs: n
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.pod_cidrs
+                    .clone()
+                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
+            })
+            .unwrap_or_default(),
     };
     let mut notes = Vec::new();
     let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());

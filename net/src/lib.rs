@@ -7,6 +7,7 @@
 pub mod addresses;
 pub mod links;
 pub mod neighbours;
+pub mod pod;
 pub mod routes;
 
 use std::{io, net::IpAddr};
@@ -62,6 +63,13 @@ impl Family {
 pub enum Error {
     #[error("opening a netlink socket: {0}")]
     Socket(#[source] io::Error),
+    /// A network namespace could not be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Namespace {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// The kernel answered the request with an error (e.g. no route: `ENETUNREACH`).
     #[error("{what}: {source}")]
     Refused {

@@ -5,4 +5,5 @@ pub mod agent;
 pub mod api;
 pub mod bpf;
 pub mod cli;
+pub mod plugin;
 pub mod sysctl;

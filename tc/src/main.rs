@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod endpoint;
 mod nodeport;
 mod pod;
 

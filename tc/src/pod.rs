@@ -18,7 +18,7 @@ pub(crate) static OXI_SOCK_AFFINITY_TIMEOUT: AffinityTimeoutMap = Array::new();
 #[btf_map]
 static OXI_POD_STATS: PodStatsMap = PerCpuArray::new();
 
-struct Maps;
+pub(crate) struct Maps;
 
 impl PodMaps for Maps {
     #[inline(always)]

@@ -111,6 +111,8 @@ pub struct State {
     /// `--socket-lb-host-netns-only`: the pod programs [`node::start`] loaded, until the node
     /// loop takes them over.
     pod_devices: Option<node::pod_devices::PodDevices>,
+    /// `--cni`: the plugin's agent side (IPAM, endpoints).
+    pub cni: Option<node::endpoints::SharedCni>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -167,6 +169,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         last_error: None,
         warmer: neighbour::Warmer::default(),
         pod_devices: None,
+        cni: None,
     }));
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
     let _ebpf: Option<Ebpf> = match args.role {

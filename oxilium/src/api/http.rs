@@ -31,6 +31,41 @@ where
     });
 }
 
+/// As [`spawn_connection`], for answers that need the request body or wait on something: `answer`
+/// gets the method, the path and the whole body.
+pub fn spawn_connection_with_body<IO, F, Fut>(io: IO, what: &'static str, answer: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Method, String, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (StatusCode, serde_json::Value)> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let answer = answer.clone();
+            async move {
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let (code, body) = match req.into_body().collect().await {
+                    Ok(b) => answer(method, path, b.to_bytes()).await,
+                    Err(e) => (
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({ "error": format!("reading the request: {e}") }),
+                    ),
+                };
+                Ok::<_, std::convert::Infallible>(json_response(code, &body))
+            }
+        });
+        if let Err(e) = http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+        {
+            debug!("{what} connection: {e}");
+        }
+    });
+}
+
 /// A response with `body` as `application/json`.
 pub fn json_response(code: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));

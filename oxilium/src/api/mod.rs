@@ -5,7 +5,7 @@ mod views;
 use crate::agent::Shared;
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use hyper::{Request, StatusCode, body::Incoming};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
@@ -24,7 +24,20 @@ pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
                 continue;
             };
             let state = state.clone();
-            http::spawn_connection(stream, "api", move |req| handle(&state, req));
+            http::spawn_connection_with_body(stream, "api", move |method, path, body| {
+                let state = state.clone();
+                async move {
+                    match (method, path.strip_prefix("/cni/")) {
+                        (hyper::Method::POST, Some(cmd)) => {
+                            crate::agent::node::endpoints::serve(&state, cmd, &body).await
+                        }
+                        (_, _) if path.trim_end_matches('/') == "/endpoints" => {
+                            crate::agent::node::endpoints::serve(&state, "list", &[]).await
+                        }
+                        _ => handle(&state, &path),
+                    }
+                }
+            });
         }
     }))
 }
@@ -62,8 +75,7 @@ pub fn bind_private(socket: &Path) -> Result<UnixListener> {
     result
 }
 
-fn handle(state: &Shared, req: &Request<Incoming>) -> (StatusCode, serde_json::Value) {
-    let path = req.uri().path().to_string();
+fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Value) {
     if path.trim_end_matches('/') == "/status" {
         return (StatusCode::OK, status(state));
     }
@@ -120,6 +132,37 @@ fn status(state: &Shared) -> serde_json::Value {
         None => {}
     }
     v
+}
+
+/// The CNI plugin's side: POST `body` to `path`; returns the HTTP status and the JSON answer.
+/// Connecting fails with an I/O error (the agent is down).
+pub async fn post(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(StatusCode, serde_json::Value), std::io::Error> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| io(&e))?;
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", "oxilium")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| io(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| io(&e))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| io(&e))?
+        .to_bytes();
+    let v = serde_json::from_slice(&bytes).map_err(|e| io(&e))?;
+    Ok((status, v))
 }
 
 /// The CLI side: GET `path` from the agent and return the JSON body.

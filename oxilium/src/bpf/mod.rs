@@ -2,6 +2,7 @@
 //! typed access to the pinned maps.
 pub mod batch;
 pub mod decap;
+pub mod endpoint;
 pub mod lb_maps;
 pub mod loader;
 pub mod nodeport;

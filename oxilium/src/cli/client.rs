@@ -9,6 +9,7 @@ pub enum Kind {
     BpfLb,
     Maglev,
     Conntrack,
+    Endpoints,
 }
 
 pub fn show(args: &ClientArgs, path: &str, kind: Kind) -> Result<()> {
@@ -128,6 +129,24 @@ fn text(v: &Value, kind: Kind) -> String {
             out += &format!("service {} size {}\n", s(&v["service"]), table.len());
             for (b, n) in counts {
                 out += &format!("  {b:<28} {n:>7} slots\n");
+            }
+        }
+        Kind::Endpoints => {
+            out += "ID    ADDRESSES                       POD                       DEVICE          IFINDEX  IDENTITY\n";
+            for e in list {
+                let addrs: Vec<String> = e["addresses"]
+                    .as_array()
+                    .map(|a| a.iter().map(s).collect())
+                    .unwrap_or_default();
+                out += &format!(
+                    "{:<5} {:<31} {:<25} {:<15} {:<8} {}\n",
+                    s(&e["id"]),
+                    addrs.join(","),
+                    s(&e["pod"]),
+                    s(&e["device"]),
+                    s(&e["ifindex"]),
+                    s(&e["identity"]),
+                );
             }
         }
         Kind::Conntrack => {

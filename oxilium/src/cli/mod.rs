@@ -55,6 +55,9 @@ enum Command {
     /// Connection tracking.
     #[command(subcommand)]
     Ct(CtCmd),
+    /// The pods this node's CNI plugin made (`--cni`).
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
     /// Identity and network policy (offline with --manifests).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -97,6 +100,12 @@ enum MaglevCmd {
 }
 
 #[derive(Subcommand)]
+enum EndpointCmd {
+    /// Endpoints: addresses, pod, host device, MAC, identity.
+    List(ClientArgs),
+}
+
+#[derive(Subcommand)]
 enum CtCmd {
     /// Tracked flows and the backend each is pinned to.
     List(ClientArgs),
@@ -123,6 +132,9 @@ pub fn main() -> ExitCode {
         }
         Command::Ct(CtCmd::List(c)) => client::show(&c, "/ct", client::Kind::Conntrack),
         Command::Policy(c) => policy::run(c),
+        Command::Endpoint(EndpointCmd::List(c)) => {
+            client::show(&c, "/endpoints", client::Kind::Endpoints)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,8 @@ pub struct NodeArgs {
     pub socket_lb_host_netns_only: bool,
     #[command(flatten)]
     pub conntrack: super::conntrack::CtFlags,
+    #[command(flatten)]
+    pub cni: endpoints::CniFlags,
 }
 
 /// XDP acceleration of the NodePort path.
@@ -69,6 +71,7 @@ pub enum Acceleration {
     Generic,
 }
 
+pub mod endpoints;
 mod health_node_ports;
 pub mod nodeport;
 mod nodeport_endpoints;
@@ -88,6 +91,8 @@ pub struct NodeView {
     pub internal_addresses: Vec<IpAddr>,
     /// Health-check node ports (externalTrafficPolicy Local) and their local endpoint counts.
     pub health_checks: Vec<k8s::frontend::HealthCheck>,
+    /// This node's spec.podCIDRs (the CNI address pools); None: unchanged (a delta).
+    pub pod_cidrs: Option<Vec<String>>,
 }
 
 /// What a view changes in the model.
@@ -145,6 +150,7 @@ impl NodeArgs {
             local: local_endpoints(&nf.frontends, node),
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks.clone(),
+            pod_cidrs: Some(nf.node.pod_cidrs.clone()),
         }
     }
 
@@ -153,6 +159,7 @@ impl NodeArgs {
         if self.device.iter().any(|d| d.is_empty()) {
             anyhow::bail!("--device: empty device name");
         }
+        self.cni.check()?;
         match &self.manifests {
             Some(dir) => self.folder_model(dir).map(|_| ()),
             None => self.validate().map(|_| ()),
@@ -224,10 +231,12 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         ext.set_node_addresses(&[], device_addresses)?;
         Some(ext)
     };
+    let cni = endpoints::CniFlags::start(args).await?;
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
     st.nodeport = nodeport;
     st.pod_devices = pods;
+    st.cni = cni;
     if let Some(v) = view {
         apply_view(&mut st, v, device_addresses)?;
     }
@@ -331,6 +340,7 @@ impl Follower {
             self.sync_endpoints(state, &grow, false).await;
         }
         let checks = view.health_checks.clone();
+        endpoints::node_pools(state, &view.pod_cidrs).await;
         let devices = match view.model {
             ModelUpdate::Whole(_) => nodeport::device_addresses(&self.devices).await,
             ModelUpdate::Delta(_) => Ok(Default::default()),

@@ -92,6 +92,8 @@ impl PodDevices {
         Ok(net::links::veths_with_peer_elsewhere(nl)
             .await?
             .into_iter()
+            // The CNI's own endpoints carry the endpoint programs, which include this fallback.
+            .filter(|l| !super::endpoints::veth::is_endpoint_device(&l.name))
             .map(|l| PodDevice {
                 name: l.name,
                 ifindex: l.index,

@@ -56,6 +56,7 @@ impl ClusterTracker {
             local: self.local.keys().copied().collect(),
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks,
+            pod_cidrs: Some(nf.node.pod_cidrs.clone()),
         };
         self.index = Some(index);
         Ok(view)
@@ -96,6 +97,7 @@ impl ClusterTracker {
             local: self.local.keys().copied().collect(),
             internal_addresses,
             health_checks,
+            pod_cidrs: None,
         })
     }
 

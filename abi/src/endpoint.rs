@@ -1,0 +1,40 @@
+//! The cluster network's endpoints: the pods this node's CNI plugin made (`OXI_ENDPOINTS`), read
+//! by the endpoint programs on the host side of every pod veth (`oxilium_endpoint_from_pod` /
+//! `oxilium_endpoint_to_pod`) to deliver pod-to-pod traffic on the node straight into the
+//! destination pod (bpf_redirect_peer).
+use crate::lb::Addr;
+
+pub const MAX_ENDPOINTS: u32 = 65_536;
+
+/// Pin names, relative to the agent's pin folder.
+pub mod names {
+    pub const ENDPOINTS: &str = "OXI_ENDPOINTS";
+    pub const PINNED: [&str; 1] = [ENDPOINTS];
+}
+
+/// `OXI_ENDPOINTS` key: a pod address (IPv4-mapped for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr: Addr,
+}
+
+/// A local pod: its host-side veth and the Ethernet addresses frames to it carry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    /// ifindex of the host-side veth (in the node's namespace).
+    pub ifindex: u32,
+    /// The agent's endpoint id.
+    pub id: u32,
+    /// The pod's security identity (0 until the policy engine assigns them).
+    pub identity: u32,
+    pub flags: u32,
+    /// The pod interface's MAC (destination of delivered frames).
+    pub mac: [u8; 6],
+    /// The host-side veth's MAC (source of delivered frames; the pods' gateway).
+    pub node_mac: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+crate::pod!(EndpointKey, EndpointInfo);

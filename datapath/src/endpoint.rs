@@ -1,0 +1,82 @@
+//! The endpoint programs on the host side of every pod veth the CNI plugin made (tc/:
+//! `oxilium_endpoint_from_pod` on its ingress, `oxilium_endpoint_to_pod` on its egress).
+//!
+//! From the pod, in order:
+//! 1. service translation: the pod fallback of [`crate::podlb::from_pod`] (a packet to a
+//!    `SCOPE_INTERNAL` frontend the socket LB did not translate at connect());
+//! 2. (hook) the source endpoint's egress policy, L7 redirect and bandwidth, once those land;
+//! 3. delivery: a destination in `OXI_ENDPOINTS` (a pod of this node) gets the destination
+//!    endpoint's to-pod work done here ([`to_pod`]: reply translation, and its ingress policy
+//!    hook), its MACs set and is handed straight into the destination pod's namespace with
+//!    bpf_redirect_peer (its host veth's egress is skipped, the stack is not crossed). Anything
+//!    else goes on (TC_ACT_OK) to the node's routing: other nodes, the host, outside.
+//!
+//! To the pod ([`to_pod`]): what the stack routes to the pod (from the host, other nodes,
+//! outside): reply translation ([`crate::podlb::to_pod`]) and (hook) the pod's ingress policy.
+use crate::{
+    headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    podlb::{self, PodMaps},
+    skb::set_macs,
+};
+use abi::{
+    endpoint::{EndpointInfo, EndpointKey, MAX_ENDPOINTS},
+    lb::{Addr, v4_mapped},
+};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::HashMap,
+    helpers::generated::bpf_redirect_peer,
+    macros::btf_map,
+    programs::TcContext,
+};
+
+/// Pod address → local endpoint (abi::endpoint::names::ENDPOINTS).
+#[btf_map]
+pub static OXI_ENDPOINTS: HashMap<EndpointKey, EndpointInfo, { MAX_ENDPOINTS as usize }> =
+    HashMap::new();
+
+/// tc ingress of a pod's host-side veth (packets leaving the pod).
+#[inline(always)]
+pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    let r = podlb::from_pod::<M>(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
+    // Hook: the source endpoint's egress policy, L7 redirect and bandwidth go here.
+    let Some(dst) = destination(ctx) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: read-only lookup; the value is copied.
+    let Some(ep) = (unsafe { OXI_ENDPOINTS.get(&EndpointKey { addr: dst }) }).copied() else {
+        return TC_ACT_OK;
+    };
+    // The destination's own to-pod program is skipped by the redirect: its work is done here.
+    let r = to_pod::<M>(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
+    if set_macs(ctx, &ep.mac, &ep.node_mac).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: plain helper call; TC_ACT_REDIRECT on success, TC_ACT_SHOT otherwise.
+    unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
+}
+
+/// tc egress of a pod's host-side veth (packets to the pod), and the to-pod half of a local
+/// delivery.
+#[inline(always)]
+pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    // Hook: the destination endpoint's ingress policy goes here.
+    podlb::to_pod::<M>(ctx)
+}
+
+/// The IP destination of an Ethernet frame (IPv4 as IPv4-mapped); None for anything else.
+#[inline(always)]
+fn destination(ctx: &TcContext) -> Option<Addr> {
+    let proto: u16 = ctx.load(12).ok()?;
+    match u16::from_be(proto) {
+        ETH_P_IP => Some(v4_mapped(ctx.load::<[u8; 4]>(ETH_HLEN + 16).ok()?)),
+        ETH_P_IPV6 => ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok(),
+        _ => None,
+    }
+}
