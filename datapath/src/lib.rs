@@ -8,6 +8,7 @@ pub mod csum;
 pub mod encap;
 pub mod fib;
 pub mod headers;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
