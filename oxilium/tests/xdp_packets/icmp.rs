@@ -184,7 +184,10 @@ fn client_side_errors_about_dsr_replies_are_tunnelled_to_the_backend() {
             (lb_ip(backend.is_ipv6()), backend),
             "{client}: outer"
         );
-        assert_eq!(v.proto, inner, "{client}: tunnel protocol (the inner family's)");
+        assert_eq!(
+            v.proto, inner,
+            "{client}: tunnel protocol (the inner family's)"
+        );
         assert_eq!(
             hex(&out.data[v.l4..]),
             hex(&input[14..]),
