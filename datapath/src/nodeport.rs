@@ -138,7 +138,7 @@ pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
     let f = &s.flow;
     if f.icmp_error {
         // A local backend's error about a packet it got from a client (DNAT'ed).
-        if icmp::skb::prepare(ctx, s) && icmp::skb::reply(ctx, s) {
+        if icmp::skb::prepare(ctx, s) && icmp::skb::backend_side(ctx, s) {
             return icmp::skb::continue_translated(bytes);
         }
         return TC_ACT_OK as i32;
@@ -265,6 +265,15 @@ fn forward<M: NodePortMaps + AffinityMaps>(
     };
     if t.snat_port == 0 && svc.mode == MODE_DSR {
         // The flow keeps its path: one pinned with a SNAT port stays SNAT'ed after a mode change.
+        let hlen = if f.v6 {
+            IPV6_HLEN
+        } else {
+            encap::outer_v4_len(b.port)
+        };
+        let mtu = icmp::skb::encap_too_big(ctx, f, node, &b.addr, hlen);
+        if mtu != 0 {
+            return icmp::skb::too_big(ctx, f, mtu);
+        }
         if !encap::encap_skb(ctx, f, node, &b.addr, b.port) {
             count::<M>(np::ERROR, bytes);
             return TC_ACT_SHOT as i32;

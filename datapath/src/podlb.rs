@@ -117,7 +117,7 @@ pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     };
     if s.flow.icmp_error {
         // A backend's (or router's) error about a packet the pod sent to a service.
-        if icmp::skb::prepare(ctx, s) && icmp::skb::reply(ctx, s) {
+        if icmp::skb::prepare(ctx, s) && icmp::skb::backend_side(ctx, s) {
             return icmp::skb::continue_translated(bytes);
         }
         return TC_ACT_OK;

@@ -214,7 +214,15 @@ fn router(
     ]);
     // The peer's addresses went with its old device.
     peer.run(&["ip", "addr", "add", &format!("{}/24", gw.0), "dev", peer_if]);
-    peer.run(&["ip", "addr", "add", &format!("{}/64", gw.1), "dev", peer_if, "nodad"]);
+    peer.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/64", gw.1),
+        "dev",
+        peer_if,
+        "nodad",
+    ]);
     peer.run(&["ip", "route", "add", &format!("{f4}.0/24"), "via", near.0]);
     peer.run(&[
         "ip",

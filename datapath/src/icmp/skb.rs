@@ -4,20 +4,25 @@
 //! read and rewritten by direct packet access ([`super::translate`]); its checksums stay right
 //! and its total sum unchanged, so any checksum state the skb is in stays valid.
 use super::{
-    flow_entry, parse_quoted, reply_entry, to_client, to_dnat_backend, to_snat_backend, translate,
+    flow_entry, parse_quoted, reply, reply_entry, to_client, to_dnat_backend, to_snat_backend,
+    translate,
 };
 use crate::{
-    encap, lb,
+    encap,
+    fib::{self, Route},
+    headers::*,
+    lb,
     maps::{OXI_SNAT, Scratch},
     nodeport::NodePortMaps,
+    parse::{Flow, ptr_at},
     skb::{PULL_MAX, set_macs, transmit},
     stats,
 };
 use abi::lb::{Addr, FAMILY_V6, reason};
 use abi::nodeport::Endpoint;
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 
@@ -34,7 +39,7 @@ pub fn prepare(ctx: &TcContext, s: &mut Scratch) -> bool {
 /// place to reach the client (outer header `s.quoted.outer_src` → `outer_dst`). False when it
 /// quotes no translated flow, or the rewrite failed (nothing changed then).
 #[inline(never)]
-pub fn reply(ctx: &TcContext, s: &mut Scratch) -> bool {
+pub fn backend_side(ctx: &TcContext, s: &mut Scratch) -> bool {
     let Some(e) = reply_entry(&s.quoted, &mut s.reply) else {
         return false;
     };
@@ -63,7 +68,7 @@ pub fn nodeport_ingress<M: NodePortMaps>(ctx: &TcContext, s: &mut Scratch, bytes
     if !prepare(ctx, s) {
         return pass(bytes);
     }
-    if reply(ctx, s) {
+    if backend_side(ctx, s) {
         translated(bytes);
         return transmit(ctx, s.flow.v6, &s.quoted.outer_src, &s.quoted.outer_dst);
     }
@@ -171,4 +176,94 @@ pub fn from_pod(ctx: &TcContext, s: &mut Scratch, bytes: u64) -> i32 {
         return TC_ACT_OK as i32;
     }
     continue_translated(bytes)
+}
+
+/// DSR at tc: the usable MTU (the route's towards `dst`, from bpf_fib_lookup, minus the tunnel's
+/// `hlen` bytes) when the flow's packet would not fit once wrapped; 0 when it fits or the route
+/// is unknown (sending decides then). A GSO skb is judged by its segments: the encapsulation
+/// shrinks `gso_size` by `hlen`, so each segment keeps its size on the wire (inner headers +
+/// `gso_size`) and fits if that size does; any other packet grows by `hlen`.
+#[inline(never)]
+pub fn encap_too_big(ctx: &TcContext, f: &Flow, src: &Addr, dst: &Addr, hlen: usize) -> u16 {
+    let skb = ctx.skb.skb;
+    // SAFETY: reads of the program's own context.
+    let (gso, ingress) = unsafe { ((*skb).gso_size as usize, (*skb).ingress_ifindex) };
+    let len = if gso != 0 {
+        let l4 = if f.key.proto == IPPROTO_TCP {
+            // Two bytes (data offset, flags): a one-byte read's bound check is one the
+            // verifier cannot use.
+            match ptr_at::<[u8; 2]>(ctx.data(), ctx.data_end(), f.l4_off + 12) {
+                Some(d) => ((unsafe { (*d)[0] } >> 4) as usize) * 4,
+                None => return 0,
+            }
+        } else {
+            UDP_HLEN
+        };
+        gso + (f.l4_off - f.l3_off) + l4
+    } else {
+        f.l3_len + hlen
+    };
+    if len > 0xffff {
+        return 0;
+    }
+    match fib::lookup(skb as *mut _, ingress, f.v6, src, dst, len as u16) {
+        Route::TooBig(mtu) if mtu as usize > hlen => (mtu as usize - hlen) as u16,
+        _ => 0,
+    }
+}
+
+/// Answers the flow's packet (too big by [`encap_too_big`]: `mtu` is the usable MTU) with ICMP
+/// "fragmentation needed" (IPv4 with DF; without DF it is dropped, `too_big`) or ICMPv6 "packet
+/// too big", from the frontend back to the client, out of the device it came in on (MACs
+/// swapped): the skb is cut to the quote (bpf_skb_change_tail, which also ends a GSO skb's GSO
+/// state), the IP + ICMP headers inserted after the L2 header (bpf_skb_adjust_room) and written
+/// like the XDP LB's ([`super::reply`]).
+#[inline(never)]
+pub fn too_big(ctx: &TcContext, f: &Flow, mtu: u16) -> i32 {
+    let bytes = ctx.len() as u64;
+    if !f.v6 && !f.df {
+        stats::reason(reason::TOO_BIG, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    let v6 = f.v6;
+    // The L2 length as a constant the verifier can bound (the tag flag, not the stored offset).
+    let l2 = if f.vlan {
+        ETH_HLEN + VLAN_HLEN
+    } else {
+        ETH_HLEN
+    };
+    let quote = reply::quote_len(v6, f.l3_len);
+    let hl = reply::headers_len(v6);
+    let skb = ctx.skb.skb;
+    // SAFETY: helpers on the program's own skb.
+    let ok = l2 == f.l3_off
+        && unsafe { bpf_skb_change_tail(skb, (l2 + quote) as u32, 0) } == 0
+        && ctx.adjust_room(hl as i32, BPF_ADJ_ROOM_MAC, 0).is_ok()
+        && ctx.pull_data((l2 + hl + quote) as u32).is_ok();
+    if !ok {
+        stats::reason(reason::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = ptr_at::<[u8; 12]>(start, end, 0) else {
+        return TC_ACT_SHOT as i32;
+    };
+    unsafe {
+        let o = *eth;
+        let mut n = o;
+        let mut i = 0;
+        while i < 6 {
+            n[i] = o[6 + i];
+            n[6 + i] = o[i];
+            i += 1;
+        }
+        *eth = n;
+    }
+    if reply::write(start, end, l2, v6, &f.key.dst, &f.key.src, quote, mtu).is_err() {
+        stats::reason(reason::ERROR, bytes);
+        return TC_ACT_SHOT as i32;
+    }
+    stats::reason(reason::ICMP_TOO_BIG, bytes);
+    // SAFETY: as above.
+    unsafe { bpf_redirect((*skb).ingress_ifindex, 0) as i32 }
 }
