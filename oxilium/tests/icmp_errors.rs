@@ -19,6 +19,7 @@ mod support;
 use serde_json::{Value, json};
 use std::{
     io::ErrorKind,
+    mem::size_of,
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
@@ -27,7 +28,8 @@ use support::{
     cluster::{Cluster, NODE1_EXT4, NODE1_EXT6, NODE1_FAB4, NODE1_FAB6, NODE2_FAB4, NODE2_FAB6},
     fake_api::Res,
     kube_agent::KubeAgent,
-    netns::{Netns, pod_ip, unique, wire_pod},
+    netns::{Netns, enter, pod_ip, unique, wire_pod},
+    servers::Servers,
     topology::{Bed, VIP4, VIP6, backend4, backend6, sa},
 };
 
@@ -171,54 +173,157 @@ fn nodeport_backend_errors_reach_the_client_on_local_snat_and_dsr_paths() {
     }
 }
 
-/// Pod path: pod 2 asks a ClusterIP whose backend (pod 1) has nothing on the target port.
+/// The pod-path bed: a node namespace with pods 1 and 2 (10.244.{1,2}.2), the agent with
+/// `--socket-lb-host-netns-only` and a dual-stack UDP ClusterIP `closed` (10.96.5.1 /
+/// fd96:5::1, port 53) → pod 1 port `target`. Fields drop in order: agent, pods, node.
+struct PodBed {
+    agent: AgentProcess,
+    pods: Vec<Netns>,
+    _node: Netns,
+}
+
+impl PodBed {
+    fn new(target: u16) -> PodBed {
+        let p = unique("ie");
+        let node = Netns::new(&format!("{p}n"));
+        node.run(&["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"]);
+        node.run(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        let pods: Vec<Netns> = (1..=2)
+            .map(|i| {
+                let pod = Netns::new(&format!("{p}p{i}"));
+                wire_pod(&node, &pod, i);
+                pod
+            })
+            .collect();
+        let mut y = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus:\n  addresses: [{{type: InternalIP, address: 10.200.0.1}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: closed, namespace: default}}\nspec:\n  clusterIP: 10.96.5.1\n  clusterIPs: [10.96.5.1, \"fd96:5::1\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports: [{{name: u, port: 53, targetPort: {target}, protocol: UDP}}]\n"
+        );
+        for (fam, ty) in [(4, "IPv4"), (6, "IPv6")] {
+            let a = pod_ip(1, fam == 6);
+            y += &format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: closed-{fam}\n  namespace: default\n  labels: {{kubernetes.io/service-name: closed}}\naddressType: {ty}\nports: [{{name: u, port: {target}, protocol: UDP}}]\nendpoints:\n  - addresses: [\"{a}\"]\n    nodeName: node-a\n"
+            );
+        }
+        let mut agent = AgentProcess::builder(&node, "ie")
+            .args(["--role", "node", "--node", "node-a", "--watch-ms", "100"])
+            .args(["--socket-lb-host-netns-only"])
+            .file_arg("--manifests", "manifests")
+            .cgroup()
+            .build();
+        agent.write_file("manifests/closed.yaml", &y);
+        agent.start();
+        PodBed {
+            agent,
+            pods,
+            _node: node,
+        }
+    }
+
+    fn translated(&self) -> u64 {
+        counter(&self.agent.status(), "icmp_translated")
+    }
+}
+
+/// Pod path, backend side: pod 2 asks a ClusterIP whose backend (pod 1) has nothing on the target
+/// port; pod 1's "port unreachable" is rewritten at pod 2's veth egress.
 #[test]
 fn pod_path_backend_errors_reach_the_pod() {
-    let p = unique("ie");
-    let node = Netns::new(&format!("{p}n"));
-    node.run(&["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"]);
-    node.run(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
-    let pods: Vec<Netns> = (1..=2)
-        .map(|i| {
-            let pod = Netns::new(&format!("{p}p{i}"));
-            wire_pod(&node, &pod, i);
-            pod
-        })
-        .collect();
-    let mut y = String::from(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus:\n  addresses: [{type: InternalIP, address: 10.200.0.1}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: closed, namespace: default}\nspec:\n  clusterIP: 10.96.5.1\n  clusterIPs: [10.96.5.1, \"fd96:5::1\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports: [{name: u, port: 53, targetPort: 9999, protocol: UDP}]\n",
-    );
-    for (fam, ty) in [(4, "IPv4"), (6, "IPv6")] {
-        let a = pod_ip(1, fam == 6);
-        y += &format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: closed-{fam}\n  namespace: default\n  labels: {{kubernetes.io/service-name: closed}}\naddressType: {ty}\nports: [{{name: u, port: 9999, protocol: UDP}}]\nendpoints:\n  - addresses: [\"{a}\"]\n    nodeName: node-a\n"
-        );
-    }
-    let mut agent = AgentProcess::builder(&node, "ie")
-        .args(["--role", "node", "--node", "node-a", "--watch-ms", "100"])
-        .args(["--socket-lb-host-netns-only"])
-        .file_arg("--manifests", "manifests")
-        .cgroup()
-        .build();
-    agent.write_file("manifests/closed.yaml", &y);
-    agent.start();
+    let bed = PodBed::new(CLOSED);
     for cip in ["10.96.5.1", "fd96:5::1"] {
         let to = SocketAddr::new(cip.parse().unwrap(), 53);
-        let before = counter(&agent.status(), "icmp_translated");
-        agent.eventually(
+        let before = bed.translated();
+        bed.agent.eventually(
             Duration::from_secs(20),
             &format!("ECONNREFUSED from {to}"),
-            || refused(&pods[1], to),
+            || refused(&bed.pods[1], to),
         );
-        assert!(
-            counter(&agent.status(), "icmp_translated") > before,
-            "{to}: {}",
-            agent.status()
-        );
+        assert!(bed.translated() > before, "{to}: {}", bed.agent.status());
     }
+}
+
+/// Pod path, client side: pod 2 asks the ClusterIP (pod 1 answers on 8080) and closes its socket
+/// at once; the answer, restored to come from the ClusterIP, meets a closed port, and pod 2's
+/// "port unreachable" (to the ClusterIP, quoting ClusterIP:53 → pod 2) is rewritten at its veth
+/// ingress. Pod 1 receives it on a raw ICMP socket: from pod 2, quoting pod 1:8080 → pod 2, every
+/// checksum right.
+#[test]
+fn pod_path_pod_errors_reach_the_backend() {
+    let bed = PodBed::new(8080);
+    let pod1 = pod_ip(1, false);
+    let _server = Servers::start(&bed.pods[0], "b1", &[SocketAddr::new(pod1, 8080)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = bed.pods[0].path();
+    let sniffer = std::thread::spawn(move || {
+        enter(&path);
+        // SAFETY: plain socket calls on a descriptor this thread owns.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                size_of::<libc::timeval>() as u32,
+            );
+        }
+        tx.send(()).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            let mut buf = [0u8; 1500];
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            if n > 0 {
+                got.push(buf[..n as usize].to_vec());
+                break;
+            }
+        }
+        unsafe { libc::close(fd) };
+        got
+    });
+    rx.recv().unwrap();
+    let to = SocketAddr::new("10.96.5.1".parse().unwrap(), 53);
+    let mut sports = Vec::new();
+    for _ in 0..20 {
+        sports.push(bed.pods[1].exec(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(to).unwrap();
+            s.send(b"ask and go").unwrap();
+            s.local_addr().unwrap().port()
+        }));
+        std::thread::sleep(Duration::from_millis(200));
+        if bed.translated() > 0 {
+            break;
+        }
+    }
+    let got = sniffer.join().unwrap();
+    let pkt = got
+        .first()
+        .unwrap_or_else(|| panic!("no ICMP at pod 1: {}", bed.agent.status()));
+    let frame = support::packet::ether(pkt, None);
+    support::packet::verify_checksums(&frame).unwrap();
+    let v = support::packet::view(&frame);
+    assert_eq!((v.src, v.dst), (pod_ip(2, false), pod1), "outer");
+    assert_eq!(&frame[v.l4..v.l4 + 2], &[3, 3], "port unreachable");
+    let quote = &frame[v.l4 + 8..v.l3 + v.l3_len];
+    assert!(support::packet::ipv4_header_ok(quote), "quoted IPv4 header");
+    let q = support::packet::view(&support::packet::ether(quote, None));
+    assert_eq!(
+        (q.src, q.sport, q.dst),
+        (pod1, 8080, pod_ip(2, false)),
+        "quoted: the backend's datagram as it sent it"
+    );
+    assert!(
+        sports.contains(&q.dport),
+        "quoted port {} of {sports:?}",
+        q.dport
+    );
 }
