@@ -29,7 +29,7 @@ use std::{
     process::{Child, Stdio},
 };
 use support::{
-    cluster::{Cluster, NODE1_EXT4, NODE1_FAB4, NODE1_FAB6, NODE2_FAB4, NODE2_FAB6},
+    cluster::{Cluster, NODE1_EXT4, NODE1_EXT6, NODE1_FAB4, NODE1_FAB6, NODE2_FAB4, NODE2_FAB6},
     fake_api::Res,
     kube_agent::KubeAgent,
     netns::{Netns, unique, veth},
@@ -317,9 +317,10 @@ fn nodes() -> [(Res, Value); 2] {
         let mut a =
             json!([{"type": "InternalIP", "address": v4}, {"type": "InternalIP", "address": v6}]);
         if name == "node1" {
-            a.as_array_mut()
-                .unwrap()
-                .push(json!({"type": "ExternalIP", "address": NODE1_EXT4}));
+            a.as_array_mut().unwrap().extend([
+                json!({"type": "ExternalIP", "address": NODE1_EXT4}),
+                json!({"type": "ExternalIP", "address": NODE1_EXT6}),
+            ]);
         }
         (
             Res::Nodes,
@@ -345,6 +346,8 @@ fn http_service(
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "type": "NodePort", "clusterIP": format!("10.96.2.{n}"),
+            "clusterIPs": [format!("10.96.2.{n}"), format!("fd96:2::{n}")],
+            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
             "ports": [{"name": "http", "port": 8000, "targetPort": 8000, "protocol": "TCP", "nodePort": node_port}],
         },
     });
@@ -352,15 +355,21 @@ fn http_service(
         svc["metadata"]["annotations"] = json!({"service.cilium.io/forwarding-mode": "dsr"});
     }
     let p = c.pod(pod);
-    let slice = json!({
-        "metadata": {"name": format!("{name}-v4"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [p.v4.to_string()], "nodeName": format!("node{}", p.node),
-                       "conditions": {"ready": true}}],
-    });
-    vec![(Res::Services, svc), (Res::EndpointSlices, slice)]
+    let mut out = vec![(Res::Services, svc)];
+    for (fam, ty, addr) in [(4, "IPv4", p.v4), (6, "IPv6", p.v6)] {
+        out.push((
+            Res::EndpointSlices,
+            json!({
+                "metadata": {"name": format!("{name}-v{fam}"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": ty,
+                "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [addr.to_string()], "nodeName": format!("node{}", p.node),
+                               "conditions": {"ready": true}}],
+            }),
+        ));
+    }
+    out
 }
 
 /// NodePort with the node agents: a pod of the node (DNAT), a pod of another node (SNAT) and
@@ -374,7 +383,7 @@ fn nodeport_local_snat_and_dsr_downloads_over_a_smaller_path_mtu() {
         &c.node1,
         "ext0",
         ("192.168.50.2", "fd50::2"),
-        (NODE1_EXT4, "fd50::1"),
+        (NODE1_EXT4, NODE1_EXT6),
         ("192.168.60", "fd60"),
     );
     c.node1
@@ -392,7 +401,7 @@ fn nodeport_local_snat_and_dsr_downloads_over_a_smaller_path_mtu() {
         p.ns.run(&[
             "ethtool", "-K", "eth0", "tso", "on", "gso", "on", "tx", "on",
         ]);
-        http.serve(&p.ns, &p.v4.to_string(), 8000);
+        http.serve(&p.ns, "::", 8000);
     }
     let mut k1 = KubeAgent::serve(&c.node1, "node1", &["ext0", "fab0"]);
     let mut k2 = KubeAgent::serve(&c.node2, "node2", &["fab0"]);
@@ -403,11 +412,15 @@ fn nodeport_local_snat_and_dsr_downloads_over_a_smaller_path_mtu() {
         k.put(http_service(&c, "dsr", 3, 30203, "p21", true));
     }
     k2.start();
-    k2.wait_local_endpoints(1);
+    k2.wait_local_endpoints(2);
     k1.start();
-    k1.wait_local_endpoints(1);
-    for (port, what) in [(30201, "local"), (30202, "snat"), (30203, "dsr")] {
-        let url = format!("http://{NODE1_EXT4}:{port}/blob");
+    k1.wait_local_endpoints(2);
+    let fronts = [NODE1_EXT4.to_string(), format!("[{NODE1_EXT6}]")];
+    for (front, (port, what)) in fronts
+        .iter()
+        .flat_map(|f| [(30201, "local"), (30202, "snat"), (30203, "dsr")].map(|c| (f, c)))
+    {
+        let url = format!("http://{front}:{port}/blob");
         k1.eventually(&format!("{what}: {url}"), || {
             http.download(&c.client, &url)
                 .map_err(|e| format!("{e}; node2: {}", k2.status()["counters"]))
@@ -416,11 +429,14 @@ fn nodeport_local_snat_and_dsr_downloads_over_a_smaller_path_mtu() {
     let (s1, s2) = (k1.status(), k2.status());
     // node1 translated errors for the local and SNAT flows and tunnelled the DSR one; node2 took
     // the tunnel off and DNAT'ed the error to the pod.
-    assert!(k1.counter("icmp_translated", true) >= 3, "{s1}");
-    assert!(k2.counter("icmp_translated", true) >= 1, "{s2}");
+    assert!(k1.counter("icmp_translated", true) >= 6, "{s1}");
+    assert!(k2.counter("icmp_translated", true) >= 2, "{s2}");
     assert_learnt(&c.pod("p11").ns, "192.168.60.2", "local");
     assert_learnt(&c.pod("p21").ns, NODE1_FAB4, "SNAT");
     assert_learnt(&c.pod("p21").ns, "192.168.60.2", "DSR");
+    assert_learnt(&c.pod("p11").ns, "fd60::2", "local IPv6");
+    assert_learnt(&c.pod("p21").ns, NODE1_FAB6, "SNAT IPv6");
+    assert_learnt(&c.pod("p21").ns, "fd60::2", "DSR IPv6");
     assert_eq!(k1.counter("error", false), 0, "{s1}");
     assert_eq!(k2.counter("error", false), 0, "{s2}");
 }

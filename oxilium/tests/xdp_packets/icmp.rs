@@ -315,10 +315,24 @@ fn too_big_dsr_packets_are_answered_with_the_usable_mtu() {
         f[6..12].copy_from_slice(&dst);
         f
     };
-    for (client, vip, mtu, quote) in [
-        ("192.168.7.16:33050", "10.10.0.2:80", 1480u32, 548usize),
-        ("[fd99::16]:33050", "[fd10::2]:80", 1460, 1232),
+    for (client, vip, mtu, quote, vlan) in [
+        (
+            "192.168.7.16:33050",
+            "10.10.0.2:80",
+            1480u32,
+            548usize,
+            None,
+        ),
+        (
+            "192.168.7.16:33052",
+            "10.10.0.2:80",
+            1480,
+            548,
+            Some(0x2064u16),
+        ),
+        ("[fd99::16]:33050", "[fd10::2]:80", 1460, 1232, None),
     ] {
+        let l2 = if vlan.is_some() { 18 } else { 14 };
         let (client, vip) = (sa(client), sa(vip));
         let v6 = client.is_ipv6();
         let hdr = if v6 { 60 } else { 40 };
@@ -328,7 +342,7 @@ fn too_big_dsr_packets_are_answered_with_the_usable_mtu() {
                 vip.ip(),
                 tcp(client.port(), 80, &[], &vec![0x61; 1500 - hdr]),
             ),
-            None,
+            vlan,
         );
         // One that fits is tunnelled.
         let fits = ether(
@@ -337,20 +351,22 @@ fn too_big_dsr_packets_are_answered_with_the_usable_mtu() {
                 vip.ip(),
                 tcp(client.port(), 80, &[], &vec![0x61; 1400 - hdr]),
             ),
-            None,
+            vlan,
         );
+        // (A tagged frame always leaves where it came in.)
+        let tunnelled = if vlan.is_some() { XDP_TX } else { XDP_REDIRECT };
         assert_eq!(
             lb.run_on(&fits, Some(va)).action,
-            XDP_REDIRECT,
+            tunnelled,
             "{client}: 1400 bytes"
         );
         let before = lb.count(reason::ICMP_TOO_BIG);
         let out = lb.run_on(&big, Some(va));
         assert_eq!(out.action, XDP_TX, "{client}: 1500 bytes");
         let msg = if v6 {
-            icmp_with(true, 2, 0, mtu6(mtu), &big[14..14 + quote])
+            icmp_with(true, 2, 0, mtu6(mtu), &big[l2..l2 + quote])
         } else {
-            icmp_with(false, 3, 4, mtu4(mtu as u16), &big[14..14 + quote])
+            icmp_with(false, 3, 4, mtu4(mtu as u16), &big[l2..l2 + quote])
         };
         let want = match (vip.ip(), client.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -365,10 +381,14 @@ fn too_big_dsr_packets_are_answered_with_the_usable_mtu() {
             }
             _ => unreachable!(),
         };
-        let want = swap(ether(&want, None));
+        let want = swap(ether(&want, vlan));
         assert_eq!(hex(&out.data), hex(&want), "{client}: the error");
-        assert!(out.data.len() - 14 <= if v6 { 1280 } else { 576 });
-        verify_error(&out.data, false);
+        assert!(out.data.len() - l2 <= if v6 { 1280 } else { 576 });
+        if vlan.is_none() {
+            verify_error(&out.data, false);
+        } else {
+            verify_checksums(&out.data).unwrap();
+        }
         assert_eq!(lb.count(reason::ICMP_TOO_BIG), before + 1);
     }
     // IPv4 without DF: nothing to tell the sender (it lets routers fragment): dropped.
