@@ -178,6 +178,10 @@ pub fn from_pod(ctx: &TcContext, s: &mut Scratch, bytes: u64) -> i32 {
     continue_translated(bytes)
 }
 
+/// Packets at most this long once wrapped are not checked by [`encap_too_big`] (IPv6's minimum
+/// link MTU).
+pub const MIN_CHECKED: usize = 1280;
+
 /// DSR at tc: the usable MTU (the route's towards `dst`, from bpf_fib_lookup, minus the tunnel's
 /// `hlen` bytes) when the flow's packet would not fit once wrapped; 0 when it fits or the route
 /// is unknown (sending decides then). A GSO skb is judged by its segments: the encapsulation
@@ -203,7 +207,9 @@ pub fn encap_too_big(ctx: &TcContext, f: &Flow, src: &Addr, dst: &Addr, hlen: us
     } else {
         f.l3_len + hlen
     };
-    if len > 0xffff {
+    // Small packets skip the lookup (a FIB lookup costs as much as a whole fast path): no link
+    // carries less than IPv6's minimum MTU between nodes.
+    if len <= MIN_CHECKED || len > 0xffff {
         return 0;
     }
     match fib::lookup(skb as *mut _, ingress, f.v6, src, dst, len as u16) {
