@@ -82,10 +82,11 @@ pub fn nodeport_ingress<M: NodePortMaps>(ctx: &TcContext, s: &mut Scratch, bytes
     let Some(node) = lb::lb_addr(f.v6) else {
         return pass(bytes);
     };
+    // SAFETY: read-only lookup of a value the agent writes whole.
+    let local = unsafe { M::endpoints().get(&b.addr) };
     if c.snat_port != 0 {
         to_snat_backend(&mut s.quoted, b, node, c.snat_port, &mut s.rewrite);
-    } else if let Some(ep) = unsafe { M::endpoints().get(&b.addr) } {
-        // SAFETY (above): read-only lookup of a value the agent writes whole.
+    } else if let Some(ep) = local {
         to_dnat_backend(&mut s.quoted, f, &b.addr, b.port, &mut s.rewrite);
         return to_pod(ctx, s, ep, bytes);
     } else {
