@@ -48,6 +48,8 @@ pub struct Tally {
     pub packets: u64,
     pub verdicts: BTreeMap<u32, u64>,
     pub kinds: BTreeMap<&'static str, u64>,
+    /// Counter increments the model expected, by reason: what the run exercised.
+    pub reasons: BTreeMap<u32, u64>,
     pub differences: u64,
     pub shown: Vec<String>,
     pub ambiguous: u64,
@@ -78,19 +80,26 @@ impl Tally {
             .map(|(v, n)| format!("{v}:{n}"))
             .collect();
         let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{}:{n}", abi::lb::reason::NAMES[*r as usize]))
+            .collect();
         println!(
-            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}",
+            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}\n  reasons {{{}}}",
             self.program,
             self.seed,
             self.packets,
             verdicts.join(" "),
             self.differences,
             self.ambiguous,
-            kinds.join(" ")
+            kinds.join(" "),
+            reasons.join(" ")
         );
     }
 
-    pub fn assert_clean(&self) {
+    pub fn assert_clean(&mut self) {
+        self.collect_reasons();
         self.report();
         assert_eq!(
             self.differences, 0,
@@ -161,6 +170,7 @@ pub fn compare(
             hex(&x.out)
         ));
     }
+    tally_reasons(x);
     let mut want = vec![(0u64, 0u64); reasons.len()];
     for &(r, b) in &x.reasons {
         want[r as usize].0 += 1;
@@ -212,4 +222,23 @@ pub fn compare(
         };
     }
     bad
+}
+
+thread_local! {
+    static REASONS: std::cell::RefCell<BTreeMap<u32, u64>> = Default::default();
+}
+
+fn tally_reasons(x: &Expect) {
+    REASONS.with(|m| {
+        for (r, _) in &x.reasons {
+            *m.borrow_mut().entry(*r).or_default() += 1;
+        }
+    });
+}
+
+impl Tally {
+    /// Takes the reasons this thread's comparisons expected (call before `assert_clean`).
+    pub fn collect_reasons(&mut self) {
+        REASONS.with(|m| self.reasons = std::mem::take(&mut *m.borrow_mut()));
+    }
 }

@@ -3,6 +3,8 @@
 //! frames, BPF_PROG_TEST_RUN, and a comparison of verdict, output bytes, counters and map
 //! entries. See docs/datapath-tests.md, "Differential fuzzing".
 pub mod ct;
+pub mod decap;
+pub mod decap_run;
 pub mod frames;
 pub mod harness;
 pub mod icmp;
