@@ -19,7 +19,6 @@ mod fuzz;
 #[allow(dead_code)]
 mod packet;
 #[path = "support/xdp_lb.rs"]
-#[allow(dead_code)]
 mod xdp_lb;
 
 use abi::lb::LbConfig;
@@ -121,6 +120,60 @@ fn decap_matches_the_model() {
         let scene = edge_scene(&xdp_lb::model());
         fuzz::decap_run::fuzz(&scene, &[LB4.into(), LB6.into()], &mut rng, n, &mut t);
         t.assert_clean();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Regressions of the differences the fuzzer found in the parser (datapath/src/parse.rs), each
+/// through the real program: passed unchanged and counted `malformed`.
+/// - An IPv4 total length that ends inside the TCP header, the rest of the header in the frame's
+///   trailer: the ports were read from the trailer and the packet translated.
+/// - An IPv6 packet with five extension headers: the fifth one's type was taken for the upper
+///   layer (counted `pass`), where docs/edge-lb.md says more than four are malformed.
+#[test]
+fn parser_regressions_found_by_fuzzing() {
+    std::thread::spawn(|| {
+        let lb = xdp_lb::Lb::new(xdp_lb::model());
+        let client = xdp_lb::sa("192.168.7.7:1043");
+        let vip = xdp_lb::sa("10.10.0.1:80");
+        let mut f = xdp_lb::tcp_frame(None)(client, vip);
+        // tot_len = 20 + 10: half the TCP header (and the payload) left in the trailer.
+        f[16..18].copy_from_slice(&30u16.to_be_bytes());
+        let c = fuzz::wire::ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        xdp_lb::passes_unchanged(
+            &lb,
+            &f,
+            abi::lb::reason::MALFORMED,
+            "L4 header past tot_len",
+        );
+
+        let hbh = |next: u8| vec![next, 0, 1, 4, 0, 0, 0, 0];
+        let mut l3 = vec![0x60, 0, 0, 0];
+        let tcp = fuzz::frames::tcp(1043, 443, 0x02, &[], &[]);
+        let mut chain = Vec::new();
+        for next in [60, 60, 60, 60, 6] {
+            chain.extend(hbh(next));
+        }
+        l3.extend_from_slice(&((chain.len() + tcp.len()) as u16).to_be_bytes());
+        l3.extend_from_slice(&[0, 64]);
+        l3.extend_from_slice(
+            &"2001:db8:7::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        l3.extend_from_slice(&"fd10::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        l3.extend(chain);
+        l3.extend(tcp);
+        let f = fuzz::frames::ether(0x86dd, fuzz::frames::Vlan::None, &l3, &[]);
+        xdp_lb::passes_unchanged(
+            &lb,
+            &f,
+            abi::lb::reason::MALFORMED,
+            "five extension headers",
+        );
     })
     .join()
     .unwrap();
