@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod ct;
+pub mod event;
 pub mod lb;
 pub mod nodeport;
 pub mod policy;

@@ -6,6 +6,7 @@
 pub mod affinity;
 pub mod csum;
 pub mod encap;
+pub mod events;
 pub mod fib;
 pub mod headers;
 pub mod lb;

@@ -59,6 +59,8 @@ pub struct Scratch {
     pub reply: FlowKey,
     /// A new flow's SNAT entry while its port is chosen.
     pub snat: SnatEntry,
+    /// The program, interface and length of the packet, for its events (crate::events).
+    pub ev: crate::events::EventCtx,
 }
 
 #[btf_map]

@@ -5,4 +5,6 @@ pub mod agent;
 pub mod api;
 pub mod bpf;
 pub mod cli;
+pub mod events;
+pub mod metrics;
 pub mod sysctl;

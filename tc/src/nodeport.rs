@@ -26,11 +26,13 @@ impl AffinityMaps for Maps {
 /// translated to a backend, remote backends' replies restored, DSR tunnels to local pods taken off.
 #[classifier]
 pub fn oxilium_nodeport_ingress(ctx: TcContext) -> i32 {
+    crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_INGRESS);
     ingress::<Maps>(&ctx)
 }
 
 /// tc egress of the node's external devices: local backends' replies restored.
 #[classifier]
 pub fn oxilium_nodeport_egress(ctx: TcContext) -> i32 {
+    crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_EGRESS);
     egress::<Maps>(&ctx)
 }

@@ -38,11 +38,13 @@ impl PodMaps for Maps {
 /// tc ingress of a pod's host-side veth (packets leaving the pod): frontends translated.
 #[classifier]
 pub fn oxilium_pod_ingress(ctx: TcContext) -> i32 {
+    crate::begin(&ctx, abi::event::PROG_TC_POD_INGRESS);
     from_pod::<Maps>(&ctx)
 }
 
 /// tc egress of a pod's host-side veth (packets to the pod): replies restored.
 #[classifier]
 pub fn oxilium_pod_egress(ctx: TcContext) -> i32 {
+    crate::begin(&ctx, abi::event::PROG_TC_POD_EGRESS);
     to_pod::<Maps>(&ctx)
 }

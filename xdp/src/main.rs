@@ -18,6 +18,7 @@ use aya_ebpf::{
 use datapath::{
     fib::{self, Route},
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
+    events,
     lb::{self, Target},
     maps, nat,
     parse::{self, Flow, Fragment, Parsed, ptr_at},
@@ -28,6 +29,11 @@ use datapath::{
 pub fn oxilium_lb(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let bytes = (end - start) as u64;
+    events::begin(
+        abi::event::PROG_XDP_LB,
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        bytes as u32,
+    );
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
@@ -62,7 +68,11 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn count(r: u32, bytes: u64, action: u32) -> u32 {
-    stats::reason(r, bytes);
+    if action == XDP_DROP {
+        stats::drop(r, bytes);
+    } else {
+        stats::reason(r, bytes);
+    }
     action
 }
 

@@ -32,6 +32,11 @@ datapath::nodeport_maps!();
 pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let bytes = (end - start) as u64;
+    datapath::events::begin(
+        abi::event::PROG_XDP_NODEPORT,
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        bytes as u32,
+    );
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
@@ -75,14 +80,14 @@ fn forward(
 ) -> u32 {
     let r = lb::select_with(f, svc, bytes, t, dp::new_flow::<Maps>);
     if r == lb::REFUSED {
-        dp::count::<Maps>(np::SOURCE_RANGE, bytes);
+        dp::drop::<Maps>(np::SOURCE_RANGE, bytes);
         return XDP_DROP;
     }
     if r != 0 {
         return count(r, bytes, XDP_DROP);
     }
     if (t.backend.family == FAMILY_V6) != f.v6 {
-        dp::count::<Maps>(np::FAMILY, bytes);
+        dp::drop::<Maps>(np::FAMILY, bytes);
         return XDP_DROP;
     }
     // SAFETY: read-only lookup of a value the agent writes whole.

@@ -1,0 +1,193 @@
+//! Datapath events (records in `abi::event`): the one place every program writes them.
+//!
+//! A program calls [`begin`] on entry (its id, interface and packet length go into the per-CPU
+//! scratch space, and the flow key there is cleared so a malformed packet never reports an
+//! earlier packet's tuple); the parser then fills the flow. Afterwards the central points call
+//! in: [`drop`] beside the drop counters (`crate::stats::drop`, the NodePort and pod drop
+//! helpers), [`translate`] where a new flow gets its backend (`crate::lb::open`), [`trace`]
+//! beside every counted step (`crate::stats::reason` and the NodePort / pod counters).
+//!
+//! Events never change a verdict: every function here returns nothing and only reads the packet's
+//! state. A record is written only when its kind is switched on (`OXI_EVENT_CONFIG`), its flow is
+//! within its rate (a GCRA per flow hash in the LRU `OXI_EVENT_LIMIT`: `flow_rate` events per
+//! second after a burst of `flow_burst`) and the ring has room; the lost ones are counted in
+//! `OXI_EVENT_STATS`.
+use crate::maps::{self, Scratch};
+use abi::event::{
+    CFG_NO_DROPS, CFG_NO_TRANSLATIONS, CFG_TRACE, DEFAULT_FLOW_BURST, DEFAULT_FLOW_RATE,
+    DEFAULT_RING_BYTES, Event, EventConfig, KIND_DROP, KIND_TRACE, KIND_TRANSLATE, LimitValue,
+    MAX_LIMITED_FLOWS, stat,
+};
+use abi::lb::{FlowKey, flow_hash};
+use aya_ebpf::{
+    btf_maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    helpers::bpf_ktime_get_ns,
+    macros::btf_map,
+};
+
+/// The node's event ring (its size is set by the agent at load: `--events-ring-bytes`).
+#[btf_map]
+pub static OXI_EVENTS: RingBuf<Event, { DEFAULT_RING_BYTES as usize }> = RingBuf::new();
+
+#[btf_map]
+pub static OXI_EVENT_CONFIG: Array<EventConfig, 1> = Array::new();
+
+/// Flow hash → the theoretical arrival time of its next event (ns).
+#[btf_map]
+pub static OXI_EVENT_LIMIT: LruHashMap<u32, LimitValue, { MAX_LIMITED_FLOWS as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static OXI_EVENT_STATS: PerCpuArray<u64, { stat::COUNT as usize }> = PerCpuArray::new();
+
+/// Per-packet event context, kept in the scratch space.
+#[derive(Clone, Copy)]
+pub struct EventCtx {
+    pub ifindex: u32,
+    pub bytes: u32,
+    pub prog: u8,
+}
+
+/// Starts a packet: records the program and interface, clears the flow key.
+#[inline(always)]
+pub fn begin(prog: u8, ifindex: u32, bytes: u32) {
+    if let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch; the program has not taken its references yet.
+        unsafe {
+            (*s).ev = EventCtx {
+                ifindex,
+                bytes,
+                prog,
+            };
+            (*s).flow.key = FlowKey::default();
+        }
+    }
+}
+
+#[inline(always)]
+fn config() -> u32 {
+    match OXI_EVENT_CONFIG.get(0) {
+        Some(c) => c.flags,
+        None => 0,
+    }
+}
+
+/// A drop of reason `reason` (an index of counter set `set`).
+#[inline(always)]
+pub fn drop(set: u8, reason: u32) {
+    if config() & CFG_NO_DROPS == 0 {
+        emit(KIND_DROP, set, reason, 0);
+    }
+}
+
+/// A new flow of service `service_id` got the backend in the scratch space's target.
+#[inline(always)]
+pub fn translate(service_id: u32) {
+    if config() & CFG_NO_TRANSLATIONS == 0 {
+        emit(KIND_TRANSLATE, 0, 0, service_id);
+    }
+}
+
+/// A counted step (trace point), when switched on.
+#[inline(always)]
+pub fn trace(set: u8, reason: u32) {
+    if config() & CFG_TRACE != 0 {
+        emit(KIND_TRACE, set, reason, 0);
+    }
+}
+
+#[inline(always)]
+fn count(i: u32) {
+    if let Some(c) = OXI_EVENT_STATS.get_ptr_mut(i) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// True when the flow may write one more event now (GCRA: at most `burst` at once, then one
+/// per `1 / rate` seconds).
+#[inline(always)]
+fn within_rate(key: &FlowKey, now: u64) -> bool {
+    let (mut rate, mut burst) = (DEFAULT_FLOW_RATE, DEFAULT_FLOW_BURST);
+    if let Some(c) = OXI_EVENT_CONFIG.get(0) {
+        if c.flow_rate != 0 {
+            rate = c.flow_rate;
+        }
+        if c.flow_burst != 0 {
+            burst = c.flow_burst;
+        }
+    }
+    let interval = 1_000_000_000u64 / rate as u64;
+    let tolerance = interval * (burst.saturating_sub(1) as u64);
+    let h = flow_hash(key, 0xe7e7);
+    match OXI_EVENT_LIMIT.get_ptr_mut(&h) {
+        Some(p) => {
+            // SAFETY: LRU value; racing CPUs only let an extra event through.
+            let tat = unsafe { *p };
+            let tat = if tat > now { tat } else { now };
+            if tat - now > tolerance {
+                return false;
+            }
+            unsafe { *p = tat + interval };
+            true
+        }
+        None => {
+            let _ = OXI_EVENT_LIMIT.insert(&h, &(now + interval), 0);
+            true
+        }
+    }
+}
+
+/// Writes one record from the scratch space's flow, event context and (translations) target.
+#[inline(never)]
+fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
+    let Some(s) = maps::OXI_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    let s: *const Scratch = s;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's scratch, read only; the callers' references into it are not used
+    // while this runs.
+    let key = unsafe { &(*s).flow.key };
+    if !within_rate(key, now) {
+        count(stat::RATE_LIMITED);
+        return;
+    }
+    let Some(mut e) = OXI_EVENTS.reserve(0) else {
+        count(stat::RING_FULL);
+        return;
+    };
+    let p = e.as_mut_ptr();
+    // SAFETY: `p` is the reserved record, written whole before it is submitted.
+    unsafe {
+        let ev = &(*s).ev;
+        let t = &(*s).target;
+        let translate = kind == KIND_TRANSLATE;
+        p.write(Event {
+            time_ns: now,
+            kind,
+            prog: ev.prog,
+            reason_set: set,
+            proto: key.proto,
+            reason,
+            ifindex: ev.ifindex,
+            bytes: ev.bytes,
+            service_id,
+            backend_id: if translate { t.backend_id } else { 0 },
+            src: key.src,
+            dst: key.dst,
+            sport: key.sport,
+            dport: key.dport,
+            backend_port: if translate { t.backend.port } else { 0 },
+            verdict: 0,
+            tcp_flags: (*s).flow.tcp_flags,
+            backend: if translate { t.backend.addr } else { [0; 16] },
+            src_identity: 0,
+            dst_identity: 0,
+            rule: 0,
+            _pad: 0,
+        });
+    }
+    e.submit(0);
+    count(stat::WRITTEN);
+}
