@@ -1,6 +1,7 @@
 //! Command-line entry: parses flags and dispatches to the agent or a client command.
 mod client;
 mod maglev_table;
+mod monitor;
 pub mod policy;
 mod service_offline;
 
@@ -58,6 +59,11 @@ enum Command {
     /// Identity and network policy (offline with --manifests).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Follow the datapath's events live: drops with their reason, translations, trace points.
+    Monitor(Box<monitor::MonitorArgs>),
+    /// Datapath events: switch trace points, show the events' counters.
+    #[command(subcommand)]
+    Events(monitor::EventsCmd),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +129,8 @@ pub fn main() -> ExitCode {
         }
         Command::Ct(CtCmd::List(c)) => client::show(&c, "/ct", client::Kind::Conntrack),
         Command::Policy(c) => policy::run(c),
+        Command::Monitor(m) => monitor::run(&m),
+        Command::Events(c) => monitor::events(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
