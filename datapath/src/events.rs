@@ -7,6 +7,9 @@
 //! helpers), [`translate`] where a new flow gets its backend (`crate::lb::open`), [`trace`]
 //! beside every counted step (`crate::stats::reason` and the NodePort / pod counters).
 //!
+//! The points only note the event in the scratch space; [`end`], called by every program on its
+//! way out, writes them (the ring's helpers need stack the deepest points do not have).
+//!
 //! Events never change a verdict: every function here returns nothing and only reads the packet's
 //! state. A record is written only when its kind is switched on (`OXI_EVENT_CONFIG`), its flow is
 //! within its rate (a GCRA per flow hash in the LRU `OXI_EVENT_LIMIT`: `flow_rate` events per
@@ -40,12 +43,27 @@ pub static OXI_EVENT_LIMIT: LruHashMap<u32, LimitValue, { MAX_LIMITED_FLOWS as u
 #[btf_map]
 pub static OXI_EVENT_STATS: PerCpuArray<u64, { stat::COUNT as usize }> = PerCpuArray::new();
 
+/// Events a packet may leave pending for [`end`]; more are not recorded.
+pub const MAX_PENDING: usize = 4;
+
+/// An event recorded while the packet is processed, written by [`end`].
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub reason: u32,
+    pub service_id: u32,
+    pub kind: u8,
+    pub set: u8,
+}
+
 /// Per-packet event context, kept in the scratch space.
 #[derive(Clone, Copy)]
 pub struct EventCtx {
     pub ifindex: u32,
     pub bytes: u32,
     pub prog: u8,
+    /// Events pending in `pending`.
+    pub n: u8,
+    pub pending: [Pending; MAX_PENDING],
 }
 
 /// Starts a packet: records the program and interface, clears the flow key.
@@ -54,11 +72,10 @@ pub fn begin(prog: u8, ifindex: u32, bytes: u32) {
     if let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch; the program has not taken its references yet.
         unsafe {
-            (*s).ev = EventCtx {
-                ifindex,
-                bytes,
-                prog,
-            };
+            (*s).ev.ifindex = ifindex;
+            (*s).ev.bytes = bytes;
+            (*s).ev.prog = prog;
+            (*s).ev.n = 0;
             (*s).flow.key = FlowKey::default();
         }
     }
@@ -76,7 +93,7 @@ fn config() -> u32 {
 #[inline(always)]
 pub fn drop(set: u8, reason: u32) {
     if config() & CFG_NO_DROPS == 0 {
-        emit(KIND_DROP, set, reason, 0);
+        record(KIND_DROP, set, reason, 0);
     }
 }
 
@@ -84,7 +101,7 @@ pub fn drop(set: u8, reason: u32) {
 #[inline(always)]
 pub fn translate(service_id: u32) {
     if config() & CFG_NO_TRANSLATIONS == 0 {
-        emit(KIND_TRANSLATE, 0, 0, service_id);
+        record(KIND_TRANSLATE, 0, 0, service_id);
     }
 }
 
@@ -92,8 +109,62 @@ pub fn translate(service_id: u32) {
 #[inline(always)]
 pub fn trace(set: u8, reason: u32) {
     if config() & CFG_TRACE != 0 {
-        emit(KIND_TRACE, set, reason, 0);
+        record(KIND_TRACE, set, reason, 0);
     }
+}
+
+/// Keeps an event for [`end`]: the points that report events may run several calls deep, where
+/// the verifier's bound on a call chain's stack (512 bytes) leaves no room for the ring's
+/// helpers; the program writes them on its way out, one call from its entry.
+#[inline(always)]
+fn record(kind: u8, set: u8, reason: u32, service_id: u32) {
+    let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch; only the event context is written.
+    unsafe {
+        let ev = &mut *core::ptr::addr_of_mut!((*s).ev);
+        let n = ev.n as usize;
+        if n < MAX_PENDING {
+            ev.pending[n] = Pending {
+                reason,
+                service_id,
+                kind,
+                set,
+            };
+            ev.n = n as u8 + 1;
+        }
+    }
+}
+
+/// Writes the packet's pending events; every program calls it on its way out (after its
+/// verdict is decided: nothing here changes it).
+#[inline(always)]
+pub fn end() {
+    let Some(s) = maps::OXI_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, read only.
+    if unsafe { (*s).ev.n } != 0 {
+        flush();
+    }
+}
+
+#[inline(never)]
+fn flush() {
+    let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    for i in 0..MAX_PENDING {
+        // SAFETY: this CPU's scratch.
+        let (n, p) = unsafe { ((*s).ev.n as usize, (*s).ev.pending[i]) };
+        if i >= n {
+            break;
+        }
+        emit(p.kind, p.set, p.reason, p.service_id);
+    }
+    // SAFETY: as above.
+    unsafe { (*s).ev.n = 0 };
 }
 
 #[inline(always)]
@@ -139,7 +210,7 @@ fn within_rate(key: &FlowKey, now: u64) -> bool {
 }
 
 /// Writes one record from the scratch space's flow, event context and (translations) target.
-#[inline(never)]
+#[inline(always)]
 fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
     let Some(s) = maps::OXI_SCRATCH.get_ptr(0) else {
         return;

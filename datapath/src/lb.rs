@@ -352,7 +352,7 @@ fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
         let reused = !ours && owner_gone(e, port, f.key.proto, now);
         if (ours || reused) && OXI_SNAT.insert(&*rkey, &*entry, 0).is_ok() {
             if reused {
-                stats::reason_untraced(reason::SNAT_REUSE, 0);
+                stats::reason(reason::SNAT_REUSE, 0);
             }
             t.snat_port = port;
             return 0;

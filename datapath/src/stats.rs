@@ -19,13 +19,6 @@ pub fn reason(r: u32, bytes: u64) {
     crate::events::trace(abi::event::SET_LB, r);
 }
 
-/// Counts an event of no packet's disposition (`reason::SNAT_REUSE`) without a trace point:
-/// it is counted three calls deep, where the verifier's stack bound leaves no room for one.
-#[inline(always)]
-pub fn reason_untraced(r: u32, bytes: u64) {
-    add(OXI_STATS.get_ptr_mut(r), bytes);
-}
-
 /// Counts a dropped packet under reason `r` and reports the drop (crate::events).
 #[inline(always)]
 pub fn drop(r: u32, bytes: u64) {

@@ -32,9 +32,16 @@ static OXI_TUNNEL_SOURCES: HashMap<Addr, u8, { MAX_TUNNEL_SOURCES as usize }> = 
 
 #[classifier]
 pub fn oxilium_decap(ctx: TcContext) -> i32 {
+    let action = decap(&ctx);
+    datapath::events::end();
+    action
+}
+
+#[inline(always)]
+fn decap(ctx: &TcContext) -> i32 {
     // Make the headers we read directly accessible (eth + VLAN + two IPv6 headers + ports).
     let _ = ctx.pull_data(ETH_HLEN as u32 + VLAN_HLEN as u32 + 2 * IPV6_HLEN as u32 + 4);
-    begin(&ctx, abi::event::PROG_TC_DECAP);
+    begin(ctx, abi::event::PROG_TC_DECAP);
     let (start, end) = (ctx.data(), ctx.data_end());
     // Parsed into the scratch space, where a drop's event finds the tuple.
     let Some(s) = datapath::maps::scratch() else {
@@ -52,7 +59,7 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
         stats::drop(reason::TUNNEL_REFUSED, ctx.len() as u64);
         return TC_ACT_SHOT;
     }
-    if !encap::decap_skb(&ctx, f) {
+    if !encap::decap_skb(ctx, f) {
         stats::drop(reason::ERROR, 0);
         return TC_ACT_SHOT;
     }

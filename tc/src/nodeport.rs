@@ -27,12 +27,16 @@ impl AffinityMaps for Maps {
 #[classifier]
 pub fn oxilium_nodeport_ingress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_INGRESS);
-    ingress::<Maps>(&ctx)
+    let action = ingress::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }
 
 /// tc egress of the node's external devices: local backends' replies restored.
 #[classifier]
 pub fn oxilium_nodeport_egress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_EGRESS);
-    egress::<Maps>(&ctx)
+    let action = egress::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }

@@ -39,12 +39,16 @@ impl PodMaps for Maps {
 #[classifier]
 pub fn oxilium_pod_ingress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_POD_INGRESS);
-    from_pod::<Maps>(&ctx)
+    let action = from_pod::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }
 
 /// tc egress of a pod's host-side veth (packets to the pod): replies restored.
 #[classifier]
 pub fn oxilium_pod_egress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_POD_EGRESS);
-    to_pod::<Maps>(&ctx)
+    let action = to_pod::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }

@@ -27,13 +27,21 @@ use datapath::{
 
 #[xdp]
 pub fn oxilium_lb(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let bytes = (end - start) as u64;
+    let bytes = (ctx.data_end() - ctx.data()) as u32;
     events::begin(
         abi::event::PROG_XDP_LB,
         unsafe { (*ctx.ctx).ingress_ifindex },
-        bytes as u32,
+        bytes,
     );
+    let action = lb_packet(&ctx);
+    events::end();
+    action
+}
+
+#[inline(always)]
+fn lb_packet(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let bytes = (end - start) as u64;
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
@@ -58,10 +66,10 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
     }
     let f = &s.flow;
     if let Some(svc) = lb::service(&f.key) {
-        return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+        return forward(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
     if let Some(e) = lb::snat_reply(f) {
-        return reply(&ctx, f, &mut s.rewrite, e, bytes);
+        return reply(ctx, f, &mut s.rewrite, e, bytes);
     }
     count(reason::PASS, bytes, XDP_PASS)
 }

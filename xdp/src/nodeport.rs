@@ -30,13 +30,20 @@ datapath::nodeport_maps!();
 
 #[xdp]
 pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let bytes = (end - start) as u64;
     datapath::events::begin(
         abi::event::PROG_XDP_NODEPORT,
         unsafe { (*ctx.ctx).ingress_ifindex },
-        bytes as u32,
+        (ctx.data_end() - ctx.data()) as u32,
     );
+    let action = nodeport_packet(&ctx);
+    datapath::events::end();
+    action
+}
+
+#[inline(always)]
+fn nodeport_packet(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let bytes = (end - start) as u64;
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
@@ -55,10 +62,10 @@ pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
             // Selected through the client's affinity entry by the tc program.
             return XDP_PASS;
         }
-        return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+        return forward(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
     if let Some(e) = lb::snat_reply(f) {
-        let action = reply(&ctx, f, &mut s.rewrite, e, bytes);
+        let action = reply(ctx, f, &mut s.rewrite, e, bytes);
         if action != XDP_DROP {
             dp::count::<Maps>(np::REV_SNAT, bytes);
             dp::count::<Maps>(np::XDP, bytes);
