@@ -105,7 +105,7 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
     let flood = 200;
     let started = Instant::now();
     let sport = udp_flood(&bed.client, sa(VIP4, EMPTY), flood);
-    let r = drops.wait(WAIT, "the flood's drops", |r| r.len() >= 5);
+    drops.wait(WAIT, "the flood's drops", |r| r.len() >= 5);
     std::thread::sleep(Duration::from_millis(300));
     let r = drops.records().into_iter().filter(|v| v.get("flow").is_some()).collect::<Vec<_>>();
     let allowed = 5 + started.elapsed().as_secs_f64().ceil() as usize + 1;
