@@ -6,5 +6,6 @@ pub mod api;
 pub mod bpf;
 pub mod cli;
 pub mod events;
+pub mod explain;
 pub mod metrics;
 pub mod sysctl;

@@ -4,6 +4,7 @@
 //!   every few seconds when nothing happens (so a client that left is noticed), and a subscriber
 //!   that reads too slowly gets `{"lost_events":{"num_events_lost":N}}` for what it missed.
 //! - `POST /events/trace?on=true|false`: switches the datapath's trace points.
+//! - `GET /explain?...`: crate::explain, answered from a blocking thread.
 use crate::{
     agent::Shared,
     events::{Hub, filter::Filter},
@@ -27,8 +28,21 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub fn spawn_connection(stream: UnixStream, state: Shared, hub: Arc<Hub>) {
     tokio::spawn(async move {
         let svc = service_fn(move |req: Request<Incoming>| {
-            let r = route(&state, &hub, &req);
-            async move { Ok::<_, std::convert::Infallible>(r) }
+            let explain = (req.method() == Method::GET
+                && req.uri().path().trim_end_matches('/') == "/explain")
+                .then(|| (state.clone(), req.uri().query().unwrap_or("").to_string()));
+            let r = explain.is_none().then(|| route(&state, &hub, &req));
+            async move {
+                let r = match (r, explain) {
+                    (Some(r), _) => r,
+                    (None, Some((state, q))) => {
+                        let (code, v) = super::explain::answer(state, q).await;
+                        json(code, &v)
+                    }
+                    (None, None) => unreachable!(),
+                };
+                Ok::<_, std::convert::Infallible>(r)
+            }
         });
         if let Err(e) = http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)

@@ -1,5 +1,6 @@
 //! The agent's API: HTTP/1.1 + JSON on a unix socket (root only, mode 0600).
 mod events;
+mod explain;
 pub mod http;
 mod views;
 

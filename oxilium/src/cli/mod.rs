@@ -1,5 +1,6 @@
 //! Command-line entry: parses flags and dispatches to the agent or a client command.
 mod client;
+mod explain;
 mod maglev_table;
 mod monitor;
 pub mod policy;
@@ -64,6 +65,8 @@ enum Command {
     /// Datapath events: switch trace points, show the events' counters.
     #[command(subcommand)]
     Events(monitor::EventsCmd),
+    /// What the loaded programs would do with a packet, step by step (changes nothing).
+    Explain(Box<explain::ExplainArgs>),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +134,7 @@ pub fn main() -> ExitCode {
         Command::Policy(c) => policy::run(c),
         Command::Monitor(m) => monitor::run(&m),
         Command::Events(c) => monitor::events(c),
+        Command::Explain(e) => explain::run(&e),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -242,6 +242,20 @@ pub struct Names {
 }
 
 impl Names {
+    /// The service names of the applied model, and the agent's interfaces.
+    pub fn from_state(state: &Shared) -> Names {
+        let mut n = Names::default();
+        let st = state.lock().unwrap();
+        if let Some(rec) = &st.reconciler {
+            for s in &st.model.services {
+                if let Some(id) = rec.service_id(&lb::compile::service_key(s)) {
+                    n.services.insert(id, s.name.clone());
+                }
+            }
+        }
+        n
+    }
+
     fn refresh(&mut self, state: &Shared, batch: &[Event]) {
         let missing = batch.iter().any(|e| {
             (e.service_id != 0 && !self.services.contains_key(&e.service_id))
