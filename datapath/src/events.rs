@@ -220,7 +220,9 @@ fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
     // SAFETY: this CPU's scratch, read only; the callers' references into it are not used
     // while this runs.
     let key = unsafe { &(*s).flow.key };
-    if !within_rate(key, now) {
+    // A translation is written once per new flow: the per-flow limit has nothing to hold back
+    // there (a flood of new flows is bounded by the ring and counted as `ring_full`).
+    if kind != KIND_TRANSLATE && !within_rate(key, now) {
         count(stat::RATE_LIMITED);
         return;
     }

@@ -34,6 +34,7 @@ use oxilium::bpf::{lb_maps::KernelMaps, loader};
 use packet::{ether, ip, tcp};
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
+#[path = "xdp/events.rs"]
 mod events;
 
 const LB4: &str = "10.10.1.100";
@@ -332,6 +333,7 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
+    events::bench(repeat, &md, &est, raw);
     rec.apply(&compile::compile(&model(0)).unwrap()).unwrap();
     row(
         "oxilium, new SNAT flow (stale conntrack)",
@@ -373,7 +375,6 @@ fn main() {
         "oxilium, new DSR flows (IPIP encapsulation)",
         sample(&|i| run(prog, &flow(i, "10.10.0.3"), &md, 1).1),
     );
-    events::bench(repeat, &md, &est, raw);
     // SAFETY: our own descriptor.
     unsafe { libc::close(raw) };
 }

@@ -167,10 +167,21 @@ fn the_daemonset_command_line_starts_a_node_agent() {
         let (code, body) = http_get(&ns, to, &path);
         assert_eq!(code, 200, "{which} {path}: {body}");
     }
-    let s = support::monitor::scrape(&ns, std::net::SocketAddr::from(([127, 0, 0, 1], probe(&c, "readinessProbe").1)));
+    let s = support::monitor::scrape(
+        &ns,
+        std::net::SocketAddr::from(([127, 0, 0, 1], probe(&c, "readinessProbe").1)),
+    );
     assert!(s.samples.iter().any(|x| x.metric == "oxilium_services"));
-    for (kind, key) in [("requests", "cpu"), ("requests", "memory"), ("limits", "memory")] {
-        assert!(c["resources"][kind][key].is_string(), "resources.{kind}.{key}: {}", c["resources"]);
+    for (kind, key) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "memory"),
+    ] {
+        assert!(
+            c["resources"][kind][key].is_string(),
+            "resources.{kind}.{key}: {}",
+            c["resources"]
+        );
     }
     drop(agent);
     drop(api);

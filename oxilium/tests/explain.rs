@@ -52,7 +52,10 @@ fn snapshot(pins: &Path) -> Vec<(String, Vec<u8>)> {
     let limit: HashMap<_, u32, u64> =
         HashMap::try_from(Map::LruHashMap(open(abi::event::names::LIMIT))).unwrap();
     for (k, v) in limit.iter().map(Result::unwrap) {
-        out.push((abi::event::names::LIMIT.into(), [bytes(&k), bytes(&v)].concat()));
+        out.push((
+            abi::event::names::LIMIT.into(),
+            [bytes(&k), bytes(&v)].concat(),
+        ));
     }
     for n in [names::STATS, names::SERVICE_STATS, names::BACKEND_STATS] {
         let a: PerCpuArray<_, Counter> = PerCpuArray::try_from(Map::PerCpuArray(open(n))).unwrap();
@@ -89,7 +92,11 @@ fn nc_request(bed: &Bed, sport: u16) -> String {
         &format!("echo hello | timeout 5 nc -p {sport} -w 2 {VIP4} {WEB}"),
     ]);
     let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    reply.split_whitespace().next().unwrap_or_default().to_string()
+    reply
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -103,21 +110,62 @@ fn explain_agrees_with_real_packets_and_leaves_the_live_maps_untouched() {
     let sport = 43_210u16;
     let e = explain(
         &bed,
-        &["--from", CLIENT, "--to", VIP4, "--port", &WEB.to_string(), "--sport", &sport.to_string()],
+        &[
+            "--from",
+            CLIENT,
+            "--to",
+            VIP4,
+            "--port",
+            &WEB.to_string(),
+            "--sport",
+            &sport.to_string(),
+        ],
     );
     assert_eq!(e["program"], "oxilium_lb", "{e}");
-    assert!(matches!(e["verdict"].as_str(), Some("XDP_TX" | "XDP_REDIRECT")), "{e}");
+    assert!(
+        matches!(e["verdict"].as_str(), Some("XDP_TX" | "XDP_REDIRECT")),
+        "{e}"
+    );
     assert_eq!(e["service"]["name"], "web", "{e}");
-    assert!(e["why"].as_str().unwrap().starts_with("new flow: Maglev slot"), "{e}");
-    let steps: Vec<&str> = e["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert!(steps.contains(&"ct_new") && steps.contains(&"fwd_snat"), "{steps:?}");
+    assert!(
+        e["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("new flow: Maglev slot"),
+        "{e}"
+    );
+    let steps: Vec<&str> = e["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"ct_new") && steps.contains(&"fwd_snat"),
+        "{steps:?}"
+    );
     let predicted = e["backend"]["address"].as_str().unwrap().to_string();
-    assert_eq!(e["output"]["destination"], predicted.split(':').next().unwrap(), "{e}");
+    assert_eq!(
+        e["output"]["destination"],
+        predicted.split(':').next().unwrap(),
+        "{e}"
+    );
     assert_eq!(e["output"]["source"], "10.200.1.1", "SNAT to the LB: {e}");
-    assert_eq!(e["new_conntrack_entries"].as_array().unwrap().len(), 1, "{e}");
+    assert_eq!(
+        e["new_conntrack_entries"].as_array().unwrap().len(),
+        1,
+        "{e}"
+    );
     let id = nc_request(&bed, sport);
-    let i: usize = id.trim_start_matches('b').parse().unwrap_or_else(|_| panic!("answer {id:?}"));
-    assert_eq!(format!("{}:{WEB}", backend4(i)), predicted, "explain predicted the real backend");
+    let i: usize = id
+        .trim_start_matches('b')
+        .parse()
+        .unwrap_or_else(|_| panic!("answer {id:?}"));
+    assert_eq!(
+        format!("{}:{WEB}", backend4(i)),
+        predicted,
+        "explain predicted the real backend"
+    );
 
     // An open connection: explain its tuple while it lasts (an established flow, pinned).
     let open_port = 43_211u16;
@@ -132,50 +180,111 @@ fn explain_agrees_with_real_packets_and_leaves_the_live_maps_untouched() {
         .spawn()
         .unwrap();
     let mut pinned = None;
-    bed.agent.eventually(std::time::Duration::from_secs(5), "the open flow in conntrack", || {
-        let list = bed.agent.cli(&["ct", "list"]);
-        pinned = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["client"] == format!("{CLIENT}:{open_port}"))
-            .map(|c| c["backend_id"].as_u64().unwrap());
-        pinned.map(|_| ()).ok_or(list)
-    });
+    bed.agent.eventually(
+        std::time::Duration::from_secs(5),
+        "the open flow in conntrack",
+        || {
+            let list = bed.agent.cli(&["ct", "list"]);
+            pinned = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["client"] == format!("{CLIENT}:{open_port}"))
+                .map(|c| c["backend_id"].as_u64().unwrap());
+            pinned.map(|_| ()).ok_or(list)
+        },
+    );
     let e = explain(
         &bed,
-        &["--from", CLIENT, "--to", VIP4, "--port", &WEB.to_string(), "--sport", &open_port.to_string()],
+        &[
+            "--from",
+            CLIENT,
+            "--to",
+            VIP4,
+            "--port",
+            &WEB.to_string(),
+            "--sport",
+            &open_port.to_string(),
+        ],
     );
     let out = nc.wait_with_output().unwrap();
-    let id = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert_eq!(
         e["why"],
         format!("existing flow: conntrack pins backend {}", pinned.unwrap()),
         "{e}"
     );
     assert_eq!(e["seeded_from_live"][0], "conntrack", "{e}");
-    assert!(e["new_conntrack_entries"].as_array().unwrap().is_empty(), "{e}");
-    let i: usize = id.trim_start_matches('b').parse().unwrap_or_else(|_| panic!("answer {id:?}"));
-    assert_eq!(e["output"]["destination"], backend4(i).to_string(), "the real backend: {e}");
-    assert!(e["steps"].as_array().unwrap().iter().all(|s| s["step"] != "ct_new"), "{e}");
+    assert!(
+        e["new_conntrack_entries"].as_array().unwrap().is_empty(),
+        "{e}"
+    );
+    let i: usize = id
+        .trim_start_matches('b')
+        .parse()
+        .unwrap_or_else(|_| panic!("answer {id:?}"));
+    assert_eq!(
+        e["output"]["destination"],
+        backend4(i).to_string(),
+        "the real backend: {e}"
+    );
+    assert!(
+        e["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["step"] != "ct_new"),
+        "{e}"
+    );
 
     // No backend: dropped, as real datagrams are.
     let e = explain(
         &bed,
-        &["--from", CLIENT, "--to", VIP4, "--port", &EMPTY.to_string(), "--proto", "udp"],
+        &[
+            "--from",
+            CLIENT,
+            "--to",
+            VIP4,
+            "--port",
+            &EMPTY.to_string(),
+            "--proto",
+            "udp",
+        ],
     );
     assert_eq!(e["verdict"], "XDP_DROP", "{e}");
     assert_eq!(e["drop"]["desc"], "NO_BACKEND", "{e}");
     assert_eq!(e["why"], "the service has no usable backend", "{e}");
-    let before = bed.agent.status()["counters"]["no_backend"]["packets"].as_u64().unwrap();
-    bed.client.run(&["sh", "-c", &format!("echo x | timeout 2 nc -u -w 1 {VIP4} {EMPTY}; true")]);
-    let after = bed.agent.status()["counters"]["no_backend"]["packets"].as_u64().unwrap();
-    assert!(after > before, "the real datagram was dropped for no backend");
+    let before = bed.agent.status()["counters"]["no_backend"]["packets"]
+        .as_u64()
+        .unwrap();
+    bed.client.run(&[
+        "sh",
+        "-c",
+        &format!("echo x | timeout 2 nc -u -w 1 {VIP4} {EMPTY}; true"),
+    ]);
+    let after = bed.agent.status()["counters"]["no_backend"]["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after > before,
+        "the real datagram was dropped for no backend"
+    );
 
     // No service: passed untouched.
     let e = explain(
         &bed,
-        &["--from", CLIENT, "--to", &backend4(1).to_string(), "--port", &WEB.to_string()],
+        &[
+            "--from",
+            CLIENT,
+            "--to",
+            &backend4(1).to_string(),
+            "--port",
+            &WEB.to_string(),
+        ],
     );
     assert_eq!(e["verdict"], "XDP_PASS", "{e}");
     assert!(e["backend"].is_null() && e["drop"].is_null(), "{e}");
@@ -184,12 +293,17 @@ fn explain_agrees_with_real_packets_and_leaves_the_live_maps_untouched() {
     // Bad input names the field.
     let out = support::agent::bin();
     let o = std::process::Command::new(out)
-        .args(["explain", "--from", CLIENT, "--to", "fd00::1", "--port", "1", "--socket"])
+        .args([
+            "explain", "--from", CLIENT, "--to", "fd00::1", "--port", "1", "--socket",
+        ])
         .arg(bed.agent.socket())
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("from / to"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("from / to"),
+        "{o:?}"
+    );
 
     // Nothing live changes: every explain between two identical snapshots. Outside packets
     // (an IPv6 router solicitation of a peer) may move a counter meanwhile: a few tries.
@@ -197,14 +311,32 @@ fn explain_agrees_with_real_packets_and_leaves_the_live_maps_untouched() {
     let mut identical = false;
     for _ in 0..5 {
         let a = snapshot(&pins);
-        for (port, proto, sport) in [(WEB, "tcp", "43210"), (WEB, "tcp", "50000"), (EMPTY, "udp", "50001")] {
+        for (port, proto, sport) in [
+            (WEB, "tcp", "43210"),
+            (WEB, "tcp", "50000"),
+            (EMPTY, "udp", "50001"),
+        ] {
             explain(
                 &bed,
-                &["--from", CLIENT, "--to", VIP4, "--port", &port.to_string(), "--proto", proto, "--sport", sport],
+                &[
+                    "--from",
+                    CLIENT,
+                    "--to",
+                    VIP4,
+                    "--port",
+                    &port.to_string(),
+                    "--proto",
+                    proto,
+                    "--sport",
+                    sport,
+                ],
             );
         }
         let b = snapshot(&pins);
-        assert!(a.iter().any(|(n, _)| n == names::CONNTRACK), "the real flow is in the snapshot");
+        assert!(
+            a.iter().any(|(n, _)| n == names::CONNTRACK),
+            "the real flow is in the snapshot"
+        );
         if a == b {
             identical = true;
             break;

@@ -84,7 +84,9 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
     for _ in 0..5 {
         tcp_request(&bed.client, sa(VIP4, WEB)).unwrap();
     }
-    let r = all.wait(WAIT, "5 translations", |r| of_kind(r, "translation").len() >= 5);
+    let r = all.wait(WAIT, "5 translations", |r| {
+        of_kind(r, "translation").len() >= 5
+    });
     let t = of_kind(&r, "translation");
     assert_eq!(t.len(), 5, "one per connection: {t:?}");
     for f in &t {
@@ -96,7 +98,11 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
         assert_eq!(f["l4"]["TCP"]["destination_port"], WEB, "{f}");
         assert_eq!(f["l4"]["TCP"]["flags"]["SYN"], true, "{f}");
         assert_eq!(f["service"]["name"], "web", "{f}");
-        assert_eq!(f["backend"]["address"], format!("{}:{WEB}", backend4(1)), "{f}");
+        assert_eq!(
+            f["backend"]["address"],
+            format!("{}:{WEB}", backend4(1)),
+            "{f}"
+        );
         assert_eq!(f["interface"]["name"], "l0", "{f}");
     }
 
@@ -107,9 +113,17 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
     let sport = udp_flood(&bed.client, sa(VIP4, EMPTY), flood);
     drops.wait(WAIT, "the flood's drops", |r| r.len() >= 5);
     std::thread::sleep(Duration::from_millis(300));
-    let r = drops.records().into_iter().filter(|v| v.get("flow").is_some()).collect::<Vec<_>>();
+    let r = drops
+        .records()
+        .into_iter()
+        .filter(|v| v.get("flow").is_some())
+        .collect::<Vec<_>>();
     let allowed = 5 + started.elapsed().as_secs_f64().ceil() as usize + 1;
-    assert!((5..=allowed).contains(&r.len()), "{} drop records, at most {allowed}", r.len());
+    assert!(
+        (5..=allowed).contains(&r.len()),
+        "{} drop records, at most {allowed}",
+        r.len()
+    );
     for v in &r {
         let f = &v["flow"];
         assert_eq!(f["verdict"], "DROPPED", "{f}");
@@ -118,7 +132,10 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
         assert_eq!(f["l4"]["UDP"]["source_port"], sport, "{f}");
         assert_eq!(f["l4"]["UDP"]["destination_port"], EMPTY, "{f}");
     }
-    assert!(of_kind(&drops.records(), "translation").is_empty(), "filtered by type and port");
+    assert!(
+        of_kind(&drops.records(), "translation").is_empty(),
+        "filtered by type and port"
+    );
     // `-n 1` ended that monitor after the human line of the first drop.
     let t = Instant::now();
     while !human.exited() {
@@ -153,36 +170,96 @@ fn edge_lb_events_reach_monitor_and_metrics_agree_with_the_traffic() {
     assert_eq!(off["trace"], false, "{off}");
     let traced = of_kind(&all.records(), "trace").len();
     tcp_request(&bed.client, sa(VIP4, WEB)).unwrap();
-    all.wait(WAIT, "the 7th translation", |r| of_kind(r, "translation").len() >= 7);
+    all.wait(WAIT, "the 7th translation", |r| {
+        of_kind(r, "translation").len() >= 7
+    });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(of_kind(&all.records(), "trace").len(), traced, "trace points are off again");
+    assert_eq!(
+        of_kind(&all.records(), "trace").len(),
+        traced,
+        "trace points are off again"
+    );
 
     // Metrics against the traffic: 7 connections, `flood` datagrams dropped.
     let s = scrape(&bed.lb, metrics());
-    let no_backend = sample(&s, "oxilium_datapath_packets_total", &[("set", "lb"), ("reason", "no_backend")]);
+    let no_backend = sample(
+        &s,
+        "oxilium_datapath_packets_total",
+        &[("set", "lb"), ("reason", "no_backend")],
+    );
     assert_eq!(no_backend, Some(flood as f64));
-    let ct_new = sample(&s, "oxilium_datapath_packets_total", &[("set", "lb"), ("reason", "ct_new")]);
+    let ct_new = sample(
+        &s,
+        "oxilium_datapath_packets_total",
+        &[("set", "lb"), ("reason", "ct_new")],
+    );
     assert_eq!(ct_new, Some(7.0));
     let web = sample(&s, "oxilium_service_packets_total", &[("service", "web")]).unwrap();
-    assert!(web >= 7.0 * 3.0, "at least SYN, data and ACK per connection: {web}");
-    let fwd = sample(&s, "oxilium_datapath_packets_total", &[("reason", "fwd_snat")]).unwrap();
-    let rev = sample(&s, "oxilium_datapath_packets_total", &[("reason", "rev_snat")]).unwrap();
-    assert_eq!(fwd + rev, web, "the service's packets: forwarded with SNAT and replies");
-    let b = sample(&s, "oxilium_backend_packets_total", &[("service", "web"), ("backend", &format!("{}:{WEB}", backend4(1)))]);
+    assert!(
+        web >= 7.0 * 3.0,
+        "at least SYN, data and ACK per connection: {web}"
+    );
+    let fwd = sample(
+        &s,
+        "oxilium_datapath_packets_total",
+        &[("reason", "fwd_snat")],
+    )
+    .unwrap();
+    let rev = sample(
+        &s,
+        "oxilium_datapath_packets_total",
+        &[("reason", "rev_snat")],
+    )
+    .unwrap();
+    assert_eq!(
+        fwd + rev,
+        web,
+        "the service's packets: forwarded with SNAT and replies"
+    );
+    let b = sample(
+        &s,
+        "oxilium_backend_packets_total",
+        &[
+            ("service", "web"),
+            ("backend", &format!("{}:{WEB}", backend4(1))),
+        ],
+    );
     assert_eq!(b, Some(fwd), "the backend's packets: the forwarded ones");
-    let limited = sample(&s, "oxilium_events_lost_total", &[("reason", "rate_limited")]).unwrap();
-    assert!(limited >= (flood - allowed) as f64, "rate limited: {limited}");
+    let limited = sample(
+        &s,
+        "oxilium_events_lost_total",
+        &[("reason", "rate_limited")],
+    )
+    .unwrap();
+    assert!(
+        limited >= (flood - allowed) as f64,
+        "rate limited: {limited}"
+    );
     let written = sample(&s, "oxilium_events_written_total", &[]).unwrap();
     let drained = sample(&s, "oxilium_events_drained_total", &[]).unwrap();
-    assert!(written >= 12.0 && drained == written, "written {written}, drained {drained}");
-    assert_eq!(sample(&s, "oxilium_map_entries", &[("map", "conntrack")]), Some(7.0));
+    assert!(
+        written >= 12.0 && drained == written,
+        "written {written}, drained {drained}"
+    );
+    assert_eq!(
+        sample(&s, "oxilium_map_entries", &[("map", "conntrack")]),
+        Some(7.0)
+    );
     assert_eq!(sample(&s, "oxilium_services", &[]), Some(2.0));
     assert_eq!(sample(&s, "oxilium_ready", &[]), Some(1.0));
-    let applies = sample(&s, "oxilium_reconcile_duration_seconds_count", &[("kind", "whole")]).unwrap();
+    let applies = sample(
+        &s,
+        "oxilium_reconcile_duration_seconds_count",
+        &[("kind", "whole")],
+    )
+    .unwrap();
     assert!(applies >= 1.0, "{applies}");
     let status = bed.agent.cli(&["events", "status"]);
     assert_eq!(status["trace"], false, "{status}");
-    assert!(status["rate_limited"].as_u64().unwrap() as f64 >= limited, "{status}");
+    assert!(
+        status["rate_limited"].as_u64().unwrap() as f64 >= limited,
+        "{status}"
+    );
 }
 
 /// A node fed by the Kubernetes API: /healthz answers while /readyz waits for the first sync
@@ -209,23 +286,31 @@ fn node_readiness_waits_for_the_first_sync_and_nodeport_events_reach_monitor() {
     };
     let slice = |name: &str| {
         let p = c.pod("p11");
-        (Res::EndpointSlices, json!({
+        (
+            Res::EndpointSlices,
+            json!({
             "metadata": {"name": format!("{name}-v4"), "namespace": "default",
                          "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [{"addresses": [p.addr(false).ip().to_string()], "nodeName": "node1",
-                           "conditions": {"ready": true}}]}))
+                           "conditions": {"ready": true}}]}),
+        )
     };
     k.put([(Res::Nodes, node), (Res::Nodes, node2)]);
-    k.put([svc("web", "NodePort", 30080, None), svc("guarded", "LoadBalancer", 30081, Some("198.51.100.0/24"))]);
+    k.put([
+        svc("web", "NodePort", 30080, None),
+        svc("guarded", "LoadBalancer", 30081, Some("198.51.100.0/24")),
+    ]);
     k.put([slice("web"), slice("guarded")]);
     k.api.set_down(true);
     k.agent.start();
     let node_ns = &c.node1;
-    k.eventually("/healthz up", || match http_get(node_ns, metrics(), "/healthz") {
-        (200, _) => Ok(()),
-        other => Err(other),
+    k.eventually("/healthz up", || {
+        match http_get(node_ns, metrics(), "/healthz") {
+            (200, _) => Ok(()),
+            other => Err(other),
+        }
     });
     // Down for a while: never ready.
     for _ in 0..10 {
@@ -246,19 +331,44 @@ fn node_readiness_waits_for_the_first_sync_and_nodeport_events_reach_monitor() {
     let m = Monitor::start(node_ns, k.agent.socket(), &["-o", "json"]);
     let to = SocketAddr::new(ip(NODE1_EXT4), 30080);
     k.wait_answers(&c.client, to, false, 3, &[("p11", ip(CLIENT4))]);
-    let r = m.wait(WAIT, "NodePort translations", |r| !of_kind(r, "translation").is_empty());
+    let r = m.wait(WAIT, "NodePort translations", |r| {
+        !of_kind(r, "translation").is_empty()
+    });
     let t = of_kind(&r, "translation")[0]["flow"].clone();
     assert_eq!(t["program"], "tc_nodeport_ingress", "{t}");
     assert_eq!(t["IP"]["source"], CLIENT4, "{t}");
-    assert_eq!(t["service"]["frontend"], format!("{NODE1_EXT4}:30080"), "{t}");
-    assert_eq!(t["backend"]["address"], format!("{}", c.pod("p11").addr(false)), "{t}");
-    assert!(ask(&c.client, None, SocketAddr::new(ip("203.0.113.10"), 80), false).is_err());
-    let r = m.wait(WAIT, "the source range drop", |r| !of_kind(r, "drop").is_empty());
+    assert_eq!(
+        t["service"]["frontend"],
+        format!("{NODE1_EXT4}:30080"),
+        "{t}"
+    );
+    assert_eq!(
+        t["backend"]["address"],
+        format!("{}", c.pod("p11").addr(false)),
+        "{t}"
+    );
+    assert!(
+        ask(
+            &c.client,
+            None,
+            SocketAddr::new(ip("203.0.113.10"), 80),
+            false
+        )
+        .is_err()
+    );
+    let r = m.wait(WAIT, "the source range drop", |r| {
+        !of_kind(r, "drop").is_empty()
+    });
     let d = of_kind(&r, "drop")[0]["flow"].clone();
     assert_eq!(d["drop_reason_desc"], "SOURCE_RANGE", "{d}");
     assert_eq!(d["reason_set"], "nodeport", "{d}");
     assert_eq!(d["IP"]["destination"], "203.0.113.10", "{d}");
     let s = scrape(node_ns, metrics());
-    let refused = sample(&s, "oxilium_datapath_packets_total", &[("set", "nodeport"), ("reason", "source_range")]).unwrap();
+    let refused = sample(
+        &s,
+        "oxilium_datapath_packets_total",
+        &[("set", "nodeport"), ("reason", "source_range")],
+    )
+    .unwrap();
     assert!(refused >= 1.0, "{refused}");
 }

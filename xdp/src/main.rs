@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use datapath::{
+    events,
     fib::{self, Route},
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
-    events,
     lb::{self, Target},
     maps, nat,
     parse::{self, Flow, Fragment, Parsed, ptr_at},

@@ -12,8 +12,7 @@ use crate::{
 use bytes::Bytes;
 use http_body_util::{Channel, Either, Full};
 use hyper::{
-    Method, Request, Response, StatusCode, body::Incoming, server::conn::http1,
-    service::service_fn,
+    Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -80,10 +79,7 @@ fn route(state: &Shared, hub: &Arc<Hub>, req: &Request<Incoming>) -> Response<Bo
             };
             match hub.set_trace(on) {
                 Ok(_) => json(StatusCode::OK, &hub.status()),
-                Err(e) => json(
-                    StatusCode::NOT_FOUND,
-                    &json!({ "error": format!("{e:#}") }),
-                ),
+                Err(e) => json(StatusCode::NOT_FOUND, &json!({ "error": format!("{e:#}") })),
             }
         }
         _ => {

@@ -1,20 +1,34 @@
 //! `GET /explain?from=..&to=..&port=..[&proto=..&sport=..&iface=..]`: runs the packet through a
 //! private instance of the role's program (crate::explain) on a blocking thread (loading and
 //! verifying the program takes a moment) and answers the report.
-use crate::{agent::{Role, Shared}, explain};
+use crate::{
+    agent::{Role, Shared},
+    explain,
+};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
 pub async fn answer(state: Shared, query: String) -> (StatusCode, Value) {
     let r = match explain::Request::from_query(&query) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": format!("{e:#}") })),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("{e:#}") }),
+            );
+        }
     };
     let job = tokio::task::spawn_blocking(move || run(&state, &r));
     match job.await {
         Ok(Ok(v)) => (StatusCode::OK, v),
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": format!("{e:#}") })),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e.to_string() })),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "error": format!("{e:#}") }),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": e.to_string() }),
+        ),
     }
 }
 
@@ -24,7 +38,9 @@ fn run(state: &Shared, r: &explain::Request) -> anyhow::Result<Value> {
         let hook = match (st.role, &st.nodeport) {
             (Role::Lb, _) => explain::Hook::Xdp,
             (Role::Node, Some(_)) => explain::Hook::TcNodePort,
-            _ => anyhow::bail!("explain needs the edge LB or a node with --device (NodePort programs)"),
+            _ => anyhow::bail!(
+                "explain needs the edge LB or a node with --device (NodePort programs)"
+            ),
         };
         let ifaces = match &st.nodeport {
             Some(np) if st.role == Role::Node => np.devices.clone(),
@@ -35,7 +51,10 @@ fn run(state: &Shared, r: &explain::Request) -> anyhow::Result<Value> {
     let iface = match &r.iface {
         Some(i) if ifaces.contains(i) => i.clone(),
         Some(i) => anyhow::bail!("iface: {i:?} is not one of the agent's interfaces {ifaces:?}"),
-        None => ifaces.first().cloned().ok_or_else(|| anyhow::anyhow!("iface: the agent has none"))?,
+        None => ifaces
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("iface: the agent has none"))?,
     };
     let name = std::ffi::CString::new(iface.clone())?;
     // SAFETY: a valid C string.

@@ -60,11 +60,7 @@ fn text(v: &Value) -> String {
     }
     if !v["service"].is_null() {
         let svc = &v["service"];
-        out += &format!(
-            "service  {} ({})\n",
-            s(&svc["name"]),
-            s(&svc["frontend"])
-        );
+        out += &format!("service  {} ({})\n", s(&svc["name"]), s(&svc["frontend"]));
     }
     if !v["backend"].is_null() {
         out += &format!("backend  {}\n", s(&v["backend"]["address"]));

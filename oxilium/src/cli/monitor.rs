@@ -119,10 +119,7 @@ async fn follow(args: &MonitorArgs) -> Result<()> {
                 continue;
             }
             if let Some(l) = v.get("lost_events") {
-                eprintln!(
-                    "lost {} events (reading too slowly)",
-                    l["num_events_lost"]
-                );
+                eprintln!("lost {} events (reading too slowly)", l["num_events_lost"]);
                 if args.client.output == Output::Text {
                     continue;
                 }

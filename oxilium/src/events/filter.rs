@@ -128,10 +128,11 @@ impl Filter {
         if self.endpoint.is_some()
             && !is(&self.endpoint, &f.ip.source)
             && !is(&self.endpoint, &f.ip.destination)
-            && !f
-                .backend
-                .as_ref()
-                .is_some_and(|b| b.address.parse::<std::net::SocketAddr>().is_ok_and(|a| Some(a.ip()) == self.endpoint))
+            && !f.backend.as_ref().is_some_and(|b| {
+                b.address
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| Some(a.ip()) == self.endpoint)
+            })
         {
             return false;
         }

@@ -146,10 +146,7 @@ impl Hub {
         let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
         let mut out = [0u64; ev::stat::COUNT as usize];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = map
-                .get(&(i as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
+            *o = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
         }
         Ok(out)
     }
@@ -218,13 +215,14 @@ async fn drain(pin: &Path, hub: &Hub, state: &Shared) -> Result<()> {
             guard.clear_ready();
         }
         drop(guard);
-        hub.drained
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        hub.drained.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if hub.tx.receiver_count() > 0 {
             let clock = record::Clock::now();
             names.refresh(state, &batch);
             for e in batch.drain(..) {
-                let _ = hub.tx.send(Arc::new(record::from_event(&e, &clock, &names)));
+                let _ = hub
+                    .tx
+                    .send(Arc::new(record::from_event(&e, &clock, &names)));
             }
         } else {
             batch.clear();

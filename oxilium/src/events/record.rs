@@ -368,7 +368,10 @@ mod tests {
             rfc3339(1_700_000_000_123_456_789),
             "2023-11-14T22:13:20.123456789Z"
         );
-        assert_eq!(rfc3339(951_782_400 * 1_000_000_000), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(951_782_400 * 1_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
     }
 
     #[test]
@@ -392,6 +395,10 @@ mod tests {
         assert_eq!(v["flow"]["IP"]["source"], "10.0.0.1");
         assert_eq!(v["flow"]["l4"]["UDP"]["destination_port"], 53);
         assert_eq!(v["flow"]["event_type"]["type"], "drop");
-        assert!(human(&r).contains("10.0.0.1:1234 -> 10.0.0.9:53"), "{}", human(&r));
+        assert!(
+            human(&r).contains("10.0.0.1:1234 -> 10.0.0.9:53"),
+            "{}",
+            human(&r)
+        );
     }
 }

@@ -60,7 +60,11 @@ impl Request {
             }
             v.insert(k, val);
         }
-        let get = |k: &str| v.get(k).copied().ok_or_else(|| anyhow::anyhow!("{k}: missing"));
+        let get = |k: &str| {
+            v.get(k)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("{k}: missing"))
+        };
         let addr = |k: &str| -> anyhow::Result<IpAddr> {
             let s = get(k)?;
             s.parse()
@@ -82,7 +86,11 @@ impl Request {
             anyhow::bail!("proto: {:?} is not tcp or udp", r.proto);
         }
         if r.from.is_ipv4() != r.to.is_ipv4() {
-            anyhow::bail!("from / to: {} and {} are of different families", r.from, r.to);
+            anyhow::bail!(
+                "from / to: {} and {} are of different families",
+                r.from,
+                r.to
+            );
         }
         Ok(r)
     }

@@ -53,7 +53,8 @@ fn load_private(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
         l.map_max_entries(n, PRIVATE_ENTRIES);
     }
     l.map_max_entries(abi::event::names::EVENTS, 64 * 1024);
-    l.load(object).context("loading the private program instance")
+    l.load(object)
+        .context("loading the private program instance")
 }
 
 fn live<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Option<HashMap<MapData, K, V>> {
@@ -65,7 +66,10 @@ fn live<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Option<HashMap<
     HashMap::try_from(map).ok()
 }
 
-fn private<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Option<HashMap<MapData, K, V>> {
+fn private<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Option<HashMap<MapData, K, V>> {
     loader::take_map(ebpf, name).ok()
 }
 
@@ -117,7 +121,8 @@ fn headers(pkt: &[u8]) -> Value {
         Some(TransportSlice::Udp(u)) => Some((u.source_port(), u.destination_port())),
         _ => None,
     };
-    let mut v = json!({ "source": src.to_string(), "destination": dst.to_string(), "protocol": proto });
+    let mut v =
+        json!({ "source": src.to_string(), "destination": dst.to_string(), "protocol": proto });
     if let Some((s, d)) = ports {
         v["source_port"] = json!(s);
         v["destination_port"] = json!(d);
@@ -148,13 +153,23 @@ fn verdict(hook: &Hook, rc: u32) -> &'static str {
 }
 
 /// Explains `r` on the agent whose pins are in `pin_dir`; `names` names services and interfaces.
-pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Names) -> Result<Value> {
+pub fn explain(
+    hook: Hook,
+    pin_dir: &Path,
+    ifindex: u32,
+    r: &Request,
+    names: &Names,
+) -> Result<Value> {
     let (object, prog_name) = match hook {
         Hook::Xdp => (objects::xdp(), "oxilium_lb"),
         Hook::TcNodePort => (objects::tc(), "oxilium_nodeport_ingress"),
     };
     let mut ebpf = load_private(object, pin_dir)?;
-    let proto = if r.proto == "udp" { abi::lb::PROTO_UDP } else { abi::lb::PROTO_TCP };
+    let proto = if r.proto == "udp" {
+        abi::lb::PROTO_UDP
+    } else {
+        abi::lb::PROTO_TCP
+    };
     let key = FlowKey {
         src: addr16(r.from),
         dst: addr16(r.to),
@@ -195,7 +210,11 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
                 lb_config(pin_dir),
             )
         {
-            let lb = if r.from.is_ipv4() { c.snat_v4 } else { c.snat_v6 };
+            let lb = if r.from.is_ipv4() {
+                c.snat_v4
+            } else {
+                c.snat_v6
+            };
             let rkey = FlowKey {
                 src: b.addr,
                 dst: lb,
@@ -204,8 +223,8 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
                 proto,
                 _pad: [0; 3],
             };
-            if let Some(s) = live::<FlowKey, SnatEntry>(pin_dir, names::SNAT)
-                .and_then(|m| m.get(&rkey, 0).ok())
+            if let Some(s) =
+                live::<FlowKey, SnatEntry>(pin_dir, names::SNAT).and_then(|m| m.get(&rkey, 0).ok())
             {
                 snat.insert(rkey, s, 0)?;
                 seeded.push("snat");
@@ -240,10 +259,7 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
     let mut out = vec![0u8; pkt.len() + 256];
     let result = match hook {
         Hook::Xdp => {
-            let prog: &mut Xdp = ebpf
-                .program_mut(prog_name)
-                .context("program")?
-                .try_into()?;
+            let prog: &mut Xdp = ebpf.program_mut(prog_name).context("program")?.try_into()?;
             loader::verify(prog_name, || prog.load())?;
             let md: Vec<u8> = [0u32, pkt.len() as u32, 0, ifindex, 0, 0]
                 .iter()
@@ -257,10 +273,8 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
             })
         }
         Hook::TcNodePort => {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(prog_name)
-                .context("program")?
-                .try_into()?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(prog_name).context("program")?.try_into()?;
             loader::verify(prog_name, || prog.load())?;
             prog.test_run(TestRunOptions {
                 data_in: Some(&pkt),
@@ -288,7 +302,11 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
             "trace" => steps.push(json!({
                 "set": f.reason_set, "step": f.reason, "program": f.program,
             })),
-            "drop" => drop = Some(json!({ "reason": f.reason, "set": f.reason_set, "desc": f.drop_reason_desc })),
+            "drop" => {
+                drop = Some(
+                    json!({ "reason": f.reason, "set": f.reason_set, "desc": f.drop_reason_desc }),
+                )
+            }
             _ if e.kind == KIND_TRANSLATE => {
                 translation = Some(json!({
                     "service": f.service, "backend": f.backend,
@@ -303,11 +321,14 @@ pub fn explain(hook: Hook, pin_dir: &Path, ifindex: u32, r: &Request, names: &Na
         .filter(|(k, _)| !(ct_entry.is_some() && *k == key))
         .map(|(_, v)| json!({ "backend_id": v.backend_id, "service_id": v.service_id, "snat_port": u16::from_be(v.snat_port) }))
         .collect();
-    let new_snat = snat.iter().filter_map(|x| x.ok()).count() - seeded.iter().filter(|s| **s == "snat").count();
+    let new_snat = snat.iter().filter_map(|x| x.ok()).count()
+        - seeded.iter().filter(|s| **s == "snat").count();
     let why = match (&svc, ct_entry, &translation) {
         (None, _, _) => "no service at this destination (address, port, protocol)".to_string(),
         (Some(s), _, _) if s.table_size == 0 => "the service has no usable backend".to_string(),
-        (Some(_), Some(e), None) => format!("existing flow: conntrack pins backend {}", e.backend_id),
+        (Some(_), Some(e), None) => {
+            format!("existing flow: conntrack pins backend {}", e.backend_id)
+        }
         (Some(_), _, Some(_)) if seeded.contains(&"affinity") => {
             "new flow: the client's ClientIP affinity entry".to_string()
         }
@@ -352,7 +373,11 @@ fn counters(ebpf: &mut Ebpf) -> Value {
     let mut out = serde_json::Map::new();
     let sets: [(&str, &str, &[&str]); 2] = [
         ("lb", names::STATS, &abi::lb::reason::NAMES),
-        ("nodeport", abi::nodeport::names::STATS, &abi::nodeport::reason::NAMES),
+        (
+            "nodeport",
+            abi::nodeport::names::STATS,
+            &abi::nodeport::reason::NAMES,
+        ),
     ];
     for (set, map, reasons) in sets {
         let Ok(m) = loader::take_map::<PerCpuArray<MapData, abi::lb::Counter>>(ebpf, map) else {

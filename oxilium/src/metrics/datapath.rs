@@ -40,7 +40,12 @@ fn counters(
     Ok(())
 }
 
-fn gauges(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, f64)]) -> fmt::Result {
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (l, v) in rows {
         m.encode_family(l)?.encode_gauge(v)?;
@@ -63,7 +68,10 @@ struct Scrape {
     backends: f64,
 }
 
-fn gather(state: &Shared, pin_dir: &std::path::Path) -> (Scrape, Option<crate::bpf::lb_maps::Occupancy>) {
+fn gather(
+    state: &Shared,
+    pin_dir: &std::path::Path,
+) -> (Scrape, Option<crate::bpf::lb_maps::Occupancy>) {
     let mut s = Scrape::default();
     let st = state.lock().unwrap();
     let mut occupancy = None;
@@ -119,7 +127,8 @@ fn gather(state: &Shared, pin_dir: &std::path::Path) -> (Scrape, Option<crate::b
     {
         for (n, c) in c {
             let l = labels([("set", "nodeport".into()), ("reason", n.clone())]);
-            s.packets.push((l.clone(), c["packets"].as_u64().unwrap_or(0)));
+            s.packets
+                .push((l.clone(), c["packets"].as_u64().unwrap_or(0)));
             s.bytes.push((l, c["bytes"].as_u64().unwrap_or(0)));
         }
     }
@@ -144,16 +153,66 @@ impl collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let (s, occupancy) = gather(&self.state, self.hub.pin_dir());
         let e = &mut enc;
-        counters(e, "datapath_packets", "Packets per counted reason of the datapath programs (set: lb = OXI_STATS, nodeport = OXI_NP_STATS, pod = OXI_POD_STATS)", &s.packets)?;
-        counters(e, "datapath_bytes", "Bytes per counted reason of the datapath programs", &s.bytes)?;
-        counters(e, "socket_lb_operations", "Socket LB operations per outcome (connect, sendmsg, recvmsg, getpeername translations and refusals)", &s.sock)?;
-        counters(e, "service_packets", "Packets translated per service and scope", &s.svc_packets)?;
-        counters(e, "service_bytes", "Bytes translated per service and scope", &s.svc_bytes)?;
-        counters(e, "backend_packets", "Packets sent to each backend of a service", &s.be_packets)?;
-        counters(e, "backend_bytes", "Bytes sent to each backend of a service", &s.be_bytes)?;
-        gauges(e, "services", "Services the agent applied", &[(Vec::new(), s.services)])?;
-        gauges(e, "backends", "Backends of the services the agent applied", &[(Vec::new(), s.backends)])?;
-        gauges(e, "backend_healthy", "Health-check state of an edge LB backend (1 healthy, 0 not)", &s.health)?;
+        counters(
+            e,
+            "datapath_packets",
+            "Packets per counted reason of the datapath programs (set: lb = OXI_STATS, nodeport = OXI_NP_STATS, pod = OXI_POD_STATS)",
+            &s.packets,
+        )?;
+        counters(
+            e,
+            "datapath_bytes",
+            "Bytes per counted reason of the datapath programs",
+            &s.bytes,
+        )?;
+        counters(
+            e,
+            "socket_lb_operations",
+            "Socket LB operations per outcome (connect, sendmsg, recvmsg, getpeername translations and refusals)",
+            &s.sock,
+        )?;
+        counters(
+            e,
+            "service_packets",
+            "Packets translated per service and scope",
+            &s.svc_packets,
+        )?;
+        counters(
+            e,
+            "service_bytes",
+            "Bytes translated per service and scope",
+            &s.svc_bytes,
+        )?;
+        counters(
+            e,
+            "backend_packets",
+            "Packets sent to each backend of a service",
+            &s.be_packets,
+        )?;
+        counters(
+            e,
+            "backend_bytes",
+            "Bytes sent to each backend of a service",
+            &s.be_bytes,
+        )?;
+        gauges(
+            e,
+            "services",
+            "Services the agent applied",
+            &[(Vec::new(), s.services)],
+        )?;
+        gauges(
+            e,
+            "backends",
+            "Backends of the services the agent applied",
+            &[(Vec::new(), s.backends)],
+        )?;
+        gauges(
+            e,
+            "backend_healthy",
+            "Health-check state of an edge LB backend (1 healthy, 0 not)",
+            &s.health,
+        )?;
         if let Some(o) = occupancy {
             let rows = o.read();
             let mut entries = Vec::new();
@@ -166,12 +225,27 @@ impl collector::Collector for Collector {
                 ratio.push((l, if m == 0 { 0.0 } else { n as f64 / m as f64 }));
             }
             gauges(e, "map_entries", "Entries in a datapath map", &entries)?;
-            gauges(e, "map_max_entries", "Capacity of a datapath map (an LRU map at capacity evicts its least recently used entry)", &max)?;
-            gauges(e, "map_pressure_ratio", "Entries over capacity of a datapath map (0 to 1)", &ratio)?;
+            gauges(
+                e,
+                "map_max_entries",
+                "Capacity of a datapath map (an LRU map at capacity evicts its least recently used entry)",
+                &max,
+            )?;
+            gauges(
+                e,
+                "map_pressure_ratio",
+                "Entries over capacity of a datapath map (0 to 1)",
+                &ratio,
+            )?;
         }
         let hub = &self.hub;
         let ord = std::sync::atomic::Ordering::Relaxed;
-        counters(e, "events_drained", "Event records the agent read from the ring", &[(Vec::new(), hub.drained.load(ord))])?;
+        counters(
+            e,
+            "events_drained",
+            "Event records the agent read from the ring",
+            &[(Vec::new(), hub.drained.load(ord))],
+        )?;
         let mut lost = vec![(
             labels([("reason", "subscriber_slow".into())]),
             hub.subscriber_lost.load(ord),
@@ -180,17 +254,40 @@ impl collector::Collector for Collector {
         if let Ok(c) = hub.datapath_counters() {
             use abi::event::stat;
             written.push((Vec::new(), c[stat::WRITTEN as usize]));
-            lost.push((labels([("reason", "ring_full".into())]), c[stat::RING_FULL as usize]));
+            lost.push((
+                labels([("reason", "ring_full".into())]),
+                c[stat::RING_FULL as usize],
+            ));
             lost.push((
                 labels([("reason", "rate_limited".into())]),
                 c[stat::RATE_LIMITED as usize],
             ));
         }
-        counters(e, "events_written", "Event records the datapath wrote to the ring", &written)?;
-        counters(e, "events_lost", "Event records lost: ring full, flow over its rate, or a monitor reading too slowly", &lost)?;
+        counters(
+            e,
+            "events_written",
+            "Event records the datapath wrote to the ring",
+            &written,
+        )?;
+        counters(
+            e,
+            "events_lost",
+            "Event records lost: ring full, flow over its rate, or a monitor reading too slowly",
+            &lost,
+        )?;
         let h = crate::metrics::health();
-        gauges(e, "ready", "1 once the datapath is loaded and the first sync applied", &[(Vec::new(), if h.ready() { 1.0 } else { 0.0 })])?;
-        gauges(e, "main_loop_last_tick_age_seconds", "Seconds since the agent's main loop last ticked", &[(Vec::new(), h.since_tick().as_secs_f64())])?;
+        gauges(
+            e,
+            "ready",
+            "1 once the datapath is loaded and the first sync applied",
+            &[(Vec::new(), if h.ready() { 1.0 } else { 0.0 })],
+        )?;
+        gauges(
+            e,
+            "main_loop_last_tick_age_seconds",
+            "Seconds since the agent's main loop last ticked",
+            &[(Vec::new(), h.since_tick().as_secs_f64())],
+        )?;
         Ok(())
     }
 }

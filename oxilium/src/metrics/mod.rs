@@ -40,9 +40,7 @@ pub struct AgentMetrics {
 
 static AGENT: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     reconcile_seconds: Family::new_with_constructor(|| {
-        Histogram::new([
-            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
-        ])
+        Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
     }),
     reconcile_errors: Family::default(),
 });

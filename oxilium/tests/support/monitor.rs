@@ -78,7 +78,12 @@ impl Monitor {
     /// Waits up to `timeout` until `want` holds for the records; returns them (panics with them
     /// after the timeout).
     #[track_caller]
-    pub fn wait(&self, timeout: Duration, what: &str, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait(
+        &self,
+        timeout: Duration,
+        what: &str,
+        want: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let t = Instant::now();
         loop {
             let r = self.records();
@@ -88,7 +93,10 @@ impl Monitor {
             assert!(
                 t.elapsed() < timeout,
                 "timed out waiting for {what}; records:\n{}",
-                r.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+                r.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
