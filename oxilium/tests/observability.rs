@@ -363,6 +363,36 @@ fn node_readiness_waits_for_the_first_sync_and_nodeport_events_reach_monitor() {
     assert_eq!(d["drop_reason_desc"], "SOURCE_RANGE", "{d}");
     assert_eq!(d["reason_set"], "nodeport", "{d}");
     assert_eq!(d["IP"]["destination"], "203.0.113.10", "{d}");
+    // explain on the node: the tc NodePort program, over the live maps.
+    let e = k.agent.cli(&[
+        "explain", "--from", CLIENT4, "--to", NODE1_EXT4, "--port", "30080", "--sport", "40404",
+    ]);
+    assert_eq!(e["program"], "oxilium_nodeport_ingress", "{e}");
+    assert_eq!(e["iface"], "ext0", "{e}");
+    assert_eq!(
+        e["backend"]["address"],
+        format!("{}", c.pod("p11").addr(false)),
+        "{e}"
+    );
+    assert_eq!(
+        e["verdict"], "TC_ACT_REDIRECT",
+        "delivered to the pod's veth: {e}"
+    );
+    assert_eq!(
+        e["output"]["source"], CLIENT4,
+        "the client is kept for a local pod: {e}"
+    );
+    let e = k.agent.cli(&[
+        "explain",
+        "--from",
+        CLIENT4,
+        "--to",
+        "203.0.113.10",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(e["verdict"], "TC_ACT_SHOT", "{e}");
+    assert_eq!(e["drop"]["desc"], "SOURCE_RANGE", "{e}");
     let s = scrape(node_ns, metrics());
     let refused = sample(
         &s,
