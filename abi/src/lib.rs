@@ -9,6 +9,7 @@
 
 pub mod ct;
 pub mod endpoint;
+pub mod event;
 pub mod lb;
 pub mod nodeport;
 pub mod policy;

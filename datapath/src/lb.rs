@@ -245,6 +245,7 @@ pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     // A full LRU evicts the least recently used flow; failure here only costs stickiness.
     let _ = OXI_CONNTRACK.insert(key, &entry, 0);
     stats::reason(reason::CT_NEW, 0);
+    crate::events::translate(svc.id);
     0
 }
 

@@ -7,6 +7,7 @@ pub mod affinity;
 pub mod csum;
 pub mod encap;
 pub mod endpoint;
+pub mod events;
 pub mod fib;
 pub mod headers;
 pub mod icmp;

@@ -61,6 +61,8 @@ pub struct Scratch {
     pub snat: SnatEntry,
     /// The packet an ICMP error quotes (crate::icmp).
     pub quoted: crate::icmp::Quoted,
+    /// The program, interface and length of the packet, for its events (crate::events).
+    pub ev: crate::events::EventCtx,
 }
 
 #[btf_map]

@@ -102,6 +102,14 @@ pub fn count<M: NodePortMaps>(r: u32, bytes: u64) {
             (*c).bytes += bytes;
         }
     }
+    crate::events::trace(abi::event::SET_NODEPORT, r);
+}
+
+/// Counts a dropped packet under NodePort reason `r` and reports the drop (crate::events).
+#[inline(always)]
+pub fn drop<M: NodePortMaps>(r: u32, bytes: u64) {
+    count::<M>(r, bytes);
+    crate::events::drop(abi::event::SET_NODEPORT, r);
 }
 
 /// tc ingress of an external device: frontends translated, remote backends' replies restored.
@@ -231,16 +239,16 @@ fn forward<M: NodePortMaps + AffinityMaps>(
 ) -> i32 {
     let r = affinity::select::<M, _>(f, svc, bytes, t, new_flow::<M>);
     if r == lb::REFUSED {
-        count::<M>(np::SOURCE_RANGE, bytes);
+        drop::<M>(np::SOURCE_RANGE, bytes);
         return TC_ACT_SHOT as i32;
     }
     if r != 0 {
-        stats::reason(r, bytes);
+        stats::drop(r, bytes);
         return TC_ACT_SHOT as i32;
     }
     let b = &t.backend;
     if (b.family == FAMILY_V6) != f.v6 {
-        count::<M>(np::FAMILY, bytes);
+        drop::<M>(np::FAMILY, bytes);
         return TC_ACT_SHOT as i32;
     }
     stats::service(svc.id, bytes);
@@ -253,14 +261,14 @@ fn forward<M: NodePortMaps + AffinityMaps>(
         new.src = f.key.src;
         new.sport = f.key.sport;
         if rewrite(ctx, f, new).is_err() || set_macs(ctx, &ep.mac, &ep.node_mac).is_err() {
-            count::<M>(np::ERROR, bytes);
+            drop::<M>(np::ERROR, bytes);
             return TC_ACT_SHOT as i32;
         }
         count::<M>(np::LOCAL, bytes);
         return unsafe { bpf_redirect(ep.ifindex, 0) } as i32;
     }
     let Some(node) = lb::lb_addr(f.v6) else {
-        stats::reason(reason::ERROR, bytes);
+        stats::drop(reason::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     };
     if t.snat_port == 0 && svc.mode == MODE_DSR {
@@ -275,7 +283,7 @@ fn forward<M: NodePortMaps + AffinityMaps>(
             return icmp::skb::too_big(ctx, f, mtu);
         }
         if !encap::encap_skb(ctx, f, node, &b.addr, b.port) {
-            count::<M>(np::ERROR, bytes);
+            drop::<M>(np::ERROR, bytes);
             return TC_ACT_SHOT as i32;
         }
         count::<M>(np::DSR, bytes);
@@ -284,13 +292,13 @@ fn forward<M: NodePortMaps + AffinityMaps>(
     }
     if t.snat_port == 0 {
         // A flow pinned while its backend was local, whose pod has gone: nothing to reuse.
-        stats::reason(reason::NO_BACKEND, bytes);
+        stats::drop(reason::NO_BACKEND, bytes);
         return TC_ACT_SHOT as i32;
     }
     new.src = *node;
     new.sport = t.snat_port;
     if rewrite(ctx, f, new).is_err() {
-        count::<M>(np::ERROR, bytes);
+        drop::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     }
     count::<M>(np::REMOTE, bytes);
@@ -319,7 +327,7 @@ fn reply<M: NodePortMaps>(
         stats::service(e.service_id, bytes);
     }
     if rewrite(ctx, f, new).is_err() {
-        count::<M>(np::ERROR, bytes);
+        drop::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     }
     if !ingress {
@@ -351,16 +359,16 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
     let backend = f.key.dst;
     let inner_v6 = f.key.proto == IPPROTO_IPV6;
     if inner_v6 != !abi::lb::is_v4_mapped(&backend) {
-        count::<M>(np::FAMILY, bytes);
+        drop::<M>(np::FAMILY, bytes);
         return TC_ACT_SHOT as i32;
     }
     if !encap::decap_skb(ctx, f) {
-        count::<M>(np::ERROR, bytes);
+        drop::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     }
     // The inner packet: TCP or UDP, not a fragment (the sender only tunnels those).
     let Some(s) = parse_tc(ctx, false) else {
-        count::<M>(np::ERROR, bytes);
+        drop::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     };
     let f = &s.flow;
@@ -377,7 +385,7 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
     new.dport = port;
     new.proto = f.key.proto;
     if rewrite(ctx, f, new).is_err() || set_macs(ctx, &ep.mac, &ep.node_mac).is_err() {
-        count::<M>(np::ERROR, bytes);
+        drop::<M>(np::ERROR, bytes);
         return TC_ACT_SHOT as i32;
     }
     count::<M>(np::DSR_IN, bytes);

@@ -54,6 +54,14 @@ fn count<M: PodMaps>(r: u32, bytes: u64) {
             (*c).bytes += bytes;
         }
     }
+    crate::events::trace(abi::event::SET_POD, r);
+}
+
+/// Counts a dropped packet under pod reason `r` and reports the drop (crate::events).
+#[inline(always)]
+fn drop<M: PodMaps>(r: u32, bytes: u64) {
+    count::<M>(r, bytes);
+    crate::events::drop(abi::event::SET_POD, r);
 }
 
 /// tc ingress of a pod's host-side veth: pod → frontend translated to pod → backend.
@@ -85,11 +93,11 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let t = &s.target;
     if r != 0 {
         count::<M>(reason::NO_BACKEND, bytes);
-        stats::reason(r, bytes);
+        stats::drop(r, bytes);
         return TC_ACT_SHOT;
     }
     if (t.backend.family == FAMILY_V6) != f.v6 {
-        count::<M>(reason::FAMILY, bytes);
+        drop::<M>(reason::FAMILY, bytes);
         return TC_ACT_SHOT;
     }
     stats::service(svc.id, bytes);
@@ -101,7 +109,7 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     new.dport = t.backend.port;
     new.proto = f.key.proto;
     if rewrite(ctx, f, new).is_err() {
-        count::<M>(reason::ERROR, bytes);
+        drop::<M>(reason::ERROR, bytes);
         return TC_ACT_SHOT;
     }
     count::<M>(reason::FORWARD, bytes);
@@ -134,7 +142,7 @@ pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     new.proto = f.key.proto;
     stats::service(e.service_id, bytes);
     if rewrite(ctx, f, new).is_err() {
-        count::<M>(reason::ERROR, bytes);
+        drop::<M>(reason::ERROR, bytes);
         return TC_ACT_SHOT;
     }
     count::<M>(reason::REPLY, bytes);

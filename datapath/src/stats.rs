@@ -12,9 +12,18 @@ fn add(c: Option<*mut abi::lb::Counter>, bytes: u64) {
     }
 }
 
+/// Counts a step of the packet under reason `r` (a trace point when those are on).
 #[inline(always)]
 pub fn reason(r: u32, bytes: u64) {
     add(OXI_STATS.get_ptr_mut(r), bytes);
+    crate::events::trace(abi::event::SET_LB, r);
+}
+
+/// Counts a dropped packet under reason `r` and reports the drop (crate::events).
+#[inline(always)]
+pub fn drop(r: u32, bytes: u64) {
+    reason(r, bytes);
+    crate::events::drop(abi::event::SET_LB, r);
 }
 
 #[inline(always)]

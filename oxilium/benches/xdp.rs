@@ -11,6 +11,8 @@
 //! - distinct new flows: repeat = 1 on many different packets, against the raw baseline also at
 //!   repeat = 1 (each sample then carries the kernel's timer overhead, so only the ratio means much).
 //!
+//! Then the cost of datapath events (benches/xdp/events.rs) and the agent's drain rate.
+//!
 //! Everything runs in a namespace where the FIB answers (veth, static neighbours, forwarding on),
 //! so the translated cases pay a successful bpf_fib_lookup and return XDP_TX, as in production.
 #[path = "../tests/support/bpffs.rs"]
@@ -31,6 +33,9 @@ use lb::{
 use oxilium::bpf::{lb_maps::KernelMaps, loader};
 use packet::{ether, ip, tcp};
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
+
+#[path = "xdp/events.rs"]
+mod events;
 
 const LB4: &str = "10.10.1.100";
 const PORT: u16 = 40_000;
@@ -234,7 +239,12 @@ fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
 /// A loaded program with its own pinned maps, holding `model(300)`.
 fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let n = port_min; // distinct per call here
-    let pins = PinDir::new(&format!("oxilium-bench-{}-{n}", std::process::id()));
+    setup_in(&format!("{n}"), port_min, port_max)
+}
+
+/// [`setup`] in the pin folder named by `tag`.
+fn setup_in(tag: &str, port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
+    let pins = PinDir::new(&format!("oxilium-bench-{}-{tag}", std::process::id()));
     let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
@@ -323,6 +333,7 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
+    events::bench(repeat, &md, &est, raw);
     rec.apply(&compile::compile(&model(0)).unwrap()).unwrap();
     row(
         "oxilium, new SNAT flow (stale conntrack)",

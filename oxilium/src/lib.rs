@@ -6,4 +6,7 @@ pub mod api;
 pub mod bpf;
 pub mod cli;
 pub mod plugin;
+pub mod events;
+pub mod explain;
+pub mod metrics;
 pub mod sysctl;

@@ -11,10 +11,12 @@ mod support;
 
 use serde_json::{Value, json};
 use std::path::Path;
-use support::{agent::AgentProcess, fake_api::Res, kube_agent::WAIT, netns::Netns};
+use support::{
+    agent::AgentProcess, fake_api::Res, kube_agent::WAIT, monitor::http_get, netns::Netns,
+};
 
-/// The agent container's arguments after the binary, and its environment on node `node`.
-fn daemonset_command(node: &str) -> (Vec<String>, Vec<(String, String)>) {
+/// The agent container of the shipped DaemonSet.
+fn agent_container() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/kubernetes/daemonset.yaml"
@@ -23,12 +25,18 @@ fn daemonset_command(node: &str) -> (Vec<String>, Vec<(String, String)>) {
     let objects = k8s::manifests::parse_text(Path::new(path), &text).unwrap();
     let ds = &objects[0].value;
     assert_eq!(ds["kind"], "DaemonSet");
-    let c = ds["spec"]["template"]["spec"]["containers"]
+    ds["spec"]["template"]["spec"]["containers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "agent")
-        .unwrap();
+        .unwrap()
+        .clone()
+}
+
+/// The agent container's arguments after the binary, and its environment on node `node`.
+fn daemonset_command(node: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let c = &agent_container();
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .into_iter()
@@ -57,6 +65,13 @@ fn daemonset_command(node: &str) -> (Vec<String>, Vec<(String, String)>) {
         })
         .collect();
     (args, env)
+}
+
+/// A probe's (path, port) as the kubelet would GET it.
+fn probe(c: &Value, which: &str) -> (String, u16) {
+    let g = &c[which]["httpGet"];
+    let port = g["port"].as_u64().unwrap_or_else(|| panic!("{which}: {g}"));
+    (g["path"].as_str().unwrap().to_string(), port as u16)
 }
 
 /// A ClusterIP Service with internalTrafficPolicy Local: which backend the agent programs shows
@@ -137,6 +152,37 @@ fn the_daemonset_command_line_starts_a_node_agent() {
             .then_some(())
             .ok_or(list)
     });
+    // The kubelet's probes, on the address the container's command line serves them: both
+    // answer 200 once the Services are programmed.
+    let c = agent_container();
+    for which in ["livenessProbe", "readinessProbe"] {
+        let (path, port) = probe(&c, which);
+        let at = args
+            .iter()
+            .position(|a| a == "--metrics-address")
+            .expect("--metrics-address in the command line");
+        let addr: std::net::SocketAddr = args[at + 1].parse().unwrap();
+        assert_eq!(addr.port(), port, "{which} probes the metrics address");
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let (code, body) = http_get(&ns, to, &path);
+        assert_eq!(code, 200, "{which} {path}: {body}");
+    }
+    let s = support::monitor::scrape(
+        &ns,
+        std::net::SocketAddr::from(([127, 0, 0, 1], probe(&c, "readinessProbe").1)),
+    );
+    assert!(s.samples.iter().any(|x| x.metric == "oxilium_services"));
+    for (kind, key) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "memory"),
+    ] {
+        assert!(
+            c["resources"][kind][key].is_string(),
+            "resources.{kind}.{key}: {}",
+            c["resources"]
+        );
+    }
     drop(agent);
     drop(api);
     drop(rt);

@@ -23,7 +23,7 @@ use aya_ebpf::{
 use datapath::{
     encap,
     headers::*,
-    parse::{self, Flow, Parsed},
+    parse::{self, Parsed},
     stats,
 };
 
@@ -33,11 +33,23 @@ static OXI_TUNNEL_SOURCES: HashMap<Addr, u8, { MAX_TUNNEL_SOURCES as usize }> = 
 
 #[classifier]
 pub fn oxilium_decap(ctx: TcContext) -> i32 {
+    let action = decap(&ctx);
+    datapath::events::end();
+    action
+}
+
+#[inline(always)]
+fn decap(ctx: &TcContext) -> i32 {
     // Make the headers we read directly accessible (eth + VLAN + two IPv6 headers + ports).
     let _ = ctx.pull_data(ETH_HLEN as u32 + VLAN_HLEN as u32 + 2 * IPV6_HLEN as u32 + 4);
+    begin(ctx, abi::event::PROG_TC_DECAP);
     let (start, end) = (ctx.data(), ctx.data_end());
-    let mut f = Flow::new();
-    if parse::parse(start, end, ctx.len() as usize, &mut f) != Parsed::Ip {
+    // Parsed into the scratch space, where a drop's event finds the tuple.
+    let Some(s) = datapath::maps::scratch() else {
+        return TC_ACT_OK;
+    };
+    let f = &mut s.flow;
+    if parse::parse(start, end, ctx.len() as usize, f) != Parsed::Ip {
         return TC_ACT_OK;
     }
     if f.key.proto != IPPROTO_IPIP && f.key.proto != IPPROTO_IPV6 {
@@ -45,15 +57,23 @@ pub fn oxilium_decap(ctx: TcContext) -> i32 {
     }
     // SAFETY: read-only lookup.
     if unsafe { OXI_TUNNEL_SOURCES.get(&f.key.src) }.is_none() {
-        stats::reason(reason::TUNNEL_REFUSED, ctx.len() as u64);
+        stats::drop(reason::TUNNEL_REFUSED, ctx.len() as u64);
         return TC_ACT_SHOT;
     }
-    if !encap::decap_skb(&ctx, &f) {
-        stats::reason(reason::ERROR, 0);
+    if !encap::decap_skb(ctx, f) {
+        stats::drop(reason::ERROR, 0);
         return TC_ACT_SHOT;
     }
     stats::reason(reason::DECAP, 0);
     TC_ACT_OK
+}
+
+/// Starts a packet's events (datapath::events::begin) with the skb's interface and length.
+#[inline(always)]
+pub(crate) fn begin(ctx: &TcContext, prog: u8) {
+    // SAFETY: reading the skb's fields.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    datapath::events::begin(prog, ifindex, ctx.len());
 }
 
 #[unsafe(link_section = "license")]

@@ -26,11 +26,17 @@ impl AffinityMaps for Maps {
 /// translated to a backend, remote backends' replies restored, DSR tunnels to local pods taken off.
 #[classifier]
 pub fn oxilium_nodeport_ingress(ctx: TcContext) -> i32 {
-    ingress::<Maps>(&ctx)
+    crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_INGRESS);
+    let action = ingress::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }
 
 /// tc egress of the node's external devices: local backends' replies restored.
 #[classifier]
 pub fn oxilium_nodeport_egress(ctx: TcContext) -> i32 {
-    egress::<Maps>(&ctx)
+    crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_EGRESS);
+    let action = egress::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }

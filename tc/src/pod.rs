@@ -38,11 +38,17 @@ impl PodMaps for Maps {
 /// tc ingress of a pod's host-side veth (packets leaving the pod): frontends translated.
 #[classifier]
 pub fn oxilium_pod_ingress(ctx: TcContext) -> i32 {
-    from_pod::<Maps>(&ctx)
+    crate::begin(&ctx, abi::event::PROG_TC_POD_INGRESS);
+    let action = from_pod::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }
 
 /// tc egress of a pod's host-side veth (packets to the pod): replies restored.
 #[classifier]
 pub fn oxilium_pod_egress(ctx: TcContext) -> i32 {
-    to_pod::<Maps>(&ctx)
+    crate::begin(&ctx, abi::event::PROG_TC_POD_EGRESS);
+    let action = to_pod::<Maps>(&ctx);
+    datapath::events::end();
+    action
 }

@@ -17,6 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use datapath::{
+    events,
     fib::{self, Route},
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
     lb::{self, Target},
@@ -27,6 +28,19 @@ use datapath::{
 
 #[xdp]
 pub fn oxilium_lb(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u32;
+    events::begin(
+        abi::event::PROG_XDP_LB,
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        bytes,
+    );
+    let action = lb_packet(&ctx);
+    events::end();
+    action
+}
+
+#[inline(always)]
+fn lb_packet(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let bytes = (end - start) as u64;
     let Some(s) = maps::scratch() else {
@@ -53,17 +67,21 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
     }
     let f = &s.flow;
     if let Some(svc) = lb::service(&f.key) {
-        return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+        return forward(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
     if let Some(e) = lb::snat_reply(f) {
-        return reply(&ctx, f, &mut s.rewrite, e, bytes);
+        return reply(ctx, f, &mut s.rewrite, e, bytes);
     }
     count(reason::PASS, bytes, XDP_PASS)
 }
 
 #[inline(always)]
 fn count(r: u32, bytes: u64, action: u32) -> u32 {
-    stats::reason(r, bytes);
+    if action == XDP_DROP {
+        stats::drop(r, bytes);
+    } else {
+        stats::reason(r, bytes);
+    }
     action
 }
 

@@ -30,6 +30,18 @@ datapath::nodeport_maps!();
 
 #[xdp]
 pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
+    datapath::events::begin(
+        abi::event::PROG_XDP_NODEPORT,
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        (ctx.data_end() - ctx.data()) as u32,
+    );
+    let action = nodeport_packet(&ctx);
+    datapath::events::end();
+    action
+}
+
+#[inline(always)]
+fn nodeport_packet(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let bytes = (end - start) as u64;
     let Some(s) = maps::scratch() else {
@@ -50,10 +62,10 @@ pub fn oxilium_nodeport_xdp(ctx: XdpContext) -> u32 {
             // Selected through the client's affinity entry by the tc program.
             return XDP_PASS;
         }
-        return forward(&ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+        return forward(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
     }
     if let Some(e) = lb::snat_reply(f) {
-        let action = reply(&ctx, f, &mut s.rewrite, e, bytes);
+        let action = reply(ctx, f, &mut s.rewrite, e, bytes);
         if action != XDP_DROP {
             dp::count::<Maps>(np::REV_SNAT, bytes);
             dp::count::<Maps>(np::XDP, bytes);
@@ -75,14 +87,14 @@ fn forward(
 ) -> u32 {
     let r = lb::select_with(f, svc, bytes, t, dp::new_flow::<Maps>);
     if r == lb::REFUSED {
-        dp::count::<Maps>(np::SOURCE_RANGE, bytes);
+        dp::drop::<Maps>(np::SOURCE_RANGE, bytes);
         return XDP_DROP;
     }
     if r != 0 {
         return count(r, bytes, XDP_DROP);
     }
     if (t.backend.family == FAMILY_V6) != f.v6 {
-        dp::count::<Maps>(np::FAMILY, bytes);
+        dp::drop::<Maps>(np::FAMILY, bytes);
         return XDP_DROP;
     }
     // SAFETY: read-only lookup of a value the agent writes whole.

@@ -65,6 +65,12 @@ pub struct AgentArgs {
     /// Detach everything, remove the pin folder and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Serve Prometheus metrics (/metrics) and the health probes (/healthz, /readyz) on this
+    /// TCP address (e.g. 0.0.0.0:9963); off when not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub events: crate::events::EventFlags,
     #[command(flatten)]
     pub node_args: node::NodeArgs,
 }
@@ -116,6 +122,8 @@ pub struct State {
     /// The manifests folder's first view (its stamp, and the view less its model, which `start`
     /// applied): `run` takes it instead of compiling the folder again.
     pub(crate) first_view: Option<(watch::Stamp, node::NodeView)>,
+    /// Datapath events: the ring's drain and its subscribers (crate::events).
+    pub events: Arc<crate::events::Hub>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -142,6 +150,8 @@ async fn agent(args: AgentArgs) -> Result<()> {
     if args.role != Role::Backend && !args.tunnel_sources.is_empty() {
         anyhow::bail!("--tunnel-source is only for --role backend");
     }
+    args.events.check()?;
+    let _ = crate::events::RING_BYTES.set(args.events.events_ring_bytes);
     let (ct_entries, snat_entries) = match args.role {
         Role::Lb => {
             let path = args
@@ -174,7 +184,12 @@ async fn agent(args: AgentArgs) -> Result<()> {
         pod_devices: None,
         cni: None,
         first_view: None,
+        events: crate::events::Hub::new(&args.pin_dir),
     }));
+    let metrics = match args.metrics_address {
+        Some(a) => Some(crate::metrics::serve(a, state.clone()).await?),
+        None => None,
+    };
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
     let _ebpf: Option<Ebpf> = match args.role {
         Role::Backend => {
@@ -188,21 +203,51 @@ async fn agent(args: AgentArgs) -> Result<()> {
         Role::Lb => Some(edge::start(&args, &state).await?),
         Role::Node => Some(node::start(&args, &state).await?),
     };
+    let health = crate::metrics::health();
+    health.set_loaded();
+    if args.role != Role::Node {
+        // The edge LB applied its config in `start`; a DSR backend has nothing to sync.
+        health.set_synced();
+    }
+    let hub = state.lock().unwrap().events.clone();
+    crate::events::start(&args.events, &hub, &state);
     let api = crate::api::serve(&args.socket, state.clone())?;
     info!(socket = %args.socket.display(), "agent ready");
     println!("oxilium agent ready");
     let result = match args.role {
         Role::Lb => edge::run(&args, &state).await,
         Role::Node => node::run(&args, &state).await,
-        Role::Backend => wait_for_signal().await,
+        Role::Backend => {
+            // No loop of its own: the heartbeat shows the runtime is alive.
+            let beat = tokio::spawn(async {
+                let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    t.tick().await;
+                    crate::metrics::health().tick();
+                }
+            });
+            let r = wait_for_signal().await;
+            beat.abort();
+            r
+        }
     };
     api.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     result
 }
 
 /// Compiles `model`, writes the difference to the datapath and remembers it as applied.
 pub(crate) fn apply_model(st: &mut State, model: lb::model::Model) -> Result<()> {
+    let started = std::time::Instant::now();
+    let r = apply_model_inner(st, model);
+    crate::metrics::reconciled("whole", started.elapsed(), r.is_ok());
+    r
+}
+
+fn apply_model_inner(st: &mut State, model: lb::model::Model) -> Result<()> {
     let compiled = compile::compile(&model)?;
     let rec = st.reconciler.as_mut().context("datapath not loaded")?;
     let ch = rec.apply(&compiled)?;

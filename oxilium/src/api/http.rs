@@ -1,6 +1,6 @@
 //! The agent's HTTP servers share this: one HTTP/1.1 connection served with hyper, every request
-//! answered by a synchronous function with a JSON body (the API socket, the health-check node
-//! ports).
+//! answered by a synchronous function (the API socket, the health-check node ports, the
+//! metrics and health probes).
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -16,11 +16,23 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(&Request<Incoming>) -> (StatusCode, serde_json::Value) + Send + Sync + 'static,
 {
+    spawn_service(io, what, move |req| {
+        let (code, body) = answer(req);
+        json_response(code, &body)
+    });
+}
+
+/// Serves one accepted connection in its own task; `answer` gives each request's response.
+pub fn spawn_service<IO, F>(io: IO, what: &'static str, answer: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
     let answer = std::sync::Arc::new(answer);
     tokio::spawn(async move {
         let svc = service_fn(move |req| {
-            let (code, body) = answer(&req);
-            async move { Ok::<_, std::convert::Infallible>(json_response(code, &body)) }
+            let r = answer(&req);
+            async move { Ok::<_, std::convert::Infallible>(r) }
         });
         if let Err(e) = http1::Builder::new()
             .serve_connection(TokioIo::new(io), svc)

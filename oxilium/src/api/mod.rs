@@ -1,4 +1,6 @@
 //! The agent's API: HTTP/1.1 + JSON on a unix socket (root only, mode 0600).
+mod events;
+mod explain;
 pub mod http;
 mod views;
 
@@ -18,26 +20,13 @@ use tokio::{net::UnixListener, task::JoinHandle};
 /// (replacing a stale socket atomically).
 pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
     let listener = bind_private(socket)?;
+    let hub = state.lock().unwrap().events.clone();
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let state = state.clone();
-            http::spawn_connection_with_body(stream, "api", move |method, path, body| {
-                let state = state.clone();
-                async move {
-                    match (method, path.strip_prefix("/cni/")) {
-                        (hyper::Method::POST, Some(cmd)) => {
-                            crate::agent::node::endpoints::serve(&state, cmd, &body).await
-                        }
-                        (_, _) if path.trim_end_matches('/') == "/endpoints" => {
-                            crate::agent::node::endpoints::serve(&state, "list", &[]).await
-                        }
-                        _ => handle(&state, &path),
-                    }
-                }
-            });
+            events::spawn_connection(stream, state.clone(), hub.clone());
         }
     }))
 }
@@ -75,7 +64,7 @@ pub fn bind_private(socket: &Path) -> Result<UnixListener> {
     result
 }
 
-fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Value) {
+pub(crate) fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Value) {
     if path.trim_end_matches('/') == "/status" {
         return (StatusCode::OK, status(state));
     }
@@ -104,14 +93,15 @@ fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Value) {
 /// The status; the conntrack and SNAT entries are counted (keys walked, nothing copied) after
 /// the state lock is released, so a large table never holds up the agent's loop.
 fn status(state: &Shared) -> serde_json::Value {
-    let (mut v, reader) = {
+    let (mut v, reader, hub) = {
         let st = state.lock().unwrap();
         let reader = st
             .reconciler
             .as_ref()
             .map(|r| r.datapath().occupancy_reader());
-        (views::status(&st), reader)
+        (views::status(&st), reader, st.events.clone())
     };
+    v["events"] = hub.status();
     match reader {
         Some(Ok(r)) => {
             let occupancy = r.read();
@@ -167,6 +157,15 @@ pub async fn post(
 
 /// The CLI side: GET `path` from the agent and return the JSON body.
 pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
+    request(socket, hyper::Method::GET, path).await
+}
+
+/// The CLI side: `method` on `path` of the agent's API, the JSON body returned.
+pub async fn request(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> Result<serde_json::Value> {
     use http_body_util::{BodyExt, Empty};
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -178,7 +177,9 @@ pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "oxilium")
         .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;

@@ -71,6 +71,7 @@ fn pinned_names() -> impl Iterator<Item = &'static str> {
         .chain(abi::sock::names::PINNED)
         .chain(abi::sock::pod::names::PINNED)
         .chain(abi::endpoint::names::PINNED)
+        .chain(abi::event::names::PINNED)
 }
 
 static MAP_SIZES: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
@@ -102,6 +103,9 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
     if let Some(&(ct, snat)) = MAP_SIZES.get() {
         loader.map_max_entries(names::CONNTRACK, ct);
         loader.map_max_entries(names::SNAT, snat);
+    }
+    if let Some(&bytes) = crate::events::RING_BYTES.get() {
+        loader.map_max_entries(abi::event::names::EVENTS, bytes);
     }
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());

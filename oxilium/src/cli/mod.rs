@@ -1,6 +1,8 @@
 //! Command-line entry: parses flags and dispatches to the agent or a client command.
 mod client;
+mod explain;
 mod maglev_table;
+mod monitor;
 pub mod policy;
 mod service_offline;
 
@@ -61,6 +63,13 @@ enum Command {
     /// Identity and network policy (offline with --manifests).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Follow the datapath's events live: drops with their reason, translations, trace points.
+    Monitor(Box<monitor::MonitorArgs>),
+    /// Datapath events: switch trace points, show the events' counters.
+    #[command(subcommand)]
+    Events(monitor::EventsCmd),
+    /// What the loaded programs would do with a packet, step by step (changes nothing).
+    Explain(Box<explain::ExplainArgs>),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +144,9 @@ pub fn main() -> ExitCode {
         Command::Endpoint(EndpointCmd::List(c)) => {
             client::show(&c, "/endpoints", client::Kind::Endpoints)
         }
+        Command::Monitor(m) => monitor::run(&m),
+        Command::Events(c) => monitor::events(c),
+        Command::Explain(e) => explain::run(&e),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

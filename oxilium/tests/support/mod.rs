@@ -9,6 +9,7 @@ pub mod cluster;
 #[path = "../../../k8s/tests/support/fake_api.rs"]
 pub mod fake_api;
 pub mod kube_agent;
+pub mod monitor;
 pub mod netns;
 pub mod packet;
 pub mod peer;

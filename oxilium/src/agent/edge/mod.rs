@@ -123,8 +123,10 @@ pub(super) async fn run(args: &AgentArgs, state: &Shared) -> Result<()> {
     let mut watch = Watch::file(&path, Duration::from_millis(args.watch_ms.max(50)))?;
     let mut last = Stamp::file(&path);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => crate::metrics::health().tick(),
             _ = watch.changed() => {
                 let now = Stamp::file(&path);
                 if now != last {

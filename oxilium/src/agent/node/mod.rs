@@ -377,6 +377,7 @@ impl Follower {
 
     /// Called on every tick: retries waiting pods, re-checks all now and then.
     async fn tick(&mut self, state: &Shared) {
+        crate::metrics::health().tick();
         if let Some(pods) = self.pods.as_mut()
             && let Some(e) = pod_devices::report(pods.tick().await)
         {
@@ -445,6 +446,7 @@ fn record(state: &Shared, result: Result<()>, what: &str) {
         Ok(()) => {
             st.reloads += 1;
             st.last_error = None;
+            crate::metrics::health().set_synced();
             info!("{what} applied");
         }
         Err(e) => {

@@ -171,7 +171,10 @@ impl Pending {
 /// ranges was among those changed (their kernel entries then need a sync).
 pub(super) fn apply_delta(st: &mut crate::agent::State, delta: &ModelDelta) -> Result<bool> {
     let rec = st.reconciler.as_mut().context("datapath not loaded")?;
-    let (ch, ranges) = apply_to(rec, &mut st.model, delta)?;
+    let started = std::time::Instant::now();
+    let r = apply_to(rec, &mut st.model, delta);
+    crate::metrics::reconciled("delta", started.elapsed(), r.is_ok());
+    let (ch, ranges) = r?;
     if !ch.is_empty() {
         info!(?ch, "datapath updated");
     }
