@@ -98,6 +98,21 @@ impl Tally {
         );
     }
 
+    /// [`Tally::assert_clean`], and every reason of `need` was expected at least once: the run
+    /// reached those paths (a check that cannot pass vacuously).
+    pub fn assert_clean_hitting(&mut self, need: &[u32]) {
+        self.assert_clean();
+        for r in need {
+            assert!(
+                self.reasons.get(r).copied().unwrap_or(0) > 0,
+                "{}: no packet counted {} (seed {})",
+                self.program,
+                abi::lb::reason::NAMES[*r as usize],
+                self.seed
+            );
+        }
+    }
+
     pub fn assert_clean(&mut self) {
         self.collect_reasons();
         self.report();

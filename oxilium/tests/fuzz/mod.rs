@@ -11,5 +11,6 @@ pub mod icmp;
 pub mod model;
 pub mod traffic;
 pub mod wire;
+pub mod xdp_icmp;
 pub mod xdp_lb;
 pub mod xdp_run;

@@ -57,7 +57,7 @@ pub struct Shadow {
 
 /// Sets the checksum field at `field` so that the covered data's residual is `r` (the data's
 /// sum without the field is `rest`).
-fn keep_residual(out: &mut [u8], field: usize, rest: u64, r: u16) {
+pub fn keep_residual(out: &mut [u8], field: usize, rest: u64, r: u16) {
     let v = fold(r as u64 + !fold(rest) as u64);
     out[field..field + 2].copy_from_slice(&v.to_be_bytes());
 }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// The configuration the program reads (as the agent wrote it) and the model's shadow.
 pub struct LbModel {
@@ -26,6 +27,17 @@ pub struct LbModel {
     pub shadow: Shadow,
     /// Packets whose expiry decision fell inside the run's time window (either is right).
     pub ambiguous: u64,
+    /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
+    pub route_mtu: (u32, u32),
+}
+
+/// What DSR encapsulation towards a backend comes to.
+pub enum Tunnel {
+    Sent(Vec<u8>),
+    /// Over the route's MTU: the usable MTU.
+    TooBig(u16),
+    /// Over 64 KiB once encapsulated.
+    Oversize,
 }
 
 fn skey(addr: [u8; 16], port: u16, proto: u8) -> ServiceKey {
@@ -42,7 +54,7 @@ impl LbModel {
         self.cfg.ready == 1
     }
 
-    fn lb_addr(&self, v6: bool) -> Option<[u8; 16]> {
+    pub fn lb_addr(&self, v6: bool) -> Option<[u8; 16]> {
         let a = if v6 {
             self.cfg.snat_v6
         } else {
@@ -75,8 +87,8 @@ impl LbModel {
             }
             Read::Ip(p) => p,
         };
-        if let Some(e) = super::icmp::xdp(&p, f) {
-            return Ok(e);
+        if super::icmp::is_error(&p) {
+            return Ok(self.icmp_error(f, &p, o));
         }
         if p.proto != 6 && p.proto != 17 {
             return Ok(Expect::verdict(XDP_PASS, f, Some((r::PASS, bytes))));
@@ -205,23 +217,21 @@ impl LbModel {
             if svc.mode != MODE_DSR {
                 return Ok(self.drop_keep(x, f, r::NO_BACKEND));
             }
-            let outer_v4_inner_v6 = p.v6 && b.family != FAMILY_V6;
-            let id = if outer_v4_inner_v6 {
-                let at = p.l3_off + 4;
-                o.out
-                    .get(at..at + 2)
-                    .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]))
-            } else {
-                p.ip_id
-            };
-            let hlen = if b.family == FAMILY_V6 { 40 } else { 20 };
-            if p.l3_len + hlen > 0xffff {
-                return Ok(self.drop_keep(x, f, r::TOO_BIG));
-            }
-            x.out = encapsulate(f, p, &lb, &b.addr, id);
-            x.action = XDP_PASS;
-            x.reasons.extend([(r::FWD_DSR, bytes), (r::FIB_PASS, 0)]);
-            return Ok(x);
+            return Ok(match self.tunnel(f, p, &lb, &b, o) {
+                Tunnel::Sent(out) => {
+                    x.out = out;
+                    x.action = XDP_PASS;
+                    x.reasons.extend([(r::FWD_DSR, bytes), (r::FIB_PASS, 0)]);
+                    x
+                }
+                Tunnel::TooBig(mtu) if p.v6 || p.df => {
+                    x.out = super::icmp::too_big(f, p, mtu);
+                    x.action = XDP_TX;
+                    x.reasons.push((r::ICMP_TOO_BIG, bytes));
+                    x
+                }
+                Tunnel::TooBig(_) | Tunnel::Oversize => self.drop_keep(x, f, r::TOO_BIG),
+            });
         }
         let (out, csum) = rewrite(f, p, &lb, &b.addr, u16::from_be(port), u16::from_be(b.port));
         x.out = out;
@@ -229,6 +239,33 @@ impl LbModel {
         x.action = XDP_PASS;
         x.reasons.extend([(r::FWD_SNAT, bytes), (r::FIB_PASS, 0)]);
         Ok(x)
+    }
+
+    /// DSR: the packet in an outer header LB → backend, unless it exceeds the route's MTU. The
+    /// outer IPv4 identification around an IPv6 packet is random: read from the output.
+    pub fn tunnel(&self, f: &[u8], p: &Pkt, lb: &[u8; 16], b: &Backend, o: &Obs) -> Tunnel {
+        let b6 = b.family == FAMILY_V6;
+        let id = if p.v6 && !b6 {
+            let at = p.l3_off + 4;
+            o.out
+                .get(at..at + 2)
+                .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]))
+        } else {
+            p.ip_id
+        };
+        let hlen = if b6 { 40 } else { 20 };
+        if p.l3_len + hlen > 0xffff {
+            return Tunnel::Oversize;
+        }
+        let route = if b6 {
+            self.route_mtu.1
+        } else {
+            self.route_mtu.0
+        };
+        if (p.l3_len + hlen) as u32 > route {
+            return Tunnel::TooBig(super::icmp::usable(route, b6, false));
+        }
+        Tunnel::Sent(encapsulate(f, p, lb, &b.addr, id))
     }
 
     fn busiest(&mut self, p: &Pkt, table: &[u32], o: &Obs) -> u32 {

@@ -102,8 +102,13 @@ pub struct XdpLb {
 }
 
 impl XdpLb {
-    pub fn new(m: &Model, cfg: LbConfig) -> XdpLb {
-        let ns = ThreadNetns::fresh();
+    /// The program in a namespace of its own whose routes towards the backends (10.0.0.0/16,
+    /// fd00::/16, over veth devices, no neighbours) have the MTUs `mtu` (IPv4: the route's
+    /// locked MTU metric; IPv6: the device's MTU), forwarding on: the FIB answers "fragmentation
+    /// needed" for a DSR packet over the MTU and "no neighbour" for the rest.
+    pub fn new(m: &Model, cfg: LbConfig, mtu: (u32, u32)) -> XdpLb {
+        let setup = mtu_netns(mtu);
+        let ns = ThreadNetns::named(&setup.iter().map(String::as_str).collect::<Vec<_>>());
         let dir = PinDir::new(&unique("fuzz"));
         let mut ebpf =
             loader::load_xdp(dir.path(), &[], XdpMode::default()).expect("loading oxilium_lb");
@@ -112,7 +117,16 @@ impl XdpLb {
         let mut rec = Reconciler::open(maps).expect("reconciler");
         rec.apply(&compile::compile(m).expect("compile"))
             .expect("apply");
-        let model = read_model(rec.datapath(), cfg);
+        let mut model = read_model(rec.datapath(), cfg);
+        model.route_mtu = mtu;
+        for b in model.backends.values() {
+            let a = super::traffic::to_ip(&b.addr);
+            let routed = match a {
+                std::net::IpAddr::V4(a) => a.octets()[..2] == [10, 0],
+                std::net::IpAddr::V6(a) => a.segments()[0] == 0xfd00,
+            };
+            assert!(routed, "backend {a} outside the routed prefixes");
+        }
         let pins = Pinned::open(dir.path());
         XdpLb {
             ebpf,
@@ -123,6 +137,25 @@ impl XdpLb {
             _ns: ns,
         }
     }
+}
+
+/// The commands of [`XdpLb::new`]'s namespace (also the tc programs').
+pub fn mtu_netns(mtu: (u32, u32)) -> Vec<String> {
+    vec![
+        "ip link add fz4 type veth peer name fz4p".into(),
+        format!(
+            "ip link add fz6 mtu {0} type veth peer name fz6p mtu {0}",
+            mtu.1
+        ),
+        "ip link set fz4 up".into(),
+        "ip link set fz4p up".into(),
+        "ip link set fz6 up".into(),
+        "ip link set fz6p up".into(),
+        format!("ip route add 10.0.0.0/16 dev fz4 mtu lock {}", mtu.0),
+        "ip -6 route add fd00::/16 dev fz6".into(),
+        "sysctl -qw net.ipv4.ip_forward=1".into(),
+        "sysctl -qw net.ipv6.conf.all.forwarding=1".into(),
+    ]
 }
 
 /// The configuration as the agent wrote it into the maps: the model's input.
@@ -141,6 +174,7 @@ pub fn read_model(maps: &KernelMaps, cfg: LbConfig) -> LbModel {
         cfg,
         shadow: Shadow::default(),
         ambiguous: 0,
+        route_mtu: (u32::MAX, u32::MAX),
     }
 }
 
@@ -152,7 +186,8 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
     let mut done = 0;
     while done < n {
         let replies: Vec<FlowKey> = lb.model.shadow.snat.keys().copied().collect();
-        let (frame, kind) = scene.next(rng, &replies);
+        let flows: Vec<FlowKey> = lb.model.shadow.ct.keys().copied().collect();
+        let (frame, kind) = scene.next_with(rng, &replies, &flows);
         // One frame in 400 is also cut at every length from 14 bytes.
         let mut frames = vec![(frame.clone(), kind)];
         if done % 400 == 7 {
