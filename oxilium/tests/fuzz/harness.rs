@@ -53,6 +53,8 @@ pub struct Tally {
     pub differences: u64,
     pub shown: Vec<String>,
     pub ambiguous: u64,
+    /// Translation paths the model predicted (and the kernel took: the run had no difference).
+    pub paths: BTreeMap<&'static str, u64>,
 }
 
 impl Tally {
@@ -80,13 +82,14 @@ impl Tally {
             .map(|(v, n)| format!("{v}:{n}"))
             .collect();
         let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+        let paths: Vec<String> = self.paths.iter().map(|(k, n)| format!("{k}:{n}")).collect();
         let reasons: Vec<String> = self
             .reasons
             .iter()
             .map(|(r, n)| format!("{}:{n}", abi::lb::reason::NAMES[*r as usize]))
             .collect();
         println!(
-            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}\n  reasons {{{}}}",
+            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}\n  reasons {{{}}}\n  paths {{{}}}",
             self.program,
             self.seed,
             self.packets,
@@ -94,14 +97,23 @@ impl Tally {
             self.differences,
             self.ambiguous,
             kinds.join(" "),
-            reasons.join(" ")
+            reasons.join(" "),
+            paths.join(" ")
         );
     }
 
     /// [`Tally::assert_clean`], and every reason of `need` was expected at least once: the run
     /// reached those paths (a check that cannot pass vacuously).
-    pub fn assert_clean_hitting(&mut self, need: &[u32]) {
+    pub fn assert_clean_hitting(&mut self, need: &[u32], paths: &[&str]) {
         self.assert_clean();
+        for p in paths {
+            assert!(
+                self.paths.get(p).copied().unwrap_or(0) > 0,
+                "{}: path {p} never taken (seed {})",
+                self.program,
+                self.seed
+            );
+        }
         for r in need {
             assert!(
                 self.reasons.get(r).copied().unwrap_or(0) > 0,

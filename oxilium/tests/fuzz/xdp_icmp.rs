@@ -31,7 +31,12 @@ fn sent(out: (Vec<u8>, Vec<usize>), bytes: u64) -> Expect {
 }
 
 impl LbModel {
-    pub fn icmp_error(&self, f: &[u8], p: &Pkt, o: &Obs) -> Expect {
+    /// Counts a path the model predicted (printed with the run's kinds).
+    pub fn path(&mut self, what: &'static str) {
+        *self.paths.entry(what).or_default() += 1;
+    }
+
+    pub fn icmp_error(&mut self, f: &[u8], p: &Pkt, o: &Obs) -> Expect {
         let bytes = f.len() as u64;
         let pass = || Expect::verdict(XDP_PASS, f, Some((r::ICMP_ERROR, bytes)));
         let Some(q) = icmp::quote(f, p) else {
@@ -41,6 +46,7 @@ impl LbModel {
         let proto = q.key.proto;
         if let Some(e) = self.shadow.snat.get(&rk) {
             let new = key(e.client, e.client_port, e.vip, e.vip_port, proto);
+            self.path("icmp to the client");
             return sent(icmp::translate(f, p, &q, &new, &e.vip, &e.client), bytes);
         }
         let Some(c) = self.shadow.ct.get(&rk) else {
@@ -61,10 +67,14 @@ impl LbModel {
                 return pass();
             }
             let new = key(b.addr, b.port, lb, c.snat_port, proto);
+            self.path("icmp to a SNAT backend");
             return sent(icmp::translate(f, p, &q, &new, &lb, &b.addr), bytes);
         }
         match self.tunnel(f, p, &lb, &b, o) {
-            Tunnel::Sent(out) => sent((out, Vec::new()), bytes),
+            Tunnel::Sent(out) => {
+                self.path("icmp tunnelled to a DSR backend");
+                sent((out, Vec::new()), bytes)
+            }
             Tunnel::TooBig(_) | Tunnel::Oversize => {
                 Expect::verdict(XDP_DROP, f, Some((r::TOO_BIG, bytes)))
             }

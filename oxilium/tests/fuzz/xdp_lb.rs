@@ -29,6 +29,8 @@ pub struct LbModel {
     pub ambiguous: u64,
     /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
     pub route_mtu: (u32, u32),
+    /// How often each translation path was predicted.
+    pub paths: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// What DSR encapsulation towards a backend comes to.
@@ -217,7 +219,8 @@ impl LbModel {
             if svc.mode != MODE_DSR {
                 return Ok(self.drop_keep(x, f, r::NO_BACKEND));
             }
-            return Ok(match self.tunnel(f, p, &lb, &b, o) {
+            let t = self.tunnel(f, p, &lb, &b, o);
+            return Ok(match t {
                 Tunnel::Sent(out) => {
                     x.out = out;
                     x.action = XDP_PASS;
@@ -225,6 +228,7 @@ impl LbModel {
                     x
                 }
                 Tunnel::TooBig(mtu) if p.v6 || p.df => {
+                    self.path("too-big answer");
                     x.out = super::icmp::too_big(f, p, mtu);
                     x.action = XDP_TX;
                     x.reasons.push((r::ICMP_TOO_BIG, bytes));

@@ -175,6 +175,7 @@ pub fn read_model(maps: &KernelMaps, cfg: LbConfig) -> LbModel {
         shadow: Shadow::default(),
         ambiguous: 0,
         route_mtu: (u32::MAX, u32::MAX),
+        paths: Default::default(),
     }
 }
 
@@ -262,6 +263,9 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
         }
     }
     t.ambiguous += lb.model.ambiguous;
+    for (k, n) in std::mem::take(&mut lb.model.paths) {
+        *t.paths.entry(k).or_default() += n;
+    }
 }
 
 /// Compares the whole conntrack and SNAT maps with the shadow (when `check`), then takes the
