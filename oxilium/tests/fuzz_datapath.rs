@@ -83,7 +83,7 @@ fn xdp_lb_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("xdp_lb", seed);
     let mut rng = Rng::new(seed);
-    let n = harness::budget(0.7);
+    let n = harness::budget(0.45);
     let variants = 4;
     std::thread::spawn(move || {
         for v in 0..variants {
@@ -118,6 +118,53 @@ fn xdp_lb_matches_the_model() {
     .unwrap();
 }
 
+/// Needs in addition: `ip netns add`, veth, forwarding, bpf_fib_lookup's `mtu_result` (kernel ≥
+/// 5.13), bpf_xdp_adjust_head / adjust_tail. The NodePort acceleration (`oxilium_nodeport_xdp`)
+/// over the edge LB's frontends as NodePort services: source ranges on web4 and web6 (clients
+/// outside refused), pods of this node among the
+/// backends (left to tc after their entries), an IPv4 frontend with an IPv6 backend (`family`),
+/// DSR carrying the backend port; a standard and an eight-port SNAT range.
+#[test]
+fn xdp_nodeport_matches_the_model() {
+    let seed = harness::seed();
+    let mut t = harness::Tally::new("xdp_nodeport", seed);
+    let mut rng = Rng::new(seed ^ 0x0de9);
+    let n = harness::budget(0.35);
+    std::thread::spawn(move || {
+        let mut m = xdp_lb::model();
+        for s in &mut m.services {
+            match s.name.as_str() {
+                "web4" => s.source_ranges = vec!["192.168.7.0/28".parse().unwrap()],
+                "web6" => s.source_ranges = vec!["2001:db8:7::/125".parse().unwrap()],
+                _ => {}
+            }
+        }
+        let local = [ip("10.0.1.1"), ip("fd00:1::2"), ip("10.0.2.1")];
+        let scene = edge_scene(&m);
+        for v in 0..2 {
+            let (cfg, mtu) = match v {
+                0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
+                _ => (lb_config(40_000, 40_007, true), (1200, 1280)),
+            };
+            let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local);
+            fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
+        }
+        use abi::lb::reason as r;
+        t.assert_clean_hitting(
+            &[r::FWD_SNAT, r::FWD_DSR, r::REV_SNAT, r::ICMP_TOO_BIG],
+            &[
+                "np source range refused",
+                "np reply entry of a pod",
+                "np family",
+                "np pod of this node",
+                "too-big answer",
+            ],
+        );
+    })
+    .join()
+    .unwrap();
+}
+
 /// Needs in addition: bpf_skb_adjust_room with the DECAP_L3 flags (kernel >= 6.3). The DSR
 /// backend's `oxilium_decap`, tunnels from the two LB addresses accepted, others refused.
 #[test]
@@ -125,7 +172,7 @@ fn decap_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("decap", seed);
     let mut rng = Rng::new(seed ^ 0xdeca);
-    let n = harness::budget(0.3);
+    let n = harness::budget(0.2);
     std::thread::spawn(move || {
         let scene = edge_scene(&xdp_lb::model());
         fuzz::decap_run::fuzz(&scene, &[LB4.into(), LB6.into()], &mut rng, n, &mut t);

@@ -9,6 +9,8 @@ pub mod frames;
 pub mod harness;
 pub mod icmp;
 pub mod model;
+pub mod np_run;
+pub mod np_xdp;
 pub mod traffic;
 pub mod wire;
 pub mod xdp_icmp;

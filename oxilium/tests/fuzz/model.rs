@@ -24,6 +24,8 @@ pub struct Expect {
     /// Entries the packet must have left (None: absent), timestamps [`NOW`] or exact.
     pub ct: Vec<(FlowKey, Option<CtEntry>)>,
     pub snat: Vec<(FlowKey, Option<SnatEntry>)>,
+    /// (reason, bytes) increments of the NodePort counters (`OXI_NP_STATS`).
+    pub np: Vec<(u32, u64)>,
 }
 
 impl Expect {
@@ -113,8 +115,17 @@ pub fn rewrite(
 /// DSR: the frame wrapped in an outer header `src` → `dst` (IPv4 when `dst` is IPv4-mapped),
 /// placed after the L2 header (a tag kept as 802.1Q). IPv4 outer: identification of the inner
 /// IPv4 packet (random around IPv6: `id` is then whatever the output holds), DF copied (set
-/// around IPv6), TTL 64. IPv6 outer: hop limit 64, flow label 0 (no port carried).
-pub fn encapsulate(f: &[u8], p: &Pkt, src: &[u8; 16], dst: &[u8; 16], id: u16) -> Vec<u8> {
+/// around IPv6), TTL 64. IPv6 outer: hop limit 64, flow label 0. A `port` (host order, 0: none)
+/// is carried for the NodePort DSR receiver: IPv4 in a 4-byte option (type 0x9e, length 4, the
+/// port; DF then always set), IPv6 in the low 16 bits of the flow label.
+pub fn encapsulate(
+    f: &[u8],
+    p: &Pkt,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    id: u16,
+    port: u16,
+) -> Vec<u8> {
     let outer_v4 = dst[..12] == super::wire::mapped4(&[0; 4])[..12];
     let mut out = f[..p.l3_off].to_vec();
     let et: u16 = if outer_v4 { 0x0800 } else { 0x86dd };
@@ -126,20 +137,26 @@ pub fn encapsulate(f: &[u8], p: &Pkt, src: &[u8; 16], dst: &[u8; 16], id: u16) -
     }
     let inner = if p.v6 { 41 } else { 4 };
     if outer_v4 {
-        let tot = (p.l3_len + 20) as u16;
-        let fo: u16 = if p.df { 0x4000 } else { 0 };
-        let mut h = vec![0x45, 0];
+        let hl = if port != 0 { 24 } else { 20 };
+        let tot = (p.l3_len + hl) as u16;
+        let fo: u16 = if p.df || port != 0 { 0x4000 } else { 0 };
+        let mut h = vec![0x40 | (hl / 4) as u8, 0];
         h.extend_from_slice(&tot.to_be_bytes());
         h.extend_from_slice(&id.to_be_bytes());
         h.extend_from_slice(&fo.to_be_bytes());
         h.extend_from_slice(&[64, inner, 0, 0]);
         h.extend_from_slice(&src[12..]);
         h.extend_from_slice(&dst[12..]);
+        if port != 0 {
+            h.extend_from_slice(&[0x9e, 4]);
+            h.extend_from_slice(&port.to_be_bytes());
+        }
         let c = super::wire::ipv4_checksum(&h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
         out.extend_from_slice(&h);
     } else {
-        out.extend_from_slice(&[0x60, 0, 0, 0]);
+        out.extend_from_slice(&[0x60, 0]);
+        out.extend_from_slice(&port.to_be_bytes());
         out.extend_from_slice(&(p.l3_len as u16).to_be_bytes());
         out.extend_from_slice(&[inner, 64]);
         out.extend_from_slice(src);

@@ -44,12 +44,12 @@ impl LbModel {
         };
         let rk = q.reversed();
         let proto = q.key.proto;
-        if let Some(e) = self.shadow.snat.get(&rk) {
+        if let Some(e) = self.shadow.snat.get(&rk).copied() {
             let new = key(e.client, e.client_port, e.vip, e.vip_port, proto);
             self.path("icmp to the client");
             return sent(icmp::translate(f, p, &q, &new, &e.vip, &e.client), bytes);
         }
-        let Some(c) = self.shadow.ct.get(&rk) else {
+        let Some(c) = self.shadow.ct.get(&rk).copied() else {
             return pass();
         };
         let Some(b) = self.backends.get(&c.backend_id).copied() else {
@@ -70,7 +70,7 @@ impl LbModel {
             self.path("icmp to a SNAT backend");
             return sent(icmp::translate(f, p, &q, &new, &lb, &b.addr), bytes);
         }
-        match self.tunnel(f, p, &lb, &b, o) {
+        match self.tunnel(f, p, &lb, &b, o, 0) {
             Tunnel::Sent(out) => {
                 self.path("icmp tunnelled to a DSR backend");
                 sent((out, Vec::new()), bytes)

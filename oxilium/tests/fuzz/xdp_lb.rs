@@ -7,11 +7,13 @@
 //! no route, so every translated packet goes up the stack (XDP_PASS, `fib_pass`).
 use super::ct;
 use super::model::{Expect, NOW, Obs, Shadow, encapsulate, rewrite};
+use super::np_xdp::NewFlow;
 use super::wire::{Frag, Pkt, Read, read};
 use abi::lb::{
     ALG_RANDOM, Backend, CtEntry, FAMILY_V6, FlowKey, LbConfig, MODE_DSR, MODE_SNAT,
     SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason as r,
 };
+use abi::nodeport::reason as np;
 use std::collections::HashMap;
 
 pub const XDP_DROP: u32 = 1;
@@ -29,6 +31,8 @@ pub struct LbModel {
     pub ambiguous: u64,
     /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
     pub route_mtu: (u32, u32),
+    /// The XDP NodePort acceleration's own configuration (None: the edge LB).
+    pub np: Option<super::np_xdp::NpConf>,
     /// How often each translation path was predicted.
     pub paths: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -42,7 +46,7 @@ pub enum Tunnel {
     Oversize,
 }
 
-fn skey(addr: [u8; 16], port: u16, proto: u8) -> ServiceKey {
+pub fn skey(addr: [u8; 16], port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
         addr,
         port: port.to_be(),
@@ -81,6 +85,9 @@ impl LbModel {
     }
 
     pub fn step(&mut self, f: &[u8], o: &Obs) -> Result<Expect, String> {
+        if self.np.is_some() {
+            return self.np_step(f, o);
+        }
         let bytes = f.len() as u64;
         let p = match read(f) {
             Read::NotIp => return Ok(Expect::verdict(XDP_PASS, f, None)),
@@ -122,7 +129,7 @@ impl LbModel {
         (b.service_id == svc.id).then_some(e)
     }
 
-    fn forward(
+    pub fn forward(
         &mut self,
         f: &[u8],
         p: &Pkt,
@@ -178,8 +185,21 @@ impl LbModel {
             };
             let flags = ct::step(abi::ct::NEW, p.proto, p.tcp_flags, false);
             let mut port = 0;
-            if svc.mode == MODE_SNAT {
-                match self.snat_port(p, &b, id, svc.id, flags, o)? {
+            match self.new_flow(p, svc, &b, id) {
+                NewFlow::Refuse => {
+                    self.path("np source range refused");
+                    let mut e = Expect::verdict(XDP_DROP, f, None);
+                    e.np.push((np::SOURCE_RANGE, bytes));
+                    e.ct.push((key, self.shadow.ct.get(&key).copied()));
+                    return Ok(e);
+                }
+                NewFlow::Keep(reply) => {
+                    if reply.is_some() {
+                        self.path("np reply entry of a pod");
+                    }
+                    x.snat.extend(reply)
+                }
+                NewFlow::Snat => match self.snat_port(p, &b, id, svc.id, flags, o)? {
                     Ok((pt, s, reuse)) => {
                         port = pt;
                         x.snat.push((self.rkey(p, &b, pt), Some(s)));
@@ -192,7 +212,7 @@ impl LbModel {
                         e.ct.push((key, self.shadow.ct.get(&key).copied()));
                         return Ok(e);
                     }
-                }
+                },
             }
             let e = CtEntry {
                 backend_id: id,
@@ -210,6 +230,23 @@ impl LbModel {
             (id, port)
         };
         let b = self.backends[&bid];
+        if let Some(np) = &self.np {
+            if (b.family == FAMILY_V6) != p.v6 {
+                self.paths
+                    .entry("np family")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                x.np.push((np::FAMILY, bytes));
+                return Ok(self.drop_keep(x, f, u32::MAX));
+            }
+            if np.endpoints.contains(&b.addr) {
+                // A pod of this node: the tc program's (entries made here).
+                *self.paths.entry("np pod of this node").or_default() += 1;
+                x.action = XDP_PASS;
+                x.out = f.to_vec();
+                return Ok(x);
+            }
+        }
         let Some(lb) = self.lb_addr(b.family == FAMILY_V6) else {
             return Ok(self.drop_keep(x, f, r::ERROR));
         };
@@ -219,12 +256,19 @@ impl LbModel {
             if svc.mode != MODE_DSR {
                 return Ok(self.drop_keep(x, f, r::NO_BACKEND));
             }
-            let t = self.tunnel(f, p, &lb, &b, o);
+            // NodePort DSR carries the backend port to the receiving node.
+            let dport = if self.np.is_some() {
+                u16::from_be(b.port)
+            } else {
+                0
+            };
+            let t = self.tunnel(f, p, &lb, &b, o, dport);
             return Ok(match t {
                 Tunnel::Sent(out) => {
                     x.out = out;
                     x.action = XDP_PASS;
                     x.reasons.extend([(r::FWD_DSR, bytes), (r::FIB_PASS, 0)]);
+                    self.np_sent(&mut x, np::DSR, bytes);
                     x
                 }
                 Tunnel::TooBig(mtu) if p.v6 || p.df => {
@@ -232,6 +276,7 @@ impl LbModel {
                     x.out = super::icmp::too_big(f, p, mtu);
                     x.action = XDP_TX;
                     x.reasons.push((r::ICMP_TOO_BIG, bytes));
+                    self.np_sent(&mut x, np::DSR, bytes);
                     x
                 }
                 Tunnel::TooBig(_) | Tunnel::Oversize => self.drop_keep(x, f, r::TOO_BIG),
@@ -242,12 +287,21 @@ impl LbModel {
         x.csum = csum;
         x.action = XDP_PASS;
         x.reasons.extend([(r::FWD_SNAT, bytes), (r::FIB_PASS, 0)]);
+        self.np_sent(&mut x, np::REMOTE, bytes);
         Ok(x)
     }
 
     /// DSR: the packet in an outer header LB → backend, unless it exceeds the route's MTU. The
     /// outer IPv4 identification around an IPv6 packet is random: read from the output.
-    pub fn tunnel(&self, f: &[u8], p: &Pkt, lb: &[u8; 16], b: &Backend, o: &Obs) -> Tunnel {
+    pub fn tunnel(
+        &self,
+        f: &[u8],
+        p: &Pkt,
+        lb: &[u8; 16],
+        b: &Backend,
+        o: &Obs,
+        port: u16,
+    ) -> Tunnel {
         let b6 = b.family == FAMILY_V6;
         let id = if p.v6 && !b6 {
             let at = p.l3_off + 4;
@@ -257,7 +311,11 @@ impl LbModel {
         } else {
             p.ip_id
         };
-        let hlen = if b6 { 40 } else { 20 };
+        let hlen = match (b6, port) {
+            (true, _) => 40,
+            (false, 0) => 20,
+            _ => 24,
+        };
         if p.l3_len + hlen > 0xffff {
             return Tunnel::Oversize;
         }
@@ -267,9 +325,9 @@ impl LbModel {
             self.route_mtu.0
         };
         if (p.l3_len + hlen) as u32 > route {
-            return Tunnel::TooBig(super::icmp::usable(route, b6, false));
+            return Tunnel::TooBig(super::icmp::usable(route, b6, port != 0));
         }
-        Tunnel::Sent(encapsulate(f, p, lb, &b.addr, id))
+        Tunnel::Sent(encapsulate(f, p, lb, &b.addr, id, port))
     }
 
     fn busiest(&mut self, p: &Pkt, table: &[u32], o: &Obs) -> u32 {
@@ -289,11 +347,14 @@ impl LbModel {
         best.1
     }
 
-    fn drop_keep(&self, mut x: Expect, f: &[u8], reason: u32) -> Expect {
+    /// `x` turned into a drop of `f` counted `reason` (`u32::MAX`: no LB counter).
+    pub fn drop_keep(&self, mut x: Expect, f: &[u8], reason: u32) -> Expect {
         x.action = XDP_DROP;
         x.out = f.to_vec();
         x.csum.clear();
-        x.reasons.push((reason, f.len() as u64));
+        if reason != u32::MAX {
+            x.reasons.push((reason, f.len() as u64));
+        }
         x
     }
 
@@ -424,7 +485,7 @@ impl LbModel {
 
     /// Backend → LB address:port of a SNAT'ed flow: VIP → client restored; the state moves on
     /// (the flow's conntrack entry too when it changes).
-    fn reply(&mut self, f: &[u8], p: &Pkt, key: FlowKey) -> Expect {
+    pub fn reply(&mut self, f: &[u8], p: &Pkt, key: FlowKey) -> Expect {
         let bytes = f.len() as u64;
         let mut e = self.shadow.snat[&key];
         let mut x = Expect::default();

@@ -93,12 +93,18 @@ pub fn skb_refused(f: &[u8]) -> bool {
 
 /// One scenario of the edge LB: the program, its maps and the model read from them.
 pub struct XdpLb {
+    /// The program run: `oxilium_lb` or `oxilium_nodeport_xdp`.
+    pub prog: &'static str,
+    /// The NodePort counters, for the NodePort acceleration.
+    pub np_stats: Option<PerCpuArray<MapData, Counter>>,
     pub ebpf: Ebpf,
     pub rec: Reconciler<KernelMaps>,
     pub pins: Pinned,
     pub model: LbModel,
-    _dir: PinDir,
-    _ns: ThreadNetns,
+    /// The NodePort object (its maps) for the NodePort acceleration.
+    pub np: Option<oxilium::bpf::nodeport::NodePort>,
+    pub _dir: PinDir,
+    pub _ns: ThreadNetns,
 }
 
 impl XdpLb {
@@ -129,10 +135,13 @@ impl XdpLb {
         }
         let pins = Pinned::open(dir.path());
         XdpLb {
+            prog: "oxilium_lb",
+            np_stats: None,
             ebpf,
             rec,
             pins,
             model,
+            np: None,
             _dir: dir,
             _ns: ns,
         }
@@ -176,12 +185,14 @@ pub fn read_model(maps: &KernelMaps, cfg: LbConfig) -> LbModel {
         ambiguous: 0,
         route_mtu: (u32::MAX, u32::MAX),
         paths: Default::default(),
+        np: None,
     }
 }
 
 /// Runs `n` packets of `scene` through `lb`, tallying into `t`.
 pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usize, t: &mut Tally) {
     let mut before = lb.pins.reasons();
+    let mut np_before = np_counters(lb);
     let mut svc_tot: Map2<u32, (u64, u64)> = Map2::new();
     let mut be_tot: Map2<u32, (u64, u64)> = Map2::new();
     let mut done = 0;
@@ -192,11 +203,19 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
         // One frame in 400 is also cut at every length from 14 bytes.
         let mut frames = vec![(frame.clone(), kind)];
         if done % 400 == 7 {
-            frames.extend((14..frame.len()).map(|l| (frame[..l].to_vec(), "truncation sweep")));
+            // (A large frame: every length up to 160 bytes, then a dozen more.)
+            let mut cuts: Vec<usize> = (14..frame.len().min(160)).collect();
+            if frame.len() > 160 {
+                cuts.extend((0..12).map(|_| 160 + rng.below(frame.len() - 160)));
+            }
+            frames.extend(
+                cuts.into_iter()
+                    .map(|l| (frame[..l].to_vec(), "truncation sweep")),
+            );
         }
         for (f, kind) in frames {
             let t0 = now_ns();
-            let prog: &Xdp = lb.ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
+            let prog: &Xdp = lb.ebpf.program(lb.prog).unwrap().try_into().unwrap();
             let (action, out) = test_run(prog, &f);
             let t1 = now_ns();
             let after = lb.pins.reasons();
@@ -206,6 +225,13 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                 .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
                 .collect();
             before = after;
+            let np_after = np_counters(lb);
+            let np_delta: Vec<(u64, u64)> = np_after
+                .iter()
+                .zip(&np_before)
+                .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
+                .collect();
+            np_before = np_after;
             let key = match super::wire::read(&f) {
                 super::wire::Read::Ip(p) if p.proto == 6 || p.proto == 17 => Some(p.key()),
                 _ => None,
@@ -235,7 +261,7 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                         let c = be_tot.entry(id).or_default();
                         *c = (c.0 + 1, c.1 + b);
                     }
-                    let bad = compare(
+                    let mut bad = compare(
                         &x,
                         action,
                         &out,
@@ -245,6 +271,16 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                         t0,
                         t1,
                     );
+                    if lb.np_stats.is_some() {
+                        let mut want = vec![(0u64, 0u64); np_delta.len()];
+                        for &(r, b) in &x.np {
+                            want[r as usize].0 += 1;
+                            want[r as usize].1 += b;
+                        }
+                        if want != np_delta {
+                            bad.push(format!("NodePort counters {np_delta:?}, model {want:?}"));
+                        }
+                    }
                     if !bad.is_empty() {
                         t.differ(format!(
                             "{kind} packet {}:\n  input {}\n  {}",
@@ -266,6 +302,21 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
     for (k, n) in std::mem::take(&mut lb.model.paths) {
         *t.paths.entry(k).or_default() += n;
     }
+}
+
+/// The NodePort counters summed over the CPUs (empty for the edge LB).
+fn np_counters(lb: &XdpLb) -> Vec<(u64, u64)> {
+    let Some(m) = &lb.np_stats else {
+        return Vec::new();
+    };
+    (0..abi::nodeport::reason::COUNT)
+        .map(|i| {
+            m.get(&i, 0)
+                .expect("NodePort stats")
+                .iter()
+                .fold((0, 0), |a, c| (a.0 + c.packets, a.1 + c.bytes))
+        })
+        .collect()
 }
 
 /// Compares the whole conntrack and SNAT maps with the shadow (when `check`), then takes the
