@@ -83,7 +83,7 @@ fn xdp_lb_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("xdp_lb", seed);
     let mut rng = Rng::new(seed);
-    let n = harness::budget(0.45);
+    let n = harness::budget(0.35);
     let variants = 4;
     std::thread::spawn(move || {
         for v in 0..variants {
@@ -118,6 +118,62 @@ fn xdp_lb_matches_the_model() {
     .unwrap();
 }
 
+/// The edge LB's frontends as NodePort services: source ranges on web4 and web6, and the pods of
+/// this node among the backends.
+fn nodeport_model() -> (lb::model::Model, [IpAddr; 3]) {
+    let mut m = xdp_lb::model();
+    for s in &mut m.services {
+        match s.name.as_str() {
+            "web4" => s.source_ranges = vec!["192.168.7.0/28".parse().unwrap()],
+            "web6" => s.source_ranges = vec!["2001:db8:7::/125".parse().unwrap()],
+            _ => {}
+        }
+    }
+    (m, [ip("10.0.1.1"), ip("fd00:1::2"), ip("10.0.2.1")])
+}
+
+/// Needs in addition: TCX-capable tc test runs (SchedClassifier), bpf_skb_adjust_room with the
+/// ENCAP_L3 flags, bpf_redirect. The NodePort tc programs, each frame through
+/// `oxilium_nodeport_ingress` (7 in 10) or `oxilium_nodeport_egress` over the same maps: clients
+/// of the NodePort frontends (source ranges, pods of this node DNAT'ed and redirected, remote
+/// backends SNAT'ed, DSR tunnelled with the backend port, a backend of the other family), the
+/// replies of remote backends (ingress) and pods (egress), ICMP errors both ways.
+#[test]
+fn tc_nodeport_matches_the_model() {
+    let seed = harness::seed();
+    let mut t = harness::Tally::new("tc_nodeport", seed);
+    let mut rng = Rng::new(seed ^ 0x7c);
+    let n = harness::budget(0.25);
+    std::thread::spawn(move || {
+        let (m, local) = nodeport_model();
+        let scene = edge_scene(&m);
+        for v in 0..2 {
+            let (cfg, mtu) = match v {
+                0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
+                _ => (lb_config(40_000, 40_007, true), (1200, 1280)),
+            };
+            let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local, "tc");
+            fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
+        }
+        use abi::lb::reason as r;
+        t.assert_clean_hitting(
+            &[r::FWD_SNAT, r::FWD_DSR, r::REV_SNAT, r::ICMP_XLATE, r::ICMP_ERROR],
+            &[
+                "np source range refused",
+                "np reply entry of a pod",
+                "np family",
+                "np pod of this node",
+                "tc icmp to the client",
+                "tc icmp to a SNAT backend",
+                "tc icmp to a pod of this node",
+                "tc icmp tunnelled to a DSR backend",
+            ],
+        );
+    })
+    .join()
+    .unwrap();
+}
+
 /// Needs in addition: `ip netns add`, veth, forwarding, bpf_fib_lookup's `mtu_result` (kernel ≥
 /// 5.13), bpf_xdp_adjust_head / adjust_tail. The NodePort acceleration (`oxilium_nodeport_xdp`)
 /// over the edge LB's frontends as NodePort services: source ranges on web4 and web6 (clients
@@ -129,24 +185,16 @@ fn xdp_nodeport_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("xdp_nodeport", seed);
     let mut rng = Rng::new(seed ^ 0x0de9);
-    let n = harness::budget(0.35);
+    let n = harness::budget(0.25);
     std::thread::spawn(move || {
-        let mut m = xdp_lb::model();
-        for s in &mut m.services {
-            match s.name.as_str() {
-                "web4" => s.source_ranges = vec!["192.168.7.0/28".parse().unwrap()],
-                "web6" => s.source_ranges = vec!["2001:db8:7::/125".parse().unwrap()],
-                _ => {}
-            }
-        }
-        let local = [ip("10.0.1.1"), ip("fd00:1::2"), ip("10.0.2.1")];
+        let (m, local) = nodeport_model();
         let scene = edge_scene(&m);
         for v in 0..2 {
             let (cfg, mtu) = match v {
                 0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
                 _ => (lb_config(40_000, 40_007, true), (1200, 1280)),
             };
-            let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local);
+            let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local, "oxilium_nodeport_xdp");
             fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
         }
         use abi::lb::reason as r;
@@ -172,7 +220,7 @@ fn decap_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("decap", seed);
     let mut rng = Rng::new(seed ^ 0xdeca);
-    let n = harness::budget(0.2);
+    let n = harness::budget(0.15);
     std::thread::spawn(move || {
         let scene = edge_scene(&xdp_lb::model());
         fuzz::decap_run::fuzz(&scene, &[LB4.into(), LB6.into()], &mut rng, n, &mut t);

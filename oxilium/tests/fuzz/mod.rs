@@ -10,6 +10,7 @@ pub mod harness;
 pub mod icmp;
 pub mod model;
 pub mod np_run;
+pub mod np_tc;
 pub mod np_xdp;
 pub mod traffic;
 pub mod wire;

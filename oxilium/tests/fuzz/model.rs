@@ -66,7 +66,8 @@ pub fn keep_residual(out: &mut [u8], field: usize, rest: u64, r: u16) {
 
 /// The frame `f` (packet `p`) with addresses and ports rewritten, checksums updated so that
 /// their residuals stay what they were (a wrong checksum stays as wrong); an IPv4 UDP checksum of
-/// 0 stays 0. Returns the frame and its checksum field offsets.
+/// 0 stays 0 (`skb`: the tc helpers' rule, any UDP checksum of 0). Returns the frame and its
+/// checksum field offsets.
 pub fn rewrite(
     f: &[u8],
     p: &Pkt,
@@ -74,6 +75,7 @@ pub fn rewrite(
     dst: &[u8; 16],
     sport: u16,
     dport: u16,
+    skb: bool,
 ) -> (Vec<u8>, Vec<usize>) {
     let mut out = f.to_vec();
     let l3 = p.l3_off;
@@ -97,7 +99,7 @@ pub fn rewrite(
     out[o..o + 2].copy_from_slice(&sport.to_be_bytes());
     out[o + 2..o + 4].copy_from_slice(&dport.to_be_bytes());
     let c = p.csum_off();
-    let zero_udp = p.proto == 17 && !p.v6 && f[c] == 0 && f[c + 1] == 0;
+    let zero_udp = p.proto == 17 && (!p.v6 || skb) && f[c] == 0 && f[c + 1] == 0;
     if !zero_udp {
         let mut q = *p;
         q.src = *src;

@@ -16,18 +16,26 @@ use lb::{model::Model, reconcile::Reconciler};
 use oxilium::bpf::nodeport::NodePort;
 use std::net::IpAddr;
 
-pub fn nodeport(m: &Model, cfg: LbConfig, mtu: (u32, u32), local: &[IpAddr]) -> XdpLb {
+/// `prog`: `oxilium_nodeport_xdp`, or "tc" for the ingress and egress programs (the model in
+/// its tc mode).
+pub fn nodeport(
+    m: &Model,
+    cfg: LbConfig,
+    mtu: (u32, u32),
+    local: &[IpAddr],
+    prog: &'static str,
+) -> XdpLb {
     let setup = mtu_netns(mtu);
     let ns = ThreadNetns::named(&setup.iter().map(String::as_str).collect::<Vec<_>>());
     let dir = PinDir::new(&unique("fuzz-np"));
     let mut np = NodePort::load(dir.path(), &[]).expect("loading the NodePort tc object");
     let mut ebpf = loader::load_xdp_object(dir.path(), XdpMode::default()).expect("XDP object");
-    let prog: &mut Xdp = ebpf
+    let xdp: &mut Xdp = ebpf
         .program_mut("oxilium_nodeport_xdp")
         .unwrap()
         .try_into()
         .unwrap();
-    prog.load().expect("verifying oxilium_nodeport_xdp");
+    xdp.load().expect("verifying oxilium_nodeport_xdp");
     let mut maps = np.lb_maps().expect("LB maps");
     maps.set_config(&cfg).expect("config");
     let mut rec = Reconciler::open(maps).expect("reconciler");
@@ -43,7 +51,8 @@ pub fn nodeport(m: &Model, cfg: LbConfig, mtu: (u32, u32), local: &[IpAddr]) -> 
             node_mac: [2, 0, 0, 0, 0xb0, i as u8],
         };
         np.set_endpoint(*a, &ep).expect("endpoint");
-        conf.endpoints.insert(compile::addr_bytes(*a));
+        conf.endpoints
+            .insert(compile::addr_bytes(*a), (ep.mac, ep.node_mac));
     }
     for s in m.services.iter().filter(|s| !s.source_ranges.is_empty()) {
         let proto = if s.frontend.protocol == lb::model::Protocol::Udp {
@@ -58,12 +67,15 @@ pub fn nodeport(m: &Model, cfg: LbConfig, mtu: (u32, u32), local: &[IpAddr]) -> 
         conf.ranges.insert(id, s.source_ranges.clone());
     }
     model.np = Some(conf);
+    if prog == "tc" {
+        model.tc = Some(true);
+    }
     model.route_mtu = mtu;
     let data = MapData::from_pin(dir.path().join(abi::nodeport::names::STATS)).expect("np stats");
     let np_stats = PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap();
     let pins = Pinned::open(dir.path());
     XdpLb {
-        prog: "oxilium_nodeport_xdp",
+        prog,
         np_stats: Some(np_stats),
         ebpf,
         rec,

@@ -13,13 +13,13 @@ use super::xdp_lb::{LbModel, XDP_DROP, XDP_PASS, skey};
 use abi::lb::{Backend, FlowKey, MODE_DSR, MODE_SNAT, ServiceValue, SnatEntry};
 use abi::nodeport::reason as np;
 use lb::model::IpNetwork;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// What the NodePort maps say (as the agent wrote them).
 #[derive(Default)]
 pub struct NpConf {
-    /// Pods of this node.
-    pub endpoints: HashSet<[u8; 16]>,
+    /// Pods of this node: their MAC and the node side's.
+    pub endpoints: HashMap<[u8; 16], ([u8; 6], [u8; 6])>,
     /// loadBalancerSourceRanges by service id (absent or empty: open to all).
     pub ranges: HashMap<u32, Vec<IpNetwork>>,
 }
@@ -50,7 +50,7 @@ impl LbModel {
         {
             return NewFlow::Refuse;
         }
-        if !c.endpoints.contains(&b.addr) {
+        if !c.endpoints.contains_key(&b.addr) {
             return if svc.mode == MODE_DSR {
                 NewFlow::Keep(None)
             } else {
@@ -88,7 +88,10 @@ impl LbModel {
     /// NodePort's counters of a packet the acceleration sent on (`what`: remote or dsr).
     pub fn np_sent(&self, x: &mut Expect, what: u32, bytes: u64) {
         if self.np.is_some() {
-            x.np.extend([(what, bytes), (np::XDP, bytes)]);
+            x.np.push((what, bytes));
+            if self.tc.is_none() {
+                x.np.push((np::XDP, bytes));
+            }
         }
     }
 

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+/// tc's TC_ACT_REDIRECT (bpf_redirect's return), used as is by the NodePort tc model.
+pub const TC_REDIRECT: u32 = 7;
 
 /// The configuration the program reads (as the agent wrote it) and the model's shadow.
 pub struct LbModel {
@@ -31,6 +33,8 @@ pub struct LbModel {
     pub ambiguous: u64,
     /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
     pub route_mtu: (u32, u32),
+    /// NodePort at tc: Some(true) at ingress, Some(false) at egress (None: XDP).
+    pub tc: Option<bool>,
     /// The XDP NodePort acceleration's own configuration (None: the edge LB).
     pub np: Option<super::np_xdp::NpConf>,
     /// How often each translation path was predicted.
@@ -85,6 +89,9 @@ impl LbModel {
     }
 
     pub fn step(&mut self, f: &[u8], o: &Obs) -> Result<Expect, String> {
+        if self.tc.is_some() {
+            return self.tc_step(f, o);
+        }
         if self.np.is_some() {
             return self.np_step(f, o);
         }
@@ -239,13 +246,32 @@ impl LbModel {
                 x.np.push((np::FAMILY, bytes));
                 return Ok(self.drop_keep(x, f, u32::MAX));
             }
-            if np.endpoints.contains(&b.addr) {
-                // A pod of this node: the tc program's (entries made here).
+            if let Some(&(mac, node_mac)) = np.endpoints.get(&b.addr) {
                 *self.paths.entry("np pod of this node").or_default() += 1;
+                if self.tc.is_some() {
+                    // tc: DNAT (the client kept), delivered to the pod's veth.
+                    x.service = Some((svc.id, bytes));
+                    x.backend = Some((bid, bytes));
+                    let (mut out, csum) =
+                        self.rw(f, p, &p.src, &b.addr, p.sport, u16::from_be(b.port));
+                    out[..6].copy_from_slice(&mac);
+                    out[6..12].copy_from_slice(&node_mac);
+                    x.out = out;
+                    x.csum = csum;
+                    x.action = TC_REDIRECT;
+                    x.np.push((np::LOCAL, bytes));
+                    return Ok(x);
+                }
+                // XDP: the tc program's (entries made here).
                 x.action = XDP_PASS;
                 x.out = f.to_vec();
                 return Ok(x);
             }
+        }
+        if self.tc.is_some() {
+            // tc counts the service before it looks for the node address.
+            x.service = Some((svc.id, bytes));
+            x.backend = Some((bid, bytes));
         }
         let Some(lb) = self.lb_addr(b.family == FAMILY_V6) else {
             return Ok(self.drop_keep(x, f, r::ERROR));
@@ -262,6 +288,9 @@ impl LbModel {
             } else {
                 0
             };
+            if self.tc.is_some() {
+                return Ok(self.tc_dsr(x, f, p, &lb, &b, dport));
+            }
             let t = self.tunnel(f, p, &lb, &b, o, dport);
             return Ok(match t {
                 Tunnel::Sent(out) => {
@@ -282,7 +311,7 @@ impl LbModel {
                 Tunnel::TooBig(_) | Tunnel::Oversize => self.drop_keep(x, f, r::TOO_BIG),
             });
         }
-        let (out, csum) = rewrite(f, p, &lb, &b.addr, u16::from_be(port), u16::from_be(b.port));
+        let (out, csum) = self.rw(f, p, &lb, &b.addr, u16::from_be(port), u16::from_be(b.port));
         x.out = out;
         x.csum = csum;
         x.action = XDP_PASS;
@@ -345,6 +374,19 @@ impl LbModel {
             }
         }
         best.1
+    }
+
+    /// The rewrite of a translated packet (the skb helpers' UDP rule at tc).
+    pub fn rw(
+        &self,
+        f: &[u8],
+        p: &Pkt,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        sport: u16,
+        dport: u16,
+    ) -> (Vec<u8>, Vec<usize>) {
+        rewrite(f, p, src, dst, sport, dport, self.tc.is_some())
     }
 
     /// `x` turned into a drop of `f` counted `reason` (`u32::MAX`: no LB counter).
@@ -511,7 +553,7 @@ impl LbModel {
             }
         }
         x.snat.push((key, Some(e)));
-        let (out, csum) = rewrite(
+        let (out, csum) = self.rw(
             f,
             p,
             &e.vip,

@@ -186,7 +186,39 @@ pub fn read_model(maps: &KernelMaps, cfg: LbConfig) -> LbModel {
         route_mtu: (u32::MAX, u32::MAX),
         paths: Default::default(),
         np: None,
+        tc: None,
     }
+}
+
+/// One run of `f`: through the XDP program, or (NodePort at tc, `prog` "tc") through the ingress
+/// program seven times in ten and the egress program otherwise, the model told which.
+fn run_one(
+    lb: &mut XdpLb,
+    f: &[u8],
+    rng: &mut super::frames::Rng,
+) -> Result<(u32, Vec<u8>), String> {
+    if lb.prog != "tc" {
+        let prog: &Xdp = lb.ebpf.program(lb.prog).unwrap().try_into().unwrap();
+        return Ok(test_run(prog, f));
+    }
+    let ingress = rng.pct(70);
+    lb.model.tc = Some(ingress);
+    let name = if ingress {
+        "oxilium_nodeport_ingress"
+    } else {
+        "oxilium_nodeport_egress"
+    };
+    let np = lb.np.as_ref().unwrap();
+    let prog: &aya::programs::SchedClassifier =
+        np.ebpf.program(name).unwrap().try_into().unwrap();
+    let r = try_run(prog, f);
+    if r.is_ok() && skb_refused(f) {
+        return Err(format!(
+            "kernel ran a frame it should refuse: {}",
+            super::harness::hex(f)
+        ));
+    }
+    r
 }
 
 /// Runs `n` packets of `scene` through `lb`, tallying into `t`.
@@ -215,9 +247,23 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
         }
         for (f, kind) in frames {
             let t0 = now_ns();
-            let prog: &Xdp = lb.ebpf.program(lb.prog).unwrap().try_into().unwrap();
-            let (action, out) = test_run(prog, &f);
+            let run = run_one(lb, &f, rng);
             let t1 = now_ns();
+            let (action, out) = match run {
+                Ok(r) => r,
+                Err(e) => {
+                    // tc: counted, and only ever for the frames the kernel is known to refuse.
+                    *t.kinds.entry("refused by the kernel").or_default() += 1;
+                    if !skb_refused(&f) {
+                        t.differ(e);
+                    }
+                    done += 1;
+                    continue;
+                }
+            };
+            if lb.model.tc == Some(false) {
+                *t.kinds.entry("(run at egress)").or_default() += 1;
+            }
             let after = lb.pins.reasons();
             let delta: Vec<(u64, u64)> = after
                 .iter()
