@@ -83,7 +83,7 @@ fn xdp_lb_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("xdp_lb", seed);
     let mut rng = Rng::new(seed);
-    let n = harness::budget(0.35);
+    let n = harness::budget(0.25);
     let variants = 4;
     std::thread::spawn(move || {
         for v in 0..variants {
@@ -157,7 +157,13 @@ fn tc_nodeport_matches_the_model() {
         }
         use abi::lb::reason as r;
         t.assert_clean_hitting(
-            &[r::FWD_SNAT, r::FWD_DSR, r::REV_SNAT, r::ICMP_XLATE, r::ICMP_ERROR],
+            &[
+                r::FWD_SNAT,
+                r::FWD_DSR,
+                r::REV_SNAT,
+                r::ICMP_XLATE,
+                r::ICMP_ERROR,
+            ],
             &[
                 "np source range refused",
                 "np reply entry of a pod",
@@ -167,6 +173,43 @@ fn tc_nodeport_matches_the_model() {
                 "tc icmp to a SNAT backend",
                 "tc icmp to a pod of this node",
                 "tc icmp tunnelled to a DSR backend",
+            ],
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+/// Needs in addition: cgroup sock_addr programs loadable (the socket LB's object is loaded, not
+/// attached, for its affinity maps). The pod programs, each frame through `oxilium_pod_ingress`
+/// (leaving a pod, 65 in 100) or `oxilium_pod_egress` over the same maps: the edge LB's
+/// frontends as cluster-internal services, ClientIP affinity (2 s) on dns4 and web6, the replies
+/// of the backends, ICMP errors both ways.
+#[test]
+fn pod_programs_match_the_model() {
+    let seed = harness::seed();
+    let mut t = harness::Tally::new("tc_pod", seed);
+    let mut rng = Rng::new(seed ^ 0x90d);
+    let n = harness::budget(0.15);
+    std::thread::spawn(move || {
+        let mut m = xdp_lb::model();
+        for s in &mut m.services {
+            s.scope = lb::model::Scope::Internal;
+            if s.name == "dns4" || s.name == "web6" {
+                s.affinity_timeout_s = Some(2);
+            }
+        }
+        let scene = edge_scene(&m);
+        let mut lb = fuzz::pod_run::pods(&m, lb_config(40_000, 40_999, true));
+        fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n, &mut t);
+        use abi::lb::reason as r;
+        t.assert_clean_hitting(
+            &[r::ICMP_XLATE, r::NO_BACKEND],
+            &[
+                "pod affinity hit",
+                "pod family",
+                "pod icmp to the backend",
+                "pod icmp to the pod",
             ],
         );
     })
@@ -220,7 +263,7 @@ fn decap_matches_the_model() {
     let seed = harness::seed();
     let mut t = harness::Tally::new("decap", seed);
     let mut rng = Rng::new(seed ^ 0xdeca);
-    let n = harness::budget(0.15);
+    let n = harness::budget(0.1);
     std::thread::spawn(move || {
         let scene = edge_scene(&xdp_lb::model());
         fuzz::decap_run::fuzz(&scene, &[LB4.into(), LB6.into()], &mut rng, n, &mut t);

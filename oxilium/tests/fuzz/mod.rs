@@ -12,6 +12,8 @@ pub mod model;
 pub mod np_run;
 pub mod np_tc;
 pub mod np_xdp;
+pub mod pod;
+pub mod pod_run;
 pub mod traffic;
 pub mod wire;
 pub mod xdp_icmp;

@@ -24,8 +24,11 @@ pub struct Expect {
     /// Entries the packet must have left (None: absent), timestamps [`NOW`] or exact.
     pub ct: Vec<(FlowKey, Option<CtEntry>)>,
     pub snat: Vec<(FlowKey, Option<SnatEntry>)>,
-    /// (reason, bytes) increments of the NodePort counters (`OXI_NP_STATS`).
+    /// (reason, bytes) increments of the program's own counters (`OXI_NP_STATS`,
+    /// `OXI_POD_STATS`).
     pub np: Vec<(u32, u64)>,
+    /// Affinity entries the packet must have left.
+    pub aff: Vec<(abi::sock::AffinityKey, Option<abi::sock::AffinityValue>)>,
 }
 
 impl Expect {

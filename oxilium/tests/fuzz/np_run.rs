@@ -77,6 +77,8 @@ pub fn nodeport(
     XdpLb {
         prog,
         np_stats: Some(np_stats),
+        aff: None,
+        _sock: None,
         ebpf,
         rec,
         pins,

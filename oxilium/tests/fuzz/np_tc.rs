@@ -73,8 +73,7 @@ impl LbModel {
         if p.proto != 6 && p.proto != 17 {
             return pass(r::PASS);
         }
-        if ingress && let Some(svc) = self.services.get(&skey(p.dst, p.dport, p.proto)).copied()
-        {
+        if ingress && let Some(svc) = self.services.get(&skey(p.dst, p.dport, p.proto)).copied() {
             return self.forward(f, &p, &svc, o);
         }
         let k = p.key();

@@ -37,6 +37,9 @@ impl LbModel {
     /// of this node (DNAT only, its reply entry backend → client written unless one for this
     /// frontend is there), else SNAT or DSR.
     pub fn new_flow(&self, p: &Pkt, svc: &ServiceValue, b: &Backend, bid: u32) -> NewFlow {
+        if self.pod.is_some() {
+            return NewFlow::Keep(Some(self.pod_reply_entry(p, svc, b, bid)));
+        }
         let Some(c) = &self.np else {
             return if svc.mode == MODE_SNAT {
                 NewFlow::Snat

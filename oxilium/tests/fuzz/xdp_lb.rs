@@ -33,6 +33,8 @@ pub struct LbModel {
     pub ambiguous: u64,
     /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
     pub route_mtu: (u32, u32),
+    /// The pod programs' mode and state (None: another program).
+    pub pod: Option<super::pod::PodConf>,
     /// NodePort at tc: Some(true) at ingress, Some(false) at egress (None: XDP).
     pub tc: Option<bool>,
     /// The XDP NodePort acceleration's own configuration (None: the edge LB).
@@ -89,6 +91,9 @@ impl LbModel {
     }
 
     pub fn step(&mut self, f: &[u8], o: &Obs) -> Result<Expect, String> {
+        if self.pod.is_some() {
+            return self.pod_step(f, o);
+        }
         if self.tc.is_some() {
             return self.tc_step(f, o);
         }
@@ -237,6 +242,9 @@ impl LbModel {
             (id, port)
         };
         let b = self.backends[&bid];
+        if self.pod.is_some() {
+            return Ok(self.pod_forward(x, f, p, svc, bid));
+        }
         if let Some(np) = &self.np {
             if (b.family == FAMILY_V6) != p.v6 {
                 self.paths

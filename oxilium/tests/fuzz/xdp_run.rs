@@ -95,8 +95,12 @@ pub fn skb_refused(f: &[u8]) -> bool {
 pub struct XdpLb {
     /// The program run: `oxilium_lb` or `oxilium_nodeport_xdp`.
     pub prog: &'static str,
-    /// The NodePort counters, for the NodePort acceleration.
+    /// The program's own counters (NodePort, pod programs).
     pub np_stats: Option<PerCpuArray<MapData, Counter>>,
+    /// The affinity map (pod programs).
+    pub aff: Option<HashMap<MapData, abi::sock::AffinityKey, abi::sock::AffinityValue>>,
+    /// The socket LB's object (pod programs: its maps joined the reconciler's).
+    pub _sock: Option<Ebpf>,
     pub ebpf: Ebpf,
     pub rec: Reconciler<KernelMaps>,
     pub pins: Pinned,
@@ -137,6 +141,8 @@ impl XdpLb {
         XdpLb {
             prog: "oxilium_lb",
             np_stats: None,
+            aff: None,
+            _sock: None,
             ebpf,
             rec,
             pins,
@@ -187,6 +193,7 @@ pub fn read_model(maps: &KernelMaps, cfg: LbConfig) -> LbModel {
         paths: Default::default(),
         np: None,
         tc: None,
+        pod: None,
     }
 }
 
@@ -197,6 +204,25 @@ fn run_one(
     f: &[u8],
     rng: &mut super::frames::Rng,
 ) -> Result<(u32, Vec<u8>), String> {
+    if lb.prog == "pod" {
+        let ingress = rng.pct(65);
+        lb.model.pod.as_mut().unwrap().ingress = ingress;
+        let name = if ingress {
+            "oxilium_pod_ingress"
+        } else {
+            "oxilium_pod_egress"
+        };
+        let prog: &aya::programs::SchedClassifier =
+            lb.ebpf.program(name).unwrap().try_into().unwrap();
+        let r = try_run(prog, f);
+        if r.is_ok() && skb_refused(f) {
+            return Err(format!(
+                "kernel ran a frame it should refuse: {}",
+                super::harness::hex(f)
+            ));
+        }
+        return r;
+    }
     if lb.prog != "tc" {
         let prog: &Xdp = lb.ebpf.program(lb.prog).unwrap().try_into().unwrap();
         return Ok(test_run(prog, f));
@@ -209,8 +235,7 @@ fn run_one(
         "oxilium_nodeport_egress"
     };
     let np = lb.np.as_ref().unwrap();
-    let prog: &aya::programs::SchedClassifier =
-        np.ebpf.program(name).unwrap().try_into().unwrap();
+    let prog: &aya::programs::SchedClassifier = np.ebpf.program(name).unwrap().try_into().unwrap();
     let r = try_run(prog, f);
     if r.is_ok() && skb_refused(f) {
         return Err(format!(
@@ -261,7 +286,7 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                     continue;
                 }
             };
-            if lb.model.tc == Some(false) {
+            if lb.model.tc == Some(false) || lb.model.pod.as_ref().is_some_and(|p| !p.ingress) {
                 *t.kinds.entry("(run at egress)").or_default() += 1;
             }
             let after = lb.pins.reasons();
@@ -324,9 +349,10 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                             want[r as usize].1 += b;
                         }
                         if want != np_delta {
-                            bad.push(format!("NodePort counters {np_delta:?}, model {want:?}"));
+                            bad.push(format!("own counters {np_delta:?}, model {want:?}"));
                         }
                     }
+                    bad.extend(affinity(lb, &x, t0, t1));
                     if !bad.is_empty() {
                         t.differ(format!(
                             "{kind} packet {}:\n  input {}\n  {}",
@@ -355,7 +381,7 @@ fn np_counters(lb: &XdpLb) -> Vec<(u64, u64)> {
     let Some(m) = &lb.np_stats else {
         return Vec::new();
     };
-    (0..abi::nodeport::reason::COUNT)
+    (0..m.len())
         .map(|i| {
             m.get(&i, 0)
                 .expect("NodePort stats")
@@ -363,6 +389,35 @@ fn np_counters(lb: &XdpLb) -> Vec<(u64, u64)> {
                 .fold((0, 0), |a, c| (a.0 + c.packets, a.1 + c.bytes))
         })
         .collect()
+}
+
+/// Compares the affinity entries the model expects with the kernel's, then takes the kernel's.
+fn affinity(lb: &mut XdpLb, x: &super::model::Expect, t0: u64, t1: u64) -> Vec<String> {
+    let (Some(m), Some(pod)) = (&lb.aff, lb.model.pod.as_mut()) else {
+        return Vec::new();
+    };
+    let mut bad = Vec::new();
+    for (k, w) in &x.aff {
+        let g = m.get(k, 0).ok();
+        let same = match (w, &g) {
+            (None, None) => true,
+            (Some(w), Some(g)) => {
+                w.backend_id == g.backend_id
+                    && (w.last_used_ns == g.last_used_ns
+                        || (w.last_used_ns == super::model::NOW
+                            && (t0..=t1).contains(&g.last_used_ns)))
+            }
+            _ => false,
+        };
+        if !same {
+            bad.push(format!("affinity {k:?}\n   got   {g:?}\n   model {w:?}"));
+        }
+        match g {
+            Some(g) => pod.aff.insert(*k, g),
+            None => pod.aff.remove(k),
+        };
+    }
+    bad
 }
 
 /// Compares the whole conntrack and SNAT maps with the shadow (when `check`), then takes the
