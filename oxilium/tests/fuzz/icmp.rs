@@ -113,7 +113,7 @@ pub fn quote(f: &[u8], p: &Pkt) -> Option<Quote> {
     })
 }
 
-fn addr<'a>(a: &'a [u8; 16], v6: bool) -> &'a [u8] {
+fn addr(a: &[u8; 16], v6: bool) -> &[u8] {
     if v6 { &a[..] } else { &a[12..] }
 }
 
