@@ -86,6 +86,7 @@ fn xdp_lb_matches_the_model() {
     let n = harness::budget(0.25);
     let variants = 4;
     std::thread::spawn(move || {
+        let mut first = None;
         for v in 0..variants {
             let mut m = xdp_lb::model();
             let cfg = match v {
@@ -102,9 +103,14 @@ fn xdp_lb_matches_the_model() {
             let mtu = [(1000, 1350), (1200, 1280), (1000, 1400), (1500, 1500)][v];
             let mut lb = XdpLb::new(&m, cfg, mtu);
             fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / variants, &mut t);
+            if v == 0 {
+                // Kept (its namespace outlives the later ones') for the extension below.
+                first = Some((lb, scene));
+            }
         }
+        let (mut lb, scene) = first.unwrap();
         use abi::lb::reason as r;
-        t.assert_clean_hitting(
+        t.until_hit(
             &[r::ICMP_XLATE, r::ICMP_TOO_BIG, r::TOO_BIG, r::ICMP_ERROR],
             &[
                 "icmp to the client",
@@ -112,6 +118,8 @@ fn xdp_lb_matches_the_model() {
                 "icmp tunnelled to a DSR backend",
                 "too-big answer",
             ],
+            4 * n,
+            |t, k| fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, k, t),
         );
     })
     .join()
@@ -147,6 +155,7 @@ fn tc_nodeport_matches_the_model() {
     std::thread::spawn(move || {
         let (m, local) = nodeport_model();
         let scene = edge_scene(&m);
+        let mut first = None;
         for v in 0..2 {
             let (cfg, mtu) = match v {
                 0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
@@ -154,9 +163,13 @@ fn tc_nodeport_matches_the_model() {
             };
             let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local, "tc");
             fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
+            if v == 0 {
+                first = Some(lb);
+            }
         }
+        let mut lb = first.unwrap();
         use abi::lb::reason as r;
-        t.assert_clean_hitting(
+        t.until_hit(
             &[
                 r::FWD_SNAT,
                 r::FWD_DSR,
@@ -174,6 +187,8 @@ fn tc_nodeport_matches_the_model() {
                 "tc icmp to a pod of this node",
                 "tc icmp tunnelled to a DSR backend",
             ],
+            4 * n,
+            |t, k| fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, k, t),
         );
     })
     .join()
@@ -203,7 +218,7 @@ fn pod_programs_match_the_model() {
         let mut lb = fuzz::pod_run::pods(&m, lb_config(40_000, 40_999, true));
         fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n, &mut t);
         use abi::lb::reason as r;
-        t.assert_clean_hitting(
+        t.until_hit(
             &[r::ICMP_XLATE, r::NO_BACKEND],
             &[
                 "pod affinity hit",
@@ -211,6 +226,8 @@ fn pod_programs_match_the_model() {
                 "pod icmp to the backend",
                 "pod icmp to the pod",
             ],
+            4 * n,
+            |t, k| fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, k, t),
         );
     })
     .join()
@@ -232,6 +249,7 @@ fn xdp_nodeport_matches_the_model() {
     std::thread::spawn(move || {
         let (m, local) = nodeport_model();
         let scene = edge_scene(&m);
+        let mut first = None;
         for v in 0..2 {
             let (cfg, mtu) = match v {
                 0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
@@ -239,9 +257,13 @@ fn xdp_nodeport_matches_the_model() {
             };
             let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local, "oxilium_nodeport_xdp");
             fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
+            if v == 0 {
+                first = Some(lb);
+            }
         }
+        let mut lb = first.unwrap();
         use abi::lb::reason as r;
-        t.assert_clean_hitting(
+        t.until_hit(
             &[r::FWD_SNAT, r::FWD_DSR, r::REV_SNAT, r::ICMP_TOO_BIG],
             &[
                 "np source range refused",
@@ -250,6 +272,8 @@ fn xdp_nodeport_matches_the_model() {
                 "np pod of this node",
                 "too-big answer",
             ],
+            4 * n,
+            |t, k| fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, k, t),
         );
     })
     .join()

@@ -102,6 +102,43 @@ impl Tally {
         );
     }
 
+    /// How many of `need` (reasons) and `paths` the run has not taken yet.
+    pub fn missing(&self, need: &[u32], paths: &[&str]) -> usize {
+        let reasons = REASONS.with(|m| {
+            let m = m.borrow();
+            need.iter()
+                .filter(|r| m.get(r).copied().unwrap_or(0) == 0)
+                .count()
+        });
+        reasons
+            + paths
+                .iter()
+                .filter(|p| self.paths.get(*p).copied().unwrap_or(0) == 0)
+                .count()
+    }
+
+    /// Runs `more` (500 packets a time, at most `cap` in all) while a reason of `need` or a path
+    /// of `paths` has not been taken (a small budget may miss a rare one), then
+    /// [`Tally::assert_clean_hitting`].
+    pub fn until_hit(
+        &mut self,
+        need: &[u32],
+        paths: &[&str],
+        cap: usize,
+        mut more: impl FnMut(&mut Tally, usize),
+    ) {
+        let mut extra = 0;
+        while self.missing(need, paths) > 0 && extra < cap {
+            more(self, 500);
+            extra += 500;
+            *self
+                .kinds
+                .entry("(extension until every path was taken)")
+                .or_default() += 500;
+        }
+        self.assert_clean_hitting(need, paths);
+    }
+
     /// [`Tally::assert_clean`], and every reason of `need` was expected at least once: the run
     /// reached those paths (a check that cannot pass vacuously).
     pub fn assert_clean_hitting(&mut self, need: &[u32], paths: &[&str]) {

@@ -75,6 +75,7 @@ pub fn nodeport(
     let np_stats = PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap();
     let pins = Pinned::open(dir.path());
     XdpLb {
+        totals: Default::default(),
         prog,
         np_stats: Some(np_stats),
         aff: None,

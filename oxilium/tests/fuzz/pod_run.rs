@@ -57,6 +57,7 @@ pub fn pods(m: &Model, cfg: LbConfig) -> XdpLb {
     let aff = HashMap::try_from(Map::LruHashMap(pin(abi::sock::names::AFFINITY))).unwrap();
     let pins = Pinned::open(dir.path());
     XdpLb {
+        totals: Default::default(),
         prog: "pod",
         np_stats: Some(stats),
         aff: Some(aff),

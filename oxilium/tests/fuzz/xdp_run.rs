@@ -93,7 +93,9 @@ pub fn skb_refused(f: &[u8]) -> bool {
 
 /// One scenario of the edge LB: the program, its maps and the model read from them.
 pub struct XdpLb {
-    /// The program run: `oxilium_lb` or `oxilium_nodeport_xdp`.
+    /// The per-service and per-backend (packets, bytes) the model expects so far.
+    pub totals: (Map2<u32, (u64, u64)>, Map2<u32, (u64, u64)>),
+    /// The program run: `oxilium_lb`, `oxilium_nodeport_xdp`, "tc" (NodePort) or "pod".
     pub prog: &'static str,
     /// The program's own counters (NodePort, pod programs).
     pub np_stats: Option<PerCpuArray<MapData, Counter>>,
@@ -139,6 +141,7 @@ impl XdpLb {
         }
         let pins = Pinned::open(dir.path());
         XdpLb {
+            totals: Default::default(),
             prog: "oxilium_lb",
             np_stats: None,
             aff: None,
@@ -250,8 +253,8 @@ fn run_one(
 pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usize, t: &mut Tally) {
     let mut before = lb.pins.reasons();
     let mut np_before = np_counters(lb);
-    let mut svc_tot: Map2<u32, (u64, u64)> = Map2::new();
-    let mut be_tot: Map2<u32, (u64, u64)> = Map2::new();
+    // Per-service / per-backend totals the model expects, kept across calls on one program.
+    let (mut svc_tot, mut be_tot) = std::mem::take(&mut lb.totals);
     let mut done = 0;
     while done < n {
         let replies: Vec<FlowKey> = lb.model.shadow.snat.keys().copied().collect();
@@ -282,7 +285,7 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
                     if !skb_refused(&f) {
                         t.differ(e);
                     }
-                    done += 1;
+                    // Not a compared packet: the budget counts those.
                     continue;
                 }
             };
@@ -370,7 +373,8 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
             }
         }
     }
-    t.ambiguous += lb.model.ambiguous;
+    lb.totals = (svc_tot, be_tot);
+    t.ambiguous += std::mem::take(&mut lb.model.ambiguous);
     for (k, n) in std::mem::take(&mut lb.model.paths) {
         *t.paths.entry(k).or_default() += n;
     }
