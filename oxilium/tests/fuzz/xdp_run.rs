@@ -91,10 +91,13 @@ pub fn skb_refused(f: &[u8]) -> bool {
     }
 }
 
+/// (packets, bytes) by service or backend id.
+pub type Totals = Map2<u32, (u64, u64)>;
+
 /// One scenario of the edge LB: the program, its maps and the model read from them.
 pub struct XdpLb {
     /// The per-service and per-backend (packets, bytes) the model expects so far.
-    pub totals: (Map2<u32, (u64, u64)>, Map2<u32, (u64, u64)>),
+    pub totals: (Totals, Totals),
     /// The program run: `oxilium_lb`, `oxilium_nodeport_xdp`, "tc" (NodePort) or "pod".
     pub prog: &'static str,
     /// The program's own counters (NodePort, pod programs).
