@@ -7,7 +7,8 @@
 //!
 //! Which errors: ICMP destination unreachable (3, fragmentation needed included), time exceeded
 //! (11) and parameter problem (12); ICMPv6 destination unreachable (1), packet too big (2), time
-//! exceeded (3) and parameter problem (4). The quoted packet must be TCP or UDP, not a later
+//! exceeded (3) and parameter problem (4), ICMP inside IPv4 and ICMPv6 inside IPv6 only. The
+//! quoted packet must be TCP or UDP, not a later
 //! fragment, its ports inside the packet, IPv6 without extension headers, and the error must be
 //! addressed to the quoted packet's source (an error always goes to the sender of what it
 //! quotes). Anything else passes untouched.
@@ -73,7 +74,9 @@ pub fn parse_quoted(start: usize, end: usize, f: &Flow, q: &mut Quoted) -> bool 
 #[inline(always)]
 fn try_parse(start: usize, end: usize, f: &Flow, q: &mut Quoted) -> Option<()> {
     let h = ptr_at::<IcmpHdr>(start, end, f.l4_off)?;
-    if !translated_type(f.v6, unsafe { (*h).ty }) {
+    // ICMP inside IPv4, ICMPv6 inside IPv6: the other pairings are no error either family knows.
+    let icmp = if f.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+    if f.key.proto != icmp || !translated_type(f.v6, unsafe { (*h).ty }) {
         return None;
     }
     // The IP packet's end: bytes past it (an Ethernet trailer) are no part of the quote.

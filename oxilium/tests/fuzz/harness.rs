@@ -53,6 +53,8 @@ pub struct Tally {
     pub differences: u64,
     pub shown: Vec<String>,
     pub ambiguous: u64,
+    /// Translation paths the model predicted (and the kernel took: the run had no difference).
+    pub paths: BTreeMap<&'static str, u64>,
 }
 
 impl Tally {
@@ -80,13 +82,14 @@ impl Tally {
             .map(|(v, n)| format!("{v}:{n}"))
             .collect();
         let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+        let paths: Vec<String> = self.paths.iter().map(|(k, n)| format!("{k}:{n}")).collect();
         let reasons: Vec<String> = self
             .reasons
             .iter()
             .map(|(r, n)| format!("{}:{n}", abi::lb::reason::NAMES[*r as usize]))
             .collect();
         println!(
-            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}\n  reasons {{{}}}",
+            "fuzz {}: seed {} packets {} verdicts {{{}}} differences {} (time-ambiguous {})\n  kinds {{{}}}\n  reasons {{{}}}\n  paths {{{}}}",
             self.program,
             self.seed,
             self.packets,
@@ -94,8 +97,69 @@ impl Tally {
             self.differences,
             self.ambiguous,
             kinds.join(" "),
-            reasons.join(" ")
+            reasons.join(" "),
+            paths.join(" ")
         );
+    }
+
+    /// How many of `need` (reasons) and `paths` the run has not taken yet.
+    pub fn missing(&self, need: &[u32], paths: &[&str]) -> usize {
+        let reasons = REASONS.with(|m| {
+            let m = m.borrow();
+            need.iter()
+                .filter(|r| m.get(r).copied().unwrap_or(0) == 0)
+                .count()
+        });
+        reasons
+            + paths
+                .iter()
+                .filter(|p| self.paths.get(*p).copied().unwrap_or(0) == 0)
+                .count()
+    }
+
+    /// Runs `more` (500 packets a time, at most `cap` in all) while a reason of `need` or a path
+    /// of `paths` has not been taken (a small budget may miss a rare one), then
+    /// [`Tally::assert_clean_hitting`].
+    pub fn until_hit(
+        &mut self,
+        need: &[u32],
+        paths: &[&str],
+        cap: usize,
+        mut more: impl FnMut(&mut Tally, usize),
+    ) {
+        let mut extra = 0;
+        while self.missing(need, paths) > 0 && extra < cap {
+            more(self, 500);
+            extra += 500;
+            *self
+                .kinds
+                .entry("(extension until every path was taken)")
+                .or_default() += 500;
+        }
+        self.assert_clean_hitting(need, paths);
+    }
+
+    /// [`Tally::assert_clean`], and every reason of `need` was expected at least once: the run
+    /// reached those paths (a check that cannot pass vacuously).
+    pub fn assert_clean_hitting(&mut self, need: &[u32], paths: &[&str]) {
+        self.assert_clean();
+        for p in paths {
+            assert!(
+                self.paths.get(p).copied().unwrap_or(0) > 0,
+                "{}: path {p} never taken (seed {})",
+                self.program,
+                self.seed
+            );
+        }
+        for r in need {
+            assert!(
+                self.reasons.get(r).copied().unwrap_or(0) > 0,
+                "{}: no packet counted {} (seed {})",
+                self.program,
+                abi::lb::reason::NAMES[*r as usize],
+                self.seed
+            );
+        }
     }
 
     pub fn assert_clean(&mut self) {

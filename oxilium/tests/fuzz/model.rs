@@ -24,6 +24,11 @@ pub struct Expect {
     /// Entries the packet must have left (None: absent), timestamps [`NOW`] or exact.
     pub ct: Vec<(FlowKey, Option<CtEntry>)>,
     pub snat: Vec<(FlowKey, Option<SnatEntry>)>,
+    /// (reason, bytes) increments of the program's own counters (`OXI_NP_STATS`,
+    /// `OXI_POD_STATS`).
+    pub np: Vec<(u32, u64)>,
+    /// Affinity entries the packet must have left.
+    pub aff: Vec<(abi::sock::AffinityKey, Option<abi::sock::AffinityValue>)>,
 }
 
 impl Expect {
@@ -57,14 +62,15 @@ pub struct Shadow {
 
 /// Sets the checksum field at `field` so that the covered data's residual is `r` (the data's
 /// sum without the field is `rest`).
-fn keep_residual(out: &mut [u8], field: usize, rest: u64, r: u16) {
+pub fn keep_residual(out: &mut [u8], field: usize, rest: u64, r: u16) {
     let v = fold(r as u64 + !fold(rest) as u64);
     out[field..field + 2].copy_from_slice(&v.to_be_bytes());
 }
 
 /// The frame `f` (packet `p`) with addresses and ports rewritten, checksums updated so that
 /// their residuals stay what they were (a wrong checksum stays as wrong); an IPv4 UDP checksum of
-/// 0 stays 0. Returns the frame and its checksum field offsets.
+/// 0 stays 0 (`skb`: the tc helpers' rule, any UDP checksum of 0). Returns the frame and its
+/// checksum field offsets.
 pub fn rewrite(
     f: &[u8],
     p: &Pkt,
@@ -72,6 +78,7 @@ pub fn rewrite(
     dst: &[u8; 16],
     sport: u16,
     dport: u16,
+    skb: bool,
 ) -> (Vec<u8>, Vec<usize>) {
     let mut out = f.to_vec();
     let l3 = p.l3_off;
@@ -95,7 +102,7 @@ pub fn rewrite(
     out[o..o + 2].copy_from_slice(&sport.to_be_bytes());
     out[o + 2..o + 4].copy_from_slice(&dport.to_be_bytes());
     let c = p.csum_off();
-    let zero_udp = p.proto == 17 && !p.v6 && f[c] == 0 && f[c + 1] == 0;
+    let zero_udp = p.proto == 17 && (!p.v6 || skb) && f[c] == 0 && f[c + 1] == 0;
     if !zero_udp {
         let mut q = *p;
         q.src = *src;
@@ -113,8 +120,17 @@ pub fn rewrite(
 /// DSR: the frame wrapped in an outer header `src` → `dst` (IPv4 when `dst` is IPv4-mapped),
 /// placed after the L2 header (a tag kept as 802.1Q). IPv4 outer: identification of the inner
 /// IPv4 packet (random around IPv6: `id` is then whatever the output holds), DF copied (set
-/// around IPv6), TTL 64. IPv6 outer: hop limit 64, flow label 0 (no port carried).
-pub fn encapsulate(f: &[u8], p: &Pkt, src: &[u8; 16], dst: &[u8; 16], id: u16) -> Vec<u8> {
+/// around IPv6), TTL 64. IPv6 outer: hop limit 64, flow label 0. A `port` (host order, 0: none)
+/// is carried for the NodePort DSR receiver: IPv4 in a 4-byte option (type 0x9e, length 4, the
+/// port; DF then always set), IPv6 in the low 16 bits of the flow label.
+pub fn encapsulate(
+    f: &[u8],
+    p: &Pkt,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    id: u16,
+    port: u16,
+) -> Vec<u8> {
     let outer_v4 = dst[..12] == super::wire::mapped4(&[0; 4])[..12];
     let mut out = f[..p.l3_off].to_vec();
     let et: u16 = if outer_v4 { 0x0800 } else { 0x86dd };
@@ -126,20 +142,26 @@ pub fn encapsulate(f: &[u8], p: &Pkt, src: &[u8; 16], dst: &[u8; 16], id: u16) -
     }
     let inner = if p.v6 { 41 } else { 4 };
     if outer_v4 {
-        let tot = (p.l3_len + 20) as u16;
-        let fo: u16 = if p.df { 0x4000 } else { 0 };
-        let mut h = vec![0x45, 0];
+        let hl = if port != 0 { 24 } else { 20 };
+        let tot = (p.l3_len + hl) as u16;
+        let fo: u16 = if p.df || port != 0 { 0x4000 } else { 0 };
+        let mut h = vec![0x40 | (hl / 4) as u8, 0];
         h.extend_from_slice(&tot.to_be_bytes());
         h.extend_from_slice(&id.to_be_bytes());
         h.extend_from_slice(&fo.to_be_bytes());
         h.extend_from_slice(&[64, inner, 0, 0]);
         h.extend_from_slice(&src[12..]);
         h.extend_from_slice(&dst[12..]);
+        if port != 0 {
+            h.extend_from_slice(&[0x9e, 4]);
+            h.extend_from_slice(&port.to_be_bytes());
+        }
         let c = super::wire::ipv4_checksum(&h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
         out.extend_from_slice(&h);
     } else {
-        out.extend_from_slice(&[0x60, 0, 0, 0]);
+        out.extend_from_slice(&[0x60, 0]);
+        out.extend_from_slice(&port.to_be_bytes());
         out.extend_from_slice(&(p.l3_len as u16).to_be_bytes());
         out.extend_from_slice(&[inner, 64]);
         out.extend_from_slice(src);

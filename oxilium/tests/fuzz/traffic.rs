@@ -50,7 +50,12 @@ fn reply_flags(rng: &mut Rng) -> u8 {
 }
 
 fn l4(rng: &mut Rng, proto: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let n = [0, 0, 1, 7, 30, 64][rng.below(6)];
+    // One in twenty is large: over the DSR routes' MTU once encapsulated, or near it.
+    let n = if rng.pct(5) {
+        900 + rng.below(600)
+    } else {
+        [0, 0, 1, 7, 30, 64][rng.below(6)]
+    };
     let payload = rng.bytes(n);
     match proto {
         6 => {
@@ -100,7 +105,19 @@ impl Scene {
 
     /// The next frame and what kind it is.
     pub fn next(&self, rng: &mut Rng, replies: &[FlowKey]) -> (Vec<u8>, &'static str) {
+        self.next_with(rng, replies, &[])
+    }
+
+    /// [`Scene::next`], ICMP errors also quoting replies of the live flows `flows` (client →
+    /// frontend keys).
+    pub fn next_with(
+        &self,
+        rng: &mut Rng,
+        replies: &[FlowKey],
+        flows: &[FlowKey],
+    ) -> (Vec<u8>, &'static str) {
         let kind = rng.below(100);
+        let mut kind_icmp = "";
         let mut spec = match kind {
             0..=39 => self.to_front(rng),
             40..=61 if !replies.is_empty() => {
@@ -127,7 +144,11 @@ impl Scene {
                 }
                 s
             }
-            70..=77 => self.icmp_error(rng, replies),
+            70..=77 => {
+                let (s, k) = self.icmp_error(rng, replies, flows);
+                kind_icmp = k;
+                s
+            }
             78..=83 => {
                 let (et, body) = match rng.below(3) {
                     0 => (0x0806, rng.bytes(28)),
@@ -151,7 +172,11 @@ impl Scene {
         };
         self.decorate(rng, &mut spec);
         let mut f = spec.build();
-        let mut what = if kind < 40 { "client" } else { "other" };
+        let mut what = match kind {
+            0..40 => "client",
+            70..=77 => kind_icmp,
+            _ => "other",
+        };
         if rng.pct(25) {
             what = frames::mutate(rng, &mut f);
             if rng.pct(30) {
@@ -192,45 +217,119 @@ impl Scene {
         }
     }
 
-    /// An ICMP / ICMPv6 error (or, one time in five, an echo request) quoting a client → frontend
-    /// packet, a reply of a translated flow, or anything.
-    fn icmp_error(&self, rng: &mut Rng, replies: &[FlowKey]) -> Spec {
-        let quoted = match rng.below(3) {
-            0 => self.to_front(rng),
-            1 if !replies.is_empty() => {
-                let k = *rng.pick(replies);
-                self.reply(rng, &k)
+    /// The packet of flow key `k` as it stands (its source sends it).
+    fn packet(&self, rng: &mut Rng, k: &FlowKey, flags: u8) -> Spec {
+        let (s, d) = (to_ip(&k.src), to_ip(&k.dst));
+        let (sp, dp) = (u16::from_be(k.sport), u16::from_be(k.dport));
+        Spec::new(s, d, k.proto, l4(rng, k.proto, sp, dp, flags))
+    }
+
+    /// An ICMP / ICMPv6 error (or, now and then, an echo request) and what it quotes: a packet a
+    /// translator sent to a backend (a SNAT key reversed: LB:port → backend, the error coming
+    /// from the backend or a router on its side), a reply a client got from a frontend (a live
+    /// flow's key reversed, the error from the client or a router on its side), a client's
+    /// packet, or anything. Quotes whole or cut (after the ports, inside them, inside the IP
+    /// header), the quoted packet decorated (IPv4 options, a later fragment, IPv6 extension
+    /// headers, UDP without checksum); and mismatches: the error addressed elsewhere than the
+    /// quoted source, a port off by one, ICMP inside IPv6 / ICMPv6 inside IPv4, types never
+    /// translated.
+    fn icmp_error(
+        &self,
+        rng: &mut Rng,
+        replies: &[FlowKey],
+        flows: &[FlowKey],
+    ) -> (Spec, &'static str) {
+        let (mut quoted, mut what) = match rng.below(10) {
+            0..=2 if !replies.is_empty() => {
+                let k = rev(rng.pick(replies));
+                let f = reply_flags(rng);
+                (self.packet(rng, &k, f), "icmp backend side")
             }
+            3..=6 if !flows.is_empty() => {
+                let k = rev(rng.pick(flows));
+                let f = reply_flags(rng);
+                (self.packet(rng, &k, f), "icmp client side")
+            }
+            7 => (self.to_front(rng), "icmp other"),
             _ => {
                 let v6 = rng.pct(40);
                 let (a, b) = (self.other(rng, v6), self.other(rng, v6));
-                Spec::new(a, b, 17, l4(rng, 17, 53, 5353, 0))
+                let (p, d) = if rng.pct(50) { (17, 5353) } else { (6, 80) };
+                (Spec::new(a, b, p, l4(rng, p, 53, d, 0x12)), "icmp other")
             }
         };
         let v6 = quoted.src.is_ipv6();
+        match rng.below(20) {
+            0 if !v6 => quoted.v4_opts = frames::v4_opts(rng),
+            1 if !v6 => quoted.v4_frag = *rng.pick(&[0x2000, 0x0008, 0x2010]),
+            2 if v6 => quoted.exts = frames::ext_chain(rng),
+            3 if quoted.proto == 17 && !v6 => quoted.no_csum = true,
+            4 => {
+                // A port off by one: no flow has it.
+                let p = u16::from_be_bytes([quoted.l4[0], quoted.l4[1]]).wrapping_add(1);
+                quoted.l4[..2].copy_from_slice(&p.to_be_bytes());
+                what = "icmp mismatch";
+            }
+            _ => {}
+        }
+        quoted.id = rng.u64() as u16;
         let mut body = quoted.ip();
-        body.truncate(if rng.pct(50) {
-            body.len()
-        } else {
-            (if v6 { 48 } else { 28 }).min(body.len())
-        });
-        let (ty, proto) = match (v6, rng.pct(20)) {
-            (false, false) => (*rng.pick(&[3u8, 11, 12, 4, 5]), 1),
-            (false, true) => (8, 1),
-            (true, false) => (*rng.pick(&[1u8, 2, 3, 4]), 58),
-            (true, true) => (128, 58),
+        let hl = body.len() - quoted.l4.len();
+        let n = match rng.below(8) {
+            0..=2 => body.len(),
+            3 | 4 => hl + 8,
+            5 => hl + rng.below(body.len() - hl + 1),
+            6 => hl + rng.below(5),
+            _ => rng.below(hl + 1),
         };
-        // Sent to the quoted packet's source, from somewhere on its path.
+        body.truncate(n.min(body.len()));
+        let (mut ty, mut proto, code) = if v6 {
+            (*rng.pick(&[1u8, 1, 2, 3, 4]), 58, rng.below(5) as u8)
+        } else {
+            (*rng.pick(&[3u8, 3, 3, 11, 12]), 1, rng.below(5) as u8)
+        };
+        match rng.below(25) {
+            0 => {
+                // Errors never translated.
+                ty = if v6 { 128 } else { *rng.pick(&[4u8, 5, 8]) };
+                what = "icmp untranslated type";
+            }
+            1 => {
+                // ICMPv6 in IPv4, ICMP in IPv6.
+                proto = if v6 { 1 } else { 58 };
+                ty = *rng.pick(&[1u8, 2, 3, 4, 11, 12]);
+                what = "icmp wrong family";
+            }
+            _ => {}
+        }
+        let mut icmp = frames::icmp(ty, code, &body);
+        if (proto, ty) == (1, 3) || (proto, ty) == (58, 2) {
+            icmp[6..8].copy_from_slice(&1400u16.to_be_bytes());
+        }
+        // Sent to the quoted packet's source, from somewhere on its path; now and then to
+        // someone else.
         let from = if rng.pct(50) {
             quoted.dst
         } else {
             self.other(rng, v6)
         };
-        Spec::new(
-            from,
-            quoted.src,
-            proto,
-            frames::icmp(ty, rng.below(5) as u8, &body),
-        )
+        let to = if rng.pct(6) {
+            what = "icmp mismatch";
+            self.other(rng, v6)
+        } else {
+            quoted.src
+        };
+        (Spec::new(from, to, proto, icmp), what)
+    }
+}
+
+fn rev(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        src: k.dst,
+        dst: k.src,
+        sport: k.dport,
+        dport: k.sport,
+        proto: k.proto,
+        _pad: [0; 3],
     }
 }

@@ -7,15 +7,20 @@
 //! no route, so every translated packet goes up the stack (XDP_PASS, `fib_pass`).
 use super::ct;
 use super::model::{Expect, NOW, Obs, Shadow, encapsulate, rewrite};
+use super::np_xdp::NewFlow;
 use super::wire::{Frag, Pkt, Read, read};
 use abi::lb::{
     ALG_RANDOM, Backend, CtEntry, FAMILY_V6, FlowKey, LbConfig, MODE_DSR, MODE_SNAT,
     SCOPE_EXTERNAL, ServiceKey, ServiceValue, SnatEntry, flow_hash, reason as r,
 };
+use abi::nodeport::reason as np;
 use std::collections::HashMap;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+/// tc's TC_ACT_REDIRECT (bpf_redirect's return), used as is by the NodePort tc model.
+pub const TC_REDIRECT: u32 = 7;
 
 /// The configuration the program reads (as the agent wrote it) and the model's shadow.
 pub struct LbModel {
@@ -26,9 +31,28 @@ pub struct LbModel {
     pub shadow: Shadow,
     /// Packets whose expiry decision fell inside the run's time window (either is right).
     pub ambiguous: u64,
+    /// The MTU of the routes towards the backends (IPv4, IPv6) in the program's namespace.
+    pub route_mtu: (u32, u32),
+    /// The pod programs' mode and state (None: another program).
+    pub pod: Option<super::pod::PodConf>,
+    /// NodePort at tc: Some(true) at ingress, Some(false) at egress (None: XDP).
+    pub tc: Option<bool>,
+    /// The XDP NodePort acceleration's own configuration (None: the edge LB).
+    pub np: Option<super::np_xdp::NpConf>,
+    /// How often each translation path was predicted.
+    pub paths: std::collections::BTreeMap<&'static str, u64>,
 }
 
-fn skey(addr: [u8; 16], port: u16, proto: u8) -> ServiceKey {
+/// What DSR encapsulation towards a backend comes to.
+pub enum Tunnel {
+    Sent(Vec<u8>),
+    /// Over the route's MTU: the usable MTU.
+    TooBig(u16),
+    /// Over 64 KiB once encapsulated.
+    Oversize,
+}
+
+pub fn skey(addr: [u8; 16], port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
         addr,
         port: port.to_be(),
@@ -42,7 +66,7 @@ impl LbModel {
         self.cfg.ready == 1
     }
 
-    fn lb_addr(&self, v6: bool) -> Option<[u8; 16]> {
+    pub fn lb_addr(&self, v6: bool) -> Option<[u8; 16]> {
         let a = if v6 {
             self.cfg.snat_v6
         } else {
@@ -67,6 +91,15 @@ impl LbModel {
     }
 
     pub fn step(&mut self, f: &[u8], o: &Obs) -> Result<Expect, String> {
+        if self.pod.is_some() {
+            return self.pod_step(f, o);
+        }
+        if self.tc.is_some() {
+            return self.tc_step(f, o);
+        }
+        if self.np.is_some() {
+            return self.np_step(f, o);
+        }
         let bytes = f.len() as u64;
         let p = match read(f) {
             Read::NotIp => return Ok(Expect::verdict(XDP_PASS, f, None)),
@@ -75,8 +108,8 @@ impl LbModel {
             }
             Read::Ip(p) => p,
         };
-        if let Some(e) = super::icmp::xdp(&p, f) {
-            return Ok(e);
+        if super::icmp::is_error(&p) {
+            return Ok(self.icmp_error(f, &p, o));
         }
         if p.proto != 6 && p.proto != 17 {
             return Ok(Expect::verdict(XDP_PASS, f, Some((r::PASS, bytes))));
@@ -108,7 +141,7 @@ impl LbModel {
         (b.service_id == svc.id).then_some(e)
     }
 
-    fn forward(
+    pub fn forward(
         &mut self,
         f: &[u8],
         p: &Pkt,
@@ -164,8 +197,21 @@ impl LbModel {
             };
             let flags = ct::step(abi::ct::NEW, p.proto, p.tcp_flags, false);
             let mut port = 0;
-            if svc.mode == MODE_SNAT {
-                match self.snat_port(p, &b, id, svc.id, flags, o)? {
+            match self.new_flow(p, svc, &b, id) {
+                NewFlow::Refuse => {
+                    self.path("np source range refused");
+                    let mut e = Expect::verdict(XDP_DROP, f, None);
+                    e.np.push((np::SOURCE_RANGE, bytes));
+                    e.ct.push((key, self.shadow.ct.get(&key).copied()));
+                    return Ok(e);
+                }
+                NewFlow::Keep(reply) => {
+                    if reply.is_some() {
+                        self.path("np reply entry of a pod");
+                    }
+                    x.snat.extend(reply)
+                }
+                NewFlow::Snat => match self.snat_port(p, &b, id, svc.id, flags, o)? {
                     Ok((pt, s, reuse)) => {
                         port = pt;
                         x.snat.push((self.rkey(p, &b, pt), Some(s)));
@@ -178,7 +224,7 @@ impl LbModel {
                         e.ct.push((key, self.shadow.ct.get(&key).copied()));
                         return Ok(e);
                     }
-                }
+                },
             }
             let e = CtEntry {
                 backend_id: id,
@@ -196,6 +242,45 @@ impl LbModel {
             (id, port)
         };
         let b = self.backends[&bid];
+        if self.pod.is_some() {
+            return Ok(self.pod_forward(x, f, p, svc, bid));
+        }
+        if let Some(np) = &self.np {
+            if (b.family == FAMILY_V6) != p.v6 {
+                self.paths
+                    .entry("np family")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                x.np.push((np::FAMILY, bytes));
+                return Ok(self.drop_keep(x, f, u32::MAX));
+            }
+            if let Some(&(mac, node_mac)) = np.endpoints.get(&b.addr) {
+                *self.paths.entry("np pod of this node").or_default() += 1;
+                if self.tc.is_some() {
+                    // tc: DNAT (the client kept), delivered to the pod's veth.
+                    x.service = Some((svc.id, bytes));
+                    x.backend = Some((bid, bytes));
+                    let (mut out, csum) =
+                        self.rw(f, p, &p.src, &b.addr, p.sport, u16::from_be(b.port));
+                    out[..6].copy_from_slice(&mac);
+                    out[6..12].copy_from_slice(&node_mac);
+                    x.out = out;
+                    x.csum = csum;
+                    x.action = TC_REDIRECT;
+                    x.np.push((np::LOCAL, bytes));
+                    return Ok(x);
+                }
+                // XDP: the tc program's (entries made here).
+                x.action = XDP_PASS;
+                x.out = f.to_vec();
+                return Ok(x);
+            }
+        }
+        if self.tc.is_some() {
+            // tc counts the service before it looks for the node address.
+            x.service = Some((svc.id, bytes));
+            x.backend = Some((bid, bytes));
+        }
         let Some(lb) = self.lb_addr(b.family == FAMILY_V6) else {
             return Ok(self.drop_keep(x, f, r::ERROR));
         };
@@ -205,30 +290,81 @@ impl LbModel {
             if svc.mode != MODE_DSR {
                 return Ok(self.drop_keep(x, f, r::NO_BACKEND));
             }
-            let outer_v4_inner_v6 = p.v6 && b.family != FAMILY_V6;
-            let id = if outer_v4_inner_v6 {
-                let at = p.l3_off + 4;
-                o.out
-                    .get(at..at + 2)
-                    .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]))
+            // NodePort DSR carries the backend port to the receiving node.
+            let dport = if self.np.is_some() {
+                u16::from_be(b.port)
             } else {
-                p.ip_id
+                0
             };
-            let hlen = if b.family == FAMILY_V6 { 40 } else { 20 };
-            if p.l3_len + hlen > 0xffff {
-                return Ok(self.drop_keep(x, f, r::TOO_BIG));
+            if self.tc.is_some() {
+                return Ok(self.tc_dsr(x, f, p, &lb, &b, dport));
             }
-            x.out = encapsulate(f, p, &lb, &b.addr, id);
-            x.action = XDP_PASS;
-            x.reasons.extend([(r::FWD_DSR, bytes), (r::FIB_PASS, 0)]);
-            return Ok(x);
+            let t = self.tunnel(f, p, &lb, &b, o, dport);
+            return Ok(match t {
+                Tunnel::Sent(out) => {
+                    x.out = out;
+                    x.action = XDP_PASS;
+                    x.reasons.extend([(r::FWD_DSR, bytes), (r::FIB_PASS, 0)]);
+                    self.np_sent(&mut x, np::DSR, bytes);
+                    x
+                }
+                Tunnel::TooBig(mtu) if p.v6 || p.df => {
+                    self.path("too-big answer");
+                    x.out = super::icmp::too_big(f, p, mtu);
+                    x.action = XDP_TX;
+                    x.reasons.push((r::ICMP_TOO_BIG, bytes));
+                    self.np_sent(&mut x, np::DSR, bytes);
+                    x
+                }
+                Tunnel::TooBig(_) | Tunnel::Oversize => self.drop_keep(x, f, r::TOO_BIG),
+            });
         }
-        let (out, csum) = rewrite(f, p, &lb, &b.addr, u16::from_be(port), u16::from_be(b.port));
+        let (out, csum) = self.rw(f, p, &lb, &b.addr, u16::from_be(port), u16::from_be(b.port));
         x.out = out;
         x.csum = csum;
         x.action = XDP_PASS;
         x.reasons.extend([(r::FWD_SNAT, bytes), (r::FIB_PASS, 0)]);
+        self.np_sent(&mut x, np::REMOTE, bytes);
         Ok(x)
+    }
+
+    /// DSR: the packet in an outer header LB → backend, unless it exceeds the route's MTU. The
+    /// outer IPv4 identification around an IPv6 packet is random: read from the output.
+    pub fn tunnel(
+        &self,
+        f: &[u8],
+        p: &Pkt,
+        lb: &[u8; 16],
+        b: &Backend,
+        o: &Obs,
+        port: u16,
+    ) -> Tunnel {
+        let b6 = b.family == FAMILY_V6;
+        let id = if p.v6 && !b6 {
+            let at = p.l3_off + 4;
+            o.out
+                .get(at..at + 2)
+                .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]))
+        } else {
+            p.ip_id
+        };
+        let hlen = match (b6, port) {
+            (true, _) => 40,
+            (false, 0) => 20,
+            _ => 24,
+        };
+        if p.l3_len + hlen > 0xffff {
+            return Tunnel::Oversize;
+        }
+        let route = if b6 {
+            self.route_mtu.1
+        } else {
+            self.route_mtu.0
+        };
+        if (p.l3_len + hlen) as u32 > route {
+            return Tunnel::TooBig(super::icmp::usable(route, b6, port != 0));
+        }
+        Tunnel::Sent(encapsulate(f, p, lb, &b.addr, id, port))
     }
 
     fn busiest(&mut self, p: &Pkt, table: &[u32], o: &Obs) -> u32 {
@@ -248,11 +384,27 @@ impl LbModel {
         best.1
     }
 
-    fn drop_keep(&self, mut x: Expect, f: &[u8], reason: u32) -> Expect {
+    /// The rewrite of a translated packet (the skb helpers' UDP rule at tc).
+    pub fn rw(
+        &self,
+        f: &[u8],
+        p: &Pkt,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        sport: u16,
+        dport: u16,
+    ) -> (Vec<u8>, Vec<usize>) {
+        rewrite(f, p, src, dst, sport, dport, self.tc.is_some())
+    }
+
+    /// `x` turned into a drop of `f` counted `reason` (`u32::MAX`: no LB counter).
+    pub fn drop_keep(&self, mut x: Expect, f: &[u8], reason: u32) -> Expect {
         x.action = XDP_DROP;
         x.out = f.to_vec();
         x.csum.clear();
-        x.reasons.push((reason, f.len() as u64));
+        if reason != u32::MAX {
+            x.reasons.push((reason, f.len() as u64));
+        }
         x
     }
 
@@ -383,7 +535,7 @@ impl LbModel {
 
     /// Backend → LB address:port of a SNAT'ed flow: VIP → client restored; the state moves on
     /// (the flow's conntrack entry too when it changes).
-    fn reply(&mut self, f: &[u8], p: &Pkt, key: FlowKey) -> Expect {
+    pub fn reply(&mut self, f: &[u8], p: &Pkt, key: FlowKey) -> Expect {
         let bytes = f.len() as u64;
         let mut e = self.shadow.snat[&key];
         let mut x = Expect::default();
@@ -409,7 +561,7 @@ impl LbModel {
             }
         }
         x.snat.push((key, Some(e)));
-        let (out, csum) = rewrite(
+        let (out, csum) = self.rw(
             f,
             p,
             &e.vip,
