@@ -93,6 +93,8 @@ pub struct NodeView {
     pub health_checks: Vec<k8s::frontend::HealthCheck>,
     /// This node's spec.podCIDRs (the CNI address pools); None: unchanged (a delta).
     pub pod_cidrs: Option<Vec<String>>,
+    /// Every Node (the routes to the other nodes' pods); None: unchanged (a delta).
+    pub nodes: Option<Vec<k8s::NodeInfo>>,
 }
 
 /// What a view changes in the model.
@@ -126,12 +128,14 @@ impl NodeArgs {
     /// This node's view from the manifests folder; notes about skipped objects are logged.
     pub fn folder_view(&self, dir: &Path) -> Result<NodeView> {
         let (opts, node) = self.validate()?;
-        let nf = k8s::node_frontends(dir, &node, &opts)
+        let (nf, nodes) = k8s::node_frontends_with_nodes(dir, &node, &opts)
             .with_context(|| format!("--manifests {}", dir.display()))?;
         for n in &nf.notes {
             warn!("{n}");
         }
-        Ok(self.view(&nf, &node))
+        let mut v = self.view(&nf, &node);
+        v.nodes = Some(nodes);
+        Ok(v)
     }
 
     /// Follows the API source's cluster store: whole, then per change.
@@ -151,6 +155,7 @@ impl NodeArgs {
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks.clone(),
             pod_cidrs: Some(nf.node.pod_cidrs.clone()),
+            nodes: None,
         }
     }
 
@@ -340,7 +345,7 @@ impl Follower {
             self.sync_endpoints(state, &grow, false).await;
         }
         let checks = view.health_checks.clone();
-        endpoints::node_pools(state, &view.pod_cidrs).await;
+        endpoints::node_view(state, &view.pod_cidrs, &view.nodes).await;
         let devices = match view.model {
             ModelUpdate::Whole(_) => nodeport::device_addresses(&self.devices).await,
             ModelUpdate::Delta(_) => Ok(Default::default()),

@@ -4,9 +4,10 @@
 //! endpoints: a veth pair per pod ([`veth`]), `OXI_ENDPOINTS` entries and the endpoint programs on
 //! the host side ([`crate::bpf::endpoint`]).
 mod flags;
+pub mod routing;
 pub mod veth;
 
-pub use flags::{CniFlags, SharedCni, node_pools, serve};
+pub use flags::{CniFlags, SharedCni, node_view, serve};
 
 use crate::bpf::endpoint::EndpointLb;
 use abi::endpoint::EndpointInfo;
@@ -60,6 +61,10 @@ pub struct CniAgent {
     manifests: Option<PathBuf>,
     /// Pools from `--pod-cidr` (they win over the Node's podCIDRs).
     fixed_pools: bool,
+    /// `--routing`: the routes to the other nodes' pods.
+    pub router: Option<routing::Router>,
+    /// The largest pod MTU (the tunnel's), when there is one.
+    pub mtu_cap: Option<u32>,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -93,6 +98,8 @@ impl CniAgent {
             nl,
             manifests,
             fixed_pools,
+            router: None,
+            mtu_cap: None,
         };
         let existing: Vec<(Vec<IpAddr>, Endpoint)> = a
             .ipam
@@ -171,7 +178,10 @@ impl CniAgent {
             Path::new(&env.netns),
             &env.ifname,
             &entry.addresses,
-            req.mtu,
+            match (req.mtu, self.mtu_cap) {
+                (Some(m), Some(c)) => Some(m.min(c)),
+                (m, c) => m.or(c),
+            },
         )
         .await;
         let made = match made {
