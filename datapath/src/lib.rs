@@ -11,6 +11,7 @@ pub mod fib;
 pub mod headers;
 pub mod lb;
 pub mod maps;
+pub mod masq;
 pub mod nat;
 pub mod nodeport;
 pub mod parse;

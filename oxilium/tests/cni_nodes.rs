@@ -10,8 +10,9 @@ mod support;
 use std::{net::SocketAddr, time::Duration};
 use support::{
     cgroup::{Answer, run_client},
+    cni_nodes::OUTSIDE,
     cni_nodes::{CIP, NODE_PORT, Nodes, manifests, node_ip, pod_mtu, require_vxlan},
-    peer::{PeerServers, tcp_ask},
+    peer::{PeerConn, PeerServers, ask, tcp_ask},
 };
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -81,13 +82,48 @@ fn cluster_ip_reaches_remote_backends(b: &Nodes) {
     assert_eq!(ids, ["pod-2", "pod-3"]);
 }
 
+/// Pods to an outside address (UDP and TCP, every pod of node 1): the server sees node 1's
+/// address (masqueraded in BPF at eth0's egress, replies restored at its ingress); to an address
+/// of `--non-masquerade-cidr` it sees the pod's own.
+#[track_caller]
+fn masquerade(b: &Nodes) {
+    b.outside
+        .run(&["ip", "addr", "add", "10.200.0.101/24", "dev", "eth0"]);
+    b.outside
+        .run(&["ip", "route", "add", "10.244.1.0/24", "via", &node_ip(1)]);
+    let _out = PeerServers::start(
+        &b.outside,
+        "outside",
+        &[sa(OUTSIDE, 9090), sa("10.200.0.101", 9090)],
+    );
+    for (j, pod) in b.pods[0].iter().enumerate() {
+        for udp in [false, true] {
+            for _ in 0..5 {
+                let a = ask(pod, None, sa(OUTSIDE, 9090), udp)
+                    .unwrap_or_else(|e| panic!("pod {j} → outside (udp {udp}): {e}"));
+                assert_eq!(a.peer.to_string(), node_ip(1), "masqueraded (udp {udp})");
+            }
+            let a = ask(pod, None, sa("10.200.0.101", 9090), udp)
+                .unwrap_or_else(|e| panic!("pod {j} → exception (udp {udp}): {e}"));
+            assert_eq!(a.peer.to_string(), b.pod_ips[0][j], "not masqueraded");
+        }
+    }
+    // A long flow keeps its port (conntrack), request after request.
+    let mut c = PeerConn::open(&b.pods[0][0], sa(OUTSIDE, 9090));
+    for i in 0..20 {
+        let a = c.ask(&format!("m{i}")).expect("same flow");
+        assert_eq!(a.peer.to_string(), node_ip(1));
+    }
+}
+
 /// Native routing: the routes to the other nodes' pod CIDRs (protocol 211), pod to pod across
-/// nodes, a ClusterIP and a NodePort (from outside, at node 1) with backends on other nodes; a
+/// nodes, a ClusterIP and a NodePort (from outside, at node 1) with backends on other nodes,
+/// masquerade to outside (and its exception); a
 /// route deleted or changed by hand is back within 2 s; a route of another protocol is left
 /// alone; a Node removed from the folder takes its route with it.
 #[test]
 fn native_routing_between_three_nodes() {
-    let b = Nodes::new("nat", 2, &[]);
+    let b = Nodes::new("nat", 2, &["--non-masquerade-cidr", "10.200.0.101/32"]);
     let want = |i: usize| -> Vec<(String, String)> {
         (1..=3)
             .filter(|&j| j != i + 1)
@@ -120,6 +156,8 @@ fn native_routing_between_three_nodes() {
         ["pod-2", "pod-3"],
         "NodePort"
     );
+
+    masquerade(&b);
 
     // A route of another protocol is never touched.
     b.nodes[0].run(&["ip", "route", "add", "10.99.0.0/24", "via", "10.200.0.3"]);

@@ -36,7 +36,9 @@ impl CniFlags {
     }
 
     pub fn check(&self) -> Result<()> {
-        self.pools().map(|_| ())
+        self.pools()?;
+        self.routing.exceptions()?;
+        Ok(())
     }
 
     /// With `--cni`: forwarding on, the state opened, the programs loaded.
@@ -52,14 +54,17 @@ impl CniFlags {
             std::fs::write(path, v).with_context(|| format!("setting {path} = {v}"))?;
         }
         let (_, node) = args.node_args.validate()?;
-        let router = super::routing::Router::start(&f.routing, node).await?;
         let mut a = CniAgent::open(
             &f.state_dir,
             &args.pin_dir,
             f.pools()?,
             args.node_args.manifests.clone(),
+            f.routing.masquerade,
         )
         .await?;
+        // After the programs' load: it pins the masquerade exceptions map the router writes.
+        let router =
+            super::routing::Router::start(&f.routing, node, &args.pin_dir, &f.pools()?).await?;
         a.router = Some(router);
         a.mtu_cap = f.routing.pod_mtu_cap();
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");

@@ -65,6 +65,8 @@ pub struct CniAgent {
     pub router: Option<routing::Router>,
     /// The largest pod MTU (the tunnel's), when there is one.
     pub mtu_cap: Option<u32>,
+    /// `--masquerade`: the endpoints are marked for it.
+    pub masquerade: bool,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -87,6 +89,7 @@ impl CniAgent {
         pin_dir: &Path,
         pools: Vec<IpNetwork>,
         manifests: Option<PathBuf>,
+        masquerade: bool,
     ) -> Result<CniAgent> {
         let fixed_pools = !pools.is_empty();
         let ipam = Ipam::open(&state_dir.join(STATE_FILE), pools)?;
@@ -100,6 +103,7 @@ impl CniAgent {
             fixed_pools,
             router: None,
             mtu_cap: None,
+            masquerade,
         };
         let existing: Vec<(Vec<IpAddr>, Endpoint)> = a
             .ipam
@@ -137,7 +141,11 @@ impl CniAgent {
                     ifindex: ep.host_ifindex,
                     id: ep.id,
                     identity: 0,
-                    flags: 0,
+                    flags: if self.masquerade {
+                        abi::endpoint::FLAG_MASQUERADE
+                    } else {
+                        0
+                    },
                     mac: parse_mac(&ep.pod_mac),
                     node_mac: parse_mac(&ep.host_mac),
                 },

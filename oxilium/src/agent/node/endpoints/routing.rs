@@ -9,7 +9,9 @@
 //! A route of the agent deleted or changed by anyone is written again at once (route events, no
 //! polling); routes of other protocols are never touched.
 use super::veth::ROUTE_PROTOCOL;
+use crate::bpf::masq::MasqExceptions;
 use anyhow::{Context, Result};
+use ipnetwork::IpNetwork;
 use k8s::NodeInfo;
 use net::routing::{NodeRoute, RouteEvents};
 use std::{
@@ -45,9 +47,26 @@ pub struct RoutingFlags {
     /// pods' veths get it minus the VXLAN overhead (50 bytes).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     pub underlay_mtu: u32,
+    /// --cni: the pods' traffic to destinations outside the cluster (no Node's pod CIDR or
+    /// address) leaves the --device(s) with the node's address (SNAT in BPF).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub masquerade: bool,
+    /// --cni: a destination CIDR the pods reach without masquerade (repeat).
+    #[arg(long = "non-masquerade-cidr", value_name = "CIDR")]
+    pub non_masquerade_cidrs: Vec<String>,
 }
 
 impl RoutingFlags {
+    /// `--non-masquerade-cidr`, parsed.
+    pub fn exceptions(&self) -> Result<Vec<IpNetwork>> {
+        self.non_masquerade_cidrs
+            .iter()
+            .map(|c| {
+                cni::ipam::parse_cidr(c).map_err(|e| anyhow::anyhow!("--non-masquerade-cidr: {e}"))
+            })
+            .collect()
+    }
+
     /// The largest MTU a pod may have (tunnel mode), or None.
     pub fn pod_mtu_cap(&self) -> Option<u32> {
         (self.routing == RoutingMode::Tunnel).then(|| self.underlay_mtu - net::tunnel::OVERHEAD_V4)
@@ -60,8 +79,17 @@ pub struct Router {
 }
 
 impl Router {
-    /// Starts the task (tunnel mode: the device is made first). `node`: this node's name.
-    pub async fn start(flags: &RoutingFlags, node: String) -> Result<Router> {
+    /// Starts the task (tunnel mode: the device is made first). `node`: this node's name;
+    /// `pools`: its `--pod-cidr`s (never masqueraded, like every Node's pod CIDRs).
+    pub async fn start(
+        flags: &RoutingFlags,
+        node: String,
+        pin_dir: &std::path::Path,
+        pools: &[IpNetwork],
+    ) -> Result<Router> {
+        let mut except = flags.exceptions()?;
+        except.extend_from_slice(pools);
+        let masq = MasqExceptions::open(pin_dir).context("the masquerade exceptions map")?;
         let nl = net::Netlink::connect()?;
         let tunnel = match flags.routing {
             RoutingMode::Native => None,
@@ -84,6 +112,10 @@ impl Router {
                 mine: BTreeSet::new(),
                 want: Vec::new(),
                 tunnel_mac: None,
+                masq,
+                except,
+                masq_want: BTreeSet::new(),
+                masq_have: None,
             };
             t.run(rx, events).await;
         });
@@ -106,6 +138,13 @@ struct Task {
     mine: BTreeSet<(IpAddr, u8)>,
     want: Vec<NodeRoute>,
     tunnel_mac: Option<[u8; 6]>,
+    masq: MasqExceptions,
+    /// `--non-masquerade-cidr` and `--pod-cidr`.
+    except: Vec<IpNetwork>,
+    /// The destinations never masqueraded: `except`, every Node's pod CIDRs and addresses.
+    masq_want: BTreeSet<IpNetwork>,
+    /// What the map holds (None: not written by this run yet).
+    masq_have: Option<BTreeSet<IpNetwork>>,
 }
 
 impl Task {
@@ -159,6 +198,19 @@ impl Task {
     fn wanted(&mut self, nodes: &[NodeInfo]) -> (Vec<NodeRoute>, Vec<net::tunnel::Peer>) {
         let mut routes = Vec::new();
         let mut peers = Vec::new();
+        self.masq_want = self.except.iter().copied().collect();
+        for n in nodes {
+            for a in &n.addresses {
+                self.masq_want
+                    .insert(IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).expect("full"));
+            }
+            self.masq_want.extend(
+                n.pod_cidrs
+                    .iter()
+                    .filter_map(|c| cni::ipam::parse_cidr(c).ok())
+                    .map(|c| IpNetwork::new(c.network(), c.prefix()).expect("valid")),
+            );
+        }
         for n in nodes {
             let underlay = underlay_of(n);
             if n.name == self.node {
@@ -201,6 +253,13 @@ impl Task {
     }
 
     async fn sync(&mut self, peers: &[net::tunnel::Peer]) -> Result<()> {
+        if self.masq_have.as_ref() != Some(&self.masq_want) {
+            let (w, r) = self.masq.sync(&self.masq_want)?;
+            if w + r > 0 {
+                info!(written = w, removed = r, "masquerade exceptions");
+            }
+            self.masq_have = Some(self.masq_want.clone());
+        }
         if let Some(i) = self.tunnel {
             // The tunnel state first: a route's gateway resolves from its first packet.
             if let Some(mac) = self.tunnel_mac {
