@@ -178,6 +178,27 @@ impl<T: Serialize + DeserializeOwned + Clone> Ipam<T> {
         Ok(entry)
     }
 
+    /// Records `a` with addresses handed out by someone else (a chained plugin's first plugin):
+    /// persisted like an allocation, released like one; the pools are not consulted.
+    pub fn record(
+        &mut self,
+        a: &Attachment,
+        addresses: Vec<IpAddr>,
+        data: T,
+    ) -> Result<Entry<T>, IpamError> {
+        let entry = Entry { addresses, data };
+        if let Some(old) = self.forget(a) {
+            self.used.retain(|ip| !old.addresses.contains(ip));
+        }
+        self.file.allocations.insert(key(a), entry.clone());
+        self.used.extend(entry.addresses.iter().copied());
+        if let Err(e) = self.save() {
+            self.forget(a);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
     /// Replaces the data of an existing entry (persisted).
     pub fn set_data(&mut self, a: &Attachment, data: T) -> Result<(), IpamError> {
         if let Some(e) = self.file.allocations.get_mut(&key(a)) {

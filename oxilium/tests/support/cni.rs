@@ -122,3 +122,113 @@ pub fn add(dir: &PluginDir, conf: &str, id: &str, netns: &str, pod: &str) -> Val
     assert!(r.ok, "ADD {id}: {} {}", r.out, r.stderr);
     r.out
 }
+
+/// A conflist's plugins run as a runtime runs them, inside the node namespace `node` (where the
+/// first plugin makes its host devices): ADD in order, each after the first with the previous
+/// result as `prevResult`; DEL in reverse order with the final result.
+pub struct Chain {
+    pub version: String,
+    pub name: String,
+    /// The plugins' own keys (`type` first among them).
+    pub plugins: Vec<Value>,
+    /// CNI_PATH: the oxilium-cni folder, then /usr/lib/cni.
+    pub path: String,
+    pub node: String,
+}
+
+impl Chain {
+    fn conf(&self, plugin: &Value, prev: Option<&Value>) -> String {
+        let mut c = plugin.clone();
+        c["cniVersion"] = self.version.clone().into();
+        c["name"] = self.name.clone().into();
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        c.to_string()
+    }
+
+    fn plugin_path(&self, ty: &str) -> String {
+        self.path
+            .split(':')
+            .map(|d| format!("{d}/{ty}"))
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| panic!("plugin {ty} not found in {}", self.path))
+    }
+
+    /// Runs plugin `i` for `cmd` inside the node namespace.
+    pub fn run(&self, i: usize, cmd: &str, id: &str, netns: &str, prev: Option<&Value>) -> Run {
+        let p = &self.plugins[i];
+        let ty = p["type"].as_str().unwrap();
+        let plugin = self.plugin_path(ty);
+        let node = format!("--net={}", self.node);
+        let mut c = Command::new("/usr/bin/nsenter");
+        c.arg(&node)
+            .arg(&plugin)
+            .env_clear()
+            .envs([
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", &self.path),
+                ("CNI_ARGS", "IgnoreUnknown=1"),
+                ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.conf(p, prev).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        Run {
+            ok: out.status.success(),
+            out: if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{ty} said {text:?}: {e}"))
+            },
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    /// ADD through plugins `0..upto` (all when None); the last result.
+    #[track_caller]
+    pub fn add(&self, id: &str, netns: &str, upto: Option<usize>) -> Value {
+        let mut prev: Option<Value> = None;
+        for i in 0..upto.unwrap_or(self.plugins.len()) {
+            let r = self.run(i, "ADD", id, netns, prev.as_ref());
+            assert!(
+                r.ok,
+                "ADD {id} plugin {}: {} {}",
+                self.plugins[i]["type"], r.out, r.stderr
+            );
+            prev = Some(r.out);
+        }
+        prev.unwrap()
+    }
+
+    /// ADD of the plugins from `from` on, after an earlier [`Chain::add`] that stopped there.
+    #[track_caller]
+    pub fn add_rest(&self, id: &str, netns: &str, from: usize, prev: Value) -> Value {
+        let mut prev = prev;
+        for i in from..self.plugins.len() {
+            let r = self.run(i, "ADD", id, netns, Some(&prev));
+            assert!(r.ok, "ADD {id} plugin {i}: {} {}", r.out, r.stderr);
+            prev = r.out;
+        }
+        prev
+    }
+
+    /// DEL of plugin `i` with the final result.
+    #[track_caller]
+    pub fn del(&self, i: usize, id: &str, netns: &str, result: &Value) {
+        let r = self.run(i, "DEL", id, netns, Some(result));
+        assert!(r.ok, "DEL {id} plugin {i}: {} {}", r.out, r.stderr);
+    }
+}

@@ -3,6 +3,7 @@
 //! module owns the node's pod addresses ([`cni::ipam`], persisted under `--state-dir`) and the
 //! endpoints: a veth pair per pod ([`veth`]), `OXI_ENDPOINTS` entries and the endpoint programs on
 //! the host side ([`crate::bpf::endpoint`]).
+mod chain;
 mod flags;
 pub mod routing;
 pub mod veth;
@@ -39,6 +40,10 @@ pub struct Endpoint {
     pub pod: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Made by another plugin before oxilium-cni in a chain: its veth, addresses and routes are
+    /// that plugin's (see [`chain`]).
+    #[serde(default)]
+    pub chained: bool,
 }
 
 /// A request of the plugin.
@@ -141,7 +146,7 @@ impl CniAgent {
                     ifindex: ep.host_ifindex,
                     id: ep.id,
                     identity: 0,
-                    flags: if self.masquerade {
+                    flags: if self.masquerade && !ep.chained {
                         abi::endpoint::FLAG_MASQUERADE
                     } else {
                         0
@@ -156,6 +161,9 @@ impl CniAgent {
 
     /// ADD: addresses, the veth pair, the routes, the programs, the map entries.
     pub async fn add(&mut self, req: &Request) -> Result<CniResult, CniError> {
+        if let Some(prev) = &req.prev_result {
+            return self.add_chained(req, prev).await;
+        }
         let env = &req.env;
         let att = env.attachment();
         if let Some(e) = self.ipam.get(&att).cloned()
@@ -208,6 +216,7 @@ impl CniAgent {
             pod_mac: veth::mac_string(&made.pod_mac),
             pod,
             labels,
+            chained: false,
         };
         let done = (|| -> Result<()> {
             self.progs.attach(&host, made.host_ifindex)?;
@@ -262,6 +271,10 @@ impl CniAgent {
         }
         if let Err(e) = self.progs.detach(&ep.host_ifname, ep.host_ifindex) {
             warn!("{e:#}");
+        }
+        if ep.chained {
+            // The veth is the first plugin's.
+            return;
         }
         if let Err(e) = veth::remove(&self.nl, &ep.host_ifname).await {
             warn!(device = %ep.host_ifname, "removing: {e:#}");
@@ -368,6 +381,7 @@ impl CniAgent {
                     "mac": e.data.pod_mac,
                     "netns": e.data.netns,
                     "identity": 0,
+                    "chained": e.data.chained,
                 })
             })
             .collect()
