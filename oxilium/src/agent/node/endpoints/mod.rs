@@ -166,6 +166,7 @@ impl CniAgent {
         }
         let env = &req.env;
         let att = env.attachment();
+        let start = std::time::Instant::now();
         if let Some(e) = self.ipam.get(&att).cloned()
             && e.data.host_ifindex != 0
             && net::links::index(&self.nl, &e.data.host_ifname)
@@ -178,15 +179,17 @@ impl CniAgent {
         }
         let id = self.next_id();
         let (pod, labels) = self.pod_labels(env);
+        // Persisted with the endpoint's data below, before the answer (one write per ADD).
         let entry = self
             .ipam
-            .allocate(&att, Endpoint::default())
+            .reserve(&att, Endpoint::default())
             .map_err(|e| match e {
                 cni::ipam::IpamError::Exhausted(_) => {
                     CniError::new(code::POOL_EXHAUSTED, e.to_string())
                 }
                 e => failed(e),
             })?;
+        let ipam_done = start.elapsed();
         let host = veth::host_name(&env.container_id, &env.ifname);
         let made = veth::make(
             &self.nl,
@@ -218,6 +221,7 @@ impl CniAgent {
             labels,
             chained: false,
         };
+        let veth_done = start.elapsed();
         let done = (|| -> Result<()> {
             self.progs.attach(&host, made.host_ifindex)?;
             self.write_map(&entry.addresses, &ep)?;
@@ -229,7 +233,13 @@ impl CniAgent {
             let _ = self.ipam.release(&att);
             return Err(failed(format!("{e:#}")));
         }
-        info!(container = %env.container_id, ifname = %env.ifname, addresses = ?entry.addresses, device = %host, "endpoint added");
+        info!(
+            container = %env.container_id, ifname = %env.ifname, addresses = ?entry.addresses,
+            device = %host, ipam_us = ipam_done.as_micros() as u64,
+            veth_us = (veth_done - ipam_done).as_micros() as u64,
+            programs_us = (start.elapsed() - veth_done).as_micros() as u64,
+            total_us = start.elapsed().as_micros() as u64, "endpoint added"
+        );
         Ok(result_of(env, &entry.addresses, &ep))
     }
 
