@@ -184,6 +184,26 @@ fn cni_plugin_end_to_end() {
         "host side transmitted {} packets",
         after - before
     );
+    // The redirect counts as a hop: the echo reply comes back with TTL (hop limit) 64 - 1; a
+    // packet at its last hop is not delivered.
+    for (dst, v6) in [("10.244.1.1", false), ("fd00:244:1::1", true)] {
+        let mut args = vec!["ping", "-c", "1", "-W", "2"];
+        if v6 {
+            args.push("-6");
+        }
+        args.push(dst);
+        let out = b.pods[2].run(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ttl=63"), "{text}");
+    }
+    let last = b.pods[2]
+        .command(&["ping", "-c", "1", "-W", "1", "-t", "1", "10.244.1.1"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&last.stdout).contains("ttl="),
+        "TTL 1 delivered"
+    );
     // A ClusterIP through the socket LB (pod 3's client in the agent's cgroup).
     let answers = run_client(Some(b.agent.cgroup()), &b.pods[2], "tcp", CIP4, 80, 20);
     let mut ids: Vec<String> = answers
