@@ -481,7 +481,13 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     let mut tracker = na.cluster_tracker()?;
     let client = na.kube.client().await?;
     let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
-    let (task, mut events) = KubeSource::new(client, cluster.clone(), Some(&node)).spawn();
+    let source = KubeSource::new(client, cluster.clone(), Some(&node));
+    // The Pods of this node: their labels go with the endpoints the CNI plugin asks for.
+    let cni = state.lock().unwrap().cni.clone();
+    if let Some(c) = cni {
+        c.lock().await.set_pod_store(source.stores().pods);
+    }
+    let (task, mut events) = source.spawn();
     let mut follower = Follower::new(state);
     let mut pending = tracker::Pending::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -72,6 +72,8 @@ pub struct CniAgent {
     pub mtu_cap: Option<u32>,
     /// `--masquerade`: the endpoints are marked for it.
     pub masquerade: bool,
+    /// The API source's Pods of this node (labels), when the source is the API server.
+    pods: Option<k8s::api_source::PodStore>,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -109,6 +111,7 @@ impl CniAgent {
             router: None,
             mtu_cap: None,
             masquerade,
+            pods: None,
         };
         let existing: Vec<(Vec<IpAddr>, Endpoint)> = a
             .ipam
@@ -128,6 +131,11 @@ impl CniAgent {
             }
         }
         Ok(a)
+    }
+
+    /// The API source's Pod store, where Pods' labels are looked up.
+    pub fn set_pod_store(&mut self, pods: k8s::api_source::PodStore) {
+        self.pods = Some(pods);
     }
 
     /// The Node's podCIDRs (unless `--pod-cidr` set the pools).
@@ -250,12 +258,20 @@ impl CniAgent {
             .expect("fewer than 2^32 endpoints")
     }
 
-    /// The Pod's labels from the manifests folder (an endpoint without them is still made).
+    /// The Pod's labels from the manifests folder or the API source's Pod store (an endpoint
+    /// without them is still made).
     fn pod_labels(&self, env: &Env) -> (Option<String>, BTreeMap<String, String>) {
         let (Some(ns), Some(name)) = (&env.pod_namespace, &env.pod_name) else {
             return (None, BTreeMap::new());
         };
         let key = format!("{ns}/{name}");
+        if let Some(pods) = &self.pods {
+            let labels = k8s::api_source::pod_labels(pods, ns, name);
+            if labels.is_none() {
+                warn!(pod = %key, "not in the API source's Pods (yet): no labels");
+            }
+            return (Some(key), labels.unwrap_or_default());
+        }
         let labels = self
             .manifests
             .as_ref()
