@@ -174,7 +174,20 @@ impl Task {
                     due = Some(Instant::now());
                 }
                 ev = events.next() => {
-                    let Some(ev) = ev else { return };
+                    let Some(ev) = ev else {
+                        // The subscription ended (e.g. its socket overran): a new one, and a
+                        // sync for whatever was missed meanwhile.
+                        warn!("route events stopped; subscribing again");
+                        match RouteEvents::subscribe() {
+                            Ok(e) => events = e,
+                            Err(e) => {
+                                warn!("route events: {e}; routes are no longer repaired");
+                                return;
+                            }
+                        }
+                        due = Some(Instant::now());
+                        continue;
+                    };
                     let ours = ev.protocol == ROUTE_PROTOCOL && ev.has_gateway;
                     let wanted = self.want.iter().any(|r| r.key() == (ev.dst, ev.prefix));
                     if (ours || wanted) && due.is_none() {
