@@ -10,6 +10,7 @@ mod support;
 use std::{net::SocketAddr, time::Duration};
 use support::{
     cgroup::{Answer, run_client},
+    churn::{Sink, churn, count as churn_count},
     cni_nodes::OUTSIDE,
     cni_nodes::{CIP, NODE_PORT, Nodes, manifests, node_ip, pod_mtu, require_vxlan},
     peer::{PeerConn, PeerServers, ask, tcp_ask},
@@ -114,6 +115,24 @@ fn masquerade(b: &Nodes) {
         let a = c.ask(&format!("m{i}")).expect("same flow");
         assert_eq!(a.peer.to_string(), node_ip(1));
     }
+    // Volume: 5 000 short connections (closed by RST) through 1 000 SNAT ports: closed flows'
+    // ports are taken over, none fails.
+    let _sink = Sink::start(&b.outside, sa(OUTSIDE, 9191));
+    let n = churn_count(5000);
+    let r = churn(
+        &b.pods[0][1],
+        sa(OUTSIDE, 9191),
+        n,
+        Duration::from_millis(900),
+    );
+    assert_eq!(
+        r.failed,
+        0,
+        "{:?}\n{}",
+        r.first_error,
+        b.agents[0].status_text()
+    );
+    assert_eq!(r.ok, n);
 }
 
 /// Native routing: the routes to the other nodes' pod CIDRs (protocol 211), pod to pod across
@@ -123,7 +142,17 @@ fn masquerade(b: &Nodes) {
 /// alone; a Node removed from the folder takes its route with it.
 #[test]
 fn native_routing_between_three_nodes() {
-    let b = Nodes::new("nat", 2, &["--non-masquerade-cidr", "10.200.0.101/32"]);
+    // 1 000 SNAT ports: the churn below needs their reuse.
+    let b = Nodes::new(
+        "nat",
+        2,
+        &[
+            "--non-masquerade-cidr",
+            "10.200.0.101/32",
+            "--snat-port-range",
+            "20000-20999",
+        ],
+    );
     let want = |i: usize| -> Vec<(String, String)> {
         (1..=3)
             .filter(|&j| j != i + 1)
