@@ -11,6 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use support::{
     cgroup::{Answer, run_client},
     churn::{Sink, churn, count as churn_count},
+    cni::{add, conf},
     cni_nodes::OUTSIDE,
     cni_nodes::{CIP, NODE_PORT, Nodes, manifests, node_ip, pod_mtu, require_vxlan},
     peer::{PeerConn, PeerServers, ask, tcp_ask},
@@ -253,6 +254,14 @@ fn tunnel_routing_between_three_nodes() {
         }
     }
     assert_eq!(pod_mtu(&b.pods[0][0]), 1450);
+    // The result says so (cniVersion 1.1.0), and a configured mtu above it is capped.
+    let extra = support::netns::Netns::new(&support::netns::unique("tunx"));
+    let mut c: serde_json::Value =
+        serde_json::from_str(&conf("1.1.0", b.agents[0].socket())).unwrap();
+    c["mtu"] = 9000.into();
+    let r = add(&b.plugin, &c.to_string(), "tun-extra", &extra.path(), "x");
+    assert_eq!(r["interfaces"][1]["mtu"], 1450, "{r}");
+    assert_eq!(pod_mtu(&extra), 1450);
     let _servers = serve(&b);
     let before = b.tx_packets(0, "oxi_vxlan");
     pods_reach_each_other(&b);

@@ -93,6 +93,7 @@ impl CniAgent {
             pod_mac: veth::mac_string(&pod.mac),
             pod: pod_name,
             labels,
+            mtu: None,
             chained: true,
         };
         let done = (|| -> anyhow::Result<()> {

@@ -40,6 +40,9 @@ pub struct Endpoint {
     pub pod: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The veth's MTU when the agent set one (`mtu` of the configuration, or the tunnel's).
+    #[serde(default)]
+    pub mtu: Option<u32>,
     /// Made by another plugin before oxilium-cni in a chain: its veth, addresses and routes are
     /// that plugin's (see [`chain`]).
     #[serde(default)]
@@ -198,6 +201,10 @@ impl CniAgent {
                 e => failed(e),
             })?;
         let ipam_done = start.elapsed();
+        let mtu = match (req.mtu, self.mtu_cap) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        };
         let host = veth::host_name(&env.container_id, &env.ifname);
         let made = veth::make(
             &self.nl,
@@ -205,10 +212,7 @@ impl CniAgent {
             Path::new(&env.netns),
             &env.ifname,
             &entry.addresses,
-            match (req.mtu, self.mtu_cap) {
-                (Some(m), Some(c)) => Some(m.min(c)),
-                (m, c) => m.or(c),
-            },
+            mtu,
         )
         .await;
         let made = match made {
@@ -227,6 +231,7 @@ impl CniAgent {
             pod_mac: veth::mac_string(&made.pod_mac),
             pod,
             labels,
+            mtu,
             chained: false,
         };
         let veth_done = start.elapsed();
@@ -422,11 +427,13 @@ fn result_of(env: &Env, addrs: &[IpAddr], ep: &Endpoint) -> CniResult {
                 name: ep.host_ifname.clone(),
                 mac: ep.host_mac.clone(),
                 sandbox: None,
+                mtu: ep.mtu,
             },
             result::Interface {
                 name: env.ifname.clone(),
                 mac: ep.pod_mac.clone(),
                 sandbox: Some(env.netns.clone()),
+                mtu: ep.mtu,
             },
         ],
         ..Default::default()
