@@ -92,7 +92,15 @@ impl Router {
         let masq = MasqExceptions::open(pin_dir).context("the masquerade exceptions map")?;
         let nl = net::Netlink::connect()?;
         let tunnel = match flags.routing {
-            RoutingMode::Native => None,
+            RoutingMode::Native => {
+                // An earlier run's tunnel goes, with the routes through it (the sync then writes
+                // the native ones).
+                if let Some(i) = net::links::index(&nl, TUNNEL_DEVICE).await? {
+                    net::pod::delete_link(&nl, i).await?;
+                    info!(device = TUNNEL_DEVICE, "tunnel device of an earlier run removed");
+                }
+                None
+            }
             RoutingMode::Tunnel => {
                 let mtu = flags.pod_mtu_cap().expect("tunnel");
                 let i = net::tunnel::ensure_device(&nl, TUNNEL_DEVICE, None, mtu)
