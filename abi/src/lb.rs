@@ -201,9 +201,10 @@ pub mod reason {
     pub const SNAT_EXHAUSTED: u32 = 7;
     /// The rewritten packet went to the kernel stack (no neighbour yet for the next hop).
     pub const FIB_PASS: u32 = 8;
-    /// ICMP error quoting a service flow (passed untouched; see docs/edge-lb.md).
+    /// ICMP error passed untouched (it quotes no translated flow; see docs/edge-lb.md).
     pub const ICMP_ERROR: u32 = 9;
-    /// Packet would exceed the egress MTU after encapsulation (dropped).
+    /// Packet would exceed the egress MTU after encapsulation and cannot be answered with an ICMP
+    /// error (IPv4 without DF; dropped).
     pub const TOO_BIG: u32 = 10;
     /// DSR backend side: tunnel packet decapsulated.
     pub const DECAP: u32 = 11;
@@ -220,7 +221,13 @@ pub mod reason {
     pub const CT_NEW: u32 = 15;
     /// Event: a SNAT port of a closed or expired flow was given to a new flow.
     pub const SNAT_REUSE: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// An ICMP / ICMPv6 error quoting a translated flow, reverse-translated and sent to the host
+    /// that sent the quoted packet (see docs/edge-lb.md, "ICMP errors").
+    pub const ICMP_XLATE: u32 = 17;
+    /// A packet too big for the egress MTU once encapsulated (DSR), answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" carrying the usable MTU (XDP_TX).
+    pub const ICMP_TOO_BIG: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "fwd_snat",
@@ -239,6 +246,8 @@ pub mod reason {
         "tunnel_refused",
         "ct_new",
         "snat_reuse",
+        "icmp_translated",
+        "icmp_too_big_sent",
     ];
 }
 

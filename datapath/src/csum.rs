@@ -36,6 +36,34 @@ impl Delta {
         }
     }
 
+    /// Accumulates the change of a 16-byte address through bpf_csum_diff (one helper call: an
+    /// open-coded sum over packet memory makes the compiler load every word first and spill
+    /// them to the stack). False when the helper refused (bounds: the caller checked them).
+    #[inline(always)]
+    pub fn addr16(&mut self, old: *const [u8; 16], new: *const [u8; 16]) -> bool {
+        // SAFETY: both point to 16 readable bytes; the helper only reads them.
+        let d = unsafe {
+            aya_ebpf::helpers::generated::bpf_csum_diff(old as *mut u32, 16, new as *mut u32, 16, 0)
+        };
+        if d < 0 {
+            return false;
+        }
+        self.0 += fold(d as u32) as u32;
+        true
+    }
+
+    /// The change so far, folded to 16 bits (to carry it between functions).
+    #[inline(always)]
+    pub fn folded(&self) -> u16 {
+        fold(self.0)
+    }
+
+    /// Adds a change folded by [`Delta::folded`].
+    #[inline(always)]
+    pub fn add_folded(&mut self, d: u16) {
+        self.0 += d as u32;
+    }
+
     /// Applies the accumulated change to a stored checksum (RFC 1624: HC' = ~(~HC + ~m + m')).
     #[inline(always)]
     pub fn apply(&self, check: u16) -> u16 {

@@ -20,8 +20,10 @@ pub enum Route {
     },
     /// Route found, neighbour not resolved yet: let the kernel forward this packet (it resolves).
     NoNeighbour,
-    /// The packet (of the given total length) exceeds the egress MTU.
-    TooBig,
+    /// The packet (of the given total length) exceeds the egress MTU, which is given: the route's
+    /// (its MTU metric, or a learnt path MTU, else the device's), as bpf_fib_lookup's
+    /// `mtu_result` reports it.
+    TooBig(u16),
     /// No route, forwarding disabled, or another failure.
     None,
 }
@@ -58,7 +60,8 @@ pub fn lookup(
             dmac: p.dmac,
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
+        // SAFETY: the kernel writes mtu_result (in place of tot_len) with this answer.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }),
         _ => Route::None,
     }
 }

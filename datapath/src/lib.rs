@@ -9,6 +9,7 @@ pub mod encap;
 pub mod endpoint;
 pub mod fib;
 pub mod headers;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod masq;

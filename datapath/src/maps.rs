@@ -59,6 +59,8 @@ pub struct Scratch {
     pub reply: FlowKey,
     /// A new flow's SNAT entry while its port is chosen.
     pub snat: SnatEntry,
+    /// The packet an ICMP error quotes (crate::icmp).
+    pub quoted: crate::icmp::Quoted,
 }
 
 #[btf_map]

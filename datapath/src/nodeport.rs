@@ -22,6 +22,7 @@ use crate::{
     affinity::{self, AffinityMaps},
     encap,
     headers::*,
+    icmp,
     lb::{self, NewFlow, Target},
     maps::{self, OXI_SNAT},
     parse::Flow,
@@ -111,6 +112,9 @@ pub fn ingress<M: NodePortMaps + AffinityMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let f = &s.flow;
+    if f.icmp_error {
+        return icmp::skb::nodeport_ingress::<M>(ctx, s, bytes);
+    }
     if f.key.proto == IPPROTO_IPIP || f.key.proto == IPPROTO_IPV6 {
         return tunnel::<M>(ctx, s, bytes);
     }
@@ -133,6 +137,13 @@ pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let f = &s.flow;
+    if f.icmp_error {
+        // A local backend's error about a packet it got from a client (DNAT'ed).
+        if icmp::skb::prepare(ctx, s) && icmp::skb::backend_side(ctx, s) {
+            return icmp::skb::continue_translated(bytes);
+        }
+        return TC_ACT_OK as i32;
+    }
     match lb::snat_reply(f) {
         Some(e) => reply::<M>(ctx, f, &mut s.rewrite, e, bytes, false),
         None => crate::masq::egress(ctx, f, &mut s.target, &mut s.rewrite, bytes),
@@ -255,6 +266,15 @@ fn forward<M: NodePortMaps + AffinityMaps>(
     };
     if t.snat_port == 0 && svc.mode == MODE_DSR {
         // The flow keeps its path: one pinned with a SNAT port stays SNAT'ed after a mode change.
+        let hlen = if f.v6 {
+            IPV6_HLEN
+        } else {
+            encap::outer_v4_len(b.port)
+        };
+        let mtu = icmp::skb::encap_too_big(ctx, f, node, &b.addr, hlen);
+        if mtu != 0 {
+            return icmp::skb::too_big(ctx, f, mtu);
+        }
         if !encap::encap_skb(ctx, f, node, &b.addr, b.port) {
             count::<M>(np::ERROR, bytes);
             return TC_ACT_SHOT as i32;
@@ -345,6 +365,9 @@ fn tunnel<M: NodePortMaps>(ctx: &TcContext, s: &mut maps::Scratch, bytes: u64) -
         return TC_ACT_SHOT as i32;
     };
     let f = &s.flow;
+    if f.icmp_error {
+        return icmp::skb::tunnelled(ctx, s, &backend, port, ep);
+    }
     // No service id: ids are per node, and the frontend is usually another node's address. The
     // flow is counted by `dsr_in` and its reply by `rev_dnat`.
     expect_reply(f, &backend, port, 0, 0);

@@ -179,6 +179,10 @@ fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
             _ => break,
         }
     }
+    // A fifth extension header: more than the parser walks (docs/edge-lb.md: malformed).
+    if matches!(next, 0 | 43 | 44 | 60) {
+        return None;
+    }
     f.key.src = src;
     f.key.dst = dst;
     f.key.proto = next;
@@ -210,7 +214,8 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
             } else {
                 UDP_HLEN
             };
-            if start + f.l4_off + need > end {
+            // The header must lie in the IP packet too, not in the frame's trailer.
+            if start + f.l4_off + need > end || f.l4_off + need > f.l3_off + f.l3_len {
                 return false;
             }
             let Some(p) = ptr_at::<Ports>(start, end, f.l4_off) else {
@@ -229,6 +234,9 @@ fn parse_l4(start: usize, end: usize, f: &mut Flow) -> bool {
             true
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if f.l4_off + size_of::<IcmpHdr>() > f.l3_off + f.l3_len {
+                return false;
+            }
             let Some(h) = ptr_at::<IcmpHdr>(start, end, f.l4_off) else {
                 return false;
             };

@@ -12,6 +12,7 @@
 //!
 //! The rewrite is the NodePort one ([`crate::skb::rewrite`], valid for CHECKSUM_PARTIAL).
 use crate::{
+    icmp,
     lb::{self, NewFlow, Target},
     maps::{OXI_SERVICES, OXI_SNAT},
     parse::Flow,
@@ -62,6 +63,9 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let Some(s) = parse_tc(ctx, false) else {
         return TC_ACT_OK;
     };
+    if s.flow.icmp_error {
+        return icmp::skb::from_pod(ctx, s, bytes);
+    }
     let f = &s.flow;
     let key = ServiceKey {
         addr: f.key.dst,
@@ -111,6 +115,13 @@ pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let Some(s) = parse_tc(ctx, false) else {
         return TC_ACT_OK;
     };
+    if s.flow.icmp_error {
+        // A backend's (or router's) error about a packet the pod sent to a service.
+        if icmp::skb::prepare(ctx, s) && icmp::skb::backend_side(ctx, s) {
+            return icmp::skb::continue_translated(bytes);
+        }
+        return TC_ACT_OK;
+    }
     let f = &s.flow;
     let Some(e) = lb::snat_reply(f) else {
         return TC_ACT_OK;

@@ -24,10 +24,11 @@ const PULL_HEADERS: u32 = 128;
 /// extension headers) plus the TCP header. The payload never is: a GSO / GRO skb keeps its page
 /// fragments, and the rewrite helpers (bpf_skb_store_bytes, bpf_l3/l4_csum_replace) only touch
 /// the headers.
-const PULL_MAX: u32 = parse::MAX_HDR_OFF as u32 + TCP_HLEN as u32;
+pub(crate) const PULL_MAX: u32 = parse::MAX_HDR_OFF as u32 + TCP_HLEN as u32;
 
-/// Parses the packet into the per-CPU scratch space. `None`: not a TCP / UDP packet this code
-/// translates (let it pass), or (ingress only) an IP-in-IP tunnel. Called once per parse site
+/// Parses the packet into the per-CPU scratch space. `Some`: a TCP / UDP packet, an ICMP error
+/// (`flow.icmp_error`: for crate::icmp::skb, which counts what it passes) or (ingress only) an
+/// IP-in-IP tunnel; `None`: anything else (let it pass). Called once per parse site
 /// rather than inlined: the parser is the largest piece of code and frame.
 #[inline(never)]
 pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scratch> {
@@ -45,7 +46,7 @@ pub fn parse_tc(ctx: &TcContext, ingress: bool) -> Option<&'static mut maps::Scr
     let why = match r {
         Parsed::NotIp => return None,
         Parsed::Malformed => reason::MALFORMED,
-        Parsed::Ip if f.icmp_error => reason::ICMP_ERROR,
+        Parsed::Ip if f.icmp_error => return Some(s),
         // Fragments are left to the host's reassembly: the node's address is shared with it.
         Parsed::Ip if f.frag != Fragment::No => reason::PASS,
         Parsed::Ip if f.key.proto == IPPROTO_TCP || f.key.proto == IPPROTO_UDP => return Some(s),
@@ -173,7 +174,7 @@ pub fn transmit(ctx: &TcContext, v6: bool, src: &Addr, dst: &Addr) -> i32 {
             }
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Route::NoNeighbour | Route::None | Route::TooBig => {
+        Route::NoNeighbour | Route::None | Route::TooBig(_) => {
             stats::reason(reason::FIB_PASS, 0);
             TC_ACT_OK as i32
         }

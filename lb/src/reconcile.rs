@@ -476,154 +476,6 @@ impl Ids {
     }
 }
 
-/// An in-memory datapath: the reconciler's tests, and `--dry-run` style use.
-#[derive(Default, Debug, Clone)]
-pub struct MemoryDatapath {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<u32, Backend>,
-    pub tables: BTreeMap<u32, Vec<u32>>,
-    /// Tables written but not yet committed (as the kernel datapath defers whole-table swaps):
-    /// invisible to the service-entry checks until [`Datapath::commit_tables`].
-    pub pending: BTreeMap<u32, Vec<u32>>,
-    /// Flow → backend id, standing in for conntrack.
-    pub flows: BTreeMap<u32, u32>,
-    /// Service id → affinity timeout.
-    pub affinity: BTreeMap<u32, u32>,
-    pub writes: usize,
-}
-
-impl Datapath for MemoryDatapath {
-    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        // A frontend must never point at a table that references missing backends.
-        if value.id != 0 && value.table_size > 0 {
-            let t = self.tables.get(&value.id).map(Vec::as_slice).unwrap_or(&[]);
-            if t.len() != value.table_size as usize
-                || t.iter().any(|b| !self.backends.contains_key(b))
-            {
-                bail!("service {} written before its table or backends", value.id);
-            }
-        }
-        if value.flags & abi::sock::SVC_FLAG_AFFINITY != 0 && !self.affinity.contains_key(&value.id)
-        {
-            bail!(
-                "service {} has affinity on before its timeout is written",
-                value.id
-            );
-        }
-        self.writes += 1;
-        self.services.insert(*key, *value);
-        Ok(())
-    }
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        self.writes += 1;
-        self.services.remove(key);
-        Ok(())
-    }
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        self.writes += 1;
-        self.backends.insert(id, *backend);
-        Ok(())
-    }
-    fn remove_backend(&mut self, id: u32) -> Result<()> {
-        self.writes += 1;
-        self.backends.remove(&id);
-        Ok(())
-    }
-    fn set_table(
-        &mut self,
-        service_id: u32,
-        _old: Option<&[u32]>,
-        backend_ids: &[u32],
-    ) -> Result<()> {
-        if backend_ids.iter().any(|b| !self.backends.contains_key(b)) {
-            bail!("table of service {service_id} written before its backends");
-        }
-        self.writes += 1;
-        self.pending.insert(service_id, backend_ids.to_vec());
-        Ok(())
-    }
-    fn commit_tables(&mut self) -> Result<()> {
-        self.tables.append(&mut self.pending);
-        Ok(())
-    }
-    fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
-        let before = self.flows.len();
-        self.flows.retain(|_, b| !backend_ids.contains(b));
-        Ok(before - self.flows.len())
-    }
-    fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
-        self.writes += 1;
-        match timeout_s {
-            Some(t) => self.affinity.insert(service_id, t),
-            None => self.affinity.remove(&service_id),
-        };
-        Ok(())
-    }
-    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
-        Ok(self.tables.get(&service_id).cloned())
-    }
-    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
-        Ok(self.affinity.get(&service_id).copied())
-    }
-}
-
-/// What a datapath holds, named by service key and backend address instead of ids: two
-/// reconcilers that reached the same services by different paths hold equal snapshots.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Service (or VIP marker) → its entry with the id zeroed, the backends of its selection
-    /// table slot by slot, and its affinity timeout.
-    pub services: BTreeMap<ServiceKey, (ServiceValue, Vec<SocketAddr>, Option<u32>)>,
-    /// Every backend entry: the key of its service (the default key when none has its id), its
-    /// address and state.
-    pub backends: Vec<(ServiceKey, SocketAddr, u8)>,
-}
-
-impl MemoryDatapath {
-    pub fn snapshot(&self) -> Snapshot {
-        let key_of: BTreeMap<u32, ServiceKey> = self
-            .services
-            .iter()
-            .filter(|(_, v)| v.id != 0)
-            .map(|(k, v)| (v.id, *k))
-            .collect();
-        let addr = |b: &Backend| {
-            SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port))
-        };
-        let services = self
-            .services
-            .iter()
-            .map(|(k, v)| {
-                let table = match self.tables.get(&v.id) {
-                    Some(t) if v.table_size > 0 => {
-                        t.iter().map(|b| addr(&self.backends[b])).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                let value = ServiceValue { id: 0, ..*v };
-                let affinity = self.affinity.get(&v.id).copied().filter(|_| v.id != 0);
-                (*k, (value, table, affinity))
-            })
-            .collect();
-        let mut backends: Vec<_> = self
-            .backends
-            .values()
-            .map(|b| {
-                let k = key_of.get(&b.service_id).copied().unwrap_or_default();
-                (k, addr(b), b.state)
-            })
-            .collect();
-        backends.sort();
-        Snapshot { services, backends }
-    }
-}
-
 /// Family of an address in a `Backend` entry, for display.
 pub fn family_name(family: u8) -> &'static str {
     if family == abi_lb::FAMILY_V6 {
@@ -632,6 +484,9 @@ pub fn family_name(family: u8) -> &'static str {
         "ipv4"
     }
 }
+
+mod memory;
+pub use memory::{MemoryDatapath, Snapshot};
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]

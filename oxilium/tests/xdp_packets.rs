@@ -10,6 +10,9 @@
 #[path = "support/bpffs.rs"]
 #[allow(dead_code)]
 mod bpffs;
+/// ICMP errors quoting translated flows, and "fragmentation needed" for too-big DSR packets.
+#[path = "xdp_packets/icmp.rs"]
+mod icmp;
 #[path = "support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
@@ -97,9 +100,9 @@ fn fib_success_rewrites_macs_and_transmits() {
     );
     assert_eq!(
         lb.run_on(&big, Some(va)).action,
-        XDP_DROP,
-        "1520 bytes on a 1500 MTU"
+        XDP_TX,
+        "1520 bytes on a 1500 MTU: answered with ICMP fragmentation needed (see icmp.rs)"
     );
-    assert_eq!(lb.count(reason::TOO_BIG), 1);
+    assert_eq!(lb.count(reason::ICMP_TOO_BIG), 1);
     assert_eq!(lb.count(reason::FIB_PASS), 0);
 }

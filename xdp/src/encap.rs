@@ -10,8 +10,13 @@ use datapath::{
     parse::{Flow, ptr_at},
 };
 
+/// What [`encap`] returns, with the usable MTU in the low 16 bits, for a packet that would exceed
+/// the egress MTU once encapsulated (the packet is unchanged).
+pub const TOO_BIG: u32 = 1 << 16;
+
 /// Encapsulates the packet in an outer header `src` → `dst` (of `dst`'s family) carrying `port`
-/// (0: none, see datapath::encap). Returns 0, or the drop reason.
+/// (0: none, see datapath::encap). Returns 0, the drop reason, or [`TOO_BIG`] | the usable MTU:
+/// the route's MTU towards `dst` (bpf_fib_lookup's `mtu_result`) minus the outer header.
 #[inline(never)]
 pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> u32 {
     let outer_v6 = !abi::lb::is_v4_mapped(dst);
@@ -42,7 +47,7 @@ fn try_encap(
     }
     // MTU check before touching the packet.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if let Route::TooBig = fib::lookup(
+    if let Route::TooBig(mtu) = fib::lookup(
         ctx.ctx as *mut _,
         ingress,
         outer_v6,
@@ -50,7 +55,8 @@ fn try_encap(
         dst,
         outer_len as u16,
     ) {
-        return Err(reason::TOO_BIG);
+        let usable = (mtu as usize).saturating_sub(hlen) as u32;
+        return Err(TOO_BIG | (usable & 0xffff));
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(hlen as i32)) } != 0 {
         return Err(reason::ERROR);

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod encap;
+mod icmp;
 mod nodeport;
 mod partial;
 
@@ -38,7 +39,7 @@ pub fn oxilium_lb(ctx: XdpContext) -> u32 {
         Parsed::Malformed => return count(reason::MALFORMED, bytes, XDP_PASS),
     }
     if f.icmp_error {
-        return count(reason::ICMP_ERROR, bytes, XDP_PASS);
+        return icmp::error(&ctx, s, bytes);
     }
     if f.key.proto != IPPROTO_TCP && f.key.proto != IPPROTO_UDP {
         return count(reason::PASS, bytes, XDP_PASS);
@@ -110,6 +111,7 @@ fn send(
         let r = encap::encap(ctx, f, lb_src, &b.addr, dsr_port);
         return match r {
             0 => count(reason::FWD_DSR, bytes, transmit(ctx, f, lb_src, &b.addr, 0)),
+            r if r & encap::TOO_BIG != 0 => icmp::too_big(ctx, f, r as u16, bytes),
             r => count(r, bytes, XDP_DROP),
         };
     }
@@ -197,7 +199,7 @@ fn transmit(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, tot_len: u16) ->
             stats::reason(reason::FIB_PASS, 0);
             XDP_PASS
         }
-        Route::TooBig => XDP_DROP,
+        Route::TooBig(_) => XDP_DROP,
     }
 }
 

@@ -113,6 +113,9 @@ pub struct State {
     pod_devices: Option<node::pod_devices::PodDevices>,
     /// `--cni`: the plugin's agent side (IPAM, endpoints).
     pub cni: Option<node::endpoints::SharedCni>,
+    /// The manifests folder's first view (its stamp, and the view less its model, which `start`
+    /// applied): `run` takes it instead of compiling the folder again.
+    pub(crate) first_view: Option<(watch::Stamp, node::NodeView)>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -170,6 +173,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         warmer: neighbour::Warmer::default(),
         pod_devices: None,
         cni: None,
+        first_view: None,
     }));
     // Keep the loaded objects alive for the agent's lifetime (links and maps are pinned anyway).
     let _ebpf: Option<Ebpf> = match args.role {

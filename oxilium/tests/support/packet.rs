@@ -121,7 +121,14 @@ pub fn udp_no_checksum(sport: u16, dport: u16, payload: &[u8]) -> L4 {
 /// ICMP (v4) or ICMPv6 message: type, code, 4 bytes of type-specific data (zero), then the body
 /// (for errors: the quoted packet).
 pub fn icmp(v6: bool, ty: u8, code: u8, body: &[u8]) -> L4 {
-    let first = [ty, code, 0, 0, 0, 0, 0, 0];
+    icmp_with(v6, ty, code, [0; 4], body)
+}
+
+/// An ICMP / ICMPv6 message with its 4 bytes of type-specific data (e.g. the next-hop MTU of
+/// "fragmentation needed" in the last two, the MTU of "packet too big" in all four).
+pub fn icmp_with(v6: bool, ty: u8, code: u8, data: [u8; 4], body: &[u8]) -> L4 {
+    let [d0, d1, d2, d3] = data;
+    let first = [ty, code, 0, 0, d0, d1, d2, d3];
     let (proto, header) = if v6 {
         let (h, _) = Icmpv6Header::from_slice(&first).unwrap();
         (ICMPV6, TransportHeader::Icmpv6(h))

@@ -97,6 +97,20 @@ pub struct NodeView {
     pub nodes: Option<Vec<k8s::NodeInfo>>,
 }
 
+impl NodeView {
+    /// The view without its model (an empty delta): what `run` still needs of the first view
+    /// after `start` applied its model.
+    fn without_model(&self) -> NodeView {
+        NodeView {
+            model: ModelUpdate::Delta(Default::default()),
+            local: self.local.clone(),
+            internal_addresses: self.internal_addresses.clone(),
+            health_checks: self.health_checks.clone(),
+            pod_cidrs: self.pod_cidrs.clone(),
+        }
+    }
+}
+
 /// What a view changes in the model.
 pub enum ModelUpdate {
     /// The whole model: the manifests folder, the API source's initial sync and its fallback.
@@ -159,16 +173,14 @@ impl NodeArgs {
         }
     }
 
-    /// Everything that can be checked before the kernel is touched.
+    /// The flags, checked before the kernel is touched. A manifests folder is compiled (once) by
+    /// [`start`], also before any program or map is loaded.
     pub fn check(&self) -> Result<()> {
         if self.device.iter().any(|d| d.is_empty()) {
             anyhow::bail!("--device: empty device name");
         }
         self.cni.check()?;
-        match &self.manifests {
-            Some(dir) => self.folder_model(dir).map(|_| ()),
-            None => self.validate().map(|_| ()),
-        }
+        self.validate().map(|_| ())
     }
 }
 
@@ -178,9 +190,11 @@ impl NodeArgs {
 /// takes the pod programs over from the state.
 pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     let na = &args.node_args;
-    let view = match &na.manifests {
-        Some(dir) => Some(na.folder_view(dir)?),
-        None => None,
+    // The folder is compiled once here; `run` reuses what it needs of this view unless the
+    // folder changed meanwhile (the stamp is taken before the read).
+    let (stamp, view) = match &na.manifests {
+        Some(dir) => (Some(Stamp::folder(dir)), Some(na.folder_view(dir)?)),
+        None => (None, None),
     };
     if let Some(NodeView {
         model: ModelUpdate::Whole(m),
@@ -243,7 +257,9 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     st.pod_devices = pods;
     st.cni = cni;
     if let Some(v) = view {
+        let rest = v.without_model();
         apply_view(&mut st, v, device_addresses)?;
+        st.first_view = stamp.map(|s| (s, rest));
     }
     info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
@@ -445,14 +461,18 @@ fn record(state: &Shared, result: Result<()>, what: &str) {
 
 async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Result<()> {
     let mut follower = Follower::new(state);
-    // The first view was applied by `start`; the endpoints and health-check ports follow from
-    // a fresh compile (the model part of it changes nothing).
+    // The first view's model was applied by `start`; its endpoints and health-check ports follow
+    // here, from the same compile when the folder is unchanged since (else from a fresh one).
     // The watch is set before the stamp is taken: a change from now on is seen.
     let every = Duration::from_millis(args.watch_ms.max(50));
     let mut watch = Watch::folder(dir, every)?;
     let mut last = Stamp::folder(dir);
+    let first = match state.lock().unwrap().first_view.take() {
+        Some((stamp, view)) if stamp == last => Ok(view),
+        _ => args.node_args.folder_view(dir),
+    };
     follower
-        .apply(state, args.node_args.folder_view(dir), "manifests")
+        .apply(state, first, "manifests")
         .await;
     let mut tick = tokio::time::interval(every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
