@@ -107,6 +107,7 @@ impl NodeView {
             internal_addresses: self.internal_addresses.clone(),
             health_checks: self.health_checks.clone(),
             pod_cidrs: self.pod_cidrs.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 }
