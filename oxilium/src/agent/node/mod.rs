@@ -472,9 +472,7 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
         Some((stamp, view)) if stamp == last => Ok(view),
         _ => args.node_args.folder_view(dir),
     };
-    follower
-        .apply(state, first, "manifests")
-        .await;
+    follower.apply(state, first, "manifests").await;
     let mut tick = tokio::time::interval(every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

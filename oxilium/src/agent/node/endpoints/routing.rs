@@ -97,7 +97,10 @@ impl Router {
                 // the native ones).
                 if let Some(i) = net::links::index(&nl, TUNNEL_DEVICE).await? {
                     net::pod::delete_link(&nl, i).await?;
-                    info!(device = TUNNEL_DEVICE, "tunnel device of an earlier run removed");
+                    info!(
+                        device = TUNNEL_DEVICE,
+                        "tunnel device of an earlier run removed"
+                    );
                 }
                 None
             }
