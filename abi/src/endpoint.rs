@@ -5,11 +5,18 @@
 use crate::lb::Addr;
 
 pub const MAX_ENDPOINTS: u32 = 65_536;
+/// Prefixes of `OXI_MASQ_EXCEPT`.
+pub const MAX_MASQ_EXCEPT: u32 = 16_384;
+/// `EndpointInfo::flags`: the pod's traffic leaving the cluster is masqueraded to the node's
+/// address at the node's external devices.
+pub const FLAG_MASQUERADE: u32 = 1;
 
 /// Pin names, relative to the agent's pin folder.
 pub mod names {
     pub const ENDPOINTS: &str = "OXI_ENDPOINTS";
-    pub const PINNED: [&str; 1] = [ENDPOINTS];
+    /// LPM trie: destinations never masqueraded (pod CIDRs, node addresses, exceptions).
+    pub const MASQ_EXCEPT: &str = "OXI_MASQ_EXCEPT";
+    pub const PINNED: [&str; 2] = [ENDPOINTS, MASQ_EXCEPT];
 }
 
 /// `OXI_ENDPOINTS` key: a pod address (IPv4-mapped for IPv4).

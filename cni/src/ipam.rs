@@ -139,6 +139,21 @@ impl<T: Serialize + DeserializeOwned + Clone> Ipam<T> {
         if let Some(e) = self.get(a) {
             return Ok(e.clone());
         }
+        let entry = self.reserve(a, data)?;
+        if let Err(e) = self.save() {
+            self.forget(a);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// [`Ipam::allocate`] without writing the file: the addresses are taken in memory only, and
+    /// persisted by the next [`Ipam::set_data`] (which must come before they are handed out) or
+    /// dropped by [`Ipam::release`]. Saves one fsync per ADD.
+    pub fn reserve(&mut self, a: &Attachment, data: T) -> Result<Entry<T>, IpamError> {
+        if let Some(e) = self.get(a) {
+            return Ok(e.clone());
+        }
         if self.pools.is_empty() {
             return Err(IpamError::NoPool);
         }
@@ -169,6 +184,23 @@ impl<T: Serialize + DeserializeOwned + Clone> Ipam<T> {
         }
         let entry = Entry { addresses, data };
         self.file.cursors.extend(cursors);
+        self.file.allocations.insert(key(a), entry.clone());
+        self.used.extend(entry.addresses.iter().copied());
+        Ok(entry)
+    }
+
+    /// Records `a` with addresses handed out by someone else (a chained plugin's first plugin):
+    /// persisted like an allocation, released like one; the pools are not consulted.
+    pub fn record(
+        &mut self,
+        a: &Attachment,
+        addresses: Vec<IpAddr>,
+        data: T,
+    ) -> Result<Entry<T>, IpamError> {
+        let entry = Entry { addresses, data };
+        if let Some(old) = self.forget(a) {
+            self.used.retain(|ip| !old.addresses.contains(ip));
+        }
         self.file.allocations.insert(key(a), entry.clone());
         self.used.extend(entry.addresses.iter().copied());
         if let Err(e) = self.save() {

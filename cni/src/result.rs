@@ -13,6 +13,9 @@ pub struct Interface {
     /// The network namespace path for the pod's interface; absent for the host side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// The interface's MTU (printed from cniVersion 1.1.0 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,15 @@ impl CniResult {
         v["cniVersion"] = version.into();
         if v["dns"].is_null() {
             v["dns"] = serde_json::json!({});
+        }
+        if !crate::version_at_least(version, "1.1.0")
+            && let Some(ifs) = v["interfaces"].as_array_mut()
+        {
+            for i in ifs {
+                if let Some(o) = i.as_object_mut() {
+                    o.remove("mtu");
+                }
+            }
         }
         if !crate::version_at_least(version, "1.0.0")
             && let Some(ips) = v["ips"].as_array_mut()
@@ -93,6 +105,7 @@ mod tests {
                 name: "eth0".into(),
                 mac: "02:00:00:00:00:01".into(),
                 sandbox: Some("/run/netns/p".into()),
+                mtu: Some(1450),
             }],
             ips: vec![
                 IpConfig {
@@ -122,6 +135,8 @@ mod tests {
         assert_eq!(new["ips"][0]["address"], "10.1.0.5/32");
         assert!(new["ips"][0].get("version").is_none());
         assert_eq!(new["dns"], serde_json::json!({}));
+        assert_eq!(new["interfaces"][0]["mtu"], 1450);
+        assert!(r.to_version("1.0.0")["interfaces"][0].get("mtu").is_none());
         let old = r.to_version("0.3.1");
         assert_eq!(old["ips"][0]["version"], "4");
         assert_eq!(old["ips"][1]["version"], "6");

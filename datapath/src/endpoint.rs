@@ -5,8 +5,9 @@
 //! 1. service translation: the pod fallback of [`crate::podlb::from_pod`] (a packet to a
 //!    `SCOPE_INTERNAL` frontend the socket LB did not translate at connect());
 //! 2. (hook) the source endpoint's egress policy, L7 redirect and bandwidth, once those land;
-//! 3. delivery: a destination in `OXI_ENDPOINTS` (a pod of this node) gets the destination
-//!    endpoint's to-pod work done here ([`to_pod`]: reply translation, and its ingress policy
+//! 3. delivery: a destination in `OXI_ENDPOINTS` (a pod of this node) has its TTL / hop limit
+//!    decremented like a routed packet (one at its last hop goes to the stack instead, which
+//!    answers "time exceeded"), gets the destination endpoint's to-pod work done here ([`to_pod`]: reply translation, and its ingress policy
 //!    hook), its MACs set and is handed straight into the destination pod's namespace with
 //!    bpf_redirect_peer (its host veth's egress is skipped, the stack is not crossed). Anything
 //!    else goes on (TC_ACT_OK) to the node's routing: other nodes, the host, outside.
@@ -50,6 +51,11 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     let Some(ep) = (unsafe { OXI_ENDPOINTS.get(&EndpointKey { addr: dst }) }).copied() else {
         return TC_ACT_OK;
     };
+    // A hop, as the stack would count it; a packet at its last hop goes to the stack, which
+    // drops it and answers "time exceeded".
+    if decrement_ttl(ctx).is_err() {
+        return TC_ACT_OK;
+    }
     // The destination's own to-pod program is skipped by the redirect: its work is done here.
     let r = to_pod::<M>(ctx);
     if r != TC_ACT_OK {
@@ -68,6 +74,37 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
 pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     // Hook: the destination endpoint's ingress policy goes here.
     podlb::to_pod::<M>(ctx)
+}
+
+/// Decrements the IPv4 TTL (the header checksum follows, bpf_l3_csum_replace) or the IPv6 hop
+/// limit of the frame; Err, changing nothing, when it is 1 or less (or the header is short).
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
+    let proto: u16 = ctx.load(12).map_err(|_| ())?;
+    match u16::from_be(proto) {
+        ETH_P_IP => {
+            // TTL and protocol: one 16-bit word of the header checksum, TTL its first byte.
+            let off = ETH_HLEN + 8;
+            let old: u16 = ctx.load(off).map_err(|_| ())?;
+            let bytes = old.to_ne_bytes();
+            if bytes[0] <= 1 {
+                return Err(());
+            }
+            let new = u16::from_ne_bytes([bytes[0] - 1, bytes[1]]);
+            ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 2)
+                .map_err(|_| ())?;
+            ctx.store(off, &new, 0).map_err(|_| ())
+        }
+        ETH_P_IPV6 => {
+            let off = ETH_HLEN + 7;
+            let hops: u8 = ctx.load(off).map_err(|_| ())?;
+            if hops <= 1 {
+                return Err(());
+            }
+            ctx.store(off, &(hops - 1), 0).map_err(|_| ())
+        }
+        _ => Err(()),
+    }
 }
 
 /// The IP destination of an Ethernet frame (IPv4 as IPv4-mapped); None for anything else.

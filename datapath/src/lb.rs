@@ -251,7 +251,7 @@ pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
 
 /// Copies a flow's new conntrack state into its SNAT entry (backend → LB address:port).
 #[inline(never)]
-fn mirror_state(f: &Flow, t: &Target, flags: u16) {
+pub(crate) fn mirror_state(f: &Flow, t: &Target, flags: u16) {
     let Some(c) = config() else {
         return;
     };
@@ -288,7 +288,7 @@ const SNAT_TRIES: u32 = 16;
 /// hash-chosen port in the configured range, then others, each claimed with BPF_NOEXIST. A port
 /// held by a closed or expired flow ([`owner_gone`]) is taken over. Returns 0 or the drop reason.
 #[inline(never)]
-fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
+pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
     let Some(cfg) = config() else {
         return reason::ERROR;
     };

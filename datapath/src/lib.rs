@@ -13,6 +13,7 @@ pub mod headers;
 pub mod icmp;
 pub mod lb;
 pub mod maps;
+pub mod masq;
 pub mod nat;
 pub mod nodeport;
 pub mod parse;

@@ -136,7 +136,8 @@ pub fn ingress<M: NodePortMaps + AffinityMaps>(ctx: &TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
-/// tc egress of an external device: local backends' replies restored to frontend → client.
+/// tc egress of an external device: local backends' replies restored to frontend → client;
+/// pods' traffic leaving the cluster masqueraded ([`crate::masq`]).
 #[inline(always)]
 pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
     let bytes = ctx.len() as u64;
@@ -153,7 +154,7 @@ pub fn egress<M: NodePortMaps>(ctx: &TcContext) -> i32 {
     }
     match lb::snat_reply(f) {
         Some(e) => reply::<M>(ctx, f, &mut s.rewrite, e, bytes, false),
-        None => TC_ACT_OK as i32,
+        None => crate::masq::egress(ctx, f, &mut s.target, &mut s.rewrite, bytes),
     }
 }
 

@@ -139,6 +139,13 @@ impl Cluster {
         self.nodes.get(name).map(|(n, _)| n)
     }
 
+    /// Every Node, sorted by name.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut v: Vec<NodeInfo> = self.nodes.values().map(|(n, _)| n.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// Keeps the pod only if it has host ports to program. Returns the node(s) affected.
     pub fn apply_pod(&mut self, p: &Pod, origin: Option<&Origin>) -> Vec<String> {
         let key = convert::key_of(&p.metadata);

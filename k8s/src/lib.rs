@@ -43,9 +43,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything node `node` would program for the manifests under `dir`, with the notes (skipped and
 /// rejected objects) the CLI prints on stderr.
 pub fn node_frontends(dir: &Path, node: &str, opts: &Options) -> Result<NodeFrontends> {
+    Ok(node_frontends_with_nodes(dir, node, opts)?.0)
+}
+
+/// [`node_frontends`] and every Node of the folder (for the routes to the other nodes).
+pub fn node_frontends_with_nodes(
+    dir: &Path,
+    node: &str,
+    opts: &Options,
+) -> Result<(NodeFrontends, Vec<NodeInfo>)> {
     let manifests = manifests::read_dir(dir)?;
     let cluster = Cluster::from_manifests(&manifests);
-    Ok(compile_node(&cluster, node, opts)?)
+    Ok((compile_node(&cluster, node, opts)?, cluster.nodes()))
 }
 
 /// The offline `service list -o json`: a JSON array, one object per frontend of node `node`,

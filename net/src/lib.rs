@@ -9,6 +9,8 @@ pub mod links;
 pub mod neighbours;
 pub mod pod;
 pub mod routes;
+pub mod routing;
+pub mod tunnel;
 
 use std::{io, net::IpAddr};
 

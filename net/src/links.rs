@@ -50,6 +50,43 @@ pub async fn mac(nl: &Netlink, index: u32) -> Result<Option<[u8; 6]>> {
     }))
 }
 
+/// The peer's ifindex of a veth (IFLA_LINK: an index in the peer's namespace); None for a
+/// device without one.
+pub async fn peer_index(nl: &Netlink, index: u32) -> Result<Option<u32>> {
+    let mut links = nl.handle().link().get().match_index(index).execute();
+    let link = match links.try_next().await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return match Error::from_netlink("link lookup", e) {
+                e if e.errno() == Some(ENODEV) => Ok(None),
+                e => Err(e),
+            };
+        }
+    };
+    Ok(link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    }))
+}
+
+/// The name of the device with index `index`; None when there is none.
+pub async fn name(nl: &Netlink, index: u32) -> Result<Option<String>> {
+    let mut links = nl.handle().link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l.and_then(|l| {
+            l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        })),
+        Err(e) => match Error::from_netlink("link lookup", e) {
+            e if e.errno() == Some(ENODEV) => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
 /// Every veth of the namespace whose peer is in another network namespace (the link carries
 /// `IFLA_LINK_NETNSID`). Veth pairs with both ends here are left out.
 pub async fn veths_with_peer_elsewhere(nl: &Netlink) -> Result<Vec<Link>> {

@@ -97,7 +97,9 @@ fn forward(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json:
             );
             return match cmd {
                 Command::Del => {
-                    delete_interface(env);
+                    if !chained(env, conf) {
+                        delete_interface(env);
+                    }
                     Ok(None)
                 }
                 Command::Status => Err(CniError::new(code::NOT_AVAILABLE, msg)),
@@ -120,6 +122,13 @@ fn forward(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json:
         );
     }
     match cmd {
+        Command::Add if conf.prev_result.is_some() => {
+            // Chained: the previous result goes on unchanged (every field of it, in the
+            // configuration's version, which is the one the runtime handed it in).
+            let mut prev = conf.prev_result.clone().expect("checked");
+            prev["cniVersion"] = conf.cni_version.clone().into();
+            Ok(Some(prev))
+        }
         Command::Add => {
             let r: CniResult = serde_json::from_value(body["result"].clone()).map_err(|e| {
                 CniError::new(code::AGENT_FAILED, format!("the agent's result: {e}"))
@@ -128,6 +137,20 @@ fn forward(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<serde_json:
         }
         _ => Ok(None),
     }
+}
+
+/// Whether the attachment's interface is another plugin's (oxilium-cni chained after it): the
+/// previous result names no host device of oxilium's.
+fn chained(env: &Env, conf: &NetConf) -> bool {
+    let Some(prev) = &conf.prev_result else {
+        return false;
+    };
+    let ours = crate::agent::node::endpoints::veth::host_name(&env.container_id, &env.ifname);
+    !prev["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|i| i["name"] == ours.as_str())
 }
 
 /// DEL with the agent down: the pod's interface is removed from its namespace (the host side

@@ -9,15 +9,11 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::{
-    io::Write,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::net::SocketAddr;
 use support::{
-    agent::{AgentProcess, bin},
+    agent::AgentProcess,
     cgroup::{Answer, run_client},
+    cni::{PluginDir, Run, cni, conf, v4},
     netns::{Netns, unique},
     servers::{Servers, tcp_request},
 };
@@ -58,74 +54,6 @@ endpoints:
         y += &format!("  - addresses: [\"{a}\"]\n    nodeName: node-a\n");
     }
     y
-}
-
-/// The plugin's folder (CNI_PATH): `oxilium-cni`, a symlink to the binary under test.
-struct PluginDir(PathBuf);
-
-impl PluginDir {
-    fn new(tag: &str) -> PluginDir {
-        let d = std::env::temp_dir().join(format!("oxilium-cni-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::symlink(bin(), d.join("oxilium-cni")).unwrap();
-        PluginDir(d)
-    }
-}
-
-impl Drop for PluginDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One plugin run: exit success and stdout as JSON (Null when empty).
-struct Run {
-    ok: bool,
-    out: Value,
-}
-
-impl Run {
-    #[track_caller]
-    fn code(&self) -> u64 {
-        assert!(!self.ok, "expected an error, got {}", self.out);
-        self.out["code"].as_u64().expect("a CNI error object")
-    }
-}
-
-/// Runs `oxilium-cni` with `env` and `stdin` as a runtime does.
-fn cni(dir: &PluginDir, env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut c = Command::new(dir.0.join("oxilium-cni"));
-    c.env_clear()
-        .env("CNI_PATH", &dir.0)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("plugin said {text:?}: {e}"))
-    };
-    Run {
-        ok: out.status.success(),
-        out: v,
-    }
-}
-
-fn conf(version: &str, socket: &Path) -> String {
-    json!({"cniVersion": version, "name": "oxinet", "type": "oxilium-cni",
-           "agent-socket": socket})
-    .to_string()
 }
 
 struct Bed {
@@ -201,14 +129,6 @@ impl Bed {
     }
 }
 
-fn v4(result: &Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string()
-}
-
 /// ADD gives pool addresses (dual-stack) and a working pod; two pods reach each other through
 /// bpf_redirect_peer (the destination veth's host side transmits nothing) and a ClusterIP through
 /// the socket LB; CHECK, STATUS, VERSION answer; after a restart (now with the pod fallback of
@@ -263,6 +183,26 @@ fn cni_plugin_end_to_end() {
         after - before < 5,
         "host side transmitted {} packets",
         after - before
+    );
+    // The redirect counts as a hop: the echo reply comes back with TTL (hop limit) 64 - 1; a
+    // packet at its last hop is not delivered.
+    for (dst, v6) in [("10.244.1.1", false), ("fd00:244:1::1", true)] {
+        let mut args = vec!["ping", "-c", "1", "-W", "2"];
+        if v6 {
+            args.push("-6");
+        }
+        args.push(dst);
+        let out = b.pods[2].run(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ttl=63"), "{text}");
+    }
+    let last = b.pods[2]
+        .command(&["ping", "-c", "1", "-W", "1", "-t", "1", "10.244.1.1"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&last.stdout).contains("ttl="),
+        "TTL 1 delivered"
     );
     // A ClusterIP through the socket LB (pod 3's client in the agent's cgroup).
     let answers = run_client(Some(b.agent.cgroup()), &b.pods[2], "tcp", CIP4, 80, 20);

@@ -5,6 +5,7 @@ pub mod decap;
 pub mod endpoint;
 pub mod lb_maps;
 pub mod loader;
+pub mod masq;
 pub mod nodeport;
 pub mod objects;
 pub mod podlb;

@@ -6,6 +6,8 @@ pub mod bulk;
 pub mod cgroup;
 pub mod churn;
 pub mod cluster;
+pub mod cni;
+pub mod cni_nodes;
 #[path = "../../../k8s/tests/support/fake_api.rs"]
 pub mod fake_api;
 pub mod kube_agent;

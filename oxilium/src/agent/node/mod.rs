@@ -93,6 +93,8 @@ pub struct NodeView {
     pub health_checks: Vec<k8s::frontend::HealthCheck>,
     /// This node's spec.podCIDRs (the CNI address pools); None: unchanged (a delta).
     pub pod_cidrs: Option<Vec<String>>,
+    /// Every Node (the routes to the other nodes' pods); None: unchanged (a delta).
+    pub nodes: Option<Vec<k8s::NodeInfo>>,
 }
 
 impl NodeView {
@@ -105,6 +107,7 @@ impl NodeView {
             internal_addresses: self.internal_addresses.clone(),
             health_checks: self.health_checks.clone(),
             pod_cidrs: self.pod_cidrs.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 }
@@ -140,12 +143,14 @@ impl NodeArgs {
     /// This node's view from the manifests folder; notes about skipped objects are logged.
     pub fn folder_view(&self, dir: &Path) -> Result<NodeView> {
         let (opts, node) = self.validate()?;
-        let nf = k8s::node_frontends(dir, &node, &opts)
+        let (nf, nodes) = k8s::node_frontends_with_nodes(dir, &node, &opts)
             .with_context(|| format!("--manifests {}", dir.display()))?;
         for n in &nf.notes {
             warn!("{n}");
         }
-        Ok(self.view(&nf, &node))
+        let mut v = self.view(&nf, &node);
+        v.nodes = Some(nodes);
+        Ok(v)
     }
 
     /// Follows the API source's cluster store: whole, then per change.
@@ -165,6 +170,7 @@ impl NodeArgs {
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks.clone(),
             pod_cidrs: Some(nf.node.pod_cidrs.clone()),
+            nodes: None,
         }
     }
 
@@ -356,7 +362,7 @@ impl Follower {
             self.sync_endpoints(state, &grow, false).await;
         }
         let checks = view.health_checks.clone();
-        endpoints::node_pools(state, &view.pod_cidrs).await;
+        endpoints::node_view(state, &view.pod_cidrs, &view.nodes).await;
         let devices = match view.model {
             ModelUpdate::Whole(_) => nodeport::device_addresses(&self.devices).await,
             ModelUpdate::Delta(_) => Ok(Default::default()),
@@ -468,9 +474,7 @@ async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Resu
         Some((stamp, view)) if stamp == last => Ok(view),
         _ => args.node_args.folder_view(dir),
     };
-    follower
-        .apply(state, first, "manifests")
-        .await;
+    follower.apply(state, first, "manifests").await;
     let mut tick = tokio::time::interval(every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -498,7 +502,13 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     let mut tracker = na.cluster_tracker()?;
     let client = na.kube.client().await?;
     let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
-    let (task, mut events) = KubeSource::new(client, cluster.clone(), Some(&node)).spawn();
+    let source = KubeSource::new(client, cluster.clone(), Some(&node));
+    // The Pods of this node: their labels go with the endpoints the CNI plugin asks for.
+    let cni = state.lock().unwrap().cni.clone();
+    if let Some(c) = cni {
+        c.lock().await.set_pod_store(source.stores().pods);
+    }
+    let (task, mut events) = source.spawn();
     let mut follower = Follower::new(state);
     let mut pending = tracker::Pending::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -57,6 +57,7 @@ impl ClusterTracker {
             internal_addresses: nf.node.internal_addresses.clone(),
             health_checks: nf.health_checks,
             pod_cidrs: Some(nf.node.pod_cidrs.clone()),
+            nodes: Some(cluster.nodes()),
         };
         self.index = Some(index);
         Ok(view)
@@ -98,6 +99,7 @@ impl ClusterTracker {
             internal_addresses,
             health_checks,
             pod_cidrs: None,
+            nodes: None,
         })
     }
 

@@ -23,6 +23,8 @@ pub struct CniFlags {
     /// --cni: where the agent keeps its address allocations (`cni-ipam.json`).
     #[arg(long, default_value = "/var/lib/oxilium")]
     pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub routing: super::routing::RoutingFlags,
 }
 
 impl CniFlags {
@@ -34,7 +36,9 @@ impl CniFlags {
     }
 
     pub fn check(&self) -> Result<()> {
-        self.pools().map(|_| ())
+        self.pools()?;
+        self.routing.exceptions()?;
+        Ok(())
     }
 
     /// With `--cni`: forwarding on, the state opened, the programs loaded.
@@ -49,24 +53,38 @@ impl CniFlags {
         ] {
             std::fs::write(path, v).with_context(|| format!("setting {path} = {v}"))?;
         }
-        let a = CniAgent::open(
+        let (_, node) = args.node_args.validate()?;
+        let mut a = CniAgent::open(
             &f.state_dir,
             &args.pin_dir,
             f.pools()?,
             args.node_args.manifests.clone(),
+            f.routing.masquerade,
         )
         .await?;
+        // After the programs' load: it pins the masquerade exceptions map the router writes.
+        let router =
+            super::routing::Router::start(&f.routing, node, &args.pin_dir, &f.pools()?).await?;
+        a.router = Some(router);
+        a.mtu_cap = f.routing.pod_mtu_cap();
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");
         Ok(Some(Arc::new(tokio::sync::Mutex::new(a))))
     }
 }
 
-/// Hands the Node's podCIDRs (when a view carries them) to the CNI side.
-pub async fn node_pools(state: &Shared, cidrs: &Option<Vec<String>>) {
-    let Some(cidrs) = cidrs else { return };
+/// Hands the Node's podCIDRs and the Nodes (when a view carries them) to the CNI side.
+pub async fn node_view(
+    state: &Shared,
+    cidrs: &Option<Vec<String>>,
+    nodes: &Option<Vec<k8s::NodeInfo>>,
+) {
     let Some(c) = state.lock().unwrap().cni.clone() else {
         return;
     };
+    if let (Some(n), Some(r)) = (nodes, c.lock().await.router.as_ref()) {
+        r.set_nodes(n.clone());
+    }
+    let Some(cidrs) = cidrs else { return };
     let mut pools = Vec::new();
     for s in cidrs {
         match cni::ipam::parse_cidr(s) {

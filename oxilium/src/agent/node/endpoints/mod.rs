@@ -3,10 +3,12 @@
 //! module owns the node's pod addresses ([`cni::ipam`], persisted under `--state-dir`) and the
 //! endpoints: a veth pair per pod ([`veth`]), `OXI_ENDPOINTS` entries and the endpoint programs on
 //! the host side ([`crate::bpf::endpoint`]).
+mod chain;
 mod flags;
+pub mod routing;
 pub mod veth;
 
-pub use flags::{CniFlags, SharedCni, node_pools, serve};
+pub use flags::{CniFlags, SharedCni, node_view, serve};
 
 use crate::bpf::endpoint::EndpointLb;
 use abi::endpoint::EndpointInfo;
@@ -38,6 +40,13 @@ pub struct Endpoint {
     pub pod: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The veth's MTU when the agent set one (`mtu` of the configuration, or the tunnel's).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Made by another plugin before oxilium-cni in a chain: its veth, addresses and routes are
+    /// that plugin's (see [`chain`]).
+    #[serde(default)]
+    pub chained: bool,
 }
 
 /// A request of the plugin.
@@ -60,6 +69,14 @@ pub struct CniAgent {
     manifests: Option<PathBuf>,
     /// Pools from `--pod-cidr` (they win over the Node's podCIDRs).
     fixed_pools: bool,
+    /// `--routing`: the routes to the other nodes' pods.
+    pub router: Option<routing::Router>,
+    /// The largest pod MTU (the tunnel's), when there is one.
+    pub mtu_cap: Option<u32>,
+    /// `--masquerade`: the endpoints are marked for it.
+    pub masquerade: bool,
+    /// The API source's Pods of this node (labels), when the source is the API server.
+    pods: Option<k8s::api_source::PodStore>,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -82,6 +99,7 @@ impl CniAgent {
         pin_dir: &Path,
         pools: Vec<IpNetwork>,
         manifests: Option<PathBuf>,
+        masquerade: bool,
     ) -> Result<CniAgent> {
         let fixed_pools = !pools.is_empty();
         let ipam = Ipam::open(&state_dir.join(STATE_FILE), pools)?;
@@ -93,6 +111,10 @@ impl CniAgent {
             nl,
             manifests,
             fixed_pools,
+            router: None,
+            mtu_cap: None,
+            masquerade,
+            pods: None,
         };
         let existing: Vec<(Vec<IpAddr>, Endpoint)> = a
             .ipam
@@ -114,6 +136,11 @@ impl CniAgent {
         Ok(a)
     }
 
+    /// The API source's Pod store, where Pods' labels are looked up.
+    pub fn set_pod_store(&mut self, pods: k8s::api_source::PodStore) {
+        self.pods = Some(pods);
+    }
+
     /// The Node's podCIDRs (unless `--pod-cidr` set the pools).
     pub fn set_node_pools(&mut self, cidrs: &[IpNetwork]) {
         if !self.fixed_pools && self.ipam.pools() != cidrs {
@@ -130,7 +157,11 @@ impl CniAgent {
                     ifindex: ep.host_ifindex,
                     id: ep.id,
                     identity: 0,
-                    flags: 0,
+                    flags: if self.masquerade && !ep.chained {
+                        abi::endpoint::FLAG_MASQUERADE
+                    } else {
+                        0
+                    },
                     mac: parse_mac(&ep.pod_mac),
                     node_mac: parse_mac(&ep.host_mac),
                 },
@@ -141,8 +172,12 @@ impl CniAgent {
 
     /// ADD: addresses, the veth pair, the routes, the programs, the map entries.
     pub async fn add(&mut self, req: &Request) -> Result<CniResult, CniError> {
+        if let Some(prev) = &req.prev_result {
+            return self.add_chained(req, prev).await;
+        }
         let env = &req.env;
         let att = env.attachment();
+        let start = std::time::Instant::now();
         if let Some(e) = self.ipam.get(&att).cloned()
             && e.data.host_ifindex != 0
             && net::links::index(&self.nl, &e.data.host_ifname)
@@ -155,15 +190,21 @@ impl CniAgent {
         }
         let id = self.next_id();
         let (pod, labels) = self.pod_labels(env);
+        // Persisted with the endpoint's data below, before the answer (one write per ADD).
         let entry = self
             .ipam
-            .allocate(&att, Endpoint::default())
+            .reserve(&att, Endpoint::default())
             .map_err(|e| match e {
                 cni::ipam::IpamError::Exhausted(_) => {
                     CniError::new(code::POOL_EXHAUSTED, e.to_string())
                 }
                 e => failed(e),
             })?;
+        let ipam_done = start.elapsed();
+        let mtu = match (req.mtu, self.mtu_cap) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        };
         let host = veth::host_name(&env.container_id, &env.ifname);
         let made = veth::make(
             &self.nl,
@@ -171,7 +212,7 @@ impl CniAgent {
             Path::new(&env.netns),
             &env.ifname,
             &entry.addresses,
-            req.mtu,
+            mtu,
         )
         .await;
         let made = match made {
@@ -190,7 +231,10 @@ impl CniAgent {
             pod_mac: veth::mac_string(&made.pod_mac),
             pod,
             labels,
+            mtu,
+            chained: false,
         };
+        let veth_done = start.elapsed();
         let done = (|| -> Result<()> {
             self.progs.attach(&host, made.host_ifindex)?;
             self.write_map(&entry.addresses, &ep)?;
@@ -202,7 +246,13 @@ impl CniAgent {
             let _ = self.ipam.release(&att);
             return Err(failed(format!("{e:#}")));
         }
-        info!(container = %env.container_id, ifname = %env.ifname, addresses = ?entry.addresses, device = %host, "endpoint added");
+        info!(
+            container = %env.container_id, ifname = %env.ifname, addresses = ?entry.addresses,
+            device = %host, ipam_us = ipam_done.as_micros() as u64,
+            veth_us = (veth_done - ipam_done).as_micros() as u64,
+            programs_us = (start.elapsed() - veth_done).as_micros() as u64,
+            total_us = start.elapsed().as_micros() as u64, "endpoint added"
+        );
         Ok(result_of(env, &entry.addresses, &ep))
     }
 
@@ -213,12 +263,20 @@ impl CniAgent {
             .expect("fewer than 2^32 endpoints")
     }
 
-    /// The Pod's labels from the manifests folder (an endpoint without them is still made).
+    /// The Pod's labels from the manifests folder or the API source's Pod store (an endpoint
+    /// without them is still made).
     fn pod_labels(&self, env: &Env) -> (Option<String>, BTreeMap<String, String>) {
         let (Some(ns), Some(name)) = (&env.pod_namespace, &env.pod_name) else {
             return (None, BTreeMap::new());
         };
         let key = format!("{ns}/{name}");
+        if let Some(pods) = &self.pods {
+            let labels = k8s::api_source::pod_labels(pods, ns, name);
+            if labels.is_none() {
+                warn!(pod = %key, "not in the API source's Pods (yet): no labels");
+            }
+            return (Some(key), labels.unwrap_or_default());
+        }
         let labels = self
             .manifests
             .as_ref()
@@ -244,6 +302,10 @@ impl CniAgent {
         }
         if let Err(e) = self.progs.detach(&ep.host_ifname, ep.host_ifindex) {
             warn!("{e:#}");
+        }
+        if ep.chained {
+            // The veth is the first plugin's.
+            return;
         }
         if let Err(e) = veth::remove(&self.nl, &ep.host_ifname).await {
             warn!(device = %ep.host_ifname, "removing: {e:#}");
@@ -350,6 +412,7 @@ impl CniAgent {
                     "mac": e.data.pod_mac,
                     "netns": e.data.netns,
                     "identity": 0,
+                    "chained": e.data.chained,
                 })
             })
             .collect()
@@ -364,11 +427,13 @@ fn result_of(env: &Env, addrs: &[IpAddr], ep: &Endpoint) -> CniResult {
                 name: ep.host_ifname.clone(),
                 mac: ep.host_mac.clone(),
                 sandbox: None,
+                mtu: ep.mtu,
             },
             result::Interface {
                 name: env.ifname.clone(),
                 mac: ep.pod_mac.clone(),
                 sandbox: Some(env.netns.clone()),
+                mtu: ep.mtu,
             },
         ],
         ..Default::default()

@@ -1,0 +1,206 @@
+//! Chaining (generic-veth): Debian's `ptp` or `bridge` plugin with `host-local` (from
+//! containernetworking-plugins, /usr/lib/cni) first, `oxilium-cni` second, run as a runtime runs
+//! a conflist inside a test-made node namespace with a real agent (`--role node --cni`).
+//! Kernel features: network namespaces, veth, bridge, tc BPF through TCX links (≥ 6.6) with
+//! bpf_redirect_peer (≥ 5.10), bpf_link pinning. Requires root and /usr/lib/cni/{ptp,bridge,
+//! host-local} (ci/setup installs them); fails (never skips) without them.
+mod support;
+
+use serde_json::{Value, json};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path};
+use support::{
+    agent::AgentProcess,
+    cni::{Chain, PluginDir},
+    netns::{Netns, unique},
+    servers::{Servers, tcp_request},
+};
+
+const CIP: &str = "10.96.0.10";
+
+fn manifests() -> String {
+    r#"apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDRs: ["10.244.1.0/24"]}
+status:
+  addresses: [{type: InternalIP, address: 10.200.0.1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-4, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+  - addresses: ["10.88.0.2"]
+  - addresses: ["10.88.0.3"]
+"#
+    .into()
+}
+
+/// The pod's addresses and routes as `ip -j` prints them (what the first plugin set up).
+fn addressing(pod: &Netns) -> (Value, Value) {
+    let a = pod.run(&["ip", "-j", "addr", "show", "dev", "eth0"]);
+    let r = pod.run(&["ip", "-j", "route", "show"]);
+    let mut a: Value = serde_json::from_slice(&a.stdout).unwrap();
+    // Counters and timers move; the addressing is what must not.
+    for i in a.as_array_mut().unwrap() {
+        for ai in i["addr_info"].as_array_mut().unwrap() {
+            ai.as_object_mut().unwrap().remove("valid_life_time");
+            ai.as_object_mut().unwrap().remove("preferred_life_time");
+        }
+    }
+    (a, serde_json::from_slice(&r.stdout).unwrap())
+}
+
+fn chain_test(first: &str) {
+    for p in ["ptp", "bridge", "host-local"] {
+        assert!(
+            Path::new("/usr/lib/cni").join(p).exists(),
+            "/usr/lib/cni/{p} missing: run ci/setup (containernetworking-plugins)"
+        );
+    }
+    let p = unique("ch");
+    let node = Netns::new(&format!("{p}n"));
+    let mut agent = AgentProcess::builder(&node, "chain")
+        .args([
+            "--role",
+            "node",
+            "--node",
+            "node-a",
+            "--watch-ms",
+            "100",
+            "--cni",
+        ])
+        .file_arg("--manifests", "manifests")
+        .file_arg("--state-dir", "state")
+        .cgroup()
+        .build();
+    agent.write_file("manifests/all.yaml", &manifests());
+    agent.start();
+    let plugin = PluginDir::new(&p);
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": agent.dir().join("host-local")});
+    let first_conf = match first {
+        "ptp" => json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
+        _ => json!({"type": "bridge", "bridge": format!("{p}b"), "isGateway": true,
+                    "ipMasq": false, "ipam": ipam}),
+    };
+    let chain = Chain {
+        version: "1.0.0".into(),
+        name: "chained".into(),
+        plugins: vec![
+            first_conf,
+            json!({"type": "oxilium-cni", "agent-socket": agent.socket()}),
+        ],
+        path: plugin.path_with_system(),
+        node: node.path(),
+    };
+    // Pods 0 and 1 back the Service, pod 2 is its client.
+    let pods: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("{p}p{i}"))).collect();
+    let mut results = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let id = format!("c{i}");
+        // The first plugin alone, then oxilium-cni with its result: the pod's addressing is the
+        // same before and after, and the chain's result is the first plugin's.
+        let prev = chain.add(&id, &pod.path(), Some(1));
+        let before = addressing(pod);
+        let r = chain.add_rest(&id, &pod.path(), 1, prev.clone());
+        assert_eq!(r, prev, "oxilium-cni passes the previous result on");
+        assert_eq!(
+            addressing(pod),
+            before,
+            "oxilium-cni left the addressing alone"
+        );
+        assert_eq!(
+            r["ips"][0]["address"],
+            format!("10.88.0.{}/24", i + 2),
+            "{r}"
+        );
+        results.push(r);
+    }
+    // The endpoints: on the host end of each pod's veth (for bridge: the veth port, not the
+    // bridge).
+    let list = agent.cli(&["endpoint", "list"]);
+    let eps = list.as_array().unwrap();
+    assert_eq!(eps.len(), 3, "{list}");
+    for (i, e) in eps.iter().enumerate() {
+        assert_eq!(e["chained"], true);
+        let dev = e["device"].as_str().unwrap();
+        let link = node.run(&["ip", "-j", "-d", "link", "show", "dev", dev]);
+        let l: Value = serde_json::from_slice(&link.stdout).unwrap();
+        assert_eq!(l[0]["linkinfo"]["info_kind"], "veth", "endpoint {i}: {l}");
+    }
+    let addr = |i: usize| -> SocketAddr { format!("10.88.0.{}:8080", i + 2).parse().unwrap() };
+    let _s: Vec<Servers> = (0..2)
+        .map(|i| Servers::start(&pods[i], &format!("b{i}"), &[addr(i)]))
+        .collect();
+    // Pod to pod, both ways.
+    assert_eq!(tcp_request(&pods[0], addr(1)).unwrap(), "b1");
+    assert_eq!(tcp_request(&pods[1], addr(0)).unwrap(), "b0");
+    // The ClusterIP, translated per packet by oxilium's programs on the chained veth (the
+    // clients are in no cgroup of the socket LB).
+    let cip: SocketAddr = format!("{CIP}:80").parse().unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(tcp_request(&pods[2], cip).expect("ClusterIP through the chained endpoint"));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // CHECK answers for a chained endpoint.
+    let c = chain.run(1, "CHECK", "c0", &pods[0].path(), Some(&results[0]));
+    assert!(c.ok, "{} {}", c.out, c.stderr);
+
+    // DEL in reverse order: oxilium-cni removes only its own state.
+    chain.del(1, "c0", &pods[0].path(), &results[0]);
+    let still = pods[0].run(&["ip", "-j", "link", "show", "dev", "eth0"]);
+    assert!(still.status.success(), "eth0 is the first plugin's");
+    assert_eq!(
+        agent.cli(&["endpoint", "list"]).as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        tcp_request(&pods[2], addr(1)).unwrap(),
+        "b1",
+        "the other pods still reach each other"
+    );
+    chain.del(0, "c0", &pods[0].path(), &results[0]);
+    let gone = pods[0].run(&["ip", "-j", "link", "show"]);
+    assert!(!String::from_utf8_lossy(&gone.stdout).contains("eth0"));
+    for p in 1..3 {
+        for i in (0..2).rev() {
+            chain.del(i, &format!("c{p}"), &pods[p].path(), &results[p]);
+        }
+    }
+    assert_eq!(
+        agent.cli(&["endpoint", "list"]).as_array().unwrap().len(),
+        0
+    );
+    // Its pins are gone with the endpoints (no link of a deleted endpoint remains).
+    let pins: Vec<String> = std::fs::read_dir(agent.pins())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("link_ep_"))
+        .collect();
+    assert!(pins.is_empty(), "{pins:?}");
+}
+
+/// ptp + host-local, then oxilium-cni.
+#[test]
+fn chained_after_ptp() {
+    chain_test("ptp");
+}
+
+/// bridge + host-local, then oxilium-cni (the endpoint is the veth's host end, found through the
+/// pod interface's peer ifindex).
+#[test]
+fn chained_after_bridge() {
+    chain_test("bridge");
+}
