@@ -118,10 +118,13 @@ fn neighbour_resolve_populates_the_table() {
     p.a.block_on(|| async {
         let nl = Netlink::connect().unwrap();
         let a0 = links::index(&nl, "a0").await.unwrap().unwrap();
+        // The peers are not known before they are resolved (the kernel may list its own
+        // multicast entries on a0, e.g. ff02::16 for MLD reports: those are not under test).
         for f in [Family::V4, Family::V6] {
             let t = neighbours::dump(&nl, f).await.unwrap();
             assert!(
-                !t.keys().any(|(i, _)| *i == a0),
+                !t.keys()
+                    .any(|(i, a)| *i == a0 && [ip("10.2.0.2"), ip("fd02::2")].contains(a)),
                 "{f:?} already known: {t:?}"
             );
         }
