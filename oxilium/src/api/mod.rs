@@ -34,6 +34,10 @@ pub fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
                         (_, _) if path.trim_end_matches('/') == "/endpoints" => {
                             crate::agent::node::endpoints::serve(&state, "list", &[]).await
                         }
+                        (_, _) if path.starts_with("/policy/") => {
+                            let name = path.trim_start_matches("/policy/");
+                            crate::agent::node::policy::serve_get(&state, name).await
+                        }
                         _ => handle(&state, &path),
                     }
                 }

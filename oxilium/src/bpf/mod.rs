@@ -8,4 +8,5 @@ pub mod loader;
 pub mod nodeport;
 pub mod objects;
 pub mod podlb;
+pub mod policy;
 pub mod socklb;

@@ -2,6 +2,7 @@
 mod client;
 mod maglev_table;
 pub mod policy;
+mod policy_text;
 mod service_offline;
 
 use crate::agent::{self, AgentArgs};

@@ -49,15 +49,28 @@ impl CniFlags {
         ] {
             std::fs::write(path, v).with_context(|| format!("setting {path} = {v}"))?;
         }
+        let policy = || {
+            crate::agent::node::policy::PolicyAgent::open(
+                &args.pin_dir,
+                &args.node_args.policy,
+                args.node_args.manifests.clone(),
+                args.node_args.kube.node.clone(),
+            )
+        };
         let a = CniAgent::open(
             &f.state_dir,
             &args.pin_dir,
             f.pools()?,
             args.node_args.manifests.clone(),
+            policy,
         )
         .await?;
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");
-        Ok(Some(Arc::new(tokio::sync::Mutex::new(a))))
+        let shared = Arc::new(tokio::sync::Mutex::new(a));
+        if let Some(dir) = args.node_args.manifests.clone() {
+            crate::agent::node::policy::follow_folder(shared.clone(), dir, args.watch_ms);
+        }
+        Ok(Some(shared))
     }
 }
 
