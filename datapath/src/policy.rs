@@ -101,7 +101,8 @@ pub fn identity_of(addr: &Addr) -> u32 {
 }
 
 /// The endpoint's egress (packets it sends; on its from-pod hook, after service translation).
-#[inline(always)]
+/// A function of its own (a BPF-to-BPF call): its stack is not added to the caller's frame.
+#[inline(never)]
 pub fn egress(ctx: &TcContext) -> i32 {
     let Some(s) = parse_tc(ctx, false) else {
         return TC_ACT_OK;
@@ -129,7 +130,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
 }
 
 /// The endpoint's ingress (packets to it; on its to-pod hook, before reply translation).
-#[inline(always)]
+#[inline(never)]
 pub fn ingress(ctx: &TcContext) -> i32 {
     let Some(s) = parse_tc(ctx, false) else {
         return TC_ACT_OK;

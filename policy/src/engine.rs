@@ -23,6 +23,9 @@ pub struct Config {
     pub label_filter: LabelFilter,
     pub cluster: String,
     pub proxy: ProxyPorts,
+    /// Traffic from the local host (identity `host`) into pods is allowed whatever the policy
+    /// says (kubelet probes); false: checked like any other peer.
+    pub allow_localhost: bool,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             label_filter: LabelFilter::default(),
             cluster: "default".into(),
             proxy: ProxyPorts::default(),
+            allow_localhost: true,
         }
     }
 }

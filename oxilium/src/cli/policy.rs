@@ -26,6 +26,9 @@ pub struct Common {
     /// Audit mode: report would-be drops as `audit`.
     #[arg(long)]
     audit: bool,
+    /// Traffic from the local host into pods: always allowed, or checked by policy.
+    #[arg(long, value_enum, default_value = "always")]
+    allow_localhost: crate::agent::node::policy::AllowLocalhost,
     /// Output format (offline: JSON only; `get` from the agent: text or json).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Output,
@@ -47,6 +50,8 @@ impl Common {
         let cfg = Config {
             enforcement,
             audit: self.audit,
+            allow_localhost: self.allow_localhost
+                == crate::agent::node::policy::AllowLocalhost::Always,
             ..Config::default()
         };
         // The folder is read by the one manifests-folder reader; the policy crate does no I/O.

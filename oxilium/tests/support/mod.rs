@@ -12,6 +12,7 @@ pub mod kube_agent;
 pub mod netns;
 pub mod packet;
 pub mod peer;
+pub mod policy_bed;
 pub mod servers;
 pub mod soak;
 pub mod topology;

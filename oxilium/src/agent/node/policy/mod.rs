@@ -63,6 +63,7 @@ impl PolicyFlags {
                 EnforcementFlag::Never => Enforcement::Never,
             },
             audit: self.audit,
+            allow_localhost: self.allow_localhost == AllowLocalhost::Always,
             ..Config::default()
         }
     }
