@@ -15,10 +15,11 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 use support::{
     agent::bin,
-    policy_bed::{NODE_IP, PolicyNode, case_files, reach},
+    policy_bed::{NODE_IP, PolicyNode, case_files, probe_all},
 };
 
 fn cases_dir() -> PathBuf {
@@ -183,22 +184,13 @@ fn replay(dir: &Path) -> (usize, Vec<String>) {
         ));
     }
     // All lines at once: a dropped flow costs its timeout once, not once per line.
-    let handles: Vec<_> = plan
-        .into_iter()
-        .map(|(text, ns, addr, udp, want)| {
-            std::thread::spawn(move || {
-                let ns = support::netns::Netns {
-                    name: ns.trim_start_matches("/run/netns/").to_string(),
-                };
-                let got = reach(&ns, addr, udp);
-                std::mem::forget(ns); // owned by the bed
-                (text, want, got)
-            })
-        })
-        .collect();
+    let got = probe_all(
+        plan.iter().map(|p| (p.1.clone(), p.2, p.3)).collect(),
+        Duration::from_secs(2),
+        64,
+    );
     let mut failures = Vec::new();
-    for h in handles {
-        let (text, want, got) = h.join().unwrap();
+    for ((text, _, _, _, want), got) in plan.into_iter().zip(got) {
         let passes = matches!(want.as_str(), "allow" | "audit");
         if got.is_ok() != passes {
             failures.push(format!("{text}: offline says {want}, the kernel: {got:?}"));
@@ -250,4 +242,115 @@ fn truth_tables_on_real_packets() {
     );
     assert!(dirs.len() >= 14, "{} cases", dirs.len());
     assert!(replayed >= 55, "only {replayed} lines replayed");
+}
+
+const SERVICE_PODS: &str = r#"apiVersion: v1
+kind: List
+items:
+  - {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default, labels: {app: client}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: web-a, namespace: default, labels: {app: web, role: a}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: web-b, namespace: default, labels: {app: web, role: b}}}
+"#;
+
+/// Egress from the client only to web-a (through a Service or not).
+const EGRESS_TO_A: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-to-a, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress: [{toEndpoints: [{matchLabels: {role: a}}]}]
+"#;
+
+/// web-b takes nothing from the client.
+const B_INGRESS: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-not-from-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {role: b}}
+  ingressDeny: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+  ingress: [{fromEndpoints: [{}]}]
+"#;
+
+/// Policy applies after service translation: a client whose egress policy allows web-a only, or
+/// a web-b whose ingress denies the client, asks a ClusterIP whose backends are web-a and web-b
+/// (translated per packet by the endpoint programs, `--socket-lb-host-netns-only`): only web-a
+/// ever answers, and the connections sent to web-b are dropped and counted as denied.
+#[test]
+fn policy_after_service_translation() {
+    let mut bed = PolicyNode::new(
+        "ptsvc",
+        &[("pods.yaml".into(), SERVICE_PODS.into())],
+        &["--socket-lb-host-netns-only"],
+    );
+    let client = bed.add_pod("default/client");
+    let a = bed.add_pod("default/web-a");
+    let b = bed.add_pod("default/web-b");
+    bed.serve("default/web-a", "a", SocketAddr::new(a, 8080));
+    bed.serve("default/web-b", "b", SocketAddr::new(b, 8080));
+    bed.agent.write_file(
+        "manifests/service.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{a}\"]\n  - addresses: [\"{b}\"]\n"
+        ),
+    );
+    let ns = bed.pods["default/client"].ns.path();
+    let cip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    // Both backends answer without policy.
+    bed.agent
+        .eventually(Duration::from_secs(10), "both backends", || {
+            let got = probe_all(
+                vec![(ns.clone(), cip, false); 16],
+                Duration::from_secs(1),
+                16,
+            );
+            let mut ids: Vec<String> = got.into_iter().filter_map(Result::ok).collect();
+            ids.sort();
+            ids.dedup();
+            (ids == ["a", "b"]).then_some(()).ok_or(ids)
+        });
+    for (name, policy) in [("egress.yaml", EGRESS_TO_A), ("ingress.yaml", B_INGRESS)] {
+        let _ = std::fs::remove_file(bed.agent.dir().join("manifests/egress.yaml"));
+        bed.agent.write_file(&format!("manifests/{name}"), policy);
+        let before = bed.agent.cli(&["policy", "get", "default/client"]);
+        bed.agent
+            .eventually(Duration::from_secs(10), "web-b unreachable", || {
+                let direct = probe_all(
+                    vec![(ns.clone(), SocketAddr::new(b, 8080), false)],
+                    Duration::from_millis(500),
+                    1,
+                );
+                direct[0]
+                    .is_err()
+                    .then_some(())
+                    .ok_or(format!("{direct:?}"))
+            });
+        let got = probe_all(
+            vec![(ns.clone(), cip, false); 40],
+            Duration::from_secs(1),
+            40,
+        );
+        let ok: Vec<&String> = got.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert!(ok.iter().all(|id| *id == "a"), "{name}: {got:?}");
+        assert!(ok.len() >= 5, "{name}: web-a answered {} of 40", ok.len());
+        assert!(
+            40 - ok.len() >= 5,
+            "{name}: web-b was never chosen? {got:?}"
+        );
+        // web-a directly: allowed; the drops were counted.
+        let direct = probe_all(
+            vec![(ns.clone(), SocketAddr::new(a, 8080), false)],
+            Duration::from_secs(2),
+            1,
+        );
+        assert_eq!(direct[0].as_deref(), Ok("a"), "{name}");
+        let who = if name == "egress.yaml" {
+            "default/client"
+        } else {
+            "default/web-b"
+        };
+        let after = bed.agent.cli(&["policy", "get", who]);
+        let denied = after["counters"]["denied"].as_u64().unwrap();
+        assert!(denied > 0, "{name}: {after:#}\n{before:#}");
+        let _ = client;
+    }
 }

@@ -5,7 +5,7 @@
 use super::{
     agent::{AgentProcess, bin},
     netns::{Netns, unique, veth},
-    servers::{Servers, tcp_request, udp_request},
+    servers::Servers,
 };
 use serde_json::{Value, json};
 use std::{
@@ -202,15 +202,6 @@ impl PolicyNode {
     }
 }
 
-/// One connection attempt: Ok(answering server id) or the failure.
-pub fn reach(ns: &Netns, to: SocketAddr, udp: bool) -> Result<String, String> {
-    if udp {
-        udp_request(ns, to)
-    } else {
-        tcp_request(ns, to)
-    }
-}
-
 /// The case's files (name, text), for [`PolicyNode::new`].
 pub fn case_files(dir: &Path) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
@@ -226,4 +217,62 @@ pub fn case_files(dir: &Path) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// One probe with short timeouts (a dropped SYN or datagram costs `wait`): Ok(answering id).
+pub fn probe(
+    ns_path: &str,
+    to: SocketAddr,
+    udp: bool,
+    wait: std::time::Duration,
+) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Write as _};
+    let path = ns_path.to_string();
+    std::thread::spawn(move || {
+        super::netns::enter(&path);
+        if udp {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(wait)).unwrap();
+            s.send_to(b"hello", to).map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 256];
+            let (n, _) = s
+                .recv_from(&mut buf)
+                .map_err(|e| format!("udp {to}: {e}"))?;
+            Ok(String::from_utf8_lossy(&buf[..n])
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string())
+        } else {
+            let mut s = std::net::TcpStream::connect_timeout(&to, wait)
+                .map_err(|e| format!("tcp {to}: {e}"))?;
+            s.set_read_timeout(Some(wait)).unwrap();
+            s.write_all(b"hello\n").map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(&mut s)
+                .read_line(&mut line)
+                .map_err(|e| format!("tcp {to}: {e}"))?;
+            Ok(line.split(' ').next().unwrap_or("").to_string())
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs `probes` (namespace path, destination, udp) in parallel, at most `width` at once.
+pub fn probe_all(
+    probes: Vec<(String, SocketAddr, bool)>,
+    wait: std::time::Duration,
+    width: usize,
+) -> Vec<Result<String, String>> {
+    let mut out = Vec::with_capacity(probes.len());
+    for chunk in probes.chunks(width) {
+        let hs: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|(ns, to, udp)| std::thread::spawn(move || probe(&ns, to, udp, wait)))
+            .collect();
+        out.extend(hs.into_iter().map(|h| h.join().unwrap()));
+    }
+    out
 }
