@@ -108,6 +108,18 @@ impl PolicyMaps {
             .collect()
     }
 
+    /// The kernel's memory figure for endpoint `id`'s policy map (`memlock` of its fdinfo), bytes.
+    pub fn memory(&self, id: u32) -> Option<u64> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let m = self.outer.get(&id, 0).ok()?;
+        let fd = m.map().fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn stats(&self, id: u32) -> PolicyStats {
         self.stats.get(&id, 0).unwrap_or_default()
     }

@@ -76,6 +76,8 @@ struct Folder {
     policies: BTreeMap<PolicyRef, Vec<Rule>>,
     /// `namespace/name` → spec, in the reader's order of first appearance.
     pods: Vec<EndpointSpec>,
+    /// `namespace/name` → index in `pods`.
+    index: std::collections::HashMap<String, usize>,
     /// Node name → its addresses.
     nodes: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -95,6 +97,8 @@ pub struct PolicyAgent {
     folder: Folder,
     /// Endpoint id → the engine endpoint it is.
     local: BTreeMap<u32, Local>,
+    /// `namespace/name` → endpoint id of the local endpoints.
+    local_keys: std::collections::HashMap<String, u32>,
     maps: PolicyMaps,
     kernel: reconcile::Held,
     /// Time of each endpoint regeneration (map fill and flags), most recent last (bounded).
@@ -126,6 +130,12 @@ fn read_folder(dir: &Path, cluster: &str) -> Result<Folder> {
     }
     f.policies = m.policies.into_iter().collect();
     f.pods = m.pods.iter().map(endpoint_spec).collect();
+    f.index = f
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.key(), i))
+        .collect();
     Ok(f)
 }
 
@@ -144,6 +154,7 @@ impl PolicyAgent {
             node,
             folder: Folder::default(),
             local: BTreeMap::new(),
+            local_keys: std::collections::HashMap::new(),
             maps,
             kernel: reconcile::Held::default(),
             regenerations: Vec::new(),
@@ -158,8 +169,12 @@ impl PolicyAgent {
 
     /// The spec the engine gets for a pod key: the folder's, with a local endpoint's addresses.
     fn spec_of(&self, key: &str) -> Option<EndpointSpec> {
-        let mut spec = self.folder.pods.iter().find(|p| p.key() == key).cloned();
-        if let Some(l) = self.local.values().find(|l| l.key == key) {
+        let mut spec = self
+            .folder
+            .index
+            .get(key)
+            .map(|i| self.folder.pods[*i].clone());
+        if let Some(l) = self.local_keys.get(key).and_then(|id| self.local.get(id)) {
             let s = spec.get_or_insert_with(|| {
                 let (ns, name) = key.split_once('/').unwrap_or(("default", key));
                 EndpointSpec {
@@ -208,7 +223,7 @@ impl PolicyAgent {
         }
         for p in &old.pods {
             let k = p.key();
-            if !keys.contains(&k) && !self.local.values().any(|l| l.key == k) {
+            if !self.folder.index.contains_key(&k) && !self.local_keys.contains_key(&k) {
                 note(self.engine.remove_endpoint(&k));
             }
         }
@@ -229,15 +244,18 @@ impl PolicyAgent {
         let key = pod
             .map(str::to_string)
             .unwrap_or_else(|| format!("default/{container}"));
-        self.local.insert(
+        if let Some(old) = self.local.insert(
             id,
             Local {
                 key: key.clone(),
                 addrs: addrs.to_vec(),
             },
-        );
+        ) {
+            self.local_keys.remove(&old.key);
+        }
+        self.local_keys.insert(key.clone(), id);
         let mut spec = self.spec_of(&key).expect("local");
-        if !self.folder.pods.iter().any(|p| p.key() == key) {
+        if !self.folder.index.contains_key(&key) {
             spec.labels = labels.clone();
         }
         let mut touched: BTreeSet<String> = self
@@ -247,7 +265,9 @@ impl PolicyAgent {
             .map(|d| d.endpoint)
             .collect();
         touched.insert(key);
-        self.sync(Some(&touched))
+        self.sync_endpoints(Some(&touched))?;
+        let addrs: Vec<IpAddr> = addrs.to_vec();
+        self.write_ipcache_of(&addrs)
     }
 
     /// A local endpoint is gone.
@@ -255,6 +275,7 @@ impl PolicyAgent {
         let Some(l) = self.local.remove(&id) else {
             return Ok(());
         };
+        self.local_keys.remove(&l.key);
         self.kernel.forget(&mut self.maps, id);
         let mut touched = BTreeSet::new();
         match self.spec_of(&l.key) {
@@ -277,6 +298,12 @@ impl PolicyAgent {
     /// Writes what the engine computed: the maps of the local endpoints among `touched` (all of
     /// them when None), their flags, and the ipcache.
     fn sync(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
+        self.sync_endpoints(touched)?;
+        self.write_ipcache()
+    }
+
+    /// The maps and flags of the local endpoints among `touched` (all when None).
+    fn sync_endpoints(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
         let ids: Vec<u32> = self
             .local
             .iter()
@@ -291,7 +318,7 @@ impl PolicyAgent {
             }
             self.regenerations.push(t.elapsed());
         }
-        self.write_ipcache()
+        Ok(())
     }
 }
 

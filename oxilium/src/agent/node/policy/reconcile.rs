@@ -133,6 +133,38 @@ impl PolicyAgent {
         want
     }
 
+    /// The ipcache entries of `addrs` only (an endpoint came or went): what the full computation
+    /// would give them.
+    pub(super) fn write_ipcache_of(&mut self, addrs: &[IpAddr]) -> Result<()> {
+        for ip in addrs {
+            let k = full(*ip);
+            let local = self
+                .local
+                .values()
+                .find(|l| l.addrs.contains(ip))
+                .and_then(|l| self.engine.endpoint(&l.key));
+            let want = local
+                .or_else(|| self.engine.endpoints().find(|e| e.spec.ips.contains(ip)))
+                .map(|e| IpcacheValue {
+                    identity: e.identity,
+                    ..Default::default()
+                });
+            match want {
+                Some(v) if self.kernel.ipcache.get(&k) != Some(&v) => {
+                    self.maps.set_ipcache(k.0, k.1, &v)?;
+                    self.kernel.ipcache.insert(k, v);
+                }
+                Some(_) => {}
+                None => {
+                    if self.kernel.ipcache.remove(&k).is_some() {
+                        self.maps.remove_ipcache(k.0, k.1)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn write_ipcache(&mut self) -> Result<()> {
         let want = self.ipcache_wanted();
         for ((len, addr), v) in &want {

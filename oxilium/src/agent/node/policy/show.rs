@@ -96,3 +96,10 @@ impl PolicyAgent {
         })
     }
 }
+
+impl PolicyAgent {
+    /// The kernel's memory figure of endpoint `id`'s policy map, with its number of entries.
+    pub fn policy_memory(&self, id: u32) -> Option<(u64, usize)> {
+        Some((self.maps.memory(id)?, self.maps.entries(id).len()))
+    }
+}
