@@ -121,6 +121,9 @@ fn main() {
         enforcement: oxilium::agent::node::policy::EnforcementFlag::Default,
         audit: false,
         allow_localhost: oxilium::agent::node::policy::AllowLocalhost::Always,
+        kvstore: None,
+        kvstore_endpoint: None,
+        identity_gc_grace_ms: 0,
     };
     let mut agent =
         PolicyAgent::open(pins.path(), &flags, Some(work.clone()), None).expect("policy agent");

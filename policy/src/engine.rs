@@ -112,6 +112,11 @@ impl Engine {
         &self.alloc
     }
 
+    /// A cluster-wide allocator chooses the numbers of new label sets from now on.
+    pub fn set_identity_resolver(&mut self, r: crate::identity::Resolver) {
+        self.alloc.set_resolver(r);
+    }
+
     pub fn selector_cache(&self) -> &SelectorCache {
         &self.cache
     }

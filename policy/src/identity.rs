@@ -168,8 +168,13 @@ struct Slot {
 /// range (the search for a free number starts after the last one handed out and wraps), so the space
 /// never runs out while fewer than its size are in use. Label sets made only of `cidr:` (and
 /// `reserved:world`) labels get node-local identities ([`LOCAL_SCOPE`]).
-#[derive(Debug)]
+/// Chooses the number of a new cluster-scope label set (a cluster-wide allocator, e.g. a
+/// kvstore); None: the local allocator picks.
+pub type Resolver = Box<dyn FnMut(&Labels) -> Option<NumericIdentity> + Send>;
+
 pub struct LocalAllocator {
+    /// Asked first for the number of each new cluster-scope label set.
+    resolver: Option<Resolver>,
     by_id: HashMap<NumericIdentity, Slot>,
     by_labels: HashMap<Labels, NumericIdentity>,
     reserved: BTreeMap<NumericIdentity, Labels>,
@@ -177,6 +182,15 @@ pub struct LocalAllocator {
     next_local: NumericIdentity,
     /// Identities in use in the node-local range.
     n_local: usize,
+}
+
+impl std::fmt::Debug for LocalAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAllocator")
+            .field("identities", &self.by_id.len())
+            .field("resolver", &self.resolver.is_some())
+            .finish()
+    }
 }
 
 impl Default for LocalAllocator {
@@ -198,7 +212,14 @@ impl LocalAllocator {
             next_global: MIN_ALLOCATED,
             next_local: LOCAL_SCOPE + 1,
             n_local: 0,
+            resolver: None,
         }
+    }
+
+    /// Numbers of new cluster-scope label sets come from `r` (when it answers with a number in
+    /// the range that is not in use here).
+    pub fn set_resolver(&mut self, r: Resolver) {
+        self.resolver = Some(r);
     }
 
     /// Reserved identities and their labels.
@@ -248,6 +269,10 @@ impl IdentityAllocator for LocalAllocator {
             )?;
             self.next_local = next;
             self.n_local += 1;
+            id
+        } else if let Some(id) = self.resolver.as_mut().and_then(|r| r(labels)).filter(|id| {
+            (MIN_ALLOCATED..=MAX_ALLOCATED).contains(id) && !self.by_id.contains_key(id)
+        }) {
             id
         } else {
             let (id, next) = next_free(

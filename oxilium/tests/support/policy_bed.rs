@@ -82,32 +82,51 @@ impl PolicyNode {
     /// A started agent whose manifests folder holds `files` (name, YAML) and a Node `node-a`
     /// with [`POD_CIDR`] and [`NODE_IP`]; `extra` are more agent flags.
     pub fn new(tag: &str, files: &[(String, String)], extra: &[&str]) -> PolicyNode {
+        let node = Netns::new(&format!("{}n", unique(tag)));
+        Self::in_node(node, tag, "node-a", POD_CIDR, NODE_IP, files, extra, &[])
+    }
+
+    /// As [`PolicyNode::new`] in `node` (set up by the caller), with the node's name, pod CIDR
+    /// and address given; `nodes` are more Nodes (name, address) for the folder.
+    #[allow(clippy::too_many_arguments)]
+    pub fn in_node(
+        node: Netns,
+        tag: &str,
+        name: &str,
+        cidr: &str,
+        node_ip: &str,
+        files: &[(String, String)],
+        extra: &[&str],
+        nodes: &[(&str, &str)],
+    ) -> PolicyNode {
         let p = unique(tag);
-        let node = Netns::new(&format!("{p}n"));
-        node.run(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
+        node.run(&["ip", "addr", "add", &format!("{node_ip}/32"), "dev", "lo"]);
         let mut agent = AgentProcess::builder(&node, tag)
             .args([
                 "--role",
                 "node",
                 "--node",
-                "node-a",
+                name,
                 "--watch-ms",
                 "100",
                 "--cni",
                 "--pod-cidr",
-                POD_CIDR,
+                cidr,
             ])
             .args(extra)
             .file_arg("--manifests", "manifests")
             .file_arg("--state-dir", "state")
             .cgroup()
             .build();
-        agent.write_file(
-            "manifests/00-node.yaml",
-            &format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nspec: {{podCIDRs: [\"{POD_CIDR}\"]}}\nstatus:\n  addresses: [{{type: InternalIP, address: {NODE_IP}}}]\n"
-            ),
+        let mut y = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDRs: [\"{cidr}\"]}}\nstatus:\n  addresses: [{{type: InternalIP, address: {node_ip}}}]\n"
         );
+        for (n, a) in nodes {
+            y += &format!(
+                "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {a}}}]\n"
+            );
+        }
+        agent.write_file("manifests/00-node.yaml", &y);
         for (name, text) in files {
             agent.write_file(&format!("manifests/{name}"), text);
         }
@@ -156,6 +175,23 @@ impl PolicyNode {
             .unwrap();
         self.pods.insert(key.to_string(), Pod { ns, ip });
         ip
+    }
+
+    /// DEL of pod `key`.
+    pub fn del_pod(&mut self, key: &str) {
+        let (pns, pname) = key.split_once('/').unwrap();
+        let pod = self.pods.remove(key).expect("a pod of this node");
+        let id = format!("c-{pns}-{pname}");
+        let (ok, out) = self.plugin.run(
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", &id),
+                ("CNI_NETNS", &pod.ns.path()),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &self.conf(),
+        );
+        assert!(ok, "DEL {key}: {out}");
     }
 
     /// A namespace behind the node holding `addrs` (outside the cluster), made on first use.

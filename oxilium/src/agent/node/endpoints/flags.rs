@@ -67,9 +67,11 @@ impl CniFlags {
         .await?;
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");
         let shared = Arc::new(tokio::sync::Mutex::new(a));
-        if let Some(dir) = args.node_args.manifests.clone() {
-            crate::agent::node::policy::follow_folder(shared.clone(), dir, args.watch_ms);
-        }
+        crate::agent::node::policy::spawn_tasks(
+            shared.clone(),
+            args.node_args.manifests.clone(),
+            args.watch_ms,
+        );
         Ok(Some(shared))
     }
 }

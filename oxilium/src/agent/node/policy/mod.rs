@@ -6,6 +6,8 @@
 //! Identities: the folder is fed to the engine in the reader's order (namespaces, policies,
 //! pods), as `oxilium policy verdict --manifests` does, so every node computes the same numbers
 //! from the same folder; a local endpoint whose Pod is in the folder takes that Pod's identity.
+mod etcd;
+mod kvstore;
 mod reconcile;
 mod show;
 
@@ -45,6 +47,16 @@ pub struct PolicyFlags {
     /// probes), or checked by `policy` like any other peer.
     #[arg(long = "allow-localhost", value_enum, default_value = "always")]
     pub allow_localhost: AllowLocalhost,
+    /// --cni: allocate identities cluster-wide and share the ipcache through a kvstore (etcd).
+    #[arg(long, value_parser = ["etcd"], requires = "kvstore_endpoint")]
+    pub kvstore: Option<String>,
+    /// --kvstore: the etcd client URL, http://IP:PORT.
+    #[arg(long)]
+    pub kvstore_endpoint: Option<String>,
+    /// --kvstore: an identity no node references for this long (milliseconds) is deleted and its
+    /// number may be reused.
+    #[arg(long, default_value_t = 300_000)]
+    pub identity_gc_grace_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,6 +113,8 @@ pub struct PolicyAgent {
     local_keys: std::collections::HashMap<String, u32>,
     maps: PolicyMaps,
     kernel: reconcile::Held,
+    /// `--kvstore etcd`: cluster-wide identities and ipcache.
+    kv: Option<kvstore::KvStore>,
     /// Time of each endpoint regeneration (map fill and flags), most recent last (bounded).
     pub regenerations: Vec<Duration>,
     pub last_error: Option<String>,
@@ -147,9 +161,23 @@ impl PolicyAgent {
         node: Option<String>,
     ) -> Result<PolicyAgent> {
         let maps = PolicyMaps::open(pin_dir).context("opening the policy maps")?;
+        let mut engine = Engine::new(flags.config());
+        let kv = match (&flags.kvstore, &flags.kvstore_endpoint) {
+            (Some(_), Some(endpoint)) => {
+                let name = node
+                    .clone()
+                    .context("--kvstore: the node needs a name (--node)")?;
+                let grace = Duration::from_millis(flags.identity_gc_grace_ms);
+                let kv = kvstore::KvStore::open(endpoint, &name, grace)?;
+                engine.set_identity_resolver(kv.resolver());
+                Some(kv)
+            }
+            _ => None,
+        };
         let mut a = PolicyAgent {
             flags: flags.clone(),
-            engine: Engine::new(flags.config()),
+            kv,
+            engine,
             manifests,
             node,
             folder: Folder::default(),
@@ -354,9 +382,35 @@ pub fn own_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// Starts the policy's background work: the folder's policy objects followed, and with a
+/// kvstore its sync every half second.
+pub fn spawn_tasks(
+    cni: crate::agent::node::endpoints::SharedCni,
+    dir: Option<PathBuf>,
+    watch_ms: u64,
+) {
+    if let Some(dir) = dir {
+        follow_folder(cni.clone(), dir, watch_ms);
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let mut a = cni.lock().await;
+            if a.policy.kv.is_none() {
+                return;
+            }
+            if let Err(e) = a.policy.kv_sync() {
+                warn!("kvstore: {e:#}");
+                a.policy.last_error = Some(format!("kvstore: {e:#}"));
+            }
+        }
+    });
+}
+
 /// Re-reads the policy objects of the folder on every change (its own watch, debounced like the
 /// services' by `--watch-ms`).
-pub fn follow_folder(cni: crate::agent::node::endpoints::SharedCni, dir: PathBuf, watch_ms: u64) {
+fn follow_folder(cni: crate::agent::node::endpoints::SharedCni, dir: PathBuf, watch_ms: u64) {
     tokio::spawn(async move {
         let every = Duration::from_millis(watch_ms.max(50));
         let mut watch = match crate::agent::watch::Watch::folder(&dir, every) {
@@ -381,6 +435,34 @@ pub fn follow_folder(cni: crate::agent::node::endpoints::SharedCni, dir: PathBuf
 }
 
 impl PolicyAgent {
+    /// With a kvstore: this node's references (the identities of the pods it knows) and ipcache
+    /// entries (its endpoints) written, the other nodes' entries read into the ipcache.
+    pub fn kv_sync(&mut self) -> Result<()> {
+        let refs: BTreeSet<u32> = self
+            .engine
+            .endpoints()
+            .map(|e| e.identity)
+            .filter(|id| {
+                (policy::identity::MIN_ALLOCATED..policy::identity::LOCAL_SCOPE).contains(id)
+            })
+            .collect();
+        let mut ipcache = BTreeMap::new();
+        for l in self.local.values() {
+            if let Some(ep) = self.engine.endpoint(&l.key) {
+                for ip in &l.addrs {
+                    ipcache.insert(*ip, ep.identity);
+                }
+            }
+        }
+        let Some(kv) = self.kv.as_mut() else {
+            return Ok(());
+        };
+        if kv.sync(&refs, &ipcache)? {
+            self.write_ipcache()?;
+        }
+        Ok(())
+    }
+
     /// [`PolicyAgent::reload`], the error kept for `status` and `policy get`.
     pub fn reload_reporting(&mut self) -> Result<()> {
         let r = self.reload();

@@ -120,6 +120,26 @@ impl PolicyAgent {
                 want.insert(full(*ip), v(ep.identity));
             }
         }
+        // Other nodes' endpoints (kvstore), with the node they live on.
+        if let Some(kv) = &self.kv {
+            for (ip, (id, node)) in &kv.remote {
+                let node_addr = self
+                    .folder
+                    .nodes
+                    .get(node)
+                    .and_then(|a| a.first())
+                    .map(|a| full(*a).1)
+                    .unwrap_or_default();
+                want.insert(
+                    full(*ip),
+                    IpcacheValue {
+                        identity: *id,
+                        node: node_addr,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
         for l in self.local.values() {
             if let Some(ep) = self.engine.endpoint(&l.key) {
                 for ip in &l.addrs {
