@@ -164,9 +164,9 @@ fn replay(dir: &Path) -> (usize, Vec<String>) {
             },
         };
         let addr = SocketAddr::new(ip, port);
-        if !servers.contains_key(&addr) {
+        if let std::collections::btree_map::Entry::Vacant(e) = servers.entry(addr) {
             bed.serve(&owner, "srv", addr);
-            servers.insert(addr, owner);
+            e.insert(owner);
         }
         let from = if pods[&l.from].0 {
             "host"
