@@ -115,13 +115,37 @@ pub struct PolicyAgent {
     kernel: reconcile::Held,
     /// `--kvstore etcd`: cluster-wide identities and ipcache.
     kv: Option<kvstore::KvStore>,
+    parse_cache: ParseCache,
     /// Time of each endpoint regeneration (map fill and flags), most recent last (bounded).
     pub regenerations: Vec<Duration>,
     pub last_error: Option<String>,
 }
 
-fn read_folder(dir: &Path, cluster: &str) -> Result<Folder> {
-    let objects = k8s::manifests::read_folder(dir)?;
+/// The folder's files as last parsed: a file whose text did not change is not parsed again.
+type ParseCache = std::collections::HashMap<PathBuf, (String, Vec<k8s::manifests::Object>)>;
+
+fn read_objects(dir: &Path, cache: &mut ParseCache) -> Result<Vec<k8s::manifests::Object>> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for file in k8s::manifests::files(dir)? {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        seen.insert(file.clone());
+        match cache.get(&file) {
+            Some((t, objects)) if *t == text => out.extend(objects.iter().cloned()),
+            _ => {
+                let objects = k8s::manifests::parse_text(&file, &text)?;
+                out.extend(objects.iter().cloned());
+                cache.insert(file, (text, objects));
+            }
+        }
+    }
+    cache.retain(|f, _| seen.contains(f));
+    Ok(out)
+}
+
+fn read_folder(dir: &Path, cluster: &str, cache: &mut ParseCache) -> Result<Folder> {
+    let objects = read_objects(dir, cache)?;
     let mut f = Folder::default();
     for o in &objects {
         if o.value.get("kind").and_then(|k| k.as_str()) == Some("Node") {
@@ -187,6 +211,7 @@ impl PolicyAgent {
             kernel: reconcile::Held::default(),
             regenerations: Vec::new(),
             last_error: None,
+            parse_cache: ParseCache::new(),
         };
         if let Err(e) = a.reload() {
             warn!("policy: {e:#}");
@@ -222,7 +247,7 @@ impl PolicyAgent {
             return self.sync(None);
         };
         let t = Instant::now();
-        let new = read_folder(&dir, &self.engine.cfg.cluster)
+        let new = read_folder(&dir, &self.engine.cfg.cluster, &mut self.parse_cache)
             .with_context(|| format!("--manifests {}", dir.display()))?;
         let old = std::mem::replace(&mut self.folder, new);
         let mut touched: BTreeSet<String> = BTreeSet::new();
