@@ -4,19 +4,23 @@
 //! From the pod, in order:
 //! 1. service translation: the pod fallback of [`crate::podlb::from_pod`] (a packet to a
 //!    `SCOPE_INTERNAL` frontend the socket LB did not translate at connect());
-//! 2. (hook) the source endpoint's egress policy, L7 redirect and bandwidth, once those land;
+//! 2. the source endpoint's egress policy ([`crate::policy::egress`]); (hook) L7 redirect and
+//!    bandwidth, once those land;
 //! 3. delivery: a destination in `OXI_ENDPOINTS` (a pod of this node) has its TTL / hop limit
 //!    decremented like a routed packet (one at its last hop goes to the stack instead, which
-//!    answers "time exceeded"), gets the destination endpoint's to-pod work done here ([`to_pod`]: reply translation, and its ingress policy
+//!    answers "time exceeded"), gets the destination endpoint's to-pod work done here ([`to_pod`]:
+//!    reply translation, and its ingress policy
 //!    hook), its MACs set and is handed straight into the destination pod's namespace with
 //!    bpf_redirect_peer (its host veth's egress is skipped, the stack is not crossed). Anything
 //!    else goes on (TC_ACT_OK) to the node's routing: other nodes, the host, outside.
 //!
 //! To the pod ([`to_pod`]): what the stack routes to the pod (from the host, other nodes,
-//! outside): reply translation ([`crate::podlb::to_pod`]) and (hook) the pod's ingress policy.
+//! outside): the pod's ingress policy ([`crate::policy::ingress`]), then reply translation
+//! ([`crate::podlb::to_pod`]).
 use crate::{
     headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     podlb::{self, PodMaps},
+    policy,
     skb::set_macs,
 };
 use abi::{
@@ -43,7 +47,12 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     if r != TC_ACT_OK {
         return r;
     }
-    // Hook: the source endpoint's egress policy, L7 redirect and bandwidth go here.
+    // The source endpoint's egress policy, on the translated packet (the backend chosen).
+    let r = policy::egress(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
+    // Hook: L7 redirect and bandwidth go here.
     let Some(dst) = destination(ctx) else {
         return TC_ACT_OK;
     };
@@ -72,7 +81,12 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
 /// delivery.
 #[inline(always)]
 pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
-    // Hook: the destination endpoint's ingress policy goes here.
+    // The destination endpoint's ingress policy, before reply translation (the packet still
+    // carries the backend's address, the one the policy conntrack knows).
+    let r = policy::ingress(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
     podlb::to_pod::<M>(ctx)
 }
 

@@ -18,6 +18,7 @@ pub mod nat;
 pub mod nodeport;
 pub mod parse;
 pub mod podlb;
+pub mod policy;
 pub mod skb;
 pub mod sock;
 pub mod stats;

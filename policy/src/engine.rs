@@ -23,6 +23,9 @@ pub struct Config {
     pub label_filter: LabelFilter,
     pub cluster: String,
     pub proxy: ProxyPorts,
+    /// Traffic from the local host (identity `host`) into pods is allowed whatever the policy
+    /// says (kubelet probes); false: checked like any other peer.
+    pub allow_localhost: bool,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             label_filter: LabelFilter::default(),
             cluster: "default".into(),
             proxy: ProxyPorts::default(),
+            allow_localhost: true,
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct EndpointSpec {
     pub service_account: Option<String>,
     pub ips: Vec<IpAddr>,
     pub ports: NamedPorts,
+    /// `spec.hostNetwork`: the pod is the node (identity `reserved:host`, no policy of its own).
+    pub host_network: bool,
 }
 
 impl EndpointSpec {
@@ -106,6 +112,11 @@ impl Engine {
         &self.alloc
     }
 
+    /// A cluster-wide allocator chooses the numbers of new label sets from now on.
+    pub fn set_identity_resolver(&mut self, r: crate::identity::Resolver) {
+        self.alloc.set_resolver(r);
+    }
+
     pub fn selector_cache(&self) -> &SelectorCache {
         &self.cache
     }
@@ -144,9 +155,13 @@ impl Engine {
     }
 
     /// Takes a reference on the identity of `labels` (an identity seen elsewhere in the cluster, or a
-    /// local one); a new identity updates the selectors that match it.
+    /// local one); a new identity updates the selectors that match it. When every number is in use
+    /// the labels get `reserved:init` (selected by no pod selector: such a pod is treated as not
+    /// known yet) until numbers are released.
     pub fn add_identity(&mut self, labels: &Labels) -> (NumericIdentity, Vec<EndpointDelta>) {
-        let (id, new) = self.alloc.allocate(labels).expect("identity space");
+        let Ok((id, new)) = self.alloc.allocate(labels) else {
+            return (reserved::INIT, Vec::new());
+        };
         let deltas = if new {
             let ch = self.cache.add_identity(id, labels);
             self.dispatch(ch)
@@ -184,7 +199,7 @@ impl Engine {
         ports: &NamedPorts,
     ) -> EndpointPolicy {
         let ctx = Context {
-            enforcement: self.cfg.enforcement,
+            enforcement: Self::enforcement(self.cfg.enforcement, identity),
             proxy: self.cfg.proxy,
             local_ports: ports,
             cluster_ports: &self.cluster_ports,
@@ -195,6 +210,15 @@ impl Engine {
             &mut self.cache,
             &ctx,
         )
+    }
+
+    /// Host-network pods are the node: pod policies do not apply to them.
+    fn enforcement(cfg: Enforcement, identity: NumericIdentity) -> Enforcement {
+        if identity == reserved::HOST {
+            Enforcement::Never
+        } else {
+            cfg
+        }
     }
 
     /// Recomputes one endpoint's policy (after a rule or identity change of its own).
@@ -265,14 +289,18 @@ impl Engine {
         )]
         .into();
         let ns_labels = self.namespaces.get(&spec.namespace).unwrap_or(&implicit);
-        let labels = pod_labels(
-            &self.cfg.label_filter,
-            &spec.namespace,
-            &spec.labels,
-            ns_labels,
-            spec.service_account.as_deref(),
-            &self.cfg.cluster,
-        );
+        let labels = if spec.host_network {
+            reserved_labels(reserved::HOST).expect("reserved")
+        } else {
+            pod_labels(
+                &self.cfg.label_filter,
+                &spec.namespace,
+                &spec.labels,
+                ns_labels,
+                spec.service_account.as_deref(),
+                &self.cfg.cluster,
+            )
+        };
         let key = spec.key();
         let (id, mut out) = self.add_identity(&labels);
         let old_id = match self.endpoints.get_mut(&key) {
@@ -414,7 +442,7 @@ impl Engine {
             cache.add_identity(id, l);
         }
         let ctx = Context {
-            enforcement: self.cfg.enforcement,
+            enforcement: Self::enforcement(self.cfg.enforcement, ep.identity),
             proxy: self.cfg.proxy,
             local_ports: &ep.spec.ports,
             cluster_ports: &self.cluster_ports,

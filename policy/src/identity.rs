@@ -85,7 +85,10 @@ pub fn pod_labels(
     cluster: &str,
 ) -> Labels {
     let mut l = Labels::new();
-    for (k, v) in pod_labels.iter().filter(|(k, _)| filter.keeps(k)) {
+    for (k, v) in pod_labels
+        .iter()
+        .filter(|(k, _)| filter.keeps(k) && !is_reserved_pod_key(k))
+    {
         l = l.with(Source::K8s, k, v);
     }
     for (k, v) in ns_labels {
@@ -98,6 +101,13 @@ pub fn pod_labels(
         l = l.with(Source::K8s, keys::SERVICE_ACCOUNT, sa);
     }
     l
+}
+
+/// Pod label keys that only the agent may set (namespace, namespace labels, service account,
+/// cluster): a pod's own labels with these keys are dropped, so a pod cannot claim another
+/// namespace's labels or another service account.
+pub fn is_reserved_pod_key(key: &str) -> bool {
+    key == keys::NAMESPACE || key.starts_with("io.cilium.k8s.")
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,22 +132,65 @@ pub trait IdentityAllocator {
     fn lookup(&self, labels: &Labels) -> Option<NumericIdentity>;
 }
 
+/// Last node-local identity.
+pub const MAX_LOCAL: NumericIdentity = LOCAL_SCOPE | 0x00ff_ffff;
+
+/// The first number in `lo..=hi` not in use, searching from `start` and wrapping round; with the
+/// number to start the next search at.
+fn next_free<V>(
+    used: &HashMap<NumericIdentity, V>,
+    in_range: usize,
+    start: NumericIdentity,
+    lo: NumericIdentity,
+    hi: NumericIdentity,
+) -> Result<(NumericIdentity, NumericIdentity), AllocError> {
+    if in_range as u64 > u64::from(hi - lo) {
+        return Err(AllocError::Exhausted);
+    }
+    let mut id = start.clamp(lo, hi);
+    loop {
+        if !used.contains_key(&id) {
+            let next = if id == hi { lo } else { id + 1 };
+            return Ok((id, next));
+        }
+        id = if id == hi { lo } else { id + 1 };
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     labels: Labels,
     refs: usize,
 }
 
-/// Node-local allocator: numbers are handed out in order of first use, never reused while the allocator
-/// lives, so the same sequence of calls always yields the same numbers. Label sets made only of `cidr:`
-/// (and `reserved:world`) labels get node-local identities ([`LOCAL_SCOPE`]).
-#[derive(Debug)]
+/// Node-local allocator: numbers are handed out in order of first use, so the same sequence of calls
+/// always yields the same numbers. A released number is reused once the allocator has gone round its
+/// range (the search for a free number starts after the last one handed out and wraps), so the space
+/// never runs out while fewer than its size are in use. Label sets made only of `cidr:` (and
+/// `reserved:world`) labels get node-local identities ([`LOCAL_SCOPE`]).
+/// Chooses the number of a new cluster-scope label set (a cluster-wide allocator, e.g. a
+/// kvstore); None: the local allocator picks.
+pub type Resolver = Box<dyn FnMut(&Labels) -> Option<NumericIdentity> + Send>;
+
 pub struct LocalAllocator {
+    /// Asked first for the number of each new cluster-scope label set.
+    resolver: Option<Resolver>,
     by_id: HashMap<NumericIdentity, Slot>,
     by_labels: HashMap<Labels, NumericIdentity>,
     reserved: BTreeMap<NumericIdentity, Labels>,
     next_global: NumericIdentity,
     next_local: NumericIdentity,
+    /// Identities in use in the node-local range.
+    n_local: usize,
+}
+
+impl std::fmt::Debug for LocalAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAllocator")
+            .field("identities", &self.by_id.len())
+            .field("resolver", &self.resolver.is_some())
+            .finish()
+    }
 }
 
 impl Default for LocalAllocator {
@@ -158,7 +211,15 @@ impl LocalAllocator {
             reserved,
             next_global: MIN_ALLOCATED,
             next_local: LOCAL_SCOPE + 1,
+            n_local: 0,
+            resolver: None,
         }
+    }
+
+    /// Numbers of new cluster-scope label sets come from `r` (when it answers with a number in
+    /// the range that is not in use here).
+    pub fn set_resolver(&mut self, r: Resolver) {
+        self.resolver = Some(r);
     }
 
     /// Reserved identities and their labels.
@@ -199,17 +260,30 @@ impl IdentityAllocator for LocalAllocator {
             return Ok((*id, false));
         }
         let id = if Self::is_local(labels) {
-            if self.next_local == u32::MAX {
-                return Err(AllocError::Exhausted);
-            }
-            self.next_local += 1;
-            self.next_local - 1
+            let (id, next) = next_free(
+                &self.by_id,
+                self.n_local,
+                self.next_local,
+                LOCAL_SCOPE + 1,
+                MAX_LOCAL,
+            )?;
+            self.next_local = next;
+            self.n_local += 1;
+            id
+        } else if let Some(id) = self.resolver.as_mut().and_then(|r| r(labels)).filter(|id| {
+            (MIN_ALLOCATED..=MAX_ALLOCATED).contains(id) && !self.by_id.contains_key(id)
+        }) {
+            id
         } else {
-            if self.next_global > MAX_ALLOCATED {
-                return Err(AllocError::Exhausted);
-            }
-            self.next_global += 1;
-            self.next_global - 1
+            let (id, next) = next_free(
+                &self.by_id,
+                self.by_id.len() - self.n_local,
+                self.next_global,
+                MIN_ALLOCATED,
+                MAX_ALLOCATED,
+            )?;
+            self.next_global = next;
+            id
         };
         self.by_id.insert(
             id,
@@ -233,6 +307,9 @@ impl IdentityAllocator for LocalAllocator {
         }
         let slot = self.by_id.remove(&id).expect("present");
         self.by_labels.remove(&slot.labels);
+        if id & LOCAL_SCOPE != 0 {
+            self.n_local -= 1;
+        }
         Ok(true)
     }
 
@@ -269,8 +346,41 @@ mod tests {
         assert_eq!(a.release(256), Ok(true));
         assert_eq!(a.lookup(&ds), None);
         assert_eq!(a.release(256), Err(AllocError::Unknown(256)));
-        // Not reused: a fresh allocation gets the next number.
+        // Not reused at once: a fresh allocation gets the next number.
         assert_eq!(a.allocate(&ds), Ok((258, true)));
+    }
+
+    /// Numbers come back after the range went round; the allocator never panics, and says when
+    /// every number is in use.
+    #[test]
+    fn numbers_reused_after_release_without_panic() {
+        let mut a = LocalAllocator::new();
+        let l = |i: u32| Labels::parse([format!("k8s:app=a{i}").as_str()]);
+        let size = MAX_ALLOCATED - MIN_ALLOCATED + 1;
+        // Three times the space, holding at most 10 at once.
+        for i in 0..3 * size {
+            let (id, new) = a.allocate(&l(i)).unwrap();
+            assert!(new && (MIN_ALLOCATED..=MAX_ALLOCATED).contains(&id));
+            if i >= 10 {
+                let old = a.lookup(&l(i - 10)).unwrap();
+                assert_eq!(a.release(old), Ok(true));
+            }
+        }
+        assert_eq!(a.allocated().len(), 10);
+        // Fill the space: the next allocation is an error, not a panic; a release frees a number.
+        let mut held = Vec::new();
+        for i in 0.. {
+            match a.allocate(&l(10_000_000 + i)) {
+                Ok((id, _)) => held.push(id),
+                Err(e) => {
+                    assert_eq!(e, AllocError::Exhausted);
+                    break;
+                }
+            }
+        }
+        assert_eq!(a.allocated().len() as u32, size);
+        assert_eq!(a.release(held[5]), Ok(true));
+        assert_eq!(a.allocate(&l(1)), Ok((held[5], true)));
     }
 
     #[test]
@@ -319,5 +429,30 @@ mod tests {
             Some("a")
         );
         assert_eq!(l.get(Source::K8s, keys::SERVICE_ACCOUNT), Some("default"));
+    }
+
+    /// A pod cannot set the labels the agent derives from its namespace and service account.
+    #[test]
+    fn pod_labels_in_reserved_keys_are_dropped() {
+        let f = LabelFilter::default();
+        let pod: BTreeMap<String, String> = [
+            ("app", "web"),
+            ("io.cilium.k8s.namespace.labels.team", "prod"),
+            ("io.kubernetes.pod.namespace", "prod"),
+            ("io.cilium.k8s.policy.serviceaccount", "admin"),
+            ("io.cilium.k8s.policy.cluster", "other"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let l = pod_labels(&f, "dev", &pod, &BTreeMap::new(), None, "default");
+        assert_eq!(
+            l.to_strings(),
+            [
+                "k8s:app=web",
+                "k8s:io.cilium.k8s.policy.cluster=default",
+                "k8s:io.kubernetes.pod.namespace=dev"
+            ]
+        );
     }
 }

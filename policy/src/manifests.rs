@@ -42,6 +42,8 @@ pub struct Manifests {
     pub policies: Vec<(PolicyRef, Vec<Rule>)>,
     /// `kind` of objects that are not policy-relevant (Deployments, Services, ...).
     pub ignored: Vec<String>,
+    /// `Kind namespace/name` of each object read → where it was defined.
+    seen: std::collections::HashMap<String, String>,
 }
 
 impl Manifests {
@@ -87,6 +89,36 @@ impl Manifests {
                 },
                 "missing".into(),
             ));
+        }
+        if matches!(
+            kind.as_str(),
+            "CiliumNetworkPolicy"
+                | "CiliumClusterwideNetworkPolicy"
+                | "NetworkPolicy"
+                | "Pod"
+                | "Namespace"
+        ) {
+            let namespaced = !matches!(
+                kind.as_str(),
+                "CiliumClusterwideNetworkPolicy" | "Namespace"
+            );
+            let ns = v
+                .get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("default");
+            let id = if namespaced {
+                format!("{kind} {ns}/{name}")
+            } else {
+                format!("{kind} {name}")
+            };
+            if let Some(first) = self.seen.get(&id) {
+                return Err(field(
+                    "metadata.name".into(),
+                    format!("duplicate {id}: defined in {first} and in {origin}"),
+                ));
+            }
+            self.seen.insert(id, origin.to_string());
         }
         match (api.as_str(), kind.as_str()) {
             ("v1", "Namespace") => self
@@ -171,5 +203,6 @@ pub fn endpoint_spec(p: &Pod) -> EndpointSpec {
         service_account: p.spec.service_account_name.clone(),
         ips,
         ports,
+        host_network: p.spec.host_network,
     }
 }

@@ -123,8 +123,8 @@ pub struct MapEntry {
 }
 
 impl MapEntry {
-    /// Kernel value; `audit` marks entries of an endpoint in audit mode.
-    pub fn to_abi(&self, audit: bool) -> kabi::PolicyValue {
+    /// Kernel value of the entry of `key`; `audit` marks entries of an endpoint in audit mode.
+    pub fn to_abi(&self, key: &MapKey, audit: bool) -> kabi::PolicyValue {
         let action = match self.verdict {
             Verdict::Allow => kabi::ACTION_ALLOW,
             Verdict::Deny => kabi::ACTION_DENY,
@@ -134,7 +134,8 @@ impl MapEntry {
             action,
             flags: if audit { kabi::FLAG_AUDIT } else { 0 },
             proxy_port: self.proxy_port.to_be(),
-            _pad: 0,
+            prefix_len: key.to_abi().prefix_len as u8,
+            ..Default::default()
         }
     }
 }

@@ -94,10 +94,14 @@ pub fn network_policy(p: &NetworkPolicy) -> Result<(PolicyRef, Vec<Rule>), Field
     };
     let subject = selector(&p.spec.pod_selector, Source::K8s).and(ns_req(&ns));
     let mut rule = Rule::new(&origin, subject);
+    // As the API server defaults it: absent or empty policyTypes = Ingress, plus Egress when the
+    // policy has egress rules (an empty `egress: []` does not count).
     let types = match &p.spec.policy_types {
-        Some(t) => t.clone(),
-        None if p.spec.egress.is_some() => vec![PolicyType::Ingress, PolicyType::Egress],
-        None => vec![PolicyType::Ingress],
+        Some(t) if !t.is_empty() => t.clone(),
+        _ if p.spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+            vec![PolicyType::Ingress, PolicyType::Egress]
+        }
+        _ => vec![PolicyType::Ingress],
     };
     rule.enforces = [
         types.contains(&PolicyType::Ingress),

@@ -150,7 +150,19 @@ impl Offline {
             }
         };
         let egress = step(src, Direction::Egress, dst_id, q);
-        let ingress = dst.map(|d| step(d, Direction::Ingress, src.identity, q));
+        let ingress = dst.map(|d| {
+            let mut s = step(d, Direction::Ingress, src.identity, q);
+            if src.identity == crate::identity::reserved::HOST
+                && self.engine.cfg.allow_localhost
+                && d.identity != crate::identity::reserved::HOST
+            {
+                s.verdict = "allow";
+                s.reason =
+                    "traffic from the local host into a pod is allowed (allow-localhost)".into();
+                s.policies.clear();
+            }
+            s
+        });
         let steps: Vec<&Step> = std::iter::once(&egress).chain(ingress.as_ref()).collect();
         let deciding = steps
             .iter()

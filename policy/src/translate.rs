@@ -199,20 +199,49 @@ struct Peers<'a> {
     prefix: &'a str, // "from" or "to"
 }
 
+/// The selectors of a rule's peer fields. A rule with no peer field selects every peer when it
+/// names ports, and no peer at all when it is empty (`ingress: [{}]`: default deny, nothing
+/// allowed). Peer kinds cannot be mixed in one rule (as in Cilium).
 fn cilium_peers(
     p: &Peers,
+    has_ports: bool,
     path: &str,
     ns: Option<&str>,
     cluster: &str,
     rule: &mut Rule,
 ) -> Result<Vec<Selector>, FieldError> {
+    let d = p.prefix;
+    let kinds: Vec<String> = [
+        ("Endpoints", p.endpoints.is_some_and(|l| !l.is_empty())),
+        ("CIDR", p.cidr.is_some_and(|l| !l.is_empty())),
+        ("CIDRSet", p.cidr_set.is_some_and(|l| !l.is_empty())),
+        ("Entities", p.entities.is_some_and(|l| !l.is_empty())),
+        ("FQDNs", p.fqdns.is_some_and(|l| !l.is_empty())),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| format!("{d}{k}"))
+    .collect();
+    if kinds.len() > 1 {
+        return err(
+            path,
+            format!(
+                "combining {} and {} is not supported yet",
+                kinds[0], kinds[1]
+            ),
+        );
+    }
     if p.endpoints.is_none()
         && p.cidr.is_none()
         && p.cidr_set.is_none()
         && p.entities.is_none()
         && p.fqdns.is_none()
     {
-        return Ok(vec![Selector::wildcard()]);
+        return Ok(if has_ports {
+            vec![Selector::wildcard()]
+        } else {
+            Vec::new()
+        });
     }
     let mut out = Vec::new();
     for ls in p.endpoints.unwrap_or_default() {
@@ -351,9 +380,15 @@ fn cilium_rule(
     let mut rule = Rule::new(origin, subject);
     rule.applies_to_nodes = r.node_selector.is_some();
     let dd = r.enable_default_deny.clone().unwrap_or_default();
+    // An empty list does not apply (`ingress: []`); a list with a rule does, even an empty rule.
+    let some = |l: Option<usize>| l.is_some_and(|n| n > 0);
     rule.enforces = [
-        dd.ingress.unwrap_or(true) && (r.ingress.is_some() || r.ingress_deny.is_some()),
-        dd.egress.unwrap_or(true) && (r.egress.is_some() || r.egress_deny.is_some()),
+        dd.ingress.unwrap_or(true)
+            && (some(r.ingress.as_ref().map(Vec::len))
+                || some(r.ingress_deny.as_ref().map(Vec::len))),
+        dd.egress.unwrap_or(true)
+            && (some(r.egress.as_ref().map(Vec::len))
+                || some(r.egress_deny.as_ref().map(Vec::len))),
     ];
     let dir = Direction::Ingress;
     for (i, ing) in r.ingress.iter().flatten().enumerate() {
@@ -366,7 +401,7 @@ fn cilium_rule(
             fqdns: None,
             prefix: "from",
         };
-        let peers = cilium_peers(&peers, &p, ns, cluster, &mut rule)?;
+        let peers = cilium_peers(&peers, ing.to_ports.is_some(), &p, ns, cluster, &mut rule)?;
         allow_filters(
             &mut rule,
             dir,
@@ -385,7 +420,7 @@ fn cilium_rule(
             fqdns: None,
             prefix: "from",
         };
-        let peers = cilium_peers(&peers, &p, ns, cluster, &mut rule)?;
+        let peers = cilium_peers(&peers, ing.to_ports.is_some(), &p, ns, cluster, &mut rule)?;
         deny_filters(
             &mut rule,
             dir,
@@ -405,7 +440,7 @@ fn cilium_rule(
             fqdns: eg.to_fqdns.as_deref(),
             prefix: "to",
         };
-        let peers = cilium_peers(&peers, &p, ns, cluster, &mut rule)?;
+        let peers = cilium_peers(&peers, eg.to_ports.is_some(), &p, ns, cluster, &mut rule)?;
         allow_filters(
             &mut rule,
             dir,
@@ -424,7 +459,7 @@ fn cilium_rule(
             fqdns: None,
             prefix: "to",
         };
-        let peers = cilium_peers(&peers, &p, ns, cluster, &mut rule)?;
+        let peers = cilium_peers(&peers, eg.to_ports.is_some(), &p, ns, cluster, &mut rule)?;
         deny_filters(
             &mut rule,
             dir,

@@ -87,6 +87,57 @@ fn semantic_errors_name_the_field() {
     assert!(e.contains("spec.ingress[0].ports[0].protocol"), "{e}");
 }
 
+/// One rule may hold one kind of peer, as in Cilium (which answers "combining X and Y is not
+/// supported yet").
+#[test]
+fn mixed_peer_kinds_are_rejected() {
+    let e = cnp("{endpointSelector: {}, ingress: [{fromEndpoints: [{}], fromCIDR: [10.0.0.0/8]}]}")
+        .unwrap_err();
+    assert!(
+        e.contains("spec.ingress[0]: combining fromEndpoints and fromCIDR is not supported yet"),
+        "{e}"
+    );
+    let e = cnp(
+        "{endpointSelector: {}, egress: [{toEntities: [world], toFQDNs: [{matchName: a.com}]}]}",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("spec.egress[0]: combining toEntities and toFQDNs"),
+        "{e}"
+    );
+    let e = cnp("{endpointSelector: {}, ingressDeny: [{fromCIDRSet: [{cidr: 10.0.0.0/8}], fromEntities: [world]}]}")
+        .unwrap_err();
+    assert!(e.contains("spec.ingressDeny[0]: combining"), "{e}");
+    // One kind per rule, several rules: fine.
+    cnp("{endpointSelector: {}, ingress: [{fromEndpoints: [{}]}, {fromCIDR: [10.0.0.0/8]}]}")
+        .unwrap();
+}
+
+/// Two objects of one kind and name in a folder: an error naming both places.
+#[test]
+fn duplicate_names_are_rejected_naming_both_files() {
+    let obj = |ns: &str| {
+        serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "namespace": ns}, "spec": {"endpointSelector": {}}})
+    };
+    let e = policy::manifests::Manifests::from_objects(
+        [("a.yaml:1", obj("x")), ("b.yaml:7", obj("x"))],
+        "default",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("duplicate CiliumNetworkPolicy x/p: defined in a.yaml:1 and in b.yaml:7"),
+        "{e}"
+    );
+    // Same name, other namespace or kind: fine.
+    policy::manifests::Manifests::from_objects(
+        [("a.yaml:1", obj("x")), ("b.yaml:7", obj("y"))],
+        "default",
+    )
+    .unwrap();
+}
+
 #[test]
 fn full_cilium_language_parses() {
     let m = cnp(r#"
@@ -98,9 +149,9 @@ fn full_cilium_language_parses() {
   enableDefaultDeny: {egress: false}
   ingress:
     - fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": other}}]
-      fromCIDR: [192.0.2.0/24]
-      fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
-      fromEntities: [world, cluster, host, remote-node, kube-apiserver, health, init, unmanaged]
+    - fromCIDR: [192.0.2.0/24]
+    - fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+    - fromEntities: [world, cluster, host, remote-node, kube-apiserver, health, init, unmanaged]
       toPorts:
         - ports: [{port: "8000", endPort: 8080, protocol: TCP}, {port: http, protocol: ANY}]
           rules:

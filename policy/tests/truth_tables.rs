@@ -1,6 +1,6 @@
 //! Truth tables: each folder under tests/cases holds manifests and `expect.txt` lines
 //! `FROM TO PORT/PROTO [METHOD PATH] => VERDICT [POLICY]`, plus an optional `options:` line
-//! (`audit`, `enforcement=always|never`).
+//! (`audit`, `enforcement=always|never`, `allow-localhost=policy`).
 use policy::offline::{self, Offline, Query};
 use policy::{Config, Enforcement};
 use std::path::Path;
@@ -20,6 +20,7 @@ fn run_case(dir: &Path) -> usize {
                     "audit" => cfg.audit = true,
                     "enforcement=always" => cfg.enforcement = Enforcement::Always,
                     "enforcement=never" => cfg.enforcement = Enforcement::Never,
+                    "allow-localhost=policy" => cfg.allow_localhost = false,
                     _ => panic!("unknown option {o}"),
                 }
             }
@@ -78,7 +79,7 @@ fn truth_tables() {
         total += run_case(d);
     }
     assert!(
-        dirs.len() >= 10 && total >= 50,
+        dirs.len() >= 15 && total >= 70,
         "{} cases, {total} checks",
         dirs.len()
     );

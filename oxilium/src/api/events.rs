@@ -65,6 +65,10 @@ async fn answer(state: Shared, hub: Arc<Hub>, req: Request<Incoming>) -> Respons
         let (code, v) = crate::agent::node::endpoints::serve(&state, "list", &[]).await;
         return json(code, &v);
     }
+    if let Some(name) = path.strip_prefix("/policy/") {
+        let (code, v) = crate::agent::node::policy::serve_get(&state, name).await;
+        return json(code, &v);
+    }
     route(&state, &hub, &req)
 }
 

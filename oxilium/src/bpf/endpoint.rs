@@ -111,6 +111,11 @@ impl EndpointLb {
         }
     }
 
+    /// One of the loaded programs (benchmarks run it with BPF_PROG_TEST_RUN).
+    pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.ebpf.program(name)?.try_into().ok()
+    }
+
     pub fn get(&self, ip: IpAddr) -> Option<EndpointInfo> {
         self.map.get(&key(ip), 0).ok()
     }

@@ -9,4 +9,5 @@ pub mod masq;
 pub mod nodeport;
 pub mod objects;
 pub mod podlb;
+pub mod policy;
 pub mod socklb;

@@ -10,6 +10,8 @@ pub enum Kind {
     Maglev,
     Conntrack,
     Endpoints,
+    /// One endpoint's enforced policy (`policy get ENDPOINT`).
+    Policy,
 }
 
 pub fn show(args: &ClientArgs, path: &str, kind: Kind) -> Result<()> {
@@ -131,21 +133,23 @@ fn text(v: &Value, kind: Kind) -> String {
                 out += &format!("  {b:<28} {n:>7} slots\n");
             }
         }
+        Kind::Policy => return super::policy_text::text(v),
         Kind::Endpoints => {
-            out += "ID    ADDRESSES                       POD                       DEVICE          IFINDEX  IDENTITY\n";
+            out += "ID    ADDRESSES                       POD                       DEVICE          IFINDEX  IDENTITY  POLICY (ingress/egress, allowed/denied/audited)\n";
             for e in list {
                 let addrs: Vec<String> = e["addresses"]
                     .as_array()
                     .map(|a| a.iter().map(s).collect())
                     .unwrap_or_default();
                 out += &format!(
-                    "{:<5} {:<31} {:<25} {:<15} {:<8} {}\n",
+                    "{:<5} {:<31} {:<25} {:<15} {:<8} {:<9} {}\n",
                     s(&e["id"]),
                     addrs.join(","),
                     s(&e["pod"]),
                     s(&e["device"]),
                     s(&e["ifindex"]),
                     s(&e["identity"]),
+                    super::policy_text::summary(&e["policy"]),
                 );
             }
         }

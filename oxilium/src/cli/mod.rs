@@ -4,6 +4,7 @@ mod explain;
 mod maglev_table;
 mod monitor;
 pub mod policy;
+mod policy_text;
 mod service_offline;
 
 use crate::agent::{self, AgentArgs};

@@ -2,7 +2,7 @@
 //! Flag parsing and printing only; the engine and the JSON shapes live in the policy crate.
 use super::Output;
 use anyhow::Context as _;
-use clap::{Subcommand, ValueEnum, builder::PossibleValuesParser, builder::TypedValueParser};
+use clap::{Subcommand, ValueEnum};
 use policy::offline::{self, Offline, Query};
 use policy::{Config, Enforcement};
 use std::path::PathBuf;
@@ -16,23 +16,32 @@ pub enum Mode {
 
 #[derive(clap::Args)]
 pub struct Common {
-    /// Folder of YAML manifests (Namespaces, Pods, NetworkPolicies, Cilium policies).
+    /// Folder of YAML manifests (Namespaces, Pods, NetworkPolicies, Cilium policies): compute
+    /// offline. Without it `get` asks the agent for what it enforces.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
     /// Policy enforcement mode.
     #[arg(long, value_enum, default_value = "default")]
     enforcement: Mode,
     /// Audit mode: report would-be drops as `audit`.
     #[arg(long)]
     audit: bool,
-    /// Output format (these commands print JSON only).
-    #[arg(short = 'o', long, default_value = "json",
-          value_parser = PossibleValuesParser::new(["json"]).map(|_| Output::Json))]
+    /// Traffic from the local host into pods: always allowed, or checked by policy.
+    #[arg(long, value_enum, default_value = "always")]
+    allow_localhost: crate::agent::node::policy::AllowLocalhost,
+    /// Output format (offline: JSON only; `get` from the agent: text or json).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Output,
+    /// The agent's API socket (`get` without --manifests).
+    #[arg(long, default_value = "/run/oxilium/oxilium.sock")]
+    socket: PathBuf,
 }
 
 impl Common {
     fn load(&self) -> anyhow::Result<Offline> {
+        let Some(manifests) = &self.manifests else {
+            anyhow::bail!("--manifests: required (the folder to compute verdicts from)");
+        };
         let enforcement = match self.enforcement {
             Mode::Default => Enforcement::Default,
             Mode::Always => Enforcement::Always,
@@ -41,10 +50,12 @@ impl Common {
         let cfg = Config {
             enforcement,
             audit: self.audit,
+            allow_localhost: self.allow_localhost
+                == crate::agent::node::policy::AllowLocalhost::Always,
             ..Config::default()
         };
         // The folder is read by the one manifests-folder reader; the policy crate does no I/O.
-        let objects = k8s::manifests::read_folder(&self.manifests)
+        let objects = k8s::manifests::read_folder(manifests)
             .map_err(anyhow::Error::from)
             .and_then(|objects| {
                 Ok(Offline::from_objects(
@@ -52,7 +63,7 @@ impl Common {
                     cfg,
                 )?)
             });
-        objects.with_context(|| format!("--manifests {}", self.manifests.display()))
+        objects.with_context(|| format!("--manifests {}", manifests.display()))
     }
 }
 
@@ -81,13 +92,16 @@ pub enum PolicyCmd {
         #[arg(long, requires = "http")]
         http_header: Vec<String>,
     },
-    /// The computed policy map of one endpoint.
+    /// One endpoint's policy: what the agent enforces with its counters (ENDPOINT: id,
+    /// NAMESPACE/POD or address), or with --manifests the computed map (--endpoint NAMESPACE/POD).
     Get {
         #[command(flatten)]
         common: Common,
-        /// NAMESPACE/POD.
+        /// NAMESPACE/POD (with --manifests).
         #[arg(long)]
-        endpoint: String,
+        endpoint: Option<String>,
+        /// The agent's endpoint: id, NAMESPACE/POD or address.
+        name: Option<String>,
     },
 }
 
@@ -123,10 +137,28 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
                 http,
             })?
         }
-        PolicyCmd::Get { common, endpoint } => {
-            let endpoint = offline::parse_pod_ref("--endpoint", &endpoint)?;
-            common.load()?.get(&endpoint)?
-        }
+        PolicyCmd::Get {
+            common,
+            endpoint,
+            name,
+        } => match (&common.manifests, endpoint.or(name)) {
+            (_, None) => anyhow::bail!("ENDPOINT: required (id, NAMESPACE/POD or address)"),
+            (Some(_), Some(endpoint)) => {
+                let endpoint = offline::parse_pod_ref("--endpoint", &endpoint)?;
+                common.load()?.get(&endpoint)?
+            }
+            (None, Some(name)) => {
+                let args = super::ClientArgs {
+                    output: common.output,
+                    socket: common.socket.clone(),
+                };
+                return super::client::show(
+                    &args,
+                    &format!("/policy/{name}"),
+                    super::client::Kind::Policy,
+                );
+            }
+        },
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

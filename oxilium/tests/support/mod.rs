@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod netns;
 pub mod packet;
 pub mod peer;
+pub mod policy_bed;
 pub mod servers;
 pub mod soak;
 pub mod topology;

@@ -61,6 +61,8 @@ pub struct NodeArgs {
     pub conntrack: super::conntrack::CtFlags,
     #[command(flatten)]
     pub cni: endpoints::CniFlags,
+    #[command(flatten)]
+    pub policy: policy::PolicyFlags,
 }
 
 /// XDP acceleration of the NodePort path.
@@ -76,6 +78,7 @@ mod health_node_ports;
 pub mod nodeport;
 mod nodeport_endpoints;
 pub(super) mod pod_devices;
+pub mod policy;
 mod services;
 pub mod tracker;
 

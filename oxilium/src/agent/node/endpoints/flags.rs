@@ -54,12 +54,21 @@ impl CniFlags {
             std::fs::write(path, v).with_context(|| format!("setting {path} = {v}"))?;
         }
         let (_, node) = args.node_args.validate()?;
+        let policy = || {
+            crate::agent::node::policy::PolicyAgent::open(
+                &args.pin_dir,
+                &args.node_args.policy,
+                args.node_args.manifests.clone(),
+                args.node_args.kube.node.clone(),
+            )
+        };
         let mut a = CniAgent::open(
             &f.state_dir,
             &args.pin_dir,
             f.pools()?,
             args.node_args.manifests.clone(),
             f.routing.masquerade,
+            policy,
         )
         .await?;
         // After the programs' load: it pins the masquerade exceptions map the router writes.
@@ -68,7 +77,13 @@ impl CniFlags {
         a.router = Some(router);
         a.mtu_cap = f.routing.pod_mtu_cap();
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");
-        Ok(Some(Arc::new(tokio::sync::Mutex::new(a))))
+        let shared = Arc::new(tokio::sync::Mutex::new(a));
+        crate::agent::node::policy::spawn_tasks(
+            shared.clone(),
+            args.node_args.manifests.clone(),
+            args.watch_ms,
+        );
+        Ok(Some(shared))
     }
 }
 

@@ -77,6 +77,8 @@ pub struct CniAgent {
     pub masquerade: bool,
     /// The API source's Pods of this node (labels), when the source is the API server.
     pods: Option<k8s::api_source::PodStore>,
+    /// Network policy of the endpoints (agent::node::policy).
+    pub policy: crate::agent::node::policy::PolicyAgent,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -100,10 +102,13 @@ impl CniAgent {
         pools: Vec<IpNetwork>,
         manifests: Option<PathBuf>,
         masquerade: bool,
+        policy: impl FnOnce() -> Result<crate::agent::node::policy::PolicyAgent>,
     ) -> Result<CniAgent> {
         let fixed_pools = !pools.is_empty();
         let ipam = Ipam::open(&state_dir.join(STATE_FILE), pools)?;
         let progs = EndpointLb::load(pin_dir).context("loading the endpoint programs")?;
+        // The endpoint object pinned the policy maps: the policy side opens them.
+        let policy = policy()?;
         let nl = net::Netlink::connect()?;
         let mut a = CniAgent {
             ipam,
@@ -115,13 +120,20 @@ impl CniAgent {
             mtu_cap: None,
             masquerade,
             pods: None,
+            policy,
         };
-        let existing: Vec<(Vec<IpAddr>, Endpoint)> = a
+        let existing: Vec<(Vec<IpAddr>, Endpoint, String)> = a
             .ipam
             .entries()
-            .map(|(_, e)| (e.addresses.clone(), e.data.clone()))
+            .map(|(att, e)| {
+                (
+                    e.addresses.clone(),
+                    e.data.clone(),
+                    att.container_id.clone(),
+                )
+            })
             .collect();
-        for (addrs, ep) in existing {
+        for (addrs, ep, container) in existing {
             if ep.host_ifindex == 0 {
                 continue;
             }
@@ -129,6 +141,13 @@ impl CniAgent {
                 Some(i) if i == ep.host_ifindex => {
                     a.progs.attach(&ep.host_ifname, i)?;
                     a.write_map(&addrs, &ep)?;
+                    a.policy.endpoint_up(
+                        ep.id,
+                        ep.pod.as_deref(),
+                        &container,
+                        &ep.labels,
+                        &addrs,
+                    )?;
                 }
                 _ => warn!(device = %ep.host_ifname, "endpoint device gone; kept until DEL or GC"),
             }
@@ -238,6 +257,13 @@ impl CniAgent {
         let done = (|| -> Result<()> {
             self.progs.attach(&host, made.host_ifindex)?;
             self.write_map(&entry.addresses, &ep)?;
+            self.policy.endpoint_up(
+                ep.id,
+                ep.pod.as_deref(),
+                &env.container_id,
+                &ep.labels,
+                &entry.addresses,
+            )?;
             self.ipam.set_data(&att, ep.clone())?;
             Ok(())
         })();
@@ -295,6 +321,9 @@ impl CniAgent {
 
     /// Removes the device, routes (with it), programs' pins and map entries.
     async fn teardown(&mut self, addrs: &[IpAddr], ep: &Endpoint) {
+        if let Err(e) = self.policy.endpoint_down(ep.id) {
+            warn!("{e:#}");
+        }
         for ip in addrs {
             if let Err(e) = self.progs.remove(*ip, ep.host_ifindex) {
                 warn!("{e:#}");
@@ -411,8 +440,9 @@ impl CniAgent {
                     "ifindex": e.data.host_ifindex,
                     "mac": e.data.pod_mac,
                     "netns": e.data.netns,
-                    "identity": 0,
+                    "identity": self.progs.get(e.addresses[0]).map_or(0, |i| i.identity),
                     "chained": e.data.chained,
+                    "policy": self.policy.summary(e.data.id),
                 })
             })
             .collect()
