@@ -45,9 +45,11 @@ fn daemonset_and_rbac_are_valid_objects() {
     assert_eq!(pod.service_account_name, sa.metadata.name);
     assert_eq!(pod.host_network, Some(true));
     let c = &pod.containers[0];
-    assert_eq!(
-        c.command.as_ref().unwrap()[1..],
-        ["agent", "--role", "node"]
+    let cmd = &c.command.as_ref().unwrap()[1..];
+    assert_eq!(cmd[..3], ["agent", "--role", "node"]);
+    assert!(
+        cmd.windows(2).any(|w| w[0] == "--metrics-address"),
+        "{cmd:?}"
     );
     assert!(
         c.env
