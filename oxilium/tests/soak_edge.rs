@@ -33,6 +33,13 @@ fn config(backends: &[usize]) -> String {
 }
 
 #[test]
+fn hey_parser_counts_stalled_requests() {
+    let text = "Error distribution:\n  [2]\tGet \"http://x/\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)\n  [1]\tGet \"http://x/\": dial tcp: connection refused\n";
+    let l = parse_hey(text);
+    assert_eq!((l.errors, l.stalled()), (3, 2));
+}
+
+#[test]
 fn hey_parser_reads_status_and_errors() {
     let text = "Summary:\n  Total: 1.0 secs\n\nStatus code distribution:\n  [200]\t95 responses\n  [503]\t2 responses\n\nError distribution:\n  [3]\tGet \"http://x/\": dial tcp: connection refused\n";
     let l = parse_hey(text);

@@ -83,6 +83,30 @@ pub struct Load {
     pub summary: String,
 }
 
+impl Load {
+    /// Requests that connected and were sent but got no answer within the timeout ("awaiting
+    /// headers" in hey's error distribution).
+    pub fn stalled(&self) -> u64 {
+        let mut in_errors = false;
+        let mut n = 0;
+        for line in self.summary.lines() {
+            let t = line.trim();
+            if t.starts_with("Error distribution") {
+                in_errors = true;
+                continue;
+            }
+            if in_errors && t.contains("awaiting headers") {
+                n += t
+                    .strip_prefix('[')
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(c, _)| c.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        n
+    }
+}
+
 /// Runs `hey` in `client` against `url` for `secs` at `rate` requests/s (a new connection each).
 pub fn load(client: &Netns, url: &str, secs: u64, rate: u64) -> std::thread::JoinHandle<Load> {
     let workers = 20u64.min(rate.max(1));
