@@ -176,6 +176,37 @@ pub const fn reusable(
         || expired(flags, proto, idle_ns, t, svc_s)
 }
 
+/// How long a backend may keep a closed connection's 4-tuple (Linux's TIME_WAIT, 2 × MSL): a new
+/// flow given the same SNAT port towards the same backend earlier may have its SYN answered with
+/// an ACK of the old connection (PAWS; TCP timestamps are offset per connection), which costs
+/// the client a reset and a retransmission.
+pub const TIME_WAIT_NS: u64 = 60 * NS;
+
+/// How good a take-over of a flow's SNAT port is (its state and idle time, as [`reusable`]): 0
+/// when the port is not free; `u64::MAX` when nothing of the old flow can be left at the backend
+/// (reset, expired, UDP, or closed longer than [`TIME_WAIT_NS`] ago); otherwise (closed by FINs,
+/// maybe still in TIME_WAIT at the backend) the idle time: the longer, the better.
+#[inline(always)]
+pub const fn reuse_score(
+    flags: u16,
+    proto: u8,
+    idle_ns: u64,
+    t: Option<&Timeouts>,
+    svc_s: u32,
+) -> u64 {
+    if !reusable(flags, proto, idle_ns, t, svc_s) {
+        0
+    } else if proto != PROTO_TCP
+        || flags & RST != 0
+        || idle_ns >= TIME_WAIT_NS
+        || state(flags) != CLOSED
+    {
+        u64::MAX
+    } else {
+        idle_ns
+    }
+}
+
 /// The state's name, for the CLI.
 pub const fn state_name(flags: u16, proto: u8) -> &'static str {
     match (state(flags), proto == PROTO_TCP) {
@@ -302,5 +333,21 @@ mod tests {
         assert!(reusable(FIN | FIN_FWD, PROTO_TCP, 120 * S, None, 0));
         assert!(reusable(NEW, UDP, 30 * S, None, 0));
         assert!(!reusable(ESTABLISHED, UDP, 30 * S, None, 0));
+    }
+
+    #[test]
+    fn ports_a_backend_may_still_hold_in_time_wait_score_by_idle_time() {
+        let fins = CLOSED | FIN_FWD | FIN_REV;
+        assert_eq!(reuse_score(fins, PROTO_TCP, S / 5, None, 0), 0);
+        assert_eq!(reuse_score(ESTABLISHED, PROTO_TCP, S, None, 0), 0);
+        // Closed by FINs: the backend's TIME_WAIT may hold the tuple; older is better.
+        let young = reuse_score(fins, PROTO_TCP, S, None, 0);
+        let old = reuse_score(fins, PROTO_TCP, 30 * S, None, 0);
+        assert!(0 < young && young < old && old < u64::MAX);
+        // Nothing can be left at the backend: take it at once.
+        assert_eq!(reuse_score(fins, PROTO_TCP, 60 * S, None, 0), u64::MAX);
+        assert_eq!(reuse_score(CLOSED | RST, PROTO_TCP, 0, None, 0), u64::MAX);
+        assert_eq!(reuse_score(NEW, PROTO_TCP, 60 * S, None, 0), u64::MAX);
+        assert_eq!(reuse_score(NEW, UDP, 30 * S, None, 0), u64::MAX);
     }
 }

@@ -61,6 +61,8 @@ pub const SCOPE_EXTERNAL: u8 = 0;
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
 pub const BACKEND_QUARANTINED: u8 = 2;
+/// Left its service (TCP): in no table, its established flows keep it until they end.
+pub const BACKEND_DRAINING: u8 = 3;
 
 /// Address family of a backend.
 pub const FAMILY_V4: u8 = 4;

@@ -155,7 +155,8 @@ pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now
     };
     // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
     let e = unsafe { &mut *e };
-    let idle = now.wrapping_sub(e.last_seen_ns);
+    // Never negative: another CPU may have stamped the entry after this one read the clock.
+    let idle = now.saturating_sub(e.last_seen_ns);
     let live = !ct::expired(e.flags, key.proto, idle, timeouts(), svc.ct_timeout_s)
         && !ct::restarts(e.flags, key.proto, f.tcp_flags);
     if e.service_id != svc.id || !live {
@@ -285,8 +286,12 @@ pub fn lb_addr(v6: bool) -> Option<&'static Addr> {
 const SNAT_TRIES: u32 = 16;
 
 /// Reserves a SNAT source port (into `t.snat_port`) for the flow towards `t.backend`: a
-/// hash-chosen port in the configured range, then others, each claimed with BPF_NOEXIST. A port
-/// held by a closed or expired flow ([`owner_gone`]) is taken over. Returns 0 or the drop reason.
+/// hash-chosen port in the configured range, then others, each claimed with BPF_NOEXIST. Ports
+/// that are a frontend on the SNAT address (a NodePort, say) are never used: the backend's
+/// replies would be taken for new flows to that frontend. When every port tried is held, the
+/// one whose flow is gone ([`owner_score`]) and left the least behind at the backend is taken
+/// over: at once when nothing can be left, else the longest idle (a closed connection may still
+/// be in the backend's TIME_WAIT). Returns 0 or the drop reason.
 #[inline(never)]
 pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> u32 {
     let Some(cfg) = config() else {
@@ -308,12 +313,13 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
         return reason::ERROR;
     };
-    // SAFETY: this CPU's scratch; only the `snat` and `rewrite` fields are written here (callers
-    // hold the flow and target fields).
-    let (entry, rkey) = unsafe {
+    // SAFETY: this CPU's scratch; only the `snat`, `rewrite` and `snat_best` fields are written
+    // here (callers hold the flow and target fields).
+    let (entry, rkey, best) = unsafe {
         (
             &mut *core::ptr::addr_of_mut!((*s).snat),
             &mut *core::ptr::addr_of_mut!((*s).rewrite),
+            &mut *core::ptr::addr_of_mut!((*s).snat_best),
         )
     };
     entry.client = f.key.src;
@@ -331,10 +337,16 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     rkey.dport = 0;
     rkey.proto = f.key.proto;
     rkey._pad = [0; 3];
+    best.score = 0;
+    best.port = 0;
+    best.ours = 0;
     for i in 0..SNAT_TRIES {
         // Each try an independent hash of the flow: tries of flows with close hashes do not
         // walk the same ports.
         let port = ((min + abi::lb::mix(h.wrapping_add(i)) % range) as u16).to_be();
+        if is_frontend(&rkey.dst, port, rkey.proto) {
+            continue;
+        }
         rkey.dport = port;
         if OXI_SNAT.insert(&*rkey, &*entry, BPF_NOEXIST as u64).is_ok() {
             t.snat_port = port;
@@ -343,34 +355,68 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
         let Some(e) = (unsafe { OXI_SNAT.get(&*rkey) }) else {
             continue;
         };
-        // Already this client's (its conntrack entry evicted or closed while the SNAT entry
-        // lived on): renewed for the new flow.
+        // Still this client's (its conntrack entry closed or evicted while the SNAT entry
+        // lived on): judged like any other holder, but not counted as a take-over.
         let ours = e.client == f.key.src
             && e.client_port == f.key.sport
             && e.vip == f.key.dst
             && e.vip_port == f.key.dport;
-        let reused = !ours && owner_gone(e, port, f.key.proto, now);
-        if (ours || reused) && OXI_SNAT.insert(&*rkey, &*entry, 0).is_ok() {
-            if reused {
-                stats::reason(reason::SNAT_REUSE, 0);
-            }
-            t.snat_port = port;
-            return 0;
+        let score = owner_score(e, port, f.key.proto, now);
+        if score == u64::MAX {
+            return take_over(t, rkey, entry, port, !ours);
         }
+        if score > best.score {
+            best.score = score;
+            best.port = port;
+            best.ours = ours as u16;
+        }
+    }
+    let port = best.port;
+    if port != 0 {
+        rkey.dport = port;
+        return take_over(t, rkey, entry, port, best.ours == 0);
     }
     reason::SNAT_EXHAUSTED
 }
 
-/// True when the flow holding SNAT port `port` (entry `e`) no longer needs it: its conntrack
-/// entry is closed or expired (`abi::ct::reusable`), belongs to another flow now (the client
-/// reused its port and got another SNAT port or backend), or is gone and the SNAT entry itself
-/// is idle past its state's timeout.
+/// Gives the SNAT port `port` (the key's) to the new flow, replacing its entry; `count`: taken
+/// from another flow (`snat_reuse`).
 #[inline(always)]
-fn owner_gone(e: &SnatEntry, port: u16, proto: u8, now: u64) -> bool {
+fn take_over(t: &mut Target, rkey: &FlowKey, entry: &SnatEntry, port: u16, count: bool) -> u32 {
+    if OXI_SNAT.insert(rkey, entry, 0).is_err() {
+        return reason::SNAT_EXHAUSTED;
+    }
+    if count {
+        stats::reason(reason::SNAT_REUSE, 0);
+    }
+    t.snat_port = port;
+    0
+}
+
+/// True when `addr`:`port` (network byte order) is a service frontend for `proto`.
+#[inline(always)]
+fn is_frontend(addr: &Addr, port: u16, proto: u8) -> bool {
+    let key = ServiceKey {
+        addr: *addr,
+        port,
+        proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    unsafe { OXI_SERVICES.get(&key) }.is_some()
+}
+
+/// How good a take-over of SNAT port `port`, held by entry `e`, is (`abi::ct::reuse_score`: 0
+/// not free, `u64::MAX` nothing left at the backend, else the idle time): judged by the owner's
+/// conntrack entry (the state's authority), or by the SNAT entry itself when the conntrack entry
+/// is gone; a conntrack entry that belongs to another flow now (the client reused its port and
+/// got another SNAT port or backend) leaves the port free. Idle times never go negative: another
+/// CPU may have stamped an entry after this one read the clock.
+#[inline(always)]
+fn owner_score(e: &SnatEntry, port: u16, proto: u8, now: u64) -> u64 {
     // The owner's conntrack key, built in the per-CPU scratch space (the stack is short here:
     // this runs three calls deep). `reply` is free: only DNAT-only flows use it, never SNAT ones.
     let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
-        return false;
+        return 0;
     };
     // SAFETY: this CPU's scratch; only the `reply` field is written (callers hold the flow and
     // target fields).
@@ -381,7 +427,6 @@ fn owner_gone(e: &SnatEntry, port: u16, proto: u8, now: u64) -> bool {
     key.dport = e.vip_port;
     key.proto = proto;
     key._pad = [0; 3];
-    let snat_idle = now.wrapping_sub(e.last_seen_ns);
     match unsafe { OXI_CONNTRACK.get(&*key) } {
         Some(c) if c.snat_port == port && c.backend_id == e.backend_id => {
             let last = if c.last_seen_ns > e.last_seen_ns {
@@ -389,11 +434,14 @@ fn owner_gone(e: &SnatEntry, port: u16, proto: u8, now: u64) -> bool {
             } else {
                 e.last_seen_ns
             };
-            let idle = now.wrapping_sub(last);
-            ct::reusable(c.flags, proto, idle, timeouts(), c.svc_timeout_s)
+            let idle = now.saturating_sub(last);
+            ct::reuse_score(c.flags, proto, idle, timeouts(), c.svc_timeout_s)
         }
-        Some(_) => true,
-        None => ct::reusable(e.flags, proto, snat_idle, timeouts(), 0),
+        Some(_) => u64::MAX,
+        None => {
+            let idle = now.saturating_sub(e.last_seen_ns);
+            ct::reuse_score(e.flags, proto, idle, timeouts(), 0)
+        }
     }
 }
 

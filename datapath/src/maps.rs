@@ -59,10 +59,24 @@ pub struct Scratch {
     pub reply: FlowKey,
     /// A new flow's SNAT entry while its port is chosen.
     pub snat: SnatEntry,
+    /// The best take-over candidate while a SNAT port is chosen (`crate::lb::snat_port`): kept
+    /// here rather than in registers, so the verifier does not walk every order of candidates.
+    pub snat_best: SnatBest,
     /// The packet an ICMP error quotes (crate::icmp).
     pub quoted: crate::icmp::Quoted,
     /// The program, interface and length of the packet, for its events (crate::events).
     pub ev: crate::events::EventCtx,
+}
+
+/// See [`Scratch::snat_best`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SnatBest {
+    pub score: u64,
+    pub port: u16,
+    /// 1 when the candidate is still held by the same client flow (no take-over counted).
+    pub ours: u16,
+    pub _pad: u32,
 }
 
 #[btf_map]

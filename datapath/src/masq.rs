@@ -92,7 +92,7 @@ fn port(f: &Flow, t: &mut Target, bytes: u64) -> u32 {
     if let Some(e) = OXI_CONNTRACK.get_ptr_mut(&f.key) {
         // SAFETY: LRU value; racing CPUs only lose counts.
         let e = unsafe { &mut *e };
-        let idle = now.wrapping_sub(e.last_seen_ns);
+        let idle = now.saturating_sub(e.last_seen_ns);
         let live = e.service_id == 0
             && e.backend_id == 0
             && e.snat_port != 0

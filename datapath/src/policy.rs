@@ -189,7 +189,7 @@ fn check(
     if let Some(ct) = OXI_POLICY_CT.get_ptr_mut(ct_key) {
         // SAFETY: a valid map value pointer.
         unsafe {
-            if now.wrapping_sub((*ct).last_ns) < timeout {
+            if now.saturating_sub((*ct).last_ns) < timeout {
                 (*ct).last_ns = now;
                 count(ep.id, Outcome::Established);
                 return TC_ACT_OK;

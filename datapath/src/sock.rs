@@ -238,7 +238,7 @@ pub fn affinity_backend(
 ) -> Option<(u32, &'static Backend)> {
     // SAFETY: LRU value; a race with another CPU only moves a timestamp.
     let e = unsafe { &mut *map.get_ptr_mut(key)? };
-    if now.wrapping_sub(e.last_used_ns) >= timeout_s as u64 * 1_000_000_000 {
+    if now.saturating_sub(e.last_used_ns) >= timeout_s as u64 * 1_000_000_000 {
         return None;
     }
     // SAFETY: read-only lookup of a value the agent writes whole.

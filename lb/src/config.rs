@@ -88,22 +88,30 @@ impl PortRange {
         (min <= max).then_some(PortRange { min, max })
     }
 
-    /// The largest block of 1024..=65535 outside `local` (the host's ephemeral range, from
-    /// `ip_local_port_range`): the default SNAT range. `None` when less than 1024 ports remain.
-    pub fn outside(local: PortRange) -> Option<PortRange> {
-        let below = (local.min > Self::AUTO_MIN).then(|| PortRange {
-            min: Self::AUTO_MIN,
-            max: local.min - 1,
-        });
-        let above = (local.max < u16::MAX).then(|| PortRange {
-            min: (local.max + 1).max(Self::AUTO_MIN),
-            max: u16::MAX,
-        });
-        [below, above]
-            .into_iter()
-            .flatten()
-            .filter(|r| r.min <= r.max && r.len() >= 1024)
-            .max_by_key(|r| r.len())
+    /// The largest block of 1024..=65535 outside every range of `excluded` (the host's ephemeral
+    /// range from `ip_local_port_range`; on a node, the NodePort range too): the default SNAT
+    /// range. `None` when no block of at least 1024 ports remains.
+    pub fn outside(excluded: &[PortRange]) -> Option<PortRange> {
+        let mut taken: Vec<PortRange> = excluded.to_vec();
+        taken.sort_by_key(|r| r.min);
+        let mut best: Option<PortRange> = None;
+        let mut next = u32::from(Self::AUTO_MIN);
+        let mut consider = |min: u32, max: u32| {
+            if min <= max && max - min + 1 >= 1024 && best.is_none_or(|b| max - min + 1 > b.len()) {
+                best = Some(PortRange {
+                    min: min as u16,
+                    max: max as u16,
+                });
+            }
+        };
+        for r in &taken {
+            if u32::from(r.min) > next {
+                consider(next, u32::from(r.min) - 1);
+            }
+            next = next.max(u32::from(r.max) + 1);
+        }
+        consider(next, u32::from(u16::MAX));
+        best
     }
 }
 

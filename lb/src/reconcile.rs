@@ -1,6 +1,13 @@
 //! Writes the compiled tables into the datapath, touching only what differs from what it holds,
 //! in an order that never leaves a frontend pointing at nothing: backends → selection table →
 //! service entry → removal of old backends (and of the flows pinned to them).
+//!
+//! A backend that leaves a TCP service while live flows still use it **drains**: its entry stays
+//! (state `BACKEND_DRAINING`, in no table, so no new flow and no affinity picks it) and its
+//! established connections keep reaching it until they close or expire, as kube-proxy's conntrack
+//! does; [`Reconciler::reap`] removes it (and frees its id) once no live flow is left. A backend
+//! that leaves any other service (UDP: no end of a flow to wait for) is removed with its flows at
+//! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
 use abi::lb::{
     self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
@@ -38,6 +45,9 @@ pub trait Datapath {
     }
     /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
+    /// The backends among `backend_ids` that live flows still use (a flow neither closed nor
+    /// expired in its state): a draining backend stays while it is listed.
+    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>>;
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
     /// entry that switches the flag on; `None` forgets the service's affinity entries.
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()>;
@@ -59,6 +69,8 @@ struct Realised {
     id: u32,
     value: ServiceValue,
     backends: BTreeMap<SocketAddr, (u32, Backend)>,
+    /// Backends that left the service and drain (see the module doc), by address.
+    draining: BTreeMap<SocketAddr, (u32, Backend)>,
     /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<Vec<u32>>,
     /// None: off, or unknown (a restart that could not read it).
@@ -74,6 +86,8 @@ pub struct Changes {
     pub backends_removed: usize,
     pub tables_written: usize,
     pub flows_flushed: usize,
+    /// Backends that left a TCP service with live flows: kept, draining.
+    pub backends_draining: usize,
 }
 
 impl Changes {
@@ -92,12 +106,16 @@ pub struct Reconciler<D> {
     backend_ids: Ids,
     /// Ids given out by [`Reconciler::reserve_id`] to services not yet written.
     reserved: BTreeMap<ServiceKey, u32>,
+    /// Draining backend id → its service and address (the entry is in that service's `draining`).
+    draining: BTreeMap<u32, (ServiceKey, SocketAddr)>,
 }
 
 /// What one apply collects before its last step (markers, removals, flush, freed ids).
 #[derive(Default)]
 struct Pass {
     ch: Changes,
+    /// Backends that started draining.
+    drained: BTreeSet<u32>,
     flushed: BTreeSet<u32>,
     freed_backends: Vec<u32>,
     freed_services: Vec<u32>,
@@ -142,13 +160,22 @@ impl<D: Datapath> Reconciler<D> {
             );
         }
         let mut orphans = Vec::new();
+        let mut draining = BTreeMap::new();
         for (id, b) in dp.backends()? {
-            match by_id.get(&b.service_id).and_then(|k| services.get_mut(k)) {
-                Some(s) => {
+            match by_id
+                .get(&b.service_id)
+                .and_then(|k| Some((*k, services.get_mut(k)?)))
+            {
+                Some((key, s)) => {
                     backend_ids.take(id);
                     let addr =
                         SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
-                    s.backends.insert(addr, (id, b));
+                    if b.state == abi_lb::BACKEND_DRAINING {
+                        s.draining.insert(addr, (id, b));
+                        draining.insert(id, (key, addr));
+                    } else {
+                        s.backends.insert(addr, (id, b));
+                    }
                 }
                 None => orphans.push(id),
             }
@@ -161,6 +188,7 @@ impl<D: Datapath> Reconciler<D> {
             service_ids,
             backend_ids,
             reserved: BTreeMap::new(),
+            draining,
         };
         for id in orphans {
             r.dp.remove_backend(id)?;
@@ -266,11 +294,12 @@ impl<D: Datapath> Reconciler<D> {
                 self.dp.set_affinity(s.id, None)?;
             }
             pass.ch.services_removed += 1;
-            for (id, _) in s.backends.values() {
+            for (id, _) in s.backends.values().chain(s.draining.values()) {
                 self.dp.remove_backend(*id)?;
                 pass.ch.backends_removed += 1;
                 pass.flushed.insert(*id);
                 pass.freed_backends.push(*id);
+                self.draining.remove(id);
             }
             pass.freed_services.push(s.id);
         }
@@ -279,6 +308,11 @@ impl<D: Datapath> Reconciler<D> {
             if !used(&self.vip_users, addr) && self.markers.remove(&m) {
                 self.dp.remove_service(&m)?;
             }
+        }
+        // Backends that started draining in this apply without a live flow go at once.
+        if !pass.drained.is_empty() {
+            let drained = std::mem::take(&mut pass.drained);
+            self.reap_ids(&drained, &mut pass)?;
         }
         if !pass.flushed.is_empty() {
             pass.ch.flows_flushed = self.dp.flush_flows(&pass.flushed)?;
@@ -356,6 +390,14 @@ impl<D: Datapath> Reconciler<D> {
                     ch.backends_written += 1;
                     *id
                 }
+                // Back while it drains: the same entry serves again (its flows never moved).
+                None if real.draining.contains_key(addr) => {
+                    let (id, _) = real.draining.remove(addr).expect("checked");
+                    self.draining.remove(&id);
+                    self.dp.set_backend(id, &want)?;
+                    ch.backends_written += 1;
+                    id
+                }
                 None => {
                     let id = self.backend_ids.alloc()?;
                     self.dp.set_backend(id, &want)?;
@@ -417,7 +459,21 @@ impl<D: Datapath> Reconciler<D> {
             .copied()
             .collect();
         for addr in gone {
-            let (id, _) = real.backends.remove(&addr).expect("listed above");
+            let (id, b) = real.backends.remove(&addr).expect("listed above");
+            if drains(key.proto) {
+                // Kept for its flows (checked at the end of the apply: one without any is
+                // removed there); out of every table already.
+                let b = Backend {
+                    state: abi_lb::BACKEND_DRAINING,
+                    ..b
+                };
+                self.dp.set_backend(id, &b)?;
+                ch.backends_draining += 1;
+                real.draining.insert(addr, (id, b));
+                self.draining.insert(id, (*key, addr));
+                pass.drained.insert(id);
+                continue;
+            }
             self.dp.remove_backend(id)?;
             ch.backends_removed += 1;
             pass.flushed.insert(id);
@@ -425,6 +481,56 @@ impl<D: Datapath> Reconciler<D> {
         }
         Ok(())
     }
+}
+
+impl<D: Datapath> Reconciler<D> {
+    /// Removes the draining backends no live flow uses any more (their leftover closed or expired
+    /// flows flushed, their ids freed). Cost: one walk of the flow maps when some backend drains,
+    /// nothing otherwise; the agents call it every few seconds.
+    pub fn reap(&mut self) -> Result<Changes> {
+        if self.draining.is_empty() {
+            return Ok(Changes::default());
+        }
+        let ids: BTreeSet<u32> = self.draining.keys().copied().collect();
+        let mut pass = Pass::default();
+        self.reap_ids(&ids, &mut pass)?;
+        if !pass.flushed.is_empty() {
+            pass.ch.flows_flushed = self.dp.flush_flows(&pass.flushed)?;
+        }
+        for id in pass.freed_backends {
+            self.backend_ids.free(id);
+        }
+        Ok(pass.ch)
+    }
+
+    /// How many backends drain now.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
+    }
+
+    /// Of the draining `ids`, removes those without a live flow (flush and free left to `pass`).
+    fn reap_ids(&mut self, ids: &BTreeSet<u32>, pass: &mut Pass) -> Result<()> {
+        let live = self.dp.live_flows(ids)?;
+        for id in ids.difference(&live) {
+            let Some((key, addr)) = self.draining.remove(id) else {
+                continue;
+            };
+            if let Some(s) = self.services.get_mut(&key) {
+                s.draining.remove(&addr);
+            }
+            self.dp.remove_backend(*id)?;
+            pass.ch.backends_removed += 1;
+            pass.flushed.insert(*id);
+            pass.freed_backends.push(*id);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a backend leaving a service of this protocol drains (TCP: connections end) rather
+/// than being removed with its flows at once.
+fn drains(proto: u8) -> bool {
+    proto == abi_lb::PROTO_TCP
 }
 
 /// Id allocation: lowest free id first, ids start at 1 (0 means "none" in the maps).

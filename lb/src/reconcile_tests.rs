@@ -1,5 +1,6 @@
 //! The reconciler against an in-memory datapath: only differences are written, in a safe order,
-//! ids survive restarts, and flows of removed backends are flushed.
+//! ids survive restarts, backends leaving a TCP service drain while their flows live, and flows
+//! of other removed backends are flushed.
 use super::*;
 use crate::{
     compile::compile,
@@ -79,7 +80,7 @@ fn a_change_costs_writes_proportional_to_its_own_backends() {
 }
 
 #[test]
-fn removed_backends_lose_their_flows_and_ids_survive_a_restart() {
+fn a_backend_leaving_a_tcp_service_drains_until_its_flows_end_across_a_restart() {
     let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
     r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
         .unwrap();
@@ -96,11 +97,89 @@ fn removed_backends_lose_their_flows_and_ids_survive_a_restart() {
     let ch = r
         .apply(&compile(&model(vec![service("a", 80, &[1, 3])])).unwrap())
         .unwrap();
-    assert_eq!((ch.backends_removed, ch.flows_flushed), (1, 1));
+    // b2 has a live flow: kept, draining, out of the table; its flow untouched.
     assert_eq!(
-        r.datapath().flows.values().copied().collect::<Vec<_>>(),
-        vec![b1]
+        (ch.backends_draining, ch.backends_removed, ch.flows_flushed),
+        (1, 0, 0)
     );
+    let dp = r.datapath();
+    assert_eq!(dp.backends[&b2].state, abi_lb::BACKEND_DRAINING);
+    let sid = r.service_id(&key).unwrap();
+    assert!(!dp.tables[&sid].contains(&b2));
+    assert_eq!(dp.flows.len(), 2);
+    assert_eq!(r.draining(), 1);
+    // Nothing to reap while the flow lives, also after another restart.
+    let mut r = Reconciler::open(r.datapath().clone()).unwrap();
+    assert_eq!(r.draining(), 1);
+    assert!(
+        !r.backend_ids(&key)
+            .contains_key(&"10.0.1.2:80".parse().unwrap())
+    );
+    assert!(r.reap().unwrap().is_empty());
+    assert!(r.datapath().backends.contains_key(&b2));
+    // The flow ends: the backend goes, its id is free for the next new backend.
+    r.datapath_mut().flows.remove(&2);
+    let ch = r.reap().unwrap();
+    assert_eq!(ch.backends_removed, 1);
+    assert!(!r.datapath().backends.contains_key(&b2));
+    assert_eq!(r.draining(), 0);
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 3, 4])])).unwrap())
+        .unwrap();
+    assert_eq!(r.backend_ids(&key)[&"10.0.1.4:80".parse().unwrap()], b2);
+}
+
+#[test]
+fn a_draining_backend_that_comes_back_keeps_its_id_and_one_without_flows_goes_at_once() {
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
+        .unwrap();
+    let key = crate::compile::service_key(&service("a", 80, &[]));
+    let ids = r.backend_ids(&key);
+    let b2 = ids[&"10.0.1.2:80".parse().unwrap()];
+    let b3 = ids[&"10.0.1.3:80".parse().unwrap()];
+    r.datapath_mut().flows.insert(1, b2);
+    let ch = r
+        .apply(&compile(&model(vec![service("a", 80, &[1])])).unwrap())
+        .unwrap();
+    // b3 had no flow: removed in the same apply; b2 drains.
+    assert_eq!((ch.backends_draining, ch.backends_removed), (2, 1));
+    assert!(!r.datapath().backends.contains_key(&b3));
+    assert_eq!(r.draining(), 1);
+    // b2 is back (a readiness flap): same id, active, in the table again.
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2])])).unwrap())
+        .unwrap();
+    assert_eq!(r.backend_ids(&key)[&"10.0.1.2:80".parse().unwrap()], b2);
+    assert_eq!(r.datapath().backends[&b2].state, abi_lb::BACKEND_ACTIVE);
+    assert_eq!(r.draining(), 0);
+    let sid = r.service_id(&key).unwrap();
+    assert!(r.datapath().tables[&sid].contains(&b2));
+    // The service goes away while a backend drains: everything of it goes, flows included.
+    r.apply(&compile(&model(vec![service("a", 80, &[1])])).unwrap())
+        .unwrap();
+    assert_eq!(r.draining(), 1);
+    let ch = r.apply(&compile(&model(vec![])).unwrap()).unwrap();
+    assert_eq!((ch.backends_removed, ch.flows_flushed), (2, 1));
+    assert!(r.datapath().backends.is_empty() && r.datapath().flows.is_empty());
+    assert_eq!(r.draining(), 0);
+}
+
+#[test]
+fn a_backend_leaving_a_udp_service_loses_its_flows_at_once() {
+    let mut udp = service("d", 53, &[1, 2]);
+    udp.frontend.protocol = Protocol::Udp;
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&compile(&model(vec![udp.clone()])).unwrap())
+        .unwrap();
+    let key = crate::compile::service_key(&udp);
+    let b2 = r.backend_ids(&key)[&"10.0.1.2:80".parse().unwrap()];
+    r.datapath_mut().flows.insert(1, b2);
+    udp.backends.pop();
+    let ch = r.apply(&compile(&model(vec![udp])).unwrap()).unwrap();
+    assert_eq!(
+        (ch.backends_draining, ch.backends_removed, ch.flows_flushed),
+        (0, 1, 1)
+    );
+    assert!(r.datapath().flows.is_empty());
     assert!(!r.datapath().backends.contains_key(&b2));
 }
 

@@ -47,6 +47,44 @@ fn agent_refuses_an_invalid_config_before_touching_the_kernel() {
 }
 
 #[test]
+fn node_agent_refuses_a_snat_range_inside_the_node_port_range() {
+    let dir = std::env::temp_dir().join(format!("oxilium-cli-np-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let pins = dir.join("pins");
+    let run = |range: &str| {
+        oxilium(&[
+            "agent",
+            "--role",
+            "node",
+            "--node",
+            "n1",
+            "--manifests",
+            dir.join("manifests").to_str().unwrap(),
+            "--snat-port-range",
+            range,
+            "--node-port-range",
+            "30000-32767",
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--socket",
+            dir.join("s.sock").to_str().unwrap(),
+        ])
+    };
+    for range in ["29000-30000", "32767-40000", "31000-31001"] {
+        let (ok, _, err) = run(range);
+        assert!(!ok, "{range} accepted");
+        assert!(
+            err.contains(&format!(
+                "--snat-port-range {range} overlaps --node-port-range 30000-32767"
+            )),
+            "{err}"
+        );
+        assert!(!pins.exists(), "pin folder created for rejected flags");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn maglev_table_offline_gives_addresses_as_written() {
     let (ok, out, err) = oxilium(&[
         "maglev",

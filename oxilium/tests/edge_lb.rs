@@ -106,7 +106,7 @@ fn dsr_tcp_and_udp_over_ipv4_and_ipv6() {
 }
 
 #[test]
-fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_it() {
+fn established_flow_keeps_its_backend_when_the_set_changes_and_drains_after_removal() {
     let mut bed = Bed::new(3);
     bed.serve(PORT, false);
     bed.write_config(&config("maglev", "snat", &[1, 2, 3], ""));
@@ -165,13 +165,43 @@ fn established_flow_keeps_its_backend_when_the_set_changes_and_removal_flushes_i
     );
     let keep: Vec<usize> = (1..=3).filter(|i| *i != n).collect();
     bed.write_config(&config("maglev", "snat", &keep, ""));
-    bed.eventually(10, "flows of the removed backend flushed", || {
+    // The TCP service's entry drains (the connection is live); the UDP service's, without
+    // flows, goes at once.
+    let state_of = |bed: &Bed| -> Vec<String> {
         bed.agent
-            .cli(&["ct", "list"])
+            .cli(&["bpf", "lb", "list"])
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| !ids.contains(&c["backend_id"].as_u64().unwrap()))
+            .flat_map(|s| s["backends"].as_array().unwrap().clone())
+            .filter(|b| ids.contains(&b["id"].as_u64().unwrap()))
+            .map(|b| b["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    bed.eventually(10, "the removed backend drains", || {
+        state_of(&bed) == ["draining"]
+    });
+    // Its established connection still reaches it; new flows never do.
+    for i in 0..5 {
+        assert_eq!(
+            conn.ask(&format!("d{i}")).unwrap(),
+            mine,
+            "draining flow moved"
+        );
+    }
+    let seen = spread(&bed, VIP4, false, 30);
+    assert!(!seen.contains_key(&mine), "{seen:?}");
+    // The connection closes: within the agent's reap period the entry and its flows are gone.
+    drop(conn);
+    bed.eventually(15, "the drained backend removed with its flows", || {
+        state_of(&bed).is_empty()
+            && bed
+                .agent
+                .cli(&["ct", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| !ids.contains(&c["backend_id"].as_u64().unwrap()))
     });
 }
 

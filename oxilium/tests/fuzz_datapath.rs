@@ -45,6 +45,23 @@ fn lb_config(min: u16, max: u16, v6: bool) -> LbConfig {
     }
 }
 
+/// Adds a frontend on the SNAT address itself, at a port inside the 8-port SNAT range the
+/// small-range variants use (as a NodePort is on the node's address): never a SNAT port.
+fn with_frontend_in_snat_range(m: &mut lb::model::Model) {
+    let s = xdp_lb::with(
+        xdp_lb::service(
+            "snatport",
+            &format!("{LB4}:40003"),
+            lb::model::Protocol::Tcp,
+            lb::model::Algorithm::Maglev,
+            lb::model::Mode::Snat,
+        ),
+        251,
+        &["10.0.1.4:8080"],
+    );
+    m.services.push(s);
+}
+
 /// The edge LB's scene: the frontends of support/xdp_lb.rs's model (SNAT and DSR, Maglev and
 /// random, IPv4 and IPv6, IPv4 VIP with an IPv6 backend, a service without backends).
 fn edge_scene(m: &lb::model::Model) -> Scene {
@@ -89,6 +106,9 @@ fn xdp_lb_matches_the_model() {
         let mut first = None;
         for v in 0..variants {
             let mut m = xdp_lb::model();
+            if v == 1 {
+                with_frontend_in_snat_range(&mut m);
+            }
             let cfg = match v {
                 1 => lb_config(40_000, 40_007, true),
                 2 => lb_config(40_000, 40_999, false),
@@ -154,20 +174,24 @@ fn tc_nodeport_matches_the_model() {
     let n = harness::budget(0.25);
     std::thread::spawn(move || {
         let (m, local) = nodeport_model();
-        let scene = edge_scene(&m);
         let mut first = None;
         for v in 0..2 {
+            let mut m = m.clone();
             let (cfg, mtu) = match v {
                 0 => (lb_config(40_000, 40_999, true), (1000, 1350)),
-                _ => (lb_config(40_000, 40_007, true), (1200, 1280)),
+                _ => {
+                    with_frontend_in_snat_range(&mut m);
+                    (lb_config(40_000, 40_007, true), (1200, 1280))
+                }
             };
+            let scene = edge_scene(&m);
             let mut lb = fuzz::np_run::nodeport(&m, cfg, mtu, &local, "tc");
             fuzz::xdp_run::fuzz(&mut lb, &scene, &mut rng, n / 2, &mut t);
             if v == 0 {
-                first = Some(lb);
+                first = Some((lb, scene));
             }
         }
-        let mut lb = first.unwrap();
+        let (mut lb, scene) = first.unwrap();
         use abi::lb::reason as r;
         t.until_hit(
             &[

@@ -236,7 +236,7 @@ fn source_ranges_refuse_clients_outside_them() {
 }
 
 #[test]
-fn established_connections_keep_their_backend_while_the_backend_set_changes() {
+fn established_connections_keep_their_backend_while_the_backend_set_changes_and_drain() {
     let mut c = Cluster::new([2, 2]);
     let mut svcs = services(&c, 30005, &["p11", "p21"]);
     svcs.retain(|s| s.frontend.protocol == Protocol::Tcp);
@@ -288,20 +288,36 @@ fn established_connections_keep_their_backend_while_the_backend_set_changes() {
             assert_eq!(&a.id, id, "v6={v6}");
         }
     }
-    // Removing the old backends flushes their flows (conntrack and reply entries).
-    let pinned = |c: &Cluster| c.rec.as_ref().unwrap().datapath().conntrack().len();
-    let before = pinned(&c);
+    // Removing the old backends: they drain (TCP), their connections still answered, while
+    // new flows go to the new ones only.
     for s in &mut model.services {
         s.backends.retain(|b| b.state == BackendState::Active);
     }
     c.apply(&model);
-    assert!(pinned(&c) < before);
-    for (conn, _, v6) in &mut conns {
-        assert!(
-            conn.ask("gone").is_err(),
-            "v6={v6}: flow of a removed backend still answered"
-        );
+    let rec = || c.rec.as_ref().unwrap();
+    assert_eq!(rec().draining(), 4, "two old backends per family");
+    for (conn, id, v6) in &mut conns {
+        let a = conn
+            .ask("draining")
+            .expect("connection to a draining backend");
+        assert_eq!(&a.id, id, "v6={v6}");
     }
+    for v6 in [false, true] {
+        let seen = spread(&c, frontend(v6, 30005), false, 20);
+        let ids: BTreeSet<&str> = seen.keys().map(|s| s.as_str()).collect();
+        assert_eq!(ids, BTreeSet::from(["p12", "p22"]), "new flows, v6={v6}");
+    }
+    // Connections closed (client FIN, server FIN): nothing live is left, the entries and their
+    // flows (conntrack and reply entries) go.
+    let pinned = |c: &Cluster| c.rec.as_ref().unwrap().datapath().conntrack().len();
+    let before = pinned(&c);
+    drop(conns);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ch = c.rec.as_mut().unwrap().reap().unwrap();
+    assert_eq!(ch.backends_removed, 4, "{ch:?}");
+    assert!(ch.flows_flushed >= 4, "{ch:?}");
+    assert!(pinned(&c) < before);
+    assert_eq!(c.rec.as_ref().unwrap().draining(), 0);
 }
 
 #[test]

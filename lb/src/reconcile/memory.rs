@@ -88,6 +88,15 @@ impl Datapath for MemoryDatapath {
         self.flows.retain(|_, b| !backend_ids.contains(b));
         Ok(before - self.flows.len())
     }
+    /// Every flow of the fake is live (a test ends one by removing it from `flows`).
+    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
+        Ok(self
+            .flows
+            .values()
+            .filter(|b| backend_ids.contains(b))
+            .copied()
+            .collect())
+    }
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
         self.writes += 1;
         match timeout_s {

@@ -529,10 +529,25 @@ fn conntrack_section_rules() {
 fn automatic_snat_range_avoids_the_ephemeral_range() {
     let r = |min, max| PortRange { min, max };
     // Linux's default ip_local_port_range.
-    assert_eq!(PortRange::outside(r(32768, 60999)), Some(r(1024, 32767)));
-    assert_eq!(PortRange::outside(r(1024, 40000)), Some(r(40001, 65535)));
-    assert_eq!(PortRange::outside(r(1024, 65535)), None);
-    assert_eq!(PortRange::outside(r(2000, 65000)), None);
+    assert_eq!(PortRange::outside(&[r(32768, 60999)]), Some(r(1024, 32767)));
+    assert_eq!(PortRange::outside(&[r(1024, 40000)]), Some(r(40001, 65535)));
+    assert_eq!(PortRange::outside(&[r(1024, 65535)]), None);
+    assert_eq!(PortRange::outside(&[r(2000, 65000)]), None);
+    // A node also keeps the NodePort range (kube-apiserver's default) out, in any order.
+    let node_ports = r(30000, 32767);
+    assert_eq!(
+        PortRange::outside(&[r(32768, 60999), node_ports]),
+        Some(r(1024, 29999))
+    );
+    assert_eq!(
+        PortRange::outside(&[node_ports, r(1024, 20000), r(32768, 60999)]),
+        Some(r(20001, 29999))
+    );
+    assert_eq!(
+        PortRange::outside(&[r(5000, 64000), r(1500, 6000)]),
+        Some(r(64001, 65535))
+    );
+    assert_eq!(PortRange::outside(&[]), Some(r(1024, 65535)));
     assert_eq!(r(32768, 60999).overlap(&r(1024, 32767)), None);
     assert_eq!(
         r(30000, 40000).overlap(&r(32768, 60999)),

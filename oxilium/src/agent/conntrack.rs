@@ -131,11 +131,20 @@ pub fn local_port_range() -> Result<PortRange> {
 /// The SNAT port range to use, such that the host's own sockets (health probes, anything the
 /// LB box or node connects from its address) never pick a SNAT'ed flow's port: `configured`, with
 /// its overlap with `ip_local_port_range` added to `ip_local_reserved_ports`; else the largest
-/// block outside `ip_local_port_range`. `what` names the setting in errors.
-pub fn snat_ports(configured: Option<PortRange>, what: &str) -> Result<PortRange> {
+/// block outside `ip_local_port_range`. `keep_out` are ranges the SNAT ports must never overlap,
+/// each with the setting that names it (on a node, the NodePort range: a backend's reply to the
+/// node's address and a NodePort would be taken for a new flow to that NodePort): left out of the
+/// default, an error when `configured` overlaps them. `what` names the setting in errors.
+pub fn snat_ports(
+    configured: Option<PortRange>,
+    what: &str,
+    keep_out: &[(PortRange, &str)],
+) -> Result<PortRange> {
     let local = local_port_range()?;
     let Some(r) = configured else {
-        let r = PortRange::outside(local).with_context(|| {
+        let mut excluded = vec![local];
+        excluded.extend(keep_out.iter().map(|(r, _)| *r));
+        let r = PortRange::outside(&excluded).with_context(|| {
             format!(
                 "{what}: ip_local_port_range {local} leaves fewer than 1024 ports outside it: set {what}"
             )
@@ -143,6 +152,13 @@ pub fn snat_ports(configured: Option<PortRange>, what: &str) -> Result<PortRange
         info!(%r, %local, "SNAT ports: outside the host's ephemeral range");
         return Ok(r);
     };
+    for (other, name) in keep_out {
+        if let Some(o) = r.overlap(other) {
+            bail!(
+                "{what} {r} overlaps {name} {other} (ports {o}): replies to those ports would be taken for new flows to the frontends there"
+            );
+        }
+    }
     if let Some(o) = r.overlap(&local) {
         let old =
             std::fs::read_to_string(RESERVED).with_context(|| format!("reading {RESERVED}"))?;

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -262,6 +262,28 @@ fn apply_model_inner(st: &mut State, model: lb::model::Model) -> Result<()> {
     st.warmer.warm(addrs);
     st.model = model;
     Ok(())
+}
+
+/// How often backends that left a TCP service are checked for live flows (see `lb::reconcile`).
+pub(crate) const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes the draining backends whose flows have all ended; a failure is reported in `status`.
+pub(crate) fn reap_draining(state: &Shared) {
+    let mut st = state.lock().unwrap();
+    let Some(rec) = st.reconciler.as_mut() else {
+        return;
+    };
+    if rec.draining() == 0 {
+        return;
+    }
+    match rec.reap() {
+        Ok(ch) if !ch.is_empty() => info!(?ch, "drained backends removed"),
+        Ok(_) => {}
+        Err(e) => {
+            warn!("removing drained backends: {e:#}");
+            st.last_error = Some(format!("removing drained backends: {e:#}"));
+        }
+    }
 }
 
 pub(crate) async fn wait_for_signal() -> Result<()> {

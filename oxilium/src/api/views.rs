@@ -130,7 +130,7 @@ pub fn bpf_lb(st: &State) -> Result<Value> {
                     "id": id,
                     "address": SocketAddr::new(compile::bytes_addr(&b.addr), u16::from_be(b.port)).to_string(),
                     "family": family_name(b.family),
-                    "state": match b.state { abi_lb::BACKEND_ACTIVE => "active", abi_lb::BACKEND_QUARANTINED => "quarantined", _ => "terminating" },
+                    "state": match b.state { abi_lb::BACKEND_ACTIVE => "active", abi_lb::BACKEND_QUARANTINED => "quarantined", abi_lb::BACKEND_DRAINING => "draining", _ => "terminating" },
                 })
             })
             .collect();

@@ -340,6 +340,31 @@ impl Datapath for KernelMaps {
         Ok(ct.len())
     }
 
+    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
+        let timeouts = self.config().ok().map(|c| c.timeouts);
+        let now = crate::events::record::monotonic_ns();
+        Ok(self
+            .conntrack
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| {
+                backend_ids.contains(&v.backend_id) && {
+                    let idle = now.saturating_sub(v.last_seen_ns);
+                    let closed = abi::ct::state(v.flags) == abi::ct::CLOSED;
+                    !closed
+                        && !abi::ct::expired(
+                            v.flags,
+                            k.proto,
+                            idle,
+                            timeouts.as_ref(),
+                            v.svc_timeout_s,
+                        )
+                }
+            })
+            .map(|(_, v)| v.backend_id)
+            .collect())
+    }
+
     fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
         self.table(service_id).map(Some)
     }

@@ -27,6 +27,11 @@ impl Clock {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the programs' `bpf_ktime_get_ns` (conntrack timestamps).
+pub fn monotonic_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC) as u64
+}
+
 fn clock(id: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,

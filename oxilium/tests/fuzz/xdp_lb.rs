@@ -460,7 +460,9 @@ impl LbModel {
         if o.reasons[r::SNAT_EXHAUSTED as usize] > 0 {
             let range = (max - min) as u64 + 1;
             let live = (min..=max)
-                .filter(|&pt| !self.free(p, b, pt.to_be(), o).0)
+                .filter(|&pt| {
+                    self.is_frontend(lb, pt, p.proto) || !self.free(p, b, pt.to_be(), o).0
+                })
                 .count() as f64;
             let chance = (live / range as f64).powi(16);
             return if chance > 1e-9 {
@@ -477,6 +479,9 @@ impl LbModel {
         if h < min || h > max {
             return Err(format!("SNAT port {h} outside {min}-{max}"));
         }
+        if self.is_frontend(lb, h, p.proto) {
+            return Err(format!("SNAT port {h} is a frontend on the SNAT address"));
+        }
         let (free, reuse) = self.free(p, b, port, o);
         if !free {
             return Err(format!("SNAT port {h} taken from a live flow"));
@@ -484,7 +489,16 @@ impl LbModel {
         Ok(Ok((port, entry, reuse)))
     }
 
-    /// Whether SNAT port `port` towards `b` may go to the flow `p`: (allowed, taken over).
+    /// Whether `port` (host order) on the SNAT address `lb` is a service frontend for `proto`:
+    /// never a SNAT port (the backend's replies would be taken for new flows to it).
+    fn is_frontend(&self, lb: [u8; 16], port: u16, proto: u8) -> bool {
+        self.services.contains_key(&skey(lb, port, proto))
+    }
+
+    /// Whether SNAT port `port` towards `b` may go to the flow `p`: (allowed, taken over from
+    /// another flow). A port still held by this same client flow (its conntrack entry closed or
+    /// evicted) is judged like any other (its old connection may still be in the backend's
+    /// TIME_WAIT), but is no take-over.
     fn free(&mut self, p: &Pkt, b: &Backend, port: u16, o: &Obs) -> (bool, bool) {
         let Some(e) = self.shadow.snat.get(&self.rkey(p, b, port)).copied() else {
             return (true, false);
@@ -493,9 +507,6 @@ impl LbModel {
             && e.client_port == p.sport.to_be()
             && e.vip == p.dst
             && e.vip_port == p.dport.to_be();
-        if ours {
-            return (true, false);
-        }
         let okey = FlowKey {
             src: e.client,
             dst: e.vip,
@@ -523,14 +534,14 @@ impl LbModel {
                     c.svc_timeout_s,
                 ) {
                     self.ambiguous += 1;
-                    return (true, true);
+                    return (true, !ours);
                 }
                 a
             }
             Some(_) => true,
             None => ct::reusable(e.flags, p.proto, o.t0.saturating_sub(e.last_seen_ns), &t, 0),
         };
-        (gone, gone)
+        (gone, gone && !ours)
     }
 
     /// Backend → LB address:port of a SNAT'ed flow: VIP → client restored; the state moves on

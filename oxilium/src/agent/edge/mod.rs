@@ -65,7 +65,7 @@ async fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
     if needs_v6 && v6.is_none() {
         bail!("snat.ipv6: not set and no global IPv6 address on {ifaces:?}");
     }
-    let ports = super::conntrack::snat_ports(cfg.snat.ports, "snat.ports")?;
+    let ports = super::conntrack::snat_ports(cfg.snat.ports, "snat.ports", &[])?;
     Ok(LbConfig {
         snat_v4: v4
             .map(|a| abi::lb::v4_mapped(a.octets()))
@@ -91,7 +91,7 @@ fn reload_settings(st: &mut super::State, old: &Config, new: &Config) -> Result<
     }
     let rec = st.reconciler.as_mut().context("datapath not loaded")?;
     let mut c = rec.datapath().config()?;
-    let ports = super::conntrack::snat_ports(new.snat.ports, "snat.ports")?;
+    let ports = super::conntrack::snat_ports(new.snat.ports, "snat.ports", &[])?;
     c.snat_port_min = ports.min;
     c.snat_port_max = ports.max;
     c.timeouts = new.conntrack.timeouts.to_abi();
@@ -124,9 +124,11 @@ pub(super) async fn run(args: &AgentArgs, state: &Shared) -> Result<()> {
     let mut last = Stamp::file(&path);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut reap = tokio::time::interval(super::REAP_EVERY);
     loop {
         tokio::select! {
             _ = heartbeat.tick() => crate::metrics::health().tick(),
+            _ = reap.tick() => super::reap_draining(state),
             _ = watch.changed() => {
                 let now = Stamp::file(&path);
                 if now != last {

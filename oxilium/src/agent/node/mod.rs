@@ -184,7 +184,20 @@ impl NodeArgs {
             anyhow::bail!("--device: empty device name");
         }
         self.cni.check()?;
-        self.validate().map(|_| ())
+        let (opts, _) = self.validate()?;
+        // A SNAT port inside the NodePort range: the backend's reply to it would be taken for a
+        // new flow to that NodePort (the default range keeps out of it, see `start`).
+        if let (_, _, Some(r)) = self.conntrack.settings()? {
+            let np = &opts.node_port_range;
+            if r.min <= *np.end() && *np.start() <= r.max {
+                anyhow::bail!(
+                    "--snat-port-range {r} overlaps --node-port-range {}-{}: replies to those ports would be taken for new NodePort flows",
+                    np.start(),
+                    np.end()
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -230,8 +243,17 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
     let (conntrack, _, ports) = na.conntrack.settings()?;
+    let node_ports = na.validate()?.0.node_port_range;
+    let node_ports = lb::config::PortRange {
+        min: *node_ports.start(),
+        max: *node_ports.end(),
+    };
     let ct = nodeport::CtSettings {
-        ports: super::conntrack::snat_ports(ports, "--snat-port-range")?,
+        ports: super::conntrack::snat_ports(
+            ports,
+            "--snat-port-range",
+            &[(node_ports, "--node-port-range")],
+        )?,
         timeouts: conntrack.timeouts.to_abi(),
     };
     let mut maps = maps;
@@ -326,6 +348,8 @@ struct Follower {
     /// earlier run left are kept until then).
     want: Option<BTreeSet<IpAddr>>,
     checked: Instant,
+    /// When draining backends were last checked.
+    reaped: Instant,
     /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
     pods: Option<pod_devices::PodDevices>,
     /// `--device`: their addresses are looked up for every whole view.
@@ -342,6 +366,7 @@ impl Follower {
                 .map(|e| LocalEndpoints::adopt(e.endpoints())),
             want: None,
             checked: Instant::now(),
+            reaped: Instant::now(),
             health: Default::default(),
             pods: st.pod_devices.take(),
             devices: st
@@ -387,6 +412,10 @@ impl Follower {
     /// Called on every tick: retries waiting pods, re-checks all now and then.
     async fn tick(&mut self, state: &Shared) {
         crate::metrics::health().tick();
+        if self.reaped.elapsed() >= super::REAP_EVERY {
+            self.reaped = Instant::now();
+            super::reap_draining(state);
+        }
         if let Some(pods) = self.pods.as_mut()
             && let Some(e) = pod_devices::report(pods.tick().await)
         {
