@@ -409,8 +409,9 @@ fn is_frontend(addr: &Addr, port: u16, proto: u8) -> bool {
 /// not free, `u64::MAX` nothing left at the backend, else the idle time): judged by the owner's
 /// conntrack entry (the state's authority), or by the SNAT entry itself when the conntrack entry
 /// is gone; a conntrack entry that belongs to another flow now (the client reused its port and
-/// got another SNAT port or backend) leaves the port free. Idle times never go negative: another
-/// CPU may have stamped an entry after this one read the clock.
+/// got another SNAT port or backend) leaves the port free, ranked by the SNAT entry's state and
+/// idle time (at least 1). Idle times never go negative: another CPU may have stamped an entry
+/// after this one read the clock.
 #[inline(always)]
 fn owner_score(e: &SnatEntry, port: u16, proto: u8, now: u64) -> u64 {
     // The owner's conntrack key, built in the per-CPU scratch space (the stack is short here:
@@ -437,7 +438,13 @@ fn owner_score(e: &SnatEntry, port: u16, proto: u8, now: u64) -> u64 {
             let idle = now.saturating_sub(last);
             ct::reuse_score(c.flags, proto, idle, timeouts(), c.svc_timeout_s)
         }
-        Some(_) => u64::MAX,
+        // The owner's flow is gone (its client port went to a newer flow): free, ranked by
+        // what the SNAT entry's own mirror of its state says.
+        Some(_) => {
+            let idle = now.saturating_sub(e.last_seen_ns);
+            let score = ct::reuse_score(e.flags, proto, idle, timeouts(), 0);
+            if score == 0 { 1 } else { score }
+        }
         None => {
             let idle = now.saturating_sub(e.last_seen_ns);
             ct::reuse_score(e.flags, proto, idle, timeouts(), 0)
