@@ -71,12 +71,13 @@ impl BwBed {
         if manager {
             args.push("--bandwidth-manager");
         }
-        let agent = AgentProcess::builder(&node, tag)
+        let mut agent = AgentProcess::builder(&node, tag)
             .args(args)
             .file_arg("--manifests", "manifests")
             .file_arg("--state-dir", "state")
             .build();
         agent.write_file("manifests/all.yaml", &manifests(ann));
+        agent.start();
         let plugin = PluginDir::new(&p);
         let mut b = BwBed {
             plugin,

@@ -24,7 +24,7 @@ pub const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
 const MIN_BITS: u128 = 1_000;
 const MAX_BITS: u128 = 1_000_000_000_000_000;
 /// The bucket holds this much time at the rate...
-const BURST_TIME_NS: u64 = 20_000_000;
+const BURST_TIME_NS: u64 = 250_000_000;
 /// ...and at least this many bytes: two full GSO packets (a smaller bucket would never pass a
 /// 64 KiB TCP segment burst).
 const MIN_BURST_BYTES: u64 = 2 * 65_536 + 2 * 1_514;
@@ -158,10 +158,11 @@ impl BandwidthManager {
                         .insert(key, v, 0)
                         .with_context(|| format!("writing the bandwidth of {pod}"))?;
                 }
-                None => match self.map.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e).context("removing a bandwidth entry"),
-                },
+                None if self.map.get(&key, 0).is_ok() => self
+                    .map
+                    .remove(&key)
+                    .context("removing a bandwidth entry")?,
+                None => {}
             }
         }
         info!(pod, ?l, "bandwidth");
