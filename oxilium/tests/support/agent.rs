@@ -49,7 +49,7 @@ fn oxilium_json(socket: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-pub fn client(socket: &Path, args: &[&str]) -> Output {
+fn client(socket: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
         .args(["-o", "json", "--socket"])

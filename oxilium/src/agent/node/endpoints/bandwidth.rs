@@ -150,9 +150,11 @@ impl BandwidthManager {
             match rate {
                 Some(bits) => {
                     let mut v = settings(bits, mode, id);
-                    // The counters carry over a change of rate.
+                    // The schedule and the counters carry over a change of rate (a change
+                    // grants no new burst).
                     if let Ok(old) = self.map.get(&key, 0) {
-                        (v.passed, v.dropped, v.marked) = (old.passed, old.dropped, old.marked);
+                        (v.tat, v.passed, v.dropped, v.marked) =
+                            (old.tat, old.passed, old.dropped, old.marked);
                     }
                     self.map
                         .insert(key, v, 0)
