@@ -9,8 +9,7 @@
 //! packet racing with it may be granted once more, never more than one burst.
 use crate::headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 use abi::bandwidth::{
-    Bandwidth, BandwidthKey, DIR_EGRESS, DIR_INGRESS, GSO_SEGMENT_HEADERS, MAX_BANDWIDTH,
-    MODE_EDT,
+    Bandwidth, BandwidthKey, DIR_EGRESS, DIR_INGRESS, GSO_SEGMENT_HEADERS, MAX_BANDWIDTH, MODE_EDT,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
@@ -22,7 +21,6 @@ use aya_ebpf::{
 /// BPF_SKB_TSTAMP_DELIVERY_MONO (an anonymous enum in the bindings): the stamp is a delivery
 /// time on the monotonic clock, kept when the packet is forwarded.
 const TSTAMP_DELIVERY_MONO: u32 = 1;
-
 
 /// (host-side veth, direction) → rate, schedule and counters (abi::bandwidth::names::BANDWIDTH).
 #[btf_map]

@@ -98,8 +98,7 @@ mod tests {
         let mut buf = vec![0u8; inner.buffer_len()];
         inner.serialize(&mut buf);
         assert_eq!(req.header.message_type, 36, "RTM_NEWQDISC");
-        let back =
-            RouteNetlinkMessage::deserialize(&req.header, &buf).expect("the kernel's codec");
+        let back = RouteNetlinkMessage::deserialize(&req.header, &buf).expect("the kernel's codec");
         let RouteNetlinkMessage::NewQueueDiscipline(m) = back else {
             panic!("not RTM_NEWQDISC: {back:?}");
         };
@@ -111,8 +110,15 @@ mod tests {
         horizon.extend(2_000_000u32.to_ne_bytes());
         let drop = [5, 0, TCA_FQ_HORIZON_DROP as u8, 0, 1];
         let at = |pat: &[u8]| buf.windows(pat.len()).position(|w| w == pat);
-        let (h, d) = (at(&horizon).expect("horizon"), at(&drop).expect("horizon_drop"));
+        let (h, d) = (
+            at(&horizon).expect("horizon"),
+            at(&drop).expect("horizon_drop"),
+        );
         assert_eq!(d, h + 8, "horizon_drop follows horizon in one TCA_OPTIONS");
-        assert!(m.attributes.iter().any(|a| matches!(a, TcAttribute::Options(_))));
+        assert!(
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Options(_)))
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! - TBF: the same pods without the annotation, shaped as the `bandwidth` plugin shapes them
 //!   (TBF root qdisc on the host veth for ingress; ingress qdisc + mirred to an ifb with a TBF
 //!   for egress; queue limit = 25 ms at the rate + burst), burst the same as oxilium's bucket.
+//!   The agent's from-pod program is detached from the TBF pod's veth for egress (a TCX
+//!   program's TC_ACT_OK would end ingress processing before the ifb redirect).
 #[path = "../tests/support/agent.rs"]
 #[allow(dead_code)]
 mod agent;
@@ -87,8 +89,8 @@ fn main() {
         let tbf = BwBed::new("bwt", false, &[(None, None), (None, None)]);
         // The same bucket as oxilium's (agent::node::endpoints::bandwidth::settings).
         let burst = (rate / 8 * 20 / 1000).max(2 * 65_536 + 2 * 1_514);
-        tbf_limit(&tbf.node, &tbf.devs[0], Some(rate), None, burst);
-        tbf_limit(&tbf.node, &tbf.devs[1], None, Some(rate), burst);
+        tbf_limit(&tbf, 0, Some(rate), None, burst);
+        tbf_limit(&tbf, 1, None, Some(rate), burst);
         for (dir, egress) in [("egress", true), ("ingress", false)] {
             for (name, bed) in [("oxilium", &ours), ("tbf", &tbf)] {
                 let f = measure(bed, egress, secs);

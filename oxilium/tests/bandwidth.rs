@@ -24,12 +24,28 @@ const M: u64 = 1_000_000;
 #[track_caller]
 fn check(what: &str, d: &Delivered, rate: u64, udp: bool) {
     let r = d.bits / rate as f64;
-    println!("{what}: {:.2} Mbit/s ({:.1} % of the rate)", d.bits / 1e6, r * 100.0);
-    assert!(r <= 1.03, "{what}: {:.2} Mbit/s is over the rate", d.bits / 1e6);
+    println!(
+        "{what}: {:.2} Mbit/s ({:.1} % of the rate)",
+        d.bits / 1e6,
+        r * 100.0
+    );
+    assert!(
+        r <= 1.03,
+        "{what}: {:.2} Mbit/s is over the rate",
+        d.bits / 1e6
+    );
     if !udp {
-        assert!(r >= 0.90, "{what}: {:.2} Mbit/s is under the rate", d.bits / 1e6);
+        assert!(
+            r >= 0.90,
+            "{what}: {:.2} Mbit/s is under the rate",
+            d.bits / 1e6
+        );
     } else {
-        assert!(r >= 0.5, "{what}: only {:.2} Mbit/s delivered", d.bits / 1e6);
+        assert!(
+            r >= 0.5,
+            "{what}: only {:.2} Mbit/s delivered",
+            d.bits / 1e6
+        );
     }
 }
 
@@ -72,21 +88,34 @@ fn annotations_limit_real_traffic() {
     }
     // Pod 1's ingress and pod 2's egress have no annotation.
     let d = iperf3(p2, &b.ips[1], node, NODE_IP, 2, &[]);
-    assert!(d.bits > 5.0 * rates[rates.len() - 1] as f64, "unlimited: {:.1} Mbit/s", d.bits / 1e6);
+    assert!(
+        d.bits > 5.0 * rates[rates.len() - 1] as f64,
+        "unlimited: {:.1} Mbit/s",
+        d.bits / 1e6
+    );
     // The counters: packets passed on both, ECN marks or drops where TCP pushed past the rate.
     let e1 = b.endpoint(1);
     let eg = &e1["bandwidth"]["egress"];
     assert!(eg["passed"].as_u64().unwrap() > 1000, "{e1}");
-    assert!(eg["dropped"].as_u64().unwrap() + eg["marked"].as_u64().unwrap() > 0, "{e1}");
+    assert!(
+        eg["dropped"].as_u64().unwrap() + eg["marked"].as_u64().unwrap() > 0,
+        "{e1}"
+    );
     let e2 = b.endpoint(2);
-    assert!(e2["bandwidth"]["ingress"]["passed"].as_u64().unwrap() > 1000, "{e2}");
+    assert!(
+        e2["bandwidth"]["ingress"]["passed"].as_u64().unwrap() > 1000,
+        "{e2}"
+    );
     let out = std::process::Command::new(support::agent::bin())
         .args(["endpoint", "list", "--socket"])
         .arg(b.agent.socket())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("BANDWIDTH") && text.contains(&format!("{} (", rates[rates.len() - 1])), "{text}");
+    assert!(
+        text.contains("BANDWIDTH") && text.contains(&format!("{} (", rates[rates.len() - 1])),
+        "{text}"
+    );
 }
 
 /// A changed annotation applies to a running flow; a removed one lifts the limit; a bad one
@@ -104,7 +133,12 @@ fn annotation_changes_apply_live() {
         flow.join().unwrap()
     });
     let iv = &d.intervals;
-    println!("per second: {:?}", iv.iter().map(|b| (b / 1e5).round() / 10.0).collect::<Vec<_>>());
+    println!(
+        "per second: {:?}",
+        iv.iter()
+            .map(|b| (b / 1e5).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
     assert!(iv.len() >= 6, "{iv:?}");
     // Sender-side seconds (after the omitted first): 2 at 10M, then 30M from the change on.
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
@@ -119,18 +153,25 @@ fn annotation_changes_apply_live() {
 
     // Refused: the message names the pod and the annotation; no limit.
     b.annotate(&[(Some("10Mbps"), None), (None, None)]);
-    b.agent.eventually(Duration::from_secs(10), "the refusal", || {
-        let e = b.endpoint(1);
-        let msg = e["bandwidth"]["error"].as_str().unwrap_or("").to_string();
-        if msg.contains("default/bw-1") && msg.contains("kubernetes.io/egress-bandwidth") {
-            Ok(())
-        } else {
-            Err(e.to_string())
-        }
-    });
+    b.agent
+        .eventually(Duration::from_secs(10), "the refusal", || {
+            let e = b.endpoint(1);
+            let msg = e["bandwidth"]["error"].as_str().unwrap_or("").to_string();
+            if msg.contains("default/bw-1") && msg.contains("kubernetes.io/egress-bandwidth") {
+                Ok(())
+            } else {
+                Err(e.to_string())
+            }
+        });
     b.wait_rates(1, None, None);
     let st = b.agent.status();
-    assert!(st["bandwidth"]["refused"][0].as_str().unwrap().contains("10Mbps"), "{st}");
+    assert!(
+        st["bandwidth"]["refused"][0]
+            .as_str()
+            .unwrap()
+            .contains("10Mbps"),
+        "{st}"
+    );
 }
 
 /// Whether the kernel has `sch_fq` is asked, not assumed: the agent's netlink request for a

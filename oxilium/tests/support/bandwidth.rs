@@ -179,7 +179,14 @@ pub struct Delivered {
 
 /// iperf3 client in `ns` (bound to `from`) to `to`: `extra` adds `-P`, `-u -b`, ...; a server is
 /// started in `server_ns` for the run. `-O 1`: slow start and the initial burst are not counted.
-pub fn iperf3(ns: &Netns, from: &str, server_ns: &Netns, to: &str, secs: u32, extra: &[&str]) -> Delivered {
+pub fn iperf3(
+    ns: &Netns,
+    from: &str,
+    server_ns: &Netns,
+    to: &str,
+    secs: u32,
+    extra: &[&str],
+) -> Delivered {
     let _server = Iperf3Server::start(server_ns, to);
     let secs = secs.to_string();
     let mut args = vec!["iperf3", "-c", to, "-B", from, "-t", &secs, "-O", "1", "-J"];
@@ -224,7 +231,17 @@ pub fn iperf3(ns: &Netns, from: &str, server_ns: &Netns, to: &str, secs: u32, ex
 pub fn ping(ns: &Netns, to: &str, count: u32, interval_ms: u32) -> (Vec<f64>, f64) {
     let interval = format!("{:.3}", interval_ms as f64 / 1000.0);
     let out = ns
-        .command(&["ping", "-n", "-c", &count.to_string(), "-i", &interval, "-W", "1", to])
+        .command(&[
+            "ping",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &interval,
+            "-W",
+            "1",
+            to,
+        ])
         .output()
         .expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -250,24 +267,52 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
 /// The CNI `bandwidth` plugin's shaping, set by hand on the same veths (as the plugin does it):
 /// ingress (to the pod) a TBF root qdisc on the host veth; egress (from the pod) the host veth's
 /// ingress redirected (mirred) to an ifb device with a TBF root qdisc. `burst` in bytes; the
-/// plugin's latency of 25 ms sets the queue limit.
-pub fn tbf_limit(node: &Netns, dev: &str, egress_bits: Option<u64>, ingress_bits: Option<u64>, burst: u64) {
+/// plugin's latency of 25 ms sets the queue limit. For egress the agent's from-pod program is
+/// detached from the veth (its pinned link removed): a TCX program's TC_ACT_OK ends ingress
+/// processing before the legacy ingress qdisc the plugin's redirect hangs on.
+pub fn tbf_limit(
+    b: &BwBed,
+    pod: usize,
+    egress_bits: Option<u64>,
+    ingress_bits: Option<u64>,
+    burst: u64,
+) {
+    let (node, dev) = (&b.node, b.devs[pod].as_str());
     let tbf = |d: &str, bits: u64| {
         let limit = bits / 8 * 25 / 1000 + burst;
         node.run(&[
-            "tc", "qdisc", "replace", "dev", d, "root", "tbf", "rate", &format!("{bits}bit"),
-            "burst", &burst.to_string(), "limit", &limit.to_string(),
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            d,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{bits}bit"),
+            "burst",
+            &burst.to_string(),
+            "limit",
+            &limit.to_string(),
         ]);
     };
     if let Some(bits) = ingress_bits {
         tbf(dev, bits);
     }
     if let Some(bits) = egress_bits {
+        let prefix = format!("link_ep_from_{dev}_");
+        for e in std::fs::read_dir(b.agent.pins()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
         let ifb = format!("ifb{}", &dev[dev.len().saturating_sub(8)..]);
         node.run(&["ip", "link", "add", &ifb, "type", "ifb"]);
         node.run(&["ip", "link", "set", &ifb, "up"]);
         tbf(&ifb, bits);
-        node.run(&["tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"]);
+        node.run(&[
+            "tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress",
+        ]);
         node.run(&[
             "tc", "filter", "add", "dev", dev, "parent", "ffff:", "protocol", "all", "u32",
             "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &ifb,

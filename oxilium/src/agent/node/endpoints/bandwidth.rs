@@ -235,7 +235,9 @@ async fn egress_mode(nl: &net::Netlink, devices: &[String]) -> Result<(EgressMod
         {
             return Ok((
                 EgressMode::TokenBucket,
-                format!("the kernel has no sch_fq (fq refused on {d}): egress uses the token bucket"),
+                format!(
+                    "the kernel has no sch_fq (fq refused on {d}): egress uses the token bucket"
+                ),
             ));
         }
     }
@@ -293,7 +295,11 @@ fn pod_annotations_of_folder(dir: &Path) -> BTreeMap<String, BTreeMap<String, St
         .into_iter()
         .filter_map(|(_, p)| {
             let md = p.metadata;
-            let key = format!("{}/{}", md.namespace.as_deref().unwrap_or("default"), md.name?);
+            let key = format!(
+                "{}/{}",
+                md.namespace.as_deref().unwrap_or("default"),
+                md.name?
+            );
             Some((key, md.annotations.unwrap_or_default()))
         })
         .collect()
@@ -315,7 +321,9 @@ mod tests {
     use super::*;
 
     fn ann(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -333,9 +341,15 @@ mod tests {
     #[test]
     fn bad_values_name_the_pod_and_annotation() {
         let e = limits("ns/web", &ann(&[(INGRESS_ANNOTATION, "fast")])).unwrap_err();
-        assert!(e.contains("pod ns/web") && e.contains(INGRESS_ANNOTATION), "{e}");
+        assert!(
+            e.contains("pod ns/web") && e.contains(INGRESS_ANNOTATION),
+            "{e}"
+        );
         let e = limits("ns/web", &ann(&[(EGRESS_ANNOTATION, "10")])).unwrap_err();
-        assert!(e.contains("out of range") && e.contains(EGRESS_ANNOTATION), "{e}");
+        assert!(
+            e.contains("out of range") && e.contains(EGRESS_ANNOTATION),
+            "{e}"
+        );
         let e = limits("ns/web", &ann(&[(EGRESS_ANNOTATION, "2P")])).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
     }
