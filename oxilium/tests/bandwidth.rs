@@ -207,3 +207,117 @@ fn fq_is_detected_not_assumed() {
     assert_eq!(set, tc_has_fq, "root qdisc now {kind:?}");
     assert_eq!(kind.as_deref() == Some("fq"), tc_has_fq, "{kind:?}");
 }
+
+/// Now on bpf_ktime_get_ns's clock (CLOCK_MONOTONIC).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The token bucket's packet decisions through `oxilium_endpoint_from_pod` (BPF_PROG_TEST_RUN,
+/// the run's device is the loopback, ifindex 1, of a test-made namespace): a full bucket passes
+/// untouched; past the mark threshold ECT(0) IPv4 and ECT(1) IPv6 leave with CE (the IPv4 header
+/// checksum still right) and non-ECT passes unmarked; past the burst the packet is dropped and its
+/// cost given back. Kernel features: BPF_PROG_TEST_RUN for tc, BPF atomics with fetch (≥ 5.12).
+#[test]
+fn ecn_marks_then_drops() {
+    use abi::bandwidth::{Bandwidth, BandwidthKey, DIR_EGRESS, MODE_BUCKET, names};
+    use aya::{
+        TestRun, TestRunOptions,
+        maps::{HashMap, Map, MapData},
+    };
+    use support::packet::{ether, ipv4, ipv6, tcp, verify_checksums};
+    let ns = Netns::new(&unique("bwecn"));
+    let pins = support::bpffs::PinDir::new(&unique("bwecn"));
+    let pin_dir = pins.path().to_path_buf();
+    ns.exec(move || {
+        let lb = oxilium::bpf::endpoint::EndpointLb::load(&pin_dir).unwrap();
+        let prog = lb.program("oxilium_endpoint_from_pod").unwrap();
+        let data = MapData::from_pin(pin_dir.join(names::BANDWIDTH)).unwrap();
+        let mut map: HashMap<MapData, BandwidthKey, Bandwidth> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        let key = BandwidthKey {
+            ifindex: 1,
+            dir: DIR_EGRESS,
+        };
+        let settings = Bandwidth {
+            rate: 1_250_000,       // 10 Mbit/s: 800 ns a byte
+            burst_ns: 100_000_000, // 100 ms
+            mark_ns: 50_000_000,
+            horizon_ns: 0,
+            mode: MODE_BUCKET,
+            ..Default::default()
+        };
+        let run = |frame: &[u8]| {
+            let mut out = vec![0u8; frame.len() + 64];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    repeat: 1,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        let (a, b) = ("10.244.1.1".parse().unwrap(), "10.200.0.1".parse().unwrap());
+        let payload = [7u8; 100];
+        let mut v4 = ipv4(a, b);
+        v4.tos = 0x02; // ECT(0)
+        let ect4 = ether(&v4.build(tcp(40000, 80, &[], &payload)), None);
+        v4.tos = 0;
+        let plain4 = ether(&v4.build(tcp(40000, 80, &[], &payload)), None);
+        let v6 = ipv6("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let mut ect6 = ether(&v6.build(tcp(40000, 80, &[], &payload)), None);
+        ect6[15] |= 0x10; // traffic class ECN bits (byte 1 of the header, bits 4-5): ECT(1)
+        let cost = settings.cost_ns(ect4.len() as u64);
+
+        let set = |map: &mut HashMap<MapData, BandwidthKey, Bandwidth>, tat: u64| {
+            map.insert(key, Bandwidth { tat, ..settings }, 0).unwrap()
+        };
+        // Full bucket: passes as it came.
+        set(&mut map, 0);
+        let (rc, out) = run(&ect4);
+        assert_eq!((rc, out.as_slice()), (0, ect4.as_slice()));
+        // Past the mark threshold: CE.
+        set(&mut map, monotonic_ns() + 60_000_000);
+        let (rc, out) = run(&ect4);
+        assert_eq!(rc, 0);
+        assert_eq!(out[15] & 3, 3, "IPv4 ECN not CE");
+        verify_checksums(&out).unwrap();
+        // Only the TOS byte (15) and the header checksum (24-25) change.
+        assert_eq!(out[16..24], ect4[16..24]);
+        assert_eq!(out[26..], ect4[26..]);
+        let (rc, out) = run(&ect6);
+        assert_eq!(rc, 0);
+        assert_eq!((out[15] >> 4) & 3, 3, "IPv6 ECN not CE");
+        verify_checksums(&out).unwrap();
+        let (rc, out) = run(&plain4);
+        assert_eq!(
+            (rc, out.as_slice()),
+            (0, plain4.as_slice()),
+            "non-ECT is never marked"
+        );
+        let v = map.get(&key, 0).unwrap();
+        // Counted since the last write of the entry.
+        assert_eq!((v.passed, v.marked, v.dropped), (3, 2, 0), "{v:?}");
+        // Past the burst: dropped, the cost given back.
+        let tat = monotonic_ns() + 100_000_000;
+        set(&mut map, tat);
+        let (rc, _) = run(&ect4);
+        assert_eq!(rc, 2, "TC_ACT_SHOT");
+        let v = map.get(&key, 0).unwrap();
+        assert_eq!((v.tat, v.dropped), (tat, 1), "{v:?}");
+        // A passed packet moves the schedule by its cost exactly.
+        let tat = monotonic_ns() + 10_000_000;
+        set(&mut map, tat);
+        assert_eq!(run(&plain4).0, 0);
+        assert_eq!(map.get(&key, 0).unwrap().tat, tat + cost);
+    });
+}
