@@ -126,7 +126,7 @@ fn annotation_changes_apply_live() {
     b.wait_rates(1, Some(10 * M), None);
     let (p1, node) = (&b.pods[0], &b.node);
     let d = std::thread::scope(|s| {
-        let flow = s.spawn(|| iperf3(p1, &b.ips[0], node, NODE_IP, 7, &[]));
+        let flow = s.spawn(|| iperf3(p1, &b.ips[0], node, NODE_IP, 8, &[]));
         std::thread::sleep(Duration::from_millis(3500));
         b.annotate(&[(Some("30M"), None), (None, None)]);
         b.wait_rates(1, Some(30 * M), None);
@@ -140,10 +140,15 @@ fn annotation_changes_apply_live() {
             .collect::<Vec<_>>()
     );
     assert!(iv.len() >= 6, "{iv:?}");
-    // Sender-side seconds (after the omitted first): 2 at 10M, then 30M from the change on.
+    // Sender-side seconds (after the omitted first): 2 at 10M, the last 2 at 30M (the change
+    // lands after about 3 s, when the agent has read it; the sender's view moves with its socket buffer: ±20 % bounds, far from both the old
+    // rate and no limit).
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-    assert!(mean(&iv[..2]) < 11.0e6, "{iv:?}");
-    assert!((26.0e6..=32.0e6).contains(&mean(&iv[3..])), "{iv:?}");
+    assert!(mean(&iv[..2]) < 12.0e6, "{iv:?}");
+    assert!(
+        (24.0e6..=36.0e6).contains(&mean(&iv[iv.len() - 2..])),
+        "{iv:?}"
+    );
 
     // Removed: unlimited.
     b.annotate(&[(None, None), (None, None)]);
