@@ -87,8 +87,9 @@ fn main() {
         ours.wait_rates(1, Some(rate), None);
         ours.wait_rates(2, None, Some(rate));
         let tbf = BwBed::new("bwt", false, &[(None, None), (None, None)]);
-        // The same bucket as oxilium's (agent::node::endpoints::bandwidth::settings).
-        let burst = (rate / 8 * 20 / 1000).max(2 * 65_536 + 2 * 1_514);
+        // The same bucket as oxilium's: 250 ms at the rate, at least two GSO packets
+        // (agent::node::endpoints::bandwidth::settings).
+        let burst = (rate / 8 / 4).max(2 * 65_536 + 2 * 1_514);
         tbf_limit(&tbf, 0, Some(rate), None, burst);
         tbf_limit(&tbf, 1, None, Some(rate), burst);
         for (dir, egress) in [("egress", true), ("ingress", false)] {

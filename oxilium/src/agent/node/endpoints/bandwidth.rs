@@ -355,11 +355,13 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_holds_two_gso_packets_or_20ms() {
-        let slow = settings(10_000_000, MODE_BUCKET, 1);
-        assert_eq!(slow.rate, 1_250_000);
+    fn the_bucket_holds_two_gso_packets_or_250ms() {
+        let slow = settings(500_000, MODE_BUCKET, 1);
+        assert_eq!(slow.rate, 62_500);
         assert_eq!(slow.burst_ns, slow.cost_ns(MIN_BURST_BYTES));
         assert_eq!(slow.mark_ns, slow.burst_ns / 2);
+        let ten = settings(10_000_000, MODE_BUCKET, 1);
+        assert_eq!(ten.burst_ns, BURST_TIME_NS);
         let fast = settings(10_000_000_000, MODE_EDT, 1);
         assert_eq!(fast.burst_ns, BURST_TIME_NS);
         assert_eq!(fast.horizon_ns, HORIZON_NS);
