@@ -7,6 +7,7 @@
 //! network byte order, as they appear in packets.
 #![no_std]
 
+pub mod bandwidth;
 pub mod ct;
 pub mod endpoint;
 pub mod event;

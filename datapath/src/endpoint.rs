@@ -18,6 +18,7 @@
 //! outside): the pod's ingress policy ([`crate::policy::ingress`]), then reply translation
 //! ([`crate::podlb::to_pod`]).
 use crate::{
+    bandwidth,
     headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     podlb::{self, PodMaps},
     policy,
@@ -52,7 +53,12 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     if r != TC_ACT_OK {
         return r;
     }
-    // Hook: L7 redirect and bandwidth go here.
+    // Hook: L7 redirect goes here.
+    // The source pod's egress rate.
+    let r = bandwidth::from_pod(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
     let Some(dst) = destination(ctx) else {
         return TC_ACT_OK;
     };
@@ -67,6 +73,10 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     }
     // The destination's own to-pod program is skipped by the redirect: its work is done here.
     let r = to_pod::<M>(ctx);
+    if r != TC_ACT_OK {
+        return r;
+    }
+    let r = bandwidth::to_pod(ctx, ep.ifindex);
     if r != TC_ACT_OK {
         return r;
     }

@@ -2,8 +2,12 @@
 //! checksums, the maps, service lookup and backend selection, conntrack, SNAT and route lookup.
 //! Written once here; the program crates only glue these pieces to their hook.
 #![no_std]
+// Inline assembly for the one instruction core cannot express on this target: atomic
+// fetch-and-add on map values (crate::bandwidth).
+#![feature(asm_experimental_arch)]
 
 pub mod affinity;
+pub mod bandwidth;
 pub mod csum;
 pub mod encap;
 pub mod endpoint;

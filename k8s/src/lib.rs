@@ -15,6 +15,7 @@ pub mod frontend;
 pub mod manifests;
 pub mod output;
 pub mod per_node;
+pub mod quantity;
 
 pub use cluster::Cluster;
 pub use convert::{Family, NodeInfo};

@@ -8,6 +8,7 @@ pub mod addresses;
 pub mod links;
 pub mod neighbours;
 pub mod pod;
+pub mod qdisc;
 pub mod routes;
 pub mod routing;
 pub mod tunnel;

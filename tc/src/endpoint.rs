@@ -14,5 +14,11 @@ pub fn oxilium_endpoint_from_pod(ctx: TcContext) -> i32 {
 /// tc egress of a pod's host-side veth (packets to the pod).
 #[classifier]
 pub fn oxilium_endpoint_to_pod(ctx: TcContext) -> i32 {
-    to_pod::<Maps>(&ctx)
+    let r = to_pod::<Maps>(&ctx);
+    if r != aya_ebpf::bindings::TC_ACT_OK {
+        return r;
+    }
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    datapath::bandwidth::to_pod(&ctx, ifindex)
 }

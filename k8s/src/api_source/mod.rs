@@ -93,6 +93,17 @@ pub fn pod_labels(
         .map(|p| p.metadata.labels.clone().unwrap_or_default())
 }
 
+/// The annotations of Pod `namespace/name` in `pods`; None when the store does not hold it (yet).
+pub fn pod_annotations(
+    pods: &PodStore,
+    namespace: &str,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let r = reflector::ObjectRef::<Pod>::new(name).within(namespace);
+    pods.get(&r)
+        .map(|p| p.metadata.annotations.clone().unwrap_or_default())
+}
+
 /// Read handles on the reflector stores (the objects as last seen, managedFields stripped).
 #[derive(Clone)]
 pub struct Stores {

@@ -63,6 +63,12 @@ pub fn status(st: &State) -> Value {
     if let Some(d) = &st.decap {
         v["tunnel"] = d.status();
     }
+    if let Some(c) = &st.cni
+        && let Ok(a) = c.try_lock()
+        && let Some(b) = &a.bandwidth
+    {
+        v["bandwidth"] = b.status();
+    }
     v
 }
 

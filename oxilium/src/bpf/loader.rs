@@ -73,6 +73,7 @@ fn pinned_names() -> impl Iterator<Item = &'static str> {
         .chain(abi::endpoint::names::PINNED)
         .chain(abi::event::names::PINNED)
         .chain(abi::policy::names::PINNED)
+        .chain(abi::bandwidth::names::PINNED)
 }
 
 static MAP_SIZES: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();

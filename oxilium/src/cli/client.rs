@@ -34,6 +34,26 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// An endpoint's rates and counters: `10000000 (5/1/2) / -`, or the refused annotation.
+fn bandwidth(b: &Value) -> String {
+    if let Some(e) = b["error"].as_str() {
+        return format!("refused: {e}");
+    }
+    let dir = |d: &Value| {
+        if d.is_null() {
+            return "-".to_string();
+        }
+        format!(
+            "{} ({}/{}/{})",
+            s(&d["bits_per_second"]),
+            s(&d["passed"]),
+            s(&d["marked"]),
+            s(&d["dropped"])
+        )
+    };
+    format!("{} / {}", dir(&b["egress"]), dir(&b["ingress"]))
+}
+
 fn text(v: &Value, kind: Kind) -> String {
     let mut out = String::new();
     let empty = Vec::new();
@@ -51,6 +71,15 @@ fn text(v: &Value, kind: Kind) -> String {
                 "last_error",
             ] {
                 out += &format!("{key:<18} {}\n", s(&v[key]));
+            }
+            if v["bandwidth"].is_object() {
+                let b = &v["bandwidth"];
+                out += &format!(
+                    "bandwidth          egress {}, ingress {} ({})\n",
+                    s(&b["egress"]),
+                    s(&b["ingress"]),
+                    s(&b["reason"])
+                );
             }
             if let Some(m) = v["maps"].as_object() {
                 out += "maps:\n";
@@ -135,20 +164,21 @@ fn text(v: &Value, kind: Kind) -> String {
         }
         Kind::Policy => return super::policy_text::text(v),
         Kind::Endpoints => {
-            out += "ID    ADDRESSES                       POD                       DEVICE          IFINDEX  IDENTITY  POLICY (ingress/egress, allowed/denied/audited)\n";
+            out += "ID    ADDRESSES                       POD                       DEVICE          IFINDEX  IDENTITY  BANDWIDTH (egress/ingress bit/s, passed/marked/dropped)  POLICY (ingress/egress, allowed/denied/audited)\n";
             for e in list {
                 let addrs: Vec<String> = e["addresses"]
                     .as_array()
                     .map(|a| a.iter().map(s).collect())
                     .unwrap_or_default();
                 out += &format!(
-                    "{:<5} {:<31} {:<25} {:<15} {:<8} {:<9} {}\n",
+                    "{:<5} {:<31} {:<25} {:<15} {:<8} {:<9} {:<55} {}\n",
                     s(&e["id"]),
                     addrs.join(","),
                     s(&e["pod"]),
                     s(&e["device"]),
                     s(&e["ifindex"]),
                     s(&e["identity"]),
+                    bandwidth(&e["bandwidth"]),
                     super::policy_text::summary(&e["policy"]),
                 );
             }

@@ -1,6 +1,7 @@
 //! The network-namespace test bed shared by the end-to-end tests.
 #![allow(dead_code)]
 pub mod agent;
+pub mod bandwidth;
 pub mod bpffs;
 pub mod bulk;
 pub mod cgroup;

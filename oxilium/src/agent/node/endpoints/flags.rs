@@ -25,6 +25,11 @@ pub struct CniFlags {
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub routing: super::routing::RoutingFlags,
+    /// --cni: enforce the pods' `kubernetes.io/egress-bandwidth` and
+    /// `kubernetes.io/ingress-bandwidth` annotations (egress paced through fq on every
+    /// `--device` when the kernel has sch_fq, else a token bucket; ingress a token bucket).
+    #[arg(long, requires = "cni")]
+    pub bandwidth_manager: bool,
 }
 
 impl CniFlags {
@@ -76,8 +81,25 @@ impl CniFlags {
             super::routing::Router::start(&f.routing, node, &args.pin_dir, &f.pools()?).await?;
         a.router = Some(router);
         a.mtu_cap = f.routing.pod_mtu_cap();
+        if f.bandwidth_manager {
+            let bw = super::bandwidth::BandwidthManager::open(
+                &args.pin_dir,
+                &a.nl,
+                &args.node_args.device,
+            )
+            .await
+            .context("--bandwidth-manager")?;
+            a.bandwidth = Some(bw);
+            a.sync_bandwidth();
+        }
         info!(state = %f.state_dir.display(), pools = ?a.ipam.pools(), "CNI endpoints ready");
         let shared = Arc::new(tokio::sync::Mutex::new(a));
+        if f.bandwidth_manager {
+            super::bandwidth::spawn(
+                shared.clone(),
+                std::time::Duration::from_millis(args.watch_ms.clamp(100, 1000)),
+            );
+        }
         crate::agent::node::policy::spawn_tasks(
             shared.clone(),
             args.node_args.manifests.clone(),

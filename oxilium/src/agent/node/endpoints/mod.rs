@@ -3,6 +3,7 @@
 //! module owns the node's pod addresses ([`cni::ipam`], persisted under `--state-dir`) and the
 //! endpoints: a veth pair per pod ([`veth`]), `OXI_ENDPOINTS` entries and the endpoint programs on
 //! the host side ([`crate::bpf::endpoint`]).
+pub mod bandwidth;
 mod chain;
 mod flags;
 pub mod routing;
@@ -79,6 +80,8 @@ pub struct CniAgent {
     pods: Option<k8s::api_source::PodStore>,
     /// Network policy of the endpoints (agent::node::policy).
     pub policy: crate::agent::node::policy::PolicyAgent,
+    /// `--bandwidth-manager`: the pods' rates.
+    pub bandwidth: Option<bandwidth::BandwidthManager>,
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -121,6 +124,7 @@ impl CniAgent {
             masquerade,
             pods: None,
             policy,
+            bandwidth: None,
         };
         let existing: Vec<(Vec<IpAddr>, Endpoint, String)> = a
             .ipam
@@ -265,6 +269,7 @@ impl CniAgent {
                 &entry.addresses,
             )?;
             self.ipam.set_data(&att, ep.clone())?;
+            self.sync_bandwidth();
             Ok(())
         })();
         if let Err(e) = done {
@@ -323,6 +328,9 @@ impl CniAgent {
     async fn teardown(&mut self, addrs: &[IpAddr], ep: &Endpoint) {
         if let Err(e) = self.policy.endpoint_down(ep.id) {
             warn!("{e:#}");
+        }
+        if let Some(b) = &mut self.bandwidth {
+            b.clear(ep.host_ifindex, ep.pod.as_deref());
         }
         for ip in addrs {
             if let Err(e) = self.progs.remove(*ip, ep.host_ifindex) {
@@ -443,6 +451,8 @@ impl CniAgent {
                     "identity": self.progs.get(e.addresses[0]).map_or(0, |i| i.identity),
                     "chained": e.data.chained,
                     "policy": self.policy.summary(e.data.id),
+                    "bandwidth": self.bandwidth.as_ref()
+                        .map(|b| b.view(e.data.host_ifindex, e.data.pod.as_deref())),
                 })
             })
             .collect()
