@@ -36,6 +36,8 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/single.rs"]
+mod single;
 
 const LB4: &str = "10.10.1.100";
 const PORT: u16 = 40_000;
@@ -66,7 +68,10 @@ impl Netns {
             "ip neigh add 10.10.0.1 lladdr 02:00:00:00:00:01 dev va nud permanent",
             "ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent",
             "ip neigh add 10.10.0.3 lladdr 02:00:00:00:00:03 dev va nud permanent",
+            "ip -6 addr add fd00::100/64 dev va nodad",
+            "ip -6 neigh add fd00::1 lladdr 02:00:00:00:00:11 dev va nud permanent",
             "sysctl -qw net.ipv4.ip_forward=1",
+            "sysctl -qw net.ipv6.conf.all.forwarding=1",
         ] {
             let mut a = vec!["ip", "netns", "exec", &name];
             a.extend(cmd.split_whitespace());
@@ -109,16 +114,20 @@ fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
     }
 }
 
-/// V1 → V2 and V2 → V1, plus a DSR service for the distinct-flow samples.
+/// V1 → V2 and V2 → V1, plus DSR and IPv6 services for the single-shot samples.
 fn model(ct_timeout_s: u32) -> Model {
     let mut dsr = service("dsr", "10.10.0.3:80", "10.10.0.1:80", 300);
     dsr.mode = Mode::Dsr;
+    let mut dsr6 = service("dsr6", single::DSR6, single::BACKEND6, 300);
+    dsr6.mode = Mode::Dsr;
     Model {
         maglev_seed: 0,
         services: vec![
             service("v1", "10.10.0.1:80", "10.10.0.2:80", ct_timeout_s),
             service("v2", "10.10.0.2:80", "10.10.0.1:80", ct_timeout_s),
             dsr,
+            service("snat6", single::SNAT6, single::BACKEND6, 300),
+            dsr6,
         ],
     }
 }
@@ -236,6 +245,20 @@ fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     ether(&ip(s, d, tcp(sport, dport, &[], &[0x61; 64])), None)
 }
 
+/// `f` (Ethernet, IPv4 without options, TCP) with its TCP flags set to `flags`, the checksum
+/// updated (RFC 1624).
+fn with_tcp_flags(f: &[u8], flags: u8) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let word = |f: &[u8]| u32::from(u16::from_be_bytes([f[46], f[47]]));
+    let old = word(&f);
+    f[47] = flags;
+    let sum = u32::from(!u16::from_be_bytes([f[50], f[51]])) + (!old & 0xffff) + word(&f);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[50..52].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
 /// A loaded program with its own pinned maps, holding `model(300)`.
 fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let n = port_min; // distinct per call here
@@ -272,7 +295,7 @@ fn main() {
     let _ns = Netns::enter();
     let ifindex = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
     // The fixed points need a one-port SNAT range; distinct flows need a wide one: two loads.
-    let (ebpf, mut rec, _pins) = setup(PORT, PORT);
+    let (ebpf, rec, _pins) = setup(PORT, PORT);
     let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
     let est = frame(LB4, PORT, "10.10.0.1", 80);
     let md = xdp_md(est.len(), ifindex);
@@ -333,48 +356,30 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
-    events::bench(repeat, &md, &est, raw);
-    rec.apply(&compile::compile(&model(0)).unwrap()).unwrap();
+    if std::env::var("OXILIUM_BENCH_EVENTS").as_deref() != Ok("0") {
+        events::bench(repeat, &md, &est, raw);
+    }
+    // New flows at repeat > 1: a client SYN on a flow closed by a RST starts a new flow (new
+    // selection, SNAT port taken over from the closed flow, conntrack entry written), and the
+    // SYN|RST packet closes it again: every run of the fixed point is a new flow.
+    let syn_rst = with_tcp_flags(&est, 0x06);
+    let before = rec.datapath().conntrack();
     row(
-        "oxilium, new SNAT flow (stale conntrack)",
-        median3(|| run(prog, &est, &md, repeat).1),
+        "oxilium, new SNAT flow (SYN on a closed flow)",
+        median3(|| run(prog, &syn_rst, &md, repeat).1),
     );
     let ct = rec.datapath().conntrack();
+    let runs = |ct: &[(abi::lb::FlowKey, abi::lb::CtEntry)]| {
+        ct.iter().map(|(_, e)| e.packets).sum::<u64>()
+    };
+    assert_eq!(ct.len(), 2, "the two flows of the fixed point");
     assert!(
         ct.iter().all(|(_, e)| e.packets == 1),
         "every run was a new flow"
     );
+    assert!(runs(&before) > runs(&ct), "the entries were rewritten");
 
-    // Distinct flows, one run each, against the raw baseline run the same way.
-    let n = 20_000u32;
-    let sample = |f: &dyn Fn(u32) -> u32| {
-        let mut v: Vec<u32> = (0..n).map(f).collect();
-        v.sort_unstable();
-        f64::from(v[v.len() / 2])
-    };
-    let flow = |i: u32, dst: &str| {
-        let src = format!("172.16.{}.{}", (i >> 8) & 0xff, i & 0xff);
-        frame(&src, 1024 + (i >> 16) as u16, dst, 80)
-    };
-    println!("one run per packet (repeat 1), median of {n} distinct flows");
-    let base1 = sample(&|i| run_raw(raw, &flow(i, "10.10.0.1"), &md, 1).1);
-    let row1 =
-        |name: &str, ns: f64| println!("{name:<44} {ns:>7.1} ns/packet  {:>5.2}x", ns / base1);
-    row1("baseline: r0 = XDP_PASS; exit (raw)", base1);
-    let (ebpf, _rec, _pins2) = setup(1024, 65535);
-    let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
-    row1(
-        "oxilium, new SNAT flows",
-        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
-    );
-    row1(
-        "oxilium, the same flows again (established)",
-        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
-    );
-    row1(
-        "oxilium, new DSR flows (IPIP encapsulation)",
-        sample(&|i| run(prog, &flow(i, "10.10.0.3"), &md, 1).1),
-    );
+    single::bench(ifindex, raw);
     // SAFETY: our own descriptor.
     unsafe { libc::close(raw) };
 }
