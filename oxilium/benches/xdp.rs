@@ -267,8 +267,26 @@ fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir)
 
 /// [`setup`] in the pin folder named by `tag`.
 fn setup_in(tag: &str, port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
+    setup_object(tag, None, port_min, port_max)
+}
+
+/// [`setup_in`] with another build of the XDP object (`None`: the embedded one).
+fn setup_object(
+    tag: &str,
+    object: Option<&[u8]>,
+    port_min: u16,
+    port_max: u16,
+) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let pins = PinDir::new(&format!("oxilium-bench-{}-{tag}", std::process::id()));
-    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
+    let mut ebpf = match object {
+        None => loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)"),
+        Some(o) => {
+            let mut ebpf = loader::load_pinned(o, pins.path()).expect("load the other object");
+            let prog: &mut Xdp = ebpf.program_mut("oxilium_lb").unwrap().try_into().unwrap();
+            prog.load().expect("verifying the other object");
+            ebpf
+        }
+    };
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(LB4.parse().unwrap()),
@@ -331,7 +349,8 @@ fn main() {
         "established"
     );
 
-    // The same with forwarding off: bpf_fib_lookup gives up early, the packet is XDP_PASS'ed.
+    // The same with forwarding off: bpf_fib_lookup gives up early, the packet is XDP_PASS'ed
+    // (once the cached next hop is older than its time to live).
     let ns_name = _ns.0.clone();
     sh(&[
         "ip",
@@ -342,6 +361,8 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=0",
     ]);
+    let ttl = std::time::Duration::from_nanos(2 * abi::lb::NEXTHOP_TTL_NS);
+    std::thread::sleep(ttl);
     assert_eq!(run(prog, &est, &md, 1).0, 2, "XDP_PASS without forwarding");
     row(
         "oxilium, established SNAT flow, FIB off",

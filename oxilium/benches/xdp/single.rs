@@ -5,6 +5,10 @@
 //! distinct 5-tuples; the established cases send the same packets again. Every run must return
 //! XDP_TX (the FIB answers in the bench namespace). Events are switched off (`OXI_EVENT_CONFIG`),
 //! their cost is the events section's.
+//!
+//! `OXILIUM_BENCH_COMPARE=FILE` (another build of the XDP object, e.g. the previous commit's
+//! target/bpf/bpfel-unknown-none/bpf/oxilium-xdp) adds its figures, each of its runs paired
+//! with ours on the same packet: on a shared machine this is the way to see what a change did.
 use super::*;
 use abi::event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig};
 use oxilium::events::Hub;
@@ -38,34 +42,41 @@ fn flow(i: u32, round: u32, vip: &str) -> Vec<u8> {
     }
 }
 
-/// One case: `n` packets through `prog` and the raw baseline, alternately.
-fn case(prog: &Xdp, raw: i32, ifindex: u32, n: u32, name: &str, pkt: &dyn Fn(u32) -> Vec<u8>) {
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
+/// One case: `n` packets through the raw baseline and each of `progs`, in turn.
+fn case(progs: &[&Xdp], raw: i32, ifindex: u32, n: u32, name: &str, pkt: &dyn Fn(u32) -> Vec<u8>) {
+    let mut base = Vec::new();
+    let mut ours = vec![Vec::new(); progs.len()];
     let mut not_tx = 0u32;
     let md = xdp_md(pkt(0).len(), ifindex);
     for i in 0..n {
         let p = pkt(i);
         assert_eq!(p.len(), pkt(0).len(), "{name}: frames of one length");
         base.push(run_raw(raw, &p, &md, 1).1);
-        let (action, ns, _) = run(prog, &p, &md, 1);
-        not_tx += u32::from(action != 3);
-        ours.push(ns);
+        for (prog, v) in progs.iter().zip(&mut ours) {
+            let (action, ns, _) = run(prog, &p, &md, 1);
+            not_tx += u32::from(action != 3);
+            v.push(ns);
+        }
     }
     assert_eq!(not_tx, 0, "{name}: every run XDP_TX");
-    let (b, o) = (median(base), median(ours));
-    println!(
-        "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x",
-        o - b,
-        o / b
-    );
+    let b = median(base);
+    for (k, v) in ours.into_iter().enumerate() {
+        let o = median(v);
+        let name = if k == 0 {
+            name.to_string()
+        } else {
+            "  … the other build".to_string()
+        };
+        println!(
+            "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x",
+            o - b,
+            o / b
+        );
+    }
 }
 
-pub fn bench(ifindex: u32, raw: i32) {
-    let n: u32 = std::env::var("OXILIUM_BENCH_FLOWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
+/// The program of a loaded object, with its events switched off.
+fn events_off<'a>(ebpf: &'a Ebpf, pins: &PinDir) -> &'a Xdp {
     Hub::new(pins.path())
         .set_config(&EventConfig {
             flags: CFG_NO_DROPS | CFG_NO_TRANSLATIONS,
@@ -74,7 +85,25 @@ pub fn bench(ifindex: u32, raw: i32) {
             _pad: 0,
         })
         .unwrap();
-    let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
+    ebpf.program("oxilium_lb").unwrap().try_into().unwrap()
+}
+
+pub fn bench(ifindex: u32, raw: i32) {
+    let n: u32 = std::env::var("OXILIUM_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
+    let mut progs = vec![events_off(&ebpf, &pins)];
+    let other = std::env::var("OXILIUM_BENCH_COMPARE")
+        .ok()
+        .map(|f| std::fs::read(&f).unwrap_or_else(|e| panic!("OXILIUM_BENCH_COMPARE={f}: {e}")));
+    let loaded = other
+        .as_deref()
+        .map(|o| setup_object("single-other", Some(o), 1024, 65535));
+    if let Some((ebpf, _, pins)) = &loaded {
+        progs.push(events_off(ebpf, pins));
+    }
     println!(
         "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
          raw XDP_PASS program"
@@ -88,7 +117,7 @@ pub fn bench(ifindex: u32, raw: i32) {
         ("IPv6", SNAT6, DSR6),
     ] {
         case(
-            prog,
+            &progs,
             raw,
             ifindex,
             n,
@@ -96,7 +125,7 @@ pub fn bench(ifindex: u32, raw: i32) {
             &|i| flow(i, 0, snat),
         );
         case(
-            prog,
+            &progs,
             raw,
             ifindex,
             n,
@@ -104,7 +133,7 @@ pub fn bench(ifindex: u32, raw: i32) {
             &|i| flow(i, 0, snat),
         );
         case(
-            prog,
+            &progs,
             raw,
             ifindex,
             n,
@@ -112,7 +141,7 @@ pub fn bench(ifindex: u32, raw: i32) {
             &|i| flow(i, 1, dsr),
         );
         case(
-            prog,
+            &progs,
             raw,
             ifindex,
             n,
