@@ -55,8 +55,8 @@ pub fn next_hop(
 
 /// Encapsulates the packet in an outer header `src` → `dst` (of `dst`'s family) carrying `port`
 /// (0: none, see datapath::encap), after [`next_hop`] checked its length. Returns 0 or the drop
-/// reason.
-#[inline(never)]
+/// reason. Inlined into its one caller (crate::tunnel), whose frame holds the next hop.
+#[inline(always)]
 pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> u32 {
     let outer_v6 = !abi::lb::is_v4_mapped(dst);
     match try_encap(ctx, f, src, dst, outer_v6, port) {
