@@ -179,21 +179,23 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
 }
 
-/// The real baseline: `r0 = XDP_PASS; exit`, loaded with BPF_PROG_LOAD.
-fn load_trivial_xdp() -> i32 {
-    let insns: [u64; 2] = [
-        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 2 (XDP_PASS): code 0xb7, imm in the top 32 bits.
-        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]), // BPF_JMP | BPF_EXIT
-    ];
+/// One BPF instruction: opcode, registers (dst in the low nibble, src in the high), offset, imm.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let o = off.to_le_bytes();
+    let i = imm.to_le_bytes();
+    u64::from_le_bytes([code, dst | (src << 4), o[0], o[1], i[0], i[1], i[2], i[3]])
+}
+
+/// Loads a raw XDP program with BPF_PROG_LOAD.
+fn load_raw_xdp(name: &[u8], insns: &[u64]) -> i32 {
     let mut a = ProgLoadAttr {
         prog_type: 6, // BPF_PROG_TYPE_XDP
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: c"GPL".as_ptr() as u64,
         ..Default::default()
     };
-    a.prog_name[..8].copy_from_slice(b"xdp_pass");
+    a.prog_name[..name.len()].copy_from_slice(name);
     let fd = bpf(5, &mut a); // BPF_PROG_LOAD
     assert!(
         fd >= 0,
@@ -201,6 +203,44 @@ fn load_trivial_xdp() -> i32 {
         std::io::Error::last_os_error()
     );
     fd as i32
+}
+
+const EXIT: u64 = 0x95; // BPF_JMP | BPF_EXIT
+
+/// The real baseline: `r0 = XDP_PASS; exit`.
+fn load_trivial_xdp() -> i32 {
+    // BPF_ALU64 | BPF_MOV | BPF_K (0xb7), r0 = 2 (XDP_PASS).
+    load_raw_xdp(b"xdp_pass", &[insn(0xb7, 0, 0, 0, 2), EXIT])
+}
+
+/// The second baseline: one `bpf_fib_lookup` (IPv4, LB4 → 10.10.0.1, the packet's ingress
+/// interface, the answer a next hop in the bench namespace), then `XDP_PASS` when it found the
+/// next hop (else XDP_ABORTED): what a FIB lookup per packet costs by itself.
+fn load_fib_only_xdp() -> i32 {
+    let ip = |a: [u8; 4]| i32::from_le_bytes(a);
+    let lb: std::net::Ipv4Addr = LB4.parse().unwrap();
+    let mut p = Vec::new();
+    p.push(insn(0xbf, 6, 1, 0, 0)); // r6 = r1 (ctx)
+    for off in (-64..0).step_by(8) {
+        p.push(insn(0x7a, 10, 0, off, 0)); // *(u64 *)(r10 + off) = 0: struct bpf_fib_lookup
+    }
+    p.push(insn(0x72, 10, 0, -64, 2)); // family = AF_INET
+    p.push(insn(0x61, 2, 6, 12, 0)); // r2 = ctx->ingress_ifindex
+    p.push(insn(0x63, 10, 2, -64 + 8, 0)); // ifindex = r2
+    p.push(insn(0x62, 10, 0, -64 + 16, ip(lb.octets()))); // ipv4_src
+    p.push(insn(0x62, 10, 0, -64 + 32, ip([10, 10, 0, 1]))); // ipv4_dst
+    p.push(insn(0xbf, 1, 6, 0, 0)); // r1 = ctx
+    p.push(insn(0xbf, 2, 10, 0, 0)); // r2 = r10
+    p.push(insn(0x07, 2, 0, 0, -64)); // r2 += -64
+    p.push(insn(0xb7, 3, 0, 0, 64)); // r3 = sizeof(struct bpf_fib_lookup)
+    p.push(insn(0xb7, 4, 0, 0, 0)); // r4 = flags
+    p.push(insn(0x85, 0, 0, 0, 69)); // call bpf_fib_lookup
+    p.push(insn(0x55, 0, 0, 2, 0)); // if r0 != BPF_FIB_LKUP_RET_SUCCESS goto +2
+    p.push(insn(0xb7, 0, 0, 0, 2)); // r0 = XDP_PASS
+    p.push(EXIT);
+    p.push(insn(0xb7, 0, 0, 0, 0)); // r0 = XDP_ABORTED
+    p.push(EXIT);
+    load_raw_xdp(b"xdp_fib_only", &p)
 }
 
 /// (return value, ns per run) of the raw program.
@@ -400,7 +440,11 @@ fn main() {
     );
     assert!(runs(&before) > runs(&ct), "the entries were rewritten");
 
-    single::bench(ifindex, raw);
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(raw) };
+    let fib = load_fib_only_xdp();
+    single::bench(ifindex, &single::Baselines { pass: raw, fib });
+    // SAFETY: our own descriptors.
+    unsafe {
+        libc::close(raw);
+        libc::close(fib);
+    }
 }

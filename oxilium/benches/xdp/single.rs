@@ -42,16 +42,32 @@ fn flow(i: u32, round: u32, vip: &str) -> Vec<u8> {
     }
 }
 
-/// One case: `n` packets through the raw baseline and each of `progs`, in turn.
-fn case(progs: &[&Xdp], raw: i32, ifindex: u32, n: u32, name: &str, pkt: &dyn Fn(u32) -> Vec<u8>) {
-    let mut base = Vec::new();
+/// The baselines of a case: the raw `XDP_PASS` program and the FIB-lookup-only program.
+pub struct Baselines {
+    pub pass: i32,
+    pub fib: i32,
+}
+
+/// One case: `n` packets through the baselines and each of `progs`, in turn.
+fn case(
+    progs: &[&Xdp],
+    base: &Baselines,
+    ifindex: u32,
+    n: u32,
+    name: &str,
+    pkt: &dyn Fn(u32) -> Vec<u8>,
+) {
+    let (mut pass, mut fib) = (Vec::new(), Vec::new());
     let mut ours = vec![Vec::new(); progs.len()];
     let mut not_tx = 0u32;
     let md = xdp_md(pkt(0).len(), ifindex);
     for i in 0..n {
         let p = pkt(i);
         assert_eq!(p.len(), pkt(0).len(), "{name}: frames of one length");
-        base.push(run_raw(raw, &p, &md, 1).1);
+        pass.push(run_raw(base.pass, &p, &md, 1).1);
+        let (found, ns) = run_raw(base.fib, &p, &md, 1);
+        assert_eq!(found, 2, "the FIB-only program found its next hop");
+        fib.push(ns);
         for (prog, v) in progs.iter().zip(&mut ours) {
             let (action, ns, _) = run(prog, &p, &md, 1);
             not_tx += u32::from(action != 3);
@@ -59,7 +75,7 @@ fn case(progs: &[&Xdp], raw: i32, ifindex: u32, n: u32, name: &str, pkt: &dyn Fn
         }
     }
     assert_eq!(not_tx, 0, "{name}: every run XDP_TX");
-    let b = median(base);
+    let (b, f) = (median(pass), median(fib));
     for (k, v) in ours.into_iter().enumerate() {
         let o = median(v);
         let name = if k == 0 {
@@ -68,9 +84,10 @@ fn case(progs: &[&Xdp], raw: i32, ifindex: u32, n: u32, name: &str, pkt: &dyn Fn
             "  … the other build".to_string()
         };
         println!(
-            "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x",
+            "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x  {:>7.1} ns",
             o - b,
-            o / b
+            o / b,
+            f - b
         );
     }
 }
@@ -88,7 +105,7 @@ fn events_off<'a>(ebpf: &'a Ebpf, pins: &PinDir) -> &'a Xdp {
     ebpf.program("oxilium_lb").unwrap().try_into().unwrap()
 }
 
-pub fn bench(ifindex: u32, raw: i32) {
+pub fn bench(ifindex: u32, base: &Baselines) {
     let n: u32 = std::env::var("OXILIUM_BENCH_FLOWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -106,11 +123,12 @@ pub fn bench(ifindex: u32, raw: i32) {
     }
     println!(
         "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
-         raw XDP_PASS program"
+         raw XDP_PASS program and one of a program doing one bpf_fib_lookup (\"FIB only\": ns \
+         above XDP_PASS)"
     );
     println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7}",
-        "case", "oxilium", "XDP_PASS", "above", "ratio"
+        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10}",
+        "case", "oxilium", "XDP_PASS", "above", "ratio", "FIB only"
     );
     for (family, snat, dsr) in [
         ("IPv4", "10.10.0.1:80", "10.10.0.3:80"),
@@ -118,7 +136,7 @@ pub fn bench(ifindex: u32, raw: i32) {
     ] {
         case(
             &progs,
-            raw,
+            base,
             ifindex,
             n,
             &format!("{family} SNAT, new flow"),
@@ -126,7 +144,7 @@ pub fn bench(ifindex: u32, raw: i32) {
         );
         case(
             &progs,
-            raw,
+            base,
             ifindex,
             n,
             &format!("{family} SNAT, established flow"),
@@ -134,7 +152,7 @@ pub fn bench(ifindex: u32, raw: i32) {
         );
         case(
             &progs,
-            raw,
+            base,
             ifindex,
             n,
             &format!("{family} DSR, new flow"),
@@ -142,7 +160,7 @@ pub fn bench(ifindex: u32, raw: i32) {
         );
         case(
             &progs,
-            raw,
+            base,
             ifindex,
             n,
             &format!("{family} DSR, established flow"),
