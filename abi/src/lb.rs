@@ -159,6 +159,34 @@ pub struct SnatEntry {
     pub last_seen_ns: u64,
 }
 
+/// Slots of the XDP program's next-hop cache (`OXI_NEXTHOP`, not pinned): backend id modulo this.
+pub const NEXTHOP_SLOTS: u32 = 65_536;
+
+/// A resolved next hop towards a backend, cached by the XDP program so that a packet to a backend
+/// whose next hop was resolved less than `NEXTHOP_TTL_NS` ago skips `bpf_fib_lookup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// The destination the entry was resolved for (slots are shared by backend ids).
+    pub addr: Addr,
+    /// bpf_ktime_get_ns() of the lookup; 0: empty.
+    pub checked_ns: u64,
+    /// The interface the looked-up packet came in on (an input of the lookup).
+    pub ingress: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// The largest packet (IP total length) the lookup found within the route's MTU; 0: none
+    /// checked (a packet that needs the check then looks the route up).
+    pub ok_len: u16,
+    pub _pad: u16,
+}
+
+/// How long a cached next hop is used before it is looked up again: the longest a route, MTU or
+/// neighbour change goes unnoticed by established flows.
+pub const NEXTHOP_TTL_NS: u64 = 100_000_000;
+
 /// Global settings of the LB datapath (array of one, index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -262,7 +290,8 @@ crate::pod!(
     CtEntry,
     SnatEntry,
     LbConfig,
-    Counter
+    Counter,
+    NextHop
 );
 
 /// Maps an IPv4 address (network byte order octets) to the 16-byte form.
@@ -330,6 +359,7 @@ mod tests {
         assert_eq!(size_of::<CtEntry>(), 48);
         assert_eq!(size_of::<SnatEntry>(), 56);
         assert_eq!(size_of::<LbConfig>(), 64);
+        assert_eq!(size_of::<NextHop>(), 48);
     }
 
     #[test]

@@ -39,8 +39,15 @@ pub fn lookup(
     dst: &Addr,
     tot_len: u16,
 ) -> Route {
+    // The arguments live in the per-CPU scratch space: 64 bytes less in the caller's frame
+    // (the verifier sums the stack of a call chain).
+    let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
+        return Route::None;
+    };
+    // SAFETY: this CPU's scratch; only the `fib` field is used here, and no lookup nests.
+    let p = unsafe { &mut *core::ptr::addr_of_mut!((*s).fib) };
     // SAFETY: plain C struct, all-zero is a valid value.
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    *p = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
     p.__bindgen_anon_1.tot_len = tot_len;
     if v6 {
@@ -52,7 +59,7 @@ pub fn lookup(
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
     }
-    let rc = unsafe { fib_lookup(ctx, &mut p, size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
+    let rc = unsafe { fib_lookup(ctx, p, size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Via {
             ifindex: p.ifindex,

@@ -21,6 +21,8 @@ pub struct Target {
     pub backend: Backend,
     /// SNAT mode: the LB-side source port (network byte order).
     pub snat_port: u16,
+    /// bpf_ktime_get_ns() of the selection (0: not read); the next-hop cache's clock.
+    pub now: u64,
 }
 
 impl Target {
@@ -35,6 +37,7 @@ impl Target {
                 service_id: 0,
             },
             snat_port: 0,
+            now: 0,
         }
     }
 }
@@ -175,6 +178,7 @@ pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now
     t.backend_id = e.backend_id;
     t.backend = *b;
     t.snat_port = e.snat_port;
+    t.now = now;
     let flags = ct::next(e.flags, key.proto, f.tcp_flags, false);
     if flags != e.flags {
         e.flags = flags;
@@ -221,6 +225,7 @@ pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     t.backend_id = id;
     t.backend = *b;
     t.snat_port = 0;
+    t.now = now;
     let flags = ct::next(ct::NEW, key.proto, f.tcp_flags, false);
     match new_flow(f, svc, t) {
         NewFlow::Snat => {

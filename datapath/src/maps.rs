@@ -66,6 +66,8 @@ pub struct Scratch {
     pub quoted: crate::icmp::Quoted,
     /// The program, interface and length of the packet, for its events (crate::events).
     pub ev: crate::events::EventCtx,
+    /// The arguments of a FIB lookup (crate::fib).
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
 /// See [`Scratch::snat_best`].

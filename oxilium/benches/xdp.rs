@@ -36,6 +36,8 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/single.rs"]
+mod single;
 
 const LB4: &str = "10.10.1.100";
 const PORT: u16 = 40_000;
@@ -66,7 +68,10 @@ impl Netns {
             "ip neigh add 10.10.0.1 lladdr 02:00:00:00:00:01 dev va nud permanent",
             "ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent",
             "ip neigh add 10.10.0.3 lladdr 02:00:00:00:00:03 dev va nud permanent",
+            "ip -6 addr add fd00::100/64 dev va nodad",
+            "ip -6 neigh add fd00::1 lladdr 02:00:00:00:00:11 dev va nud permanent",
             "sysctl -qw net.ipv4.ip_forward=1",
+            "sysctl -qw net.ipv6.conf.all.forwarding=1",
         ] {
             let mut a = vec!["ip", "netns", "exec", &name];
             a.extend(cmd.split_whitespace());
@@ -109,16 +114,20 @@ fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
     }
 }
 
-/// V1 → V2 and V2 → V1, plus a DSR service for the distinct-flow samples.
+/// V1 → V2 and V2 → V1, plus DSR and IPv6 services for the single-shot samples.
 fn model(ct_timeout_s: u32) -> Model {
     let mut dsr = service("dsr", "10.10.0.3:80", "10.10.0.1:80", 300);
     dsr.mode = Mode::Dsr;
+    let mut dsr6 = service("dsr6", single::DSR6, single::BACKEND6, 300);
+    dsr6.mode = Mode::Dsr;
     Model {
         maglev_seed: 0,
         services: vec![
             service("v1", "10.10.0.1:80", "10.10.0.2:80", ct_timeout_s),
             service("v2", "10.10.0.2:80", "10.10.0.1:80", ct_timeout_s),
             dsr,
+            service("snat6", single::SNAT6, single::BACKEND6, 300),
+            dsr6,
         ],
     }
 }
@@ -170,21 +179,23 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
 }
 
-/// The real baseline: `r0 = XDP_PASS; exit`, loaded with BPF_PROG_LOAD.
-fn load_trivial_xdp() -> i32 {
-    let insns: [u64; 2] = [
-        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 2 (XDP_PASS): code 0xb7, imm in the top 32 bits.
-        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]), // BPF_JMP | BPF_EXIT
-    ];
+/// One BPF instruction: opcode, registers (dst in the low nibble, src in the high), offset, imm.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let o = off.to_le_bytes();
+    let i = imm.to_le_bytes();
+    u64::from_le_bytes([code, dst | (src << 4), o[0], o[1], i[0], i[1], i[2], i[3]])
+}
+
+/// Loads a raw XDP program with BPF_PROG_LOAD.
+fn load_raw_xdp(name: &[u8], insns: &[u64]) -> i32 {
     let mut a = ProgLoadAttr {
         prog_type: 6, // BPF_PROG_TYPE_XDP
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: c"GPL".as_ptr() as u64,
         ..Default::default()
     };
-    a.prog_name[..8].copy_from_slice(b"xdp_pass");
+    a.prog_name[..name.len()].copy_from_slice(name);
     let fd = bpf(5, &mut a); // BPF_PROG_LOAD
     assert!(
         fd >= 0,
@@ -192,6 +203,44 @@ fn load_trivial_xdp() -> i32 {
         std::io::Error::last_os_error()
     );
     fd as i32
+}
+
+const EXIT: u64 = 0x95; // BPF_JMP | BPF_EXIT
+
+/// The real baseline: `r0 = XDP_PASS; exit`.
+fn load_trivial_xdp() -> i32 {
+    // BPF_ALU64 | BPF_MOV | BPF_K (0xb7), r0 = 2 (XDP_PASS).
+    load_raw_xdp(b"xdp_pass", &[insn(0xb7, 0, 0, 0, 2), EXIT])
+}
+
+/// The second baseline: one `bpf_fib_lookup` (IPv4, LB4 → 10.10.0.1, the packet's ingress
+/// interface, the answer a next hop in the bench namespace), then `XDP_PASS` when it found the
+/// next hop (else XDP_ABORTED): what a FIB lookup per packet costs by itself.
+fn load_fib_only_xdp() -> i32 {
+    let ip = |a: [u8; 4]| i32::from_le_bytes(a);
+    let lb: std::net::Ipv4Addr = LB4.parse().unwrap();
+    let mut p = Vec::new();
+    p.push(insn(0xbf, 6, 1, 0, 0)); // r6 = r1 (ctx)
+    for off in (-64..0).step_by(8) {
+        p.push(insn(0x7a, 10, 0, off, 0)); // *(u64 *)(r10 + off) = 0: struct bpf_fib_lookup
+    }
+    p.push(insn(0x72, 10, 0, -64, 2)); // family = AF_INET
+    p.push(insn(0x61, 2, 6, 12, 0)); // r2 = ctx->ingress_ifindex
+    p.push(insn(0x63, 10, 2, -64 + 8, 0)); // ifindex = r2
+    p.push(insn(0x62, 10, 0, -64 + 16, ip(lb.octets()))); // ipv4_src
+    p.push(insn(0x62, 10, 0, -64 + 32, ip([10, 10, 0, 1]))); // ipv4_dst
+    p.push(insn(0xbf, 1, 6, 0, 0)); // r1 = ctx
+    p.push(insn(0xbf, 2, 10, 0, 0)); // r2 = r10
+    p.push(insn(0x07, 2, 0, 0, -64)); // r2 += -64
+    p.push(insn(0xb7, 3, 0, 0, 64)); // r3 = sizeof(struct bpf_fib_lookup)
+    p.push(insn(0xb7, 4, 0, 0, 0)); // r4 = flags
+    p.push(insn(0x85, 0, 0, 0, 69)); // call bpf_fib_lookup
+    p.push(insn(0x55, 0, 0, 2, 0)); // if r0 != BPF_FIB_LKUP_RET_SUCCESS goto +2
+    p.push(insn(0xb7, 0, 0, 0, 2)); // r0 = XDP_PASS
+    p.push(EXIT);
+    p.push(insn(0xb7, 0, 0, 0, 0)); // r0 = XDP_ABORTED
+    p.push(EXIT);
+    load_raw_xdp(b"xdp_fib_only", &p)
 }
 
 /// (return value, ns per run) of the raw program.
@@ -236,6 +285,20 @@ fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     ether(&ip(s, d, tcp(sport, dport, &[], &[0x61; 64])), None)
 }
 
+/// `f` (Ethernet, IPv4 without options, TCP) with its TCP flags set to `flags`, the checksum
+/// updated (RFC 1624).
+fn with_tcp_flags(f: &[u8], flags: u8) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let word = |f: &[u8]| u32::from(u16::from_be_bytes([f[46], f[47]]));
+    let old = word(&f);
+    f[47] = flags;
+    let sum = u32::from(!u16::from_be_bytes([f[50], f[51]])) + (!old & 0xffff) + word(&f);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[50..52].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
 /// A loaded program with its own pinned maps, holding `model(300)`.
 fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let n = port_min; // distinct per call here
@@ -244,8 +307,26 @@ fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir)
 
 /// [`setup`] in the pin folder named by `tag`.
 fn setup_in(tag: &str, port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
+    setup_object(tag, None, port_min, port_max)
+}
+
+/// [`setup_in`] with another build of the XDP object (`None`: the embedded one).
+fn setup_object(
+    tag: &str,
+    object: Option<&[u8]>,
+    port_min: u16,
+    port_max: u16,
+) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let pins = PinDir::new(&format!("oxilium-bench-{}-{tag}", std::process::id()));
-    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
+    let mut ebpf = match object {
+        None => loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)"),
+        Some(o) => {
+            let mut ebpf = loader::load_pinned(o, pins.path()).expect("load the other object");
+            let prog: &mut Xdp = ebpf.program_mut("oxilium_lb").unwrap().try_into().unwrap();
+            prog.load().expect("verifying the other object");
+            ebpf
+        }
+    };
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(LB4.parse().unwrap()),
@@ -272,7 +353,7 @@ fn main() {
     let _ns = Netns::enter();
     let ifindex = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
     // The fixed points need a one-port SNAT range; distinct flows need a wide one: two loads.
-    let (ebpf, mut rec, _pins) = setup(PORT, PORT);
+    let (ebpf, rec, _pins) = setup(PORT, PORT);
     let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
     let est = frame(LB4, PORT, "10.10.0.1", 80);
     let md = xdp_md(est.len(), ifindex);
@@ -308,7 +389,8 @@ fn main() {
         "established"
     );
 
-    // The same with forwarding off: bpf_fib_lookup gives up early, the packet is XDP_PASS'ed.
+    // The same with forwarding off: bpf_fib_lookup gives up early, the packet is XDP_PASS'ed
+    // (once the cached next hop is older than its time to live).
     let ns_name = _ns.0.clone();
     sh(&[
         "ip",
@@ -319,6 +401,8 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=0",
     ]);
+    let ttl = std::time::Duration::from_nanos(2 * abi::lb::NEXTHOP_TTL_NS);
+    std::thread::sleep(ttl);
     assert_eq!(run(prog, &est, &md, 1).0, 2, "XDP_PASS without forwarding");
     row(
         "oxilium, established SNAT flow, FIB off",
@@ -333,48 +417,34 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
-    events::bench(repeat, &md, &est, raw);
-    rec.apply(&compile::compile(&model(0)).unwrap()).unwrap();
+    if std::env::var("OXILIUM_BENCH_EVENTS").as_deref() != Ok("0") {
+        events::bench(repeat, &md, &est, raw);
+    }
+    // New flows at repeat > 1: a client SYN on a flow closed by a RST starts a new flow (new
+    // selection, SNAT port taken over from the closed flow, conntrack entry written), and the
+    // SYN|RST packet closes it again: every run of the fixed point is a new flow.
+    let syn_rst = with_tcp_flags(&est, 0x06);
+    let before = rec.datapath().conntrack();
     row(
-        "oxilium, new SNAT flow (stale conntrack)",
-        median3(|| run(prog, &est, &md, repeat).1),
+        "oxilium, new SNAT flow (SYN on a closed flow)",
+        median3(|| run(prog, &syn_rst, &md, repeat).1),
     );
     let ct = rec.datapath().conntrack();
+    let runs = |ct: &[(abi::lb::FlowKey, abi::lb::CtEntry)]| {
+        ct.iter().map(|(_, e)| e.packets).sum::<u64>()
+    };
+    assert_eq!(ct.len(), 2, "the two flows of the fixed point");
     assert!(
         ct.iter().all(|(_, e)| e.packets == 1),
         "every run was a new flow"
     );
+    assert!(runs(&before) > runs(&ct), "the entries were rewritten");
 
-    // Distinct flows, one run each, against the raw baseline run the same way.
-    let n = 20_000u32;
-    let sample = |f: &dyn Fn(u32) -> u32| {
-        let mut v: Vec<u32> = (0..n).map(f).collect();
-        v.sort_unstable();
-        f64::from(v[v.len() / 2])
-    };
-    let flow = |i: u32, dst: &str| {
-        let src = format!("172.16.{}.{}", (i >> 8) & 0xff, i & 0xff);
-        frame(&src, 1024 + (i >> 16) as u16, dst, 80)
-    };
-    println!("one run per packet (repeat 1), median of {n} distinct flows");
-    let base1 = sample(&|i| run_raw(raw, &flow(i, "10.10.0.1"), &md, 1).1);
-    let row1 =
-        |name: &str, ns: f64| println!("{name:<44} {ns:>7.1} ns/packet  {:>5.2}x", ns / base1);
-    row1("baseline: r0 = XDP_PASS; exit (raw)", base1);
-    let (ebpf, _rec, _pins2) = setup(1024, 65535);
-    let prog: &Xdp = ebpf.program("oxilium_lb").unwrap().try_into().unwrap();
-    row1(
-        "oxilium, new SNAT flows",
-        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
-    );
-    row1(
-        "oxilium, the same flows again (established)",
-        sample(&|i| run(prog, &flow(i, "10.10.0.1"), &md, 1).1),
-    );
-    row1(
-        "oxilium, new DSR flows (IPIP encapsulation)",
-        sample(&|i| run(prog, &flow(i, "10.10.0.3"), &md, 1).1),
-    );
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(raw) };
+    let fib = load_fib_only_xdp();
+    single::bench(ifindex, &single::Baselines { pass: raw, fib });
+    // SAFETY: our own descriptors.
+    unsafe {
+        libc::close(raw);
+        libc::close(fib);
+    }
 }

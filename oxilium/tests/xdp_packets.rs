@@ -13,6 +13,9 @@ mod bpffs;
 /// ICMP errors quoting translated flows, and "fragmentation needed" for too-big DSR packets.
 #[path = "xdp_packets/icmp.rs"]
 mod icmp;
+/// The next-hop cache (`OXI_NEXTHOP`): used while fresh, looked up again once expired.
+#[path = "xdp_packets/nexthop.rs"]
+mod nexthop;
 #[path = "support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
@@ -32,26 +35,8 @@ use xdp_lb::*;
 /// XDP_TX when it goes out where it came in, XDP_REDIRECT otherwise; DSR checks the MTU.
 #[test]
 fn fib_success_rewrites_macs_and_transmits() {
-    let ns = ThreadNetns::named(&[
-        "ip link set lo up",
-        "ip link add va address 02:00:00:00:aa:01 type veth peer name vb address 02:00:00:00:bb:01",
-        "ip link set va up",
-        "ip link set vb up",
-        "ip addr add 192.168.7.254/24 dev va",
-        "ip addr add 10.0.1.254/24 dev vb",
-        "ip route add 10.0.2.0/24 via 10.0.1.250",
-        "ip neigh add 10.0.1.1 lladdr 02:00:00:00:01:01 dev vb nud permanent",
-        "ip neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev vb nud permanent",
-        "ip neigh add 10.0.1.3 lladdr 02:00:00:00:01:03 dev vb nud permanent",
-        "ip neigh add 10.0.1.250 lladdr 02:00:00:00:01:fa dev vb nud permanent",
-        "ip neigh add 192.168.7.16 lladdr 02:00:00:00:07:10 dev va nud permanent",
-        "sysctl -qw net.ipv4.ip_forward=1",
-    ]);
-    let lb = Lb::in_netns(model(), ns);
-    let index =
-        |n: &str| unsafe { libc::if_nametoindex(std::ffi::CString::new(n).unwrap().as_ptr()) };
-    let (va, vb) = (index("va"), index("vb"));
-    assert!(va > 0 && vb > 0);
+    let lb = Lb::in_netns(model(), fib_netns());
+    let (va, vb) = (ifindex("va"), ifindex("vb"));
     let vb_mac = [2, 0, 0, 0, 0xbb, 1];
     let (client, vip) = (sa("192.168.7.16:33016"), sa("10.10.0.1:80"));
     for (ingress, action) in [(va, XDP_REDIRECT), (vb, XDP_TX)] {
@@ -105,4 +90,33 @@ fn fib_success_rewrites_macs_and_transmits() {
     );
     assert_eq!(lb.count(reason::ICMP_TOO_BIG), 1);
     assert_eq!(lb.count(reason::FIB_PASS), 0);
+}
+
+/// A namespace where the FIB answers: clients on `va` (192.168.7.0/24), backends on `vb`
+/// (10.0.1.0/24, MACs 02:00:00:00:01:<last octet>), 10.0.2.0/24 behind the gateway 10.0.1.250.
+pub fn fib_netns() -> ThreadNetns {
+    ThreadNetns::named(&[
+        "ip link set lo up",
+        "ip link add va address 02:00:00:00:aa:01 type veth peer name vb address 02:00:00:00:bb:01",
+        "ip link set va up",
+        "ip link set vb up",
+        "ip addr add 192.168.7.254/24 dev va",
+        "ip addr add 10.0.1.254/24 dev vb",
+        "ip route add 10.0.2.0/24 via 10.0.1.250",
+        "ip neigh add 10.0.1.1 lladdr 02:00:00:00:01:01 dev vb nud permanent",
+        "ip neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev vb nud permanent",
+        "ip neigh add 10.0.1.3 lladdr 02:00:00:00:01:03 dev vb nud permanent",
+        "ip neigh add 10.0.1.250 lladdr 02:00:00:00:01:fa dev vb nud permanent",
+        "ip neigh add 192.168.7.16 lladdr 02:00:00:00:07:10 dev va nud permanent",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ])
+}
+
+/// The index of interface `name` in the calling thread's namespace (asserted to exist).
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i > 0, "interface {name}");
+    i
 }

@@ -1,23 +1,62 @@
 //! DSR: IP-in-IP encapsulation towards the backend (IPIP for IPv4, IPv6-in-IPv6, or mixed), the
 //! outer source being the LB's own address (header built by datapath::encap). The backend's oxilium
 //! tc program strips the outer header.
+use crate::nexthop;
 use abi::lb::{Addr, reason};
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use datapath::{
     encap,
-    fib::{self, Route},
+    fib::Route,
     headers::*,
+    lb::Target,
     parse::{Flow, ptr_at},
 };
 
-/// What [`encap`] returns, with the usable MTU in the low 16 bits, for a packet that would exceed
-/// the egress MTU once encapsulated (the packet is unchanged).
+/// What [`next_hop`] returns, with the usable MTU in the low 16 bits, for a packet that would
+/// exceed the egress MTU once encapsulated.
 pub const TOO_BIG: u32 = 1 << 16;
 
+/// Length of the outer header towards `dst` carrying `port` (0: none, see datapath::encap).
+#[inline(always)]
+fn outer_len(dst: &Addr, port: u16) -> usize {
+    if abi::lb::is_v4_mapped(dst) {
+        encap::outer_v4_len(port)
+    } else {
+        IPV6_HLEN
+    }
+}
+
+/// The next hop of the packet once encapsulated towards `dst` (crate::nexthop, `t` as there),
+/// its length checked against the route's MTU. Err: the drop reason, or [`TOO_BIG`] | the
+/// usable MTU: the route's MTU towards `dst` (bpf_fib_lookup's `mtu_result`) minus the outer
+/// header.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    f: &Flow,
+    src: &Addr,
+    dst: &Addr,
+    port: u16,
+    t: Option<&Target>,
+) -> Result<Route, u32> {
+    let hlen = outer_len(dst, port);
+    let outer = f.l3_len + hlen;
+    if outer > 0xffff {
+        return Err(reason::TOO_BIG);
+    }
+    match nexthop::route(ctx, src, dst, outer as u16, t) {
+        Route::TooBig(mtu) => {
+            let usable = (mtu as usize).saturating_sub(hlen) as u32;
+            Err(TOO_BIG | (usable & 0xffff))
+        }
+        r => Ok(r),
+    }
+}
+
 /// Encapsulates the packet in an outer header `src` → `dst` (of `dst`'s family) carrying `port`
-/// (0: none, see datapath::encap). Returns 0, the drop reason, or [`TOO_BIG`] | the usable MTU:
-/// the route's MTU towards `dst` (bpf_fib_lookup's `mtu_result`) minus the outer header.
-#[inline(never)]
+/// (0: none, see datapath::encap), after [`next_hop`] checked its length. Returns 0 or the drop
+/// reason. Inlined into its one caller (crate::tunnel), whose frame holds the next hop.
+#[inline(always)]
 pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> u32 {
     let outer_v6 = !abi::lb::is_v4_mapped(dst);
     match try_encap(ctx, f, src, dst, outer_v6, port) {
@@ -41,23 +80,6 @@ fn try_encap(
         encap::outer_v4_len(port)
     };
     let inner_len = f.l3_len;
-    let outer_len = inner_len + hlen;
-    if outer_len > 0xffff {
-        return Err(reason::TOO_BIG);
-    }
-    // MTU check before touching the packet.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if let Route::TooBig(mtu) = fib::lookup(
-        ctx.ctx as *mut _,
-        ingress,
-        outer_v6,
-        src,
-        dst,
-        outer_len as u16,
-    ) {
-        let usable = (mtu as usize).saturating_sub(hlen) as u32;
-        return Err(TOO_BIG | (usable & 0xffff));
-    }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(hlen as i32)) } != 0 {
         return Err(reason::ERROR);
     }

@@ -3,7 +3,7 @@
 //! about a DSR flow's reply is tunnelled to the backend, which owns the VIP), and a DSR packet
 //! too big for the egress MTU once encapsulated is answered with "fragmentation needed" /
 //! "packet too big" carrying the usable MTU, sent back with XDP_TX.
-use crate::{count, encap, transmit};
+use crate::{SENT, count, encap, transmit, tunnel};
 use abi::lb::{FAMILY_V6, reason};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -19,7 +19,7 @@ use datapath::{
 };
 
 /// An ICMP / ICMPv6 error (`s.flow`): translated and sent on when it quotes a translated flow,
-/// else passed untouched (`icmp_error`).
+/// else passed untouched (`icmp_error`). Returns the XDP action, or [`TUNNEL`].
 #[inline(never)]
 pub fn error(ctx: &XdpContext, s: &mut Scratch, bytes: u64) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -44,14 +44,28 @@ pub fn error(ctx: &XdpContext, s: &mut Scratch, bytes: u64) -> u32 {
         icmp::to_snat_backend(&mut s.quoted, b, lb_src, c.snat_port, &mut s.rewrite);
         return send(ctx, s, bytes);
     }
-    // DSR: the backend sent the reply from the VIP; it gets the error as the client sent it.
-    let f = &s.flow;
-    match encap::encap(ctx, f, lb_src, &b.addr, 0) {
-        0 => count(
-            reason::ICMP_XLATE,
-            bytes,
-            transmit(ctx, f, lb_src, &b.addr, 0),
-        ),
+    // DSR: the backend sent the reply from the VIP; it gets the error as the client sent it,
+    // tunnelled by the caller ([`tunnel_error`]: one call less deep).
+    s.target.backend = *b;
+    s.target.backend_id = c.backend_id;
+    // No clock: the next-hop cache is for the flow's own packets.
+    s.target.now = 0;
+    TUNNEL
+}
+
+/// What [`error`] returns for an error to tunnel to the backend in `s.target` ([`tunnel_error`]).
+pub const TUNNEL: u32 = 1 << 18;
+
+/// Tunnels an ICMP error about a DSR flow's reply to the flow's backend (`s.target`, filled by
+/// [`error`]).
+#[inline(always)]
+pub fn tunnel_error(ctx: &XdpContext, s: &Scratch, bytes: u64) -> u32 {
+    let t = &s.target;
+    let Some(lb_src) = lb::lb_addr(t.backend.family == FAMILY_V6) else {
+        return count(reason::ICMP_ERROR, bytes, XDP_PASS);
+    };
+    match tunnel(ctx, &s.flow, lb_src, t, 0) {
+        r if r & SENT != 0 => count(reason::ICMP_XLATE, bytes, r & 0xffff),
         r if r & encap::TOO_BIG != 0 => count(reason::TOO_BIG, bytes, XDP_DROP),
         r => count(r, bytes, XDP_DROP),
     }
@@ -68,7 +82,7 @@ fn send(ctx: &XdpContext, s: &Scratch, bytes: u64) -> u32 {
     count(
         reason::ICMP_XLATE,
         bytes,
-        transmit(ctx, &s.flow, &q.outer_src, &q.outer_dst, 0),
+        transmit(ctx, &s.flow, &q.outer_src, &q.outer_dst, None),
     )
 }
 

@@ -6,6 +6,7 @@
 
 mod encap;
 mod icmp;
+mod nexthop;
 mod nodeport;
 mod partial;
 
@@ -18,7 +19,7 @@ use aya_ebpf::{
 };
 use datapath::{
     events,
-    fib::{self, Route},
+    fib::Route,
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
     lb::{self, Target},
     maps, nat,
@@ -53,7 +54,10 @@ fn lb_packet(ctx: &XdpContext) -> u32 {
         Parsed::Malformed => return count(reason::MALFORMED, bytes, XDP_PASS),
     }
     if f.icmp_error {
-        return icmp::error(&ctx, s, bytes);
+        return match icmp::error(ctx, s, bytes) {
+            icmp::TUNNEL => icmp::tunnel_error(ctx, s, bytes),
+            action => action,
+        };
     }
     if f.key.proto != IPPROTO_TCP && f.key.proto != IPPROTO_UDP {
         return count(reason::PASS, bytes, XDP_PASS);
@@ -104,7 +108,7 @@ fn forward(
 
 /// Sends a client → VIP packet to the backend chosen in `t`: a flow without a SNAT port of a DSR
 /// service is encapsulated (the outer header carrying `dsr_port`, see datapath::encap), any other
-/// is rewritten to LB address:SNAT port. Both leave through [`transmit`].
+/// is rewritten to LB address:SNAT port ([`transmit`]).
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
@@ -126,9 +130,9 @@ fn send(
             // Pinned while the service was in DSR mode: no SNAT port to reuse.
             return count(reason::NO_BACKEND, bytes, XDP_DROP);
         }
-        let r = encap::encap(ctx, f, lb_src, &b.addr, dsr_port);
+        let r = tunnel(ctx, f, lb_src, t, dsr_port);
         return match r {
-            0 => count(reason::FWD_DSR, bytes, transmit(ctx, f, lb_src, &b.addr, 0)),
+            r if r & SENT != 0 => count(reason::FWD_DSR, bytes, r & 0xffff),
             r if r & encap::TOO_BIG != 0 => icmp::too_big(ctx, f, r as u16, bytes),
             r => count(r, bytes, XDP_DROP),
         };
@@ -144,8 +148,28 @@ fn send(
     count(
         reason::FWD_SNAT,
         bytes,
-        transmit(ctx, f, &new.src, &new.dst, 0),
+        transmit(ctx, f, &new.src, &new.dst, Some(t)),
     )
+}
+
+/// What [`tunnel`] returns with the XDP action in the low 16 bits once the packet is sent.
+const SENT: u32 = 1 << 17;
+
+/// DSR: encapsulates the packet `src` → `t`'s backend carrying `port` (crate::encap) and sends
+/// it to the next hop (crate::nexthop: cached while `t.now` is set). Returns [`SENT`] | the XDP
+/// action, `encap::TOO_BIG` | the usable MTU (the packet unchanged), or the drop reason. A frame
+/// of its own: the FIB lookup's arguments take stack.
+#[inline(never)]
+fn tunnel(ctx: &XdpContext, f: &Flow, src: &Addr, t: &Target, port: u16) -> u32 {
+    let dst = &t.backend.addr;
+    let route = match encap::next_hop(ctx, f, src, dst, port, Some(t)) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match encap::encap(ctx, f, src, dst, port) {
+        0 => SENT | transmit_via(ctx, f, &route),
+        r => r,
+    }
 }
 
 /// Backend → LB (SNAT reply): restore VIP → client and send it back towards the client.
@@ -163,7 +187,7 @@ fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u6
     count(
         reason::REV_SNAT,
         bytes,
-        transmit(ctx, f, &new.src, &new.dst, 0),
+        transmit(ctx, f, &new.src, &new.dst, None),
     )
 }
 
@@ -181,20 +205,21 @@ fn rewrite(ctx: &XdpContext, f: &Flow, new: &FlowKey) -> Result<(), ()> {
     Ok(())
 }
 
-/// Sends a translated packet to its next hop: MACs from the FIB, XDP_TX on the same interface
-/// (always for VLAN-tagged frames: the tag belongs to the ingress trunk), XDP_REDIRECT otherwise.
-/// Without a resolved neighbour the packet goes up the stack, which resolves it and forwards.
+/// Sends a translated packet to its next hop: [`transmit_via`] the route from `src` to `dst`
+/// (crate::nexthop: `t` is the flow's target when `dst` is its backend, `None` for no cache).
 #[inline(never)]
-fn transmit(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, tot_len: u16) -> u32 {
+fn transmit(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, t: Option<&Target>) -> u32 {
+    let route = nexthop::route(ctx, src, dst, 0, t);
+    transmit_via(ctx, f, &route)
+}
+
+/// Sends a translated packet by `route`: MACs from the FIB, XDP_TX on the same interface (always
+/// for VLAN-tagged frames: the tag belongs to the ingress trunk), XDP_REDIRECT otherwise.
+/// Without a resolved neighbour the packet goes up the stack, which resolves it and forwards.
+#[inline(always)]
+fn transmit_via(ctx: &XdpContext, f: &Flow, route: &Route) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    match fib::lookup(
-        ctx.ctx as *mut _,
-        ingress,
-        !abi::lb::is_v4_mapped(dst),
-        src,
-        dst,
-        tot_len,
-    ) {
+    match *route {
         Route::Via {
             ifindex,
             smac,

@@ -1,0 +1,170 @@
+//! Single-shot figures: one BPF_PROG_TEST_RUN (repeat 1, the kernel's own fresh copy of the
+//! frame) per distinct packet, the median of `n` packets, each run paired with a run of the raw
+//! `XDP_PASS` program on the same packet right before it (so both medians come from the same
+//! moments of a shared machine). Reported as ns above the baseline and as a ratio. New flows are
+//! distinct 5-tuples; the established cases send the same packets again. Every run must return
+//! XDP_TX (the FIB answers in the bench namespace). Events are switched off (`OXI_EVENT_CONFIG`),
+//! their cost is the events section's.
+//!
+//! `OXILIUM_BENCH_COMPARE=FILE` (another build of the XDP object, e.g. the previous commit's
+//! target/bpf/bpfel-unknown-none/bpf/oxilium-xdp) adds its figures, each of its runs paired
+//! with ours on the same packet: on a shared machine this is the way to see what a change did.
+use super::*;
+use abi::event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig};
+use oxilium::events::Hub;
+
+/// IPv6 services and backends for the single-shot cases (the namespace has their neighbour).
+pub const SNAT6: &str = "[fd00::a]:80";
+pub const DSR6: &str = "[fd00::b]:80";
+pub const BACKEND6: &str = "[fd00::1]:80";
+
+/// Median of a sample.
+fn median(mut v: Vec<u32>) -> f64 {
+    v.sort_unstable();
+    f64::from(v[v.len() / 2])
+}
+
+/// A distinct client → `vip` frame per `i` (`round` changes the clients' network).
+fn flow(i: u32, round: u32, vip: &str) -> Vec<u8> {
+    let fe: std::net::SocketAddr = vip.parse().unwrap();
+    let sport = 1024 + (i >> 16) as u16;
+    let dst = fe.ip().to_string();
+    if fe.is_ipv6() {
+        frame(
+            &format!("fd01:{round:x}::{:x}", i + 1),
+            sport,
+            &dst,
+            fe.port(),
+        )
+    } else {
+        let src = format!("172.{}.{}.{}", 16 + round, (i >> 8) & 0xff, i & 0xff);
+        frame(&src, sport, &dst, fe.port())
+    }
+}
+
+/// The baselines of a case: the raw `XDP_PASS` program and the FIB-lookup-only program.
+pub struct Baselines {
+    pub pass: i32,
+    pub fib: i32,
+}
+
+/// One case: `n` packets through the baselines and each of `progs`, in turn.
+fn case(
+    progs: &[&Xdp],
+    base: &Baselines,
+    ifindex: u32,
+    n: u32,
+    name: &str,
+    pkt: &dyn Fn(u32) -> Vec<u8>,
+) {
+    let (mut pass, mut fib) = (Vec::new(), Vec::new());
+    let mut ours = vec![Vec::new(); progs.len()];
+    let mut not_tx = 0u32;
+    let md = xdp_md(pkt(0).len(), ifindex);
+    for i in 0..n {
+        let p = pkt(i);
+        assert_eq!(p.len(), pkt(0).len(), "{name}: frames of one length");
+        pass.push(run_raw(base.pass, &p, &md, 1).1);
+        let (found, ns) = run_raw(base.fib, &p, &md, 1);
+        assert_eq!(found, 2, "the FIB-only program found its next hop");
+        fib.push(ns);
+        for (prog, v) in progs.iter().zip(&mut ours) {
+            let (action, ns, _) = run(prog, &p, &md, 1);
+            not_tx += u32::from(action != 3);
+            v.push(ns);
+        }
+    }
+    assert_eq!(not_tx, 0, "{name}: every run XDP_TX");
+    let (b, f) = (median(pass), median(fib));
+    for (k, v) in ours.into_iter().enumerate() {
+        let o = median(v);
+        let name = if k == 0 {
+            name.to_string()
+        } else {
+            "  … the other build".to_string()
+        };
+        println!(
+            "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x  {:>7.1} ns",
+            o - b,
+            o / b,
+            f - b
+        );
+    }
+}
+
+/// The program of a loaded object, with its events switched off.
+fn events_off<'a>(ebpf: &'a Ebpf, pins: &PinDir) -> &'a Xdp {
+    Hub::new(pins.path())
+        .set_config(&EventConfig {
+            flags: CFG_NO_DROPS | CFG_NO_TRANSLATIONS,
+            flow_rate: 0,
+            flow_burst: 0,
+            _pad: 0,
+        })
+        .unwrap();
+    ebpf.program("oxilium_lb").unwrap().try_into().unwrap()
+}
+
+pub fn bench(ifindex: u32, base: &Baselines) {
+    let n: u32 = std::env::var("OXILIUM_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
+    let mut progs = vec![events_off(&ebpf, &pins)];
+    let other = std::env::var("OXILIUM_BENCH_COMPARE")
+        .ok()
+        .map(|f| std::fs::read(&f).unwrap_or_else(|e| panic!("OXILIUM_BENCH_COMPARE={f}: {e}")));
+    let loaded = other
+        .as_deref()
+        .map(|o| setup_object("single-other", Some(o), 1024, 65535));
+    if let Some((ebpf, _, pins)) = &loaded {
+        progs.push(events_off(ebpf, pins));
+    }
+    println!(
+        "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
+         raw XDP_PASS program and one of a program doing one bpf_fib_lookup (\"FIB only\": ns \
+         above XDP_PASS)"
+    );
+    println!(
+        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10}",
+        "case", "oxilium", "XDP_PASS", "above", "ratio", "FIB only"
+    );
+    for (family, snat, dsr) in [
+        ("IPv4", "10.10.0.1:80", "10.10.0.3:80"),
+        ("IPv6", SNAT6, DSR6),
+    ] {
+        case(
+            &progs,
+            base,
+            ifindex,
+            n,
+            &format!("{family} SNAT, new flow"),
+            &|i| flow(i, 0, snat),
+        );
+        case(
+            &progs,
+            base,
+            ifindex,
+            n,
+            &format!("{family} SNAT, established flow"),
+            &|i| flow(i, 0, snat),
+        );
+        case(
+            &progs,
+            base,
+            ifindex,
+            n,
+            &format!("{family} DSR, new flow"),
+            &|i| flow(i, 1, dsr),
+        );
+        case(
+            &progs,
+            base,
+            ifindex,
+            n,
+            &format!("{family} DSR, established flow"),
+            &|i| flow(i, 1, dsr),
+        );
+    }
+}
