@@ -8,7 +8,10 @@
 mod support;
 
 use serde_json::Value;
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 use support::{
     etcd::Etcd,
     netns::{Netns, unique, veth},
@@ -80,7 +83,7 @@ fn identities_across_nodes_through_etcd() {
     a_ns.run(&["ip", "addr", "add", "10.201.1.2/30", "dev", "toetcd"]);
     b_ns.run(&["ip", "addr", "add", "10.201.2.2/30", "dev", "toetcd"]);
     let etcd = Etcd::start(&e_ns, &["127.0.0.1", "10.201.1.1", "10.201.2.1"]);
-    let kv = |ep: &str| {
+    let kv = |ep: &str, sync_ms: &str| {
         vec![
             "--kvstore".to_string(),
             "etcd".into(),
@@ -88,9 +91,13 @@ fn identities_across_nodes_through_etcd() {
             format!("http://{ep}:2379"),
             "--identity-gc-grace-ms".into(),
             "1000".into(),
+            "--kvstore-sync-ms".into(),
+            sync_ms.into(),
         ]
     };
-    let (ka, kb) = (kv("10.201.1.1"), kv("10.201.2.1"));
+    // A collects garbage (its full sync runs every 0.5 s); B's full sync waits 10 minutes, so
+    // after its first read B learns A's changes from the watch alone.
+    let (ka, kb) = (kv("10.201.1.1", "500"), kv("10.201.2.1", "600000"));
     let a_pods = pods(&[("one", "one"), ("solo", "solo"), ("two", "two")]);
     let mut a = PolicyNode::in_node(
         a_ns,
@@ -103,7 +110,7 @@ fn identities_across_nodes_through_etcd() {
         &[("node-b", "10.200.0.2")],
     );
     let one_a = a.add_pod("default/one");
-    a.add_pod("default/solo");
+    let solo_ip = a.add_pod("default/solo");
     let b_pods = pods(&[("zzz", "zzz"), ("two", "two"), ("one-b", "one")]);
     let mut b = PolicyNode::in_node(
         b_ns,
@@ -155,12 +162,25 @@ fn identities_across_nodes_through_etcd() {
         &pods(&[("one", "one"), ("two", "two"), ("fresh", "fresh")]),
     );
     std::thread::sleep(Duration::from_millis(500));
-    a.add_pod("default/fresh");
+    let fresh = a.add_pod("default/fresh");
+    let added = Instant::now();
     assert_eq!(
         identity_of(&a, "default/fresh"),
         Some(solo),
         "the number is reused"
     );
+    // B learns of the new endpoint through the watch (its full sync is minutes away), and
+    // had seen solo's entry go the same way.
+    b.agent
+        .eventually(Duration::from_secs(5), "fresh in B's ipcache", || {
+            let got = ipcache_identity(&b, fresh);
+            (got == Some(solo as u32)).then_some(()).ok_or(got)
+        });
+    eprintln!(
+        "new endpoint on A → B's ipcache: {:?} (including A's CNI ADD answer)",
+        added.elapsed()
+    );
+    assert_ne!(ipcache_identity(&b, solo_ip), Some(solo as u32));
     // A restart keeps the numbers.
     b.agent.restart();
     assert_eq!(identity_of(&b, "default/one-b"), Some(id_b));

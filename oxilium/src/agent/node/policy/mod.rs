@@ -57,6 +57,10 @@ pub struct PolicyFlags {
     /// number may be reused.
     #[arg(long, default_value_t = 300_000)]
     pub identity_gc_grace_ms: u64,
+    /// --kvstore: period of the full sync (milliseconds): garbage collection, and a read of every
+    /// other node's entries besides the watch (the lease is kept alive every 5 s regardless).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub kvstore_sync_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -352,6 +356,10 @@ impl PolicyAgent {
     /// them when None), their flags, and the ipcache.
     fn sync(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
         self.sync_endpoints(touched)?;
+        if let Some(kv) = &self.kv {
+            // This node's entries in the kvstore follow (kv_task).
+            kv.kicker().notify_one();
+        }
         self.write_ipcache()
     }
 
@@ -408,7 +416,7 @@ pub fn own_addresses() -> Vec<IpAddr> {
 }
 
 /// Starts the policy's background work: the folder's policy objects followed, and with a
-/// kvstore its sync every half second.
+/// kvstore [`kv_task`].
 pub fn spawn_tasks(
     cni: crate::agent::node::endpoints::SharedCni,
     dir: Option<PathBuf>,
@@ -417,20 +425,60 @@ pub fn spawn_tasks(
     if let Some(dir) = dir {
         follow_folder(cni.clone(), dir, watch_ms);
     }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let mut a = cni.lock().await;
-            if a.policy.kv.is_none() {
-                return;
-            }
-            if let Err(e) = a.policy.kv_sync() {
-                warn!("kvstore: {e:#}");
-                a.policy.last_error = Some(format!("kvstore: {e:#}"));
-            }
+    tokio::spawn(kv_task(cni));
+}
+
+/// How often the kvstore lease (15 s) is kept alive.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// With a kvstore: the other nodes' changes applied as the watch reports them, this node's
+/// written when its endpoints change and with the lease's keepalive every [`KEEPALIVE`], and
+/// the full sync every `--kvstore-sync-ms`.
+async fn kv_task(cni: crate::agent::node::endpoints::SharedCni) {
+    enum Why {
+        Full,
+        Local,
+        Watch(Vec<etcd::WatchEvent>),
+    }
+    let (kick, events, every) = {
+        let mut a = cni.lock().await;
+        let Some(kv) = a.policy.kv.as_mut() else {
+            return;
+        };
+        (kv.kicker(), kv.take_watch(), a.policy.flags.kvstore_sync_ms)
+    };
+    let Some(mut events) = events else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(every));
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    loop {
+        let why = tokio::select! {
+            _ = tick.tick() => Why::Full,
+            _ = keepalive.tick() => Why::Local,
+            _ = kick.notified() => Why::Local,
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    let mut all = vec![ev];
+                    while let Ok(ev) = events.try_recv() {
+                        all.push(ev);
+                    }
+                    Why::Watch(all)
+                }
+                None => return,
+            },
+        };
+        let mut a = cni.lock().await;
+        let r = match why {
+            Why::Full => a.policy.kv_sync(),
+            Why::Local => a.policy.kv_publish(),
+            Why::Watch(all) => a.policy.kv_apply(all),
+        };
+        if let Err(e) = r {
+            warn!("kvstore: {e:#}");
+            a.policy.last_error = Some(format!("kvstore: {e:#}"));
         }
-    });
+    }
 }
 
 /// Re-reads the policy objects of the folder on every change (its own watch, debounced like the
@@ -460,9 +508,9 @@ fn follow_folder(cni: crate::agent::node::endpoints::SharedCni, dir: PathBuf, wa
 }
 
 impl PolicyAgent {
-    /// With a kvstore: this node's references (the identities of the pods it knows) and ipcache
-    /// entries (its endpoints) written, the other nodes' entries read into the ipcache.
-    pub fn kv_sync(&mut self) -> Result<()> {
+    /// This node's references (the identities of the pods it knows) and ipcache entries (its
+    /// endpoints), as the kvstore should hold them.
+    fn kv_local(&self) -> (BTreeSet<u32>, BTreeMap<IpAddr, u32>) {
         let refs: BTreeSet<u32> = self
             .engine
             .endpoints()
@@ -479,10 +527,41 @@ impl PolicyAgent {
                 }
             }
         }
+        (refs, ipcache)
+    }
+
+    /// With a kvstore, the full sync: this node's entries written, the other nodes' entries
+    /// read into the ipcache, garbage collected.
+    pub fn kv_sync(&mut self) -> Result<()> {
+        let (refs, ipcache) = self.kv_local();
         let Some(kv) = self.kv.as_mut() else {
             return Ok(());
         };
         if kv.sync(&refs, &ipcache)? {
+            self.write_ipcache()?;
+        }
+        Ok(())
+    }
+
+    /// With a kvstore: this node's entries written (after its endpoints changed).
+    fn kv_publish(&mut self) -> Result<()> {
+        let (refs, ipcache) = self.kv_local();
+        match self.kv.as_mut() {
+            Some(kv) => kv.publish(&refs, &ipcache),
+            None => Ok(()),
+        }
+    }
+
+    /// With a kvstore: the watch's events applied to the ipcache.
+    fn kv_apply(&mut self, events: Vec<etcd::WatchEvent>) -> Result<()> {
+        let Some(kv) = self.kv.as_mut() else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for ev in events {
+            changed |= kv.apply(ev)?;
+        }
+        if changed {
             self.write_ipcache()?;
         }
         Ok(())
