@@ -148,8 +148,8 @@ fn read_objects(dir: &Path, cache: &mut ParseCache) -> Result<Vec<k8s::manifests
     Ok(out)
 }
 
-fn read_folder(dir: &Path, cluster: &str, cache: &mut ParseCache) -> Result<Folder> {
-    let objects = read_objects(dir, cache)?;
+/// The policy objects among `objects` (a manifests folder's, or the API server's).
+fn folder_of(objects: Vec<k8s::manifests::Object>, cluster: &str) -> Result<Folder> {
     let mut f = Folder::default();
     for o in &objects {
         if o.value.get("kind").and_then(|k| k.as_str()) == Some("Node") {
@@ -250,9 +250,23 @@ impl PolicyAgent {
         let Some(dir) = self.manifests.clone() else {
             return self.sync(None);
         };
-        let t = Instant::now();
-        let new = read_folder(&dir, &self.engine.cfg.cluster, &mut self.parse_cache)
+        let new = read_objects(&dir, &mut self.parse_cache)
+            .and_then(|o| folder_of(o, &self.engine.cfg.cluster))
             .with_context(|| format!("--manifests {}", dir.display()))?;
+        self.apply(new)
+    }
+
+    /// Applies the API server's policy objects (k8s::api_source::policy_objects); a set that does
+    /// not load changes nothing.
+    pub fn apply_objects(&mut self, objects: Vec<k8s::manifests::Object>) -> Result<()> {
+        let new = folder_of(objects, &self.engine.cfg.cluster)
+            .context("the API server's policy objects")?;
+        self.apply(new)
+    }
+
+    /// Makes `new` the policy objects in force: what changed goes to the engine and the kernel.
+    fn apply(&mut self, new: Folder) -> Result<()> {
+        let t = Instant::now();
         let old = std::mem::replace(&mut self.folder, new);
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut note = |d: Vec<policy::engine::EndpointDelta>| {
@@ -479,6 +493,26 @@ async fn kv_task(cni: crate::agent::node::endpoints::SharedCni) {
             a.policy.last_error = Some(format!("kvstore: {e:#}"));
         }
     }
+}
+
+/// Applies the API server's policy objects (k8s::api_source::policy_objects) as they change.
+pub fn follow_api(
+    cni: crate::agent::node::endpoints::SharedCni,
+    mut objects: tokio::sync::mpsc::UnboundedReceiver<Vec<k8s::manifests::Object>>,
+) {
+    tokio::spawn(async move {
+        while let Some(all) = objects.recv().await {
+            let mut a = cni.lock().await;
+            let r = a.policy.apply_objects(all);
+            match r {
+                Ok(()) => a.policy.last_error = None,
+                Err(e) => {
+                    warn!("policy not applied: {e:#}");
+                    a.policy.last_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+    });
 }
 
 /// Re-reads the policy objects of the folder on every change (its own watch, debounced like the
