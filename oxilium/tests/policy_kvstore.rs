@@ -38,10 +38,10 @@ fn identity_of(node: &PolicyNode, pod: &str) -> Option<u64> {
 }
 
 /// The identity the node's ipcache gives `ip` (a /128 entry of the IPv4-mapped form).
-fn ipcache_identity(node: &PolicyNode, ip: IpAddr) -> Option<u32> {
+fn ipcache_identity(agent: &support::agent::AgentProcess, ip: IpAddr) -> Option<u32> {
     let out = std::process::Command::new("bpftool")
         .args(["map", "dump", "pinned"])
-        .arg(node.agent.pins().join("OXI_IPCACHE"))
+        .arg(agent.pins().join("OXI_IPCACHE"))
         .arg("-j")
         .output()
         .ok()?;
@@ -133,12 +133,12 @@ fn identities_across_nodes_through_etcd() {
     // Each node's endpoint is in the other's ipcache with its identity.
     a.agent
         .eventually(Duration::from_secs(10), "B's pod in A's ipcache", || {
-            let got = ipcache_identity(&a, one_b);
+            let got = ipcache_identity(&a.agent, one_b);
             (got == Some(id_b as u32)).then_some(()).ok_or(got)
         });
     b.agent
         .eventually(Duration::from_secs(10), "A's pod in B's ipcache", || {
-            let got = ipcache_identity(&b, one_a);
+            let got = ipcache_identity(&b.agent, one_a);
             (got == Some(id_a as u32)).then_some(()).ok_or(got)
         });
     // solo: deleted on A and gone from A's folder; nobody references it: collected after the
@@ -173,14 +173,14 @@ fn identities_across_nodes_through_etcd() {
     // had seen solo's entry go the same way.
     b.agent
         .eventually(Duration::from_secs(5), "fresh in B's ipcache", || {
-            let got = ipcache_identity(&b, fresh);
+            let got = ipcache_identity(&b.agent, fresh);
             (got == Some(solo as u32)).then_some(()).ok_or(got)
         });
     eprintln!(
         "new endpoint on A → B's ipcache: {:?} (including A's CNI ADD answer)",
         added.elapsed()
     );
-    assert_ne!(ipcache_identity(&b, solo_ip), Some(solo as u32));
+    assert_ne!(ipcache_identity(&b.agent, solo_ip), Some(solo as u32));
     // A restart keeps the numbers.
     b.agent.restart();
     assert_eq!(identity_of(&b, "default/one-b"), Some(id_b));
@@ -256,11 +256,6 @@ fn policy_across_nodes_through_etcd() {
         PeerServers::start(&b.pods[1][1], "db", &[to_db]),
     ];
     let node2 = &b.agents[1];
-    let events = Monitor::start(
-        &b.nodes[1],
-        node2.socket(),
-        &["--type", "policy", "-o", "json"],
-    );
     let ask =
         |n: usize, j: usize, to| tcp_ask(&b.pods[n - 1][j], None, to, Duration::from_millis(700));
     // (from node, pod, to, expected answer): every pair, until the kernel agrees.
@@ -280,23 +275,6 @@ fn policy_across_nodes_through_etcd() {
         let expected: Vec<_> = want.iter().map(|w| w.3.map(String::from)).collect();
         (got == expected).then_some(()).ok_or(got)
     });
-    // Allowed connections keep the pod's own address (the server saw the client itself), and
-    // a few more in a row all pass.
-    for _ in 0..5 {
-        let a = ask(1, 0, to_server).expect("client → server");
-        assert_eq!(a.peer, client);
-        assert_eq!(ask(1, 1, to_db).expect("other → db").peer, other);
-    }
-    // Each side counted its drops.
-    let denied = |n: usize, pod: &str| {
-        b.agents[n - 1].cli(&["policy", "get", pod])["counters"]["denied"]
-            .as_u64()
-            .unwrap()
-    };
-    assert!(denied(2, "default/web-2-0") > 0, "server's ingress");
-    assert!(denied(1, "default/web-1-0") > 0, "client's egress");
-    assert_eq!(denied(2, "default/web-2-1"), 0, "db takes everyone");
-    // Node 2 knew the remote pods' identities: the numbers node 1 gave them.
     let id_on = |n: usize, pod: &str| -> u64 {
         b.agents[n - 1]
             .cli(&["endpoint", "list"])
@@ -308,6 +286,42 @@ fn policy_across_nodes_through_etcd() {
             .as_u64()
             .unwrap()
     };
+    // Node 2 knows every remote pod by now? (Before its entry arrives, a pod is `world` to
+    // it, refused all the same.) Its verdicts are watched from then on.
+    for (src, pod, n) in [
+        (client, "default/web-1-0", 1),
+        (other, "default/web-1-1", 1),
+        (third, "default/web-3-0", 3),
+    ] {
+        let want = id_on(n, pod) as u32;
+        node2.eventually(Duration::from_secs(10), "node 2's ipcache", || {
+            let got = ipcache_identity(node2, src);
+            (got == Some(want)).then_some(()).ok_or(got)
+        });
+    }
+    let events = Monitor::start(
+        &b.nodes[1],
+        node2.socket(),
+        &["--type", "policy", "-o", "json"],
+    );
+    // Allowed connections keep the pod's own address (the server saw the client itself), and
+    // a few more in a row all pass; the refused stay refused.
+    for _ in 0..5 {
+        let a = ask(1, 0, to_server).expect("client → server");
+        assert_eq!(a.peer, client);
+        assert_eq!(ask(1, 1, to_db).expect("other → db").peer, other);
+    }
+    assert!(ask(1, 1, to_server).is_err() && ask(3, 0, to_server).is_err());
+    // Each side counted its drops.
+    let denied = |n: usize, pod: &str| {
+        b.agents[n - 1].cli(&["policy", "get", pod])["counters"]["denied"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(denied(2, "default/web-2-0") > 0, "server's ingress");
+    assert!(denied(1, "default/web-1-0") > 0, "client's egress");
+    assert_eq!(denied(2, "default/web-2-1"), 0, "db takes everyone");
+    // Node 2 knew the remote pods' identities: the numbers node 1 gave them.
     let ids = [
         (client, id_on(1, "default/web-1-0"), "FORWARDED"),
         (other, id_on(1, "default/web-1-1"), "DROPPED"),

@@ -2,7 +2,9 @@
 //! (networking.k8s.io/v1), CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies
 //! (cilium.io/v2, read as untyped objects), Namespaces and every Pod. Each change is reported as
 //! the whole set of objects (the consumer diffs them, as it does a re-read manifests folder),
-//! once every kind has been listed, and at most every [`DEBOUNCE`] afterwards.
+//! once every kind has been listed, and at most every [`DEBOUNCE`] afterwards, in one fixed
+//! order (kind, namespace, name), so every node reading the same objects numbers identities the
+//! same way.
 //!
 //! A kind the server does not serve (404: the Cilium CRDs not installed) counts as listed and
 //! empty, so NetworkPolicies are enforced in a cluster without the CRDs; its watch keeps retrying
@@ -183,5 +185,65 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Change>, tx: mpsc::UnboundedSen
         if tx.send(all).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default"}})
+    }
+
+    fn names(all: &[Object]) -> Vec<String> {
+        all.iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o.kind(),
+                    o.value["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    /// Nothing before every kind is listed; a relist replaces what its kind had (objects deleted
+    /// while the watch was down go); deletes and applies in between; every object carries its
+    /// apiVersion and kind and names itself in its origin.
+    #[tokio::test]
+    async fn the_set_follows_lists_relists_and_events() {
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(collect(crx, tx));
+        let np = KINDS[0].1;
+        ctx.send(Change::Init(np)).unwrap();
+        ctx.send(Change::Apply(np, obj("a"))).unwrap();
+        ctx.send(Change::Apply(np, obj("b"))).unwrap();
+        ctx.send(Change::Listed(np)).unwrap();
+        tokio::time::sleep(DEBOUNCE * 3).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "reported before every kind was listed"
+        );
+        for (_, kind) in &KINDS[1..] {
+            ctx.send(Change::Init(kind)).unwrap();
+            ctx.send(Change::Listed(kind)).unwrap();
+        }
+        let all = rx.recv().await.unwrap();
+        assert_eq!(names(&all), ["NetworkPolicy/a", "NetworkPolicy/b"]);
+        assert_eq!(all[0].api_version(), "networking.k8s.io/v1");
+        assert_eq!(all[0].origin.to_string(), "api:NetworkPolicy/default/a:0");
+        ctx.send(Change::Delete(np, obj("a"))).unwrap();
+        ctx.send(Change::Apply(KINDS[1].1, obj("c"))).unwrap();
+        let all = rx.recv().await.unwrap();
+        assert_eq!(names(&all), ["CiliumNetworkPolicy/c", "NetworkPolicy/b"]);
+        // A relist without b (deleted while disconnected) and with d.
+        ctx.send(Change::Init(np)).unwrap();
+        ctx.send(Change::Apply(np, obj("d"))).unwrap();
+        ctx.send(Change::Listed(np)).unwrap();
+        let all = rx.recv().await.unwrap();
+        assert_eq!(names(&all), ["CiliumNetworkPolicy/c", "NetworkPolicy/d"]);
     }
 }
