@@ -1,6 +1,6 @@
 //! Datapath events: the records every program writes to the `OXI_EVENTS` ring buffer (drops with
-//! their reason, service translations of new flows, optional per-step trace points; policy
-//! verdicts are reserved for the policy datapath), their run-time switches (`OXI_EVENT_CONFIG`),
+//! their reason, service translations of new flows, policy verdicts of the endpoint programs,
+//! optional per-step trace points), their run-time switches (`OXI_EVENT_CONFIG`),
 //! the per-flow rate limiter (`OXI_EVENT_LIMIT`) and the events' own counters
 //! (`OXI_EVENT_STATS`). The agent drains the ring, names what it can and serves the stream to
 //! `oxilium monitor` (see docs/observability.md).
@@ -32,7 +32,9 @@ pub const DEFAULT_FLOW_BURST: u32 = 20;
 pub const KIND_DROP: u8 = 1;
 /// A new flow of a service got its backend (frontend → backend).
 pub const KIND_TRANSLATE: u8 = 2;
-/// Reserved for the policy datapath: allow / deny / audit with identities and the rule's origin.
+/// A policy verdict of an endpoint program: a new flow allowed or audited (written once, when
+/// its policy conntrack entry is made), or a packet denied; with both identities, the direction
+/// and the kind of map entry that decided ([`MATCH_L3_ONLY`] ...).
 pub const KIND_POLICY: u8 = 3;
 /// A counted step of a packet (any reason), when trace points are switched on.
 pub const KIND_TRACE: u8 = 4;
@@ -52,7 +54,10 @@ pub const PROG_TC_NODEPORT_EGRESS: u8 = 4;
 pub const PROG_TC_POD_INGRESS: u8 = 5;
 pub const PROG_TC_POD_EGRESS: u8 = 6;
 pub const PROG_TC_DECAP: u8 = 7;
-pub const PROG_NAMES: [&str; 8] = [
+/// The endpoint programs on a pod's host-side veth (datapath::endpoint).
+pub const PROG_TC_ENDPOINT_FROM_POD: u8 = 8;
+pub const PROG_TC_ENDPOINT_TO_POD: u8 = 9;
+pub const PROG_NAMES: [&str; 10] = [
     "unknown",
     "xdp_lb",
     "xdp_nodeport",
@@ -61,18 +66,37 @@ pub const PROG_NAMES: [&str; 8] = [
     "tc_pod_ingress",
     "tc_pod_egress",
     "tc_decap",
+    "tc_endpoint_from_pod",
+    "tc_endpoint_to_pod",
 ];
 
-/// Policy verdicts (reserved, [`KIND_POLICY`]).
+/// Policy verdicts ([`KIND_POLICY`], [`Event::verdict`]).
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
 pub const VERDICT_AUDIT: u8 = 3;
 
-/// Bits of [`EventConfig::flags`]. All zero (the map as created) means: drops and translations
-/// on, trace points off, the default rate.
+/// The kind of policy map entry that decided ([`KIND_POLICY`], [`Event::rule`]); the numbers
+/// are Hubble's `policy_match_type` where it has one.
+/// No entry: the direction is enforced and nothing allows the flow (default deny).
+pub const MATCH_NONE: u32 = 0;
+/// The peer's own entry, any protocol and port.
+pub const MATCH_L3_ONLY: u32 = 1;
+/// The peer's own entry for a protocol (and port range).
+pub const MATCH_L3_L4: u32 = 2;
+/// The wildcard peer's entry for a protocol (and port range).
+pub const MATCH_L4_ONLY: u32 = 3;
+/// The wildcard peer's entry, any protocol and port (also an unenforced direction).
+pub const MATCH_ALL: u32 = 4;
+/// Traffic from the local host into a pod, allowed by allow-localhost (no entry looked up).
+pub const MATCH_HOST: u32 = 5;
+pub const MATCH_NAMES: [&str; 6] = ["none", "L3-Only", "L3-L4", "L4-Only", "all", "localhost"];
+
+/// Bits of [`EventConfig::flags`]. All zero (the map as created) means: drops, translations and
+/// policy verdicts on, trace points off, the default rate.
 pub const CFG_NO_DROPS: u32 = 1;
 pub const CFG_NO_TRANSLATIONS: u32 = 2;
 pub const CFG_TRACE: u32 = 4;
+pub const CFG_NO_POLICY: u32 = 8;
 
 /// `OXI_EVENT_CONFIG[0]`: switched by the agent at run time, read by every program per event.
 #[repr(C)]
@@ -129,12 +153,15 @@ pub struct Event {
     pub tcp_flags: u8,
     /// Translations: the backend's address.
     pub backend: Addr,
-    /// Policy events (reserved): source and destination identities, and the origin of the
-    /// deciding rule.
+    /// Policy events: source and destination identities, the kind of entry that decided
+    /// (`MATCH_*`), the direction checked (abi::policy::DIR_*) and the deciding entry's action
+    /// (abi::policy::ACTION_*; 0 when none).
     pub src_identity: u32,
     pub dst_identity: u32,
     pub rule: u32,
-    pub _pad: u32,
+    pub direction: u8,
+    pub action: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Value of `OXI_EVENT_LIMIT` (keyed by the flow hash): the GCRA's theoretical arrival time of

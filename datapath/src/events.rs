@@ -5,7 +5,8 @@
 //! earlier packet's tuple); the parser then fills the flow. Afterwards the central points call
 //! in: [`drop`] beside the drop counters (`crate::stats::drop`, the NodePort and pod drop
 //! helpers), [`translate`] where a new flow gets its backend (`crate::lb::open`), [`trace`]
-//! beside every counted step (`crate::stats::reason` and the NodePort / pod counters).
+//! beside every counted step (`crate::stats::reason` and the NodePort / pod counters),
+//! [`policy_match`] and [`policy`] where the endpoint programs decide a flow (`crate::policy`).
 //!
 //! The points only note the event in the scratch space; [`end`], called by every program on its
 //! way out, writes them (the ring's helpers need stack the deepest points do not have).
@@ -17,9 +18,9 @@
 //! `OXI_EVENT_STATS`.
 use crate::maps::{self, Scratch};
 use abi::event::{
-    CFG_NO_DROPS, CFG_NO_TRANSLATIONS, CFG_TRACE, DEFAULT_FLOW_BURST, DEFAULT_FLOW_RATE,
-    DEFAULT_RING_BYTES, Event, EventConfig, KIND_DROP, KIND_TRACE, KIND_TRANSLATE, LimitValue,
-    MAX_LIMITED_FLOWS, stat,
+    CFG_NO_DROPS, CFG_NO_POLICY, CFG_NO_TRANSLATIONS, CFG_TRACE, DEFAULT_FLOW_BURST,
+    DEFAULT_FLOW_RATE, DEFAULT_RING_BYTES, Event, EventConfig, KIND_DROP, KIND_POLICY, KIND_TRACE,
+    KIND_TRANSLATE, LimitValue, MAX_LIMITED_FLOWS, stat,
 };
 use abi::lb::{FlowKey, flow_hash};
 use aya_ebpf::{
@@ -53,6 +54,31 @@ pub struct Pending {
     pub service_id: u32,
     pub kind: u8,
     pub set: u8,
+    /// Policy events: `VERDICT_*`, `DIR_*`, the deciding entry's action and its `MATCH_*`.
+    pub verdict: u8,
+    pub direction: u8,
+    pub action: u8,
+    pub rule: u8,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+}
+
+impl Pending {
+    #[inline(always)]
+    const fn of(kind: u8, set: u8, reason: u32, service_id: u32) -> Pending {
+        Pending {
+            reason,
+            service_id,
+            kind,
+            set,
+            verdict: 0,
+            direction: 0,
+            action: 0,
+            rule: 0,
+            src_identity: 0,
+            dst_identity: 0,
+        }
+    }
 }
 
 /// Per-packet event context, kept in the scratch space.
@@ -63,6 +89,9 @@ pub struct EventCtx {
     pub prog: u8,
     /// Events pending in `pending`.
     pub n: u8,
+    /// The kind (`MATCH_*`) and action of the policy entry that decided last ([`policy_match`]).
+    pub matched: u8,
+    pub matched_action: u8,
     pub pending: [Pending; MAX_PENDING],
 }
 
@@ -76,6 +105,8 @@ pub fn begin(prog: u8, ifindex: u32, bytes: u32) {
             (*s).ev.bytes = bytes;
             (*s).ev.prog = prog;
             (*s).ev.n = 0;
+            (*s).ev.matched = 0;
+            (*s).ev.matched_action = 0;
             (*s).flow.key = FlowKey::default();
         }
     }
@@ -93,7 +124,7 @@ fn config() -> u32 {
 #[inline(always)]
 pub fn drop(set: u8, reason: u32) {
     if config() & CFG_NO_DROPS == 0 {
-        record(KIND_DROP, set, reason, 0);
+        record(Pending::of(KIND_DROP, set, reason, 0));
     }
 }
 
@@ -101,7 +132,7 @@ pub fn drop(set: u8, reason: u32) {
 #[inline(always)]
 pub fn translate(service_id: u32) {
     if config() & CFG_NO_TRANSLATIONS == 0 {
-        record(KIND_TRANSLATE, 0, 0, service_id);
+        record(Pending::of(KIND_TRANSLATE, 0, 0, service_id));
     }
 }
 
@@ -109,15 +140,50 @@ pub fn translate(service_id: u32) {
 #[inline(always)]
 pub fn trace(set: u8, reason: u32) {
     if config() & CFG_TRACE != 0 {
-        record(KIND_TRACE, set, reason, 0);
+        record(Pending::of(KIND_TRACE, set, reason, 0));
     }
+}
+
+/// The policy map entry that decides the flow being checked: its kind (`MATCH_*`) and action
+/// (`ACTION_*`, 0 for none); read by the next [`policy`].
+#[inline(always)]
+pub fn policy_match(rule: u32, action: u8) {
+    if let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch; only the event context is written.
+        unsafe {
+            (*s).ev.matched = rule as u8;
+            (*s).ev.matched_action = action;
+        }
+    }
+}
+
+/// A policy verdict (`VERDICT_*`) on the flow in the scratch space, in direction `direction`,
+/// between identities `src` and `dst`, decided by the entry [`policy_match`] noted last.
+#[inline(always)]
+pub fn policy(verdict: u8, direction: u8, src: u32, dst: u32) {
+    if config() & CFG_NO_POLICY != 0 {
+        return;
+    }
+    let Some(s) = maps::OXI_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, read only.
+    let (rule, action) = unsafe { ((*s).ev.matched, (*s).ev.matched_action) };
+    let mut p = Pending::of(KIND_POLICY, 0, 0, 0);
+    p.verdict = verdict;
+    p.direction = direction;
+    p.action = action;
+    p.rule = rule;
+    p.src_identity = src;
+    p.dst_identity = dst;
+    record(p);
 }
 
 /// Keeps an event for [`end`]: the points that report events may run several calls deep, where
 /// the verifier's bound on a call chain's stack (512 bytes) leaves no room for the ring's
 /// helpers; the program writes them on its way out, one call from its entry.
 #[inline(always)]
-fn record(kind: u8, set: u8, reason: u32, service_id: u32) {
+fn record(p: Pending) {
     let Some(s) = maps::OXI_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -126,12 +192,7 @@ fn record(kind: u8, set: u8, reason: u32, service_id: u32) {
         let ev = &mut *core::ptr::addr_of_mut!((*s).ev);
         let n = ev.n as usize;
         if n < MAX_PENDING {
-            ev.pending[n] = Pending {
-                reason,
-                service_id,
-                kind,
-                set,
-            };
+            ev.pending[n] = p;
             ev.n = n as u8 + 1;
         }
     }
@@ -161,7 +222,7 @@ fn flush() {
         if i >= n {
             break;
         }
-        emit(p.kind, p.set, p.reason, p.service_id);
+        emit(&p);
     }
     // SAFETY: as above.
     unsafe { (*s).ev.n = 0 };
@@ -211,7 +272,8 @@ fn within_rate(key: &FlowKey, now: u64) -> bool {
 
 /// Writes one record from the scratch space's flow, event context and (translations) target.
 #[inline(always)]
-fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
+fn emit(pe: &Pending) {
+    let kind = pe.kind;
     let Some(s) = maps::OXI_SCRATCH.get_ptr(0) else {
         return;
     };
@@ -240,17 +302,17 @@ fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
         (*p).time_ns = now;
         (*p).kind = kind;
         (*p).prog = ev.prog;
-        (*p).reason_set = set;
+        (*p).reason_set = pe.set;
         (*p).proto = key.proto;
-        (*p).reason = reason;
+        (*p).reason = pe.reason;
         (*p).ifindex = ev.ifindex;
         (*p).bytes = ev.bytes;
-        (*p).service_id = service_id;
+        (*p).service_id = pe.service_id;
         (*p).src = key.src;
         (*p).dst = key.dst;
         (*p).sport = key.sport;
         (*p).dport = key.dport;
-        (*p).verdict = 0;
+        (*p).verdict = pe.verdict;
         (*p).tcp_flags = (*s).flow.tcp_flags;
         if translate {
             (*p).backend_id = t.backend_id;
@@ -261,10 +323,12 @@ fn emit(kind: u8, set: u8, reason: u32, service_id: u32) {
             (*p).backend_port = 0;
             (*p).backend = [0; 16];
         }
-        (*p).src_identity = 0;
-        (*p).dst_identity = 0;
-        (*p).rule = 0;
-        (*p)._pad = 0;
+        (*p).src_identity = pe.src_identity;
+        (*p).dst_identity = pe.dst_identity;
+        (*p).rule = pe.rule as u32;
+        (*p).direction = pe.direction;
+        (*p).action = pe.action;
+        (*p)._pad = [0; 2];
     }
     e.submit(0);
     count(stat::WRITTEN);

@@ -10,15 +10,23 @@
 //! up for the peer identity and for the wildcard (abi::policy::pick). An allowed flow opens a
 //! conntrack entry, so its replies pass; anything else is dropped, or in audit mode counted and
 //! let through. Redirect entries (L7) are drops until the proxy exists.
-use crate::{endpoint::OXI_ENDPOINTS, skb::parse_tc};
+//!
+//! A policy event (`crate::events::policy`) reports each new flow's verdict (allowed or audited,
+//! once: when its conntrack entry is made) and each denied packet, with both identities and the
+//! kind of entry that decided; established packets write none.
+use crate::{endpoint::OXI_ENDPOINTS, events, skb::parse_tc};
 use abi::{
     endpoint::{EndpointInfo, EndpointKey},
+    event::{
+        MATCH_ALL, MATCH_HOST, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE,
+        VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    },
     lb::Addr,
     policy::{
         ACTION_ALLOW, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, DIR_EGRESS, DIR_INGRESS,
         IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, MAX_ENTRIES, MAX_IPCACHE, MAX_POLICY_CT,
-        MAX_POLICY_ENDPOINTS, PREFIX_FULL, Pick, PolicyCtKey, PolicyCtValue, PolicyData,
-        PolicyStats, PolicyValue, ep_flags, pick,
+        MAX_POLICY_ENDPOINTS, PREFIX_FULL, PREFIX_STATIC, Pick, PolicyCtKey, PolicyCtValue,
+        PolicyData, PolicyStats, PolicyValue, ep_flags, pick,
     },
 };
 use aya_ebpf::{
@@ -205,15 +213,28 @@ fn check(
     };
     let allowed =
         if dir == DIR_INGRESS && peer == IDENTITY_HOST && ep.flags & ep_flags::NO_HOST_ALLOW == 0 {
+            events::policy_match(MATCH_HOST, ACTION_ALLOW);
             true
         } else {
             lookup(ep.id, peer, dir, proto, dport, ctx.len() as u64)
         };
     let audit = !allowed && ep.flags & ep_flags::AUDIT != 0;
+    let (src, dst) = if dir == DIR_EGRESS {
+        (ep.identity, peer)
+    } else {
+        (peer, ep.identity)
+    };
     if !allowed && !audit {
         count(ep.id, Outcome::Denied);
+        events::policy(VERDICT_DENY, dir, src, dst);
         return TC_ACT_SHOT;
     }
+    events::policy(
+        if audit { VERDICT_AUDIT } else { VERDICT_ALLOW },
+        dir,
+        src,
+        dst,
+    );
     count(
         ep.id,
         if audit {
@@ -250,11 +271,13 @@ fn lookup(endpoint: u32, peer: u32, dir: u8, proto: u8, dport: u16, bytes: u64) 
     // SAFETY: valid map value pointers (or None).
     let summary =
         |v: Option<*mut PolicyValue>| v.map(|p| unsafe { ((*p).action, (*p).prefix_len) });
-    let chosen = match pick(summary(vp), summary(va)) {
+    let decider = pick(summary(vp), summary(va));
+    let chosen = match decider {
         Pick::Peer => vp,
         Pick::Any => va,
         Pick::None => None,
     };
+    note_match(decider, summary(chosen));
     let Some(v) = chosen else {
         return false;
     };
@@ -264,4 +287,21 @@ fn lookup(endpoint: u32, peer: u32, dir: u8, proto: u8, dport: u16, bytes: u64) 
         add(&raw mut (*v).bytes, bytes);
         (*v).action == ACTION_ALLOW
     }
+}
+
+/// Notes for the policy event which kind of entry decided (abi::event::MATCH_*) and its action.
+#[inline(always)]
+fn note_match(decider: Pick, entry: Option<(u8, u8)>) {
+    let Some((action, prefix_len)) = entry else {
+        events::policy_match(MATCH_NONE, 0);
+        return;
+    };
+    let any_port = prefix_len as u32 <= PREFIX_STATIC;
+    let rule = match (decider, any_port) {
+        (Pick::Peer, true) => MATCH_L3_ONLY,
+        (Pick::Peer, false) => MATCH_L3_L4,
+        (_, true) => MATCH_ALL,
+        (_, false) => MATCH_L4_ONLY,
+    };
+    events::policy_match(rule, action);
 }

@@ -24,6 +24,9 @@ mod cni;
 #[path = "../tests/support/cni_nodes.rs"]
 #[allow(dead_code)]
 mod cni_nodes;
+#[path = "../tests/support/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
 #[path = "../tests/support/netns.rs"]
 #[allow(dead_code)]
 mod netns;
@@ -156,6 +159,7 @@ fn bridge_chain(node: &Netns, dir: &std::path::Path, subnet: &str) -> Chain {
         ],
         path: "/usr/lib/cni".into(),
         node: node.path(),
+        pod_names: false,
     }
 }
 

@@ -107,3 +107,106 @@ fn cni_with_the_api_source() {
             (!r.contains("10.244.2.0/24")).then_some(()).ok_or(r)
         });
 }
+
+fn pod(name: &str, app: &str) -> (Res, Value) {
+    (
+        Res::Pods,
+        json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "x"}]}}),
+    )
+}
+
+/// Network policy from the API server: a NetworkPolicy letting only the client into web, then
+/// (the NetworkPolicy deleted) a CiliumNetworkPolicy denying the client, then none; each watch
+/// event reaches the kernel (real TCP connections between pods made through the plugin), and the
+/// Namespace's labels come from the API too (the CiliumNetworkPolicy selects by them).
+///
+/// Kernel features: as the module's, and LPM tries in hash-of-maps (the policy maps).
+#[test]
+fn policy_from_the_api_server() {
+    use support::servers::{Servers, tcp_request};
+    let p = unique("cp");
+    let node_ns = Netns::new(&format!("{p}n"));
+    let mut ka = KubeAgent::serve(&node_ns, "node-a", &["lo"]);
+    let state = ka.agent.dir().join("state");
+    ka.agent
+        .add_args(["--cni".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    ka.put([
+        node("node-a", "10.244.1.0/24", "10.200.0.1"),
+        (
+            Res::Namespaces,
+            json!({"metadata": {"name": "default", "labels": {"team": "blue"}}}),
+        ),
+        pod("web", "web"),
+        pod("client", "client"),
+        pod("other", "other"),
+    ]);
+    ka.start();
+    let plugin = PluginDir::new(&p);
+    let c = conf("1.1.0", ka.agent.socket());
+    ka.eventually("STATUS ok", || {
+        let r = cni(&plugin, &[("CNI_COMMAND", "STATUS")], &c);
+        r.ok.then_some(()).ok_or(r.out)
+    });
+    let mut pods = Vec::new();
+    for (i, name) in ["web", "client", "other"].iter().enumerate() {
+        let ns = Netns::new(&format!("{p}p{i}"));
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+        let r = cni(
+            &plugin,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &format!("c{i}")),
+                ("CNI_NETNS", &ns.path()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ],
+            &c,
+        );
+        assert!(r.ok, "{} {}", r.out, r.stderr);
+        pods.push(ns);
+    }
+    let web: std::net::SocketAddr = "10.244.1.1:8080".parse().unwrap();
+    let _srv = Servers::start(&pods[0], "web", &[web]);
+    // (client, other) reach web?
+    let reach = |want: (bool, bool), what: &str| {
+        ka.eventually(what, || {
+            let got = (
+                tcp_request(&pods[1], web).is_ok(),
+                tcp_request(&pods[2], web).is_ok(),
+            );
+            (got == want).then_some(()).ok_or(got)
+        })
+    };
+    reach((true, true), "no policy: both in");
+    ka.put([(
+        Res::NetworkPolicies,
+        json!({"metadata": {"name": "web-from-client", "namespace": "default"},
+               "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                     "ports": [{"protocol": "TCP", "port": 8080}]}]}}),
+    )]);
+    reach((true, false), "NetworkPolicy: the client only");
+    ka.api
+        .delete(Res::NetworkPolicies, "default", "web-from-client");
+    ka.put([(
+        Res::CiliumNetworkPolicies,
+        json!({"metadata": {"name": "no-client", "namespace": "default"},
+               "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                        "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}],
+                        "ingress": [{"fromEndpoints": [{"matchLabels": {
+                            "io.cilium.k8s.namespace.labels.team": "blue"}}]}]}}),
+    )]);
+    reach(
+        (false, true),
+        "CiliumNetworkPolicy: everyone but the client",
+    );
+    ka.api
+        .delete(Res::CiliumNetworkPolicies, "default", "no-client");
+    reach((true, true), "policies deleted: both in");
+    let policy = ka.agent.cli(&["policy", "get", "default/web"]);
+    assert!(
+        policy["counters"]["denied"].as_u64().unwrap() > 0,
+        "{policy:#}"
+    );
+}

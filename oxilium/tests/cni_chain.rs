@@ -1,6 +1,7 @@
 //! Chaining (generic-veth): Debian's `ptp` or `bridge` plugin with `host-local` (from
 //! containernetworking-plugins, /usr/lib/cni) first, `oxilium-cni` second, run as a runtime runs
-//! a conflist inside a test-made node namespace with a real agent (`--role node --cni`).
+//! a conflist inside a test-made node namespace with a real agent (`--role node --cni`); the
+//! chained endpoints' policy is enforced.
 //! Kernel features: network namespaces, veth, bridge, tc BPF through TCX links (≥ 6.6) with
 //! bpf_redirect_peer (≥ 5.10), bpf_link pinning. Requires root and /usr/lib/cni/{ptp,bridge,
 //! host-local} (ci/setup installs them); fails (never skips) without them.
@@ -40,9 +41,25 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints:
   - addresses: ["10.88.0.2"]
   - addresses: ["10.88.0.3"]
+---
+apiVersion: v1
+kind: List
+items:
+  - {apiVersion: v1, kind: Pod, metadata: {name: c0, namespace: default, labels: {app: b0}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: c1, namespace: default, labels: {app: b1}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: c2, namespace: default, labels: {app: client}}}
 "#
     .into()
 }
+
+/// Pod c1 takes connections from the client (c2) only.
+const B1_FROM_CLIENT: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b1-from-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b1}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+"#;
 
 /// The pod's addresses and routes as `ip -j` prints them (what the first plugin set up).
 fn addressing(pod: &Netns) -> (Value, Value) {
@@ -102,6 +119,7 @@ fn chain_test(first: &str) {
         ],
         path: plugin.path_with_system(),
         node: node.path(),
+        pod_names: true,
     };
     // Pods 0 and 1 back the Service, pod 2 is its client.
     let pods: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("{p}p{i}"))).collect();
@@ -153,6 +171,29 @@ fn chain_test(first: &str) {
         seen.insert(tcp_request(&pods[2], cip).expect("ClusterIP through the chained endpoint"));
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // Policy on chained endpoints: c1 takes the client only; c0 is refused, the client's
+    // connections (and their replies) pass, and c0 is still reachable from c1.
+    agent.write_file("manifests/policy.yaml", B1_FROM_CLIENT);
+    agent.eventually(
+        std::time::Duration::from_secs(10),
+        "c0 refused by c1",
+        || match tcp_request(&pods[0], addr(1)) {
+            Err(_) => Ok(()),
+            Ok(a) => Err(a),
+        },
+    );
+    assert_eq!(tcp_request(&pods[2], addr(1)).unwrap(), "b1");
+    assert_eq!(tcp_request(&pods[1], addr(0)).unwrap(), "b0");
+    let denied = agent.cli(&["policy", "get", "default/c1"])["counters"]["denied"]
+        .as_u64()
+        .unwrap();
+    assert!(denied > 0);
+    std::fs::remove_file(agent.dir().join("manifests/policy.yaml")).unwrap();
+    agent.eventually(
+        std::time::Duration::from_secs(10),
+        "c0 let in again",
+        || tcp_request(&pods[0], addr(1)).map(|_| ()),
+    );
     // CHECK answers for a chained endpoint.
     let c = chain.run(1, "CHECK", "c0", &pods[0].path(), Some(&results[0]));
     assert!(c.ok, "{} {}", c.out, c.stderr);

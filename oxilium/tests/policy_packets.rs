@@ -354,3 +354,174 @@ fn policy_after_service_translation() {
         let _ = client;
     }
 }
+
+const EVENT_PODS: &str = r#"apiVersion: v1
+kind: List
+items:
+  - {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default, labels: {app: client}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: other, namespace: default, labels: {app: other}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: bad, namespace: default, labels: {app: bad}}}
+  - {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: default, labels: {app: web}}}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  ingressDeny: [{fromEndpoints: [{matchLabels: {app: bad}}]}]
+"#;
+
+/// The policy records of one flow (source address, destination address and port) seen in
+/// direction `dir`.
+fn verdicts<'a>(records: &'a [Value], src: IpAddr, dst: SocketAddr, dir: &str) -> Vec<&'a Value> {
+    support::monitor::of_kind(records, "policy")
+        .into_iter()
+        .filter(|r| {
+            let f = &r["flow"];
+            f["IP"]["source"] == src.to_string()
+                && f["IP"]["destination"] == dst.ip().to_string()
+                && f["l4"]["TCP"]["destination_port"] == dst.port()
+                && f["traffic_direction"] == dir
+        })
+        .collect()
+}
+
+/// Policy-verdict events on real packets, seen through `oxilium monitor` (Hubble-shaped JSON and
+/// the human line): web takes TCP 8080 from client only and denies bad outright. An allowed
+/// connection writes one record per checked direction — client's egress (unenforced: the
+/// wildcard entry, `all`) and web's ingress (client's own port entry, `L3-L4`) — for its first
+/// packet only, never for its later packets or replies; a connection from other is denied by
+/// web's ingress with no entry (`POLICY_DENIED`, match `none`), one from bad by the deny entry
+/// (`POLICY_DENY`, `L3-Only`); every record names both identities as `endpoint list` shows
+/// them.
+///
+/// Kernel features: as the module's, and BPF ring buffers (≥ 5.8).
+#[test]
+fn policy_verdict_events_in_monitor() {
+    let mut bed = PolicyNode::new("ptev", &[("pods.yaml".into(), EVENT_PODS.into())], &[]);
+    let client = bed.add_pod("default/client");
+    let other = bed.add_pod("default/other");
+    let bad = bed.add_pod("default/bad");
+    let web = bed.add_pod("default/web");
+    let to = SocketAddr::new(web, 8080);
+    bed.serve("default/web", "web", to);
+    let ids: BTreeMap<String, u64> = bed
+        .agent
+        .cli(&["endpoint", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["pod"].as_str().unwrap_or("").to_string(),
+                e["identity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let id = |p: &str| ids[&format!("default/{p}")];
+    let json = support::monitor::Monitor::start(
+        &bed.node,
+        bed.agent.socket(),
+        &["--type", "policy", "-o", "json"],
+    );
+    let text =
+        support::monitor::Monitor::start(&bed.node, bed.agent.socket(), &["--type", "policy"]);
+    let ns = |p: &str| bed.pods[&format!("default/{p}")].ns.path();
+    // Enforced once web's map is in: other is refused.
+    bed.agent
+        .eventually(Duration::from_secs(10), "other refused", || {
+            let r = probe_all(
+                vec![(ns("other"), to, false)],
+                Duration::from_millis(500),
+                1,
+            );
+            r[0].is_err().then_some(()).ok_or(format!("{r:?}"))
+        });
+    let got = probe_all(
+        vec![
+            (ns("client"), to, false),
+            (ns("other"), to, false),
+            (ns("bad"), to, false),
+        ],
+        Duration::from_secs(2),
+        3,
+    );
+    assert_eq!(got[0].as_deref(), Ok("web"), "{got:?}\n{}", bed.agent.log());
+    assert!(got[1].is_err() && got[2].is_err(), "{got:?}");
+    let records = json.wait(Duration::from_secs(10), "the three verdicts", |r| {
+        !verdicts(r, client, to, "INGRESS").is_empty()
+            && !verdicts(r, other, to, "INGRESS").is_empty()
+            && !verdicts(r, bad, to, "INGRESS").is_empty()
+    });
+    // The allowed connection: one record per direction, for its first packet (a SYN).
+    let ingress = verdicts(&records, client, to, "INGRESS");
+    let egress = verdicts(&records, client, to, "EGRESS");
+    assert_eq!((ingress.len(), egress.len()), (1, 1), "{records:#?}");
+    for (r, kind) in [(ingress[0], 2), (egress[0], 4)] {
+        let f = &r["flow"];
+        assert_eq!(f["verdict"], "FORWARDED", "{f}");
+        assert_eq!(f["policy_match_type"], kind, "{f}");
+        assert_eq!(f["source"]["identity"], id("client"), "{f}");
+        assert_eq!(f["destination"]["identity"], id("web"), "{f}");
+        assert_eq!(f["l4"]["TCP"]["flags"]["SYN"], true, "{f}");
+        assert!(f.get("drop_reason_desc").is_none(), "{f}");
+        // Local delivery: both checks run in the sender's program.
+        assert_eq!(f["program"], "tc_endpoint_from_pod", "{f}");
+    }
+    // The denied connections: retransmitted SYNs each write one (within the flow's burst).
+    for (src, who, reason, kind) in [
+        (other, "other", "POLICY_DENIED", 0),
+        (bad, "bad", "POLICY_DENY", 1),
+    ] {
+        let denied = verdicts(&records, src, to, "INGRESS");
+        for r in &denied {
+            let f = &r["flow"];
+            assert_eq!(f["verdict"], "DROPPED", "{who}: {f}");
+            assert_eq!(f["drop_reason_desc"], reason, "{who}: {f}");
+            assert_eq!(f["policy_match_type"], kind, "{who}: {f}");
+            assert_eq!(f["source"]["identity"], id(who), "{who}: {f}");
+            assert_eq!(f["destination"]["identity"], id("web"), "{who}: {f}");
+        }
+        // Its egress was allowed once per connection (unenforced), before web's ingress
+        // refused it, although the SYN was sent again.
+        let egress = verdicts(&records, src, to, "EGRESS");
+        let mut ports: Vec<&Value> = egress
+            .iter()
+            .map(|r| &r["flow"]["l4"]["TCP"]["source_port"])
+            .collect();
+        let n = ports.len();
+        ports.dedup();
+        assert!(n >= 1 && ports.len() == n, "{who}: {egress:#?}");
+        assert!(
+            denied.len() > n,
+            "{who}: no retransmission recorded: {denied:#?}"
+        );
+    }
+    // The human line says the same.
+    let want = format!(
+        "{client}:{port} -> {to} TCP policy-verdict:L3-L4 INGRESS ALLOWED, identity {} -> {}",
+        id("client"),
+        id("web"),
+        port = ingress[0]["flow"]["l4"]["TCP"]["source_port"],
+    );
+    let denied = format!(
+        "INGRESS DENIED (deny rule), identity {} -> {}",
+        id("bad"),
+        id("web")
+    );
+    let t = std::time::Instant::now();
+    while !(text.lines().iter().any(|l| l.contains(&want))
+        && text.lines().iter().any(|l| l.contains(&denied)))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no line with {want:?} and {denied:?}:\n{}\njson:\n{}",
+            text.lines().join("\n"),
+            json.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

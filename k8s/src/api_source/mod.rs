@@ -13,6 +13,7 @@
 //! relist that changed something. Watch errors (retried with kube's default backoff) are reported
 //! as [`SourceEvent::Error`] and never stop the source.
 mod flags;
+pub mod policy_objects;
 
 pub use flags::{FlagError, KubeFlags};
 

@@ -1,5 +1,6 @@
-//! A tiny Kubernetes API server for tests: plain HTTP/1.1 on 127.0.0.1, no auth, four resources
-//! (Services, EndpointSlices, Nodes, Pods), list and watch with resourceVersions, bookmarks, a
+//! A tiny Kubernetes API server for tests: plain HTTP/1.1 on 127.0.0.1, no auth, eight resources
+//! (Services, EndpointSlices, Nodes, Pods; Namespaces, NetworkPolicies, CiliumNetworkPolicies,
+//! CiliumClusterwideNetworkPolicies), list and watch with resourceVersions, bookmarks, a
 //! history that can be "compacted" so that an old watch gets 410 Gone, and changes that no watch
 //! sees (as if the client were disconnected). Every response closes its connection.
 //!
@@ -21,10 +22,22 @@ pub enum Res {
     EndpointSlices,
     Nodes,
     Pods,
+    /// The policy objects.
+    Namespaces,
+    NetworkPolicies,
+    CiliumNetworkPolicies,
+    CiliumClusterwideNetworkPolicies,
 }
 
 impl Res {
+    /// The service source's resources.
     pub const ALL: [Res; 4] = [Res::Services, Res::EndpointSlices, Res::Nodes, Res::Pods];
+    pub const POLICY: [Res; 4] = [
+        Res::Namespaces,
+        Res::NetworkPolicies,
+        Res::CiliumNetworkPolicies,
+        Res::CiliumClusterwideNetworkPolicies,
+    ];
 
     pub fn path(self) -> &'static str {
         match self {
@@ -32,6 +45,12 @@ impl Res {
             Res::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
             Res::Nodes => "/api/v1/nodes",
             Res::Pods => "/api/v1/pods",
+            Res::Namespaces => "/api/v1/namespaces",
+            Res::NetworkPolicies => "/apis/networking.k8s.io/v1/networkpolicies",
+            Res::CiliumNetworkPolicies => "/apis/cilium.io/v2/ciliumnetworkpolicies",
+            Res::CiliumClusterwideNetworkPolicies => {
+                "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies"
+            }
         }
     }
 
@@ -41,6 +60,12 @@ impl Res {
             Res::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSlice"),
             Res::Nodes => ("v1", "Node"),
             Res::Pods => ("v1", "Pod"),
+            Res::Namespaces => ("v1", "Namespace"),
+            Res::NetworkPolicies => ("networking.k8s.io/v1", "NetworkPolicy"),
+            Res::CiliumNetworkPolicies => ("cilium.io/v2", "CiliumNetworkPolicy"),
+            Res::CiliumClusterwideNetworkPolicies => {
+                ("cilium.io/v2", "CiliumClusterwideNetworkPolicy")
+            }
         }
     }
 }
@@ -350,7 +375,10 @@ async fn serve(sock: TcpStream, state: Arc<Mutex<ApiState>>) {
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    let res = Res::ALL.into_iter().find(|r| r.path() == path);
+    let res = Res::ALL
+        .into_iter()
+        .chain(Res::POLICY)
+        .find(|r| r.path() == path);
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let selector = query
         .get("fieldSelector")

@@ -128,7 +128,13 @@ async fn follow(args: &MonitorArgs) -> Result<()> {
                 Output::Json => writeln!(out, "{}", String::from_utf8_lossy(line))?,
                 Output::Text => match serde_json::from_value::<record::FlowRecord>(v) {
                     Ok(r) => writeln!(out, "{}", record::human(&r))?,
-                    Err(_) => continue,
+                    Err(e) => {
+                        eprintln!(
+                            "a record monitor cannot read ({e}): {line}",
+                            line = String::from_utf8_lossy(line)
+                        );
+                        continue;
+                    }
                 },
             }
             out.flush()?;

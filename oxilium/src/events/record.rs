@@ -76,9 +76,17 @@ pub struct Flow {
     pub time: String,
     /// DROPPED, TRANSLATED, TRACED, FORWARDED / AUDIT (policy).
     pub verdict: String,
-    /// Drops: the reason in capitals (`NO_BACKEND`, `SOURCE_RANGE`, ...).
+    /// Drops: the reason in capitals (`NO_BACKEND`, `SOURCE_RANGE`, ...); policy denials:
+    /// `POLICY_DENIED` (nothing allows the flow) or `POLICY_DENY` (a deny entry decided).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason_desc: Option<String>,
+    /// Policy records: `INGRESS` or `EGRESS` (the endpoint's direction that was checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<String>,
+    /// Policy records: the kind of entry that decided (abi::event::MATCH_*: 0 none, 1 L3-only,
+    /// 2 L3-L4, 3 L4-only, 4 all, 5 localhost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_match_type: Option<u32>,
     #[serde(rename = "Type")]
     pub type_: String,
     pub event_type: EventType,
@@ -165,7 +173,8 @@ pub struct Backend {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Interface {
     pub index: u32,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    /// Empty (and left out) while the agent does not know the interface's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 
@@ -248,10 +257,31 @@ pub fn from_event(e: &Event, clock: &Clock, names: &Names) -> FlowRecord {
         address: SocketAddr::new(addr(&e.backend), u16::from_be(e.backend_port)).to_string(),
     });
     let with_reason = matches!(e.kind, ev::KIND_DROP | ev::KIND_TRACE);
+    let policy = e.kind == ev::KIND_POLICY;
+    let drop_reason_desc = match e.kind {
+        ev::KIND_DROP => Some(rname.to_uppercase()),
+        ev::KIND_POLICY if e.verdict != ev::VERDICT_ALLOW => {
+            Some(if e.action == abi::policy::ACTION_DENY {
+                "POLICY_DENY".into()
+            } else {
+                "POLICY_DENIED".into()
+            })
+        }
+        _ => None,
+    };
     let mut flow = Flow {
         time: rfc3339(clock.wall_ns(e.time_ns)),
         verdict: verdict.into(),
-        drop_reason_desc: (e.kind == ev::KIND_DROP).then(|| rname.to_uppercase()),
+        drop_reason_desc,
+        traffic_direction: policy.then(|| {
+            if e.direction == abi::policy::DIR_EGRESS {
+                "EGRESS"
+            } else {
+                "INGRESS"
+            }
+            .into()
+        }),
+        policy_match_type: policy.then_some(e.rule),
         type_: "L3_L4".into(),
         event_type: EventType {
             kind: kind.into(),
@@ -339,6 +369,22 @@ fn summary(f: &Flow) -> String {
             f.reason_set.as_deref().unwrap_or(""),
             f.reason.as_deref().unwrap_or("")
         ),
+        "policy" => {
+            let m = f.policy_match_type.unwrap_or(0) as usize;
+            let what = match (f.verdict.as_str(), f.drop_reason_desc.as_deref()) {
+                ("FORWARDED", _) => "ALLOWED",
+                ("AUDIT", _) => "AUDITED (would be denied)",
+                (_, Some("POLICY_DENY")) => "DENIED (deny rule)",
+                _ => "DENIED (no rule allows)",
+            };
+            format!(
+                "{proto} policy-verdict:{} {} {what}, identity {} -> {}",
+                ev::MATCH_NAMES.get(m).copied().unwrap_or("unknown"),
+                f.traffic_direction.as_deref().unwrap_or(""),
+                f.source.identity.unwrap_or(0),
+                f.destination.identity.unwrap_or(0),
+            )
+        }
         k => format!("{proto} {k} {}", f.verdict),
     }
 }
@@ -377,6 +423,68 @@ mod tests {
             rfc3339(951_782_400 * 1_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn a_policy_verdict_reads_like_a_hubble_flow() {
+        let e = Event {
+            kind: ev::KIND_POLICY,
+            prog: ev::PROG_TC_ENDPOINT_TO_POD,
+            proto: PROTO_TCP,
+            src: abi::lb::v4_mapped([10, 0, 0, 1]),
+            dst: abi::lb::v4_mapped([10, 0, 0, 9]),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            tcp_flags: 0x02,
+            verdict: ev::VERDICT_DENY,
+            src_identity: 300,
+            dst_identity: 301,
+            rule: ev::MATCH_L3_L4,
+            direction: abi::policy::DIR_INGRESS,
+            action: abi::policy::ACTION_DENY,
+            ..Default::default()
+        };
+        let r = from_event(&e, &Clock::now(), &Names::default());
+        let v = serde_json::to_value(&r).unwrap();
+        let f = &v["flow"];
+        assert_eq!(f["verdict"], "DROPPED");
+        assert_eq!(f["drop_reason_desc"], "POLICY_DENY");
+        assert_eq!(f["traffic_direction"], "INGRESS");
+        assert_eq!(f["policy_match_type"], 2);
+        assert_eq!(f["source"]["identity"], 300);
+        assert_eq!(f["destination"]["identity"], 301);
+        assert_eq!(f["event_type"]["type"], "policy");
+        assert_eq!(f["program"], "tc_endpoint_to_pod");
+        let line = human(&r);
+        assert!(
+            line.contains("10.0.0.1:40000 -> 10.0.0.9:80 TCP policy-verdict:L3-L4 INGRESS DENIED (deny rule), identity 300 -> 301"),
+            "{line}"
+        );
+        // An allowed flow has no drop reason; a flow with no entry is POLICY_DENIED.
+        let allowed = Event {
+            verdict: ev::VERDICT_ALLOW,
+            action: abi::policy::ACTION_ALLOW,
+            direction: abi::policy::DIR_EGRESS,
+            ..e
+        };
+        let f = from_event(&allowed, &Clock::now(), &Names::default()).flow;
+        assert_eq!(
+            (f.verdict.as_str(), f.drop_reason_desc),
+            ("FORWARDED", None)
+        );
+        assert_eq!(f.traffic_direction.as_deref(), Some("EGRESS"));
+        let none = Event {
+            action: 0,
+            rule: ev::MATCH_NONE,
+            ..e
+        };
+        let f = from_event(&none, &Clock::now(), &Names::default()).flow;
+        assert_eq!(f.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
+        assert_eq!(f.policy_match_type, Some(0));
+        // What `monitor` reads back (an interface without a name included) is what was sent.
+        let sent = serde_json::to_string(&r).unwrap();
+        let back: FlowRecord = serde_json::from_str(&sent).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct Chain {
     /// CNI_PATH: the oxilium-cni folder, then /usr/lib/cni.
     pub path: String,
     pub node: String,
+    /// Name each pod `default/<container id>` in CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME).
+    pub pod_names: bool,
 }
 
 impl Chain {
@@ -161,6 +163,11 @@ impl Chain {
         let ty = p["type"].as_str().unwrap();
         let plugin = self.plugin_path(ty);
         let node = format!("--net={}", self.node);
+        let args = if self.pod_names {
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}")
+        } else {
+            "IgnoreUnknown=1".into()
+        };
         let mut c = Command::new("/usr/bin/nsenter");
         c.arg(&node)
             .arg(&plugin)
@@ -171,7 +178,7 @@ impl Chain {
                 ("CNI_NETNS", netns),
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_PATH", &self.path),
-                ("CNI_ARGS", "IgnoreUnknown=1"),
+                ("CNI_ARGS", &args),
                 ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             ])
             .stdin(Stdio::piped())

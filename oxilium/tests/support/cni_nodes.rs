@@ -2,10 +2,12 @@
 //! (a bridge device in a namespace of its own), an "outside" namespace on the same bridge
 //! (10.200.0.100), an agent per node with `--cni`, `--device eth0` and a manifests folder listing
 //! the three Nodes (podCIDRs 10.244.{1,2,3}.0/24) and a Service whose backends are pods of
-//! nodes 2 and 3, and pods made through the plugin binary on each node.
+//! nodes 2 and 3, and pods made through the plugin binary on each node. Optionally ([`Setup`])
+//! more manifests and etcd as the nodes' kvstore, in the bridge's namespace at [`ETCD_IP`].
 use super::{
     agent::AgentProcess,
     cni::{PluginDir, add, conf, v4},
+    etcd::Etcd,
     netns::{Netns, sh, unique, veth},
 };
 use serde_json::Value;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 pub const CIP: &str = "10.96.0.10";
 pub const NODE_PORT: u16 = 30080;
 pub const OUTSIDE: &str = "10.200.0.100";
+/// etcd's address on the bridge (with [`Setup::etcd`]).
+pub const ETCD_IP: &str = "10.200.0.254";
 
 pub fn node_ip(i: usize) -> String {
     format!("10.200.0.{i}")
@@ -52,9 +56,20 @@ endpoints:
     y
 }
 
+/// What [`Nodes::with`] adds to the plain bed.
+#[derive(Default)]
+pub struct Setup {
+    /// More files (name, text) in every node's manifests folder before the agents start.
+    pub files: Vec<(String, String)>,
+    /// etcd on the bridge, and every agent with `--kvstore etcd` on it.
+    pub etcd: bool,
+}
+
 pub struct Nodes {
     pub plugin: PluginDir,
     pub agents: Vec<AgentProcess>,
+    /// Stopped after the agents, before the bridge's namespace goes.
+    pub etcd: Option<Etcd>,
     /// pods[node-1][j]: pod j of node `node`.
     pub pods: Vec<Vec<Netns>>,
     /// The address each pod got.
@@ -67,10 +82,25 @@ pub struct Nodes {
 impl Nodes {
     /// The bed with `per_node` pods on each node; `extra`: more agent flags.
     pub fn new(tag: &str, per_node: usize, extra: &[&str]) -> Nodes {
+        Self::with(tag, per_node, extra, Setup::default())
+    }
+
+    /// As [`Nodes::new`], with `setup`'s files and kvstore.
+    pub fn with(tag: &str, per_node: usize, extra: &[&str], setup: Setup) -> Nodes {
         let p = unique(tag);
         let bridge = Netns::new(&format!("{p}br"));
         bridge.run(&["ip", "link", "add", "br0", "type", "bridge"]);
         bridge.run(&["ip", "link", "set", "br0", "up"]);
+        let etcd = setup.etcd.then(|| {
+            bridge.run(&["ip", "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+            Etcd::start(&bridge, &["127.0.0.1", ETCD_IP])
+        });
+        let kv = format!("http://{ETCD_IP}:2379");
+        let kv_args: &[&str] = if setup.etcd {
+            &["--kvstore", "etcd", "--kvstore-endpoint", &kv]
+        } else {
+            &[]
+        };
         let plug = |ns: &Netns, port: &str, addr: &str| {
             veth(ns, "eth0", &bridge, port);
             bridge.run(&["ip", "link", "set", port, "master", "br0"]);
@@ -94,11 +124,15 @@ impl Nodes {
                     "eth0",
                 ])
                 .args(extra)
+                .args(kv_args)
                 .file_arg("--manifests", "manifests")
                 .file_arg("--state-dir", "state")
                 .cgroup()
                 .build();
             a.write_file("manifests/all.yaml", &manifests(&[1, 2, 3]));
+            for (name, text) in &setup.files {
+                a.write_file(&format!("manifests/{name}"), text);
+            }
             nodes.push(n);
             agents.push(a);
         }
@@ -111,6 +145,7 @@ impl Nodes {
         let mut b = Nodes {
             plugin,
             agents,
+            etcd,
             pods: Vec::new(),
             pod_ips: Vec::new(),
             outside,

@@ -534,9 +534,14 @@ async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     let mut tracker = na.cluster_tracker()?;
     let client = na.kube.client().await?;
     let cluster = std::sync::Arc::new(std::sync::RwLock::new(k8s::cluster::Cluster::new()));
+    let cni = state.lock().unwrap().cni.clone();
+    if let Some(c) = &cni {
+        // Network policy: the policy objects followed in the API server.
+        let objects = k8s::api_source::policy_objects::follow(client.clone());
+        self::policy::follow_api(c.clone(), objects);
+    }
     let source = KubeSource::new(client, cluster.clone(), Some(&node));
     // The Pods of this node: their labels go with the endpoints the CNI plugin asks for.
-    let cni = state.lock().unwrap().cni.clone();
     if let Some(c) = cni {
         c.lock().await.set_pod_store(source.stores().pods);
     }

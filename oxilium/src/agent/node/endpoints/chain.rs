@@ -2,7 +2,8 @@
 //! `host-local`) that made the pod's veth and addresses. ADD with a `prevResult` takes the pod
 //! interface's addresses from it, finds the host end of the veth through the pod interface's peer
 //! ifindex (IFLA_LINK, read inside the pod's namespace), attaches the endpoint programs there and
-//! registers the endpoint in `OXI_ENDPOINTS` (service translation, local delivery). Addresses,
+//! registers the endpoint in `OXI_ENDPOINTS` (service translation, local delivery) and with the
+//! policy agent (its policy is enforced by the same programs as a veth endpoint's). Addresses,
 //! routes and the veth stay the first plugin's: nothing of them is changed, and DEL removes only
 //! the programs, the map entries and the record.
 use super::{CniAgent, Endpoint, Request, failed, veth};
@@ -99,6 +100,14 @@ impl CniAgent {
         let done = (|| -> anyhow::Result<()> {
             self.progs.attach(&host, pod.peer_index)?;
             self.write_map(&addresses, &ep)?;
+            // Enforced like any endpoint: the programs on the host end check its policy.
+            self.policy.endpoint_up(
+                ep.id,
+                ep.pod.as_deref(),
+                &env.container_id,
+                &ep.labels,
+                &addresses,
+            )?;
             self.ipam.record(&att, addresses.clone(), ep.clone())?;
             Ok(())
         })();

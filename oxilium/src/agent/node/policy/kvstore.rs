@@ -8,20 +8,28 @@
 //! | `identities/refs/<n>/<node>` | empty | by each node using `<n>`, with its lease |
 //! | `ipcache/<node>/<ip>` | `<n>` | by the node holding the endpoint, with its lease |
 //!
+//! Each agent watches `ipcache/` (etcd's watch stream, [`Etcd::watch`] in a thread of its own)
+//! and applies the other nodes' changes as they come; after the watch is (re)opened it reads the
+//! whole prefix once, so nothing between two streams is missed. Its own changes are written when
+//! its endpoints change ([`KvStore::kicker`]); a full sync (keepalive, writes, read, garbage
+//! collection) also runs every `--kvstore-sync-ms` (10 s), the lease's keepalive every 5 s.
+//!
 //! A node whose lease expires (it stopped) loses its references and ipcache entries. Every agent
 //! collects garbage: an identity without references for `--identity-gc-grace` is deleted (a
 //! transaction that checks it did not change meanwhile), and its number is free again. Running it
 //! in every agent rather than in a separate operator keeps the deployment one DaemonSet; the
 //! transaction makes concurrent collectors safe.
-use super::etcd::Etcd;
+use super::etcd::{Etcd, WatchEvent};
 use anyhow::Result;
 use policy::NumericIdentity;
 use policy::identity::{MAX_ALLOCATED, MIN_ALLOCATED};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
+use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 const ID: &str = "oxilium/identities/id/";
@@ -43,6 +51,10 @@ pub struct KvStore {
     pub remote: BTreeMap<IpAddr, (NumericIdentity, String)>,
     /// Identities seen without references, since when.
     unreferenced: HashMap<NumericIdentity, Instant>,
+    /// Woken when this node's endpoints change (write them now).
+    kick: Arc<Notify>,
+    /// The watch's events (taken by the task that applies them).
+    watch: Option<mpsc::UnboundedReceiver<WatchEvent>>,
 }
 
 impl KvStore {
@@ -50,6 +62,11 @@ impl KvStore {
         let etcd = Etcd::parse(endpoint)?;
         let lease = etcd.lease_grant(LEASE_TTL_S)?;
         info!(%endpoint, node, lease, "kvstore: etcd");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let w = etcd.clone();
+        std::thread::Builder::new()
+            .name("kvstore-watch".into())
+            .spawn(move || watch(&w, &tx))?;
         Ok(KvStore {
             etcd,
             node: node.to_string(),
@@ -59,7 +76,48 @@ impl KvStore {
             published: BTreeMap::new(),
             remote: BTreeMap::new(),
             unreferenced: HashMap::new(),
+            kick: Arc::new(Notify::new()),
+            watch: Some(rx),
         })
+    }
+
+    /// What wakes the writer of this node's entries.
+    pub fn kicker(&self) -> Arc<Notify> {
+        self.kick.clone()
+    }
+
+    /// The watch's events, once (for the task applying them).
+    pub fn take_watch(&mut self) -> Option<mpsc::UnboundedReceiver<WatchEvent>> {
+        self.watch.take()
+    }
+
+    /// Applies one event of the watch: true when the other nodes' entries changed (after a
+    /// `Created`, the whole prefix is read again).
+    pub fn apply(&mut self, ev: WatchEvent) -> Result<bool> {
+        let (key, value) = match ev {
+            WatchEvent::Created => return self.read_remote(),
+            WatchEvent::Put(kv) => (kv.key, Some(kv.value)),
+            WatchEvent::Delete(key) => (key, None),
+        };
+        let Some((node, ip)) = key.strip_prefix(IPCACHE).and_then(|k| k.split_once('/')) else {
+            return Ok(false);
+        };
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return Ok(false);
+        };
+        if node == self.node {
+            return Ok(false);
+        }
+        let entry = value
+            .and_then(|v| v.parse().ok())
+            .map(|id| (id, node.to_string()));
+        let before = match &entry {
+            Some(e) => self.remote.insert(ip, e.clone()),
+            // A delete of another node's older entry leaves the newer one.
+            None if self.remote.get(&ip).is_some_and(|(_, n)| n == node) => self.remote.remove(&ip),
+            None => return Ok(false),
+        };
+        Ok(before != entry)
     }
 
     /// A client for the engine's resolver (it runs inside the engine, synchronously).
@@ -76,13 +134,13 @@ impl KvStore {
         )
     }
 
-    /// Makes this node's references and ipcache entries those given (differences only), keeps the
-    /// lease alive, reads the other nodes' entries and collects garbage.
-    pub fn sync(
+    /// Makes this node's references and ipcache entries those given (differences only) and keeps
+    /// the lease alive.
+    pub fn publish(
         &mut self,
         refs: &BTreeSet<NumericIdentity>,
         ipcache: &BTreeMap<IpAddr, NumericIdentity>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         if !self.etcd.lease_keepalive(self.lease)? {
             // Expired (the agent stalled): everything is written again with a new lease.
             self.lease = self.etcd.lease_grant(LEASE_TTL_S)?;
@@ -114,6 +172,24 @@ impl KvStore {
                 self.published.remove(ip);
             }
         }
+        Ok(())
+    }
+
+    /// The full sync: [`KvStore::publish`], every other node's entries read again, garbage
+    /// collected. True when the other nodes' entries changed.
+    pub fn sync(
+        &mut self,
+        refs: &BTreeSet<NumericIdentity>,
+        ipcache: &BTreeMap<IpAddr, NumericIdentity>,
+    ) -> Result<bool> {
+        self.publish(refs, ipcache)?;
+        let changed = self.read_remote()?;
+        self.collect()?;
+        Ok(changed)
+    }
+
+    /// Reads every other node's entries; true when they changed.
+    fn read_remote(&mut self) -> Result<bool> {
         let mut remote = BTreeMap::new();
         for kv in self.etcd.prefix(IPCACHE)? {
             let Some((node, ip)) = kv.key[IPCACHE.len()..].split_once('/') else {
@@ -127,7 +203,6 @@ impl KvStore {
         }
         let changed = remote != self.remote;
         self.remote = remote;
-        self.collect()?;
         Ok(changed)
     }
 
@@ -163,6 +238,17 @@ impl KvStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The watch thread: `ipcache/` watched, opened again a second after it ends or fails, until
+/// the agent's side is gone.
+fn watch(etcd: &Etcd, tx: &mpsc::UnboundedSender<WatchEvent>) {
+    while !tx.is_closed() {
+        if let Err(e) = etcd.watch(IPCACHE, |ev| tx.send(ev).is_ok()) {
+            warn!("kvstore: watching {IPCACHE}: {e:#}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -10,6 +10,9 @@ mod etcd;
 mod kvstore;
 mod reconcile;
 mod show;
+mod tasks;
+
+pub use tasks::{follow_api, spawn_tasks};
 
 use crate::bpf::policy::PolicyMaps;
 use anyhow::{Context, Result};
@@ -57,6 +60,10 @@ pub struct PolicyFlags {
     /// number may be reused.
     #[arg(long, default_value_t = 300_000)]
     pub identity_gc_grace_ms: u64,
+    /// --kvstore: period of the full sync (milliseconds): garbage collection, and a read of every
+    /// other node's entries besides the watch (the lease is kept alive every 5 s regardless).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub kvstore_sync_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -144,8 +151,8 @@ fn read_objects(dir: &Path, cache: &mut ParseCache) -> Result<Vec<k8s::manifests
     Ok(out)
 }
 
-fn read_folder(dir: &Path, cluster: &str, cache: &mut ParseCache) -> Result<Folder> {
-    let objects = read_objects(dir, cache)?;
+/// The policy objects among `objects` (a manifests folder's, or the API server's).
+fn folder_of(objects: Vec<k8s::manifests::Object>, cluster: &str) -> Result<Folder> {
     let mut f = Folder::default();
     for o in &objects {
         if o.value.get("kind").and_then(|k| k.as_str()) == Some("Node") {
@@ -246,9 +253,23 @@ impl PolicyAgent {
         let Some(dir) = self.manifests.clone() else {
             return self.sync(None);
         };
-        let t = Instant::now();
-        let new = read_folder(&dir, &self.engine.cfg.cluster, &mut self.parse_cache)
+        let new = read_objects(&dir, &mut self.parse_cache)
+            .and_then(|o| folder_of(o, &self.engine.cfg.cluster))
             .with_context(|| format!("--manifests {}", dir.display()))?;
+        self.apply(new)
+    }
+
+    /// Applies the API server's policy objects (k8s::api_source::policy_objects); a set that does
+    /// not load changes nothing.
+    pub fn apply_objects(&mut self, objects: Vec<k8s::manifests::Object>) -> Result<()> {
+        let new = folder_of(objects, &self.engine.cfg.cluster)
+            .context("the API server's policy objects")?;
+        self.apply(new)
+    }
+
+    /// Makes `new` the policy objects in force: what changed goes to the engine and the kernel.
+    fn apply(&mut self, new: Folder) -> Result<()> {
+        let t = Instant::now();
         let old = std::mem::replace(&mut self.folder, new);
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut note = |d: Vec<policy::engine::EndpointDelta>| {
@@ -352,6 +373,10 @@ impl PolicyAgent {
     /// them when None), their flags, and the ipcache.
     fn sync(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
         self.sync_endpoints(touched)?;
+        if let Some(kv) = &self.kv {
+            // This node's entries in the kvstore follow (kv_task).
+            kv.kicker().notify_one();
+        }
         self.write_ipcache()
     }
 
@@ -407,62 +432,10 @@ pub fn own_addresses() -> Vec<IpAddr> {
     out
 }
 
-/// Starts the policy's background work: the folder's policy objects followed, and with a
-/// kvstore its sync every half second.
-pub fn spawn_tasks(
-    cni: crate::agent::node::endpoints::SharedCni,
-    dir: Option<PathBuf>,
-    watch_ms: u64,
-) {
-    if let Some(dir) = dir {
-        follow_folder(cni.clone(), dir, watch_ms);
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let mut a = cni.lock().await;
-            if a.policy.kv.is_none() {
-                return;
-            }
-            if let Err(e) = a.policy.kv_sync() {
-                warn!("kvstore: {e:#}");
-                a.policy.last_error = Some(format!("kvstore: {e:#}"));
-            }
-        }
-    });
-}
-
-/// Re-reads the policy objects of the folder on every change (its own watch, debounced like the
-/// services' by `--watch-ms`).
-fn follow_folder(cni: crate::agent::node::endpoints::SharedCni, dir: PathBuf, watch_ms: u64) {
-    tokio::spawn(async move {
-        let every = Duration::from_millis(watch_ms.max(50));
-        let mut watch = match crate::agent::watch::Watch::folder(&dir, every) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("policy: watching {}: {e:#}", dir.display());
-                return;
-            }
-        };
-        // A change between the first read and the watch is picked up here.
-        let mut last = crate::agent::watch::Stamp::folder(&dir);
-        let _ = cni.lock().await.policy.reload_reporting();
-        loop {
-            watch.changed().await;
-            let now = crate::agent::watch::Stamp::folder(&dir);
-            if now != last {
-                last = now;
-                let _ = cni.lock().await.policy.reload_reporting();
-            }
-        }
-    });
-}
-
 impl PolicyAgent {
-    /// With a kvstore: this node's references (the identities of the pods it knows) and ipcache
-    /// entries (its endpoints) written, the other nodes' entries read into the ipcache.
-    pub fn kv_sync(&mut self) -> Result<()> {
+    /// This node's references (the identities of the pods it knows) and ipcache entries (its
+    /// endpoints), as the kvstore should hold them.
+    fn kv_local(&self) -> (BTreeSet<u32>, BTreeMap<IpAddr, u32>) {
         let refs: BTreeSet<u32> = self
             .engine
             .endpoints()
@@ -479,10 +452,41 @@ impl PolicyAgent {
                 }
             }
         }
+        (refs, ipcache)
+    }
+
+    /// With a kvstore, the full sync: this node's entries written, the other nodes' entries
+    /// read into the ipcache, garbage collected.
+    pub fn kv_sync(&mut self) -> Result<()> {
+        let (refs, ipcache) = self.kv_local();
         let Some(kv) = self.kv.as_mut() else {
             return Ok(());
         };
         if kv.sync(&refs, &ipcache)? {
+            self.write_ipcache()?;
+        }
+        Ok(())
+    }
+
+    /// With a kvstore: this node's entries written (after its endpoints changed).
+    fn kv_publish(&mut self) -> Result<()> {
+        let (refs, ipcache) = self.kv_local();
+        match self.kv.as_mut() {
+            Some(kv) => kv.publish(&refs, &ipcache),
+            None => Ok(()),
+        }
+    }
+
+    /// With a kvstore: the watch's events applied to the ipcache.
+    fn kv_apply(&mut self, events: Vec<etcd::WatchEvent>) -> Result<()> {
+        let Some(kv) = self.kv.as_mut() else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for ev in events {
+            changed |= kv.apply(ev)?;
+        }
+        if changed {
             self.write_ipcache()?;
         }
         Ok(())
