@@ -6,6 +6,7 @@
 //! Identities: the folder is fed to the engine in the reader's order (namespaces, policies,
 //! pods), as `oxilium policy verdict --manifests` does, so every node computes the same numbers
 //! from the same folder; a local endpoint whose Pod is in the folder takes that Pod's identity.
+mod dns;
 mod etcd;
 mod kvstore;
 mod reconcile;
@@ -57,6 +58,8 @@ pub struct PolicyFlags {
     /// number may be reused.
     #[arg(long, default_value_t = 300_000)]
     pub identity_gc_grace_ms: u64,
+    #[command(flatten)]
+    pub dns: dns::DnsFlags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +79,7 @@ impl PolicyFlags {
             },
             audit: self.audit,
             allow_localhost: self.allow_localhost == AllowLocalhost::Always,
+            fqdn_min_ttl: Duration::from_secs(self.dns.tofqdns_min_ttl),
             ..Config::default()
         }
     }
@@ -357,6 +361,9 @@ impl PolicyAgent {
 
     /// The maps and flags of the local endpoints among `touched` (all when None).
     fn sync_endpoints(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
+        for w in self.engine.take_warnings() {
+            warn!("{w}");
+        }
         let ids: Vec<u32> = self
             .local
             .iter()
@@ -413,7 +420,9 @@ pub fn spawn_tasks(
     cni: crate::agent::node::endpoints::SharedCni,
     dir: Option<PathBuf>,
     watch_ms: u64,
-) {
+    flags: &PolicyFlags,
+) -> Result<()> {
+    dns::spawn(cni.clone(), &flags.dns)?;
     if let Some(dir) = dir {
         follow_folder(cni.clone(), dir, watch_ms);
     }
@@ -431,6 +440,7 @@ pub fn spawn_tasks(
             }
         }
     });
+    Ok(())
 }
 
 /// Re-reads the policy objects of the folder on every change (its own watch, debounced like the
