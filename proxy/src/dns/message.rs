@@ -20,7 +20,7 @@ pub enum BadQuery {
     /// Not DNS at all: dropped.
     Unparsable,
     /// DNS, but not one question (answered FORMERR).
-    NotOneQuestion(Message),
+    NotOneQuestion(Box<Message>),
 }
 
 /// Parses a query: exactly one question.
@@ -30,7 +30,7 @@ pub fn question(bytes: &[u8]) -> Result<(Message, Question), BadQuery> {
         return Err(BadQuery::Unparsable);
     }
     let [q] = m.queries.as_slice() else {
-        return Err(BadQuery::NotOneQuestion(m));
+        return Err(BadQuery::NotOneQuestion(Box::new(m)));
     };
     let q = Question {
         name: canonical(&q.name.to_ascii()),

@@ -35,6 +35,18 @@ pub struct DnsFlags {
     pub tofqdns_min_ttl: u64,
 }
 
+impl Default for DnsFlags {
+    /// No proxy; the flags' defaults.
+    fn default() -> DnsFlags {
+        DnsFlags {
+            dns_proxy_address: None,
+            dns_proxy_upstream: None,
+            dns_proxy_timeout_ms: 2000,
+            tofqdns_min_ttl: policy::engine::DEFAULT_FQDN_MIN_TTL.as_secs(),
+        }
+    }
+}
+
 /// The node's policy as the proxy sees it.
 struct NodeDns {
     cni: SharedCni,

@@ -6,7 +6,7 @@
 //! Identities: the folder is fed to the engine in the reader's order (namespaces, policies,
 //! pods), as `oxilium policy verdict --manifests` does, so every node computes the same numbers
 //! from the same folder; a local endpoint whose Pod is in the folder takes that Pod's identity.
-mod dns;
+pub mod dns;
 mod etcd;
 mod kvstore;
 mod reconcile;
