@@ -125,6 +125,7 @@ fn main() {
         kvstore_endpoint: None,
         identity_gc_grace_ms: 0,
         kvstore_sync_ms: 10_000,
+        dns: Default::default(),
     };
     let mut agent =
         PolicyAgent::open(pins.path(), &flags, Some(work.clone()), None).expect("policy agent");

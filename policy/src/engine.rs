@@ -11,9 +11,12 @@ use crate::identity::{
 use crate::labels::{LabelFilter, Labels};
 use crate::mapstate::PolicyMap;
 use crate::rule::{PolicyRef, Rule};
+use crate::selector::{FqdnMatch, Selector};
 use crate::selector_cache::{SelectionChange, SelectorCache, SelectorId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -26,6 +29,23 @@ pub struct Config {
     /// Traffic from the local host (identity `host`) into pods is allowed whatever the policy
     /// says (kubelet probes); false: checked like any other peer.
     pub allow_localhost: bool,
+    /// Addresses learnt from DNS answers stay at least this long (a shorter answer TTL is raised).
+    pub fqdn_min_ttl: Duration,
+    /// Where an endpoint with `toFQDNs` but no DNS rule may send DNS (the implicit DNS rule, see
+    /// [`crate::dns`]): the cluster's DNS service pods.
+    pub dns_servers: Vec<Selector>,
+}
+
+/// The default of [`Config::fqdn_min_ttl`]: an hour, so that clients which cache answers longer than
+/// their TTL (many runtimes do) keep reaching the address.
+pub const DEFAULT_FQDN_MIN_TTL: Duration = Duration::from_secs(3600);
+
+/// The default [`Config::dns_servers`]: kube-dns / CoreDNS pods in kube-system.
+pub fn kube_dns() -> Selector {
+    Selector::match_labels([
+        ("k8s:io.kubernetes.pod.namespace", "kube-system"),
+        ("k8s:k8s-app", "kube-dns"),
+    ])
 }
 
 impl Default for Config {
@@ -37,6 +57,8 @@ impl Default for Config {
             cluster: "default".into(),
             proxy: ProxyPorts::default(),
             allow_localhost: true,
+            fqdn_min_ttl: DEFAULT_FQDN_MIN_TTL,
+            dns_servers: vec![kube_dns()],
         }
     }
 }
@@ -80,13 +102,22 @@ pub struct Engine {
     pub cfg: Config,
     alloc: LocalAllocator,
     cache: SelectorCache,
-    policies: BTreeMap<PolicyRef, Vec<Rule>>,
+    pub(crate) policies: BTreeMap<PolicyRef, Vec<Rule>>,
     /// CIDR identities held by each policy.
     policy_cidrs: BTreeMap<PolicyRef, Vec<NumericIdentity>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     endpoints: BTreeMap<String, Endpoint>,
     sel_users: HashMap<SelectorId, BTreeSet<String>>,
     cluster_ports: NamedPorts,
+    /// DNS data behind `toFQDNs` ([`crate::fqdn`]).
+    pub(crate) fqdn: crate::fqdn::FqdnCache,
+    /// The identity of each address DNS data gives one.
+    pub(crate) fqdn_ids: BTreeMap<IpAddr, NumericIdentity>,
+    /// The `toFQDNs` selectors of the policies, as of the last policy change.
+    pub(crate) fqdn_sels: BTreeSet<FqdnMatch>,
+    /// Policies already warned about (the implicit DNS rule), and warnings not yet taken.
+    pub(crate) warned: BTreeSet<Arc<str>>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Engine {
@@ -105,6 +136,11 @@ impl Engine {
             endpoints: BTreeMap::new(),
             sel_users: HashMap::new(),
             cluster_ports: NamedPorts::new(),
+            fqdn: Default::default(),
+            fqdn_ids: BTreeMap::new(),
+            fqdn_sels: BTreeSet::new(),
+            warned: BTreeSet::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -204,12 +240,26 @@ impl Engine {
             local_ports: ports,
             cluster_ports: &self.cluster_ports,
         };
+        let rules: Vec<&Rule> = Self::selecting_rules(&self.policies, labels).collect();
+        let implicit = crate::dns::implicit_rule(&rules, &self.cfg.dns_servers);
+        if implicit.is_some() {
+            for r in crate::dns::fqdn_rules(&rules) {
+                if self.warned.insert(r.origin.clone()) {
+                    self.warnings.push(crate::dns::implicit_warning(&r.origin));
+                }
+            }
+        }
         EndpointPolicy::build(
             identity,
-            Self::selecting_rules(&self.policies, labels),
+            rules.into_iter().chain(implicit.as_ref()),
             &mut self.cache,
             &ctx,
         )
+    }
+
+    /// Warnings about the policies not yet taken (the agent logs them): each is given once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Host-network pods are the node: pod policies do not apply to them.
@@ -392,6 +442,7 @@ impl Engine {
             .insert(origin.clone(), rules)
             .unwrap_or_default();
         out.extend(self.regenerate_selected(&old, &origin));
+        out.extend(self.refresh_fqdn_selectors().deltas);
         for id in self
             .policy_cidrs
             .insert(origin, cidr_ids)
@@ -407,6 +458,7 @@ impl Engine {
             return Vec::new();
         };
         let mut out = self.regenerate_selected(&old, origin);
+        out.extend(self.refresh_fqdn_selectors().deltas);
         for id in self.policy_cidrs.remove(origin).unwrap_or_default() {
             out.extend(self.release_identity(id));
         }
@@ -447,10 +499,12 @@ impl Engine {
             local_ports: &ep.spec.ports,
             cluster_ports: &self.cluster_ports,
         };
+        let rules: Vec<&Rule> = Self::selecting_rules(&self.policies, &ep.labels).collect();
+        let implicit = crate::dns::implicit_rule(&rules, &self.cfg.dns_servers);
         Some(
             EndpointPolicy::build(
                 ep.identity,
-                Self::selecting_rules(&self.policies, &ep.labels),
+                rules.into_iter().chain(implicit.as_ref()),
                 &mut cache,
                 &ctx,
             )
@@ -458,10 +512,13 @@ impl Engine {
         )
     }
 
-    /// The identity of an address: a local pod's, else the longest CIDR identity containing it, else world.
+    /// The identity of an address: a local pod's, else the one DNS data gave it, else the longest CIDR identity containing it, else world.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<&Endpoint>) {
         if let Some(ep) = self.endpoints.values().find(|e| e.spec.ips.contains(&ip)) {
             return (ep.identity, Some(ep));
+        }
+        if let Some(id) = self.fqdn_identity(ip) {
+            return (id, None);
         }
         let best = self
             .policies

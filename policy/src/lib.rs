@@ -5,8 +5,10 @@
 //! per-endpoint map entries defined in `abi::policy`. See docs/policy.md for the model.
 pub mod api;
 pub mod cidr;
+pub mod dns;
 pub mod endpoint_policy;
 pub mod engine;
+pub mod fqdn;
 pub mod identity;
 pub mod l7;
 pub mod labels;

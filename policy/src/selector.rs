@@ -55,6 +55,15 @@ pub enum FqdnMatch {
     Pattern(String),
 }
 
+impl From<&crate::api::cilium::FqdnSelector> for FqdnMatch {
+    fn from(s: &crate::api::cilium::FqdnSelector) -> FqdnMatch {
+        match s {
+            crate::api::cilium::FqdnSelector::MatchName(n) => FqdnMatch::Name(n.clone()),
+            crate::api::cilium::FqdnSelector::MatchPattern(p) => FqdnMatch::Pattern(p.clone()),
+        }
+    }
+}
+
 impl FqdnMatch {
     pub fn matches_name(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();

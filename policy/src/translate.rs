@@ -262,10 +262,7 @@ fn cilium_peers(
         out.extend(entity_selectors(*e, cluster));
     }
     for f in p.fqdns.unwrap_or_default() {
-        out.push(Selector::Fqdn(match f {
-            cilium::FqdnSelector::MatchName(n) => crate::selector::FqdnMatch::Name(n.clone()),
-            cilium::FqdnSelector::MatchPattern(n) => crate::selector::FqdnMatch::Pattern(n.clone()),
-        }));
+        out.push(Selector::Fqdn(f.into()));
     }
     Ok(out)
 }

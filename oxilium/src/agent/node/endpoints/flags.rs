@@ -104,7 +104,8 @@ impl CniFlags {
             shared.clone(),
             args.node_args.manifests.clone(),
             args.watch_ms,
-        );
+            &args.node_args.policy,
+        )?;
         Ok(Some(shared))
     }
 }

@@ -6,6 +6,7 @@
 //! Identities: the folder is fed to the engine in the reader's order (namespaces, policies,
 //! pods), as `oxilium policy verdict --manifests` does, so every node computes the same numbers
 //! from the same folder; a local endpoint whose Pod is in the folder takes that Pod's identity.
+pub mod dns;
 mod etcd;
 mod kvstore;
 mod reconcile;
@@ -64,6 +65,8 @@ pub struct PolicyFlags {
     /// other node's entries besides the watch (the lease is kept alive every 5 s regardless).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub kvstore_sync_ms: u64,
+    #[command(flatten)]
+    pub dns: dns::DnsFlags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +86,7 @@ impl PolicyFlags {
             },
             audit: self.audit,
             allow_localhost: self.allow_localhost == AllowLocalhost::Always,
+            fqdn_min_ttl: Duration::from_secs(self.dns.tofqdns_min_ttl),
             ..Config::default()
         }
     }
@@ -382,6 +386,9 @@ impl PolicyAgent {
 
     /// The maps and flags of the local endpoints among `touched` (all when None).
     fn sync_endpoints(&mut self, touched: Option<&BTreeSet<String>>) -> Result<()> {
+        for w in self.engine.take_warnings() {
+            warn!("{w}");
+        }
         let ids: Vec<u32> = self
             .local
             .iter()

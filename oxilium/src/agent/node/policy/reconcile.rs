@@ -94,7 +94,7 @@ impl PolicyAgent {
     }
 
     /// The ipcache wanted: pods (local and the folder's), this node's addresses (`host`), the
-    /// other nodes' (`remote-node`), the policies' CIDR identities.
+    /// other nodes' (`remote-node`), the policies' CIDR identities, addresses learnt from DNS.
     fn ipcache_wanted(&self) -> BTreeMap<(u32, Addr), IpcacheValue> {
         let mut want = BTreeMap::new();
         let v = |identity| IpcacheValue {
@@ -107,6 +107,11 @@ impl PolicyAgent {
                     want.insert(mapped(c.addr(), c.prefix_len()), v(id));
                 }
             }
+        }
+        // Addresses learnt from DNS: their identity carries the CIDR labels too, so it replaces a
+        // policy's identity of the same /32.
+        for (ip, id) in self.engine.fqdn_identities() {
+            want.insert(full(ip), v(id));
         }
         for (name, addrs) in &self.folder.nodes {
             if Some(name) != self.node.as_ref() {
@@ -153,8 +158,8 @@ impl PolicyAgent {
         want
     }
 
-    /// The ipcache entries of `addrs` only (an endpoint came or went): what the full computation
-    /// would give them.
+    /// The ipcache entries of `addrs` only (an endpoint came or went, DNS data changed): what the
+    /// full computation would give them.
     pub(super) fn write_ipcache_of(&mut self, addrs: &[IpAddr]) -> Result<()> {
         for ip in addrs {
             let k = full(*ip);
@@ -163,12 +168,15 @@ impl PolicyAgent {
                 .values()
                 .find(|l| l.addrs.contains(ip))
                 .and_then(|l| self.engine.endpoint(&l.key));
-            let want = local
+            let identity = local
                 .or_else(|| self.engine.endpoints().find(|e| e.spec.ips.contains(ip)))
-                .map(|e| IpcacheValue {
-                    identity: e.identity,
-                    ..Default::default()
-                });
+                .map(|e| e.identity)
+                .or_else(|| self.engine.fqdn_identity(*ip))
+                .or_else(|| self.policy_host_identity(*ip));
+            let want = identity.map(|identity| IpcacheValue {
+                identity,
+                ..Default::default()
+            });
             match want {
                 Some(v) if self.kernel.ipcache.get(&k) != Some(&v) => {
                     self.maps.set_ipcache(k.0, k.1, &v)?;
@@ -183,6 +191,17 @@ impl PolicyAgent {
             }
         }
         Ok(())
+    }
+
+    /// The identity of a policy's own /32 (/128) prefix naming exactly `ip`, if any.
+    fn policy_host_identity(&self, ip: IpAddr) -> Option<u32> {
+        let c = policy::cidr::Cidr::host(ip);
+        self.engine
+            .policies()
+            .flat_map(|(_, rules)| rules.iter())
+            .any(|r| r.cidrs.contains(&c))
+            .then(|| self.engine.allocator().lookup(&cidr_labels(&c)))
+            .flatten()
     }
 
     pub(super) fn write_ipcache(&mut self) -> Result<()> {

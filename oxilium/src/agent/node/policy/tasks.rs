@@ -5,17 +5,20 @@ use super::etcd;
 use std::{path::PathBuf, time::Duration};
 use tracing::warn;
 
-/// Starts the policy's background work: the folder's policy objects followed, and with a
-/// kvstore [`kv_task`].
+/// Starts the policy's background work: the DNS proxy (with `--dns-proxy-address`), the
+/// folder's policy objects followed, and with a kvstore [`kv_task`].
 pub fn spawn_tasks(
     cni: crate::agent::node::endpoints::SharedCni,
     dir: Option<PathBuf>,
     watch_ms: u64,
-) {
+    flags: &super::PolicyFlags,
+) -> anyhow::Result<()> {
+    super::dns::spawn(cni.clone(), &flags.dns)?;
     if let Some(dir) = dir {
         follow_folder(cni.clone(), dir, watch_ms);
     }
     tokio::spawn(kv_task(cni));
+    Ok(())
 }
 
 /// How often the kvstore lease (15 s) is kept alive.

@@ -1,0 +1,333 @@
+//! The DNS proxy with a real client (`dig`, Debian dnsutils) and a DNS server run by the test, in
+//! test-made network namespaces.
+//!
+//! `proxy_with_dig`: the proxy in-process over the policy engine (no BPF): allowed names are
+//! forwarded over UDP and TCP, CNAME chains learnt, other names REFUSED without reaching the
+//! server, the answer released only after the engine learnt its addresses, expiry after the TTL.
+//! Kernel features: network namespaces, loopback.
+//!
+//! `to_fqdns_on_real_packets`: the agent (`--dns-proxy-address`) enforcing a toFQDNs policy on a
+//! pod's real packets: the resolved address is unreachable before the answer, reachable by the
+//! first SYN after it, a refused name's address stays unreachable, and the address is unreachable
+//! again once its TTL (floored by `--tofqdns-min-ttl`) ran out. The pod sends DNS to the proxy's
+//! address directly. Kernel features: network namespaces, veth, tc clsact BPF (the endpoint
+//! programs), LPM trie and hash-of-maps BPF maps.
+mod support;
+
+use hickory_proto::rr::rdata::{A, CNAME};
+use hickory_proto::rr::{Name, RData, Record};
+use policy::api::Protocol;
+use policy::dns::DnsVerdict;
+use policy::mapstate::{Verdict, lookup};
+use policy::rule::Direction;
+use policy::{Config, EndpointSpec, Engine};
+use proxy::dns::{DnsProxy, Learnt, Query, Transport};
+use std::{
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use support::{
+    dns_server::{DnsServer, Zone},
+    netns::{Netns, enter, unique},
+    policy_bed::{NODE_IP, PolicyNode, probe},
+};
+
+const ALLOWED_IP: &str = "192.0.2.80";
+const DENIED_IP: &str = "192.0.2.81";
+const SERVER: &str = "192.0.2.53";
+
+fn zone(ttl: u32) -> Zone {
+    let rec =
+        |name: &str, data: RData| Record::from_rdata(Name::from_str(name).unwrap(), ttl, data);
+    let a = |ip: &str| RData::A(A(ip.parse().unwrap()));
+    let mut z = Zone::new();
+    z.insert(
+        "allowed.example".into(),
+        vec![rec("allowed.example.", a(ALLOWED_IP))],
+    );
+    z.insert(
+        "www.allowed.example".into(),
+        vec![
+            rec(
+                "www.allowed.example.",
+                RData::CNAME(CNAME(Name::from_str("allowed.example.").unwrap())),
+            ),
+            rec("allowed.example.", a(ALLOWED_IP)),
+        ],
+    );
+    z.insert(
+        "denied.example".into(),
+        vec![rec("denied.example.", a(DENIED_IP))],
+    );
+    z
+}
+
+/// `dig` in `ns`: (status, answer addresses).
+fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> (String, Vec<String>) {
+    let port = port.to_string();
+    let at = format!("@{server}");
+    let mut args = vec!["dig", &at, "-p", &port, name, "A", "+tries=1", "+time=3"];
+    if tcp {
+        args.push("+tcp");
+    }
+    let out = ns.command(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("dig {name}: no status in {text}"))
+        .to_string();
+    let answers = text
+        .split(";; ANSWER SECTION:\n")
+        .nth(1)
+        .map(|s| {
+            s.lines()
+                .take_while(|l| !l.is_empty())
+                .filter(|l| l.contains("\tA\t"))
+                .map(|l| l.rsplit('\t').next().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, answers)
+}
+
+fn cnp(egress: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: fqdn, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n{egress}"
+    )
+}
+
+const DNS_EGRESS: &str = "  - toCIDR: [192.0.2.53/32]\n    toPorts: [{ports: [{port: \"53\", protocol: ANY}], rules: {dns: [{matchName: allowed.example}, {matchPattern: \"*.allowed.example\"}]}}]\n  - toFQDNs: [{matchName: allowed.example}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n";
+
+/// The engine behind the in-process proxy, with the time each answer's learning finished.
+struct EnginePolicy {
+    engine: Mutex<Engine>,
+    learnt: Mutex<Vec<(Vec<String>, Instant)>>,
+}
+
+/// How long learning takes in the in-process test: the answer must wait for it.
+const LEARN_DELAY: Duration = Duration::from_millis(300);
+
+impl proxy::dns::Policy for EnginePolicy {
+    async fn check(&self, q: &Query) -> proxy::dns::Verdict {
+        let proto = if q.transport == Transport::Udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        let e = self.engine.lock().unwrap();
+        match e.dns_verdict(
+            q.src.ip(),
+            q.dst.ip(),
+            proto,
+            q.dst.port(),
+            &q.question.name,
+        ) {
+            DnsVerdict::Allow => proxy::dns::Verdict::Allow,
+            DnsVerdict::Refuse(w) => proxy::dns::Verdict::Refuse(w),
+        }
+    }
+
+    async fn learn(&self, _: &Query, l: Learnt) {
+        tokio::time::sleep(LEARN_DELAY).await;
+        let mut e = self.engine.lock().unwrap();
+        for n in &l.names {
+            e.learn_fqdn(n, &l.ips, l.ttl, Instant::now());
+        }
+        self.learnt.lock().unwrap().push((l.names, Instant::now()));
+    }
+}
+
+fn allows_8080(e: &Engine, ip: &str) -> bool {
+    let ep = e.endpoint("default/client").unwrap();
+    let (id, _) = e.identity_of_ip(ip.parse().unwrap());
+    lookup(&ep.policy.map, id, Direction::Egress, Protocol::Tcp, 8080)
+        .is_some_and(|(_, v)| v.verdict == Verdict::Allow)
+}
+
+#[test]
+fn proxy_with_dig() {
+    let ns = Netns::new(&unique("dns"));
+    ns.run(&["ip", "addr", "add", &format!("{SERVER}/32"), "dev", "lo"]);
+    let server = DnsServer::start(&ns, format!("{SERVER}:53").parse().unwrap(), zone(1));
+    let mut engine = Engine::new(Config {
+        fqdn_min_ttl: Duration::from_secs(1),
+        ..Config::default()
+    });
+    engine.upsert_endpoint(EndpointSpec {
+        namespace: "default".into(),
+        name: "client".into(),
+        labels: [("app".to_string(), "client".to_string())].into(),
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        ..Default::default()
+    });
+    let objects =
+        k8s::manifests::parse_text(std::path::Path::new("p.yaml"), &cnp(DNS_EGRESS)).unwrap();
+    let m = policy::manifests::Manifests::from_objects(
+        objects.into_iter().map(|o| (o.origin, o.value)),
+        "default",
+    )
+    .unwrap();
+    for (o, r) in m.policies {
+        engine.upsert_policy(o, r);
+    }
+    assert!(!allows_8080(&engine, ALLOWED_IP));
+    let pol = Arc::new(EnginePolicy {
+        engine: Mutex::new(engine),
+        learnt: Mutex::new(Vec::new()),
+    });
+    // The proxy on a thread inside the namespace.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (path, p) = (ns.path(), pol.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy_thread = std::thread::spawn(move || {
+        enter(&path);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = proxy::dns::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                upstream: Some(format!("{SERVER}:53").parse().unwrap()),
+                transparent: false,
+                timeout: Duration::from_secs(2),
+            };
+            let px = DnsProxy::bind(cfg, p).unwrap();
+            tx.send(px.local_addr()).unwrap();
+            tokio::select! { _ = px.run() => {}, _ = stopped => {} }
+        });
+    });
+    let addr: SocketAddr = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    // UDP: allowed, and the answer came after the engine learnt the address.
+    let t = Instant::now();
+    let (status, ips) = dig(&ns, "127.0.0.1", addr.port(), "allowed.example", false);
+    let answered = Instant::now();
+    assert_eq!(
+        (status.as_str(), ips.as_slice()),
+        ("NOERROR", [ALLOWED_IP.to_string()].as_slice())
+    );
+    assert!(
+        answered - t >= LEARN_DELAY,
+        "the answer did not wait for the engine"
+    );
+    let learnt = pol.learnt.lock().unwrap().clone();
+    assert_eq!(learnt.len(), 1);
+    assert!(learnt[0].1 <= answered);
+    assert!(allows_8080(&pol.engine.lock().unwrap(), ALLOWED_IP));
+
+    // TCP, through a CNAME: both names learnt.
+    let (status, ips) = dig(&ns, "127.0.0.1", addr.port(), "www.allowed.example", true);
+    assert_eq!(
+        (status.as_str(), ips.as_slice()),
+        ("NOERROR", [ALLOWED_IP.to_string()].as_slice())
+    );
+    assert_eq!(
+        pol.learnt.lock().unwrap()[1].0,
+        ["www.allowed.example", "allowed.example"]
+    );
+
+    // Refused, over both transports, and never asked upstream.
+    for tcp in [false, true] {
+        let (status, ips) = dig(&ns, "127.0.0.1", addr.port(), "denied.example", tcp);
+        assert_eq!(status, "REFUSED");
+        assert!(ips.is_empty());
+    }
+    assert_eq!(server.asked(), ["allowed.example", "www.allowed.example"]);
+    assert!(!allows_8080(&pol.engine.lock().unwrap(), DENIED_IP));
+
+    // Expiry: TTL 1 s, min TTL 1 s.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut e = pol.engine.lock().unwrap();
+    let up = e.expire_fqdn(Instant::now());
+    assert_eq!(up.ipcache, [ALLOWED_IP.parse::<IpAddr>().unwrap()]);
+    assert!(!allows_8080(&e, ALLOWED_IP));
+    drop(e);
+    let _ = stop.send(());
+    proxy_thread.join().unwrap();
+}
+
+#[test]
+fn to_fqdns_on_real_packets() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\n";
+    let proxy_port = 10053;
+    let egress = format!(
+        "{DNS_EGRESS}  - toEntities: [host]\n    toPorts: [{{ports: [{{port: \"{proxy_port}\", protocol: ANY}}]}}]\n"
+    );
+    let files = vec![
+        ("pod.yaml".to_string(), pod.to_string()),
+        ("cnp.yaml".to_string(), cnp(&egress)),
+    ];
+    let listen = format!("{NODE_IP}:{proxy_port}");
+    let upstream = format!("{SERVER}:53");
+    let mut bed = PolicyNode::new(
+        "fq",
+        &files,
+        &[
+            "--dns-proxy-address",
+            &listen,
+            "--dns-proxy-upstream",
+            &upstream,
+            "--tofqdns-min-ttl",
+            "2",
+        ],
+    );
+    bed.add_pod("default/client");
+    for ip in [SERVER, ALLOWED_IP, DENIED_IP] {
+        bed.world_address(ip.parse().unwrap());
+    }
+    let _dns = DnsServer::start(
+        bed.world.as_ref().unwrap(),
+        upstream.parse().unwrap(),
+        zone(1),
+    );
+    for ip in [ALLOWED_IP, DENIED_IP] {
+        bed.serve("world", "web", format!("{ip}:8080").parse().unwrap());
+    }
+    let pod_ns = bed.pods["default/client"].ns.path();
+    let web = |ip: &str| {
+        probe(
+            &pod_ns,
+            format!("{ip}:8080").parse().unwrap(),
+            false,
+            Duration::from_millis(700),
+        )
+    };
+    let client = &bed.pods["default/client"].ns;
+
+    assert!(web(ALLOWED_IP).is_err(), "reachable before any answer");
+    let (status, ips) = dig(client, NODE_IP, proxy_port, "allowed.example", false);
+    assert_eq!(
+        (status.as_str(), ips.as_slice()),
+        ("NOERROR", [ALLOWED_IP.to_string()].as_slice()),
+        "{}",
+        bed.agent.log()
+    );
+    // The first SYN right after the answer passes: the ipcache and the map were written first.
+    assert_eq!(web(ALLOWED_IP).as_deref(), Ok("web"), "{}", bed.agent.log());
+
+    let (status, _) = dig(client, NODE_IP, proxy_port, "denied.example", false);
+    assert_eq!(status, "REFUSED");
+    assert!(
+        web(DENIED_IP).is_err(),
+        "a refused name's address is reachable"
+    );
+
+    let (status, ips) = dig(client, NODE_IP, proxy_port, "allowed.example", true);
+    assert_eq!((status.as_str(), ips.len()), ("NOERROR", 1));
+    let learnt = Instant::now();
+    assert_eq!(web(ALLOWED_IP).as_deref(), Ok("web"));
+
+    // TTL 1 s floored to 2 s; the expiry task looks every 500 ms.
+    std::thread::sleep(
+        Duration::from_secs(2) + Duration::from_millis(800)
+            - learnt.elapsed().min(Duration::from_secs(2)),
+    );
+    assert!(web(ALLOWED_IP).is_err(), "reachable after the TTL ran out");
+}
