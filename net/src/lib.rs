@@ -10,6 +10,7 @@ pub mod neighbours;
 pub mod pod;
 pub mod routes;
 pub mod routing;
+pub mod rules;
 pub mod tunnel;
 
 use std::{io, net::IpAddr};
