@@ -16,10 +16,10 @@ use abi::{
     endpoint::{EndpointInfo, EndpointKey},
     lb::Addr,
     policy::{
-        ACTION_ALLOW, ACTION_REDIRECT, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, DIR_EGRESS, DIR_INGRESS,
-        IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, MAX_ENTRIES, MAX_IPCACHE, MAX_POLICY_CT,
-        MAX_POLICY_ENDPOINTS, PREFIX_FULL, Pick, PolicyCtKey, PolicyCtValue, PolicyData,
-        PolicyStats, PolicyValue, ep_flags, pick,
+        ACTION_ALLOW, ACTION_REDIRECT, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, DIR_EGRESS,
+        DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, MAX_ENTRIES, MAX_IPCACHE,
+        MAX_POLICY_CT, MAX_POLICY_ENDPOINTS, PREFIX_FULL, Pick, PolicyCtKey, PolicyCtValue,
+        PolicyData, PolicyStats, PolicyValue, ep_flags, pick,
     },
     proxy::{MARK_FROM_EGRESS_PROXY, MARK_FROM_INGRESS_PROXY, MARK_MASK, mark_identity},
 };

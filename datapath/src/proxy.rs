@@ -33,7 +33,9 @@ impl Packet {
     /// `at_ingress`: the hook is tc ingress (socket assignment is possible).
     #[inline(always)]
     pub fn new(proto: u8, tcp_flags: u8, v6: bool, at_ingress: bool) -> Packet {
-        Packet(proto as u32 | (tcp_flags as u32) << 8 | (v6 as u32) << 16 | (at_ingress as u32) << 17)
+        Packet(
+            proto as u32 | (tcp_flags as u32) << 8 | (v6 as u32) << 16 | (at_ingress as u32) << 17,
+        )
     }
 }
 

@@ -236,7 +236,9 @@ impl Session {
             }
         } else {
             // Read (and drop) the request's body, so the connection can carry the next request.
-            let _ = Limited::new(req.into_body(), DENIED_BODY_LIMIT).collect().await;
+            let _ = Limited::new(req.into_body(), DENIED_BODY_LIMIT)
+                .collect()
+                .await;
             (full(StatusCode::FORBIDDEN, DENIED_BODY), Outcome::Denied)
         };
         (self.log)(Access {

@@ -8,6 +8,7 @@ pub mod churn;
 pub mod cluster;
 pub mod cni;
 pub mod cni_nodes;
+pub mod deathstar;
 #[path = "../../../k8s/tests/support/fake_api.rs"]
 pub mod fake_api;
 pub mod kube_agent;

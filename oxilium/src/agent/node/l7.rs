@@ -6,7 +6,9 @@ use crate::{
     bpf::policy::IpcacheReader,
     events::{
         Hub,
-        record::{Endpoint, EventType, Flow, FlowRecord, Http, Interface, Ip, L4, L7, Ports, rfc3339},
+        record::{
+            Endpoint, EventType, Flow, FlowRecord, Http, Interface, Ip, L4, L7, Ports, rfc3339,
+        },
     },
 };
 use anyhow::{Context, Result};
