@@ -124,6 +124,7 @@ fn main() {
         kvstore: None,
         kvstore_endpoint: None,
         identity_gc_grace_ms: 0,
+        l7_proxy: false,
     };
     let mut agent =
         PolicyAgent::open(pins.path(), &flags, Some(work.clone()), None).expect("policy agent");
