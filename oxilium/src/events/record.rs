@@ -181,7 +181,7 @@ pub struct Backend {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Interface {
     pub index: u32,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 

@@ -259,3 +259,66 @@ pub async fn start(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::record::human;
+
+    fn access(outcome: Outcome, status: u16) -> Access {
+        Access {
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            conn: Conn {
+                direction: Direction::Ingress,
+                client: "10.0.0.11:40000".parse().unwrap(),
+                original: "10.0.0.10:80".parse().unwrap(),
+            },
+            decision: Decision {
+                rules: Rules::None,
+                source_identity: 257,
+                destination_identity: 256,
+                upstream_mark: abi::proxy::MARK_FROM_INGRESS_PROXY,
+                source_name: Some("default/tiefighter".into()),
+                destination_name: Some("default/deathstar".into()),
+            },
+            method: "PUT".into(),
+            path: "/v1/exhaust-port".into(),
+            host: Some("deathstar".into()),
+            status,
+            outcome,
+            latency: std::time::Duration::from_micros(42),
+        }
+    }
+
+    #[test]
+    fn a_denied_request_reads_back_and_prints() {
+        let r = record(&access(Outcome::Denied, 403));
+        let text = serde_json::to_string(&r).unwrap();
+        // What `oxilium monitor` does with each line.
+        let back: FlowRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        let f = &back.flow;
+        assert_eq!((f.verdict.as_str(), f.type_.as_str()), ("DROPPED", "L7"));
+        assert_eq!(f.event_type.kind, "l7");
+        assert_eq!(f.source.identity, Some(257));
+        let h = f.l7.as_ref().unwrap();
+        assert_eq!((h.http.code, h.http.method.as_str()), (403, "PUT"));
+        assert_eq!(h.http.url, "http://deathstar/v1/exhaust-port");
+        assert_eq!(h.latency_ns, 42_000);
+        let line = human(&back);
+        assert!(
+            line.contains(
+                "10.0.0.11:40000 (default/tiefighter) -> 10.0.0.10:80 (default/deathstar)"
+            ) && line.contains("PUT http://deathstar/v1/exhaust-port => 403 (denied by policy)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_allowed_request_is_forwarded() {
+        let r = record(&access(Outcome::Forwarded, 200));
+        assert_eq!(r.flow.verdict, "FORWARDED");
+        assert_eq!(r.flow.drop_reason_desc, None);
+        assert_eq!(r.flow.program, "http-proxy-ingress");
+    }
+}
