@@ -307,3 +307,50 @@ impl Session {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(v: serde_json::Value) -> Rules {
+        Rules::Http(Arc::new(serde_json::from_value(v).unwrap()))
+    }
+
+    #[test]
+    fn a_request_is_matched_on_method_path_host_and_headers() {
+        let r = rules(serde_json::json!([
+            {"method": "POST", "path": "/v1/request-landing"},
+            {"method": "GET", "path": "/v1/.*", "host": "deathstar\\..*", "headers": ["X-Empire: yes"]}
+        ]));
+        let req = |m: &str, uri: &str, host: &str, hdr: Option<&str>| {
+            let mut b = Request::builder().method(m).uri(uri).header(HOST, host);
+            if let Some(v) = hdr {
+                b = b.header("x-empire", v);
+            }
+            request_view(&b.body(()).unwrap())
+        };
+        assert!(allows(&r, &req("POST", "/v1/request-landing", "any", None)));
+        // Anchored: a longer path or a query is another path.
+        assert!(!allows(
+            &r,
+            &req("POST", "/v1/request-landing/x", "any", None)
+        ));
+        assert!(!allows(
+            &r,
+            &req("POST", "/v1/request-landing?x=1", "any", None)
+        ));
+        assert!(!allows(&r, &req("PUT", "/v1/exhaust-port", "any", None)));
+        assert!(allows(
+            &r,
+            &req("GET", "/v1/x", "deathstar.empire", Some("yes"))
+        ));
+        assert!(!allows(
+            &r,
+            &req("GET", "/v1/x", "deathstar.empire", Some("no"))
+        ));
+        assert!(!allows(&r, &req("GET", "/v1/x", "deathstar.empire", None)));
+        assert!(!allows(&r, &req("GET", "/v1/x", "xwing", Some("yes"))));
+        assert!(allows(&Rules::All, &req("DELETE", "/", "h", None)));
+        assert!(!allows(&Rules::None, &req("GET", "/", "h", None)));
+    }
+}
