@@ -12,7 +12,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 use support::{deathstar::Deathstar, policy_bed::PolicyNode};
 
 const FILES: &str = "apiVersion: v1
