@@ -14,6 +14,7 @@ pub mod event;
 pub mod lb;
 pub mod nodeport;
 pub mod policy;
+pub mod proxy;
 pub mod sock;
 
 /// Implements `aya::Pod` for map types on the userspace side.

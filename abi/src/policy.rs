@@ -182,7 +182,10 @@ pub struct PolicyCtValue {
     pub direction: u8,
     /// Opened in audit mode (would have been dropped).
     pub audit: u8,
-    pub _pad: [u8; 6],
+    /// Redirected: the proxy listener's port (network byte order) every packet of the flow in
+    /// `direction` is handed to; 0 for a plain allow.
+    pub proxy_port: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Idle time after which a policy conntrack entry no longer lets packets through unchecked.

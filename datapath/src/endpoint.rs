@@ -4,8 +4,9 @@
 //! From the pod, in order:
 //! 1. service translation: the pod fallback of [`crate::podlb::from_pod`] (a packet to a
 //!    `SCOPE_INTERNAL` frontend the socket LB did not translate at connect());
-//! 2. the source endpoint's egress policy ([`crate::policy::egress`]); (hook) L7 redirect and
-//!    bandwidth, once those land;
+//! 2. the source endpoint's egress policy ([`crate::policy::egress`]); a flow it redirects to an
+//!    L7 proxy ([`crate::proxy`]) goes to the node's stack here; then the pod's egress rate
+//!    ([`crate::bandwidth`]);
 //! 3. delivery: a destination in `OXI_ENDPOINTS` (a pod of this node) has its TTL / hop limit
 //!    decremented like a routed packet (one at its last hop goes to the stack instead, which
 //!    answers "time exceeded"), gets the destination endpoint's to-pod work done here ([`to_pod`]:
@@ -21,7 +22,7 @@ use crate::{
     bandwidth,
     headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     podlb::{self, PodMaps},
-    policy,
+    policy, proxy,
     skb::set_macs,
 };
 use abi::{
@@ -53,7 +54,10 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     if r != TC_ACT_OK {
         return r;
     }
-    // Hook: L7 redirect goes here.
+    // Handed to an L7 proxy by the egress policy: the node's stack delivers it.
+    if proxy::redirected(ctx) {
+        return TC_ACT_OK;
+    }
     // The source pod's egress rate.
     let r = bandwidth::from_pod(ctx);
     if r != TC_ACT_OK {
@@ -72,9 +76,13 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     }
     // The destination's own to-pod program is skipped by the redirect: its work is done here.
-    let r = to_pod::<M>(ctx);
+    let r = deliver::<M>(ctx, true);
     if r != TC_ACT_OK {
         return r;
+    }
+    // Handed to an L7 proxy by the destination's ingress policy.
+    if proxy::redirected(ctx) {
+        return TC_ACT_OK;
     }
     let r = bandwidth::to_pod(ctx, ep.ifindex);
     if r != TC_ACT_OK {
@@ -87,13 +95,19 @@ pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
 
-/// tc egress of a pod's host-side veth (packets to the pod), and the to-pod half of a local
-/// delivery.
+/// tc egress of a pod's host-side veth (packets to the pod).
 #[inline(always)]
 pub fn to_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    deliver::<M>(ctx, false)
+}
+
+/// The to-pod work: on the pod's tc egress, or (`at_ingress`) the to-pod half of a local
+/// delivery in the sender's from-pod program.
+#[inline(always)]
+fn deliver<M: PodMaps>(ctx: &TcContext, at_ingress: bool) -> i32 {
     // The destination endpoint's ingress policy, before reply translation (the packet still
     // carries the backend's address, the one the policy conntrack knows).
-    let r = policy::ingress(ctx);
+    let r = policy::ingress(ctx, at_ingress);
     if r != TC_ACT_OK {
         return r;
     }

@@ -23,6 +23,7 @@ pub mod nodeport;
 pub mod parse;
 pub mod podlb;
 pub mod policy;
+pub mod proxy;
 pub mod skb;
 pub mod sock;
 pub mod stats;

@@ -9,12 +9,13 @@
 //! `ep_flags::NO_HOST_ALLOW`, and the endpoint's policy map (`OXI_POLICY[endpoint id]`) is looked
 //! up for the peer identity and for the wildcard (abi::policy::pick). An allowed flow opens a
 //! conntrack entry, so its replies pass; anything else is dropped, or in audit mode counted and
-//! let through. Redirect entries (L7) are drops until the proxy exists.
+//! let through. A redirect entry (L7) hands the flow to its proxy ([`crate::proxy`]); the
+//! proxy's own upstream connections are recognised by their mark.
 //!
 //! A policy event (`crate::events::policy`) reports each new flow's verdict (allowed or audited,
 //! once: when its conntrack entry is made) and each denied packet, with both identities and the
 //! kind of entry that decided; established packets write none.
-use crate::{endpoint::OXI_ENDPOINTS, events, skb::parse_tc};
+use crate::{endpoint::OXI_ENDPOINTS, events, proxy, skb::parse_tc};
 use abi::{
     endpoint::{EndpointInfo, EndpointKey},
     event::{
@@ -23,11 +24,12 @@ use abi::{
     },
     lb::Addr,
     policy::{
-        ACTION_ALLOW, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, DIR_EGRESS, DIR_INGRESS,
-        IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, MAX_ENTRIES, MAX_IPCACHE, MAX_POLICY_CT,
-        MAX_POLICY_ENDPOINTS, PREFIX_FULL, PREFIX_STATIC, Pick, PolicyCtKey, PolicyCtValue,
-        PolicyData, PolicyStats, PolicyValue, ep_flags, pick,
+        ACTION_ALLOW, ACTION_REDIRECT, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, DIR_EGRESS,
+        DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD, IpcacheValue, MAX_ENTRIES, MAX_IPCACHE,
+        MAX_POLICY_CT, MAX_POLICY_ENDPOINTS, PREFIX_FULL, PREFIX_STATIC, Pick, PolicyCtKey,
+        PolicyCtValue, PolicyData, PolicyStats, PolicyValue, ep_flags, pick,
     },
+    proxy::{MARK_FROM_EGRESS_PROXY, MARK_FROM_INGRESS_PROXY, MARK_MASK, mark_identity},
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
@@ -125,21 +127,20 @@ pub fn egress(ctx: &TcContext) -> i32 {
         // Not an endpoint's address (link-local neighbour discovery, ...): no policy.
         return TC_ACT_OK;
     };
-    check(
-        ctx,
-        &ep,
-        DIR_EGRESS,
-        &k.dst,
-        k.sport,
-        k.dport,
-        k.proto,
-        f.tcp_flags,
-    )
+    let l4 = L4 {
+        proto: k.proto,
+        tcp_flags: f.tcp_flags,
+        v6: f.v6,
+        at_ingress: true,
+    };
+    check(ctx, &ep, DIR_EGRESS, &k.dst, k.sport, k.dport, l4)
 }
 
-/// The endpoint's ingress (packets to it; on its to-pod hook, before reply translation).
+/// The endpoint's ingress (packets to it; on its to-pod hook, before reply translation);
+/// `at_ingress`: the hook is tc ingress (the from-pod program delivering locally), where a
+/// redirect to a proxy is possible.
 #[inline(never)]
-pub fn ingress(ctx: &TcContext) -> i32 {
+pub fn ingress(ctx: &TcContext, at_ingress: bool) -> i32 {
     let Some(s) = parse_tc(ctx, false) else {
         return TC_ACT_OK;
     };
@@ -152,20 +153,32 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     let Some(ep) = (unsafe { OXI_ENDPOINTS.get(&EndpointKey { addr: k.dst }) }).copied() else {
         return TC_ACT_OK;
     };
-    check(
-        ctx,
-        &ep,
-        DIR_INGRESS,
-        &k.src,
-        k.dport,
-        k.sport,
-        k.proto,
-        f.tcp_flags,
-    )
+    let l4 = L4 {
+        proto: k.proto,
+        tcp_flags: f.tcp_flags,
+        v6: f.v6,
+        at_ingress,
+    };
+    check(ctx, &ep, DIR_INGRESS, &k.src, k.dport, k.sport, l4)
+}
+
+/// What [`check`] needs of the packet besides addresses and ports.
+#[derive(Clone, Copy)]
+struct L4 {
+    proto: u8,
+    tcp_flags: u8,
+    v6: bool,
+    at_ingress: bool,
+}
+
+impl L4 {
+    #[inline(always)]
+    fn packet(&self) -> proxy::Packet {
+        proxy::Packet::new(self.proto, self.tcp_flags, self.v6, self.at_ingress)
+    }
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn check(
     ctx: &TcContext,
     ep: &EndpointInfo,
@@ -173,9 +186,9 @@ fn check(
     remote: &Addr,
     local_port: u16,
     remote_port: u16,
-    proto: u8,
-    _tcp_flags: u8,
+    l4: L4,
 ) -> i32 {
+    let proto = l4.proto;
     if ep.flags & ep_flags::POLICY == 0 {
         return TC_ACT_OK;
     }
@@ -200,24 +213,46 @@ fn check(
             if now.saturating_sub((*ct).last_ns) < timeout {
                 (*ct).last_ns = now;
                 count(ep.id, Outcome::Established);
+                let port = (*ct).proxy_port;
+                if port != 0 && (*ct).direction == dir {
+                    return proxy::redirect(ctx, port, l4.packet());
+                }
                 return TC_ACT_OK;
             }
         }
     }
-    let peer = identity_of(remote);
+    // A proxy's upstream connection (ingress only: it leaves the node's stack towards the pod).
+    let upstream = if dir == DIR_INGRESS {
+        proxy::upstream_mark(ctx)
+    } else {
+        0
+    };
+    let peer = if upstream & MARK_MASK == MARK_FROM_EGRESS_PROXY {
+        mark_identity(upstream)
+    } else {
+        identity_of(remote)
+    };
     // The dport of the lookup is the destination port of the flow's first packet.
     let dport = if dir == DIR_EGRESS {
         remote_port
     } else {
         local_port
     };
-    let allowed =
-        if dir == DIR_INGRESS && peer == IDENTITY_HOST && ep.flags & ep_flags::NO_HOST_ALLOW == 0 {
-            events::policy_match(MATCH_HOST, ACTION_ALLOW);
-            true
-        } else {
-            lookup(ep.id, peer, dir, proto, dport, ctx.len() as u64)
-        };
+    let (allowed, proxy_port) = if upstream & MARK_MASK == MARK_FROM_INGRESS_PROXY {
+        // The ingress proxy's upstream connection: the proxy already decided.
+        events::policy_match(MATCH_NONE, ACTION_ALLOW);
+        (true, 0)
+    } else if dir == DIR_INGRESS && peer == IDENTITY_HOST && ep.flags & ep_flags::NO_HOST_ALLOW == 0
+    {
+        events::policy_match(MATCH_HOST, ACTION_ALLOW);
+        (true, 0)
+    } else {
+        match lookup(ep.id, peer, dir, proto, dport, ctx.len() as u64) {
+            (ACTION_ALLOW, _) => (true, 0),
+            (ACTION_REDIRECT, port) if port != 0 => (true, port),
+            _ => (false, 0),
+        }
+    };
     let audit = !allowed && ep.flags & ep_flags::AUDIT != 0;
     let (src, dst) = if dir == DIR_EGRESS {
         (ep.identity, peer)
@@ -247,16 +282,20 @@ fn check(
         last_ns: now,
         direction: dir,
         audit: audit as u8,
-        _pad: [0; 6],
+        proxy_port,
+        _pad: [0; 4],
     };
     let _ = OXI_POLICY_CT.insert(ct_key, v, 0);
+    if proxy_port != 0 {
+        return proxy::redirect(ctx, proxy_port, l4.packet());
+    }
     TC_ACT_OK
 }
 
-/// The endpoint's policy map for (peer, direction, proto, port): true when the deciding entry
-/// allows. Counts the packet on the deciding entry.
+/// The endpoint's policy map for (peer, direction, proto, port): the deciding entry's action
+/// and proxy port (network byte order), (0, 0) without one. Counts the packet on the entry.
 #[inline(always)]
-fn lookup(endpoint: u32, peer: u32, dir: u8, proto: u8, dport: u16, bytes: u64) -> bool {
+fn lookup(endpoint: u32, peer: u32, dir: u8, proto: u8, dport: u16, bytes: u64) -> (u8, u16) {
     let mut data = PolicyData {
         identity: peer.to_be(),
         direction: dir,
@@ -279,13 +318,13 @@ fn lookup(endpoint: u32, peer: u32, dir: u8, proto: u8, dport: u16, bytes: u64) 
     };
     note_match(decider, summary(chosen));
     let Some(v) = chosen else {
-        return false;
+        return (0, 0);
     };
     // SAFETY: a valid map value pointer.
     unsafe {
         add(&raw mut (*v).packets, 1);
         add(&raw mut (*v).bytes, bytes);
-        (*v).action == ACTION_ALLOW
+        ((*v).action, (*v).proxy_port)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod pod;
 pub mod qdisc;
 pub mod routes;
 pub mod routing;
+pub mod rules;
 pub mod tunnel;
 
 use std::{io, net::IpAddr};

@@ -126,6 +126,7 @@ fn main() {
         identity_gc_grace_ms: 0,
         kvstore_sync_ms: 10_000,
         dns: Default::default(),
+        l7_proxy: false,
     };
     let mut agent =
         PolicyAgent::open(pins.path(), &flags, Some(work.clone()), None).expect("policy agent");

@@ -34,6 +34,21 @@ fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pin_dir: &Path, name: &str
     T::try_from(map).with_context(|| format!("map {name}"))
 }
 
+/// A handle of its own on the pinned ipcache, for readers outside the reconciler (the L7
+/// proxies): the identity of an address, as the programs see it.
+pub struct IpcacheReader(LpmTrie<MapData, Addr, IpcacheValue>);
+
+impl IpcacheReader {
+    pub fn open(pin_dir: &Path) -> Result<IpcacheReader> {
+        Ok(IpcacheReader(open(pin_dir, names::IPCACHE)?))
+    }
+
+    /// The longest prefix holding `addr` (16-byte form), None when there is none.
+    pub fn get(&self, addr: Addr) -> Option<IpcacheValue> {
+        self.0.get(&Key::new(128, addr), 0).ok()
+    }
+}
+
 impl PolicyMaps {
     /// Opens the pinned maps (the tc object must have been loaded with `pin_dir`).
     pub fn open(pin_dir: &Path) -> Result<PolicyMaps> {

@@ -110,6 +110,27 @@ pub struct Flow {
     pub bytes: u32,
     #[serde(rename = "Summary")]
     pub summary: String,
+    /// The L7 proxy's request records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7>,
+}
+
+/// An HTTP request as the L7 proxy handled it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct L7 {
+    /// REQUEST (the record is written once the answer's head is known).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub latency_ns: u64,
+    pub http: Http,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Http {
+    pub code: u16,
+    pub method: String,
+    pub url: String,
+    pub protocol: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -320,6 +341,7 @@ pub fn from_event(e: &Event, clock: &Clock, names: &Names) -> FlowRecord {
         reason_set: with_reason.then(|| set.to_string()),
         bytes: e.bytes,
         summary: String::new(),
+        l7: None,
     };
     flow.summary = summary(&flow);
     FlowRecord { flow }

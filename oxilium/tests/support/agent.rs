@@ -219,6 +219,11 @@ impl AgentProcess {
         self.child = Some(cmd.spawn().expect("spawning the agent"));
     }
 
+    /// The agent's process id (nsenter execs the agent in place), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Waits until the API socket exists; panics with the log if the agent exits first or takes
     /// longer than [`READY`].
     pub fn wait_ready(&mut self) {

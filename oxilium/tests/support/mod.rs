@@ -9,6 +9,7 @@ pub mod churn;
 pub mod cluster;
 pub mod cni;
 pub mod cni_nodes;
+pub mod deathstar;
 pub mod dns_server;
 pub mod etcd;
 #[path = "../../../k8s/tests/support/fake_api.rs"]

@@ -75,6 +75,7 @@ pub enum Acceleration {
 
 pub mod endpoints;
 mod health_node_ports;
+pub mod l7;
 pub mod nodeport;
 mod nodeport_endpoints;
 pub(super) mod pod_devices;
@@ -277,6 +278,16 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         Some(ext)
     };
     let cni = endpoints::CniFlags::start(args).await?;
+    if let Some(c) = &cni {
+        let (l7, ports) = {
+            let a = c.lock().await;
+            (a.policy.l7.clone(), a.policy.http_proxy_ports())
+        };
+        if let Some(ports) = ports {
+            let hub = state.lock().unwrap().events.clone();
+            l7::start(&args.pin_dir, ports, l7, hub).await?;
+        }
+    }
     let mut st = state.lock().unwrap();
     st.reconciler = Some(Reconciler::open(maps.with_sock_maps(sock_maps))?);
     st.nodeport = nodeport;

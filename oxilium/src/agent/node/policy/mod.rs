@@ -67,6 +67,10 @@ pub struct PolicyFlags {
     pub kvstore_sync_ms: u64,
     #[command(flatten)]
     pub dns: dns::DnsFlags,
+    /// --cni: run the L7 proxies (HTTP) in the agent; `false`: flows that L7 rules redirect are
+    /// dropped (a redirected flow never bypasses its proxy).
+    #[arg(long = "l7-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    pub l7_proxy: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -130,6 +134,8 @@ pub struct PolicyAgent {
     /// Time of each endpoint regeneration (map fill and flags), most recent last (bounded).
     pub regenerations: Vec<Duration>,
     pub last_error: Option<String>,
+    /// What the L7 proxies ask: each local endpoint's identity and map.
+    pub l7: std::sync::Arc<crate::agent::node::l7::Endpoints>,
 }
 
 /// The folder's files as last parsed: a file whose text did not change is not parsed again.
@@ -223,6 +229,7 @@ impl PolicyAgent {
             regenerations: Vec::new(),
             last_error: None,
             parse_cache: ParseCache::new(),
+            l7: Default::default(),
         };
         if let Err(e) = a.reload() {
             warn!("policy: {e:#}");
@@ -354,6 +361,7 @@ impl PolicyAgent {
             return Ok(());
         };
         self.local_keys.remove(&l.key);
+        self.l7.remove(&l.addrs);
         self.kernel.forget(&mut self.maps, id);
         let mut touched = BTreeSet::new();
         match self.spec_of(&l.key) {
@@ -497,6 +505,15 @@ impl PolicyAgent {
             self.write_ipcache()?;
         }
         Ok(())
+    }
+
+    /// The proxy ports of HTTP rules (ingress, egress), as the maps carry them; None when the
+    /// proxies are off (`--l7-proxy false`).
+    pub fn http_proxy_ports(&self) -> Option<(u16, u16)> {
+        let p = &self.engine.cfg.proxy;
+        self.flags
+            .l7_proxy
+            .then_some((p.http_ingress, p.http_egress))
     }
 
     /// [`PolicyAgent::reload`], the error kept for `status` and `policy get`.

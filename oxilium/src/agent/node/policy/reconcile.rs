@@ -84,6 +84,7 @@ impl PolicyAgent {
             }
         }
         *held = want;
+        self.l7.set(&l.addrs, &l.key, identity, &ep.policy.map);
         let flags = self.endpoint_flags();
         for ip in &l.addrs {
             self.maps

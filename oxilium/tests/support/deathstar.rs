@@ -1,0 +1,152 @@
+//! The Star Wars demo's `deathstar`: a small HTTP/1.1 server (hyper, keep-alive, chunked
+//! bodies, pipelined requests, upgrades) run on a thread inside a namespace. It answers
+//! `POST /v1/request-landing` "Ship landed", `PUT /v1/exhaust-port` "Panic: deathstar exploded",
+//! any other path "deathstar METHOD PATH body=N" (N: the body's length as received), an
+//! `Upgrade: echo` request 101 and then echoes bytes. Every request it sees is recorded with the
+//! peer address it came from, so a test can tell what reached it and through which connection.
+use super::netns::{Netns, enter};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1};
+use hyper_util::rt::TokioIo;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+};
+
+/// A request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub peer: SocketAddr,
+    pub body_len: usize,
+}
+
+pub struct Deathstar {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Deathstar {
+    /// Listens on `addr` inside `ns`; returns once bound.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Deathstar {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (path, s) = (ns.path(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            enter(&path);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(serve(addr, s, stop_rx, ready_tx));
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("deathstar did not start")
+            .expect("deathstar bind");
+        Deathstar {
+            seen,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Deathstar {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let l = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return ready.send(Err(format!("{addr}: {e}"))).unwrap(),
+    };
+    ready.send(Ok(())).unwrap();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            a = l.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let seen = seen.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req, peer, &seen).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    seen: &Mutex<Vec<Seen>>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    if req.headers().contains_key(hyper::header::UPGRADE) {
+        let up = hyper::upgrade::on(&mut req);
+        seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            peer,
+            body_len: 0,
+        });
+        tokio::spawn(async move {
+            if let Ok(u) = up.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(u));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert(hyper::header::UPGRADE, "echo".parse().unwrap());
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, "upgrade".parse().unwrap());
+        return r;
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        peer,
+        body_len: body.len(),
+    });
+    let text = match (method.as_str(), path.as_str()) {
+        ("POST", "/v1/request-landing") => "Ship landed\n".to_string(),
+        ("PUT", "/v1/exhaust-port") => "Panic: deathstar exploded\n".to_string(),
+        _ => format!("deathstar {method} {path} body={}\n", body.len()),
+    };
+    Response::new(Full::new(Bytes::from(text)))
+}
