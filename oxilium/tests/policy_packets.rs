@@ -467,6 +467,8 @@ fn policy_verdict_events_in_monitor() {
         assert_eq!(f["policy_match_type"], kind, "{f}");
         assert_eq!(f["source"]["identity"], id("client"), "{f}");
         assert_eq!(f["destination"]["identity"], id("web"), "{f}");
+        assert_eq!(f["source"]["pod_name"], "default/client", "{f}");
+        assert_eq!(f["destination"]["pod_name"], "default/web", "{f}");
         assert_eq!(f["l4"]["TCP"]["flags"]["SYN"], true, "{f}");
         assert!(f.get("drop_reason_desc").is_none(), "{f}");
         // Local delivery: both checks run in the sender's program.
@@ -501,9 +503,9 @@ fn policy_verdict_events_in_monitor() {
             "{who}: no retransmission recorded: {denied:#?}"
         );
     }
-    // The human line says the same.
+    // The human line says the same, with the pods' names.
     let want = format!(
-        "{client}:{port} -> {to} TCP policy-verdict:L3-L4 INGRESS ALLOWED, identity {} -> {}",
+        "{client}:{port} (default/client) -> {to} (default/web) TCP policy-verdict:L3-L4 INGRESS ALLOWED, identity {} -> {}",
         id("client"),
         id("web"),
         port = ingress[0]["flow"]["l4"]["TCP"]["source_port"],

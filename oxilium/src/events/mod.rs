@@ -236,7 +236,17 @@ async fn drain(pin: &Path, hub: &Hub, state: &Shared) -> Result<()> {
 pub struct Names {
     pub services: HashMap<u32, String>,
     pub ifaces: HashMap<u32, String>,
+    /// This node's pods by address (`namespace/name`), with the CNI side (`--cni`).
+    pub pods: Option<Arc<crate::agent::node::l7::Endpoints>>,
+    pods_tried: Option<Instant>,
     refreshed: Option<Instant>,
+}
+
+impl Names {
+    /// `namespace/name` of a pod of this node at `addr`.
+    pub fn pod(&self, addr: std::net::IpAddr) -> Option<String> {
+        self.pods.as_ref()?.pod_name(addr)
+    }
 }
 
 impl Names {
@@ -255,6 +265,20 @@ impl Names {
     }
 
     fn refresh(&mut self, state: &Shared, batch: &[Event]) {
+        if self.pods.is_none()
+            && self
+                .pods_tried
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            // The directory is shared and kept current by the policy agent: taken once.
+            self.pods_tried = Some(Instant::now());
+            let cni = state.lock().unwrap().cni.clone();
+            if let Some(c) = cni
+                && let Ok(a) = c.try_lock()
+            {
+                self.pods = Some(a.policy.l7.clone());
+            }
+        }
         let missing = batch.iter().any(|e| {
             (e.service_id != 0 && !self.services.contains_key(&e.service_id))
                 || (e.ifindex != 0 && !self.ifaces.contains_key(&e.ifindex))

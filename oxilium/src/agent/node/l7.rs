@@ -58,6 +58,11 @@ impl Endpoints {
         }
     }
 
+    /// `namespace/name` of the local pod at `a`, for the monitor's records.
+    pub fn pod_name(&self, a: IpAddr) -> Option<String> {
+        self.get(a).map(|v| v.key.clone())
+    }
+
     fn get(&self, a: IpAddr) -> Option<Arc<View>> {
         self.by_addr
             .read()
