@@ -117,14 +117,16 @@ fn masquerade(b: &Nodes) {
         assert_eq!(a.peer.to_string(), node_ip(1));
     }
     // Volume: 5 000 short connections (closed by RST) through 1 000 SNAT ports: closed flows'
-    // ports are taken over, none fails.
+    // ports are taken over, none fails. 2.5 s per connection leaves room for one SYN
+    // retransmission (a packet the loaded CI machine drops once in a while, with no
+    // `snat_exhausted` or other datapath drop counted); a flow the datapath black-holes still fails.
     let _sink = Sink::start(&b.outside, sa(OUTSIDE, 9191));
     let n = churn_count(5000);
     let r = churn(
         &b.pods[0][1],
         sa(OUTSIDE, 9191),
         n,
-        Duration::from_millis(900),
+        Duration::from_millis(2500),
     );
     assert_eq!(
         r.failed,
