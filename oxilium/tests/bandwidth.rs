@@ -140,13 +140,14 @@ fn annotation_changes_apply_live() {
             .collect::<Vec<_>>()
     );
     assert!(iv.len() >= 6, "{iv:?}");
-    // Sender-side seconds (after the omitted first): 2 at 10M, the last 2 at 30M (the change
-    // lands after about 3 s, when the agent has read it; the sender's view moves with its socket buffer: ±20 % bounds, far from both the old
-    // rate and no limit).
+    // Sender-side seconds (after the omitted first): 2 at 10M, the last 3 at 30M (the change
+    // lands after about 3 s, when the agent has read it). The sender's view moves with its socket
+    // buffer and with the streams' backoff after a drop (one second can dip to ~19M): the mean of
+    // the last three is checked against 20–36M, far from both the old rate and no limit.
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     assert!(mean(&iv[..2]) < 12.0e6, "{iv:?}");
     assert!(
-        (24.0e6..=36.0e6).contains(&mean(&iv[iv.len() - 2..])),
+        (20.0e6..=36.0e6).contains(&mean(&iv[iv.len() - 3..])),
         "{iv:?}"
     );
 
