@@ -11,8 +11,8 @@
 //! - TBF: the same pods without the annotation, shaped as the `bandwidth` plugin shapes them
 //!   (TBF root qdisc on the host veth for ingress; ingress qdisc + mirred to an ifb with a TBF
 //!   for egress; queue limit = 25 ms at the rate + burst), burst the same as oxilium's bucket.
-//!   The agent's from-pod program is detached from the TBF pod's veth for egress (a TCX
-//!   program's TC_ACT_OK would end ingress processing before the ifb redirect).
+//!   The agent's from-pod program stays attached: what it lets through goes on (TCX_NEXT) to
+//!   the legacy ingress filter that redirects to the ifb.
 #[path = "../tests/support/agent.rs"]
 #[allow(dead_code)]
 mod agent;

@@ -272,7 +272,7 @@ fn main() {
         ether(&ip(s, d, tcp(40001, 80, &[], &[0x61; 64])), None)
     };
     let (verdict, _) = run(&host_pkt);
-    assert_eq!(verdict, 0, "host to pod allowed (TC_ACT_OK)");
+    assert_eq!(verdict, u32::MAX, "host to pod allowed (TCX_NEXT)");
     let est = median3(|| run(&host_pkt).1);
     println!("oxilium_endpoint_to_pod via BPF_PROG_TEST_RUN, repeat {repeat}, median of 3:");
     let row =

@@ -238,6 +238,8 @@ fn ecn_marks_then_drops() {
         maps::{HashMap, Map, MapData},
     };
     use support::packet::{ether, ipv4, ipv6, tcp, verify_checksums};
+    /// TCX_NEXT: passed on to the rest of the hook.
+    const PASS: u32 = u32::MAX;
     let ns = Netns::new(&unique("bwecn"));
     let pins = support::bpffs::PinDir::new(&unique("bwecn"));
     let pin_dir = pins.path().to_path_buf();
@@ -290,24 +292,24 @@ fn ecn_marks_then_drops() {
         // Full bucket: passes as it came.
         set(&mut map, 0);
         let (rc, out) = run(&ect4);
-        assert_eq!((rc, out.as_slice()), (0, ect4.as_slice()));
+        assert_eq!((rc, out.as_slice()), (PASS, ect4.as_slice()));
         // Past the mark threshold: CE.
         set(&mut map, monotonic_ns() + 60_000_000);
         let (rc, out) = run(&ect4);
-        assert_eq!(rc, 0);
+        assert_eq!(rc, PASS);
         assert_eq!(out[15] & 3, 3, "IPv4 ECN not CE");
         verify_checksums(&out).unwrap();
         // Only the TOS byte (15) and the header checksum (24-25) change.
         assert_eq!(out[16..24], ect4[16..24]);
         assert_eq!(out[26..], ect4[26..]);
         let (rc, out) = run(&ect6);
-        assert_eq!(rc, 0);
+        assert_eq!(rc, PASS);
         assert_eq!((out[15] >> 4) & 3, 3, "IPv6 ECN not CE");
         verify_checksums(&out).unwrap();
         let (rc, out) = run(&plain4);
         assert_eq!(
             (rc, out.as_slice()),
-            (0, plain4.as_slice()),
+            (PASS, plain4.as_slice()),
             "non-ECT is never marked"
         );
         let v = map.get(&key, 0).unwrap();
@@ -323,7 +325,7 @@ fn ecn_marks_then_drops() {
         // A passed packet moves the schedule by its cost exactly.
         let tat = monotonic_ns() + 10_000_000;
         set(&mut map, tat);
-        assert_eq!(run(&plain4).0, 0);
+        assert_eq!(run(&plain4).0, PASS);
         assert_eq!(map.get(&key, 0).unwrap().tat, tat + cost);
     });
 }

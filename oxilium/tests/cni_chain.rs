@@ -3,8 +3,9 @@
 //! a conflist inside a test-made node namespace with a real agent (`--role node --cni`); the
 //! chained endpoints' policy is enforced.
 //! Kernel features: network namespaces, veth, bridge, tc BPF through TCX links (≥ 6.6) with
-//! bpf_redirect_peer (≥ 5.10), bpf_link pinning. Requires root and /usr/lib/cni/{ptp,bridge,
-//! host-local} (ci/setup installs them); fails (never skips) without them.
+//! bpf_redirect_peer (≥ 5.10), bpf_link pinning; for the `bandwidth` plugin test also ifb, the
+//! legacy ingress qdisc with mirred, and TBF. Requires root and /usr/lib/cni/{ptp,bridge,
+//! host-local,bandwidth} (ci/setup installs them) and iperf3; fails (never skips) without them.
 mod support;
 
 use serde_json::{Value, json};
@@ -244,4 +245,101 @@ fn chained_after_ptp() {
 #[test]
 fn chained_after_bridge() {
     chain_test("bridge");
+}
+
+/// ptp + host-local, oxilium-cni, then Debian's `bandwidth` plugin (10 Mbit/s each way): the
+/// plugin's shaping holds with oxilium's endpoint programs on the same veth. Egress is the
+/// plugin's ifb redirect, a legacy filter on the veth's ingress hook behind oxilium's TCX
+/// program: it only runs because the program passes what it does not decide on (TCX_NEXT)
+/// instead of ending the hook (TC_ACT_OK). Ingress is the plugin's TBF root qdisc on the veth.
+/// iperf3, one TCP stream each way between the pod and the node.
+#[test]
+fn chained_bandwidth_plugin_shapes_both_directions() {
+    use support::bandwidth::iperf3;
+    assert!(
+        Path::new("/usr/lib/cni/bandwidth").exists(),
+        "/usr/lib/cni/bandwidth missing: run ci/setup (containernetworking-plugins)"
+    );
+    let p = unique("chbw");
+    let node = Netns::new(&format!("{p}n"));
+    let mut agent = AgentProcess::builder(&node, "chainbw")
+        .args([
+            "--role",
+            "node",
+            "--node",
+            "node-a",
+            "--watch-ms",
+            "100",
+            "--cni",
+        ])
+        .file_arg("--manifests", "manifests")
+        .file_arg("--state-dir", "state")
+        .cgroup()
+        .build();
+    agent.write_file("manifests/all.yaml", &manifests());
+    agent.start();
+    let plugin = PluginDir::new(&p);
+    const RATE: u64 = 10_000_000;
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": agent.dir().join("host-local")});
+    let chain = Chain {
+        version: "1.0.0".into(),
+        name: "chained".into(),
+        plugins: vec![
+            json!({"type": "ptp", "ipMasq": false, "ipam": ipam}),
+            json!({"type": "oxilium-cni", "agent-socket": agent.socket()}),
+            json!({"type": "bandwidth", "ingressRate": RATE, "ingressBurst": 800_000,
+                   "egressRate": RATE, "egressBurst": 800_000}),
+        ],
+        path: plugin.path_with_system(),
+        node: node.path(),
+        pod_names: true,
+    };
+    let pod = Netns::new(&format!("{p}p"));
+    let r = chain.add("c0", &pod.path(), None);
+    assert_eq!(r["ips"][0]["address"], "10.88.0.2/24", "{r}");
+    let gw = r["ips"][0]["gateway"]
+        .as_str()
+        .expect("ptp's gateway")
+        .to_string();
+    let list = agent.cli(&["endpoint", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let dev = list[0]["device"].as_str().unwrap().to_string();
+    // oxilium's program is still attached to the veth's ingress (its pinned TCX link), in
+    // front of the plugin's ingress qdisc.
+    let from = format!("link_ep_from_{dev}_");
+    let pins: Vec<String> = std::fs::read_dir(agent.pins())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(pins.iter().any(|n| n.starts_with(&from)), "{pins:?}");
+    let qd = node.run(&["tc", "qdisc", "show", "dev", &dev]);
+    let qd = String::from_utf8_lossy(&qd.stdout).into_owned();
+    assert!(qd.contains("ingress") && qd.contains("tbf"), "{qd}");
+    let within = |what: &str, bits: f64| {
+        println!("{what}: {:.2} Mbit/s", bits / 1e6);
+        assert!(
+            (0.85 * RATE as f64..=1.05 * RATE as f64).contains(&bits),
+            "{what}: {:.2} Mbit/s, the plugin limits to {} Mbit/s",
+            bits / 1e6,
+            RATE / 1_000_000
+        );
+    };
+    within(
+        "egress (pod → node)",
+        iperf3(&pod, "10.88.0.2", &node, &gw, 4, &[]).bits,
+    );
+    within(
+        "ingress (node → pod)",
+        iperf3(&pod, "10.88.0.2", &node, &gw, 4, &["-R"]).bits,
+    );
+    for i in (0..3).rev() {
+        chain.del(i, "c0", &pod.path(), &r);
+    }
+    assert_eq!(
+        agent.cli(&["endpoint", "list"]).as_array().unwrap().len(),
+        0
+    );
 }

@@ -13,7 +13,11 @@ pub fn oxilium_endpoint_from_pod(ctx: TcContext) -> i32 {
     crate::begin(&ctx, PROG_TC_ENDPOINT_FROM_POD);
     let action = from_pod::<Maps>(&ctx);
     datapath::events::end();
-    action
+    if datapath::proxy::redirected(&ctx) {
+        // Assigned to a proxy's socket: straight to the stack, no other filter in between.
+        return action;
+    }
+    crate::pass_on(action)
 }
 
 /// tc egress of a pod's host-side veth (packets to the pod).
@@ -27,5 +31,5 @@ pub fn oxilium_endpoint_to_pod(ctx: TcContext) -> i32 {
         action = datapath::bandwidth::to_pod(&ctx, ifindex);
     }
     datapath::events::end();
-    action
+    crate::pass_on(action)
 }

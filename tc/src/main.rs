@@ -35,7 +35,24 @@ static OXI_TUNNEL_SOURCES: HashMap<Addr, u8, { MAX_TUNNEL_SOURCES as usize }> = 
 pub fn oxilium_decap(ctx: TcContext) -> i32 {
     let action = decap(&ctx);
     datapath::events::end();
-    action
+    pass_on(action)
+}
+
+/// TCX's "no verdict" (`TCX_NEXT`, the value of `TC_ACT_UNSPEC`): the next program on the hook
+/// runs, then the device's legacy tc filters (another CNI's, or a chained plugin's such as the
+/// CNI `bandwidth` plugin's redirect to its ifb), then the stack. `TC_ACT_OK` from a TCX
+/// program would end the hook there and skip them.
+const TCX_NEXT: i32 = -1;
+
+/// What a program returns for `action`: a packet it lets through goes on to whatever else the
+/// hook holds; drops and redirects are final.
+#[inline(always)]
+pub(crate) fn pass_on(action: i32) -> i32 {
+    if action == TC_ACT_OK {
+        TCX_NEXT
+    } else {
+        action
+    }
 }
 
 #[inline(always)]

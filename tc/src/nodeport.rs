@@ -29,7 +29,7 @@ pub fn oxilium_nodeport_ingress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_INGRESS);
     let action = ingress::<Maps>(&ctx);
     datapath::events::end();
-    action
+    crate::pass_on(action)
 }
 
 /// tc egress of the node's external devices: local backends' replies restored.
@@ -38,5 +38,5 @@ pub fn oxilium_nodeport_egress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_NODEPORT_EGRESS);
     let action = egress::<Maps>(&ctx);
     datapath::events::end();
-    action
+    crate::pass_on(action)
 }

@@ -41,7 +41,7 @@ pub fn oxilium_pod_ingress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_POD_INGRESS);
     let action = from_pod::<Maps>(&ctx);
     datapath::events::end();
-    action
+    crate::pass_on(action)
 }
 
 /// tc egress of a pod's host-side veth (packets to the pod): replies restored.
@@ -50,5 +50,5 @@ pub fn oxilium_pod_egress(ctx: TcContext) -> i32 {
     crate::begin(&ctx, abi::event::PROG_TC_POD_EGRESS);
     let action = to_pod::<Maps>(&ctx);
     datapath::events::end();
-    action
+    crate::pass_on(action)
 }

@@ -144,7 +144,8 @@ fn verdict(hook: &Hook, rc: u32) -> &'static str {
             _ => "unknown",
         },
         Hook::TcNodePort => match rc as i32 {
-            -1 | 0 => "TC_ACT_OK",
+            -1 => "TCX_NEXT (passed on)",
+            0 => "TC_ACT_OK",
             2 => "TC_ACT_SHOT",
             7 => "TC_ACT_REDIRECT",
             _ => "unknown",

@@ -14,7 +14,8 @@ use super::wire::{Read, read};
 use abi::lb::reason as r;
 use std::collections::HashSet;
 
-pub const TC_ACT_OK: u32 = 0;
+/// TCX_NEXT (-1): the tc programs let a packet through to the rest of the hook.
+pub const TCX_NEXT: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 
 pub struct DecapModel {
@@ -25,7 +26,7 @@ impl DecapModel {
     pub fn step(&self, f: &[u8]) -> Expect {
         let p = match read(f) {
             Read::Ip(p) if p.proto == 4 || p.proto == 41 => p,
-            _ => return Expect::verdict(TC_ACT_OK, f, None),
+            _ => return Expect::verdict(TCX_NEXT, f, None),
         };
         if !self.sources.contains(&p.src) {
             return Expect::verdict(TC_ACT_SHOT, f, Some((r::TUNNEL_REFUSED, f.len() as u64)));
@@ -40,6 +41,6 @@ impl DecapModel {
         let et: u16 = if p.proto == 41 { 0x86dd } else { 0x0800 };
         out[12..14].copy_from_slice(&et.to_be_bytes());
         out.extend_from_slice(&f[p.l4_off..]);
-        Expect::verdict(TC_ACT_OK, &out, Some((r::DECAP, 0)))
+        Expect::verdict(TCX_NEXT, &out, Some((r::DECAP, 0)))
     }
 }

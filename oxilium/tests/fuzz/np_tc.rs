@@ -16,7 +16,8 @@ use super::xdp_lb::{LbModel, TC_REDIRECT, XDP_DROP, XDP_PASS, skey};
 use abi::lb::{Backend, FAMILY_V6, FlowKey, reason as r};
 use abi::nodeport::reason as np;
 
-pub const TC_ACT_OK: u32 = 0;
+/// TCX_NEXT (-1): the tc programs let a packet through to the rest of the hook.
+pub const TCX_NEXT: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 
 fn key(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, proto: u8) -> FlowKey {
@@ -34,7 +35,7 @@ fn key(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, proto: u8) -> FlowK
 fn tc_action(a: u32) -> u32 {
     match a {
         XDP_DROP => TC_ACT_SHOT,
-        XDP_PASS => TC_ACT_OK,
+        XDP_PASS => TCX_NEXT,
         other => other,
     }
 }

@@ -69,9 +69,10 @@ impl LbModel {
 
     pub fn pod_step(&mut self, f: &[u8], o: &Obs) -> Result<Expect, String> {
         let mut x = self.pod_decide(f, o)?;
+        // tc's verdicts: TC_ACT_SHOT, or passed on to the rest of the hook (TCX_NEXT).
         x.action = match x.action {
             XDP_DROP => 2,
-            _ => 0,
+            _ => super::np_tc::TCX_NEXT,
         };
         Ok(x)
     }

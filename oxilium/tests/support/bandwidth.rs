@@ -267,9 +267,9 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
 /// The CNI `bandwidth` plugin's shaping, set by hand on the same veths (as the plugin does it):
 /// ingress (to the pod) a TBF root qdisc on the host veth; egress (from the pod) the host veth's
 /// ingress redirected (mirred) to an ifb device with a TBF root qdisc. `burst` in bytes; the
-/// plugin's latency of 25 ms sets the queue limit. For egress the agent's from-pod program is
-/// detached from the veth (its pinned link removed): a TCX program's TC_ACT_OK ends ingress
-/// processing before the legacy ingress qdisc the plugin's redirect hangs on.
+/// plugin's latency of 25 ms sets the queue limit. The agent's from-pod program stays attached:
+/// it passes what it does not decide on (TCX_NEXT) to the legacy ingress filter the plugin's
+/// redirect hangs on.
 pub fn tbf_limit(
     b: &BwBed,
     pod: usize,
@@ -300,12 +300,6 @@ pub fn tbf_limit(
         tbf(dev, bits);
     }
     if let Some(bits) = egress_bits {
-        let prefix = format!("link_ep_from_{dev}_");
-        for e in std::fs::read_dir(b.agent.pins()).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                std::fs::remove_file(e.path()).unwrap();
-            }
-        }
         let ifb = format!("ifb{}", &dev[dev.len().saturating_sub(8)..]);
         node.run(&["ip", "link", "add", &ifb, "type", "ifb"]);
         node.run(&["ip", "link", "set", &ifb, "up"]);
