@@ -117,6 +117,19 @@ impl CtFlags {
 const LOCAL_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
+/// An error when the SNAT range `r` (the setting `what`) overlaps one of `keep_out`: a
+/// backend's reply to such a port would be taken for a new flow to the frontend there.
+pub fn check_keep_out(r: PortRange, what: &str, keep_out: &[(PortRange, &str)]) -> Result<()> {
+    for (other, name) in keep_out {
+        if let Some(o) = r.overlap(other) {
+            bail!(
+                "{what} {r} overlaps {name} {other} (ports {o}): replies to those ports would be taken for new flows to the frontends there"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The host's ephemeral port range in the agent's network namespace.
 pub fn local_port_range() -> Result<PortRange> {
     let text =
@@ -152,13 +165,7 @@ pub fn snat_ports(
         info!(%r, %local, "SNAT ports: outside the host's ephemeral range");
         return Ok(r);
     };
-    for (other, name) in keep_out {
-        if let Some(o) = r.overlap(other) {
-            bail!(
-                "{what} {r} overlaps {name} {other} (ports {o}): replies to those ports would be taken for new flows to the frontends there"
-            );
-        }
-    }
+    check_keep_out(r, what, keep_out)?;
     if let Some(o) = r.overlap(&local) {
         let old =
             std::fs::read_to_string(RESERVED).with_context(|| format!("reading {RESERVED}"))?;

@@ -189,16 +189,21 @@ impl NodeArgs {
         // A SNAT port inside the NodePort range: the backend's reply to it would be taken for a
         // new flow to that NodePort (the default range keeps out of it, see `start`).
         if let (_, _, Some(r)) = self.conntrack.settings()? {
-            let np = &opts.node_port_range;
-            if r.min <= *np.end() && *np.start() <= r.max {
-                anyhow::bail!(
-                    "--snat-port-range {r} overlaps --node-port-range {}-{}: replies to those ports would be taken for new NodePort flows",
-                    np.start(),
-                    np.end()
-                );
-            }
+            super::conntrack::check_keep_out(
+                r,
+                "--snat-port-range",
+                &[(node_port_range(&opts.node_port_range), "--node-port-range")],
+            )?;
         }
         Ok(())
+    }
+}
+
+/// `--node-port-range` as a port range the SNAT ports keep out of.
+fn node_port_range(r: &std::ops::RangeInclusive<u16>) -> lb::config::PortRange {
+    lb::config::PortRange {
+        min: *r.start(),
+        max: *r.end(),
     }
 }
 
@@ -244,11 +249,7 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
     let (ebpf, sock_maps) = sock.into_parts();
     let (conntrack, _, ports) = na.conntrack.settings()?;
-    let node_ports = na.validate()?.0.node_port_range;
-    let node_ports = lb::config::PortRange {
-        min: *node_ports.start(),
-        max: *node_ports.end(),
-    };
+    let node_ports = node_port_range(&na.validate()?.0.node_port_range);
     let ct = nodeport::CtSettings {
         ports: super::conntrack::snat_ports(
             ports,
