@@ -67,18 +67,7 @@ impl Bed {
     fn new() -> Bed {
         let p = unique("cni");
         let node = Netns::new(&format!("{p}n"));
-        let agent = AgentProcess::builder(&node, "cni")
-            .args([
-                "--role",
-                "node",
-                "--node",
-                "node-a",
-                "--watch-ms",
-                "100",
-                "--cni",
-            ])
-            .file_arg("--manifests", "manifests")
-            .file_arg("--state-dir", "state")
+        let agent = AgentProcess::cni_node(&node, "cni", "node-a")
             .cgroup()
             .build();
         agent.write_file("manifests/all.yaml", &manifests());

@@ -86,18 +86,7 @@ fn chain_test(first: &str) {
     }
     let p = unique("ch");
     let node = Netns::new(&format!("{p}n"));
-    let mut agent = AgentProcess::builder(&node, "chain")
-        .args([
-            "--role",
-            "node",
-            "--node",
-            "node-a",
-            "--watch-ms",
-            "100",
-            "--cni",
-        ])
-        .file_arg("--manifests", "manifests")
-        .file_arg("--state-dir", "state")
+    let mut agent = AgentProcess::cni_node(&node, "chain", "node-a")
         .cgroup()
         .build();
     agent.write_file("manifests/all.yaml", &manifests());
@@ -262,18 +251,7 @@ fn chained_bandwidth_plugin_shapes_both_directions() {
     );
     let p = unique("chbw");
     let node = Netns::new(&format!("{p}n"));
-    let mut agent = AgentProcess::builder(&node, "chainbw")
-        .args([
-            "--role",
-            "node",
-            "--node",
-            "node-a",
-            "--watch-ms",
-            "100",
-            "--cni",
-        ])
-        .file_arg("--manifests", "manifests")
-        .file_arg("--state-dir", "state")
+    let mut agent = AgentProcess::cni_node(&node, "chainbw", "node-a")
         .cgroup()
         .build();
     agent.write_file("manifests/all.yaml", &manifests());

@@ -165,18 +165,7 @@ impl Drop for Podman {
 fn podman_containers_on_an_oxilium_network() {
     let p = unique("pm");
     let node = Netns::new(&format!("{p}n"));
-    let mut agent = AgentProcess::builder(&node, "podman")
-        .args([
-            "--role",
-            "node",
-            "--node",
-            "node-a",
-            "--watch-ms",
-            "100",
-            "--cni",
-        ])
-        .file_arg("--manifests", "manifests")
-        .file_arg("--state-dir", "state")
+    let mut agent = AgentProcess::cni_node(&node, "podman", "node-a")
         .cgroup()
         .build();
     agent.write_file("manifests/all.yaml", MANIFESTS);

@@ -156,6 +156,24 @@ impl AgentProcess {
         }
     }
 
+    /// The node agent of the cluster-network tests: `--role node --node NODE --watch-ms 100
+    /// --cni`, with `--manifests` and `--state-dir` folders of its own (write
+    /// `manifests/...` before starting it); add flags with [`AgentBuilder::args`].
+    pub fn cni_node(netns: &Netns, tag: &str, node: &str) -> AgentBuilder {
+        Self::builder(netns, tag)
+            .args([
+                "--role",
+                "node",
+                "--node",
+                node,
+                "--watch-ms",
+                "100",
+                "--cni",
+            ])
+            .file_arg("--manifests", "manifests")
+            .file_arg("--state-dir", "state")
+    }
+
     /// The work folder: `api.sock`, `agent.log`, and the bed's own files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -59,22 +59,13 @@ impl BwBed {
         let p = unique(tag);
         let node = Netns::new(&format!("{p}n"));
         node.run(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
-        let mut args = vec![
-            "--role",
-            "node",
-            "--node",
-            "node-a",
-            "--watch-ms",
-            "100",
-            "--cni",
-        ];
-        if manager {
-            args.push("--bandwidth-manager");
-        }
-        let mut agent = AgentProcess::builder(&node, tag)
-            .args(args)
-            .file_arg("--manifests", "manifests")
-            .file_arg("--state-dir", "state")
+        let extra: &[&str] = if manager {
+            &["--bandwidth-manager"]
+        } else {
+            &[]
+        };
+        let mut agent = AgentProcess::cni_node(&node, tag, "node-a")
+            .args(extra)
             .build();
         agent.write_file("manifests/all.yaml", &manifests(ann));
         agent.start();

@@ -111,22 +111,10 @@ impl Nodes {
         for i in 1..=3 {
             let n = Netns::new(&format!("{p}n{i}"));
             plug(&n, &format!("b{i}"), &node_ip(i));
-            let a = AgentProcess::builder(&n, &format!("{tag}{i}"))
-                .args([
-                    "--role",
-                    "node",
-                    "--node",
-                    &format!("node-{i}"),
-                    "--watch-ms",
-                    "100",
-                    "--cni",
-                    "--device",
-                    "eth0",
-                ])
+            let a = AgentProcess::cni_node(&n, &format!("{tag}{i}"), &format!("node-{i}"))
+                .args(["--device", "eth0"])
                 .args(extra)
                 .args(kv_args)
-                .file_arg("--manifests", "manifests")
-                .file_arg("--state-dir", "state")
                 .cgroup()
                 .build();
             a.write_file("manifests/all.yaml", &manifests(&[1, 2, 3]));

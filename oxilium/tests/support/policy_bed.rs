@@ -101,21 +101,9 @@ impl PolicyNode {
     ) -> PolicyNode {
         let p = unique(tag);
         node.run(&["ip", "addr", "add", &format!("{node_ip}/32"), "dev", "lo"]);
-        let mut agent = AgentProcess::builder(&node, tag)
-            .args([
-                "--role",
-                "node",
-                "--node",
-                name,
-                "--watch-ms",
-                "100",
-                "--cni",
-                "--pod-cidr",
-                cidr,
-            ])
+        let mut agent = AgentProcess::cni_node(&node, tag, name)
+            .args(["--pod-cidr", cidr])
             .args(extra)
-            .file_arg("--manifests", "manifests")
-            .file_arg("--state-dir", "state")
             .cgroup()
             .build();
         let mut y = format!(
