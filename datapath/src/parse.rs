@@ -6,7 +6,8 @@
 //! in page fragments: tc makes only the headers linear, never the whole packet). XDP passes
 //! `end - start`.
 use crate::headers::*;
-use abi::lb::{FlowKey, v4_mapped};
+use crate::words;
+use abi::lb::FlowKey;
 use core::mem::size_of;
 
 /// Headers are only looked for in the first `MAX_HDR_OFF` bytes (IPv6 extension headers beyond that
@@ -33,7 +34,9 @@ pub enum Fragment {
     Later,
 }
 
-/// What the parser found. Offsets are from the start of the packet.
+/// What the parser found. Offsets are from the start of the packet. The key comes first and the
+/// whole is 8-byte aligned, so the key and its addresses take word stores (crate::words).
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Flow {
     /// Addresses, ports (network byte order; 0 without ports) and the upper-layer protocol
@@ -126,8 +129,11 @@ fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     } else {
         Fragment::No
     };
-    f.key.src = v4_mapped(src);
-    f.key.dst = v4_mapped(dst);
+    // SAFETY: the key's addresses are 8-aligned (see `Flow`).
+    unsafe {
+        words::set_v4_mapped(core::ptr::addr_of_mut!(f.key.src), src);
+        words::set_v4_mapped(core::ptr::addr_of_mut!(f.key.dst), dst);
+    }
     f.key.proto = proto;
     f.l4_off = l3_off + ihl;
     f.l3_len = tot_len;

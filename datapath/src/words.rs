@@ -1,0 +1,58 @@
+//! Word-wide writes of flow keys and addresses. LLVM merges a run of stores (or a copy of more
+//! than a few bytes) into a `memset` / `memcpy`, which the BPF backend emits as a call to a
+//! byte-at-a-time loop subprogram: on the per-packet path these go through volatile 8- or 4-byte
+//! stores of known alignment, which are never merged.
+use abi::lb::{Addr, FlowKey};
+
+/// The words of the IPv4-mapped prefix `::ffff:0:0/96` after its first 8 zero bytes.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Zeroes the flow key at `k`.
+///
+/// # Safety
+/// `k` must be valid for writes and 8-byte aligned (the key of a `crate::parse::Flow` is).
+#[inline(always)]
+pub unsafe fn zero_key(k: *mut FlowKey) {
+    let p = k as *mut u64;
+    // SAFETY: the caller's; 40 bytes = 5 words.
+    unsafe {
+        p.write_volatile(0);
+        p.add(1).write_volatile(0);
+        p.add(2).write_volatile(0);
+        p.add(3).write_volatile(0);
+        p.add(4).write_volatile(0);
+    }
+}
+
+/// Writes the IPv4-mapped address of `v4` (the four octets in network order, as read from a
+/// header) at `a`.
+///
+/// # Safety
+/// `a` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn set_v4_mapped(a: *mut Addr, v4: [u8; 4]) {
+    let p = a as *mut u32;
+    // SAFETY: the caller's.
+    unsafe {
+        (a as *mut u64).write_volatile(0);
+        p.add(2).write_volatile(V4_MAPPED_WORD);
+        p.add(3).write_volatile(u32::from_ne_bytes(v4));
+    }
+}
+
+/// Copies the address at `src` to `dst`, four bytes at a time.
+///
+/// # Safety
+/// Both must be valid and 4-byte aligned (map values and the scratch space are 8-aligned;
+/// addresses in the abi structs start at offsets that are multiples of 4).
+#[inline(always)]
+pub unsafe fn copy_addr(dst: *mut Addr, src: *const Addr) {
+    let (d, s) = (dst as *mut u32, src as *const u32);
+    // SAFETY: the caller's.
+    unsafe {
+        d.write_volatile(s.read());
+        d.add(1).write_volatile(s.add(1).read());
+        d.add(2).write_volatile(s.add(2).read());
+        d.add(3).write_volatile(s.add(3).read());
+    }
+}
