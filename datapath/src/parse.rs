@@ -8,7 +8,10 @@
 use crate::headers::*;
 use crate::words;
 use abi::lb::FlowKey;
-use core::mem::size_of;
+use core::{
+    mem::size_of,
+    ptr::{addr_of, addr_of_mut},
+};
 
 /// Headers are only looked for in the first `MAX_HDR_OFF` bytes (IPv6 extension headers beyond that
 /// make the packet count as malformed). The bound also lets the verifier accept offsets that were
@@ -131,8 +134,8 @@ fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     };
     // SAFETY: the key's addresses are 8-aligned (see `Flow`).
     unsafe {
-        words::set_v4_mapped(core::ptr::addr_of_mut!(f.key.src), src);
-        words::set_v4_mapped(core::ptr::addr_of_mut!(f.key.dst), dst);
+        words::set_v4_mapped(addr_of_mut!(f.key.src), src);
+        words::set_v4_mapped(addr_of_mut!(f.key.dst), dst);
     }
     f.key.proto = proto;
     f.l4_off = l3_off + ihl;
@@ -149,12 +152,10 @@ fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
 fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     let l3_off = f.l3_off;
     let ip = ptr_at::<Ipv6Hdr>(start, end, l3_off)?;
-    let (vtf, mut next, src, dst, plen) = unsafe {
+    let (vtf, mut next, plen) = unsafe {
         (
             (*ip).version_tc_flow[0],
             (*ip).nexthdr,
-            (*ip).src,
-            (*ip).dst,
             u16::from_be((*ip).payload_len) as usize,
         )
     };
@@ -189,8 +190,11 @@ fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     if matches!(next, 0 | 43 | 44 | 60) {
         return None;
     }
-    f.key.src = src;
-    f.key.dst = dst;
+    // SAFETY: header fields within the bounds checked above; the key's addresses are 8-aligned.
+    unsafe {
+        words::copy_addr_from_header(addr_of_mut!(f.key.src), addr_of!((*ip).src));
+        words::copy_addr_from_header(addr_of_mut!(f.key.dst), addr_of!((*ip).dst));
+    }
     f.key.proto = next;
     f.l4_off = off;
     f.l3_len = IPV6_HLEN + plen;

@@ -56,3 +56,24 @@ pub unsafe fn copy_addr(dst: *mut Addr, src: *const Addr) {
         d.add(3).write_volatile(s.add(3).read());
     }
 }
+
+/// Copies an address out of a packet header (2-byte aligned, as the header structs are) to
+/// `dst`, in 16-bit loads and 4-byte stores.
+///
+/// # Safety
+/// `src` must be readable for 16 bytes and 2-byte aligned; `dst` as for [`copy_addr`].
+#[inline(always)]
+pub unsafe fn copy_addr_from_header(dst: *mut Addr, src: *const Addr) {
+    let (d, s) = (dst as *mut u32, src as *const u16);
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: the caller's.
+        unsafe {
+            let (lo, hi) = (s.add(2 * i).read().to_ne_bytes(), s.add(2 * i + 1).read());
+            let hi = hi.to_ne_bytes();
+            d.add(i)
+                .write_volatile(u32::from_ne_bytes([lo[0], lo[1], hi[0], hi[1]]));
+        }
+        i += 1;
+    }
+}

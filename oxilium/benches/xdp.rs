@@ -36,6 +36,8 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/other.rs"]
+mod other;
 #[path = "xdp/single.rs"]
 mod single;
 
@@ -307,26 +309,8 @@ fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir)
 
 /// [`setup`] in the pin folder named by `tag`.
 fn setup_in(tag: &str, port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
-    setup_object(tag, None, port_min, port_max)
-}
-
-/// [`setup_in`] with another build of the XDP object (`None`: the embedded one).
-fn setup_object(
-    tag: &str,
-    object: Option<&[u8]>,
-    port_min: u16,
-    port_max: u16,
-) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let pins = PinDir::new(&format!("oxilium-bench-{}-{tag}", std::process::id()));
-    let mut ebpf = match object {
-        None => loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)"),
-        Some(o) => {
-            let mut ebpf = loader::load_pinned(o, pins.path()).expect("load the other object");
-            let prog: &mut Xdp = ebpf.program_mut("oxilium_lb").unwrap().try_into().unwrap();
-            prog.load().expect("verifying the other object");
-            ebpf
-        }
-    };
+    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(LB4.parse().unwrap()),

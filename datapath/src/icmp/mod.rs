@@ -158,7 +158,8 @@ pub fn flow_entry(q: &Quoted, k: &mut FlowKey) -> Option<(&'static CtEntry, &'st
     reversed(q, k);
     // SAFETY: read-only use of LRU / hash values.
     let c = unsafe { OXI_CONNTRACK.get(&*k) }?;
-    let b = unsafe { OXI_BACKENDS.get(c.backend_id) }?;
+    // A free slot's service id (0) is no entry's.
+    let b = OXI_BACKENDS.get(c.backend_id)?;
     (b.service_id == c.service_id).then_some((c, b))
 }
 

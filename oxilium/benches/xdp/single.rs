@@ -9,6 +9,8 @@
 //! `OXILIUM_BENCH_COMPARE=FILE` (another build of the XDP object, e.g. the previous commit's
 //! target/bpf/bpfel-unknown-none/bpf/oxilium-xdp) adds its figures, each of its runs paired
 //! with ours on the same packet: on a shared machine this is the way to see what a change did.
+//! The other build gets its own maps, holding a copy of ours (benches/xdp/other.rs), so that it
+//! may be one whose maps differ in type.
 use super::*;
 use abi::event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig};
 use oxilium::events::Hub;
@@ -118,10 +120,8 @@ pub fn bench(ifindex: u32, base: &Baselines) {
     let other = std::env::var("OXILIUM_BENCH_COMPARE")
         .ok()
         .map(|f| std::fs::read(&f).unwrap_or_else(|e| panic!("OXILIUM_BENCH_COMPARE={f}: {e}")));
-    let loaded = other
-        .as_deref()
-        .map(|o| setup_object("single-other", Some(o), 1024, 65535));
-    if let Some((ebpf, _, pins)) = &loaded {
+    let loaded = other.as_deref().map(|o| other::load(o, pins.path()));
+    if let Some((ebpf, pins)) = &loaded {
         progs.push(events_off(ebpf, pins));
     }
     println!(
