@@ -3,7 +3,7 @@
 use crate::{
     maps::{OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICES, OXI_SNAT, OXI_TABLES},
     parse::Flow,
-    stats,
+    stats, words,
 };
 use abi::ct;
 use abi::lb::{
@@ -344,8 +344,14 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
             &mut *core::ptr::addr_of_mut!((*s).snat_best),
         )
     };
-    entry.client = f.key.src;
-    entry.vip = f.key.dst;
+    // SAFETY: addresses in the scratch space and a map value: 4-aligned (crate::words).
+    unsafe {
+        words::copy_addr(&mut entry.client, &f.key.src);
+        words::copy_addr(&mut entry.vip, &f.key.dst);
+        words::copy_addr(&mut rkey.src, &t.backend.addr);
+        words::copy_addr(&mut rkey.dst, lb);
+        words::set_proto(rkey, f.key.proto);
+    }
     entry.client_port = f.key.sport;
     entry.vip_port = f.key.dport;
     entry.service_id = service_id;
@@ -353,12 +359,8 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     entry.flags = ct::next(ct::NEW, f.key.proto, f.tcp_flags, false);
     entry._pad = 0;
     entry.last_seen_ns = now;
-    rkey.src = t.backend.addr;
-    rkey.dst = *lb;
     rkey.sport = t.backend.port;
     rkey.dport = 0;
-    rkey.proto = f.key.proto;
-    rkey._pad = [0; 3];
     best.score = 0;
     best.port = 0;
     best.ours = 0;
@@ -444,12 +446,14 @@ fn owner_score(e: &SnatEntry, port: u16, proto: u8, now: u64) -> u64 {
     // SAFETY: this CPU's scratch; only the `reply` field is written (callers hold the flow and
     // target fields).
     let key = unsafe { &mut *core::ptr::addr_of_mut!((*s).reply) };
-    key.src = e.client;
-    key.dst = e.vip;
+    // SAFETY: the scratch space's key and a map value's addresses: 4-aligned (crate::words).
+    unsafe {
+        words::copy_addr(&mut key.src, &e.client);
+        words::copy_addr(&mut key.dst, &e.vip);
+        words::set_proto(key, proto);
+    }
     key.sport = e.client_port;
     key.dport = e.vip_port;
-    key.proto = proto;
-    key._pad = [0; 3];
     match unsafe { OXI_CONNTRACK.get(&*key) } {
         Some(c) if c.snat_port == port && c.backend_id == e.backend_id => {
             let last = if c.last_seen_ns > e.last_seen_ns {

@@ -77,3 +77,33 @@ pub unsafe fn copy_addr_from_header(dst: *mut Addr, src: *const Addr) {
         i += 1;
     }
 }
+
+/// Sets the protocol of the key at `k` and zeroes its padding, in one 4-byte store.
+///
+/// # Safety
+/// `k` must be valid for writes and 4-byte aligned (keys in the scratch space are).
+#[inline(always)]
+pub unsafe fn set_proto(k: *mut FlowKey, proto: u8) {
+    const _: () = assert!(core::mem::offset_of!(FlowKey, proto) % 4 == 0);
+    // SAFETY: the caller's; the protocol and its 3 padding bytes are the key's last word.
+    unsafe {
+        (core::ptr::addr_of_mut!((*k).proto) as *mut u32)
+            .write_volatile(u32::from_ne_bytes([proto, 0, 0, 0]));
+    }
+}
+
+/// Zeroes the `T` at `p`, four bytes at a time.
+///
+/// # Safety
+/// `p` must be valid for writes and 4-byte aligned; all-zero must be a valid `T`.
+#[inline(always)]
+pub unsafe fn zero<T>(p: *mut T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0) };
+    let w = p as *mut u32;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 4 {
+        // SAFETY: the caller's; within the `T`.
+        unsafe { w.add(i).write_volatile(0) };
+        i += 1;
+    }
+}
