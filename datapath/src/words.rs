@@ -107,3 +107,31 @@ pub unsafe fn zero<T>(p: *mut T) {
         i += 1;
     }
 }
+
+/// True when the addresses at `a` and `b` are equal, compared four bytes at a time.
+///
+/// # Safety
+/// Both must be valid and 4-byte aligned.
+#[inline(always)]
+pub unsafe fn addr_eq(a: *const Addr, b: *const Addr) -> bool {
+    let (a, b) = (a as *const u32, b as *const u32);
+    // SAFETY: the caller's.
+    unsafe {
+        (a.read() ^ b.read())
+            | (a.add(1).read() ^ b.add(1).read())
+            | (a.add(2).read() ^ b.add(2).read())
+            | (a.add(3).read() ^ b.add(3).read())
+            == 0
+    }
+}
+
+/// `abi::lb::is_v4_mapped` four bytes at a time.
+///
+/// # Safety
+/// `a` must be valid and 4-byte aligned.
+#[inline(always)]
+pub unsafe fn is_v4_mapped(a: *const Addr) -> bool {
+    let p = a as *const u32;
+    // SAFETY: the caller's.
+    unsafe { (p.read() | p.add(1).read()) == 0 && p.add(2).read() == V4_MAPPED_WORD }
+}

@@ -39,7 +39,9 @@ use abi::lb::{Addr, Backend, CtEntry, FlowKey, SnatEntry, v4_mapped};
 /// The ICMP / ICMPv6 error header before the quoted packet: type, code, checksum, 4 bytes.
 pub const ICMP_HLEN: usize = 8;
 
-/// The packet an error quotes, and what the error's outer header becomes.
+/// The packet an error quotes, and what the error's outer header becomes. In declared order:
+/// its addresses are 4-aligned for crate::words.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Quoted {
     /// The quoted packet's addresses, ports and protocol, as it was sent.
