@@ -344,14 +344,8 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
             &mut *core::ptr::addr_of_mut!((*s).snat_best),
         )
     };
-    // SAFETY: addresses in the scratch space and a map value: 4-aligned (crate::words).
-    unsafe {
-        words::copy_addr(&mut entry.client, &f.key.src);
-        words::copy_addr(&mut entry.vip, &f.key.dst);
-        words::copy_addr(&mut rkey.src, &t.backend.addr);
-        words::copy_addr(&mut rkey.dst, lb);
-        words::set_proto(rkey, f.key.proto);
-    }
+    entry.client = f.key.src;
+    entry.vip = f.key.dst;
     entry.client_port = f.key.sport;
     entry.vip_port = f.key.dport;
     entry.service_id = service_id;
@@ -359,8 +353,12 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     entry.flags = ct::next(ct::NEW, f.key.proto, f.tcp_flags, false);
     entry._pad = 0;
     entry.last_seen_ns = now;
+    rkey.src = t.backend.addr;
+    rkey.dst = *lb;
     rkey.sport = t.backend.port;
     rkey.dport = 0;
+    rkey.proto = f.key.proto;
+    rkey._pad = [0; 3];
     best.score = 0;
     best.port = 0;
     best.ours = 0;

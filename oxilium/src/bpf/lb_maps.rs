@@ -89,9 +89,19 @@ impl KernelMaps {
             aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned()?,
             _ => anyhow::bail!("map {} is not an array of maps", names::TABLES),
         };
+        let backends: Array<MapData, Backend> = super::loader::take_map(ebpf, names::BACKENDS)?;
+        // A pinned map is reused whatever its type: one pinned by a version whose backends were
+        // a hash map would half work.
+        let kind = aya::maps::IterableMap::map(&backends).info()?.map_type()?;
+        anyhow::ensure!(
+            kind == aya::maps::MapType::Array,
+            "map {} is pinned by an older version ({kind:?}, now an array): remove the pins first \
+             (`oxilium agent --cleanup`)",
+            names::BACKENDS
+        );
         Ok(KernelMaps {
             services: super::loader::take_map(ebpf, names::SERVICES)?,
-            backends: super::loader::take_map(ebpf, names::BACKENDS)?,
+            backends,
             tables: ArrayOfMaps::try_from(tables)
                 .with_context(|| format!("map {}", names::TABLES))?,
             tables_fd,
