@@ -1,4 +1,4 @@
-//! Word-wide writes of flow keys and addresses. LLVM merges a run of stores (or a copy of more
+//! Word-wide writes (and compares) of flow keys and addresses. LLVM merges a run of stores (or a copy of more
 //! than a few bytes) into a `memset` / `memcpy`, which the BPF backend emits as a call to a
 //! byte-at-a-time loop subprogram: on the per-packet path these go through volatile 8- or 4-byte
 //! stores of known alignment, which are never merged.
