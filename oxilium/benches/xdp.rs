@@ -36,6 +36,8 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/live.rs"]
+mod live;
 #[path = "xdp/other.rs"]
 mod other;
 #[path = "xdp/single.rs"]
@@ -401,6 +403,10 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
+    let before = stats(&rec).packets;
+    live::bench(&ns_name, prog, &est, &md, repeat);
+    let done = stats(&rec).packets - before;
+    assert_eq!(done, 3 * u64::from(repeat), "every live frame translated");
     if std::env::var("OXILIUM_BENCH_EVENTS").as_deref() != Ok("0") {
         events::bench(repeat, &md, &est, raw);
     }
