@@ -93,7 +93,7 @@ pub struct ServiceValue {
     pub ct_timeout_s: u32,
 }
 
-/// Backend id → backend.
+/// Backend id → backend (`OXI_BACKENDS`, an array indexed by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
@@ -102,7 +102,8 @@ pub struct Backend {
     pub port: u16,
     pub family: u8,
     pub state: u8,
-    /// The service this backend belongs to (lets a restarted agent rebuild its id allocation).
+    /// The service this backend belongs to (lets a restarted agent rebuild its id allocation);
+    /// 0 in a free slot of `OXI_BACKENDS`.
     pub service_id: u32,
 }
 
@@ -169,7 +170,7 @@ pub const NEXTHOP_SLOTS: u32 = 65_536;
 pub struct NextHop {
     /// The destination the entry was resolved for (slots are shared by backend ids).
     pub addr: Addr,
-    /// bpf_ktime_get_ns() of the lookup; 0: empty.
+    /// The conntrack clock (datapath::lb::clock) at the lookup; 0: empty.
     pub checked_ns: u64,
     /// The interface the looked-up packet came in on (an input of the lookup).
     pub ingress: u32,

@@ -107,7 +107,7 @@ pub fn begin(prog: u8, ifindex: u32, bytes: u32) {
             (*s).ev.n = 0;
             (*s).ev.matched = 0;
             (*s).ev.matched_action = 0;
-            (*s).flow.key = FlowKey::default();
+            crate::words::zero_key(core::ptr::addr_of_mut!((*s).flow.key));
         }
     }
 }

@@ -46,8 +46,8 @@ pub fn lookup(
     };
     // SAFETY: this CPU's scratch; only the `fib` field is used here, and no lookup nests.
     let p = unsafe { &mut *core::ptr::addr_of_mut!((*s).fib) };
-    // SAFETY: plain C struct, all-zero is a valid value.
-    *p = unsafe { core::mem::zeroed() };
+    // SAFETY: plain C struct, all-zero is a valid value; 4-aligned in the scratch space.
+    unsafe { crate::words::zero(p as *mut bpf_fib_lookup) };
     p.ifindex = ifindex;
     p.__bindgen_anon_1.tot_len = tot_len;
     if v6 {

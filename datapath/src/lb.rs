@@ -3,7 +3,7 @@
 use crate::{
     maps::{OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICES, OXI_SNAT, OXI_TABLES},
     parse::Flow,
-    stats,
+    stats, words,
 };
 use abi::ct;
 use abi::lb::{
@@ -12,8 +12,18 @@ use abi::lb::{
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, generated::bpf_ktime_get_coarse_ns},
 };
+
+/// The conntrack clock: `CtEntry` / `SnatEntry` stamps and idle times, and the XDP next-hop
+/// cache. CLOCK_MONOTONIC as of the last timer tick (`bpf_ktime_get_coarse_ns`): a few ns a read
+/// where the precise clock costs tens, and its resolution (one tick, 1–10 ms) is far below any
+/// timeout it is compared with. User space reads CLOCK_MONOTONIC, at most a tick ahead: idle
+/// times are computed with saturating subtractions everywhere.
+#[inline(always)]
+pub fn clock() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 /// Where a flow goes.
 pub struct Target {
@@ -21,7 +31,7 @@ pub struct Target {
     pub backend: Backend,
     /// SNAT mode: the LB-side source port (network byte order).
     pub snat_port: u16,
-    /// bpf_ktime_get_ns() of the selection (0: not read); the next-hop cache's clock.
+    /// [`clock`] at the selection (0: not read); the next-hop cache's clock.
     pub now: u64,
 }
 
@@ -51,6 +61,12 @@ impl Default for Target {
 #[inline(always)]
 pub fn config() -> Option<&'static LbConfig> {
     OXI_CONFIG.get(0).filter(|c| c.ready == 1)
+}
+
+/// The backend of id `id`, unless its slot is free.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<&'static Backend> {
+    OXI_BACKENDS.get(id).filter(|b| b.service_id != 0)
 }
 
 /// The service whose frontend is the flow's destination.
@@ -138,7 +154,7 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     t: &mut Target,
     new_flow: N,
 ) -> u32 {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock();
     if established(f, svc, bytes, t, now) {
         return 0;
     }
@@ -165,7 +181,8 @@ pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now
     if e.service_id != svc.id || !live {
         return false;
     }
-    let Some(b) = (unsafe { OXI_BACKENDS.get(e.backend_id) }) else {
+    // A free slot's service id (0) is no service's.
+    let Some(b) = OXI_BACKENDS.get(e.backend_id) else {
         return false;
     };
     if b.service_id != svc.id {
@@ -217,7 +234,7 @@ pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     new_flow: N,
 ) -> u32 {
     let key = &f.key;
-    let Some(b) = (unsafe { OXI_BACKENDS.get(id) }) else {
+    let Some(b) = backend(id) else {
         return reason::NO_BACKEND;
     };
     // The table decides who takes new flows: terminating backends are in it only as the fallback
@@ -427,12 +444,14 @@ fn owner_score(e: &SnatEntry, port: u16, proto: u8, now: u64) -> u64 {
     // SAFETY: this CPU's scratch; only the `reply` field is written (callers hold the flow and
     // target fields).
     let key = unsafe { &mut *core::ptr::addr_of_mut!((*s).reply) };
-    key.src = e.client;
-    key.dst = e.vip;
+    // SAFETY: the scratch space's key and a map value's addresses: 4-aligned (crate::words).
+    unsafe {
+        words::copy_addr(&mut key.src, &e.client);
+        words::copy_addr(&mut key.dst, &e.vip);
+        words::set_proto(key, proto);
+    }
     key.sport = e.client_port;
     key.dport = e.vip_port;
-    key.proto = proto;
-    key._pad = [0; 3];
     match unsafe { OXI_CONNTRACK.get(&*key) } {
         Some(c) if c.snat_port == port && c.backend_id == e.backend_id => {
             let last = if c.last_seen_ns > e.last_seen_ns {
@@ -465,7 +484,7 @@ pub fn snat_reply(f: &Flow) -> Option<&'static mut SnatEntry> {
     let e = OXI_SNAT.get_ptr_mut(&f.key)?;
     // SAFETY: LRU value; racing CPUs may interleave state updates, which the next packet fixes.
     let e = unsafe { &mut *e };
-    e.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    e.last_seen_ns = clock();
     let proto = f.key.proto;
     let flags = ct::next(e.flags, proto, f.tcp_flags, true);
     if flags != e.flags {

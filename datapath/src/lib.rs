@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod skb;
 pub mod sock;
 pub mod stats;
+pub mod words;
 
 /// The one panic handler of every oxilium eBPF object (the verifier rejects any path that could
 /// reach it, so it is never called).

@@ -15,9 +15,11 @@ use aya_ebpf::{
 pub static OXI_SERVICES: HashMap<ServiceKey, ServiceValue, { MAX_SERVICES as usize }> =
     HashMap::new();
 
-/// Backend id → backend.
+/// Backend id → backend; a slot whose `service_id` is 0 is free (crate::lb::backend). An array:
+/// its lookup is a bounds check and an offset, where a hash map's hashes the key and walks a
+/// bucket, on every packet of an established flow.
 #[btf_map]
-pub static OXI_BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap::new();
+pub static OXI_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Service id → selection table (Maglev lookup table, or the weighted slot list for random): an
 /// array of backend ids whose size is the service's `table_size`. Inner maps carry BPF_F_INNER_MAP
@@ -50,7 +52,9 @@ pub static OXI_SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> = 
 pub static OXI_BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// Per-CPU scratch space for a packet's working state: keeps the 512-byte BPF stack free for the
-/// helpers' arguments (the verifier sums the stack of every frame in a call chain).
+/// helpers' arguments (the verifier sums the stack of every frame in a call chain). In declared
+/// order, so that its flow keys are 8-byte aligned (crate::words).
+#[repr(C)]
 pub struct Scratch {
     pub flow: Flow,
     pub target: Target,
@@ -69,6 +73,11 @@ pub struct Scratch {
     /// The arguments of a FIB lookup (crate::fib).
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
+
+const _: () = {
+    assert!(core::mem::offset_of!(Scratch, rewrite) % 8 == 0);
+    assert!(core::mem::offset_of!(Scratch, reply) % 8 == 0);
+};
 
 /// See [`Scratch::snat_best`].
 #[repr(C)]

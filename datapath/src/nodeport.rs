@@ -39,7 +39,7 @@ use abi::{
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    helpers::{bpf_ktime_get_ns, generated::bpf_redirect},
+    helpers::generated::bpf_redirect,
     programs::TcContext,
 };
 
@@ -222,7 +222,7 @@ fn expect_reply(f: &Flow, backend: &Addr, port: u16, service_id: u32, backend_id
         backend_id,
         flags: 0,
         _pad: 0,
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: crate::lb::clock(),
     };
     // Failure (never expected: LRU) would only leave the reply untranslated.
     let _ = OXI_SNAT.insert(&*rkey, &entry, 0);

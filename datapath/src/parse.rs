@@ -6,8 +6,12 @@
 //! in page fragments: tc makes only the headers linear, never the whole packet). XDP passes
 //! `end - start`.
 use crate::headers::*;
-use abi::lb::{FlowKey, v4_mapped};
-use core::mem::size_of;
+use crate::words;
+use abi::lb::FlowKey;
+use core::{
+    mem::size_of,
+    ptr::{addr_of, addr_of_mut},
+};
 
 /// Headers are only looked for in the first `MAX_HDR_OFF` bytes (IPv6 extension headers beyond that
 /// make the packet count as malformed). The bound also lets the verifier accept offsets that were
@@ -33,7 +37,9 @@ pub enum Fragment {
     Later,
 }
 
-/// What the parser found. Offsets are from the start of the packet.
+/// What the parser found. Offsets are from the start of the packet. The key comes first and the
+/// whole is 8-byte aligned, so the key and its addresses take word stores (crate::words).
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Flow {
     /// Addresses, ports (network byte order; 0 without ports) and the upper-layer protocol
@@ -126,8 +132,11 @@ fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     } else {
         Fragment::No
     };
-    f.key.src = v4_mapped(src);
-    f.key.dst = v4_mapped(dst);
+    // SAFETY: the key's addresses are 8-aligned (see `Flow`).
+    unsafe {
+        words::set_v4_mapped(addr_of_mut!(f.key.src), src);
+        words::set_v4_mapped(addr_of_mut!(f.key.dst), dst);
+    }
     f.key.proto = proto;
     f.l4_off = l3_off + ihl;
     f.l3_len = tot_len;
@@ -143,12 +152,10 @@ fn parse_v4(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
 fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     let l3_off = f.l3_off;
     let ip = ptr_at::<Ipv6Hdr>(start, end, l3_off)?;
-    let (vtf, mut next, src, dst, plen) = unsafe {
+    let (vtf, mut next, plen) = unsafe {
         (
             (*ip).version_tc_flow[0],
             (*ip).nexthdr,
-            (*ip).src,
-            (*ip).dst,
             u16::from_be((*ip).payload_len) as usize,
         )
     };
@@ -183,8 +190,11 @@ fn parse_v6(start: usize, end: usize, len: usize, f: &mut Flow) -> Option<()> {
     if matches!(next, 0 | 43 | 44 | 60) {
         return None;
     }
-    f.key.src = src;
-    f.key.dst = dst;
+    // SAFETY: header fields within the bounds checked above; the key's addresses are 8-aligned.
+    unsafe {
+        words::copy_addr_from_header(addr_of_mut!(f.key.src), addr_of!((*ip).src));
+        words::copy_addr_from_header(addr_of_mut!(f.key.dst), addr_of!((*ip).dst));
+    }
     f.key.proto = next;
     f.l4_off = off;
     f.l3_len = IPV6_HLEN + plen;

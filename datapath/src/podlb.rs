@@ -170,7 +170,7 @@ fn record_reply(f: &Flow, svc: &ServiceValue, t: &Target) -> NewFlow {
         backend_id: t.backend_id,
         flags: 0,
         _pad: 0,
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: crate::lb::clock(),
     };
     // Failure (never expected: LRU) would only leave the replies untranslated.
     let _ = OXI_SNAT.insert(rkey, entry, 0);

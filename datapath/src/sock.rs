@@ -218,7 +218,7 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
     }
     let id = crate::lb::table_pick(svc.id, unsafe { bpf_get_prandom_u32() })?;
     // The table decides who takes new connections (terminating backends only as the fallback).
-    let b = *(unsafe { OXI_BACKENDS.get(id) })?;
+    let b = *crate::lb::backend(id)?;
     if affinity {
         remember_affinity(M::affinity(), &akey, id, now);
     }
@@ -241,8 +241,8 @@ pub fn affinity_backend(
     if now.saturating_sub(e.last_used_ns) >= timeout_s as u64 * 1_000_000_000 {
         return None;
     }
-    // SAFETY: read-only lookup of a value the agent writes whole.
-    let b = unsafe { OXI_BACKENDS.get(e.backend_id) }?;
+    // A free slot's service id (0) is no service's.
+    let b = OXI_BACKENDS.get(e.backend_id)?;
     if b.service_id != svc.id || b.state != BACKEND_ACTIVE {
         return None;
     }

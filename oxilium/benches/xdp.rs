@@ -36,6 +36,10 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/live.rs"]
+mod live;
+#[path = "xdp/other.rs"]
+mod other;
 #[path = "xdp/single.rs"]
 mod single;
 
@@ -307,26 +311,8 @@ fn setup(port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir)
 
 /// [`setup`] in the pin folder named by `tag`.
 fn setup_in(tag: &str, port_min: u16, port_max: u16) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
-    setup_object(tag, None, port_min, port_max)
-}
-
-/// [`setup_in`] with another build of the XDP object (`None`: the embedded one).
-fn setup_object(
-    tag: &str,
-    object: Option<&[u8]>,
-    port_min: u16,
-    port_max: u16,
-) -> (Ebpf, Reconciler<KernelMaps>, PinDir) {
     let pins = PinDir::new(&format!("oxilium-bench-{}-{tag}", std::process::id()));
-    let mut ebpf = match object {
-        None => loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)"),
-        Some(o) => {
-            let mut ebpf = loader::load_pinned(o, pins.path()).expect("load the other object");
-            let prog: &mut Xdp = ebpf.program_mut("oxilium_lb").unwrap().try_into().unwrap();
-            prog.load().expect("verifying the other object");
-            ebpf
-        }
-    };
+    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("load (root?)");
     let mut maps = KernelMaps::from_ebpf(&mut ebpf).unwrap();
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(LB4.parse().unwrap()),
@@ -417,6 +403,10 @@ fn main() {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
+    let before = stats(&rec).packets;
+    live::bench(&ns_name, prog, &est, &md, repeat);
+    let done = stats(&rec).packets - before;
+    assert_eq!(done, 3 * u64::from(repeat), "every live frame translated");
     if std::env::var("OXILIUM_BENCH_EVENTS").as_deref() != Ok("0") {
         events::bench(repeat, &md, &est, raw);
     }

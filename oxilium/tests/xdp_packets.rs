@@ -19,6 +19,9 @@ mod nexthop;
 #[path = "support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
+/// Pins of an older version: a hash-map `OXI_BACKENDS` is refused by name.
+#[path = "xdp_packets/pins.rs"]
+mod pins;
 /// SNAT and DSR forwarding, replies, conntrack and Maglev against the userspace's prediction.
 #[path = "xdp_packets/translate.rs"]
 mod translate;

@@ -24,7 +24,7 @@ use datapath::{
     lb::{self, Target},
     maps, nat,
     parse::{self, Flow, Fragment, Parsed, ptr_at},
-    stats,
+    stats, words,
 };
 
 #[xdp]
@@ -137,8 +137,11 @@ fn send(
             r => count(r, bytes, XDP_DROP),
         };
     }
-    new.src = *lb_src;
-    new.dst = b.addr;
+    // SAFETY: the scratch space's key, a map value's and the target's addresses: 4-aligned.
+    unsafe {
+        words::copy_addr(&mut new.src, lb_src);
+        words::copy_addr(&mut new.dst, &b.addr);
+    }
     new.sport = t.snat_port;
     new.dport = b.port;
     new.proto = f.key.proto;
@@ -175,8 +178,11 @@ fn tunnel(ctx: &XdpContext, f: &Flow, src: &Addr, t: &Target, port: u16) -> u32 
 /// Backend → LB (SNAT reply): restore VIP → client and send it back towards the client.
 #[inline(always)]
 fn reply(ctx: &XdpContext, f: &Flow, new: &mut FlowKey, e: &SnatEntry, bytes: u64) -> u32 {
-    new.src = e.vip;
-    new.dst = e.client;
+    // SAFETY: as in [`send`].
+    unsafe {
+        words::copy_addr(&mut new.src, &e.vip);
+        words::copy_addr(&mut new.dst, &e.client);
+    }
     new.sport = e.vip_port;
     new.dport = e.client_port;
     new.proto = f.key.proto;

@@ -15,6 +15,7 @@ use aya_ebpf::{btf_maps::Array, macros::btf_map, programs::XdpContext};
 use datapath::{
     fib::{self, Route},
     lb::Target,
+    words,
 };
 
 #[btf_map]
@@ -39,7 +40,9 @@ pub fn route(ctx: &XdpContext, src: &Addr, dst: &Addr, tot_len: u16, t: Option<&
             && now.wrapping_sub(e.checked_ns) < NEXTHOP_TTL_NS
             && e.ingress == ingress
             && (tot_len == 0 || tot_len <= e.ok_len)
-            && e.addr == *dst
+            // SAFETY: a map value's address, and `dst` one in the scratch space (a key, the
+            // target's backend, or the quoted packet's): all 4-aligned.
+            && unsafe { words::addr_eq(&e.addr, dst) }
         {
             return Route::Via {
                 ifindex: e.ifindex,
@@ -51,7 +54,8 @@ pub fn route(ctx: &XdpContext, src: &Addr, dst: &Addr, tot_len: u16, t: Option<&
     let r = fib::lookup(
         ctx.ctx as *mut _,
         ingress,
-        !abi::lb::is_v4_mapped(dst),
+        // SAFETY: as above.
+        !unsafe { words::is_v4_mapped(dst) },
         src,
         dst,
         tot_len,
@@ -68,7 +72,7 @@ pub fn route(ctx: &XdpContext, src: &Addr, dst: &Addr, tot_len: u16, t: Option<&
         // SAFETY: as above. Field by field: a whole entry built first would take 48 bytes of
         // the caller's stack.
         unsafe {
-            (*p).addr = *dst;
+            words::copy_addr(&mut (*p).addr, dst);
             (*p).checked_ns = now;
             (*p).ingress = ingress;
             (*p).ifindex = *ifindex;

@@ -39,7 +39,9 @@ use abi::lb::{Addr, Backend, CtEntry, FlowKey, SnatEntry, v4_mapped};
 /// The ICMP / ICMPv6 error header before the quoted packet: type, code, checksum, 4 bytes.
 pub const ICMP_HLEN: usize = 8;
 
-/// The packet an error quotes, and what the error's outer header becomes.
+/// The packet an error quotes, and what the error's outer header becomes. In declared order:
+/// its addresses are 4-aligned for crate::words.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Quoted {
     /// The quoted packet's addresses, ports and protocol, as it was sent.
@@ -158,7 +160,8 @@ pub fn flow_entry(q: &Quoted, k: &mut FlowKey) -> Option<(&'static CtEntry, &'st
     reversed(q, k);
     // SAFETY: read-only use of LRU / hash values.
     let c = unsafe { OXI_CONNTRACK.get(&*k) }?;
-    let b = unsafe { OXI_BACKENDS.get(c.backend_id) }?;
+    // A free slot's service id (0) is no entry's.
+    let b = OXI_BACKENDS.get(c.backend_id)?;
     (b.service_id == c.service_id).then_some((c, b))
 }
 

@@ -1,5 +1,5 @@
 //! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH` on u32 → u32 maps (a map of maps, the
-//! selection tables), which aya does not wrap.
+//! selection tables) and lookups of whole arrays (the backends), which aya does not wrap.
 //!
 //! Each update of an array/hash of maps from user space waits for an RCU grace period (the kernel
 //! makes sure no program still runs with the old inner map before the syscall returns; ~10 ms on
@@ -53,8 +53,13 @@ pub fn update_u32(
 
 /// The values of keys `0..n` of an array of u32 in one syscall (a lookup batch from the start).
 pub fn lookup_array_u32(map: BorrowedFd<'_>, n: u32) -> io::Result<Vec<u32>> {
+    lookup_array(map, n)
+}
+
+/// The values of keys `0..n` of an array (values of type `V`) in one syscall.
+pub fn lookup_array<V: aya::Pod + Default>(map: BorrowedFd<'_>, n: u32) -> io::Result<Vec<V>> {
     let mut keys = vec![0u32; n as usize];
-    let mut values = vec![0u32; n as usize];
+    let mut values = vec![V::default(); n as usize];
     let mut out_batch = 0u32;
     let mut attr = BatchAttr {
         out_batch: &mut out_batch as *mut u32 as u64,

@@ -16,7 +16,8 @@ use std::{
 
 pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, u32, Backend>,
+    /// Backend id → backend; a slot whose `service_id` is 0 is free.
+    backends: Array<MapData, Backend>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
     /// `OXI_TABLES` again, for the batched swaps aya has no call for.
     tables_fd: OwnedFd,
@@ -88,9 +89,19 @@ impl KernelMaps {
             aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned()?,
             _ => anyhow::bail!("map {} is not an array of maps", names::TABLES),
         };
+        let backends: Array<MapData, Backend> = super::loader::take_map(ebpf, names::BACKENDS)?;
+        // A pinned map is reused whatever its type: one pinned by a version whose backends were
+        // a hash map would half work.
+        let kind = aya::maps::IterableMap::map(&backends).info()?.map_type()?;
+        anyhow::ensure!(
+            kind == aya::maps::MapType::Array,
+            "map {} is pinned by an older version ({kind:?}, now an array): remove the pins first \
+             (`oxilium agent --cleanup`)",
+            names::BACKENDS
+        );
         Ok(KernelMaps {
             services: super::loader::take_map(ebpf, names::SERVICES)?,
-            backends: super::loader::take_map(ebpf, names::BACKENDS)?,
+            backends,
             tables: ArrayOfMaps::try_from(tables)
                 .with_context(|| format!("map {}", names::TABLES))?,
             tables_fd,
@@ -220,7 +231,14 @@ impl Datapath for KernelMaps {
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        Ok(self.backends.iter().collect::<Result<_, _>>()?)
+        let n = self.backends.len();
+        let fd = aya::maps::IterableMap::map(&self.backends).fd().as_fd();
+        let all: Vec<Backend> = match super::batch::lookup_array(fd, n) {
+            Ok(all) => all,
+            // Without batch lookups: one syscall per slot.
+            Err(_) => self.backends.iter().collect::<Result<_, _>>()?,
+        };
+        Ok((0..).zip(all).filter(|(_, b)| b.service_id != 0).collect())
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
@@ -240,14 +258,18 @@ impl Datapath for KernelMaps {
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        if self.backends.get(&id, 0).is_err() {
+        anyhow::ensure!(
+            backend.service_id != 0,
+            "backend {id}: service_id 0 marks a free slot"
+        );
+        if self.backends.get(&id, 0)?.service_id == 0 {
             Self::zero(&mut self.backend_stats, id)?;
         }
-        Ok(self.backends.insert(id, backend, 0)?)
+        Ok(self.backends.set(id, backend, 0)?)
     }
 
     fn remove_backend(&mut self, id: u32) -> Result<()> {
-        Ok(self.backends.remove(&id)?)
+        Ok(self.backends.set(id, Backend::default(), 0)?)
     }
 
     fn set_table(

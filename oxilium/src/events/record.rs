@@ -27,7 +27,8 @@ impl Clock {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the programs' `bpf_ktime_get_ns` (conntrack timestamps).
+/// CLOCK_MONOTONIC in nanoseconds: the programs' `bpf_ktime_get_ns` (event timestamps); the
+/// conntrack stamps (`bpf_ktime_get_coarse_ns`) are at most a timer tick behind it.
 pub fn monotonic_ns() -> u64 {
     clock(libc::CLOCK_MONOTONIC) as u64
 }

@@ -205,11 +205,7 @@ pub fn explain(
         ct.insert(key, e, 0)?;
         seeded.push("conntrack");
         if e.snat_port != 0
-            && let (Some(b), Some(c)) = (
-                live::<u32, abi::lb::Backend>(pin_dir, names::BACKENDS)
-                    .and_then(|m| m.get(&e.backend_id, 0).ok()),
-                lb_config(pin_dir),
-            )
+            && let (Some(b), Some(c)) = (live_backend(pin_dir, e.backend_id), lb_config(pin_dir))
         {
             let lb = if r.from.is_ipv4() {
                 c.snat_v4
@@ -361,6 +357,13 @@ pub fn explain(
         "counters": counters,
         "output": if out.is_empty() { Value::Null } else { headers(&out) },
     }))
+}
+
+/// Backend `id` of the live `OXI_BACKENDS` array, unless its slot is free.
+fn live_backend(pin_dir: &Path, id: u32) -> Option<abi::lb::Backend> {
+    let data = MapData::from_pin(pin_dir.join(names::BACKENDS)).ok()?;
+    let a: Array<MapData, abi::lb::Backend> = Array::try_from(Map::Array(data)).ok()?;
+    a.get(&id, 0).ok().filter(|b| b.service_id != 0)
 }
 
 fn lb_config(pin_dir: &Path) -> Option<abi::lb::LbConfig> {

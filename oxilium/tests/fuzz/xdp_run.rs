@@ -3,7 +3,7 @@
 //! answers), programmed through the real path (model → compile → Reconciler<KernelMaps>), fed
 //! packets with BPF_PROG_TEST_RUN at repeat 1, and compared with [`LbModel`] after every packet;
 //! the whole conntrack / SNAT maps and the per-service / per-backend counters every 500 packets.
-use super::harness::{KernelView, Tally, compare, now_ns};
+use super::harness::{KernelView, Tally, coarse_now_ns, compare, now_ns};
 use super::model::{Obs, Shadow};
 use super::traffic::Scene;
 use super::xdp_lb::LbModel;
@@ -277,7 +277,9 @@ pub fn fuzz(lb: &mut XdpLb, scene: &Scene, rng: &mut super::frames::Rng, n: usiz
             );
         }
         for (f, kind) in frames {
-            let t0 = now_ns();
+            // Both clocks' stamps (the conntrack's coarse one, affinity's precise one) fall in
+            // [t0, t1].
+            let t0 = coarse_now_ns();
             let run = run_one(lb, &f, rng);
             let t1 = now_ns();
             let (action, out) = match run {

@@ -1,0 +1,68 @@
+//! Pins left by an older version: `OXI_BACKENDS` was a hash map before it became an array. The
+//! loader reuses a pinned map whatever its type, so the maps' owner checks it and refuses to
+//! start with an error that names the map and the way out.
+use crate::{bpffs::PinDir, xdp_lb::*};
+use std::{ffi::CString, os::unix::ffi::OsStrExt};
+
+/// BPF_MAP_CREATE of a hash map u32 → 24-byte value (an older version's `OXI_BACKENDS`), pinned
+/// at `path`.
+fn pin_old_backends(path: &std::path::Path) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        rest: [u64; 12],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        rest: [u64; 4],
+    }
+    let mut create = Create {
+        map_type: 1, // BPF_MAP_TYPE_HASH
+        key_size: 4,
+        value_size: size_of::<abi::lb::Backend>() as u32,
+        max_entries: 16,
+        ..Default::default()
+    };
+    // SAFETY: a zero-padded bpf_attr prefix for BPF_MAP_CREATE (0).
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &mut create, size_of::<Create>()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = Pin {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: as above, for BPF_OBJ_PIN (6); `name` outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 6, &mut pin, size_of::<Pin>()) };
+    assert_eq!(r, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Needs in addition: BPF_MAP_CREATE and BPF_OBJ_PIN from user space.
+#[test]
+fn an_older_versions_pinned_backends_map_is_refused_by_name() {
+    let pins = PinDir::new(&unique("old-pins"));
+    pin_old_backends(&pins.path().join(abi::lb::names::BACKENDS));
+    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("loading");
+    let err = match KernelMaps::from_ebpf(&mut ebpf) {
+        Ok(_) => panic!("the older pinned OXI_BACKENDS was taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("OXI_BACKENDS") && err.contains("older version") && err.contains("--cleanup"),
+        "{err}"
+    );
+}
