@@ -19,7 +19,7 @@ mod nexthop;
 #[path = "support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
-/// Pins of an older version: a hash-map `OXI_BACKENDS` is refused by name.
+/// Pins of an older version: a hash-map `OXI_BACKENDS` is moved into the array.
 #[path = "xdp_packets/pins.rs"]
 mod pins;
 /// SNAT and DSR forwarding, replies, conntrack and Maglev against the userspace's prediction.

@@ -16,6 +16,7 @@ use aya::{
 use std::{
     ffi::CString,
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -117,9 +118,67 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
         value = v;
         loader.override_global(name, &value, true);
     }
-    loader.load(object).context(
+    let old_backends = take_old_backends(pin_dir)?;
+    let loaded = loader.load(object).context(
         "loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)",
-    )
+    );
+    if let Some((old, entries)) = old_backends {
+        let path = pin_dir.join(names::BACKENDS);
+        if loaded.is_err() {
+            // Nothing was taken over: the older map goes back where it was.
+            old.pin(&path)
+                .with_context(|| format!("pinning the older {} again", names::BACKENDS))?;
+        } else {
+            put_backends(&path, &entries)?;
+        }
+    }
+    loaded
+}
+
+/// An older version pinned `OXI_BACKENDS` as a hash map (backend id → backend); it is an array
+/// indexed by id now. When the pin holds such a map, its entries are read and the pin removed
+/// before the object is loaded (which then creates and pins the array); [`put_backends`] writes
+/// them back at the same ids, so established flows keep their backends across the upgrade. The
+/// older programs still attached keep the older map until their links are replaced.
+type OldBackends = (aya::maps::MapData, Vec<(u32, abi::lb::Backend)>);
+
+fn take_old_backends(pin_dir: &Path) -> Result<Option<OldBackends>> {
+    use aya::maps::{HashMap, Map, MapData, MapType};
+    let path = pin_dir.join(names::BACKENDS);
+    let Ok(data) = MapData::from_pin(&path) else {
+        return Ok(None);
+    };
+    if data.info()?.map_type()? != MapType::Hash {
+        return Ok(None);
+    }
+    let fd = data.fd().as_fd().try_clone_to_owned()?;
+    let map: HashMap<MapData, u32, abi::lb::Backend> =
+        HashMap::try_from(Map::HashMap(MapData::from_fd(fd)?))
+            .with_context(|| format!("reading the older {} (a hash map)", names::BACKENDS))?;
+    let entries = map
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading the older {} (a hash map)", names::BACKENDS))?;
+    fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    tracing::info!(
+        backends = entries.len(),
+        "{} pinned by an older version as a hash map: moved into the array",
+        names::BACKENDS
+    );
+    Ok(Some((data, entries)))
+}
+
+fn put_backends(path: &Path, entries: &[(u32, abi::lb::Backend)]) -> Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    let mut array: Array<MapData, abi::lb::Backend> =
+        Array::try_from(Map::Array(MapData::from_pin(path)?))
+            .with_context(|| format!("opening {}", path.display()))?;
+    for (id, b) in entries {
+        array
+            .set(*id, *b, 0)
+            .with_context(|| format!("{}: backend {id} from the older map", names::BACKENDS))?;
+    }
+    Ok(())
 }
 
 /// Takes a map out of a loaded object, typed.

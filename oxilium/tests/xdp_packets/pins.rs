@@ -1,6 +1,6 @@
 //! Pins left by an older version: `OXI_BACKENDS` was a hash map before it became an array. The
-//! loader reuses a pinned map whatever its type, so the maps' owner checks it and refuses to
-//! start with an error that names the map and the way out.
+//! loader moves its entries into the array at the same ids (established flows keep their
+//! backends across the upgrade).
 use crate::{bpffs::PinDir, xdp_lb::*};
 use std::{ffi::CString, os::unix::ffi::OsStrExt};
 
@@ -53,16 +53,39 @@ fn pin_old_backends(path: &std::path::Path) {
 
 /// Needs in addition: BPF_MAP_CREATE and BPF_OBJ_PIN from user space.
 #[test]
-fn an_older_versions_pinned_backends_map_is_refused_by_name() {
+fn an_older_versions_pinned_backends_are_moved_into_the_array() {
+    use aya::maps::{Array, HashMap, Map, MapData, MapType};
     let pins = PinDir::new(&unique("old-pins"));
-    pin_old_backends(&pins.path().join(abi::lb::names::BACKENDS));
-    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("loading");
-    let err = match KernelMaps::from_ebpf(&mut ebpf) {
-        Ok(_) => panic!("the older pinned OXI_BACKENDS was taken"),
-        Err(e) => format!("{e:#}"),
+    let path = pins.path().join(abi::lb::names::BACKENDS);
+    pin_old_backends(&path);
+    let backend = |i: u8| abi::lb::Backend {
+        addr: lb::compile::addr_bytes(format!("10.9.0.{i}").parse().unwrap()),
+        port: 8080u16.to_be(),
+        family: abi::lb::FAMILY_V4,
+        service_id: 7,
+        ..Default::default()
     };
-    assert!(
-        err.contains("OXI_BACKENDS") && err.contains("older version") && err.contains("--cleanup"),
-        "{err}"
-    );
+    {
+        let mut old: HashMap<MapData, u32, abi::lb::Backend> =
+            HashMap::try_from(Map::HashMap(MapData::from_pin(&path).unwrap())).unwrap();
+        for id in [3u32, 11, 15] {
+            old.insert(id, backend(id as u8), 0).unwrap();
+        }
+    }
+    let mut ebpf = loader::load_xdp(pins.path(), &[], XdpMode::default()).expect("loading");
+    KernelMaps::from_ebpf(&mut ebpf).expect("the maps, with the array in place");
+    let data = MapData::from_pin(&path).unwrap();
+    assert_eq!(data.info().unwrap().map_type().unwrap(), MapType::Array);
+    let array: Array<MapData, abi::lb::Backend> = Array::try_from(Map::Array(data)).unwrap();
+    for id in [3u32, 11, 15] {
+        assert_eq!(
+            array.get(&id, 0).unwrap(),
+            backend(id as u8),
+            "backend {id}"
+        );
+    }
+    let used = (0..64u32)
+        .filter(|i| array.get(i, 0).unwrap().service_id != 0)
+        .count();
+    assert_eq!(used, 3, "nothing else was written");
 }
