@@ -8,6 +8,7 @@
 
 pub mod affinity;
 pub mod bandwidth;
+pub mod bounce;
 pub mod csum;
 pub mod encap;
 pub mod endpoint;

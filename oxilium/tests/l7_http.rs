@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 use support::{
-    deathstar::Deathstar,
+    deathstar::{Deathstar, curl, request},
     monitor::Monitor,
     netns::Netns,
     policy_bed::{NODE_IP, PolicyNode},
@@ -119,28 +119,6 @@ fn ns<'a>(node: &'a PolicyNode, pod: &str) -> &'a Netns {
 
 fn addr(node: &PolicyNode, pod: &str) -> SocketAddr {
     SocketAddr::new(node.pods[&format!("default/{pod}")].ip, 80)
-}
-
-/// `curl ARGS` inside `ns`: (exit code, standard output).
-fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command(&["curl", "-s", "--connect-timeout", "2", "-m", "5"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// One request with curl: (HTTP status, body).
-#[track_caller]
-fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
-    let (code, out) = curl(ns, &["-X", method, "-w", "\n%{http_code}", url]);
-    assert_eq!(code, 0, "curl -X {method} {url}: exit {code}, {out}");
-    let (body, status) = out.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
 }
 
 /// A TCP connection made inside `ns` (it stays in that namespace).

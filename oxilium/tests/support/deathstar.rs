@@ -150,3 +150,25 @@ async fn answer(
     };
     Response::new(Full::new(Bytes::from(text)))
 }
+
+/// `curl ARGS` inside `ns` (2 s to connect, 5 s in all): (exit code, standard output).
+pub fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command(&["curl", "-s", "--connect-timeout", "2", "-m", "5"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One request with curl: (HTTP status, body).
+#[track_caller]
+pub fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
+    let (code, out) = curl(ns, &["-X", method, "-w", "\n%{http_code}", url]);
+    assert_eq!(code, 0, "curl -X {method} {url}: exit {code}, {out}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
