@@ -37,7 +37,7 @@ pub const fn mark_identity(mark: u32) -> u32 {
 
 /// A packet the to-pod program of a pod's host-side veth (tc egress, where no socket can be
 /// assigned) sent back into the node through the same veth's ingress, to be redirected to a
-/// proxy there (datapath::bounce). Never seen on a packet from a pod: a packet crossing network
+/// proxy there (datapath::stack_redirect). Never seen on a packet from a pod: a packet crossing network
 /// namespaces loses its mark.
 pub const MARK_BOUNCED: u32 = 0x0000_0e00;
 

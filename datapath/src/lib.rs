@@ -8,7 +8,6 @@
 
 pub mod affinity;
 pub mod bandwidth;
-pub mod bounce;
 pub mod csum;
 pub mod encap;
 pub mod endpoint;
@@ -27,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod skb;
 pub mod sock;
+pub mod stack_redirect;
 pub mod stats;
 
 /// The one panic handler of every oxilium eBPF object (the verifier rejects any path that could

@@ -9,7 +9,7 @@
 //! Socket assignment only works on a packet entering the stack (tc ingress), which is where the
 //! endpoint programs see both an endpoint's egress and, for a same-node client, its peer's
 //! ingress (the from-pod hook); on the to-pod hook (tc egress) the packet is first sent back to
-//! the veth's ingress ([`crate::bounce`]).
+//! the veth's ingress ([`crate::stack_redirect`]).
 use abi::proxy::{LISTEN_V4, MARK_LISTENER, MARK_TO_PROXY};
 use aya_ebpf::{
     bindings::{
@@ -53,7 +53,7 @@ pub fn redirect(ctx: &TcContext, proxy_port: u16, p: Packet) -> i32 {
         return TC_ACT_SHOT;
     }
     if !at_ingress {
-        return crate::bounce::to_ingress(ctx);
+        return crate::stack_redirect::to_ingress(ctx);
     }
     ctx.set_mark(MARK_TO_PROXY);
     if proto == PROTO_TCP && (tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN {
