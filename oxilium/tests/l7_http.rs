@@ -11,12 +11,12 @@ mod support;
 
 use serde_json::Value;
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 use support::{
-    deathstar::{Deathstar, curl, request},
+    deathstar::{Deathstar, curl, read_response, request},
     monitor::Monitor,
     netns::Netns,
     policy_bed::{NODE_IP, PolicyNode},
@@ -126,34 +126,6 @@ fn connect(ns: &Netns, to: SocketAddr) -> TcpStream {
     let s = ns.exec(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap());
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length: (status, body).
-fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String) {
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("not a status line: {line:?}"))
-        .parse()
-        .unwrap();
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((n, v)) = h.split_once(':')
-            && n.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn l7_records(m: &Monitor) -> Vec<Value> {

@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1};
 use hyper_util::rt::TokioIo;
 use std::{
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     thread::JoinHandle,
 };
@@ -171,4 +172,32 @@ pub fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
     assert_eq!(code, 0, "curl -X {method} {url}: exit {code}, {out}");
     let (body, status) = out.rsplit_once('\n').unwrap();
     (status.parse().unwrap(), body.to_string())
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length: (status, body).
+pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a status line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':')
+            && n.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
