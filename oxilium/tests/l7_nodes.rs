@@ -4,11 +4,13 @@
 //! support/cni_nodes.rs (identities and ipcache through etcd): tiefighter and xwing on node 1, a
 //! deathstar on nodes 2 and 3 behind the Service `deathstar`, a second tiefighter on node 2.
 //! The deathstar's ingress rule sends port 80 to the proxy of the deathstar's node, where the
-//! to-pod program sends the packet back to the veth's ingress to be assigned to the proxy
-//! (datapath::stack_redirect).
+//! to-pod program sends the packet back to the veth's ingress to be assigned to the proxy, and
+//! `oxilium_l7_netdev` on the node's external and tunnel devices marks the connection's later
+//! packets for the proxy's socket (datapath::stack_redirect).
 //!
 //! Kernel features: network namespaces, bridge, veth, vxlan (tunnel mode), tc BPF through TCX
-//! links (≥ 6.6) with bpf_redirect_peer and bpf_redirect with BPF_F_INGRESS from tc egress,
+//! links (≥ 6.6; two programs on one hook, ordered, TCX_NEXT) with bpf_redirect_peer and
+//! bpf_redirect with BPF_F_INGRESS from tc egress, TCP early demultiplexing,
 //! bpf_sk_lookup_tcp + bpf_sk_assign at tc ingress (≥ 5.7), IP_TRANSPARENT and SO_MARK sockets,
 //! fwmark policy routing with a `local` route, hash-of-maps with LPM trie inner maps, cgroup v2;
 //! the `etcd` and `curl` binaries. Requires root; fails (never skips) when it cannot set up.
