@@ -35,6 +35,12 @@ pub const fn mark_identity(mark: u32) -> u32 {
     mark >> 16
 }
 
+/// A packet the to-pod program of a pod's host-side veth (tc egress, where no socket can be
+/// assigned) sent back into the node through the same veth's ingress, to be redirected to a
+/// proxy there (datapath::stack_redirect). Never seen on a packet from a pod: a packet crossing network
+/// namespaces loses its mark.
+pub const MARK_BOUNCED: u32 = 0x0000_0e00;
+
 /// `SO_MARK` of the proxies' listeners (setting a mark needs CAP_NET_ADMIN): the endpoint
 /// programs hand flows only to a listener carrying it, never to another process's socket that
 /// happens to hold the port.
@@ -55,6 +61,17 @@ mod tests {
 
     #[test]
     fn marks_are_distinct_and_carry_the_identity() {
+        let marks = [
+            MARK_TO_PROXY,
+            MARK_FROM_INGRESS_PROXY,
+            MARK_FROM_EGRESS_PROXY,
+            MARK_LISTENER,
+            MARK_BOUNCED,
+        ];
+        for (i, a) in marks.iter().enumerate() {
+            assert_eq!(a & MARK_MASK, *a);
+            assert!(marks[i + 1..].iter().all(|b| b != a));
+        }
         let m = upstream_egress_mark(65_535).unwrap();
         assert_eq!(m & MARK_MASK, MARK_FROM_EGRESS_PROXY);
         assert_eq!(mark_identity(m), 65_535);

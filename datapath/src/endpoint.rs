@@ -17,13 +17,15 @@
 //!
 //! To the pod ([`to_pod`]): what the stack routes to the pod (from the host, other nodes,
 //! outside): the pod's ingress policy ([`crate::policy::ingress`]), then reply translation
-//! ([`crate::podlb::to_pod`]).
+//! ([`crate::podlb::to_pod`]). A flow the ingress policy hands to an L7 proxy is sent back to
+//! the veth's ingress ([`crate::stack_redirect`]), where the from-pod program redirects it.
 use crate::{
     bandwidth,
     headers::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     podlb::{self, PodMaps},
     policy, proxy,
     skb::set_macs,
+    stack_redirect,
 };
 use abi::{
     endpoint::{EndpointInfo, EndpointKey, MAX_ENDPOINTS},
@@ -45,6 +47,11 @@ pub static OXI_ENDPOINTS: HashMap<EndpointKey, EndpointInfo, { MAX_ENDPOINTS as 
 /// tc ingress of a pod's host-side veth (packets leaving the pod).
 #[inline(always)]
 pub fn from_pod<M: PodMaps>(ctx: &TcContext) -> i32 {
+    // Sent back by this veth's to-pod hook to be handed to a proxy: not the pod's packet, only
+    // the destination's ingress check (at tc ingress now) is done again.
+    if stack_redirect::bounced(ctx) {
+        return policy::ingress(ctx, true);
+    }
     let r = podlb::from_pod::<M>(ctx);
     if r != TC_ACT_OK {
         return r;

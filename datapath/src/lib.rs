@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod skb;
 pub mod sock;
+pub mod stack_redirect;
 pub mod stats;
 pub mod words;
 

@@ -8,7 +8,8 @@
 //!
 //! Socket assignment only works on a packet entering the stack (tc ingress), which is where the
 //! endpoint programs see both an endpoint's egress and, for a same-node client, its peer's
-//! ingress (the from-pod hook); on the to-pod hook (tc egress) a redirect is a drop.
+//! ingress (the from-pod hook); on the to-pod hook (tc egress) the packet is first sent back to
+//! the veth's ingress ([`crate::stack_redirect`]).
 use abi::proxy::{LISTEN_V4, MARK_LISTENER, MARK_TO_PROXY};
 use aya_ebpf::{
     bindings::{
@@ -48,8 +49,11 @@ pub fn redirect(ctx: &TcContext, proxy_port: u16, p: Packet) -> i32 {
     let v6 = p.0 & (1 << 16) != 0;
     let at_ingress = p.0 & (1 << 17) != 0;
     // IPv6 redirect is not built: fail closed.
-    if v6 || !at_ingress || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    if v6 || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return TC_ACT_SHOT;
+    }
+    if !at_ingress {
+        return crate::stack_redirect::to_ingress(ctx);
     }
     ctx.set_mark(MARK_TO_PROXY);
     if proto == PROTO_TCP && (tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN {

@@ -9,11 +9,25 @@
 //! the difference of the latency percentiles is what the proxy adds per request. The proxy's
 //! CPU cost is the agent's CPU time (utime + stime from /proc) during the proxied run: requests
 //! per CPU-second are the requests one core can carry.
+//!
+//! Memory: OXILIUM_BENCH_CONNS (default 1000) keep-alive connections from the tiefighter to the
+//! proxied port, each having had one allowed GET answered and all held open together (the proxy
+//! holds each client connection and its upstream connection); the agent's resident memory
+//! (VmRSS) before and with them open, per connection. The agent's open descriptors are counted
+//! too, to show the connections are held (two per connection).
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
-use support::{deathstar::Deathstar, policy_bed::PolicyNode};
+use std::{
+    io::{BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+use support::{
+    deathstar::{Deathstar, read_response},
+    netns::Netns,
+    policy_bed::PolicyNode,
+};
 
 const FILES: &str = "apiVersion: v1
 kind: Namespace
@@ -105,6 +119,41 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// A field of /proc/PID/status in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `n` connections from `ns` to `ds`:80, each with one GET answered (200), all kept open.
+fn open_connections(ns: &Netns, ds: IpAddr, n: usize) -> Vec<TcpStream> {
+    ns.exec(move || {
+        (0..n)
+            .map(|i| {
+                let to = SocketAddr::new(ds, 80);
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET /v1/ships HTTP/1.1\r\nHost: deathstar\r\n\r\n")
+                    .unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let (status, _) = read_response(&mut r);
+                assert_eq!(status, 200, "connection {i}");
+                s
+            })
+            .collect()
+    })
+}
+
 fn main() {
     let secs = env("OXILIUM_BENCH_SECS", 5);
     let conc = env("OXILIUM_BENCH_CONC", 8);
@@ -151,5 +200,25 @@ fn main() {
     println!(
         "agent CPU during the proxied run: {cpu:.2} s for {} requests = {per_core:.0} requests per CPU-second",
         proxied.ok
+    );
+
+    // Memory with many keep-alive connections held open through the proxy.
+    let n = env("OXILIUM_BENCH_CONNS", 1000) as usize;
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, fds0) = (status_kb(pid, "VmRSS:"), open_fds(pid));
+    let conns = open_connections(tie, ds, n);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss1, fds1) = (status_kb(pid, "VmRSS:"), open_fds(pid));
+    assert!(
+        fds1 >= fds0 + 2 * n,
+        "the proxy does not hold the connections: {fds0} → {fds1} descriptors"
+    );
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss2 = status_kb(pid, "VmRSS:");
+    println!(
+        "{n} keep-alive connections held open through the proxy (one GET answered on each): agent RSS {rss0} kB → {rss1} kB (+{} kB, {:.1} kB per connection); descriptors {fds0} → {fds1}; after closing them: {rss2} kB",
+        rss1.saturating_sub(rss0),
+        rss1.saturating_sub(rss0) as f64 / n as f64
     );
 }

@@ -11,12 +11,12 @@ mod support;
 
 use serde_json::Value;
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 use support::{
-    deathstar::Deathstar,
+    deathstar::{Deathstar, curl, read_response, request},
     monitor::Monitor,
     netns::Netns,
     policy_bed::{NODE_IP, PolicyNode},
@@ -121,61 +121,11 @@ fn addr(node: &PolicyNode, pod: &str) -> SocketAddr {
     SocketAddr::new(node.pods[&format!("default/{pod}")].ip, 80)
 }
 
-/// `curl ARGS` inside `ns`: (exit code, standard output).
-fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command(&["curl", "-s", "--connect-timeout", "2", "-m", "5"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// One request with curl: (HTTP status, body).
-#[track_caller]
-fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
-    let (code, out) = curl(ns, &["-X", method, "-w", "\n%{http_code}", url]);
-    assert_eq!(code, 0, "curl -X {method} {url}: exit {code}, {out}");
-    let (body, status) = out.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
-}
-
 /// A TCP connection made inside `ns` (it stays in that namespace).
 fn connect(ns: &Netns, to: SocketAddr) -> TcpStream {
     let s = ns.exec(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap());
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length: (status, body).
-fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String) {
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("not a status line: {line:?}"))
-        .parse()
-        .unwrap();
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((n, v)) = h.split_once(':')
-            && n.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn l7_records(m: &Monitor) -> Vec<Value> {

@@ -33,3 +33,16 @@ pub fn oxilium_endpoint_to_pod(ctx: TcContext) -> i32 {
     datapath::events::end();
     crate::pass_on(action)
 }
+
+/// tc ingress of the node's external devices, before the NodePort program (TCX, first): a TCP
+/// packet of a flow an L7 proxy of this node holds for a local pod is marked for the proxy's
+/// socket (datapath::stack_redirect::mark_established). Always hands on to the next program
+/// (TC_ACT_UNSPEC: TCX_NEXT). A program of its own: the NodePort program's frames leave no
+/// stack for the call.
+#[classifier]
+pub fn oxilium_l7_netdev(ctx: TcContext) -> i32 {
+    if let Some(s) = datapath::skb::parse_tc(&ctx, false) {
+        datapath::stack_redirect::mark_established(&ctx, &s.flow);
+    }
+    aya_ebpf::bindings::TC_ACT_UNSPEC
+}

@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        tc::TcAttachOptions,
         xdp::XdpLink,
     },
 };
@@ -200,6 +201,18 @@ pub fn attach_tc_pinned(
     attach: TcAttachType,
     pin: &Path,
 ) -> Result<()> {
+    attach_tc_pinned_in(prog, dev, attach, pin, LinkOrder::default())
+}
+
+/// [`attach_tc_pinned`] at `order` among the device's TCX programs (a new link; a pinned link
+/// is replaced where it is).
+pub fn attach_tc_pinned_in(
+    prog: &mut SchedClassifier,
+    dev: &str,
+    attach: TcAttachType,
+    pin: &Path,
+    order: LinkOrder,
+) -> Result<()> {
     let id = match PinnedLink::from_pin(pin) {
         Ok(old) => {
             let fd = old.unpin().context("unpinning the previous tc link")?;
@@ -207,7 +220,7 @@ pub fn attach_tc_pinned(
                 .with_context(|| format!("replacing the tc program on {dev}"))?
         }
         Err(_) => prog
-            .attach(dev, attach)
+            .attach_with_options(dev, attach, TcAttachOptions::TcxOrder(order))
             .with_context(|| format!("attaching tc to {dev}"))?,
     };
     let link = prog.take_link(id)?;

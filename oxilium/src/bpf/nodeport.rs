@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use std::{
     collections::BTreeSet,
@@ -89,6 +89,10 @@ pub struct NodePort {
     stats: PerCpuArray<MapData, Counter>,
 }
 
+/// Marks the packets of flows an L7 proxy of this node holds for local pods (tc/src/endpoint.rs;
+/// docs/l7.md), first on every device's tc ingress.
+pub const L7_PROGRAM: &str = "oxilium_l7_netdev";
+
 /// The XDP acceleration's program (xdp/src/nodeport.rs).
 pub const XDP_PROGRAM: &str = "oxilium_nodeport_xdp";
 
@@ -110,6 +114,34 @@ fn remove_links(pin_dir: &Path, devices: &[String], dirs: &[&str]) -> Result<()>
     Ok(())
 }
 
+/// Attaches [`L7_PROGRAM`] of the loaded tc object first on the tc ingress of every device (before
+/// the NodePort program, which ends the device's TCX chain), through links pinned as
+/// `link_np_l7_<device>`.
+fn attach_l7(ebpf: &mut Ebpf, pin_dir: &Path, devices: &[String]) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(L7_PROGRAM)
+        .context(L7_PROGRAM)?
+        .try_into()?;
+    loader::verify(L7_PROGRAM, || prog.load())?;
+    for dev in devices {
+        let pin = link_pin(pin_dir, "l7", dev);
+        loader::attach_tc_pinned_in(prog, dev, TcAttachType::Ingress, &pin, LinkOrder::first())
+            .with_context(|| format!("{L7_PROGRAM} on {dev}"))?;
+    }
+    Ok(())
+}
+
+/// [`L7_PROGRAM`] alone on `device` (the pod tunnel's device: packets out of the tunnel), or,
+/// without `attach`, the link an earlier run left on it removed.
+pub fn l7_on_tunnel(pin_dir: &Path, device: &str, attach: bool) -> Result<()> {
+    let devices = [device.to_string()];
+    if !attach {
+        return remove_links(pin_dir, &devices, &["l7"]);
+    }
+    let mut ebpf = loader::load_pinned(objects::tc(), pin_dir)?;
+    attach_l7(&mut ebpf, pin_dir, &devices)
+}
+
 impl NodePort {
     /// Loads the tc object (maps pinned under `pin_dir`) and attaches both programs to every
     /// device (names resolved in the calling thread's network namespace). Kernel: TCX (≥ 6.6).
@@ -127,6 +159,7 @@ impl NodePort {
                     .with_context(|| format!("{name} on {dev}"))?;
             }
         }
+        attach_l7(&mut ebpf, pin_dir, devices)?;
         Ok(NodePort {
             endpoints: loader::take_map(&mut ebpf, names::ENDPOINTS)?,
             ranges: loader::take_map(&mut ebpf, names::SOURCE_RANGES)?,
@@ -177,7 +210,7 @@ impl NodePort {
 
     /// Removes the pinned links of `devices` (detaching the programs once no one holds them).
     pub fn detach(pin_dir: &Path, devices: &[String]) -> Result<()> {
-        remove_links(pin_dir, devices, &["ingress", "egress", "xdp"])
+        remove_links(pin_dir, devices, &["ingress", "egress", "xdp", "l7"])
     }
 
     /// A pod of this node: flows DNAT'ed to `addr` are redirected to `endpoint.ifindex`.

@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, server::conn::http1};
 use hyper_util::rt::TokioIo;
 use std::{
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     thread::JoinHandle,
 };
@@ -149,4 +150,54 @@ async fn answer(
         _ => format!("deathstar {method} {path} body={}\n", body.len()),
     };
     Response::new(Full::new(Bytes::from(text)))
+}
+
+/// `curl ARGS` inside `ns` (2 s to connect, 5 s in all): (exit code, standard output).
+pub fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command(&["curl", "-s", "--connect-timeout", "2", "-m", "5"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One request with curl: (HTTP status, body).
+#[track_caller]
+pub fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
+    let (code, out) = curl(ns, &["-X", method, "-w", "\n%{http_code}", url]);
+    assert_eq!(code, 0, "curl -X {method} {url}: exit {code}, {out}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length: (status, body).
+pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a status line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':')
+            && n.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -102,6 +102,7 @@ impl Router {
                         "tunnel device of an earlier run removed"
                     );
                 }
+                crate::bpf::nodeport::l7_on_tunnel(pin_dir, TUNNEL_DEVICE, false)?;
                 None
             }
             RoutingMode::Tunnel => {
@@ -109,6 +110,9 @@ impl Router {
                 let i = net::tunnel::ensure_device(&nl, TUNNEL_DEVICE, None, mtu)
                     .await
                     .with_context(|| format!("making the tunnel device {TUNNEL_DEVICE}"))?;
+                // Packets out of the tunnel to a pod whose L7 proxy holds their flow (docs/l7.md).
+                crate::bpf::nodeport::l7_on_tunnel(pin_dir, TUNNEL_DEVICE, true)
+                    .with_context(|| format!("the L7 program on {TUNNEL_DEVICE}"))?;
                 Some(i)
             }
         };
