@@ -281,11 +281,7 @@ pub async fn start(
 
 /// A redirect listener could not be bound: an error for IPv4; for IPv6 (a node without IPv6) a
 /// warning, the family's redirected flows finding no listener are dropped.
-pub fn family_failed(
-    family: proxy::listener::Family,
-    what: &str,
-    e: std::io::Error,
-) -> Result<()> {
+pub fn family_failed(family: proxy::listener::Family, what: &str, e: std::io::Error) -> Result<()> {
     match family {
         proxy::listener::Family::V4 => Err(anyhow::Error::new(e).context(what.to_string())),
         proxy::listener::Family::V6 => {
