@@ -460,3 +460,76 @@ fn redirected_dns_fails_closed_without_proxy() {
     }
     assert!(server.asked().is_empty(), "{:?}", server.asked());
 }
+
+/// IPv6, and the implicit DNS rule: a pod whose policy has `toFQDNs` and no DNS rule sends its
+/// query over IPv6 to the cluster's DNS pod (`k8s-app: kube-dns` in `kube-system`, the server run
+/// by the test in that pod); the endpoint program hands it to the DNS proxy's `[::1]` listeners,
+/// which forward it to that pod and answer as it, over UDP and TCP; the answer's address becomes
+/// reachable by the toFQDNs rule.
+///
+/// Kernel features: network namespaces, veth with IPv6, tc BPF (the endpoint programs),
+/// `bpf_sk_lookup_udp` / `bpf_sk_lookup_tcp` with IPv6 tuples + `bpf_sk_assign` at tc ingress,
+/// `IPV6_TRANSPARENT` + `IPV6_RECVORIGDSTADDR` listeners on `[::1]`, a transparent IPv6 UDP
+/// socket bound to a foreign address, the IPv6 fwmark rule and `local ::/0` route.
+#[test]
+fn implicit_dns_rule_over_ipv6() {
+    let files = vec![
+        (
+            "pods.yaml".to_string(),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}\n"
+                .to_string(),
+        ),
+        (
+            "cnp.yaml".to_string(),
+            cnp("  - toFQDNs: [{matchName: allowed.example}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n"),
+        ),
+    ];
+    let mut bed = PolicyNode::new("f6", &files, &["--pod-cidr", "fd00:250::/120"]);
+    // The node's IPv6 address: the source of the proxy's queries to the DNS pod.
+    bed.node
+        .run(&["ip", "addr", "add", "fd00:200::1/128", "dev", "lo"]);
+    bed.add_pod("default/client");
+    bed.add_pod("kube-system/coredns");
+    bed.world_address(ALLOWED_IP.parse().unwrap());
+    bed.serve(
+        "world",
+        "web",
+        format!("{ALLOWED_IP}:8080").parse().unwrap(),
+    );
+    bed.wait_ipv6_ready();
+    let dns_ip = *bed.pods["kube-system/coredns"]
+        .ips
+        .iter()
+        .find(|a| a.is_ipv6())
+        .expect("an IPv6 pod address");
+    let server = DnsServer::start(
+        &bed.pods["kube-system/coredns"].ns,
+        SocketAddr::new(dns_ip, 53),
+        zone(60),
+    );
+    let client = &bed.pods["default/client"].ns;
+    let dns = dns_ip.to_string();
+    assert!(
+        web(&bed, ALLOWED_IP).is_err(),
+        "reachable before any answer"
+    );
+    for tcp in [false, true] {
+        let d = dig_at(client, &dns, 53, "allowed.example", tcp);
+        assert_eq!(
+            (d.status.as_deref(), d.ips.as_slice()),
+            (Some("NOERROR"), [ALLOWED_IP.to_string()].as_slice()),
+            "{}\n{}",
+            d.text,
+            bed.agent.log()
+        );
+        assert_eq!(d.server, Some(format!("{dns}#53")));
+    }
+    assert_eq!(server.asked(), ["allowed.example", "allowed.example"]);
+    // The proxy learnt the answer: its toFQDNs rule lets the pod in.
+    assert_eq!(web(&bed, ALLOWED_IP).as_deref(), Ok("web"));
+    // The implicit rule allows every name; the server's own REFUSED comes back unchanged.
+    let d = dig_at(client, &dns, 53, "unknown.example", false);
+    assert_eq!(d.status.as_deref(), Some("REFUSED"), "{}", d.text);
+    assert_eq!(server.asked().len(), 3);
+}
