@@ -344,3 +344,34 @@ where
     }
     Some(answer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(upstream: Option<&str>) -> Config {
+        Config {
+            listen: "127.0.0.1:15054".parse().unwrap(),
+            upstream: upstream.map(|u| u.parse().unwrap()),
+            transparent: true,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn checked_for_the_server_asked_sent_to_the_override() {
+        let orig: SocketAddr = "10.96.0.10:53".parse().unwrap();
+        let up: SocketAddr = "192.0.2.53:53".parse().unwrap();
+        // Redirected, no override: asked and sent to the original destination.
+        assert_eq!(servers(&cfg(None), Some(orig)), Some((orig, orig)));
+        // Redirected with --dns-proxy-upstream: checked for the server asked, sent to the override.
+        assert_eq!(
+            servers(&cfg(Some("192.0.2.53:53")), Some(orig)),
+            Some((orig, up))
+        );
+        // Sent to the proxy's address: the override is both.
+        assert_eq!(servers(&cfg(Some("192.0.2.53:53")), None), Some((up, up)));
+        // Neither: nowhere to send (the query is dropped).
+        assert_eq!(servers(&cfg(None), None), None);
+    }
+}
