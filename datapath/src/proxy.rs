@@ -1,7 +1,7 @@
 //! The L7 redirect (docs/l7.md): a flow whose policy entry says "redirect to proxy port P" is
-//! handed to the agent's proxy listening on `127.0.0.1:P` (IPv4 flows) or `[::1]:P` (IPv6 flows)
-//! (IP_TRANSPARENT), transparently: the packet keeps its addresses, gets [`MARK_TO_PROXY`] (the node routes marked packets locally:
-//! abi::proxy) and, when it opens a connection (a TCP SYN, every UDP datagram), the listener as
+//! handed to the agent's proxy listening on `127.0.0.1:P` (IPv4 flows) or `[::1]:P` (IPv6
+//! flows) (IP_TRANSPARENT), transparently: the packet keeps its addresses, gets
+//! [`MARK_TO_PROXY`] (the node routes marked packets locally: abi::proxy) and, when it opens a connection (a TCP SYN, every UDP datagram), the listener as
 //! its socket (`bpf_sk_assign`). Later TCP packets find the proxy's accepted socket by the
 //! stack's own lookup (it has the flow's addresses). No listener (the proxy is down) = drop: a
 //! redirected flow never bypasses its proxy.

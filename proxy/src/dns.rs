@@ -13,6 +13,7 @@ pub(crate) mod socket;
 
 pub use message::{Learnt, Question, canonical, learnt};
 
+use crate::listener::Family;
 use hickory_proto::op::ResponseCode;
 use message::BadQuery;
 use std::future::Future;
@@ -20,8 +21,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::listener::Family;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, warn};

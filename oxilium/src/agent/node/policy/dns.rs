@@ -1,10 +1,10 @@
 //! The DNS proxy in the agent: the `proxy` crate's DNS proxy with the node's policy behind it, on
 //! the redirect's listeners (the engine's DNS proxy port on `127.0.0.1` and `[::1]`, where the
 //! endpoint programs hand the port-53 flows that DNS rules redirect; with `--l7-proxy`) and, with
-//! `--dns-proxy-address`, on an address pods send to. A query is checked against the sending endpoint's DNS rules
-//! (`Engine::dns_verdict`); an answer's addresses are learnt by the engine, and the policy maps and
-//! the ipcache entries they change are written before the proxy releases the answer. Expired
-//! addresses are forgotten by a task that looks twice a second.
+//! `--dns-proxy-address`, on an address pods send to. A query is checked against the sending
+//! endpoint's DNS rules (`Engine::dns_verdict`); an answer's addresses are learnt by the engine,
+//! and the policy maps and the ipcache entries they change are written before the proxy releases
+//! the answer. Expired addresses are forgotten by a task that looks twice a second.
 use super::PolicyAgent;
 use crate::agent::node::endpoints::SharedCni;
 use anyhow::{Context, Result};
@@ -30,7 +30,7 @@ pub struct DnsFlags {
     /// destination).
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_proxy_upstream: Option<SocketAddr>,
-    /// --dns-proxy-address: how long to wait for the server's answer (milliseconds).
+    /// The DNS proxy: how long to wait for the server's answer (milliseconds).
     #[arg(long, default_value_t = 2000)]
     pub dns_proxy_timeout_ms: u64,
     /// Addresses learnt from DNS answers stay allowed at least this long (seconds); shorter TTLs
