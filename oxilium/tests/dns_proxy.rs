@@ -12,6 +12,10 @@
 //! again once its TTL (floored by `--tofqdns-min-ttl`) ran out. The pod sends DNS to the proxy's
 //! address directly. Kernel features: network namespaces, veth, tc clsact BPF (the endpoint
 //! programs), LPM trie and hash-of-maps BPF maps.
+//!
+//! `redirected_dns_with_dig`, `redirected_dns_fails_closed_without_proxy`,
+//! `implicit_dns_rule_over_ipv6`: the pod sends DNS to the server's own address and the endpoint
+//! programs redirect port 53 to the agent's DNS proxy (kernel features in each test's comment).
 mod support;
 
 use hickory_proto::rr::rdata::{A, CNAME};
