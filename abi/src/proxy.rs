@@ -54,6 +54,8 @@ pub const RULE_PRIORITY: u32 = 9;
 /// Where the proxies listen: the loopback address (IPv4, network byte order), never reachable
 /// from pods directly; the endpoint programs look the listener up there.
 pub const LISTEN_V4: [u8; 4] = [127, 0, 0, 1];
+/// Where the proxies listen for IPv6 flows: `::1` (network byte order).
+pub const LISTEN_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 #[cfg(test)]
 mod tests {

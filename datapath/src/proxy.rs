@@ -1,7 +1,7 @@
 //! The L7 redirect (docs/l7.md): a flow whose policy entry says "redirect to proxy port P" is
-//! handed to the agent's proxy listening on `127.0.0.1:P` (IP_TRANSPARENT), transparently: the
-//! packet keeps its addresses, gets [`MARK_TO_PROXY`] (the node routes marked packets locally:
-//! abi::proxy) and, when it opens a connection (a TCP SYN, every UDP datagram), the listener as
+//! handed to the agent's proxy listening on `127.0.0.1:P` (IPv4 flows) or `[::1]:P` (IPv6
+//! flows) (IP_TRANSPARENT), transparently: the packet keeps its addresses, gets
+//! [`MARK_TO_PROXY`] (the node routes marked packets locally: abi::proxy) and, when it opens a connection (a TCP SYN, every UDP datagram), the listener as
 //! its socket (`bpf_sk_assign`). Later TCP packets find the proxy's accepted socket by the
 //! stack's own lookup (it has the flow's addresses). No listener (the proxy is down) = drop: a
 //! redirected flow never bypasses its proxy.
@@ -10,11 +10,11 @@
 //! endpoint programs see both an endpoint's egress and, for a same-node client, its peer's
 //! ingress (the from-pod hook); on the to-pod hook (tc egress) the packet is first sent back to
 //! the veth's ingress ([`crate::stack_redirect`]).
-use abi::proxy::{LISTEN_V4, MARK_LISTENER, MARK_TO_PROXY};
+use abi::proxy::{LISTEN_V4, LISTEN_V6, MARK_LISTENER, MARK_TO_PROXY};
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::generated::{bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
     programs::TcContext,
@@ -48,8 +48,7 @@ pub fn redirect(ctx: &TcContext, proxy_port: u16, p: Packet) -> i32 {
     let tcp_flags = (p.0 >> 8) as u8;
     let v6 = p.0 & (1 << 16) != 0;
     let at_ingress = p.0 & (1 << 17) != 0;
-    // IPv6 redirect is not built: fail closed.
-    if v6 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
         return TC_ACT_SHOT;
     }
     if !at_ingress {
@@ -61,17 +60,42 @@ pub fn redirect(ctx: &TcContext, proxy_port: u16, p: Packet) -> i32 {
         // addresses (none: it answers with a reset).
         return TC_ACT_OK;
     }
-    let mut t = bpf_sock_tuple {
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: 0,
-                daddr: u32::from_ne_bytes(LISTEN_V4),
-                sport: 0,
-                dport: proxy_port,
+    // The listener of the packet's family: a lookup only finds sockets of that family.
+    let (mut t, size) = if v6 {
+        let daddr = LISTEN_V6;
+        (
+            bpf_sock_tuple {
+                __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                    ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                        saddr: [0; 4],
+                        daddr: [
+                            u32::from_ne_bytes([daddr[0], daddr[1], daddr[2], daddr[3]]),
+                            u32::from_ne_bytes([daddr[4], daddr[5], daddr[6], daddr[7]]),
+                            u32::from_ne_bytes([daddr[8], daddr[9], daddr[10], daddr[11]]),
+                            u32::from_ne_bytes([daddr[12], daddr[13], daddr[14], daddr[15]]),
+                        ],
+                        sport: 0,
+                        dport: proxy_port,
+                    },
+                },
             },
-        },
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32,
+        )
+    } else {
+        (
+            bpf_sock_tuple {
+                __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                    ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                        saddr: 0,
+                        daddr: u32::from_ne_bytes(LISTEN_V4),
+                        sport: 0,
+                        dport: proxy_port,
+                    },
+                },
+            },
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+        )
     };
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
     let skb = ctx.skb.skb as *mut core::ffi::c_void;
     let netns = BPF_F_CURRENT_NETNS as u64;
     // SAFETY: helper calls with a valid tuple; a socket found is released below.

@@ -12,6 +12,10 @@
 //! again once its TTL (floored by `--tofqdns-min-ttl`) ran out. The pod sends DNS to the proxy's
 //! address directly. Kernel features: network namespaces, veth, tc clsact BPF (the endpoint
 //! programs), LPM trie and hash-of-maps BPF maps.
+//!
+//! `redirected_dns_with_dig`, `redirected_dns_fails_closed_without_proxy`,
+//! `implicit_dns_rule_over_ipv6`: the pod sends DNS to the server's own address and the endpoint
+//! programs redirect port 53 to the agent's DNS proxy (kernel features in each test's comment).
 mod support;
 
 use hickory_proto::rr::rdata::{A, CNAME};
@@ -64,11 +68,22 @@ fn zone(ttl: u32) -> Zone {
     z
 }
 
-/// `dig` in `ns`: (status, answer addresses).
-fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> (String, Vec<String>) {
+/// What `dig` printed.
+struct Dig {
+    /// None: no answer (timed out).
+    status: Option<String>,
+    /// The A records of the answer section.
+    ips: Vec<String>,
+    /// The `;; SERVER:` line's address (`ADDR#PORT`): where the answer came from.
+    server: Option<String>,
+    text: String,
+}
+
+/// `dig` in `ns`.
+fn dig_at(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> Dig {
     let port = port.to_string();
     let at = format!("@{server}");
-    let mut args = vec!["dig", &at, "-p", &port, name, "A", "+tries=1", "+time=3"];
+    let mut args = vec!["dig", &at, "-p", &port, name, "A", "+tries=1", "+time=2"];
     if tcp {
         args.push("+tcp");
     }
@@ -78,9 +93,8 @@ fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> (String, V
         .split("status: ")
         .nth(1)
         .and_then(|s| s.split(',').next())
-        .unwrap_or_else(|| panic!("dig {name}: no status in {text}"))
-        .to_string();
-    let answers = text
+        .map(str::to_string);
+    let ips = text
         .split(";; ANSWER SECTION:\n")
         .nth(1)
         .map(|s| {
@@ -91,7 +105,26 @@ fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> (String, V
                 .collect()
         })
         .unwrap_or_default();
-    (status, answers)
+    let server = text
+        .split(";; SERVER: ")
+        .nth(1)
+        .and_then(|s| s.split('(').next())
+        .map(str::to_string);
+    Dig {
+        status,
+        ips,
+        server,
+        text,
+    }
+}
+
+/// `dig` in `ns` that must get an answer: (status, answer addresses).
+fn dig(ns: &Netns, server: &str, port: u16, name: &str, tcp: bool) -> (String, Vec<String>) {
+    let d = dig_at(ns, server, port, name, tcp);
+    let status = d
+        .status
+        .unwrap_or_else(|| panic!("dig {name}: no status in {}", d.text));
+    (status, d.ips)
 }
 
 fn cnp(egress: &str) -> String {
@@ -253,22 +286,52 @@ fn proxy_with_dig() {
     proxy_thread.join().unwrap();
 }
 
+/// The agent (extra `flags`) with the pod `default/client` under the CNP `egress`, the DNS server
+/// (TTL 1 s) at [`SERVER`] and web servers on port 8080 at [`ALLOWED_IP`] and [`DENIED_IP`], all
+/// in the world namespace.
+fn fqdn_node(tag: &str, egress: &str, flags: &[&str]) -> (PolicyNode, DnsServer) {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\n";
+    let files = vec![
+        ("pod.yaml".to_string(), pod.to_string()),
+        ("cnp.yaml".to_string(), cnp(egress)),
+    ];
+    let mut bed = PolicyNode::new(tag, &files, flags);
+    bed.add_pod("default/client");
+    for ip in [SERVER, ALLOWED_IP, DENIED_IP] {
+        bed.world_address(ip.parse().unwrap());
+    }
+    let dns = DnsServer::start(
+        bed.world.as_ref().unwrap(),
+        format!("{SERVER}:53").parse().unwrap(),
+        zone(1),
+    );
+    for ip in [ALLOWED_IP, DENIED_IP] {
+        bed.serve("world", "web", format!("{ip}:8080").parse().unwrap());
+    }
+    (bed, dns)
+}
+
+/// A TCP probe of `ip:8080` from the client pod: Ok(answering id).
+fn web(bed: &PolicyNode, ip: &str) -> Result<String, String> {
+    probe(
+        &bed.pods["default/client"].ns.path(),
+        format!("{ip}:8080").parse().unwrap(),
+        false,
+        Duration::from_millis(700),
+    )
+}
+
 #[test]
 fn to_fqdns_on_real_packets() {
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\n";
     let proxy_port = 10053;
     let egress = format!(
         "{DNS_EGRESS}  - toEntities: [host]\n    toPorts: [{{ports: [{{port: \"{proxy_port}\", protocol: ANY}}]}}]\n"
     );
-    let files = vec![
-        ("pod.yaml".to_string(), pod.to_string()),
-        ("cnp.yaml".to_string(), cnp(&egress)),
-    ];
     let listen = format!("{NODE_IP}:{proxy_port}");
     let upstream = format!("{SERVER}:53");
-    let mut bed = PolicyNode::new(
+    let (bed, _dns) = fqdn_node(
         "fq",
-        &files,
+        &egress,
         &[
             "--dns-proxy-address",
             &listen,
@@ -278,27 +341,7 @@ fn to_fqdns_on_real_packets() {
             "2",
         ],
     );
-    bed.add_pod("default/client");
-    for ip in [SERVER, ALLOWED_IP, DENIED_IP] {
-        bed.world_address(ip.parse().unwrap());
-    }
-    let _dns = DnsServer::start(
-        bed.world.as_ref().unwrap(),
-        upstream.parse().unwrap(),
-        zone(1),
-    );
-    for ip in [ALLOWED_IP, DENIED_IP] {
-        bed.serve("world", "web", format!("{ip}:8080").parse().unwrap());
-    }
-    let pod_ns = bed.pods["default/client"].ns.path();
-    let web = |ip: &str| {
-        probe(
-            &pod_ns,
-            format!("{ip}:8080").parse().unwrap(),
-            false,
-            Duration::from_millis(700),
-        )
-    };
+    let web = |ip: &str| web(&bed, ip);
     let client = &bed.pods["default/client"].ns;
 
     assert!(web(ALLOWED_IP).is_err(), "reachable before any answer");
@@ -330,4 +373,167 @@ fn to_fqdns_on_real_packets() {
             - learnt.elapsed().min(Duration::from_secs(2)),
     );
     assert!(web(ALLOWED_IP).is_err(), "reachable after the TTL ran out");
+}
+
+/// The pod sends DNS to the server's own address; the endpoint program hands the UDP and TCP
+/// port-53 flows that its DNS rule covers to the agent's DNS proxy, which checks the names, asks
+/// the server the pod asked (no `--dns-proxy-upstream`), learns the answer and replies as that
+/// server: `allowed.example` answered from `192.0.2.53#53`, `denied.example` REFUSED without
+/// reaching the server, the allowed address reachable by its toFQDNs rule right after the answer,
+/// the refused name's address not, and the allowed one unreachable again after its TTL.
+///
+/// Kernel features: network namespaces, veth, tc BPF (the endpoint programs),
+/// `bpf_sk_lookup_udp` / `bpf_sk_lookup_tcp` + `bpf_sk_assign` at tc ingress (≥ 5.7),
+/// `IP_TRANSPARENT` + `IP_RECVORIGDSTADDR` UDP and TCP listeners with `SO_MARK`, a transparent
+/// UDP socket bound to a foreign address (the reply), fwmark policy routing with a `local` route.
+#[test]
+fn redirected_dns_with_dig() {
+    let (bed, server) = fqdn_node("fr", DNS_EGRESS, &["--tofqdns-min-ttl", "2"]);
+    let client = &bed.pods["default/client"].ns;
+    assert!(
+        web(&bed, ALLOWED_IP).is_err(),
+        "reachable before any answer"
+    );
+
+    let d = dig_at(client, SERVER, 53, "allowed.example", false);
+    assert_eq!(
+        (d.status.as_deref(), d.ips.as_slice()),
+        (Some("NOERROR"), [ALLOWED_IP.to_string()].as_slice()),
+        "{}\n{}",
+        d.text,
+        bed.agent.log()
+    );
+    // dig accepts an answer only from the address it asked.
+    assert_eq!(d.server.as_deref(), Some("192.0.2.53#53"));
+    assert_eq!(web(&bed, ALLOWED_IP).as_deref(), Ok("web"));
+
+    for tcp in [false, true] {
+        let d = dig_at(client, SERVER, 53, "denied.example", tcp);
+        assert_eq!(d.status.as_deref(), Some("REFUSED"), "{}", d.text);
+        assert!(d.ips.is_empty());
+    }
+    assert!(
+        web(&bed, DENIED_IP).is_err(),
+        "a refused name's address is reachable"
+    );
+
+    let d = dig_at(client, SERVER, 53, "allowed.example", true);
+    assert_eq!(
+        (d.status.as_deref(), d.ips.len(), d.server.as_deref()),
+        (Some("NOERROR"), 1, Some("192.0.2.53#53")),
+        "{}",
+        d.text
+    );
+    let learnt = Instant::now();
+    // The server was asked the allowed name twice (UDP, TCP) and never the refused one.
+    assert_eq!(server.asked(), ["allowed.example", "allowed.example"]);
+
+    // TTL 1 s floored to 2 s; the expiry task looks every 500 ms.
+    std::thread::sleep(
+        Duration::from_secs(2) + Duration::from_millis(800)
+            - learnt.elapsed().min(Duration::from_secs(2)),
+    );
+    assert!(
+        web(&bed, ALLOWED_IP).is_err(),
+        "reachable after the TTL ran out"
+    );
+}
+
+/// With the proxies off (`--l7-proxy false`), port-53 flows under a DNS rule find no listener and
+/// are dropped: no answer over UDP or TCP and nothing reaches the server, while a flow the policy
+/// allows without a proxy passes.
+///
+/// Kernel features: network namespaces, veth, tc BPF (the endpoint programs),
+/// `bpf_sk_lookup_udp` / `bpf_sk_lookup_tcp` at tc ingress.
+#[test]
+fn redirected_dns_fails_closed_without_proxy() {
+    let egress = format!(
+        "{DNS_EGRESS}  - toCIDR: [{DENIED_IP}/32]\n    toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}]}}]\n"
+    );
+    let (bed, server) = fqdn_node("fd", &egress, &["--l7-proxy", "false"]);
+    let client = &bed.pods["default/client"].ns;
+    assert_eq!(
+        web(&bed, DENIED_IP).as_deref(),
+        Ok("web"),
+        "{}",
+        bed.agent.log()
+    );
+    for tcp in [false, true] {
+        let d = dig_at(client, SERVER, 53, "allowed.example", tcp);
+        assert_eq!(d.status, None, "answered without the proxy: {}", d.text);
+    }
+    assert!(server.asked().is_empty(), "{:?}", server.asked());
+}
+
+/// IPv6, and the implicit DNS rule: a pod whose policy has `toFQDNs` and no DNS rule sends its
+/// query over IPv6 to the cluster's DNS pod (`k8s-app: kube-dns` in `kube-system`, the server run
+/// by the test in that pod); the endpoint program hands it to the DNS proxy's `[::1]` listeners,
+/// which forward it to that pod and answer as it, over UDP and TCP; the answer's address becomes
+/// reachable by the toFQDNs rule.
+///
+/// Kernel features: network namespaces, veth with IPv6, tc BPF (the endpoint programs),
+/// `bpf_sk_lookup_udp` / `bpf_sk_lookup_tcp` with IPv6 tuples + `bpf_sk_assign` at tc ingress,
+/// `IPV6_TRANSPARENT` + `IPV6_RECVORIGDSTADDR` listeners on `[::1]`, a transparent IPv6 UDP
+/// socket bound to a foreign address, the IPv6 fwmark rule and `local ::/0` route.
+#[test]
+fn implicit_dns_rule_over_ipv6() {
+    let files = vec![
+        (
+            "pods.yaml".to_string(),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}\n"
+                .to_string(),
+        ),
+        (
+            "cnp.yaml".to_string(),
+            cnp("  - toFQDNs: [{matchName: allowed.example}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n"),
+        ),
+    ];
+    let mut bed = PolicyNode::new("f6", &files, &["--pod-cidr", "fd00:250::/120"]);
+    // The node's IPv6 address: the source of the proxy's queries to the DNS pod.
+    bed.node
+        .run(&["ip", "addr", "add", "fd00:200::1/128", "dev", "lo"]);
+    bed.add_pod("default/client");
+    bed.add_pod("kube-system/coredns");
+    bed.world_address(ALLOWED_IP.parse().unwrap());
+    bed.serve(
+        "world",
+        "web",
+        format!("{ALLOWED_IP}:8080").parse().unwrap(),
+    );
+    bed.wait_ipv6_ready();
+    let dns_ip = *bed.pods["kube-system/coredns"]
+        .ips
+        .iter()
+        .find(|a| a.is_ipv6())
+        .expect("an IPv6 pod address");
+    let server = DnsServer::start(
+        &bed.pods["kube-system/coredns"].ns,
+        SocketAddr::new(dns_ip, 53),
+        zone(60),
+    );
+    let client = &bed.pods["default/client"].ns;
+    let dns = dns_ip.to_string();
+    assert!(
+        web(&bed, ALLOWED_IP).is_err(),
+        "reachable before any answer"
+    );
+    for tcp in [false, true] {
+        let d = dig_at(client, &dns, 53, "allowed.example", tcp);
+        assert_eq!(
+            (d.status.as_deref(), d.ips.as_slice()),
+            (Some("NOERROR"), [ALLOWED_IP.to_string()].as_slice()),
+            "{}\n{}",
+            d.text,
+            bed.agent.log()
+        );
+        assert_eq!(d.server, Some(format!("{dns}#53")));
+    }
+    assert_eq!(server.asked(), ["allowed.example", "allowed.example"]);
+    // The proxy learnt the answer: its toFQDNs rule lets the pod in.
+    assert_eq!(web(&bed, ALLOWED_IP).as_deref(), Ok("web"));
+    // The implicit rule allows every name; the server's own REFUSED comes back unchanged.
+    let d = dig_at(client, &dns, 53, "unknown.example", false);
+    assert_eq!(d.status.as_deref(), Some("REFUSED"), "{}", d.text);
+    assert_eq!(server.asked().len(), 3);
 }

@@ -357,3 +357,59 @@ fn proxy_down_fails_closed() {
         200
     );
 }
+
+/// HTTP rules over IPv6 (dual-stack pods, `curl -6`): the tiefighter's landing is answered by
+/// the deathstar through the proxy, its exhaust-port PUT answered 403 and never delivered, the
+/// xwing denied at L3/L4.
+///
+/// Kernel features (besides the file's): IPv6 on veth, `bpf_sk_lookup_tcp` with an IPv6 tuple
+/// and `bpf_sk_assign` of an IPv6 SYN at tc ingress, an `IPV6_TRANSPARENT` listener on `[::1]`,
+/// the IPv6 fwmark rule and `local ::/0` route of table 2005.
+#[test]
+fn http_over_ipv6() {
+    const NODE_IP6: &str = "fd00:200::1";
+    let mut node = PolicyNode::new(
+        "l7v6",
+        &files(&rule1("")),
+        &["--pod-cidr", "fd00:250::/120"],
+    );
+    // The node's own IPv6 address: the source of the proxy's upstream connections.
+    node.node
+        .run(&["ip", "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo"]);
+    for p in ["deathstar", "tiefighter", "xwing"] {
+        node.add_pod(&format!("default/{p}"));
+    }
+    let v6 = |pod: &str| -> IpAddr {
+        let ips = &node.pods[&format!("default/{pod}")].ips;
+        *ips.iter()
+            .find(|a| a.is_ipv6())
+            .unwrap_or_else(|| panic!("{pod} has no IPv6 address: {ips:?}"))
+    };
+    let deathstar = Deathstar::start(ns(&node, "deathstar"), SocketAddr::new(v6("deathstar"), 80));
+    let url = |path: &str| format!("http://[{}]{path}", v6("deathstar"));
+    let curl6 = |pod: &str, method: &str, path: &str| {
+        let (code, out) = curl(
+            ns(&node, pod),
+            &["-6", "-X", method, "-w", "\n%{http_code}", &url(path)],
+        );
+        (code, out)
+    };
+
+    node.wait_ipv6_ready();
+    let (code, out) = curl6("tiefighter", "POST", "/v1/request-landing");
+    assert_eq!(code, 0, "curl -6: {out}\n{}", node.agent.log());
+    assert_eq!(out, "Ship landed\n\n200");
+    let (code, out) = curl6("tiefighter", "PUT", "/v1/exhaust-port");
+    assert_eq!((code, out.as_str()), (0, "Access denied\n\n403"));
+    let (code, out) = curl6("xwing", "POST", "/v1/request-landing");
+    assert_ne!(code, 0, "xwing got through: {out}");
+
+    let seen = deathstar.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/v1/request-landing")
+    );
+    // The proxy's connection, from the node's address.
+    assert_eq!(seen[0].peer.ip(), NODE_IP6.parse::<IpAddr>().unwrap());
+}

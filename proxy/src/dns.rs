@@ -1,16 +1,19 @@
 //! The DNS proxy behind `toFQDNs` and DNS rules.
 //!
-//! It listens on UDP and TCP at one address. For each query it knows the source (the pod) and the
-//! original destination (the server the pod asked: from the transparent socket, or a configured
-//! upstream), asks the [`Policy`] whether the name may be asked, answers REFUSED if not, and else
+//! It listens on UDP and TCP at one address: an address pods send to ([`DnsProxy::bind`]), or the
+//! redirect's loopback listener that the endpoint programs hand port-53 flows to
+//! ([`DnsProxy::bind_redirect`]). For each query it knows the source (the pod) and the original
+//! destination (the server the pod asked: from the transparent socket, or a configured upstream),
+//! asks the [`Policy`] whether the name may be asked, answers REFUSED if not, and else
 //! forwards the query to the original destination. Before the answer goes back to the pod, the
 //! addresses it carries (following CNAMEs) are handed to [`Policy::learn`] and awaited: the
 //! datapath knows them before the pod can connect to them.
 mod message;
-mod socket;
+pub(crate) mod socket;
 
 pub use message::{Learnt, Question, canonical, learnt};
 
+use crate::listener::Family;
 use hickory_proto::op::ResponseCode;
 use message::BadQuery;
 use std::future::Future;
@@ -93,6 +96,29 @@ impl<P: Policy> DnsProxy<P> {
         })
     }
 
+    /// The proxy on the redirect's listeners of proxy port `port` (see [`crate::listener`]): every
+    /// query comes with the server the pod asked, which is where it goes (or to `upstream`), and
+    /// the UDP reply leaves from that server's address.
+    pub fn bind_redirect(
+        port: u16,
+        family: Family,
+        upstream: Option<SocketAddr>,
+        timeout: Duration,
+        policy: Arc<P>,
+    ) -> io::Result<DnsProxy<P>> {
+        Ok(DnsProxy {
+            cfg: Config {
+                listen: family.listen_addr(port),
+                upstream,
+                transparent: true,
+                timeout,
+            },
+            policy,
+            udp: Arc::new(crate::listener::udp(port, family)?),
+            tcp: crate::listener::tcp(port, family)?,
+        })
+    }
+
     /// The address both listeners are bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.cfg.listen
@@ -109,9 +135,11 @@ impl<P: Policy> DnsProxy<P> {
 
 type Shared<P> = Arc<(Config, Arc<P>)>;
 
-/// The server a query goes to.
-fn destination(cfg: &Config, orig_dst: Option<SocketAddr>) -> Option<SocketAddr> {
-    cfg.upstream.or(orig_dst)
+/// The server the pod asked (its policy is checked for that server) and the server the query goes
+/// to (`--dns-proxy-upstream` overrides it).
+fn servers(cfg: &Config, orig_dst: Option<SocketAddr>) -> Option<(SocketAddr, SocketAddr)> {
+    let asked = orig_dst.or(cfg.upstream)?;
+    Some((asked, cfg.upstream.unwrap_or(asked)))
 }
 
 async fn serve_udp<P: Policy>(sock: Arc<UdpSocket>, shared: Shared<P>) {
@@ -130,12 +158,12 @@ async fn serve_udp<P: Policy>(sock: Arc<UdpSocket>, shared: Shared<P>) {
         tokio::spawn(async move {
             let (cfg, policy) = &*shared;
             let orig = d.orig_dst.filter(|_| cfg.transparent);
-            let Some(dst) = destination(cfg, orig) else {
+            let Some((asked, to)) = servers(cfg, orig) else {
                 debug!("dns proxy: no destination for a query from {}", d.src);
                 return;
             };
-            let Some(reply) = handle(&bytes, d.src, dst, Transport::Udp, policy, |q| {
-                forward_udp(q, dst, cfg.timeout)
+            let Some(reply) = handle(&bytes, d.src, asked, Transport::Udp, policy, |q| {
+                forward_udp(q, to, cfg.timeout)
             })
             .await
             else {
@@ -204,15 +232,15 @@ async fn tcp_connection<P: Policy>(
     let (cfg, policy) = &**shared;
     let local = conn.local_addr()?;
     let orig = cfg.transparent.then_some(local);
-    let dst = destination(cfg, orig).ok_or_else(|| io::Error::other("no destination"))?;
+    let (asked, to) = servers(cfg, orig).ok_or_else(|| io::Error::other("no destination"))?;
     let upstream = tokio::sync::Mutex::new(None::<TcpStream>);
     while let Some(q) = tokio::time::timeout(cfg.timeout * 4, read_frame(&mut conn))
         .await
         .map_err(|_| io::Error::other("idle"))??
     {
-        let reply = handle(&q, src, dst, Transport::Tcp, policy, |q| async {
+        let reply = handle(&q, src, asked, Transport::Tcp, policy, |q| async {
             let mut up = upstream.lock().await;
-            forward_tcp(&mut up, q, dst, cfg.timeout).await
+            forward_tcp(&mut up, q, to, cfg.timeout).await
         })
         .await;
         match reply {
@@ -314,4 +342,35 @@ where
         policy.learn(&q, l).await;
     }
     Some(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(upstream: Option<&str>) -> Config {
+        Config {
+            listen: "127.0.0.1:15054".parse().unwrap(),
+            upstream: upstream.map(|u| u.parse().unwrap()),
+            transparent: true,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn checked_for_the_server_asked_sent_to_the_override() {
+        let orig: SocketAddr = "10.96.0.10:53".parse().unwrap();
+        let up: SocketAddr = "192.0.2.53:53".parse().unwrap();
+        // Redirected, no override: asked and sent to the original destination.
+        assert_eq!(servers(&cfg(None), Some(orig)), Some((orig, orig)));
+        // Redirected with --dns-proxy-upstream: checked for the server asked, sent to the override.
+        assert_eq!(
+            servers(&cfg(Some("192.0.2.53:53")), Some(orig)),
+            Some((orig, up))
+        );
+        // Sent to the proxy's address: the override is both.
+        assert_eq!(servers(&cfg(Some("192.0.2.53:53")), None), Some((up, up)));
+        // Neither: nowhere to send (the query is dropped).
+        assert_eq!(servers(&cfg(None), None), None);
+    }
 }

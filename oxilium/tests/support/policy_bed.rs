@@ -64,7 +64,10 @@ impl Drop for PluginDir {
 
 pub struct Pod {
     pub ns: Netns,
+    /// The first address the plugin gave.
     pub ip: IpAddr,
+    /// Every address (dual-stack with an IPv4 and an IPv6 `--pod-cidr`).
+    pub ips: Vec<IpAddr>,
 }
 
 pub struct PolicyNode {
@@ -153,16 +156,42 @@ impl PolicyNode {
             &self.conf(),
         );
         assert!(ok, "ADD {key}: {out}\n{}", self.agent.log());
-        let ip: IpAddr = out["ips"][0]["address"]
-            .as_str()
+        let ips: Vec<IpAddr> = out["ips"]
+            .as_array()
             .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        self.pods.insert(key.to_string(), Pod { ns, ip });
+            .iter()
+            .map(|a| {
+                let a = a["address"].as_str().unwrap();
+                a.split('/').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        let ip = ips[0];
+        self.pods.insert(key.to_string(), Pod { ns, ip, ips });
         ip
+    }
+
+    /// Waits until no address of the node or a pod is tentative: the link-local addresses of new
+    /// veths go through IPv6 duplicate address detection (about 2 s), and IPv6 traffic between a
+    /// pod and the node does not flow before it is done.
+    pub fn wait_ipv6_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for ns in std::iter::once(&self.node).chain(self.pods.values().map(|p| &p.ns)) {
+            loop {
+                let out = ns
+                    .command(&["ip", "-6", "addr", "show", "tentative"])
+                    .output()
+                    .unwrap();
+                if out.stdout.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "IPv6 addresses still tentative after 10 s in {}",
+                    ns.path()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
     }
 
     /// DEL of pod `key`.

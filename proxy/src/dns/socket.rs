@@ -27,7 +27,8 @@ fn set_transparent(s: &Socket, v6: bool) -> io::Result<()> {
     }
 }
 
-fn setsockopt_int(s: &Socket, level: i32, opt: i32) -> io::Result<()> {
+/// Sets an integer socket option to 1.
+pub(crate) fn setsockopt_int(s: &Socket, level: i32, opt: i32) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: a valid socket and a c_int option value of the right size.
     let r = unsafe {

@@ -261,9 +261,15 @@ pub async fn start(
     });
     let log: proxy::http::AccessLog = Arc::new(move |a: Access| hub.publish(record(&a)));
     for (port, dir) in [(ports.0, Direction::Ingress), (ports.1, Direction::Egress)] {
-        let l = proxy::listener::tcp(port)
-            .with_context(|| format!("the HTTP {dir:?} proxy's listener on port {port}"))?;
-        tokio::spawn(proxy::http::serve(l, dir, policy.clone(), log.clone()));
+        for family in proxy::listener::Family::BOTH {
+            let what = format!("the HTTP {dir:?} proxy's listener on port {port} ({family:?})");
+            match proxy::listener::tcp(port, family) {
+                Ok(l) => {
+                    tokio::spawn(proxy::http::serve(l, dir, policy.clone(), log.clone()));
+                }
+                Err(e) => family_failed(family, &what, e)?,
+            }
+        }
     }
     info!(
         ingress = ports.0,
@@ -271,6 +277,18 @@ pub async fn start(
         "HTTP proxies listening"
     );
     Ok(())
+}
+
+/// A redirect listener could not be bound: an error for IPv4; for IPv6 (a node without IPv6) a
+/// warning, the family's redirected flows finding no listener are dropped.
+pub fn family_failed(family: proxy::listener::Family, what: &str, e: std::io::Error) -> Result<()> {
+    match family {
+        proxy::listener::Family::V4 => Err(anyhow::Error::new(e).context(what.to_string())),
+        proxy::listener::Family::V6 => {
+            tracing::warn!("{what}: {e}; redirected IPv6 flows will be dropped");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -280,13 +280,20 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     };
     let cni = endpoints::CniFlags::start(args).await?;
     if let Some(c) = &cni {
-        let (l7, ports) = {
+        let (l7, ports, dns) = {
             let a = c.lock().await;
-            (a.policy.l7.clone(), a.policy.http_proxy_ports())
+            (
+                a.policy.l7.clone(),
+                a.policy.http_proxy_ports(),
+                a.policy.dns_redirect(),
+            )
         };
         if let Some(ports) = ports {
             let hub = state.lock().unwrap().events.clone();
             l7::start(&args.pin_dir, ports, l7, hub).await?;
+        }
+        if let Some((port, flags)) = dns {
+            policy::dns::start_redirect(c.clone(), port, &flags)?;
         }
     }
     let mut st = state.lock().unwrap();

@@ -1,8 +1,10 @@
-//! The DNS proxy in the agent (`--dns-proxy-address`): the `proxy` crate's listener with the node's
-//! policy behind it. A query is checked against the sending endpoint's DNS rules
-//! (`Engine::dns_verdict`); an answer's addresses are learnt by the engine, and the policy maps and
-//! the ipcache entries they change are written before the proxy releases the answer. Expired
-//! addresses are forgotten by a task that looks twice a second.
+//! The DNS proxy in the agent: the `proxy` crate's DNS proxy with the node's policy behind it, on
+//! the redirect's listeners (the engine's DNS proxy port on `127.0.0.1` and `[::1]`, where the
+//! endpoint programs hand the port-53 flows that DNS rules redirect; with `--l7-proxy`) and, with
+//! `--dns-proxy-address`, on an address pods send to. A query is checked against the sending
+//! endpoint's DNS rules (`Engine::dns_verdict`); an answer's addresses are learnt by the engine,
+//! and the policy maps and the ipcache entries they change are written before the proxy releases
+//! the answer. Expired addresses are forgotten by a task that looks twice a second.
 use super::PolicyAgent;
 use crate::agent::node::endpoints::SharedCni;
 use anyhow::{Context, Result};
@@ -22,11 +24,13 @@ pub struct DnsFlags {
     /// against their DNS rules and the answers feed toFQDNs.
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_proxy_address: Option<SocketAddr>,
-    /// --dns-proxy-address: send every query to this server instead of the query's original
-    /// destination (which needs the datapath's transparent redirect).
-    #[arg(long, value_name = "ADDR:PORT", requires = "dns_proxy_address")]
+    /// Send every query to this server instead of the server the pod asked (its original
+    /// destination; the pod's DNS rules are still checked for the server it asked). Needed by
+    /// `--dns-proxy-address` when pods send to that address (their queries carry no other
+    /// destination).
+    #[arg(long, value_name = "ADDR:PORT")]
     pub dns_proxy_upstream: Option<SocketAddr>,
-    /// --dns-proxy-address: how long to wait for the server's answer (milliseconds).
+    /// The DNS proxy: how long to wait for the server's answer (milliseconds).
     #[arg(long, default_value_t = 2000)]
     pub dns_proxy_timeout_ms: u64,
     /// Addresses learnt from DNS answers stay allowed at least this long (seconds); shorter TTLs
@@ -117,8 +121,37 @@ impl PolicyAgent {
     }
 }
 
-/// Starts the proxy (when configured) and the expiry task.
+/// Starts the proxy on the redirect's listeners of proxy port `port` (IPv4 and IPv6): the
+/// endpoint programs hand it the port-53 flows DNS rules redirect. Fails when a listener cannot
+/// be bound (redirected DNS is then dropped).
+pub fn start_redirect(cni: SharedCni, port: u16, flags: &DnsFlags) -> Result<()> {
+    let policy = Arc::new(NodeDns { cni });
+    for family in proxy::listener::Family::BOTH {
+        match DnsProxy::bind_redirect(
+            port,
+            family,
+            flags.dns_proxy_upstream,
+            Duration::from_millis(flags.dns_proxy_timeout_ms),
+            policy.clone(),
+        ) {
+            Ok(p) => {
+                tokio::spawn(p.run());
+            }
+            Err(e) => crate::agent::node::l7::family_failed(
+                family,
+                &format!("the DNS proxy's redirect listeners on port {port} ({family:?})"),
+                e,
+            )?,
+        }
+    }
+    info!(port, upstream = ?flags.dns_proxy_upstream, "DNS proxy listening for redirected flows");
+    Ok(())
+}
+
+/// Starts the expiry task and, with `--dns-proxy-address`, the proxy there (transparent without
+/// `--dns-proxy-upstream`: for flows handed over by a TPROXY rule).
 pub fn spawn(cni: SharedCni, flags: &DnsFlags) -> Result<()> {
+    spawn_expiry(cni.clone());
     let Some(listen) = flags.dns_proxy_address else {
         return Ok(());
     };
@@ -132,6 +165,11 @@ pub fn spawn(cni: SharedCni, flags: &DnsFlags) -> Result<()> {
         .with_context(|| format!("--dns-proxy-address {listen}"))?;
     info!(address = %p.local_addr(), upstream = ?flags.dns_proxy_upstream, "DNS proxy listening");
     tokio::spawn(p.run());
+    Ok(())
+}
+
+/// Forgets expired addresses, twice a second.
+fn spawn_expiry(cni: SharedCni) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -142,5 +180,4 @@ pub fn spawn(cni: SharedCni, flags: &DnsFlags) -> Result<()> {
             }
         }
     });
-    Ok(())
 }

@@ -516,6 +516,14 @@ impl PolicyAgent {
             .then_some((p.http_ingress, p.http_egress))
     }
 
+    /// The proxy port of DNS rules (egress) and the DNS flags, for the DNS proxy's redirect
+    /// listeners; None when the proxies are off (`--l7-proxy false`).
+    pub fn dns_redirect(&self) -> Option<(u16, dns::DnsFlags)> {
+        self.flags
+            .l7_proxy
+            .then(|| (self.engine.cfg.proxy.dns_egress, self.flags.dns.clone()))
+    }
+
     /// [`PolicyAgent::reload`], the error kept for `status` and `policy get`.
     pub fn reload_reporting(&mut self) -> Result<()> {
         let r = self.reload();
