@@ -20,6 +20,7 @@ pub use flags::{FlagError, KubeFlags};
 use crate::cluster::Cluster;
 use crate::convert;
 use crate::frontend::ObjectKey;
+use crate::manifests::Origin;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -220,22 +221,22 @@ fn watch<K: Kind>(
         .reflect(writer)
 }
 
-/// How each resource feeds the store.
-trait Kind:
+/// How each resource feeds the store (also the manifests folder's, see [`crate::folder_source`]).
+pub(crate) trait Kind:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const NAME: &'static str;
     fn key(&self) -> ObjectKey {
         convert::key_of(self.meta())
     }
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes);
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>);
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes);
 }
 
 impl Kind for Service {
     const NAME: &'static str = "Service";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.services.insert(c.apply_service(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.services.insert(c.apply_service(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         c.delete_service(key);
@@ -245,8 +246,8 @@ impl Kind for Service {
 
 impl Kind for EndpointSlice {
     const NAME: &'static str = "EndpointSlice";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.services.extend(c.apply_endpoint_slice(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.services.extend(c.apply_endpoint_slice(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         ch.services.extend(c.delete_endpoint_slice(key));
@@ -261,7 +262,7 @@ impl Kind for Node {
     }
     /// Reported only when what the compile reads (addresses, zone) changed, not on every
     /// status heartbeat.
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, _: Option<&Origin>) {
         let name = self.name_any();
         let before = c.node(&name).cloned();
         c.apply_node(self);
@@ -279,8 +280,8 @@ impl Kind for Node {
 
 impl Kind for Pod {
     const NAME: &'static str = "Pod";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.host_ports.extend(c.apply_pod(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.host_ports.extend(c.apply_pod(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         ch.host_ports.extend(c.delete_pod(key));
@@ -313,7 +314,7 @@ impl<K: Kind> Tracker<K> {
             return; // the same version again (a relist of an unchanged object)
         }
         self.versions.insert(key, rv);
-        obj.apply(c, ch);
+        obj.apply(c, ch, None);
     }
 
     fn delete(&mut self, key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
