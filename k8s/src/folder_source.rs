@@ -79,6 +79,11 @@ pub struct FolderSource {
     files: BTreeMap<PathBuf, FileRecord>,
     /// In how many files each object is defined (more than one: a duplicate across files).
     defined: HashMap<Id, u32>,
+    /// Files whose last read was refused: read again with every change until one is applied
+    /// (as a whole read would, nothing else is applied while a file is refused).
+    refused: BTreeSet<PathBuf>,
+    /// The last walk failed (a dangling link): the next change walks again.
+    must_scan: bool,
 }
 
 /// One file read and typed, not yet applied.
@@ -96,6 +101,8 @@ impl FolderSource {
             cluster: Cluster::new(),
             files: BTreeMap::new(),
             defined: HashMap::new(),
+            refused: BTreeSet::new(),
+            must_scan: false,
         };
         let mut ignored = Changes::default();
         let mut seen = HashMap::new();
@@ -112,6 +119,11 @@ impl FolderSource {
         &self.cluster
     }
 
+    /// The notes about the input as a whole: rejected objects and duplicates, in path order.
+    pub fn notes(&self) -> &[Note] {
+        &self.cluster.notes
+    }
+
     /// How many files were read.
     pub fn file_count(&self) -> usize {
         self.files.len()
@@ -120,19 +132,44 @@ impl FolderSource {
     /// Applies what changed since the last read or update; `None` when no file read differs.
     /// On error nothing was applied.
     pub fn update(&mut self, hint: &Hint) -> Result<Option<Update>, SourceError> {
-        let (changed, removed) = match hint {
-            Hint::Paths(p) => match self.targeted(p) {
-                Some(found) => found,
-                None => self.scan()?,
-            },
-            Hint::Rescan => self.scan()?,
+        let targeted = match hint {
+            Hint::Paths(p) if !self.must_scan => self.targeted(p),
+            _ => None,
         };
+        let (mut changed, mut removed) = match targeted {
+            Some(found) => found,
+            None => {
+                self.must_scan = true;
+                let found = self.scan()?;
+                self.must_scan = false;
+                found
+            }
+        };
+        for p in std::mem::take(&mut self.refused) {
+            if changed.contains(&p) || removed.contains(&p) {
+                continue;
+            }
+            match stamp_of(&p) {
+                Some(_) => changed.push(p),
+                None if self.files.contains_key(&p) => removed.push(p),
+                None => {}
+            }
+        }
         if changed.is_empty() && removed.is_empty() {
             return Ok(None);
         }
         let mut parsed = Vec::with_capacity(changed.len());
-        for path in changed {
-            parsed.push(parse(path)?);
+        for (i, path) in changed.iter().enumerate() {
+            match parse(path.clone()) {
+                Ok(p) => parsed.push(p),
+                Err(e) => {
+                    // This file and the others of the change are looked at again next time.
+                    self.refused.extend(changed[i..].iter().cloned());
+                    self.refused.extend(parsed.into_iter().map(|p| p.path));
+                    self.refused.extend(removed);
+                    return Err(e);
+                }
+            }
         }
         let mut up = Update {
             read: parsed.len(),
@@ -140,7 +177,10 @@ impl FolderSource {
             ..Default::default()
         };
         if self.touches_duplicates(&parsed, &removed) {
-            *self = FolderSource::read(&self.dir)?;
+            *self = FolderSource::read(&self.dir).inspect_err(|_| {
+                self.refused.extend(parsed.iter().map(|p| p.path.clone()));
+                self.refused.extend(removed.iter().cloned());
+            })?;
             up.whole = true;
             return Ok(Some(up));
         }

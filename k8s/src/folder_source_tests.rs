@@ -166,14 +166,33 @@ fn a_bad_edit_is_refused_whole_with_file_and_field_and_nothing_applied() {
         ["10.1.0.1"],
         "the good file is not applied either"
     );
-    // Fixed: both files are read again (the refused change was not recorded).
+    // While the file is bad, another change is refused with the same error, as a whole read.
+    t.write("eps/c.yaml", &eps("c", &["10.1.0.8"]));
+    let again = s
+        .update(&paths(&t, &["eps/c.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, e);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.3"]);
+    // Fixed: the refused files are read again with the fix.
     t.write("svc/b.yaml", &svc("b", "10.96.0.2"));
-    let up = s
-        .update(&paths(&t, &["svc/b.yaml", "eps/a.yaml"]))
-        .unwrap()
-        .unwrap();
-    assert_eq!(up.read, 2);
+    let up = s.update(&paths(&t, &["svc/b.yaml"])).unwrap().unwrap();
+    assert_eq!(up.read, 3);
     assert_eq!(endpoints_of(&s, "a"), ["10.1.0.7"]);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.8"]);
+    // A dangling link refuses the change (a walk names it) until it is gone.
+    std::os::unix::fs::symlink(t.0.join("none.yaml"), t.0.join("dangling.yaml")).unwrap();
+    let e = s
+        .update(&paths(&t, &["dangling.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dangling.yaml"), "{e}");
+    t.write("eps/a.yaml", &eps("a", &["10.1.0.6"]));
+    assert!(s.update(&paths(&t, &["eps/a.yaml"])).is_err());
+    std::fs::remove_file(t.0.join("dangling.yaml")).unwrap();
+    let up = s.update(&paths(&t, &["dangling.yaml"])).unwrap().unwrap();
+    assert_eq!(up.read, 1);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.6"]);
     // An unknown field rejects that object only, with a note naming file and field.
     t.write(
         "svc/c.yaml",
