@@ -100,6 +100,7 @@ pub(super) async fn run(args: &crate::agent::AgentArgs, dir: &Path, state: &Shar
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         if let Some(h) = hint.take() {
+            let started = Instant::now();
             match folder.update(dir, &h) {
                 Ok(None) => {}
                 Ok(Some(view)) => {
@@ -107,6 +108,9 @@ pub(super) async fn run(args: &crate::agent::AgentArgs, dir: &Path, state: &Shar
                     if state.lock().unwrap().last_error.is_some() {
                         folder.invalidate();
                     }
+                    // From the end of the burst to the datapath written (ci/bench-restart reads it).
+                    let us = started.elapsed().as_micros() as u64;
+                    info!(elapsed_us = us, "manifests change handled");
                 }
                 // Refused before anything was written.
                 Err(e) => follower.apply(state, Err(e), "manifests").await,
