@@ -77,8 +77,10 @@ pub struct FolderSource {
     dir: PathBuf,
     cluster: Cluster,
     files: BTreeMap<PathBuf, FileRecord>,
-    /// In how many files each object is defined (more than one: a duplicate across files).
-    defined: HashMap<Id, u32>,
+    /// The objects defined in more than one file, and in how many (the others are in one).
+    dups: HashMap<Id, u32>,
+    /// The Pods defined (the store keeps only those with host ports).
+    pods: HashSet<ObjectKey>,
     /// Files whose last read was refused: read again with every change until one is applied
     /// (as a whole read would, nothing else is applied while a file is refused).
     refused: BTreeSet<PathBuf>,
@@ -100,7 +102,8 @@ impl FolderSource {
             dir: dir.to_path_buf(),
             cluster: Cluster::new(),
             files: BTreeMap::new(),
-            defined: HashMap::new(),
+            dups: HashMap::new(),
+            pods: HashSet::new(),
             refused: BTreeSet::new(),
             must_scan: false,
         };
@@ -277,25 +280,22 @@ impl FolderSource {
 
     /// Whether the change touches an object defined, before or after it, in more than one file.
     fn touches_duplicates(&self, parsed: &[Parsed], removed: &[PathBuf]) -> bool {
-        let mut count: HashMap<Id, i64> = HashMap::new();
-        let olds = parsed.iter().map(|p| &p.path).chain(removed);
-        for path in olds {
+        let mut old: HashSet<&Id> = HashSet::new();
+        for path in parsed.iter().map(|p| &p.path).chain(removed) {
             for id in self.files.get(path).map(|r| &r.objects[..]).unwrap_or(&[]) {
-                if self.defined.get(id).copied().unwrap_or(0) > 1 {
+                if self.dups.contains_key(id) {
                     return true;
                 }
-                *count
-                    .entry(id.clone())
-                    .or_insert_with(|| self.defined[id] as i64) -= 1;
+                old.insert(id);
             }
         }
+        let mut new: HashSet<Id> = HashSet::new();
         for p in parsed {
-            for id in ids_of(&p.manifests) {
-                let n = count
-                    .entry(id.clone())
-                    .or_insert_with(|| self.defined.get(&id).copied().unwrap_or(0) as i64);
-                *n += 1;
-                if *n > 1 {
+            // Each file's objects once (a file may define one twice: the later wins, no walk).
+            let mine: HashSet<Id> = ids_of(&p.manifests).collect();
+            for id in mine {
+                if (!old.contains(&id) && exists(&self.cluster, &self.pods, &id)) || !new.insert(id)
+                {
                     return true;
                 }
             }
@@ -338,11 +338,8 @@ impl FolderSource {
                 Which::Node => Node::delete(&id.1, c, ch),
                 Which::Pod => Pod::delete(&id.1, c, ch),
             }
-            if let Some(n) = self.defined.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.defined.remove(&id);
-                }
+            if id.0 == Which::Pod {
+                self.pods.remove(&id.1);
             }
         }
     }
@@ -365,7 +362,8 @@ impl FolderSource {
         let seen = seen.unwrap_or(&mut local);
         let mut put = Put {
             rec: &mut rec,
-            defined: &mut self.defined,
+            dups: &mut self.dups,
+            pods: &mut self.pods,
             seen,
             mine: HashSet::new(),
             cluster: &mut self.cluster,
@@ -391,7 +389,8 @@ impl FolderSource {
 /// One file's objects going into the store.
 struct Put<'a> {
     rec: &'a mut FileRecord,
-    defined: &'a mut HashMap<Id, u32>,
+    dups: &'a mut HashMap<Id, u32>,
+    pods: &'a mut HashSet<ObjectKey>,
     /// Where each object was first defined (this file's, or the whole read's so far).
     seen: &'a mut HashMap<Id, String>,
     /// The objects of this file so far.
@@ -415,7 +414,12 @@ impl Put<'_> {
                 self.seen.insert(id.clone(), o.to_string());
             }
             if self.mine.insert(id.clone()) {
-                *self.defined.entry(id.clone()).or_default() += 1;
+                if exists(self.cluster, self.pods, &id) {
+                    *self.dups.entry(id.clone()).or_insert(1) += 1;
+                }
+                if which == Which::Pod {
+                    self.pods.insert(id.1.clone());
+                }
                 self.rec.objects.push(id);
             }
             obj.apply(self.cluster, self.ch, Some(o));
@@ -440,6 +444,16 @@ fn parse(path: PathBuf) -> Result<Parsed, SourceError> {
         stamp,
         manifests,
     })
+}
+
+/// Whether the store holds the object (a Pod: whether a file defines it).
+fn exists(c: &Cluster, pods: &HashSet<ObjectKey>, (which, key): &Id) -> bool {
+    match which {
+        Which::Service => c.services.contains_key(key),
+        Which::EndpointSlice => c.slices.contains_key(key),
+        Which::Node => c.node(&key.name).is_some(),
+        Which::Pod => pods.contains(key),
+    }
 }
 
 fn stamp_of(path: &Path) -> Option<FileStamp> {

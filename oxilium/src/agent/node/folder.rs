@@ -76,6 +76,17 @@ impl FolderFollow {
     }
 }
 
+/// Hands the heap memory freed by a whole read or compile (the parsed objects, the loaders' BTF)
+/// back to the kernel: glibc keeps freed memory in its arenas otherwise, and the agent's resident
+/// size would stay at its peak.
+pub(super) fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is handed over.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn log_notes(source: &FolderSource) {
     for n in source.notes() {
         warn!("{n}");
@@ -95,6 +106,7 @@ pub(super) async fn run(args: &crate::agent::AgentArgs, dir: &Path, state: &Shar
         None => FolderFollow::read(&args.node_args, dir)?,
     };
     follower.apply(state, Ok(view), "manifests").await;
+    return_freed_memory();
     let mut hint = Some(Hint::Rescan);
     let mut tick = tokio::time::interval(every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -104,7 +116,11 @@ pub(super) async fn run(args: &crate::agent::AgentArgs, dir: &Path, state: &Shar
             match folder.update(dir, &h) {
                 Ok(None) => {}
                 Ok(Some(view)) => {
+                    let whole = matches!(view.model, super::ModelUpdate::Whole(_));
                     follower.apply(state, Ok(view), "manifests").await;
+                    if whole {
+                        return_freed_memory();
+                    }
                     if state.lock().unwrap().last_error.is_some() {
                         folder.invalidate();
                     }

@@ -269,6 +269,7 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         apply_view(&mut st, v, device_addresses)?;
         st.first_view = folder.map(|f| (f, rest));
     }
+    folder::return_freed_memory();
     info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
 }
