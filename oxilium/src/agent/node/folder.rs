@@ -2,7 +2,8 @@
 //! followed per change through the same path as the API source: the files that changed are read
 //! again, the Services they touch recompiled ([`ClusterTracker::changed`]) and only the map
 //! entries that differ written (`Reconciler::apply_services`). A Node change, a HostPort pod, an
-//! object defined in two files, or the first change after a failed apply is compiled whole.
+//! object defined in two files, a change naming most Services, or the first change after a
+//! failed apply is compiled whole.
 use super::tracker::ClusterTracker;
 use super::{Follower, NodeArgs, NodeView, Shared};
 use crate::agent::watch::{Hint, Watch};
@@ -55,7 +56,11 @@ impl FolderFollow {
             log_notes(&self.source);
         }
         let cluster = self.source.cluster();
-        let view = match up.whole {
+        // A change naming most Services (a big file rewritten) is cheaper compiled whole than
+        // as a delta of every Service.
+        let most = up.changes.services.len() > 64
+            && up.changes.services.len() * 2 > cluster.service_keys().count();
+        let view = match up.whole || most {
             true => self.tracker.full(cluster)?,
             false => self.tracker.changed(cluster, &up.changes)?,
         };
