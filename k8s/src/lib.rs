@@ -11,6 +11,7 @@ pub mod api_source;
 pub mod cluster;
 pub mod convert;
 mod endpoint_selection;
+pub mod folder_source;
 pub mod frontend;
 pub mod manifests;
 pub mod output;

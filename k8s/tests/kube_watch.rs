@@ -39,7 +39,8 @@ fn slice(name: &str, svc: &str, port: Value, eps: &[(&str, &str)]) -> Value {
 }
 
 fn host_port_pod(name: &str, node: &str, ip: &str) -> Value {
-    json!({"metadata": {"name": name, "namespace": "default"},
+    json!({"metadata": {"name": name, "namespace": "default",
+                        "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
            "spec": {"nodeName": node, "containers": [{"name": "c",
                     "ports": [{"containerPort": 443, "hostPort": 8443}]}]},
            "status": {"phase": "Running", "podIP": ip}})
@@ -245,11 +246,16 @@ async fn initial_list_fills_the_store_and_syncs_once() {
         .unwrap();
     assert_eq!(watch.query["allowWatchBookmarks"], "true");
     assert!(watch.query["resourceVersion"].parse::<u64>().unwrap() >= 8);
-    // The reflector stores hold the objects, managedFields stripped.
-    let web = h.stores.services.state();
-    assert_eq!(web.len(), 2);
-    assert!(web.iter().all(|s| s.metadata.managed_fields.is_none()
-        || s.metadata.managed_fields.as_ref().unwrap().is_empty()));
+    // The Pods' reflector store holds the objects, managedFields stripped.
+    let pods = h.stores.pods.state();
+    assert_eq!(pods.len(), 1);
+    assert!(
+        pods[0]
+            .metadata
+            .managed_fields
+            .as_ref()
+            .is_none_or(|m| m.is_empty())
+    );
     h.finish();
 }
 
@@ -378,11 +384,11 @@ async fn gone_relists_and_converges() {
     }
     assert_eq!(h.api.count(Res::Pods, false), 1);
     let names: BTreeSet<String> = h
-        .stores
-        .services
-        .state()
-        .iter()
-        .map(|s| s.metadata.name.clone().unwrap())
+        .cluster
+        .read()
+        .unwrap()
+        .service_keys()
+        .map(|k| k.name.clone())
         .collect();
     assert_eq!(names, BTreeSet::from(["api".into(), "dns".into()]));
     // And the source keeps watching after the relist.

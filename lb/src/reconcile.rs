@@ -14,6 +14,7 @@ use abi::lb::{
     ServiceValue,
 };
 use anyhow::{Result, bail};
+use digest::TableDigest;
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -72,7 +73,7 @@ struct Realised {
     /// Backends that left the service and drain (see the module doc), by address.
     draining: BTreeMap<SocketAddr, (u32, Backend)>,
     /// None: unknown (a restart that could not read it) and rewritten on the next apply.
-    table: Option<Vec<u32>>,
+    table: Option<TableDigest>,
     /// None: off, or unknown (a restart that could not read it).
     affinity: Option<u32>,
 }
@@ -144,9 +145,12 @@ impl<D: Datapath> Reconciler<D> {
             *vip_users.entry(k.addr).or_default() += 1;
             // A table or timeout that cannot be read stays unknown and is rewritten.
             let table = if v.table_size > 0 {
-                dp.read_table(v.id).ok().flatten()
+                dp.read_table(v.id)
+                    .ok()
+                    .flatten()
+                    .map(|t| TableDigest::of(&t))
             } else {
-                Some(Vec::new())
+                Some(TableDigest::of(&[]))
             };
             services.insert(
                 k,
@@ -410,12 +414,18 @@ impl<D: Datapath> Reconciler<D> {
         }
         // 2. Selection table.
         let table: Vec<u32> = cs.table.iter().map(|&i| ids[i as usize]).collect();
-        if real.table.as_ref() != Some(&table) {
+        let digest = TableDigest::of(&table);
+        if real.table != Some(digest) {
             if !table.is_empty() {
-                self.dp.set_table(sid, real.table.as_deref(), &table)?;
+                // A table of the same size is patched in place: the old one is read back.
+                let old = match real.table {
+                    Some(d) if d.len == digest.len => self.dp.read_table(sid).ok().flatten(),
+                    _ => None,
+                };
+                self.dp.set_table(sid, old.as_deref(), &table)?;
             }
             ch.tables_written += 1;
-            real.table = Some(table);
+            real.table = Some(digest);
         }
         Ok(())
     }
@@ -431,7 +441,7 @@ impl<D: Datapath> Reconciler<D> {
         let ch = &mut pass.ch;
         let real = self.services.get_mut(key).expect("added by apply_backends");
         let sid = real.id;
-        let table_size = real.table.as_ref().map_or(0, |t| t.len() as u32);
+        let table_size = real.table.map_or(0, |t| t.len);
         // 3. Affinity timeout, then the service entry (whose flag turns affinity on).
         if real.affinity != cs.affinity_timeout_s {
             self.dp.set_affinity(sid, cs.affinity_timeout_s)?;
@@ -591,6 +601,7 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
+mod digest;
 mod memory;
 pub use memory::{MemoryDatapath, Snapshot};
 

@@ -20,11 +20,12 @@ pub use flags::{FlagError, KubeFlags};
 use crate::cluster::Cluster;
 use crate::convert;
 use crate::frontend::ObjectKey;
+use crate::manifests::Origin;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -105,12 +106,12 @@ pub fn pod_annotations(
         .map(|p| p.metadata.annotations.clone().unwrap_or_default())
 }
 
-/// Read handles on the reflector stores (the objects as last seen, managedFields stripped).
+/// Read handles on the reflector stores (the objects as last seen, managedFields stripped): the
+/// Pods only (their labels and annotations go with the CNI's endpoints). Services,
+/// EndpointSlices and Nodes are kept only as the [`Cluster`] holds them (what the compile reads),
+/// not whole a second time.
 #[derive(Clone)]
 pub struct Stores {
-    pub services: Store<Service>,
-    pub endpoint_slices: Store<EndpointSlice>,
-    pub nodes: Store<Node>,
     pub pods: Store<Pod>,
 }
 
@@ -139,33 +140,26 @@ impl KubeSource {
             Some(node) => config.clone().fields(&format!("spec.nodeName={node}")),
             None => config.clone(),
         };
-        let (services, w_services) = reflector::store();
-        let (endpoint_slices, w_slices) = reflector::store();
-        let (nodes, w_nodes) = reflector::store();
         let (pods, w_pods) = reflector::store();
         let streams = futures::stream::select_all([
-            watch(Api::all(client.clone()), config.clone(), w_services)
+            follow(Api::all(client.clone()), config.clone())
                 .map(|e| Update::Service(Box::new(e)))
                 .boxed(),
-            watch(Api::all(client.clone()), config.clone(), w_slices)
+            follow(Api::all(client.clone()), config.clone())
                 .map(|e| Update::Slice(Box::new(e)))
                 .boxed(),
-            watch(Api::all(client.clone()), config, w_nodes)
+            follow(Api::all(client.clone()), config)
                 .map(|e| Update::Node(Box::new(e)))
                 .boxed(),
-            watch(Api::all(client), pod_config, w_pods)
+            follow(Api::all(client), pod_config)
+                .reflect(w_pods)
                 .map(|e| Update::Pod(Box::new(e)))
                 .boxed(),
         ]);
         KubeSource {
             cluster,
             streams,
-            stores: Stores {
-                services,
-                endpoint_slices,
-                nodes,
-                pods,
-            },
+            stores: Stores { pods },
         }
     }
 
@@ -209,33 +203,33 @@ impl KubeSource {
     }
 }
 
-fn watch<K: Kind>(
+/// The watcher of one resource, managedFields stripped (each object is dropped once the store
+/// took what it needs, see [`Kind::apply`]).
+fn follow<K: Kind>(
     api: Api<K>,
     config: watcher::Config,
-    writer: Writer<K>,
 ) -> impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static {
     watch_stream(api, config)
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer)
 }
 
-/// How each resource feeds the store.
-trait Kind:
+/// How each resource feeds the store (also the manifests folder's, see [`crate::folder_source`]).
+pub(crate) trait Kind:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const NAME: &'static str;
     fn key(&self) -> ObjectKey {
         convert::key_of(self.meta())
     }
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes);
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>);
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes);
 }
 
 impl Kind for Service {
     const NAME: &'static str = "Service";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.services.insert(c.apply_service(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.services.insert(c.apply_service(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         c.delete_service(key);
@@ -245,8 +239,8 @@ impl Kind for Service {
 
 impl Kind for EndpointSlice {
     const NAME: &'static str = "EndpointSlice";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.services.extend(c.apply_endpoint_slice(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.services.extend(c.apply_endpoint_slice(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         ch.services.extend(c.delete_endpoint_slice(key));
@@ -261,7 +255,7 @@ impl Kind for Node {
     }
     /// Reported only when what the compile reads (addresses, zone) changed, not on every
     /// status heartbeat.
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, _: Option<&Origin>) {
         let name = self.name_any();
         let before = c.node(&name).cloned();
         c.apply_node(self);
@@ -279,8 +273,8 @@ impl Kind for Node {
 
 impl Kind for Pod {
     const NAME: &'static str = "Pod";
-    fn apply(&self, c: &mut Cluster, ch: &mut Changes) {
-        ch.host_ports.extend(c.apply_pod(self, None));
+    fn apply(&self, c: &mut Cluster, ch: &mut Changes, origin: Option<&Origin>) {
+        ch.host_ports.extend(c.apply_pod(self, origin));
     }
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         ch.host_ports.extend(c.delete_pod(key));
@@ -313,7 +307,7 @@ impl<K: Kind> Tracker<K> {
             return; // the same version again (a relist of an unchanged object)
         }
         self.versions.insert(key, rv);
-        obj.apply(c, ch);
+        obj.apply(c, ch, None);
     }
 
     fn delete(&mut self, key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {

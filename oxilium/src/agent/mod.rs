@@ -119,9 +119,9 @@ pub struct State {
     pod_devices: Option<node::pod_devices::PodDevices>,
     /// `--cni`: the plugin's agent side (IPAM, endpoints).
     pub cni: Option<node::endpoints::SharedCni>,
-    /// The manifests folder's first view (its stamp, and the view less its model, which `start`
-    /// applied): `run` takes it instead of compiling the folder again.
-    pub(crate) first_view: Option<(watch::Stamp, node::NodeView)>,
+    /// The manifests folder as `start` read it, and its first view less the model (which `start`
+    /// applied): `run` follows the folder from there instead of reading it again.
+    pub(crate) first_view: Option<(node::folder::FolderFollow, node::NodeView)>,
     /// Datapath events: the ring's drain and its subscribers (crate::events).
     pub events: Arc<crate::events::Hub>,
 }

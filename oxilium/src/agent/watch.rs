@@ -18,6 +18,7 @@
 //! symlinks followed) before and after, so that a burst from an editor's swap file or a `touch` of an
 //! unrelated file reloads nothing.
 use anyhow::{Context, Result};
+pub use k8s::folder_source::Hint;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::ffi::{OsStr, OsString};
@@ -34,7 +35,8 @@ pub const MAX_WAIT: u32 = 4;
 
 pub struct Watch {
     watcher: Box<dyn Watcher + Send>,
-    events: mpsc::UnboundedReceiver<()>,
+    /// The paths each relevant event named; None: look at everything (an error, an overflow).
+    events: mpsc::UnboundedReceiver<Option<Vec<PathBuf>>>,
     debounce: Duration,
     /// The folder holding the watch, its device and inode when last watched (None: missing).
     folder: PathBuf,
@@ -42,6 +44,8 @@ pub struct Watch {
     id: Option<(u64, u64)>,
     /// The burst being debounced: when its first and its last event came.
     burst: Option<(Instant, Instant)>,
+    /// What the burst's events named.
+    hint: Hint,
 }
 
 impl Watch {
@@ -95,47 +99,67 @@ impl Watch {
             folder,
             mode,
             burst: None,
+            hint: Hint::Paths(Default::default()),
         })
     }
 
-    /// Waits for a change: the end of a burst of events. Cancel-safe (a burst under way is kept
-    /// when the future is dropped, e.g. in a `select!`).
-    pub async fn changed(&mut self) {
+    /// Waits for a change: the end of a burst of events; returns the paths they named (or
+    /// [`Hint::Rescan`]). Cancel-safe (a burst under way is kept when the future is dropped,
+    /// e.g. in a `select!`).
+    pub async fn changed(&mut self) -> Hint {
         loop {
             match self.burst {
                 None if self.id.is_none() => {
                     // The folder was gone: look for it again every interval.
-                    if tokio::time::timeout(self.debounce, self.events.recv())
-                        .await
-                        .is_err()
-                    {
-                        if self.rewatch() {
-                            return;
+                    match tokio::time::timeout(self.debounce, self.events.recv()).await {
+                        Err(_) => {
+                            if self.rewatch() {
+                                return Hint::Rescan;
+                            }
+                            continue;
                         }
-                        continue;
+                        Ok(ev) => self.take(ev),
                     }
                     let now = Instant::now();
                     self.burst = Some((now, now));
                 }
                 None => {
-                    if self.events.recv().await.is_none() {
+                    let ev = self.events.recv().await;
+                    if ev.is_none() {
                         std::future::pending::<()>().await;
                     }
+                    self.take(ev);
                     let now = Instant::now();
                     self.burst = Some((now, now));
                 }
                 Some((first, last)) => {
                     let deadline = (last + self.debounce).min(first + self.debounce * MAX_WAIT);
                     match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                        Ok(Some(())) => self.burst = Some((first, Instant::now())),
+                        Ok(Some(ev)) => {
+                            self.take(Some(ev));
+                            self.burst = Some((first, Instant::now()));
+                        }
                         _ => {
                             self.burst = None;
-                            self.rewatch();
-                            return;
+                            let hint =
+                                std::mem::replace(&mut self.hint, Hint::Paths(Default::default()));
+                            return match self.rewatch() {
+                                true => Hint::Rescan,
+                                false => hint,
+                            };
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Adds an event's paths to the burst's.
+    fn take(&mut self, ev: Option<Option<Vec<PathBuf>>>) {
+        match (&mut self.hint, ev.flatten()) {
+            (Hint::Paths(set), Some(paths)) => set.extend(paths),
+            (h, None) => *h = Hint::Rescan,
+            (Hint::Rescan, Some(_)) => {}
         }
     }
 
@@ -161,9 +185,13 @@ impl Watch {
     }
 }
 
-type Started = (Box<dyn Watcher + Send>, mpsc::UnboundedReceiver<()>);
+type Started = (
+    Box<dyn Watcher + Send>,
+    mpsc::UnboundedReceiver<Option<Vec<PathBuf>>>,
+);
 
-/// A watcher on `folder` (inotify, or polling) that sends a unit for every relevant event.
+/// A watcher on `folder` (inotify, or polling) that sends the paths of every relevant event
+/// (None: an error or overflow, look at everything).
 fn start(
     poll: bool,
     folder: &Path,
@@ -175,7 +203,10 @@ fn start(
     let (root, name) = (folder.to_path_buf(), name.clone());
     let handler = move |ev: notify::Result<Event>| {
         if relevant(&ev, &root, name.as_deref()) {
-            let _ = tx.send(());
+            let _ = tx.send(match ev {
+                Ok(e) if !e.need_rescan() && !e.paths.is_empty() => Some(e.paths),
+                _ => None,
+            });
         }
     };
     let config = notify::Config::default();

@@ -134,3 +134,20 @@ async fn a_replaced_folder_is_watched_again() {
     t.write("m/n.yaml", &NODE.replace("name: a", "name: z"));
     assert!(changes_within(&mut w, QUIET).await);
 }
+
+/// A burst names the paths its events named (the manifests folder re-reads only those files).
+#[tokio::test]
+async fn a_burst_names_its_paths() {
+    let t = TempDir::new("paths");
+    t.write("a/n.yaml", NODE);
+    t.write("m.yaml", NODE);
+    let mut w = Watch::folder(&t.0, DEBOUNCE).unwrap();
+    t.write("a/n.yaml.tmp", NODE);
+    std::fs::rename(t.0.join("a/n.yaml.tmp"), t.0.join("a/n.yaml")).unwrap();
+    let hint = tokio::time::timeout(QUIET, w.changed()).await.unwrap();
+    let Hint::Paths(paths) = hint else {
+        panic!("{hint:?}")
+    };
+    assert!(paths.contains(&t.0.join("a/n.yaml")), "{paths:?}");
+    assert!(!paths.contains(&t.0.join("m.yaml")), "{paths:?}");
+}

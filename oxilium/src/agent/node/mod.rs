@@ -1,11 +1,11 @@
 //! `oxilium agent --role node`: the kube-proxy replacement on one node. The source is a folder of
 //! Kubernetes manifests (read by `k8s::manifests`, watched with inotify through [`super::watch`]:
-//! any change under it, subfolders included, is applied, debounced by `--watch-ms`) or the API
+//! any change under it, subfolders included, is applied per changed file, debounced by
+//! `--watch-ms`, see [`folder`]) or the API
 //! server; the datapath is the socket LB on a cgroup v2 (the root cgroup unless `--cgroup` says
 //! otherwise), which translates every frontend for traffic from inside the node and its pods. External frontends are also written (scope external); with `--device` the
 //! NodePort tc programs serve them on those devices (see [`nodeport`]), with this node's
 //! pods as local endpoints (see [`nodeport_endpoints`]) and the services' source ranges.
-use super::watch::{Stamp, Watch};
 use super::{Shared, apply_model};
 use crate::bpf::socklb::{self, SockLb};
 use anyhow::{Context, Result};
@@ -74,6 +74,7 @@ pub enum Acceleration {
 }
 
 pub mod endpoints;
+pub mod folder;
 mod health_node_ports;
 pub mod l7;
 pub mod nodeport;
@@ -136,28 +137,7 @@ impl NodeArgs {
         Ok((self.kube.options()?, self.kube.node_name()?))
     }
 
-    /// The model of this node from the manifests folder; notes about skipped objects are logged.
-    pub fn folder_model(&self, dir: &Path) -> Result<Model> {
-        match self.folder_view(dir)?.model {
-            ModelUpdate::Whole(m) => Ok(m),
-            ModelUpdate::Delta(_) => unreachable!("a folder is read whole"),
-        }
-    }
-
-    /// This node's view from the manifests folder; notes about skipped objects are logged.
-    pub fn folder_view(&self, dir: &Path) -> Result<NodeView> {
-        let (opts, node) = self.validate()?;
-        let (nf, nodes) = k8s::node_frontends_with_nodes(dir, &node, &opts)
-            .with_context(|| format!("--manifests {}", dir.display()))?;
-        for n in &nf.notes {
-            warn!("{n}");
-        }
-        let mut v = self.view(&nf, &node);
-        v.nodes = Some(nodes);
-        Ok(v)
-    }
-
-    /// Follows the API source's cluster store: whole, then per change.
+    /// Follows a source's cluster store: whole, then per change.
     fn cluster_tracker(&self) -> Result<tracker::ClusterTracker> {
         let (opts, node) = self.validate()?;
         Ok(tracker::ClusterTracker::new(
@@ -165,17 +145,6 @@ impl NodeArgs {
             opts,
             self.maglev_table_size,
         ))
-    }
-
-    fn view(&self, nf: &k8s::NodeFrontends, node: &str) -> NodeView {
-        NodeView {
-            model: ModelUpdate::Whole(model_of(&nf.frontends, self.maglev_table_size)),
-            local: local_endpoints(&nf.frontends, node),
-            internal_addresses: nf.node.internal_addresses.clone(),
-            health_checks: nf.health_checks.clone(),
-            pod_cidrs: Some(nf.node.pod_cidrs.clone()),
-            nodes: None,
-        }
     }
 
     /// The flags, checked before the kernel is touched. A manifests folder is compiled (once) by
@@ -213,10 +182,12 @@ fn node_port_range(r: &std::ops::RangeInclusive<u16>) -> lb::config::PortRange {
 /// takes the pod programs over from the state.
 pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     let na = &args.node_args;
-    // The folder is compiled once here; `run` reuses what it needs of this view unless the
-    // folder changed meanwhile (the stamp is taken before the read).
-    let (stamp, view) = match &na.manifests {
-        Some(dir) => (Some(Stamp::folder(dir)), Some(na.folder_view(dir)?)),
+    // The folder is read and compiled once here; `run` follows it from this read.
+    let (folder, view) = match &na.manifests {
+        Some(dir) => {
+            let (f, v) = folder::FolderFollow::read(na, dir)?;
+            (Some(f), Some(v))
+        }
         None => (None, None),
     };
     if let Some(NodeView {
@@ -304,8 +275,9 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     if let Some(v) = view {
         let rest = v.without_model();
         apply_view(&mut st, v, device_addresses)?;
-        st.first_view = stamp.map(|s| (s, rest));
+        st.first_view = folder.map(|f| (f, rest));
     }
+    folder::return_freed_memory();
     info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
 }
@@ -487,12 +459,12 @@ impl Follower {
     }
 }
 
-/// Follows the source: the manifests folder (re-read on any change) or the API server (compiled
+/// Follows the source: the manifests folder (its changed files read again) or the API server (compiled
 /// whole after the initial lists, then per change: see [`tracker`]). A model that fails to
 /// compile changes nothing and is reported in `status`.
 pub async fn run(args: &super::AgentArgs, state: &Shared) -> Result<()> {
     match args.node_args.manifests.clone() {
-        Some(dir) => run_folder(args, &dir, state).await,
+        Some(dir) => folder::run(args, &dir, state).await,
         None => run_api(args, state).await,
     }
 }
@@ -511,39 +483,6 @@ fn record(state: &Shared, result: Result<()>, what: &str) {
             st.last_error = Some(format!("{e:#}"));
         }
     }
-}
-
-async fn run_folder(args: &super::AgentArgs, dir: &Path, state: &Shared) -> Result<()> {
-    let mut follower = Follower::new(state);
-    // The first view's model was applied by `start`; its endpoints and health-check ports follow
-    // here, from the same compile when the folder is unchanged since (else from a fresh one).
-    // The watch is set before the stamp is taken: a change from now on is seen.
-    let every = Duration::from_millis(args.watch_ms.max(50));
-    let mut watch = Watch::folder(dir, every)?;
-    let mut last = Stamp::folder(dir);
-    let first = match state.lock().unwrap().first_view.take() {
-        Some((stamp, view)) if stamp == last => Ok(view),
-        _ => args.node_args.folder_view(dir),
-    };
-    follower.apply(state, first, "manifests").await;
-    let mut tick = tokio::time::interval(every);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = watch.changed() => {
-                // A burst that changed nothing read (an editor's swap file) applies nothing.
-                let now = Stamp::folder(dir);
-                if now != last {
-                    last = now;
-                    follower.apply(state, args.node_args.folder_view(dir), "manifests").await;
-                }
-            }
-            _ = tick.tick() => follower.tick(state).await,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
-    }
-    Ok(())
 }
 
 async fn run_api(args: &super::AgentArgs, state: &Shared) -> Result<()> {

@@ -1,0 +1,247 @@
+//! The manifests folder followed per file: edits, deletes, renames and refused edits.
+use super::*;
+use crate::manifests::tests::TempDir;
+
+fn svc(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+    )
+}
+
+fn eps(svc: &str, addrs: &[&str]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{addresses: [{a}]}}"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {svc}-1, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n",
+        list.join(", ")
+    )
+}
+
+const NODE: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n\
+    status: {addresses: [{type: InternalIP, address: 192.168.0.10}]}\n";
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("default", name)
+}
+
+fn paths(t: &TempDir, rel: &[&str]) -> Hint {
+    Hint::Paths(rel.iter().map(|r| t.0.join(r)).collect())
+}
+
+/// Endpoint addresses of Service `name` in the store.
+fn endpoints_of(s: &FolderSource, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .cluster()
+        .slices_of(&key(name))
+        .flat_map(|sl| sl.endpoints.iter())
+        .map(|e| e.address.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A folder of three Services, each in its own file with its slice in another, and the Node.
+fn folder() -> TempDir {
+    let t = TempDir::new("incr");
+    t.write("node.yaml", NODE);
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        t.write(
+            &format!("svc/{n}.yaml"),
+            &svc(n, &format!("10.96.0.{}", i + 1)),
+        );
+        t.write(
+            &format!("eps/{n}.yaml"),
+            &eps(n, &[&format!("10.1.0.{}", i + 1)]),
+        );
+    }
+    t
+}
+
+#[test]
+fn an_edit_reads_that_file_only_and_names_its_service() {
+    let t = folder();
+    let mut s = FolderSource::read(&t.0).unwrap();
+    assert_eq!(s.file_count(), 7);
+    t.write("eps/b.yaml", &eps("b", &["10.1.0.2", "10.1.0.9"]));
+    let up = s.update(&paths(&t, &["eps/b.yaml"])).unwrap().unwrap();
+    assert_eq!((up.read, up.removed, up.whole), (1, 0, false));
+    assert_eq!(up.changes.services, BTreeSet::from([key("b")]));
+    assert!(up.changes.nodes.is_empty());
+    assert_eq!(endpoints_of(&s, "b"), ["10.1.0.2", "10.1.0.9"]);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.1"]);
+    // The same paths again, nothing changed on disk: nothing to apply.
+    assert!(s.update(&paths(&t, &["eps/b.yaml"])).unwrap().is_none());
+    // A walk finds the same file changed as the targeted path does.
+    t.write("eps/c.yaml", &eps("c", &[]));
+    let up = s.update(&Hint::Rescan).unwrap().unwrap();
+    assert_eq!((up.read, up.removed), (1, 0));
+    assert_eq!(up.changes.services, BTreeSet::from([key("c")]));
+    assert!(endpoints_of(&s, "c").is_empty());
+}
+
+#[test]
+fn a_delete_takes_the_files_objects_out() {
+    let t = folder();
+    let mut s = FolderSource::read(&t.0).unwrap();
+    std::fs::remove_file(t.0.join("svc/a.yaml")).unwrap();
+    let up = s.update(&paths(&t, &["svc/a.yaml"])).unwrap().unwrap();
+    assert_eq!((up.read, up.removed), (0, 1));
+    assert_eq!(up.changes.services, BTreeSet::from([key("a")]));
+    let keys: Vec<_> = s.cluster().service_keys().cloned().collect();
+    assert_eq!(keys, [key("b"), key("c")]);
+    // A whole folder removed (one event naming it) is found by a walk.
+    std::fs::remove_dir_all(t.0.join("eps")).unwrap();
+    let up = s.update(&paths(&t, &["eps"])).unwrap().unwrap();
+    assert_eq!(up.removed, 3);
+    assert!(endpoints_of(&s, "b").is_empty());
+    // The Node deleted is a node change.
+    std::fs::remove_file(t.0.join("node.yaml")).unwrap();
+    let up = s.update(&paths(&t, &["node.yaml"])).unwrap().unwrap();
+    assert_eq!(up.changes.nodes, BTreeSet::from(["node-a".to_string()]));
+    assert!(s.cluster().node("node-a").is_none());
+}
+
+#[test]
+fn a_rename_over_and_a_move_between_files() {
+    let t = folder();
+    let mut s = FolderSource::read(&t.0).unwrap();
+    // An editor's save: a temporary file renamed over the file.
+    t.write("svc/b.yaml.tmp", &svc("b", "10.96.1.2"));
+    std::fs::rename(t.0.join("svc/b.yaml.tmp"), t.0.join("svc/b.yaml")).unwrap();
+    let up = s
+        .update(&paths(&t, &["svc/b.yaml.tmp", "svc/b.yaml"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.read, up.removed, up.whole), (1, 0, false));
+    assert_eq!(up.changes.services, BTreeSet::from([key("b")]));
+    let b = &s.cluster().services[&key("b")];
+    assert_eq!(
+        b.cluster_ips,
+        ["10.96.1.2".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // A file renamed to another manifest name: its objects move, nothing else is read.
+    std::fs::rename(t.0.join("eps/c.yaml"), t.0.join("eps/z.yml")).unwrap();
+    let up = s
+        .update(&paths(&t, &["eps/c.yaml", "eps/z.yml"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.read, up.removed, up.whole), (1, 1, false));
+    assert_eq!(up.changes.services, BTreeSet::from([key("c")]));
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.3"]);
+    // Renamed to a name that is not read: the objects are gone.
+    std::fs::rename(t.0.join("eps/z.yml"), t.0.join("eps/z.yml.bak")).unwrap();
+    let up = s
+        .update(&paths(&t, &["eps/z.yml", "eps/z.yml.bak"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.read, up.removed), (0, 1));
+    assert!(endpoints_of(&s, "c").is_empty());
+}
+
+#[test]
+fn a_bad_edit_is_refused_whole_with_file_and_field_and_nothing_applied() {
+    let t = folder();
+    let mut s = FolderSource::read(&t.0).unwrap();
+    // Two files change in one burst: a good one and one with a port that is not a number.
+    t.write("eps/a.yaml", &eps("a", &["10.1.0.7"]));
+    t.write(
+        "svc/b.yaml",
+        &svc("b", "10.96.0.2").replace("port: 80,", "port: eighty,"),
+    );
+    let e = s
+        .update(&paths(&t, &["eps/a.yaml", "svc/b.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("svc/b.yaml:1") && e.contains("spec.ports[0].port"),
+        "{e}"
+    );
+    assert_eq!(
+        endpoints_of(&s, "a"),
+        ["10.1.0.1"],
+        "the good file is not applied either"
+    );
+    // While the file is bad, another change is refused with the same error, as a whole read.
+    t.write("eps/c.yaml", &eps("c", &["10.1.0.8"]));
+    let again = s
+        .update(&paths(&t, &["eps/c.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, e);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.3"]);
+    // Fixed: the refused files are read again with the fix.
+    t.write("svc/b.yaml", &svc("b", "10.96.0.2"));
+    let up = s.update(&paths(&t, &["svc/b.yaml"])).unwrap().unwrap();
+    assert_eq!(up.read, 3);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.7"]);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.8"]);
+    // A dangling link refuses the change (a walk names it) until it is gone.
+    std::os::unix::fs::symlink(t.0.join("none.yaml"), t.0.join("dangling.yaml")).unwrap();
+    let e = s
+        .update(&paths(&t, &["dangling.yaml"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dangling.yaml"), "{e}");
+    t.write("eps/a.yaml", &eps("a", &["10.1.0.6"]));
+    assert!(s.update(&paths(&t, &["eps/a.yaml"])).is_err());
+    std::fs::remove_file(t.0.join("dangling.yaml")).unwrap();
+    let up = s.update(&paths(&t, &["dangling.yaml"])).unwrap().unwrap();
+    assert_eq!(up.read, 1);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.6"]);
+    // An unknown field rejects that object only, with a note naming file and field.
+    t.write(
+        "svc/c.yaml",
+        &svc("c", "10.96.0.3").replace("targetPort", "targetPrt"),
+    );
+    let up = s.update(&paths(&t, &["svc/c.yaml"])).unwrap().unwrap();
+    assert_eq!(up.changes.services, BTreeSet::from([key("c")]));
+    assert!(!s.cluster().services.contains_key(&key("c")));
+    let n = &s.cluster().notes;
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(
+        n[0].error && n[0].message.contains("spec.ports[0].targetPrt"),
+        "{n:?}"
+    );
+}
+
+#[test]
+fn duplicates_across_files_resolve_as_a_whole_read() {
+    let t = folder();
+    t.write("svc/z.yaml", &svc("a", "10.96.9.9"));
+    let mut s = FolderSource::read(&t.0).unwrap();
+    let ip = |s: &FolderSource| s.cluster().services[&key("a")].cluster_ips[0].to_string();
+    assert_eq!(ip(&s), "10.96.9.9", "the later file wins");
+    assert!(s.cluster().notes[0].message.contains("defined again"));
+    // Removing the later definition brings the earlier one back: the folder is read whole.
+    std::fs::remove_file(t.0.join("svc/z.yaml")).unwrap();
+    let up = s.update(&paths(&t, &["svc/z.yaml"])).unwrap().unwrap();
+    assert!(up.whole);
+    assert_eq!(ip(&s), "10.96.0.1");
+    assert!(s.cluster().notes.is_empty());
+    // A new file duplicating an object is found by a walk and read whole too.
+    t.write("svc/y.yaml", &svc("b", "10.96.8.8"));
+    let up = s.update(&paths(&t, &["svc/y.yaml"])).unwrap().unwrap();
+    assert!(up.whole);
+    assert_eq!(
+        s.cluster().services[&key("b")].cluster_ips[0].to_string(),
+        "10.96.8.8"
+    );
+}
+
+#[test]
+fn an_unchanged_node_put_back_is_no_node_change() {
+    let t = folder();
+    let mut s = FolderSource::read(&t.0).unwrap();
+    t.write(
+        "node.yaml",
+        &format!("{NODE}---\n{}", svc("d", "10.96.0.4")),
+    );
+    let up = s.update(&paths(&t, &["node.yaml"])).unwrap().unwrap();
+    assert!(up.changes.nodes.is_empty(), "{:?}", up.changes);
+    assert_eq!(up.changes.services, BTreeSet::from([key("d")]));
+}
