@@ -80,6 +80,32 @@ impl Endpoints {
             .map(|k| k.to_string())
     }
 
+    /// The addresses of the local endpoint `namespace/name`.
+    pub fn addrs_of(&self, key: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .by_addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, v)| v.key == key)
+            .map(|(a, _)| *a)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The policies that produced the kernel entry `k` of the local endpoint at `a`.
+    pub fn origins(&self, a: IpAddr, k: &abi::policy::PolicyKey) -> Vec<String> {
+        let Some(v) = self.get(a) else {
+            return Vec::new();
+        };
+        v.map
+            .iter()
+            .find(|(mk, _)| mk.to_abi() == *k)
+            .map(|(_, e)| e.origins.iter().map(|o| o.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     fn get(&self, a: IpAddr) -> Option<Arc<View>> {
         self.by_addr
             .read()
@@ -156,6 +182,21 @@ impl Policy for NodePolicy {
             destination_name: self.name(c.original.ip()),
         }
     }
+}
+
+/// Whether the node's HTTP proxy would let `req` through on the redirected connection `c`: the
+/// decision it takes per request ([`NodePolicy`], then the proxy crate's matcher).
+pub fn http_allows(
+    endpoints: &Arc<Endpoints>,
+    pin_dir: &Path,
+    c: &Conn,
+    req: &policy::l7::HttpRequest,
+) -> Result<bool> {
+    let p = NodePolicy {
+        endpoints: endpoints.clone(),
+        ipcache: Mutex::new(IpcacheReader::open(pin_dir)?),
+    };
+    Ok(proxy::http::allows(&p.decide(c).rules, req))
 }
 
 /// The flow record of one request.
