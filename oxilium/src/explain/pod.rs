@@ -132,6 +132,7 @@ pub fn explain_pod(
         &sizes,
         r,
         abi::sock::SCOPE_INTERNAL,
+        false,
     )?;
     // The endpoints the packet can meet: the source, and the local ones it may reach.
     let mut eps = vec![(r.from, src)];
@@ -307,6 +308,9 @@ fn seed_policy(
             p.seeded.push("policy conntrack");
         }
     }
+    p.keep(outer);
+    p.keep(stats);
+    p.keep(ct);
     Ok(seeded)
 }
 
@@ -324,6 +328,7 @@ fn seed_bandwidth(p: &mut Private, pin_dir: &Path, eps: &[(IpAddr, EndpointInfo)
             bw.insert(k, v, 0)?;
         }
     }
+    p.keep(bw);
     Ok(())
 }
 
@@ -383,7 +388,7 @@ fn key_json(k: &PolicyKey, v: &PolicyValue, origins: Vec<String>) -> Value {
         "direction": if k.direction == DIR_EGRESS { "egress" } else { "ingress" },
         "protocol": (port_bits > 0).then_some(k.proto),
         "port": (port_bits > 8).then_some(u16::from_be(k.dport)),
-        "port_prefix_bits": (port_bits > 8).then_some(port_bits - 8),
+        "port_prefix_bits": (port_bits > 8).then(|| port_bits - 8),
         "action": action_name(v.action),
         "proxy_port": u16::from_be(v.proxy_port),
         "origins": origins,

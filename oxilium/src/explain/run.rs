@@ -213,6 +213,9 @@ pub(super) struct Private {
     ct: HashMap<MapData, FlowKey, CtEntry>,
     snat: HashMap<MapData, FlowKey, SnatEntry>,
     ring: RingBuf<MapData>,
+    /// Maps taken out of `ebpf` to be written: kept open until the program is loaded and run
+    /// (a map whose last descriptor is closed before the load is gone).
+    keep: Vec<Box<dyn std::any::Any>>,
 }
 
 /// What the private ring and maps tell after the run.
@@ -230,7 +233,9 @@ pub(super) struct Report {
 
 impl Private {
     /// Loads `object` (see [`load_private`]) and seeds its conntrack, SNAT and affinity maps for
-    /// `r`, whose service is looked up with `scope`; every event kind on, unlimited.
+    /// `r`, whose service is looked up with `scope`; events unlimited, with the trace points
+    /// when `trace` (a packet keeps at most `MAX_PENDING` records: the pod path leaves them to
+    /// its translation and policy records).
     pub(super) fn new(
         object: &[u8],
         pin_dir: &Path,
@@ -238,6 +243,7 @@ impl Private {
         sizes: &[(&str, u32)],
         r: &Packet,
         scope: u8,
+        trace: bool,
     ) -> Result<Private> {
         let mut ebpf = load_private(object, pin_dir, live_maps, sizes)?;
         let key = r.flow_key();
@@ -309,7 +315,7 @@ impl Private {
         cfg.set(
             0,
             EventConfig {
-                flags: CFG_TRACE,
+                flags: if trace { CFG_TRACE } else { 0 },
                 flow_rate: u32::MAX,
                 flow_burst: u32::MAX,
                 _pad: 0,
@@ -317,6 +323,10 @@ impl Private {
             0,
         )?;
         let ring: RingBuf<MapData> = loader::take_map(&mut ebpf, abi::event::names::EVENTS)?;
+        let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(cfg)];
+        if let Some(a) = affinity {
+            keep.push(Box::new(a));
+        }
         Ok(Private {
             ebpf,
             key,
@@ -326,7 +336,13 @@ impl Private {
             ct,
             snat,
             ring,
+            keep,
         })
+    }
+
+    /// Keeps a map taken out of the object open until the run is over.
+    pub(super) fn keep<T: 'static>(&mut self, map: T) {
+        self.keep.push(Box::new(map));
     }
 
     /// The private ring's records and the private maps' new entries.
@@ -419,7 +435,15 @@ pub fn explain(
         Hook::Xdp => (objects::xdp(), "oxilium_lb"),
         Hook::TcNodePort => (objects::tc(), "oxilium_nodeport_ingress"),
     };
-    let mut p = Private::new(object, pin_dir, &LIVE, &[], r, abi::lb::SCOPE_EXTERNAL)?;
+    let mut p = Private::new(
+        object,
+        pin_dir,
+        &LIVE,
+        &[],
+        r,
+        abi::lb::SCOPE_EXTERNAL,
+        true,
+    )?;
     let pkt = frame(r, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])?;
     let mut out = vec![0u8; pkt.len() + 256];
     let result = match hook {
