@@ -144,3 +144,60 @@ impl Printer {
         Ok(self.count.is_some_and(|n| self.seen >= n))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(port: u16) -> FlowRecord {
+        let mut r = FlowRecord::default();
+        r.flow.verdict = "DROPPED".into();
+        r.flow.event_type.kind = "drop".into();
+        r.flow.source.ip = "10.0.0.1".into();
+        r.flow.destination.ip = "10.0.0.2".into();
+        r.flow.destination.port = Some(port);
+        r
+    }
+
+    #[test]
+    fn records_pass_through_whatever_the_chunking() {
+        let mut wire = b"{\"subscribed\":{\"filter\":\"\"}}\n\n".to_vec();
+        for p in 1..=3 {
+            encode(&record(p), &mut wire);
+        }
+        wire.extend_from_slice(b"{\"lost_events\":{\"source\":\"agent\",\"num_events_lost\":7}}\n");
+        let want: Vec<&[u8]> = wire
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(RECORD_PREFIX) || l.starts_with(b"{\"lost"))
+            .collect();
+        for size in [1, 7, 64, wire.len()] {
+            let mut p = Printer::new(Format::Json, None, "test");
+            let (mut out, mut notes) = (Vec::new(), Vec::new());
+            for c in wire.chunks(size) {
+                assert!(!p.feed(c, &mut out, &mut notes).unwrap());
+            }
+            let got: Vec<&[u8]> = out
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            assert_eq!(got, want, "chunks of {size}");
+            let notes = String::from_utf8(notes).unwrap();
+            assert!(
+                notes.starts_with("Listening for events (test)\n"),
+                "{notes}"
+            );
+            assert!(notes.contains("lost 7 events"), "{notes}");
+            assert_eq!(p.seen, 4);
+        }
+        // Human lines: the records only; a count stops the printer.
+        let mut p = Printer::new(Format::Text, Some(2), "test");
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        assert!(p.feed(&wire, &mut out, &mut notes).unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("-> 10.0.0.2:2"), "{text}");
+        // A line that is not JSON is an error.
+        let mut p = Printer::new(Format::Json, None, "test");
+        assert!(p.feed(b"nope\n", &mut Vec::new(), &mut Vec::new()).is_err());
+    }
+}
