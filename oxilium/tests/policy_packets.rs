@@ -363,6 +363,11 @@ items:
   - {apiVersion: v1, kind: Pod, metadata: {name: other, namespace: default, labels: {app: other}}}
   - {apiVersion: v1, kind: Pod, metadata: {name: bad, namespace: default, labels: {app: bad}}}
   - {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: default, labels: {app: web}}}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: far, namespace: prod, labels: {app: far}}
+    spec: {nodeName: node-b}
+    status: {podIP: 10.251.0.7}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -503,6 +508,24 @@ fn policy_verdict_events_in_monitor() {
             "{who}: no retransmission recorded: {denied:#?}"
         );
     }
+    // A pod of another node (a Pod of the folder with its address) is named too: client's
+    // egress verdict towards it (the node has no route there: the connection fails).
+    let far: SocketAddr = "10.251.0.7:8080".parse().unwrap();
+    let r = probe_all(
+        vec![(ns("client"), far, false)],
+        Duration::from_millis(300),
+        1,
+    );
+    assert!(r[0].is_err(), "{r:?}");
+    let records = json.wait(Duration::from_secs(10), "the verdict towards far", |r| {
+        !verdicts(r, client, far, "EGRESS").is_empty()
+    });
+    let f = &verdicts(&records, client, far, "EGRESS")[0]["flow"];
+    assert_eq!(f["destination"]["pod_name"], "prod/far", "{f}");
+    assert_eq!(f["destination"]["namespace"], "prod", "{f}");
+    assert_eq!(f["source"]["pod_name"], "default/client", "{f}");
+    assert_eq!(f["source"]["namespace"], "default", "{f}");
+    let far_line = format!("-> {far} (prod/far) TCP policy-verdict:all EGRESS ALLOWED");
     // The human line says the same, with the pods' names.
     let want = format!(
         "{client}:{port} (default/client) -> {to} (default/web) TCP policy-verdict:L3-L4 INGRESS ALLOWED, identity {} -> {}",
@@ -517,11 +540,12 @@ fn policy_verdict_events_in_monitor() {
     );
     let t = std::time::Instant::now();
     while !(text.lines().iter().any(|l| l.contains(&want))
-        && text.lines().iter().any(|l| l.contains(&denied)))
+        && text.lines().iter().any(|l| l.contains(&denied))
+        && text.lines().iter().any(|l| l.contains(&far_line)))
     {
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "no line with {want:?} and {denied:?}:\n{}\njson:\n{}",
+            "no line with {want:?}, {denied:?} and {far_line:?}:\n{}\njson:\n{}",
             text.lines().join("\n"),
             json.lines().join("\n")
         );

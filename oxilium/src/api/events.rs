@@ -7,7 +7,7 @@
 //! - `GET /explain?...`: crate::explain, answered from a blocking thread.
 use crate::{
     agent::Shared,
-    events::{Hub, filter::Filter},
+    events::{Hub, filter::Filter, wire},
 };
 use bytes::Bytes;
 use http_body_util::{Channel, Either, Full};
@@ -17,7 +17,10 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
-use tokio::{net::UnixStream, sync::broadcast::error::RecvError};
+use tokio::{
+    net::UnixStream,
+    sync::broadcast::error::{RecvError, TryRecvError},
+};
 
 type Body = Either<Full<Bytes>, Channel<Bytes>>;
 
@@ -121,22 +124,42 @@ fn stream(hub: &Arc<Hub>, filter: Filter) -> Response<Body> {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
         loop {
-            let out = tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(r) if filter.matches(&r) => match serde_json::to_value(&*r) {
-                        Ok(v) => line(&v),
-                        Err(_) => continue,
-                    },
-                    Ok(_) => continue,
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                _ = beat.tick() => {
+                    if tx.send_data(Bytes::from_static(b"\n")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            // What else is queued goes in the same chunk (one write instead of one a record).
+            let mut chunk = Vec::new();
+            let mut next = match first {
+                Err(RecvError::Closed) => break,
+                r => Some(r),
+            };
+            while let Some(r) = next.take() {
+                match r {
+                    Ok(r) if filter.matches(&r) => wire::encode(&r, &mut chunk),
+                    Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
                         hub.subscriber_lost.fetch_add(n, Ordering::Relaxed);
-                        line(&json!({ "lost_events": { "source": "agent", "num_events_lost": n } }))
+                        chunk.extend_from_slice(&line(&json!({
+                            "lost_events": { "source": "agent", "num_events_lost": n }
+                        })));
                     }
-                    Err(RecvError::Closed) => break,
-                },
-                _ = beat.tick() => Bytes::from_static(b"\n"),
-            };
-            if tx.send_data(out).await.is_err() {
+                    Err(RecvError::Closed) => {}
+                }
+                if chunk.len() < wire::CHUNK_BYTES {
+                    next = match rx.try_recv() {
+                        Ok(r) => Some(Ok(r)),
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                    };
+                }
+            }
+            if !chunk.is_empty() && tx.send_data(Bytes::from(chunk)).await.is_err() {
                 break;
             }
         }

@@ -48,13 +48,32 @@ fn addr(h: &Value) -> String {
     )
 }
 
+fn endpoint(e: &Value) -> String {
+    let mut out = s(&e["ip"]);
+    if let Some(p) = e["pod"].as_str() {
+        out += &format!(" ({p})");
+    }
+    if !e["identity"].is_null() {
+        out += &format!(", identity {}", e["identity"]);
+    }
+    out
+}
+
 fn text(v: &Value) -> String {
+    let on = if v["iface"].is_null() {
+        format!("ifindex {}", s(&v["ifindex"]))
+    } else {
+        s(&v["iface"])
+    };
     let mut out = format!(
-        "packet   {} on {} ({})\n",
+        "packet   {} on {on} ({})\n",
         addr(&v["packet"]),
-        s(&v["iface"]),
         s(&v["program"])
     );
+    if !v["source"].is_null() {
+        out += &format!("source   {}\n", endpoint(&v["source"]));
+        out += &format!("dest     {}\n", endpoint(&v["destination"]));
+    }
     for st in v["steps"].as_array().into_iter().flatten() {
         out += &format!("  step   {}/{}\n", s(&st["set"]), s(&st["step"]));
     }
@@ -65,7 +84,54 @@ fn text(v: &Value) -> String {
     if !v["backend"].is_null() {
         out += &format!("backend  {}\n", s(&v["backend"]["address"]));
     }
-    out += &format!("why      {}\n", s(&v["why"]));
+    if !v["why"].is_null() {
+        out += &format!("why      {}\n", s(&v["why"]));
+    }
+    for p in v["policy"].as_array().into_iter().flatten() {
+        let e = &p["entry"];
+        let mut entry = s(&e["kind"]);
+        if !e["port"].is_null() {
+            entry += &format!(", {}/{}", s(&e["protocol"]), s(&e["port"]));
+        }
+        if let Some(a) = e["action"].as_str() {
+            entry += &format!(", {a}");
+        }
+        if e["proxy_port"].as_u64().is_some_and(|p| p != 0) {
+            entry += &format!(" to proxy port {}", e["proxy_port"]);
+        }
+        if let Some(o) = e["origins"].as_array().filter(|o| !o.is_empty()) {
+            let o: Vec<String> = o.iter().map(s).collect();
+            entry += &format!(" (from {})", o.join(", "));
+        }
+        out += &format!(
+            "policy   {} of {}: {} by {} [match {}], identity {} -> {}\n",
+            s(&p["direction"]).to_lowercase(),
+            s(&p["endpoint"]),
+            s(&p["verdict"]),
+            entry,
+            s(&p["match"]),
+            s(&p["source_identity"]),
+            s(&p["destination_identity"]),
+        );
+    }
+    if !v["l7"].is_null() {
+        let l = &v["l7"];
+        match l["error"].as_str() {
+            Some(e) => out += &format!("http     {e}\n"),
+            None => {
+                out += &format!(
+                    "http     {} {} at the {} proxy: {}\n",
+                    s(&l["method"]),
+                    s(&l["path"]),
+                    s(&l["proxy"]),
+                    s(&l["status"])
+                )
+            }
+        }
+    }
+    if !v["outcome"].is_null() {
+        out += &format!("outcome  {}\n", s(&v["outcome"]));
+    }
     if !v["drop"].is_null() {
         out += &format!("drop     {}\n", s(&v["drop"]["desc"]));
     }

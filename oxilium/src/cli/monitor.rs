@@ -3,13 +3,12 @@
 //! them (one JSON object per line). `oxilium events trace on|off` switches the datapath's trace
 //! points; `oxilium events status` shows the events' counters.
 use super::{ClientArgs, Output};
-use crate::events::{filter::Filter, record};
+use crate::events::{filter::Filter, wire};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use std::io::Write;
 
 #[derive(clap::Args)]
 pub struct MonitorArgs {
@@ -98,50 +97,19 @@ async fn follow(args: &MonitorArgs) -> Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
         anyhow::bail!("{}", v["error"].as_str().unwrap_or("request failed"));
     }
-    let mut buf: Vec<u8> = Vec::new();
-    let mut seen = 0u64;
-    let mut out = std::io::stdout().lock();
+    let format = match args.client.output {
+        Output::Json => wire::Format::Json,
+        Output::Text => wire::Format::Text,
+    };
+    let mut printer = wire::Printer::new(format, args.count, &socket.display().to_string());
+    let mut out = wire::sink(std::io::stdout().lock());
+    let mut notes = std::io::stderr();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
-            if line.is_empty() {
-                continue;
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(line).context("agent sent invalid JSON")?;
-            if v.get("subscribed").is_some() {
-                eprintln!("Listening for events ({})", socket.display());
-                continue;
-            }
-            if let Some(l) = v.get("lost_events") {
-                eprintln!("lost {} events (reading too slowly)", l["num_events_lost"]);
-                if args.client.output == Output::Text {
-                    continue;
-                }
-            }
-            match args.client.output {
-                Output::Json => writeln!(out, "{}", String::from_utf8_lossy(line))?,
-                Output::Text => match serde_json::from_value::<record::FlowRecord>(v) {
-                    Ok(r) => writeln!(out, "{}", record::human(&r))?,
-                    Err(e) => {
-                        eprintln!(
-                            "a record monitor cannot read ({e}): {line}",
-                            line = String::from_utf8_lossy(line)
-                        );
-                        continue;
-                    }
-                },
-            }
-            out.flush()?;
-            seen += 1;
-            if args.count.is_some_and(|n| seen >= n) {
-                return Ok(());
-            }
+        if printer.feed(&data, &mut out, &mut notes)? {
+            return Ok(());
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! counters for `status` and the metrics.
 pub mod filter;
 pub mod record;
+pub mod wire;
 
 use crate::agent::Shared;
 use abi::event::{self as ev, Event, EventConfig, names};

@@ -174,8 +174,18 @@ pub struct Endpoint {
     /// Security identity (policy records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<u32>,
+    /// `namespace/name` of the pod at `ip`: this node's pods, and other nodes' pods the agent
+    /// knows (its policy objects' Pods with addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// The pod's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The namespace of a `namespace/name`.
+pub fn namespace_of(key: &str) -> Option<String> {
+    key.split_once('/').map(|(ns, _)| ns.to_string())
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -291,6 +301,7 @@ pub fn from_event(e: &Event, clock: &Clock, names: &Names) -> FlowRecord {
         }
         _ => None,
     };
+    let (src_pod, dst_pod) = (names.pod(src), names.pod(dst));
     let mut flow = Flow {
         time: rfc3339(clock.wall_ns(e.time_ns)),
         verdict: verdict.into(),
@@ -319,13 +330,15 @@ pub fn from_event(e: &Event, clock: &Clock, names: &Names) -> FlowRecord {
             ip: src.to_string(),
             port: has_ports.then_some(sport),
             identity: (e.kind == ev::KIND_POLICY).then_some(e.src_identity),
-            pod_name: names.pod(src),
+            namespace: src_pod.as_deref().and_then(namespace_of),
+            pod_name: src_pod,
         },
         destination: Endpoint {
             ip: dst.to_string(),
             port: has_ports.then_some(dport),
             identity: (e.kind == ev::KIND_POLICY).then_some(e.dst_identity),
-            pod_name: names.pod(dst),
+            namespace: dst_pod.as_deref().and_then(namespace_of),
+            pod_name: dst_pod,
         },
         service,
         backend,

@@ -1,5 +1,4 @@
 //! Runs one packet through a private instance of the role's program (see the module's doc).
-use super::Request;
 use crate::bpf::{loader, objects};
 use crate::events::{Names, record};
 use abi::event::{CFG_TRACE, Event, EventConfig, KIND_TRANSLATE};
@@ -35,9 +34,16 @@ pub enum Hook {
     TcNodePort,
 }
 
-fn load_private(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
+/// Loads the object with the `live` maps taken from their pins and every other map private;
+/// `sizes` are private maps' sizes.
+pub(super) fn load_private(
+    object: &[u8],
+    pin_dir: &Path,
+    live: &[&str],
+    sizes: &[(&str, u32)],
+) -> Result<Ebpf> {
     let paths: Vec<(&str, std::path::PathBuf)> =
-        LIVE.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        live.iter().map(|n| (*n, pin_dir.join(n))).collect();
     for (n, p) in &paths {
         if *n == names::SERVICES && !p.exists() {
             bail!("no datapath pinned at {}", pin_dir.display());
@@ -52,12 +58,18 @@ fn load_private(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
     for n in [names::CONNTRACK, names::SNAT, abi::sock::names::AFFINITY] {
         l.map_max_entries(n, PRIVATE_ENTRIES);
     }
+    for (n, size) in sizes {
+        l.map_max_entries(n, *size);
+    }
     l.map_max_entries(abi::event::names::EVENTS, 64 * 1024);
     l.load(object)
         .context("loading the private program instance")
 }
 
-fn live<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Option<HashMap<MapData, K, V>> {
+pub(super) fn live<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Option<HashMap<MapData, K, V>> {
     let data = MapData::from_pin(pin_dir.join(name)).ok()?;
     let map = match data.info().ok()?.map_type() {
         Ok(aya::maps::MapType::LruHash) => Map::LruHashMap(data),
@@ -66,16 +78,47 @@ fn live<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Option<HashMap<
     HashMap::try_from(map).ok()
 }
 
-fn private<K: aya::Pod, V: aya::Pod>(
+pub(super) fn private<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
 ) -> Option<HashMap<MapData, K, V>> {
     loader::take_map(ebpf, name).ok()
 }
 
-fn frame(r: &Request) -> Result<Vec<u8>> {
+/// The packet to explain, its addresses resolved.
+pub struct Packet {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub port: u16,
+    pub proto: String,
+    pub sport: u16,
+}
+
+impl Packet {
+    fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            src: addr16(self.from),
+            dst: addr16(self.to),
+            sport: self.sport.to_be(),
+            dport: self.port.to_be(),
+            proto: self.proto_number(),
+            _pad: [0; 3],
+        }
+    }
+
+    fn proto_number(&self) -> u8 {
+        if self.proto == "udp" {
+            abi::lb::PROTO_UDP
+        } else {
+            abi::lb::PROTO_TCP
+        }
+    }
+}
+
+/// The frame of `r` (a TCP SYN or a UDP datagram) with these MACs.
+pub(super) fn frame(r: &Packet, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Result<Vec<u8>> {
     use etherparse::PacketBuilder;
-    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
     let ip = match (r.from, r.to) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
@@ -98,7 +141,7 @@ fn addr16(a: IpAddr) -> abi::lb::Addr {
 }
 
 /// The headers of the packet the program returned.
-fn headers(pkt: &[u8]) -> Value {
+pub(super) fn headers(pkt: &[u8]) -> Value {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let Ok(p) = SlicedPacket::from_ethernet(pkt) else {
         return json!({ "error": "not an Ethernet frame" });
@@ -133,6 +176,11 @@ fn headers(pkt: &[u8]) -> Value {
     v
 }
 
+/// The name of a tc program's return value.
+pub(super) fn tc_verdict(rc: u32) -> &'static str {
+    verdict(&Hook::TcNodePort, rc)
+}
+
 fn verdict(hook: &Hook, rc: u32) -> &'static str {
     match hook {
         Hook::Xdp => match rc {
@@ -153,110 +201,256 @@ fn verdict(hook: &Hook, rc: u32) -> &'static str {
     }
 }
 
+/// A private instance of a program, its writable maps seeded with the live entries the packet
+/// can touch.
+pub(super) struct Private {
+    pub ebpf: Ebpf,
+    pub key: FlowKey,
+    /// The service at the packet's destination, as the program looks it up.
+    pub svc: Option<ServiceValue>,
+    /// The live conntrack entry of the packet's flow.
+    pub ct_entry: Option<CtEntry>,
+    pub seeded: Vec<&'static str>,
+    ct: HashMap<MapData, FlowKey, CtEntry>,
+    snat: HashMap<MapData, FlowKey, SnatEntry>,
+    ring: RingBuf<MapData>,
+    /// Maps taken out of `ebpf` to be written: kept open until the program is loaded and run
+    /// (a map whose last descriptor is closed before the load is gone).
+    keep: Vec<Box<dyn std::any::Any>>,
+}
+
+/// What the private ring and maps tell after the run.
+pub(super) struct Report {
+    pub steps: Vec<Value>,
+    /// The translation record (service, backend).
+    pub translation: Option<Value>,
+    pub drop: Option<Value>,
+    /// The policy verdict records, in order.
+    pub policy: Vec<record::Flow>,
+    pub why: String,
+    pub new_ct: Vec<Value>,
+    pub new_snat: usize,
+}
+
+impl Private {
+    /// Loads `object` (see [`load_private`]) and seeds its conntrack, SNAT and affinity maps for
+    /// `r`, whose service is looked up with `scope`; events unlimited, with the trace points
+    /// when `trace` (a packet keeps at most `MAX_PENDING` records: the pod path leaves them to
+    /// its translation and policy records).
+    pub(super) fn new(
+        object: &[u8],
+        pin_dir: &Path,
+        live_maps: &[&str],
+        sizes: &[(&str, u32)],
+        r: &Packet,
+        scope: u8,
+        trace: bool,
+    ) -> Result<Private> {
+        let mut ebpf = load_private(object, pin_dir, live_maps, sizes)?;
+        let key = r.flow_key();
+        let proto = key.proto;
+        let svc: Option<ServiceValue> = live::<ServiceKey, ServiceValue>(pin_dir, names::SERVICES)
+            .and_then(|m| {
+                m.get(
+                    &ServiceKey {
+                        addr: key.dst,
+                        port: key.dport,
+                        proto,
+                        scope,
+                    },
+                    0,
+                )
+                .ok()
+            });
+        let mut seeded = Vec::new();
+        let live_ct = live::<FlowKey, CtEntry>(pin_dir, names::CONNTRACK);
+        let ct_entry = live_ct.as_ref().and_then(|m| m.get(&key, 0).ok());
+        let mut ct: HashMap<MapData, FlowKey, CtEntry> =
+            private(&mut ebpf, names::CONNTRACK).context("private conntrack")?;
+        let mut snat: HashMap<MapData, FlowKey, SnatEntry> =
+            private(&mut ebpf, names::SNAT).context("private SNAT map")?;
+        if let Some(e) = ct_entry {
+            ct.insert(key, e, 0)?;
+            seeded.push("conntrack");
+            if e.snat_port != 0
+                && let (Some(b), Some(c)) =
+                    (live_backend(pin_dir, e.backend_id), lb_config(pin_dir))
+            {
+                let lb = if r.from.is_ipv4() {
+                    c.snat_v4
+                } else {
+                    c.snat_v6
+                };
+                let rkey = FlowKey {
+                    src: b.addr,
+                    dst: lb,
+                    sport: b.port,
+                    dport: e.snat_port,
+                    proto,
+                    _pad: [0; 3],
+                };
+                if let Some(s) = live::<FlowKey, SnatEntry>(pin_dir, names::SNAT)
+                    .and_then(|m| m.get(&rkey, 0).ok())
+                {
+                    snat.insert(rkey, s, 0)?;
+                    seeded.push("snat");
+                }
+            }
+        }
+        let mut affinity: Option<HashMap<MapData, AffinityKey, AffinityValue>> =
+            private(&mut ebpf, abi::sock::names::AFFINITY);
+        if let (Some(svc), Some(aff)) = (&svc, affinity.as_mut()) {
+            let akey = abi::sock::pod::affinity_key(&key.src, svc.id);
+            if let Some(v) = live::<AffinityKey, AffinityValue>(pin_dir, abi::sock::names::AFFINITY)
+                .and_then(|m| m.get(&akey, 0).ok())
+            {
+                aff.insert(akey, v, 0)?;
+                seeded.push("affinity");
+            }
+        }
+        let mut cfg: Array<MapData, EventConfig> =
+            loader::take_map(&mut ebpf, abi::event::names::CONFIG)?;
+        cfg.set(
+            0,
+            EventConfig {
+                flags: if trace { CFG_TRACE } else { 0 },
+                flow_rate: u32::MAX,
+                flow_burst: u32::MAX,
+                _pad: 0,
+            },
+            0,
+        )?;
+        let ring: RingBuf<MapData> = loader::take_map(&mut ebpf, abi::event::names::EVENTS)?;
+        let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(cfg)];
+        if let Some(a) = affinity {
+            keep.push(Box::new(a));
+        }
+        Ok(Private {
+            ebpf,
+            key,
+            svc,
+            ct_entry,
+            seeded,
+            ct,
+            snat,
+            ring,
+            keep,
+        })
+    }
+
+    /// Keeps a map taken out of the object open until the run is over.
+    pub(super) fn keep<T: 'static>(&mut self, map: T) {
+        self.keep.push(Box::new(map));
+    }
+
+    /// The private ring's records and the private maps' new entries.
+    pub(super) fn report(&mut self, names: &Names) -> Report {
+        let clock = record::Clock::now();
+        let mut steps = Vec::new();
+        let mut translation = None;
+        let mut drop = None;
+        let mut policy = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the program writes whole `Event`s.
+            let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            let f = record::from_event(&e, &clock, names).flow;
+            match f.event_type.kind.as_str() {
+                "trace" => steps.push(json!({
+                    "set": f.reason_set, "step": f.reason, "program": f.program,
+                })),
+                "drop" => {
+                    drop = Some(
+                        json!({ "reason": f.reason, "set": f.reason_set, "desc": f.drop_reason_desc }),
+                    )
+                }
+                "policy" => policy.push(f),
+                _ if e.kind == KIND_TRANSLATE => {
+                    translation = Some(json!({
+                        "service": f.service, "backend": f.backend,
+                    }))
+                }
+                _ => {}
+            }
+        }
+        let (key, ct_entry) = (self.key, self.ct_entry);
+        let new_ct: Vec<Value> = self
+            .ct
+            .iter()
+            .filter_map(|x| x.ok())
+            .filter(|(k, _)| !(ct_entry.is_some() && *k == key))
+            .map(|(_, v)| json!({ "backend_id": v.backend_id, "service_id": v.service_id, "snat_port": u16::from_be(v.snat_port) }))
+            .collect();
+        let new_snat = self.snat.iter().filter_map(|x| x.ok()).count()
+            - self.seeded.iter().filter(|s| **s == "snat").count();
+        let why = match (&self.svc, ct_entry, &translation) {
+            (None, _, _) => "no service at this destination (address, port, protocol)".to_string(),
+            (Some(s), _, _) if s.table_size == 0 => "the service has no usable backend".to_string(),
+            (Some(_), Some(e), None) => {
+                format!("existing flow: conntrack pins backend {}", e.backend_id)
+            }
+            (Some(_), _, Some(_)) if self.seeded.contains(&"affinity") => {
+                "new flow: the client's ClientIP affinity entry".to_string()
+            }
+            (Some(s), _, Some(_)) if s.algorithm == abi::lb::ALG_RANDOM => {
+                "new flow: a random slot of the service's weighted table".to_string()
+            }
+            (Some(s), _, Some(_)) => format!(
+                "new flow: Maglev slot {} of {} (flow hash)",
+                abi::lb::flow_hash(&key, 0) % s.table_size,
+                s.table_size
+            ),
+            (Some(_), _, None) => "no translation".to_string(),
+        };
+        Report {
+            steps,
+            translation,
+            drop,
+            policy,
+            why,
+            new_ct,
+            new_snat,
+        }
+    }
+
+    /// The private counters that moved (the live ones never do).
+    pub(super) fn counters(&mut self) -> Value {
+        counters(&mut self.ebpf)
+    }
+}
+
 /// Explains `r` on the agent whose pins are in `pin_dir`; `names` names services and interfaces.
 pub fn explain(
     hook: Hook,
     pin_dir: &Path,
     ifindex: u32,
-    r: &Request,
+    r: &Packet,
     names: &Names,
 ) -> Result<Value> {
     let (object, prog_name) = match hook {
         Hook::Xdp => (objects::xdp(), "oxilium_lb"),
         Hook::TcNodePort => (objects::tc(), "oxilium_nodeport_ingress"),
     };
-    let mut ebpf = load_private(object, pin_dir)?;
-    let proto = if r.proto == "udp" {
-        abi::lb::PROTO_UDP
-    } else {
-        abi::lb::PROTO_TCP
-    };
-    let key = FlowKey {
-        src: addr16(r.from),
-        dst: addr16(r.to),
-        sport: r.sport.to_be(),
-        dport: r.port.to_be(),
-        proto,
-        _pad: [0; 3],
-    };
-    // The service, as the program will look it up.
-    let svc: Option<ServiceValue> = live::<ServiceKey, ServiceValue>(pin_dir, names::SERVICES)
-        .and_then(|m| {
-            m.get(
-                &ServiceKey {
-                    addr: key.dst,
-                    port: key.dport,
-                    proto,
-                    scope: abi::lb::SCOPE_EXTERNAL,
-                },
-                0,
-            )
-            .ok()
-        });
-    // Seed the private writable maps with the live entries this packet can touch.
-    let mut seeded = Vec::new();
-    let live_ct = live::<FlowKey, CtEntry>(pin_dir, names::CONNTRACK);
-    let ct_entry = live_ct.as_ref().and_then(|m| m.get(&key, 0).ok());
-    let mut ct: HashMap<MapData, FlowKey, CtEntry> =
-        private(&mut ebpf, names::CONNTRACK).context("private conntrack")?;
-    let mut snat: HashMap<MapData, FlowKey, SnatEntry> =
-        private(&mut ebpf, names::SNAT).context("private SNAT map")?;
-    if let Some(e) = ct_entry {
-        ct.insert(key, e, 0)?;
-        seeded.push("conntrack");
-        if e.snat_port != 0
-            && let (Some(b), Some(c)) = (live_backend(pin_dir, e.backend_id), lb_config(pin_dir))
-        {
-            let lb = if r.from.is_ipv4() {
-                c.snat_v4
-            } else {
-                c.snat_v6
-            };
-            let rkey = FlowKey {
-                src: b.addr,
-                dst: lb,
-                sport: b.port,
-                dport: e.snat_port,
-                proto,
-                _pad: [0; 3],
-            };
-            if let Some(s) =
-                live::<FlowKey, SnatEntry>(pin_dir, names::SNAT).and_then(|m| m.get(&rkey, 0).ok())
-            {
-                snat.insert(rkey, s, 0)?;
-                seeded.push("snat");
-            }
-        }
-    }
-    let mut affinity: Option<HashMap<MapData, AffinityKey, AffinityValue>> =
-        private(&mut ebpf, abi::sock::names::AFFINITY);
-    if let (Some(svc), Some(aff)) = (&svc, affinity.as_mut()) {
-        let akey = abi::sock::pod::affinity_key(&key.src, svc.id);
-        if let Some(v) = live::<AffinityKey, AffinityValue>(pin_dir, abi::sock::names::AFFINITY)
-            .and_then(|m| m.get(&akey, 0).ok())
-        {
-            aff.insert(akey, v, 0)?;
-            seeded.push("affinity");
-        }
-    }
-    let mut cfg: Array<MapData, EventConfig> =
-        loader::take_map(&mut ebpf, abi::event::names::CONFIG)?;
-    cfg.set(
-        0,
-        EventConfig {
-            flags: CFG_TRACE,
-            flow_rate: u32::MAX,
-            flow_burst: u32::MAX,
-            _pad: 0,
-        },
-        0,
+    let mut p = Private::new(
+        object,
+        pin_dir,
+        &LIVE,
+        &[],
+        r,
+        abi::lb::SCOPE_EXTERNAL,
+        true,
     )?;
-    let mut ring: RingBuf<MapData> = loader::take_map(&mut ebpf, abi::event::names::EVENTS)?;
-    let pkt = frame(r)?;
+    let pkt = frame(r, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])?;
     let mut out = vec![0u8; pkt.len() + 256];
     let result = match hook {
         Hook::Xdp => {
-            let prog: &mut Xdp = ebpf.program_mut(prog_name).context("program")?.try_into()?;
+            let prog: &mut Xdp = p
+                .ebpf
+                .program_mut(prog_name)
+                .context("program")?
+                .try_into()?;
             loader::verify(prog_name, || prog.load())?;
             let md: Vec<u8> = [0u32, pkt.len() as u32, 0, ifindex, 0, 0]
                 .iter()
@@ -270,8 +464,11 @@ pub fn explain(
             })
         }
         Hook::TcNodePort => {
-            let prog: &mut SchedClassifier =
-                ebpf.program_mut(prog_name).context("program")?.try_into()?;
+            let prog: &mut SchedClassifier = p
+                .ebpf
+                .program_mut(prog_name)
+                .context("program")?
+                .try_into()?;
             loader::verify(prog_name, || prog.load())?;
             prog.test_run(TestRunOptions {
                 data_in: Some(&pkt),
@@ -282,79 +479,23 @@ pub fn explain(
     }
     .context("BPF_PROG_TEST_RUN")?;
     out.truncate(result.data_size_out as usize);
-
-    // The report: the private ring's records, then the private maps' new entries.
-    let clock = record::Clock::now();
-    let mut steps = Vec::new();
-    let mut translation = None;
-    let mut drop = None;
-    while let Some(item) = ring.next() {
-        if item.len() < size_of::<Event>() {
-            continue;
-        }
-        // SAFETY: the program writes whole `Event`s.
-        let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-        let f = record::from_event(&e, &clock, names).flow;
-        match f.event_type.kind.as_str() {
-            "trace" => steps.push(json!({
-                "set": f.reason_set, "step": f.reason, "program": f.program,
-            })),
-            "drop" => {
-                drop = Some(
-                    json!({ "reason": f.reason, "set": f.reason_set, "desc": f.drop_reason_desc }),
-                )
-            }
-            _ if e.kind == KIND_TRANSLATE => {
-                translation = Some(json!({
-                    "service": f.service, "backend": f.backend,
-                }))
-            }
-            _ => {}
-        }
-    }
-    let new_ct: Vec<Value> = ct
-        .iter()
-        .filter_map(|x| x.ok())
-        .filter(|(k, _)| !(ct_entry.is_some() && *k == key))
-        .map(|(_, v)| json!({ "backend_id": v.backend_id, "service_id": v.service_id, "snat_port": u16::from_be(v.snat_port) }))
-        .collect();
-    let new_snat = snat.iter().filter_map(|x| x.ok()).count()
-        - seeded.iter().filter(|s| **s == "snat").count();
-    let why = match (&svc, ct_entry, &translation) {
-        (None, _, _) => "no service at this destination (address, port, protocol)".to_string(),
-        (Some(s), _, _) if s.table_size == 0 => "the service has no usable backend".to_string(),
-        (Some(_), Some(e), None) => {
-            format!("existing flow: conntrack pins backend {}", e.backend_id)
-        }
-        (Some(_), _, Some(_)) if seeded.contains(&"affinity") => {
-            "new flow: the client's ClientIP affinity entry".to_string()
-        }
-        (Some(s), _, Some(_)) if s.algorithm == abi::lb::ALG_RANDOM => {
-            "new flow: a random slot of the service's weighted table".to_string()
-        }
-        (Some(s), _, Some(_)) => format!(
-            "new flow: Maglev slot {} of {} (flow hash)",
-            abi::lb::flow_hash(&key, 0) % s.table_size,
-            s.table_size
-        ),
-        (Some(_), _, None) => "no translation".to_string(),
-    };
-    let counters = counters(&mut ebpf);
+    let rep = p.report(names);
+    let t = &rep.translation;
     Ok(json!({
         "program": prog_name,
         "ifindex": ifindex,
         "packet": headers(&pkt),
         "verdict": verdict(&hook, result.return_value),
         "return_value": result.return_value as i32,
-        "service": translation.as_ref().map(|t| t["service"].clone()).or_else(|| svc.map(|s| json!({ "id": s.id }))),
-        "backend": translation.as_ref().map(|t| t["backend"].clone()),
-        "why": why,
-        "drop": drop,
-        "steps": steps,
-        "seeded_from_live": seeded,
-        "new_conntrack_entries": new_ct,
-        "new_snat_entries": new_snat,
-        "counters": counters,
+        "service": t.as_ref().map(|t| t["service"].clone()).or_else(|| p.svc.map(|s| json!({ "id": s.id }))),
+        "backend": t.as_ref().map(|t| t["backend"].clone()),
+        "why": rep.why,
+        "drop": rep.drop,
+        "steps": rep.steps,
+        "seeded_from_live": p.seeded,
+        "new_conntrack_entries": rep.new_ct,
+        "new_snat_entries": rep.new_snat,
+        "counters": p.counters(),
         "output": if out.is_empty() { Value::Null } else { headers(&out) },
     }))
 }

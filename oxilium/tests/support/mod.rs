@@ -15,6 +15,7 @@ pub mod etcd;
 #[path = "../../../k8s/tests/support/fake_api.rs"]
 pub mod fake_api;
 pub mod kube_agent;
+pub mod map_dump;
 pub mod monitor;
 pub mod netns;
 pub mod packet;

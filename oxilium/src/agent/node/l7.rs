@@ -7,7 +7,8 @@ use crate::{
     events::{
         Hub,
         record::{
-            Endpoint, EventType, Flow, FlowRecord, Http, Interface, Ip, L4, L7, Ports, rfc3339,
+            Endpoint, EventType, Flow, FlowRecord, Http, Interface, Ip, L4, L7, Ports,
+            namespace_of, rfc3339,
         },
     },
 };
@@ -32,10 +33,13 @@ struct View {
 }
 
 /// The local endpoints' policy, by address: written by the policy agent after each
-/// regeneration, read by the proxies for every request.
+/// regeneration, read by the proxies for every request. Also the names of the cluster's pods
+/// the agent knows (its policy objects' Pods with addresses, other nodes' included), for the
+/// monitor's records.
 #[derive(Default)]
 pub struct Endpoints {
     by_addr: RwLock<HashMap<IpAddr, Arc<View>>>,
+    cluster: RwLock<HashMap<IpAddr, Arc<str>>>,
 }
 
 impl Endpoints {
@@ -58,9 +62,48 @@ impl Endpoints {
         }
     }
 
-    /// `namespace/name` of the local pod at `a`, for the monitor's records.
+    /// Replaces the cluster's pods by address (`namespace/name`).
+    pub fn set_cluster(&self, pods: HashMap<IpAddr, Arc<str>>) {
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = pods;
+    }
+
+    /// `namespace/name` of the pod at `a`: a local endpoint, else a pod of the cluster the agent
+    /// knows (on another node); for the monitor's records.
     pub fn pod_name(&self, a: IpAddr) -> Option<String> {
-        self.get(a).map(|v| v.key.clone())
+        if let Some(v) = self.get(a) {
+            return Some(v.key.clone());
+        }
+        self.cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&a)
+            .map(|k| k.to_string())
+    }
+
+    /// The addresses of the local endpoint `namespace/name`.
+    pub fn addrs_of(&self, key: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .by_addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, v)| v.key == key)
+            .map(|(a, _)| *a)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The policies that produced the kernel entry `k` of the local endpoint at `a`.
+    pub fn origins(&self, a: IpAddr, k: &abi::policy::PolicyKey) -> Vec<String> {
+        let Some(v) = self.get(a) else {
+            return Vec::new();
+        };
+        v.map
+            .iter()
+            .find(|(mk, _)| mk.to_abi() == *k)
+            .map(|(_, e)| e.origins.iter().map(|o| o.to_string()).collect())
+            .unwrap_or_default()
     }
 
     fn get(&self, a: IpAddr) -> Option<Arc<View>> {
@@ -141,6 +184,21 @@ impl Policy for NodePolicy {
     }
 }
 
+/// Whether the node's HTTP proxy would let `req` through on the redirected connection `c`: the
+/// decision it takes per request ([`NodePolicy`], then the proxy crate's matcher).
+pub fn http_allows(
+    endpoints: &Arc<Endpoints>,
+    pin_dir: &Path,
+    c: &Conn,
+    req: &policy::l7::HttpRequest,
+) -> Result<bool> {
+    let p = NodePolicy {
+        endpoints: endpoints.clone(),
+        ipcache: Mutex::new(IpcacheReader::open(pin_dir)?),
+    };
+    Ok(proxy::http::allows(&p.decide(c).rules, req))
+}
+
 /// The flow record of one request.
 pub fn record(a: &Access) -> FlowRecord {
     let (src, dst) = (a.conn.client, a.conn.original);
@@ -172,6 +230,7 @@ pub fn record(a: &Access) -> FlowRecord {
         port: Some(s.port()),
         identity: Some(id),
         pod_name: name.clone(),
+        namespace: name.as_deref().and_then(namespace_of),
     };
     FlowRecord {
         flow: Flow {

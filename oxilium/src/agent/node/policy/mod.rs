@@ -282,6 +282,16 @@ impl PolicyAgent {
     fn apply(&mut self, new: Folder) -> Result<()> {
         let t = Instant::now();
         let old = std::mem::replace(&mut self.folder, new);
+        self.l7.set_cluster(
+            self.folder
+                .pods
+                .iter()
+                .flat_map(|p| {
+                    let key: std::sync::Arc<str> = p.key().into();
+                    p.ips.iter().map(move |ip| (*ip, key.clone()))
+                })
+                .collect(),
+        );
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut note = |d: Vec<policy::engine::EndpointDelta>| {
             touched.extend(d.into_iter().map(|d| d.endpoint));
