@@ -132,8 +132,9 @@ impl FolderSource {
         self.files.len()
     }
 
-    /// Applies what changed since the last read or update; `None` when no file read differs.
-    /// On error nothing was applied.
+    /// Applies what changed since the last read or update; `None` when no file read differs
+    /// and no earlier change was refused (a refused file deleted gives an empty update). On
+    /// error nothing was applied.
     pub fn update(&mut self, hint: &Hint) -> Result<Option<Update>, SourceError> {
         let targeted = match hint {
             Hint::Paths(p) if !self.must_scan => self.targeted(p),
@@ -148,6 +149,8 @@ impl FolderSource {
                 found
             }
         };
+        // Files refused last time: read again, or gone (then the folder is whole again).
+        let had_refused = !self.refused.is_empty();
         for p in std::mem::take(&mut self.refused) {
             if changed.contains(&p) || removed.contains(&p) {
                 continue;
@@ -159,7 +162,9 @@ impl FolderSource {
             }
         }
         if changed.is_empty() && removed.is_empty() {
-            return Ok(None);
+            // A refused file deleted (it had put nothing in): no object changes, but the
+            // change that was refused is over, which the caller must hear about.
+            return Ok(had_refused.then(Update::default));
         }
         let mut parsed = Vec::with_capacity(changed.len());
         for (i, path) in changed.iter().enumerate() {

@@ -193,6 +193,18 @@ fn a_bad_edit_is_refused_whole_with_file_and_field_and_nothing_applied() {
     let up = s.update(&paths(&t, &["dangling.yaml"])).unwrap().unwrap();
     assert_eq!(up.read, 1);
     assert_eq!(endpoints_of(&s, "a"), ["10.1.0.6"]);
+    // A new file that does not parse, then deleted: nothing to read, but the refused change is
+    // over: an empty update (the agent clears its error), once.
+    t.write("broken.yaml", "kind: Service\nmetadata: {name: [\n");
+    assert!(s.update(&paths(&t, &["broken.yaml"])).is_err());
+    std::fs::remove_file(t.0.join("broken.yaml")).unwrap();
+    let up = s
+        .update(&paths(&t, &["broken.yaml"]))
+        .unwrap()
+        .expect("an update");
+    assert_eq!((up.read, up.removed, up.whole), (0, 0, false));
+    assert!(up.changes.services.is_empty());
+    assert!(s.update(&paths(&t, &["broken.yaml"])).unwrap().is_none());
     // An unknown field rejects that object only, with a note naming file and field.
     t.write(
         "svc/c.yaml",
