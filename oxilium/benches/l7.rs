@@ -24,24 +24,13 @@ use std::{
     time::Duration,
 };
 use support::{
-    deathstar::{Deathstar, read_response},
+    deathstar::{Deathstar, PODS, read_response},
     netns::Netns,
     policy_bed::PolicyNode,
 };
 
-const FILES: &str = "apiVersion: v1
-kind: Namespace
-metadata: {name: default}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
----
-apiVersion: cilium.io/v2
+/// The policy, beside the demo's pods (deathstar::PODS).
+const FILES: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: rule1, namespace: default}
 spec:
@@ -157,7 +146,14 @@ fn open_connections(ns: &Netns, ds: IpAddr, n: usize) -> Vec<TcpStream> {
 fn main() {
     let secs = env("OXILIUM_BENCH_SECS", 5);
     let conc = env("OXILIUM_BENCH_CONC", 8);
-    let mut node = PolicyNode::new("l7bench", &[("10-demo.yaml".into(), FILES.into())], &[]);
+    let mut node = PolicyNode::new(
+        "l7bench",
+        &[
+            ("10-pods.yaml".into(), PODS.into()),
+            ("11-policy.yaml".into(), FILES.into()),
+        ],
+        &[],
+    );
     let ds = node.add_pod("default/deathstar");
     node.add_pod("default/tiefighter");
     let dns = &node.pods["default/deathstar"].ns;

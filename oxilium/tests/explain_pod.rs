@@ -20,29 +20,14 @@ use std::{
     time::Duration,
 };
 use support::{
-    deathstar::Deathstar,
+    deathstar::{Deathstar, PODS},
     map_dump,
     netns::Netns,
     policy_bed::{PolicyNode, probe_all},
 };
 
+/// The `web` pod and the policies, beside the demo's pods (deathstar::PODS).
 const FILES: &str = "apiVersion: v1
-kind: Namespace
-metadata: {name: default}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
----
-apiVersion: v1
 kind: Pod
 metadata: {name: web, namespace: default, labels: {app: web}}
 ---
@@ -140,7 +125,14 @@ fn http_status(ns: &Netns, to: SocketAddr, method: &str, path: &str) -> u16 {
 
 #[test]
 fn explain_pod_paths_agree_with_real_packets_and_change_nothing() {
-    let mut node = PolicyNode::new("xpod", &[("10-pods.yaml".into(), FILES.into())], &[]);
+    let mut node = PolicyNode::new(
+        "xpod",
+        &[
+            ("10-pods.yaml".into(), PODS.into()),
+            ("11-web.yaml".into(), FILES.into()),
+        ],
+        &[],
+    );
     for p in ["deathstar", "tiefighter", "xwing", "web"] {
         node.add_pod(&format!("default/{p}"));
     }

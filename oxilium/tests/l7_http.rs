@@ -16,29 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 use support::{
-    deathstar::{Deathstar, curl, read_response, request},
+    deathstar::{Deathstar, PODS, curl, read_response, request},
     monitor::Monitor,
     netns::Netns,
     policy_bed::{NODE_IP, PolicyNode},
 };
 
-const PODS: &str = "apiVersion: v1
-kind: Namespace
-metadata: {name: default}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
----
-apiVersion: v1
+/// A pod beside the demo's (deathstar::PODS).
+const OUTPOST: &str = "apiVersion: v1
 kind: Pod
 metadata: {name: outpost, namespace: default, labels: {class: outpost}}
 ";
@@ -82,6 +67,7 @@ spec:
 fn files(rules: &str) -> Vec<(String, String)> {
     vec![
         ("10-pods.yaml".into(), PODS.into()),
+        ("11-outpost.yaml".into(), OUTPOST.into()),
         ("20-rule1.yaml".into(), rules.into()),
         ("30-egress.yaml".into(), EGRESS.into()),
     ]

@@ -16,6 +16,25 @@ use std::{
     thread::JoinHandle,
 };
 
+/// The demo's Namespace and pods as a manifests file: `deathstar` (`org=empire,
+/// class=deathstar`), `tiefighter` (`org=empire`) and `xwing` (`org=alliance`).
+pub const PODS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: deathstar, namespace: default, labels: {org: empire, class: deathstar}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
+";
+
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
