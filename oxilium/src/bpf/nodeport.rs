@@ -115,7 +115,7 @@ fn remove_links(pin_dir: &Path, devices: &[String], dirs: &[&str]) -> Result<()>
 }
 
 /// Attaches [`L7_PROGRAM`] of the loaded tc object first on the tc ingress of every device (before
-/// the NodePort program, which ends the device's TCX chain), through links pinned as
+/// the NodePort program, which may redirect or drop what it decides on), through links pinned as
 /// `link_np_l7_<device>`.
 fn attach_l7(ebpf: &mut Ebpf, pin_dir: &Path, devices: &[String]) -> Result<()> {
     let prog: &mut SchedClassifier = ebpf
