@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 use support::{
-    deathstar::{Deathstar, PODS, curl, read_response, request},
+    deathstar::{Deathstar, PODS, curl, keep_alive, read_response, request},
     monitor::Monitor,
     netns::Netns,
     policy_bed::{NODE_IP, PolicyNode},
@@ -157,44 +157,16 @@ fn starwars_demo_ingress_and_egress() {
     assert_eq!(seen[0].peer.ip(), NODE_IP.parse::<IpAddr>().unwrap());
 
     // One keep-alive connection: allowed and denied requests mixed, one connect.
-    let (code, out) = curl(
+    let root = d.url("deathstar", "/");
+    let out = keep_alive(
         tie,
         &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{num_connects}\n",
-            "-X",
-            "POST",
-            &landing,
-            "--next",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{num_connects}\n",
-            "-X",
-            "PUT",
-            &exhaust,
-            "--next",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{num_connects}\n",
-            "-X",
-            "POST",
-            &landing,
-            "--next",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{num_connects}\n",
-            &d.url("deathstar", "/"),
+            ("POST", &landing),
+            ("PUT", &exhaust),
+            ("POST", &landing),
+            ("GET", &root),
         ],
     );
-    assert_eq!(code, 0, "{out}");
     assert_eq!(
         out, "200 1\n403 0\n200 0\n403 0\n",
         "status and new connections per request"

@@ -22,7 +22,7 @@ use std::{
 };
 use support::{
     cni_nodes::{Nodes, Setup, node_ip, require_vxlan},
-    deathstar::{Deathstar, curl, request},
+    deathstar::{Deathstar, curl, keep_alive, request},
     netns::Netns,
     peer::{PeerServers, tcp_ask},
 };
@@ -162,42 +162,12 @@ impl Demo {
     }
 }
 
-/// curl, one keep-alive connection: POST landing, PUT exhaust port, POST landing; each
-/// request's status and number of new connections.
+/// One keep-alive connection: POST landing, PUT exhaust port, POST landing.
 fn keep_alive_mix(ns: &Netns, landing: &str, exhaust: &str) -> String {
-    let w = "%{http_code} %{num_connects}\n";
-    let (code, out) = curl(
+    keep_alive(
         ns,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            w,
-            "-X",
-            "POST",
-            landing,
-            "--next",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            w,
-            "-X",
-            "PUT",
-            exhaust,
-            "--next",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            w,
-            "-X",
-            "POST",
-            landing,
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
-    out
+        &[("POST", landing), ("PUT", exhaust), ("POST", landing)],
+    )
 }
 
 /// The deathstar's ingress rule enforced by the proxy of its own node for a client on another

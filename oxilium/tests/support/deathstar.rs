@@ -184,6 +184,22 @@ pub fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// curl, one keep-alive connection for every request (`(method, url)`): each request's status
+/// and number of new connections, a line each ("200 1\n403 0\n...").
+pub fn keep_alive(ns: &Netns, requests: &[(&str, &str)]) -> String {
+    let w = "%{http_code} %{num_connects}\n";
+    let mut args: Vec<&str> = Vec::new();
+    for (i, (method, url)) in requests.iter().enumerate() {
+        if i > 0 {
+            args.extend(["--next", "-s"]);
+        }
+        args.extend(["-o", "/dev/null", "-w", w, "-X", method, url]);
+    }
+    let (code, out) = curl(ns, &args);
+    assert_eq!(code, 0, "{out}");
+    out
+}
+
 /// One request with curl: (HTTP status, body).
 #[track_caller]
 pub fn request(ns: &Netns, method: &str, url: &str) -> (u16, String) {
