@@ -362,11 +362,13 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     best.score = 0;
     best.port = 0;
     best.ours = 0;
+    // No frontend at all on the SNAT address (no VIP marker): no port needs the check.
+    let frontends = is_vip(lb);
     for i in 0..SNAT_TRIES {
         // Each try an independent hash of the flow: tries of flows with close hashes do not
         // walk the same ports.
         let port = ((min + abi::lb::mix(h.wrapping_add(i)) % range) as u16).to_be();
-        if is_frontend(&rkey.dst, port, rkey.proto) {
+        if frontends && is_frontend(&rkey.dst, port, rkey.proto) {
             continue;
         }
         rkey.dport = port;

@@ -53,7 +53,9 @@ pub fn service_key(s: &Service) -> ServiceKey {
     }
 }
 
-/// The port-0 marker entry that tells the datapath an address is a VIP (for fragments).
+/// The port-0 marker entry that tells the datapath an address is a VIP (for fragments) and may
+/// have frontends (the SNAT port search checks its ports only then). Written before the first
+/// service of its address, removed after the last one (crate::reconcile).
 pub fn vip_marker(addr: IpAddr) -> ServiceKey {
     ServiceKey {
         addr: addr_bytes(addr),

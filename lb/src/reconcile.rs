@@ -241,6 +241,10 @@ impl<D: Datapath> Reconciler<D> {
     /// Makes the datapath hold exactly `desired`. Cost: a walk over every service.
     pub fn apply(&mut self, desired: &BTreeMap<ServiceKey, CompiledService>) -> Result<Changes> {
         let mut pass = Pass::default();
+        // Every marker is checked: those of every wanted VIP (one may be missing after a
+        // restart) and those adopted from the datapath (their services may be gone).
+        pass.vips.extend(desired.keys().map(|k| k.addr));
+        pass.vips.extend(self.markers.iter().map(|m| m.addr));
         self.apply_all(desired, &mut pass)?;
         let gone: Vec<ServiceKey> = self
             .services
@@ -248,10 +252,6 @@ impl<D: Datapath> Reconciler<D> {
             .filter(|k| !desired.contains_key(k))
             .copied()
             .collect();
-        // Every marker is checked: those of every wanted VIP (one may be missing after a
-        // restart) and those adopted from the datapath (their services may be gone).
-        pass.vips.extend(desired.keys().map(|k| k.addr));
-        pass.vips.extend(self.markers.iter().map(|m| m.addr));
         self.finish(&gone, pass)
     }
 
@@ -273,10 +273,11 @@ impl<D: Datapath> Reconciler<D> {
         self.finish(&gone, pass)
     }
 
-    /// The second half of an apply: markers of new VIPs, then the services `gone`, then markers
-    /// no longer used, then the flows of removed backends; ids are freed last.
-    fn finish(&mut self, gone: &[ServiceKey], mut pass: Pass) -> Result<Changes> {
-        let used = |users: &BTreeMap<Addr, usize>, a: &Addr| users.get(a).is_some_and(|n| *n > 0);
+    /// The markers of the addresses in `pass.vips` that programmed (or about to be written)
+    /// services use and that have none yet. Written before the services of a new address: the
+    /// datapath skips the frontend check of SNAT ports on an address without a marker
+    /// (datapath::lb::snat_port), so no frontend may exist on an address before its marker.
+    fn add_markers(&mut self, pass: &Pass) -> Result<()> {
         for addr in &pass.vips {
             let m = vip_marker(crate::compile::bytes_addr(addr));
             if used(&self.vip_users, addr) && !self.markers.contains(&m) {
@@ -284,6 +285,12 @@ impl<D: Datapath> Reconciler<D> {
                 self.markers.insert(m);
             }
         }
+        Ok(())
+    }
+
+    /// The second half of an apply: the services `gone`, then markers no longer used (after
+    /// their last service), then the flows of removed backends; ids are freed last.
+    fn finish(&mut self, gone: &[ServiceKey], mut pass: Pass) -> Result<Changes> {
         for key in gone {
             let s = self.services.remove(key).expect("listed by the caller");
             self.dp.remove_service(key)?;
@@ -345,6 +352,7 @@ impl<D: Datapath> Reconciler<D> {
             self.apply_backends(key, cs, pass)?;
         }
         self.dp.commit_tables()?;
+        self.add_markers(pass)?;
         for (key, cs) in services {
             self.apply_entry(key, cs, pass)?;
         }
@@ -535,6 +543,11 @@ impl<D: Datapath> Reconciler<D> {
         }
         Ok(())
     }
+}
+
+/// True when a programmed service uses `a` (its marker exists).
+fn used(users: &BTreeMap<Addr, usize>, a: &Addr) -> bool {
+    users.get(a).is_some_and(|n| *n > 0)
 }
 
 /// Whether a backend leaving a service of this protocol drains (TCP: connections end) rather

@@ -47,11 +47,27 @@ impl Datapath for MemoryDatapath {
                 value.id
             );
         }
+        // The datapath takes an address without a marker for one without frontends (its SNAT
+        // port search skips the frontend check there).
+        if !is_marker(key) && !self.services.contains_key(&marker_of(key)) {
+            bail!(
+                "service {} written before its address's VIP marker",
+                value.id
+            );
+        }
         self.writes += 1;
         self.services.insert(*key, *value);
         Ok(())
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        if is_marker(key)
+            && self
+                .services
+                .keys()
+                .any(|k| !is_marker(k) && marker_of(k) == *key)
+        {
+            bail!("VIP marker removed while a service uses its address");
+        }
         self.writes += 1;
         self.services.remove(key);
         Ok(())
@@ -111,6 +127,16 @@ impl Datapath for MemoryDatapath {
     fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
         Ok(self.affinity.get(&service_id).copied())
     }
+}
+
+/// True for a VIP marker entry (port 0, protocol 0: crate::compile::vip_marker).
+fn is_marker(k: &ServiceKey) -> bool {
+    k.port == 0 && k.proto == 0
+}
+
+/// The VIP marker of a service's address.
+fn marker_of(k: &ServiceKey) -> ServiceKey {
+    crate::compile::vip_marker(crate::compile::bytes_addr(&k.addr))
 }
 
 /// What a datapath holds, named by service key and backend address instead of ids: two

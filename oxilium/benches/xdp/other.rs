@@ -20,8 +20,9 @@ fn open(dir: &Path, name: &str) -> Map {
 }
 
 /// Loads `object` with its own pin folder, its maps holding a copy of those pinned in `from`.
-pub fn load(object: &[u8], from: &Path) -> (Ebpf, PinDir) {
-    let pins = PinDir::new(&format!("oxilium-bench-{}-other", std::process::id()));
+/// `n` tells several other builds apart.
+pub fn load(object: &[u8], from: &Path, n: usize) -> (Ebpf, PinDir) {
+    let pins = PinDir::new(&format!("oxilium-bench-{}-other{n}", std::process::id()));
     let mut ebpf = loader::load_pinned(object, pins.path()).expect("load the other object");
     let prog: &mut Xdp = ebpf.program_mut("oxilium_lb").unwrap().try_into().unwrap();
     prog.load().expect("verifying the other object");

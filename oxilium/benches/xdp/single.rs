@@ -6,9 +6,10 @@
 //! XDP_TX (the FIB answers in the bench namespace). Events are switched off (`OXI_EVENT_CONFIG`),
 //! their cost is the events section's.
 //!
-//! `OXILIUM_BENCH_COMPARE=FILE` (another build of the XDP object, e.g. the previous commit's
-//! target/bpf/bpfel-unknown-none/bpf/oxilium-xdp) adds its figures, each of its runs paired
-//! with ours on the same packet: on a shared machine this is the way to see what a change did.
+//! `OXILIUM_BENCH_COMPARE=FILE[,FILE...]` (other builds of the XDP object, e.g. the previous
+//! commit's target/bpf/bpfel-unknown-none/bpf/oxilium-xdp) adds their figures (each row named
+//! by its file's name), their runs paired with ours on the same packet: on a shared machine
+//! this is the way to see what a change did.
 //! The other build gets its own maps, holding a copy of ours (benches/xdp/other.rs), so that it
 //! may be one whose maps differ in type.
 use super::*;
@@ -52,7 +53,7 @@ pub struct Baselines {
 
 /// One case: `n` packets through the baselines and each of `progs`, in turn.
 fn case(
-    progs: &[&Xdp],
+    progs: &[(&Xdp, String)],
     base: &Baselines,
     ifindex: u32,
     n: u32,
@@ -74,7 +75,7 @@ fn case(
         // measurably favoured.
         for k in 0..progs.len() {
             let k = (k + i as usize) % progs.len();
-            let (action, ns, _) = run(progs[k], &p, &md, 1);
+            let (action, ns, _) = run(progs[k].0, &p, &md, 1);
             not_tx += u32::from(action != 3);
             ours[k].push(ns);
         }
@@ -86,7 +87,7 @@ fn case(
         let name = if k == 0 {
             name.to_string()
         } else {
-            "  … the other build".to_string()
+            format!("  … {}", progs[k].1)
         };
         println!(
             "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x  {:>7.1} ns",
@@ -116,13 +117,23 @@ pub fn bench(ifindex: u32, base: &Baselines) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
-    let mut progs = vec![events_off(&ebpf, &pins)];
-    let other = std::env::var("OXILIUM_BENCH_COMPARE")
-        .ok()
-        .map(|f| std::fs::read(&f).unwrap_or_else(|e| panic!("OXILIUM_BENCH_COMPARE={f}: {e}")));
-    let loaded = other.as_deref().map(|o| other::load(o, pins.path()));
-    if let Some((ebpf, pins)) = &loaded {
-        progs.push(events_off(ebpf, pins));
+    let mut progs = vec![(events_off(&ebpf, &pins), String::new())];
+    let others: Vec<String> = std::env::var("OXILIUM_BENCH_COMPARE")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let loaded: Vec<_> = others
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let o = std::fs::read(f).unwrap_or_else(|e| panic!("OXILIUM_BENCH_COMPARE={f}: {e}"));
+            (other::load(&o, pins.path(), i), f)
+        })
+        .collect();
+    for ((ebpf, pins), f) in &loaded {
+        let name = std::path::Path::new(f.as_str())
+            .file_name()
+            .map_or_else(|| f.to_string(), |n| n.to_string_lossy().into_owned());
+        progs.push((events_off(ebpf, pins), name));
     }
     println!(
         "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
