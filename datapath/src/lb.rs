@@ -335,13 +335,14 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     let Some(s) = crate::maps::OXI_SCRATCH.get_ptr_mut(0) else {
         return reason::ERROR;
     };
-    // SAFETY: this CPU's scratch; only the `snat`, `rewrite` and `snat_best` fields are written
-    // here (callers hold the flow and target fields).
-    let (entry, rkey, best) = unsafe {
+    // SAFETY: this CPU's scratch; only the `snat`, `rewrite`, `snat_best` and `svc_key` fields
+    // are written here (callers hold the flow and target fields).
+    let (entry, rkey, best, skey) = unsafe {
         (
             &mut *core::ptr::addr_of_mut!((*s).snat),
             &mut *core::ptr::addr_of_mut!((*s).rewrite),
             &mut *core::ptr::addr_of_mut!((*s).snat_best),
+            &mut *core::ptr::addr_of_mut!((*s).svc_key),
         )
     };
     entry.client = f.key.src;
@@ -362,14 +363,28 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     best.score = 0;
     best.port = 0;
     best.ours = 0;
-    // No frontend at all on the SNAT address (no VIP marker): no port needs the check.
-    let frontends = is_vip(lb);
+    // The frontend check of each port, only when the SNAT address has frontends at all: its VIP
+    // marker (port 0, protocol 0) exists from before its first service until after its last
+    // (lb::reconcile). One lookup of the same key per new flow (a hot bucket) instead of one of
+    // a random port per try (a cold one).
+    // SAFETY: the scratch space's key and a map value's address: 4-aligned (crate::words).
+    unsafe { words::copy_addr(&mut skey.addr, lb) };
+    skey.port = 0;
+    skey.proto = 0;
+    skey.scope = SCOPE_EXTERNAL;
+    let frontends = unsafe { OXI_SERVICES.get(&*skey) }.is_some();
+    skey.proto = rkey.proto;
     for i in 0..SNAT_TRIES {
         // Each try an independent hash of the flow: tries of flows with close hashes do not
         // walk the same ports.
         let port = ((min + abi::lb::mix(h.wrapping_add(i)) % range) as u16).to_be();
-        if frontends && is_frontend(&rkey.dst, port, rkey.proto) {
-            continue;
+        if frontends {
+            // A frontend on the SNAT address: the backend's replies would be taken for new
+            // flows to it.
+            skey.port = port;
+            if unsafe { OXI_SERVICES.get(&*skey) }.is_some() {
+                continue;
+            }
         }
         rkey.dport = port;
         if OXI_SNAT.insert(&*rkey, &*entry, BPF_NOEXIST as u64).is_ok() {
@@ -415,18 +430,6 @@ fn take_over(t: &mut Target, rkey: &FlowKey, entry: &SnatEntry, port: u16, count
     }
     t.snat_port = port;
     0
-}
-
-/// True when `addr`:`port` (network byte order) is a service frontend for `proto`.
-#[inline(always)]
-fn is_frontend(addr: &Addr, port: u16, proto: u8) -> bool {
-    let key = ServiceKey {
-        addr: *addr,
-        port,
-        proto,
-        scope: SCOPE_EXTERNAL,
-    };
-    unsafe { OXI_SERVICES.get(&key) }.is_some()
 }
 
 /// How good a take-over of SNAT port `port`, held by entry `e`, is (`abi::ct::reuse_score`: 0

@@ -66,6 +66,9 @@ pub struct Scratch {
     /// The best take-over candidate while a SNAT port is chosen (`crate::lb::snat_port`): kept
     /// here rather than in registers, so the verifier does not walk every order of candidates.
     pub snat_best: SnatBest,
+    /// A frontend key while a SNAT port is chosen (`crate::lb::snat_port`): off the stack, which
+    /// the NodePort tc program's call chain has used up.
+    pub svc_key: ServiceKey,
     /// The packet an ICMP error quotes (crate::icmp).
     pub quoted: crate::icmp::Quoted,
     /// The program, interface and length of the packet, for its events (crate::events).
@@ -77,6 +80,7 @@ pub struct Scratch {
 const _: () = {
     assert!(core::mem::offset_of!(Scratch, rewrite) % 8 == 0);
     assert!(core::mem::offset_of!(Scratch, reply) % 8 == 0);
+    assert!(core::mem::offset_of!(Scratch, svc_key) % 4 == 0);
 };
 
 /// See [`Scratch::snat_best`].
