@@ -301,7 +301,12 @@ pub(crate) fn mirror_state(f: &Flow, t: &Target, flags: u16) {
 pub fn lb_addr(v6: bool) -> Option<&'static Addr> {
     let c = config()?;
     let a = if v6 { &c.snat_v6 } else { &c.snat_v4 };
-    if *a == [0u8; 16] { None } else { Some(a) }
+    // SAFETY: a map value's address: 4-aligned (crate::words).
+    if unsafe { words::is_zero_addr(a) } {
+        None
+    } else {
+        Some(a)
+    }
 }
 
 /// How many ports [`snat_port`] tries for a new flow.
@@ -321,7 +326,8 @@ pub(crate) fn snat_port(f: &Flow, t: &mut Target, service_id: u32, now: u64) -> 
     };
     let lb = if f.v6 { &cfg.snat_v6 } else { &cfg.snat_v4 };
     let (min, max) = (cfg.snat_port_min as u32, cfg.snat_port_max as u32);
-    if *lb == [0u8; 16] || min == 0 || max < min {
+    // SAFETY: a map value's address: 4-aligned (crate::words).
+    if unsafe { words::is_zero_addr(lb) } || min == 0 || max < min {
         return reason::ERROR;
     }
     let range = max - min + 1;

@@ -125,6 +125,17 @@ pub unsafe fn addr_eq(a: *const Addr, b: *const Addr) -> bool {
     }
 }
 
+/// True when the address at `a` is all zeros (unset), read four bytes at a time.
+///
+/// # Safety
+/// `a` must be valid and 4-byte aligned.
+#[inline(always)]
+pub unsafe fn is_zero_addr(a: *const Addr) -> bool {
+    let p = a as *const u32;
+    // SAFETY: the caller's.
+    unsafe { (p.read() | p.add(1).read() | p.add(2).read() | p.add(3).read()) == 0 }
+}
+
 /// `abi::lb::is_v4_mapped` four bytes at a time.
 ///
 /// # Safety

@@ -10,6 +10,7 @@ use datapath::{
     headers::*,
     lb::Target,
     parse::{Flow, ptr_at},
+    words,
 };
 
 /// What [`next_hop`] returns, with the usable MTU in the low 16 bits, for a packet that would
@@ -19,7 +20,8 @@ pub const TOO_BIG: u32 = 1 << 16;
 /// Length of the outer header towards `dst` carrying `port` (0: none, see datapath::encap).
 #[inline(always)]
 fn outer_len(dst: &Addr, port: u16) -> usize {
-    if abi::lb::is_v4_mapped(dst) {
+    // SAFETY: `dst` is a backend address in the scratch space or a map value: 4-aligned.
+    if unsafe { words::is_v4_mapped(dst) } {
         encap::outer_v4_len(port)
     } else {
         IPV6_HLEN
@@ -58,7 +60,8 @@ pub fn next_hop(
 /// reason. Inlined into its one caller (crate::tunnel), whose frame holds the next hop.
 #[inline(always)]
 pub fn encap(ctx: &XdpContext, f: &Flow, src: &Addr, dst: &Addr, port: u16) -> u32 {
-    let outer_v6 = !abi::lb::is_v4_mapped(dst);
+    // SAFETY: as in [`outer_len`].
+    let outer_v6 = !unsafe { words::is_v4_mapped(dst) };
     match try_encap(ctx, f, src, dst, outer_v6, port) {
         Ok(()) => 0,
         Err(r) => r,
