@@ -214,6 +214,33 @@ fn a_full_apply_rewrites_a_missing_vip_marker_of_an_adopted_service() {
     assert!(r.datapath().services.contains_key(&marker));
 }
 
+/// The datapath skips the frontend check of SNAT ports on an address without a VIP marker, so the
+/// marker must exist whenever a service of its address does: written before the first (the
+/// in-memory datapath refuses a service entry without its marker, and a marker removal while a
+/// service uses the address), removed after the last; by a full apply and by a partial one.
+#[test]
+fn a_vip_marker_exists_while_any_service_of_its_address_does() {
+    let on = |name: &str, addr: &str, port: u16| {
+        let mut s = service(name, port, &[1]);
+        s.frontend.addr = addr.parse().unwrap();
+        s
+    };
+    let marker = |a: &str| vip_marker(a.parse().unwrap());
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    r.apply(&compile(&model(vec![on("a", "10.0.0.1", 80)])).unwrap())
+        .unwrap();
+    assert!(r.datapath().services.contains_key(&marker("10.0.0.1")));
+    // A new address through a partial apply, then the old one's last service removed.
+    let b = compile(&model(vec![on("b", "10.0.0.2", 80)])).unwrap();
+    let gone = compile(&model(vec![on("a", "10.0.0.1", 80)])).unwrap();
+    r.apply_services(&b, &gone.keys().copied().collect())
+        .unwrap();
+    let dp = r.datapath();
+    assert!(dp.services.contains_key(&marker("10.0.0.2")));
+    assert!(!dp.services.contains_key(&marker("10.0.0.1")));
+    assert_eq!(dp.services.len(), 2, "service b and its marker");
+}
+
 proptest! {
     /// After any sequence of models, the datapath holds exactly the last one (and the in-memory
     /// datapath refuses writes in an unsafe order, so every sequence also respects the ordering).
