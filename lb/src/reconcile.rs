@@ -9,9 +9,7 @@
 //! that leaves any other service (UDP: no end of a flow to wait for) is removed with its flows at
 //! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
-use abi::lb::{
-    self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue,
-};
+use abi::lb::{self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue};
 use anyhow::{Result, bail};
 use digest::TableDigest;
 use serde::Serialize;
@@ -351,9 +349,21 @@ impl<D: Datapath> Reconciler<D> {
         let (new_services, new_backends) = limits::needed(&self.services, &self.reserved, services);
         let l = &self.limits;
         let room = self.service_ids.room();
-        limits::check("services", new_services, room, l.services, l.services_setting)?;
+        limits::check(
+            "services",
+            new_services,
+            room,
+            l.services,
+            l.services_setting,
+        )?;
         let room = self.backend_ids.room();
-        limits::check("backends", new_backends, room, l.backends, l.backends_setting)?;
+        limits::check(
+            "backends",
+            new_backends,
+            room,
+            l.backends,
+            l.backends_setting,
+        )?;
         for (key, cs) in services {
             self.apply_backends(key, cs, pass)?;
         }

@@ -392,7 +392,9 @@ fn limited(services: u32, backends: u32) -> Reconciler<MemoryDatapath> {
 
 #[test]
 fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
-    let three: Vec<Service> = (0..3).map(|i| service(&format!("s{i}"), 80 + i, &[1])).collect();
+    let three: Vec<Service> = (0..3)
+        .map(|i| service(&format!("s{i}"), 80 + i, &[1]))
+        .collect();
     // Services: 3 fit in 3; a fourth is refused, and nothing of the change is written.
     let mut r = limited(3, 100);
     r.apply(&compile(&model(three.clone())).unwrap()).unwrap();
@@ -400,9 +402,14 @@ fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
     let mut four = three.clone();
     four[0] = service("s0", 80, &[1, 2]);
     four.push(service("s3", 83, &[1]));
-    let e = r.apply(&compile(&model(four.clone())).unwrap()).unwrap_err();
+    let e = r
+        .apply(&compile(&model(four.clone())).unwrap())
+        .unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("--max-services (3)") && msg.contains("1 more services"), "{msg}");
+    assert!(
+        msg.contains("--max-services (3)") && msg.contains("1 more services"),
+        "{msg}"
+    );
     assert_eq!(r.datapath().writes, writes, "nothing written");
     assert_eq!(r.datapath().services, before);
     // The same through the per-service path.
@@ -418,7 +425,10 @@ fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
     r.apply(&compile(&model(swapped.clone())).unwrap()).unwrap();
     swapped.push(service("s3", 83, &[1]));
     r.apply(&compile(&model(swapped)).unwrap()).unwrap();
-    assert_eq!(r.datapath().services.values().filter(|v| v.id != 0).count(), 3);
+    assert_eq!(
+        r.datapath().services.values().filter(|v| v.id != 0).count(),
+        3
+    );
     assert!(r.datapath().services.values().all(|v| v.id <= 3));
 
     // Backends: 4 ids; a service asking for a fifth backend is refused whole.
@@ -427,12 +437,27 @@ fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
         .unwrap();
     let writes = r.datapath().writes;
     let e = r
-        .apply(&compile(&model(vec![service("a", 80, &[1, 2, 3]), service("b", 81, &[1, 2])])).unwrap())
+        .apply(
+            &compile(&model(vec![
+                service("a", 80, &[1, 2, 3]),
+                service("b", 81, &[1, 2]),
+            ]))
+            .unwrap(),
+        )
         .unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("2 more backends") && msg.contains("--max-backends (4) leaves room for 1"), "{msg}");
+    assert!(
+        msg.contains("2 more backends") && msg.contains("--max-backends (4) leaves room for 1"),
+        "{msg}"
+    );
     assert_eq!(r.datapath().writes, writes);
-    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3]), service("b", 81, &[1])])).unwrap())
-        .unwrap();
+    r.apply(
+        &compile(&model(vec![
+            service("a", 80, &[1, 2, 3]),
+            service("b", 81, &[1]),
+        ]))
+        .unwrap(),
+    )
+    .unwrap();
     assert!(r.datapath().backends.keys().all(|id| (1..=4).contains(id)));
 }

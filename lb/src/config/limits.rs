@@ -9,9 +9,10 @@ use crate::config::fields::{Ctx, Fields, int};
 pub const MAX_SERVICES_RANGE: std::ops::RangeInclusive<u32> = 1..=1_048_575;
 /// Accepted `max_backends` (backend ids are `1..=max_backends`).
 pub const MAX_BACKENDS_RANGE: std::ops::RangeInclusive<u32> = 1..=16_777_215;
-/// Default `max_services`: the maps' compiled sizes, less id 0.
-pub const DEFAULT_MAX_SERVICES: u32 = abi::lb::MAX_SERVICES - 1;
-/// Default `max_backends`.
+/// Default `max_services`: the service map's compiled size holds a service and its VIP's marker
+/// (one per address) for each, so half of it, less id 0.
+pub const DEFAULT_MAX_SERVICES: u32 = abi::lb::MAX_SERVICES / 2 - 1;
+/// Default `max_backends`: the backend map's compiled size, less id 0.
 pub const DEFAULT_MAX_BACKENDS: u32 = abi::lb::MAX_BACKENDS - 1;
 
 /// One limit read from the file: its value and the line it was on (the file's first line when
@@ -31,8 +32,14 @@ pub(crate) fn read(
 ) -> Limit {
     match f.take(key) {
         Some(n) => Limit {
-            value: int(ctx, n, key, u64::from(*range.start()), u64::from(*range.end()))
-                .map_or(default, |a| a.v as u32),
+            value: int(
+                ctx,
+                n,
+                key,
+                u64::from(*range.start()),
+                u64::from(*range.end()),
+            )
+            .map_or(default, |a| a.v as u32),
             line: n.line,
         },
         None => Limit {
@@ -43,7 +50,12 @@ pub(crate) fn read(
 }
 
 /// The file's services and their backends (one id each, per service) must fit the limits.
-pub(crate) fn check(ctx: &mut Ctx, services: &[Service], max_services: &Limit, max_backends: &Limit) {
+pub(crate) fn check(
+    ctx: &mut Ctx,
+    services: &[Service],
+    max_services: &Limit,
+    max_backends: &Limit,
+) {
     let n = services.len();
     if n > max_services.value as usize {
         ctx.err(

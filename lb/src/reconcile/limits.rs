@@ -3,7 +3,8 @@
 //! that needs more (an error naming the setting, instead of a map update failing half-way).
 use super::Realised;
 use crate::compile::CompiledService;
-use abi::lb::{MAX_BACKENDS, MAX_SERVICES, ServiceKey};
+use crate::config::limits::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES};
+use abi::lb::ServiceKey;
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 
@@ -21,11 +22,11 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// The maps' compiled-in sizes (id 0 is never given out).
+    /// What the maps' compiled-in sizes hold (see `crate::config::limits`).
     fn default() -> Self {
         Limits {
-            services: MAX_SERVICES - 1,
-            backends: MAX_BACKENDS - 1,
+            services: DEFAULT_MAX_SERVICES,
+            backends: DEFAULT_MAX_BACKENDS,
             services_setting: "the compiled service map size",
             backends_setting: "the compiled backend map size",
         }
@@ -48,7 +49,9 @@ pub(super) fn needed(
             .backends
             .iter()
             .filter(|(addr, _)| {
-                real.is_none_or(|r| !r.backends.contains_key(addr) && !r.draining.contains_key(addr))
+                real.is_none_or(|r| {
+                    !r.backends.contains_key(addr) && !r.draining.contains_key(addr)
+                })
             })
             .count();
     }
@@ -56,13 +59,7 @@ pub(super) fn needed(
 }
 
 /// An error when `need` new ids of a kind exceed the `room` left under `limit`.
-pub(super) fn check(
-    what: &str,
-    need: usize,
-    room: usize,
-    limit: u32,
-    setting: &str,
-) -> Result<()> {
+pub(super) fn check(what: &str, need: usize, room: usize, limit: u32, setting: &str) -> Result<()> {
     if need > room {
         bail!(
             "the change needs {need} more {what} but {setting} ({limit}) leaves room for {room}; \

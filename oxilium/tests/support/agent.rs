@@ -256,6 +256,25 @@ impl AgentProcess {
         }
     }
 
+    /// Waits for a spawned agent to exit on its own (a start it refuses); panics with the log
+    /// after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        let child = self.child.as_mut().expect("the agent was not started");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "agent still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// [`spawn`](Self::spawn) and [`wait_ready`](Self::wait_ready).
     pub fn start(&mut self) {
         self.spawn();
