@@ -52,6 +52,23 @@ fn manifests(n: usize) -> String {
     y
 }
 
+/// Writes `name` (again on every poll: a write between the agent's first read and its watch
+/// would go unseen) until the agent's last error contains `needle`.
+fn refused_change(agent: &AgentProcess, name: &str, contents: &str, needle: &str) {
+    agent.eventually(Duration::from_secs(10), needle, || {
+        let s = agent.status();
+        if s["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return Ok(());
+        }
+        agent.write_file(name, contents);
+        Err(s)
+    });
+}
+
 fn node_agent(ns: &Netns, tag: &str, flags: &[&str]) -> AgentProcess {
     AgentProcess::builder(ns, tag)
         .args(["--role", "node", "--node", "node-a", "--watch-ms", "100"])
@@ -120,7 +137,6 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
         (names::BACKEND_STATS, 1),
         (names::CONNTRACK, 1),
         (names::SNAT, 1),
-        (nodeport::names::ENDPOINTS, 1),
         (endpoint::names::ENDPOINTS, 1),
         (policy::names::POLICY_CT, 1),
         (policy::names::POLICY, 1),
@@ -131,14 +147,12 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
     assert_eq!(before.len(), 20, "10 services and their 10 VIP markers");
 
     // 17 services: the change is refused whole, the maps keep the 10.
-    agent.write_file("manifests/all.yaml", &manifests(17));
-    agent.eventually(Duration::from_secs(10), "the change refused", || {
-        let s = agent.status();
-        let e = s["last_error"].as_str().unwrap_or_default().to_string();
-        e.contains("--max-services (16) leaves room for 6")
-            .then_some(())
-            .ok_or(s)
-    });
+    refused_change(
+        &agent,
+        "manifests/all.yaml",
+        &manifests(17),
+        "--max-services (16) leaves room for 6",
+    );
     assert_eq!(
         service_entries(&pins),
         before,
@@ -163,7 +177,8 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
     agent.stop();
     // Larger: the pinned maps stay as they were (with their entries), the start says so, and
     // the limit is what the pinned maps hold.
-    agent.add_args(["--max-services", "64", "--ct-max-entries", "8192"]);
+    agent.set_arg("--max-services", "64");
+    agent.set_arg("--ct-max-entries", "8192");
     agent.start();
     assert_eq!(max_entries(&pins, names::SERVICES), 32);
     assert_eq!(max_entries(&pins, names::TABLES), 17);
@@ -176,14 +191,12 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
         agent.log()
     );
     assert_eq!(service_entries(&pins), before, "entries kept");
-    agent.write_file("manifests/all.yaml", &manifests(17));
-    agent.eventually(Duration::from_secs(10), "the change refused", || {
-        let s = agent.status();
-        let e = s["last_error"].as_str().unwrap_or_default().to_string();
-        e.contains("the pinned maps (sized by an earlier start")
-            .then_some(())
-            .ok_or(s)
-    });
+    refused_change(
+        &agent,
+        "manifests/all.yaml",
+        &manifests(17),
+        "the pinned maps (sized by an earlier start",
+    );
     assert_eq!(service_entries(&pins), before);
     // After --cleanup the new sizes apply.
     agent.cleanup();
@@ -259,11 +272,11 @@ fn edge_lb_maps_follow_lb_yaml() {
     }
     assert_eq!(service_entries(&pins).len(), 6);
     // A reload beyond max_services is refused by the file's validation; nothing changes.
-    agent.write_file("lb.yaml", &lb_yaml(head, 9));
-    agent.eventually(Duration::from_secs(10), "the reload refused", || {
-        let s = agent.status();
-        let e = s["last_error"].as_str().unwrap_or_default().to_string();
-        e.contains("max_services").then_some(()).ok_or(s)
-    });
+    refused_change(
+        &agent,
+        "lb.yaml",
+        &lb_yaml(head, 9),
+        "max_services: the file has 9 services, more than max_services (8)",
+    );
     assert_eq!(service_entries(&pins).len(), 6);
 }

@@ -200,6 +200,16 @@ impl AgentProcess {
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
     }
 
+    /// Gives `flag` another value for the next start (the flag must be there already).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} is not among the agent's flags"));
+        self.args[i + 1] = value.into();
+    }
+
     /// Replaces `DIR/name` (folders made as needed) atomically: a running agent reads the old or
     /// the new file, never half of one. The temporary file is outside any folder it watches.
     pub fn write_file(&self, name: &str, contents: &str) {
