@@ -183,9 +183,13 @@ pub fn current() -> Option<&'static MapSizes> {
 
 /// An error for a map update refused because the map is full (E2BIG), naming the setting.
 pub fn full_error(map: &str, e: aya::maps::MapError) -> anyhow::Error {
+    full_error_of(map, e, current())
+}
+
+fn full_error_of(map: &str, e: aya::maps::MapError, sizes: Option<&MapSizes>) -> anyhow::Error {
     let full = matches!(&e, aya::maps::MapError::SyscallError(s)
         if s.io_error.raw_os_error() == Some(libc::E2BIG));
-    match (full, current()) {
+    match (full, sizes) {
         (true, Some(s)) => {
             let (name, n) = s.endpoints();
             anyhow::anyhow!("{map} is full: {name} is {n}")
@@ -254,6 +258,24 @@ mod tests {
         assert_eq!((l.services, l.backends), (50, 1000));
         assert!(l.services_setting.starts_with("the pinned maps"));
         assert_eq!(l.backends_setting, "--max-backends");
+    }
+
+    #[test]
+    fn a_full_endpoint_map_names_the_flag() {
+        let sizes = MapSizes::new(Uses::default(), settings());
+        let err = |errno| {
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        let e = full_error_of("OXI_ENDPOINTS", err(libc::E2BIG), Some(&sizes));
+        assert_eq!(
+            e.to_string(),
+            "OXI_ENDPOINTS is full: --max-endpoints is 50"
+        );
+        let e = full_error_of("OXI_ENDPOINTS", err(libc::EPERM), Some(&sizes));
+        assert_eq!(e.to_string(), "writing OXI_ENDPOINTS");
     }
 
     #[test]
