@@ -2,7 +2,7 @@
 //! `--max-services` / `--max-backends` / `--max-endpoints` / `--ct-max-entries`, the edge LB's
 //! lb.yaml `max_services` / `max_backends` / `conntrack.max_entries`; maps a role never uses keep
 //! one entry; a model beyond the limits is refused whole, naming the setting; a restart with other
-//! sizes keeps the pinned maps.
+//! sizes keeps the pinned maps (except those the earlier start left at one entry, unused).
 //!
 //! Kernel features: BPF map creation with the sizes given at load (BPF_MAP_CREATE
 //! `max_entries`), bpffs pinning and reopening pins (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD for
@@ -179,7 +179,20 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
     // the limit is what the pinned maps hold.
     agent.set_arg("--max-services", "64");
     agent.set_arg("--ct-max-entries", "8192");
+    // The pod programs now: the per-packet maps the socket LB alone left at one entry are
+    // created anew at their size.
+    assert_eq!(max_entries(&pins, names::CONNTRACK), 1);
+    agent.add_args(["--socket-lb-host-netns-only"]);
     agent.start();
+    assert_eq!(max_entries(&pins, names::CONNTRACK), 8192);
+    assert_eq!(max_entries(&pins, names::SERVICE_STATS), 65);
+    assert!(
+        agent
+            .log()
+            .contains("a map the earlier start did not use is created anew"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(max_entries(&pins, names::SERVICES), 32);
     assert_eq!(max_entries(&pins, names::TABLES), 17);
     assert_eq!(max_entries(&pins, sock::names::REVNAT), 4096);

@@ -133,21 +133,36 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
 /// reconciler's limits follow the pinned size when it is the smaller (see
 /// [`super::sizes::MapSizes::limits`]). A new size needs the pins removed first
 /// (`oxilium agent --cleanup`), which ends the established flows.
+///
+/// Except a pinned map of [`UNUSED`](super::sizes::UNUSED) size that is wanted larger now: the
+/// earlier start's role did not use it (e.g. conntrack on a node that had no `--device`), so its
+/// pin is removed and the first load creates it at the size asked.
 fn keep_pinned_sizes(pin_dir: &Path, sizes: &super::sizes::MapSizes) {
     for (name, want) in sizes.iter() {
-        let Ok(map) = aya::maps::MapData::from_pin(pin_dir.join(name)) else {
+        let path = pin_dir.join(name);
+        let Ok(map) = aya::maps::MapData::from_pin(&path) else {
             continue;
         };
-        if let Ok(have) = map.info().map(|i| i.max_entries())
-            && have != want
-        {
-            tracing::warn!(
-                map = name,
-                pinned = have,
-                asked = want,
-                "a pinned map keeps the size an earlier start gave it (resize: `oxilium agent --cleanup`, then start)"
-            );
+        let Ok(have) = map.info().map(|i| i.max_entries()) else {
+            continue;
+        };
+        if have == want {
+            continue;
         }
+        if have == super::sizes::UNUSED && fs::remove_file(&path).is_ok() {
+            tracing::info!(
+                map = name,
+                size = want,
+                "a map the earlier start did not use is created anew"
+            );
+            continue;
+        }
+        tracing::warn!(
+            map = name,
+            pinned = have,
+            asked = want,
+            "a pinned map keeps the size an earlier start gave it (resize: `oxilium agent --cleanup`, then start)"
+        );
     }
 }
 
