@@ -227,7 +227,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
 /// Every map's size for this agent: its role, its flags and (edge LB) its config file; checked
 /// before anything is loaded.
 fn map_sizes(args: &AgentArgs) -> Result<crate::bpf::sizes::MapSizes> {
-    use crate::bpf::sizes::{MapSizes, Settings, Uses};
+    use crate::bpf::sizes::MapSizes;
     let ring_bytes = args.events.events_ring_bytes;
     Ok(match args.role {
         Role::Node => args.node_args.map_sizes(ring_bytes)?,
@@ -237,35 +237,9 @@ fn map_sizes(args: &AgentArgs) -> Result<crate::bpf::sizes::MapSizes> {
                 .as_ref()
                 .context("--config is required with --role lb")?;
             let c = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let settings = Settings {
-                services: c.max_services,
-                backends: c.max_backends,
-                endpoints: crate::bpf::sizes::UNUSED,
-                conntrack: c.conntrack.max_entries,
-                snat: c.snat.max_entries,
-                ring_bytes,
-                names: ("max_services", "max_backends", "max_endpoints"),
-            };
-            let uses = Uses {
-                packet_lb: true,
-                xdp: true,
-                ..Default::default()
-            };
-            MapSizes::new(uses, settings)
+            MapSizes::edge(&c, ring_bytes)
         }
-        // A DSR backend runs the decapsulation only: every service map keeps one entry.
-        Role::Backend => MapSizes::new(
-            Uses::default(),
-            Settings {
-                services: crate::bpf::sizes::UNUSED,
-                backends: crate::bpf::sizes::UNUSED,
-                endpoints: crate::bpf::sizes::UNUSED,
-                conntrack: crate::bpf::sizes::UNUSED,
-                snat: crate::bpf::sizes::UNUSED,
-                ring_bytes,
-                names: ("max_services", "max_backends", "max_endpoints"),
-            },
-        ),
+        Role::Backend => MapSizes::dsr_backend(ring_bytes),
     })
 }
 

@@ -118,6 +118,40 @@ impl MapSizes {
         }
     }
 
+    /// The edge LB's sizes: lb.yaml's `max_services`, `max_backends`, `conntrack.max_entries`
+    /// and `snat.max_entries`; the XDP program's maps only.
+    pub fn edge(c: &lb::config::Config, ring_bytes: u32) -> MapSizes {
+        let settings = Settings {
+            services: c.max_services,
+            backends: c.max_backends,
+            endpoints: UNUSED,
+            conntrack: c.conntrack.max_entries,
+            snat: c.snat.max_entries,
+            ring_bytes,
+            names: ("max_services", "max_backends", "max_endpoints"),
+        };
+        let uses = Uses {
+            packet_lb: true,
+            xdp: true,
+            ..Default::default()
+        };
+        MapSizes::new(uses, settings)
+    }
+
+    /// A DSR backend's sizes: it runs the decapsulation only, every service map keeps one entry.
+    pub fn dsr_backend(ring_bytes: u32) -> MapSizes {
+        let settings = Settings {
+            services: UNUSED,
+            backends: UNUSED,
+            endpoints: UNUSED,
+            conntrack: UNUSED,
+            snat: UNUSED,
+            ring_bytes,
+            names: ("max_services", "max_backends", "max_endpoints"),
+        };
+        MapSizes::new(Uses::default(), settings)
+    }
+
     /// The size of `name`; None: its compiled size.
     pub fn get(&self, name: &str) -> Option<u32> {
         self.sizes.get(name).copied()

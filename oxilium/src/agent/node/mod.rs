@@ -164,7 +164,6 @@ impl NodeArgs {
         if self.device.iter().any(|d| d.is_empty()) {
             anyhow::bail!("--device: empty device name");
         }
-
         self.cni.check()?;
         let (opts, _) = self.validate()?;
         // A SNAT port inside the NodePort range: the backend's reply to it would be taken for a
@@ -178,9 +177,7 @@ impl NodeArgs {
         }
         Ok(())
     }
-}
 
-impl NodeArgs {
     /// The map sizes of this node: its settings, and the programs its flags load.
     pub fn map_sizes(&self, ring_bytes: u32) -> Result<crate::bpf::sizes::MapSizes> {
         use crate::bpf::sizes::{self, MAX_ENDPOINTS_RANGE, MapSizes, Settings, Uses};
