@@ -293,3 +293,51 @@ fn edge_lb_maps_follow_lb_yaml() {
     );
     assert_eq!(service_entries(&pins).len(), 6);
 }
+
+/// `--cni` with `--max-endpoints 1`: the cluster-network maps hold one endpoint, the first pod
+/// (one address) gets it, the second ADD fails naming the flag (kernel: E2BIG from a full
+/// preallocated hash map, BPF_MAP_UPDATE_ELEM).
+#[test]
+fn a_cni_node_refuses_the_endpoint_beyond_max_endpoints() {
+    use support::cni::{PluginDir, add, cni, conf};
+    let p = support::netns::unique("msc");
+    let node = Netns::new(&format!("{p}n"));
+    let pods: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("{p}p{i}"))).collect();
+    let mut agent = AgentProcess::cni_node(&node, "msc", "node-a")
+        .args(["--max-endpoints", "1"])
+        .cgroup()
+        .build();
+    agent.write_file(
+        "manifests/all.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n\
+         spec: {podCIDRs: [\"10.244.1.0/29\"]}\n\
+         status: {addresses: [{type: InternalIP, address: 10.200.0.1}]}\n",
+    );
+    agent.start();
+    let pins = agent.pins().to_path_buf();
+    assert_eq!(max_entries(&pins, endpoint::names::ENDPOINTS), 1);
+    assert_eq!(max_entries(&pins, policy::names::POLICY), 1);
+    let plugin = PluginDir::new(&p);
+    let conf = conf("1.1.0", agent.socket());
+    add(&plugin, &conf, "c1", &pods[0].path(), "web-1");
+    let r = cni(
+        &plugin,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c2"),
+            ("CNI_NETNS", &pods[1].path()),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-2",
+            ),
+        ],
+        &conf,
+    );
+    assert!(!r.ok, "the second ADD succeeded: {}", r.out);
+    let said = format!("{} {}", r.out, agent.log());
+    assert!(
+        said.contains("OXI_ENDPOINTS is full: --max-endpoints is 1"),
+        "{said}"
+    );
+}
