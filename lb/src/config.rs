@@ -9,6 +9,7 @@ mod conntrack;
 mod decode;
 pub mod duration;
 mod fields;
+pub mod limits;
 mod yaml;
 
 use std::fmt;
@@ -24,6 +25,10 @@ pub struct Config {
     pub snat: Snat,
     pub conntrack: Conntrack,
     pub maglev_seed: u32,
+    /// Size of the service maps: how many services the LB holds (read at start).
+    pub max_services: u32,
+    /// Size of the backend maps: how many backends, over all services (read at start).
+    pub max_backends: u32,
     pub services: Vec<Service>,
 }
 

@@ -9,10 +9,7 @@
 //! that leaves any other service (UDP: no end of a flow to wait for) is removed with its flows at
 //! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
-use abi::lb::{
-    self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
-    ServiceValue,
-};
+use abi::lb::{self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue};
 use anyhow::{Result, bail};
 use digest::TableDigest;
 use serde::Serialize;
@@ -63,6 +60,10 @@ pub trait Datapath {
     fn read_affinity(&self, _service_id: u32) -> Result<Option<u32>> {
         Ok(None)
     }
+    /// How many services and backends the maps hold (ids are given out below these).
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,6 +106,7 @@ pub struct Reconciler<D> {
     vip_users: BTreeMap<Addr, usize>,
     service_ids: Ids,
     backend_ids: Ids,
+    limits: Limits,
     /// Ids given out by [`Reconciler::reserve_id`] to services not yet written.
     reserved: BTreeMap<ServiceKey, u32>,
     /// Draining backend id → its service and address (the entry is in that service's `draining`).
@@ -132,8 +134,9 @@ impl<D: Datapath> Reconciler<D> {
         let mut services = BTreeMap::new();
         let mut markers = BTreeSet::new();
         let mut vip_users: BTreeMap<Addr, usize> = BTreeMap::new();
-        let mut service_ids = Ids::new(MAX_SERVICES);
-        let mut backend_ids = Ids::new(MAX_BACKENDS);
+        let limits = dp.limits();
+        let mut service_ids = Ids::new(limits.services + 1);
+        let mut backend_ids = Ids::new(limits.backends + 1);
         let mut by_id = BTreeMap::new();
         for (k, v) in dp.services()? {
             if k.port == 0 && k.proto == 0 {
@@ -191,6 +194,7 @@ impl<D: Datapath> Reconciler<D> {
             vip_users,
             service_ids,
             backend_ids,
+            limits,
             reserved: BTreeMap::new(),
             draining,
         };
@@ -348,6 +352,25 @@ impl<D: Datapath> Reconciler<D> {
         services: &BTreeMap<ServiceKey, CompiledService>,
         pass: &mut Pass,
     ) -> Result<()> {
+        // Room for every new id first: a change too big for the maps writes nothing.
+        let (new_services, new_backends) = limits::needed(&self.services, &self.reserved, services);
+        let l = &self.limits;
+        let room = self.service_ids.room();
+        limits::check(
+            "services",
+            new_services,
+            room,
+            l.services,
+            l.services_setting,
+        )?;
+        let room = self.backend_ids.room();
+        limits::check(
+            "backends",
+            new_backends,
+            room,
+            l.backends,
+            l.backends_setting,
+        )?;
         for (key, cs) in services {
             self.apply_backends(key, cs, pass)?;
         }
@@ -603,6 +626,11 @@ impl Ids {
             self.free.insert(id);
         }
     }
+
+    /// How many ids [`alloc`](Self::alloc) can still give out.
+    fn room(&self) -> usize {
+        self.free.len() + self.max.saturating_sub(self.next) as usize
+    }
 }
 
 /// Family of an address in a `Backend` entry, for display.
@@ -615,7 +643,9 @@ pub fn family_name(family: u8) -> &'static str {
 }
 
 mod digest;
+mod limits;
 mod memory;
+pub use limits::Limits;
 pub use memory::{MemoryDatapath, Snapshot};
 
 #[cfg(test)]

@@ -403,3 +403,88 @@ fn a_restart_with_the_same_model_writes_no_table() {
     let mut r = Reconciler::open(dp).unwrap();
     assert_eq!(r.apply(&m).unwrap().tables_written, 1);
 }
+
+fn limited(services: u32, backends: u32) -> Reconciler<MemoryDatapath> {
+    let dp = MemoryDatapath {
+        limits: Limits {
+            services,
+            backends,
+            services_setting: "--max-services",
+            backends_setting: "--max-backends",
+        },
+        ..Default::default()
+    };
+    Reconciler::open(dp).unwrap()
+}
+
+#[test]
+fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
+    let three: Vec<Service> = (0..3)
+        .map(|i| service(&format!("s{i}"), 80 + i, &[1]))
+        .collect();
+    // Services: 3 fit in 3; a fourth is refused, and nothing of the change is written.
+    let mut r = limited(3, 100);
+    r.apply(&compile(&model(three.clone())).unwrap()).unwrap();
+    let (writes, before) = (r.datapath().writes, r.datapath().services.clone());
+    let mut four = three.clone();
+    four[0] = service("s0", 80, &[1, 2]);
+    four.push(service("s3", 83, &[1]));
+    let e = r
+        .apply(&compile(&model(four.clone())).unwrap())
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("--max-services (3)") && msg.contains("1 more services"),
+        "{msg}"
+    );
+    assert_eq!(r.datapath().writes, writes, "nothing written");
+    assert_eq!(r.datapath().services, before);
+    // The same through the per-service path.
+    let one: BTreeMap<_, _> = compile(&model(vec![service("s3", 83, &[1])]))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let e = r.apply_services(&one, &BTreeSet::new()).unwrap_err();
+    assert!(format!("{e:#}").contains("--max-services"), "{e:#}");
+    // Removing one makes room (its id is free once the apply that removed it ends).
+    let mut swapped = three.clone();
+    swapped.remove(2);
+    r.apply(&compile(&model(swapped.clone())).unwrap()).unwrap();
+    swapped.push(service("s3", 83, &[1]));
+    r.apply(&compile(&model(swapped)).unwrap()).unwrap();
+    assert_eq!(
+        r.datapath().services.values().filter(|v| v.id != 0).count(),
+        3
+    );
+    assert!(r.datapath().services.values().all(|v| v.id <= 3));
+
+    // Backends: 4 ids; a service asking for a fifth backend is refused whole.
+    let mut r = limited(10, 4);
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
+        .unwrap();
+    let writes = r.datapath().writes;
+    let e = r
+        .apply(
+            &compile(&model(vec![
+                service("a", 80, &[1, 2, 3]),
+                service("b", 81, &[1, 2]),
+            ]))
+            .unwrap(),
+        )
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("2 more backends") && msg.contains("--max-backends (4) leaves room for 1"),
+        "{msg}"
+    );
+    assert_eq!(r.datapath().writes, writes);
+    r.apply(
+        &compile(&model(vec![
+            service("a", 80, &[1, 2, 3]),
+            service("b", 81, &[1]),
+        ]))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(r.datapath().backends.keys().all(|id| (1..=4).contains(id)));
+}

@@ -86,20 +86,46 @@ pub(crate) fn config(root: Option<&Node>) -> Result<Config, Vec<Issue>> {
         .take("maglev_seed")
         .and_then(|n| int(&mut ctx, n, "maglev_seed", 0, u64::from(u32::MAX)))
         .map_or(0, |a| a.v as u32);
+    use crate::config::limits::{self, MAX_BACKENDS_RANGE, MAX_SERVICES_RANGE};
+    let max_services = limits::read(
+        &mut ctx,
+        &mut f,
+        "max_services",
+        MAX_SERVICES_RANGE,
+        limits::DEFAULT_MAX_SERVICES,
+    );
+    let max_backends = limits::read(
+        &mut ctx,
+        &mut f,
+        "max_backends",
+        MAX_BACKENDS_RANGE,
+        limits::DEFAULT_MAX_BACKENDS,
+    );
     let defaults = defaults(&mut ctx, f.take("defaults"));
     let services = match f.require(&mut ctx, "services") {
         Some(n) => services(&mut ctx, n, &defaults),
         None => Vec::new(),
     };
+    limits::check(&mut ctx, &services, &max_services, &max_backends);
     f.finish(
         &mut ctx,
-        &["snat", "conntrack", "maglev_seed", "defaults", "services"],
+        &[
+            "snat",
+            "conntrack",
+            "maglev_seed",
+            "max_services",
+            "max_backends",
+            "defaults",
+            "services",
+        ],
     );
     if ctx.issues.is_empty() {
         Ok(Config {
             snat,
             conntrack,
             maglev_seed,
+            max_services: max_services.value,
+            max_backends: max_backends.value,
             services,
         })
     } else {

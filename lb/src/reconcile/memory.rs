@@ -21,9 +21,14 @@ pub struct MemoryDatapath {
     /// Service id → affinity timeout.
     pub affinity: BTreeMap<u32, u32>,
     pub writes: usize,
+    /// What [`Datapath::limits`] answers (default: the compiled map sizes).
+    pub limits: super::Limits,
 }
 
 impl Datapath for MemoryDatapath {
+    fn limits(&self) -> super::Limits {
+        self.limits
+    }
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }

@@ -130,6 +130,8 @@ fn config() -> impl Strategy<Value = Config> {
             snat: snat.clone(),
             conntrack: conntrack.clone(),
             maglev_seed: seed,
+            max_services: 64 + seed % 1000,
+            max_backends: 256 + seed % 5000,
             services,
         })
     })

@@ -554,3 +554,48 @@ fn automatic_snat_range_avoids_the_ephemeral_range() {
         Some(r(32768, 40000))
     );
 }
+
+#[test]
+fn map_limits_are_in_range_and_the_file_fits_them() {
+    one(
+        "max_services: 0\nservices: []\n",
+        1,
+        "max_services",
+        "1..=1048575",
+    );
+    one(
+        "max_backends: 16777216\nservices: []\n",
+        1,
+        "max_backends",
+        "1..=16777215",
+    );
+    one(
+        "max_services: x\nservices: []\n",
+        1,
+        "max_services",
+        "integer",
+    );
+    let two = "services:\n  - {name: a, vip: 10.0.0.1, port: 80, backends: [{address: 10.0.2.1}, {address: 10.0.2.2}]}\n  - {name: b, vip: 10.0.0.1, port: 81, backends: [{address: 10.0.2.1}]}\n";
+    one(
+        &format!("max_services: 1\n{two}"),
+        1,
+        "max_services",
+        "the file has 2 services, more than max_services (1)",
+    );
+    one(
+        &format!("max_backends: 2\n{two}"),
+        1,
+        "max_backends",
+        "3 backends, more than max_backends (2)",
+    );
+    let c = parse(&format!("max_services: 2\nmax_backends: 3\n{two}")).unwrap();
+    assert_eq!((c.max_services, c.max_backends), (2, 3));
+    let d = parse("services: []\n").unwrap();
+    assert_eq!(
+        (d.max_services, d.max_backends),
+        (
+            lb::config::limits::DEFAULT_MAX_SERVICES,
+            lb::config::limits::DEFAULT_MAX_BACKENDS
+        )
+    );
+}

@@ -151,22 +151,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         anyhow::bail!("--tunnel-source is only for --role backend");
     }
     args.events.check()?;
-    let _ = crate::events::RING_BYTES.set(args.events.events_ring_bytes);
-    let (ct_entries, snat_entries) = match args.role {
-        Role::Lb => {
-            let path = args
-                .config
-                .as_ref()
-                .context("--config is required with --role lb")?;
-            let c = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            (c.conntrack.max_entries, c.snat.max_entries)
-        }
-        _ => {
-            let (c, snat, _) = args.node_args.conntrack.settings()?;
-            (c.max_entries, snat)
-        }
-    };
-    loader::set_map_sizes(ct_entries, snat_entries);
+    crate::bpf::sizes::set(map_sizes(&args)?);
     loader::prepare_pin_dir(&args.pin_dir)?;
     let state = Arc::new(Mutex::new(State {
         role: args.role,
@@ -237,6 +222,25 @@ async fn agent(args: AgentArgs) -> Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     result
+}
+
+/// Every map's size for this agent: its role, its flags and (edge LB) its config file; checked
+/// before anything is loaded.
+fn map_sizes(args: &AgentArgs) -> Result<crate::bpf::sizes::MapSizes> {
+    use crate::bpf::sizes::MapSizes;
+    let ring_bytes = args.events.events_ring_bytes;
+    Ok(match args.role {
+        Role::Node => args.node_args.map_sizes(ring_bytes)?,
+        Role::Lb => {
+            let path = args
+                .config
+                .as_ref()
+                .context("--config is required with --role lb")?;
+            let c = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            MapSizes::edge(&c, ring_bytes)
+        }
+        Role::Backend => MapSizes::dsr_backend(ring_bytes),
+    })
 }
 
 /// Compiles `model`, writes the difference to the datapath and remembers it as applied.

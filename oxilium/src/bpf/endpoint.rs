@@ -96,6 +96,7 @@ impl EndpointLb {
     pub fn set(&mut self, ip: IpAddr, info: EndpointInfo) -> Result<()> {
         self.map
             .insert(key(ip), info, 0)
+            .map_err(|e| super::sizes::full_error(abi::endpoint::names::ENDPOINTS, e))
             .with_context(|| format!("writing endpoint {ip}"))
     }
 

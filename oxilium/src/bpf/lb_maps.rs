@@ -198,7 +198,12 @@ impl KernelMaps {
         Self::sum(&self.backend_stats, id)
     }
 
+    /// Zeroes a counter; nothing when the map has no slot for it (a counter map the role does
+    /// not use keeps one entry, see `bpf::sizes`).
     fn zero(map: &mut PerCpuArray<MapData, Counter>, index: u32) -> Result<()> {
+        if index >= map.len() {
+            return Ok(());
+        }
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let values = aya::maps::PerCpuValues::try_from(vec![Counter::default(); n])?;
         map.set(index, values, 0)?;
@@ -226,6 +231,27 @@ pub fn new_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>> {
 }
 
 impl Datapath for KernelMaps {
+    fn limits(&self) -> lb::reconcile::Limits {
+        let tables = self
+            .tables_fd
+            .try_clone()
+            .ok()
+            .and_then(|fd| MapData::from_fd(fd).ok())
+            .and_then(|m| m.info().ok())
+            .map_or(0, |i| i.max_entries());
+        match super::sizes::current() {
+            Some(s) => s.limits(tables, self.backends.len()),
+            None => {
+                let d = lb::reconcile::Limits::default();
+                lb::reconcile::Limits {
+                    services: d.services.min(tables.saturating_sub(1)),
+                    backends: d.backends.min(self.backends.len().saturating_sub(1)),
+                    ..d
+                }
+            }
+        }
+    }
+
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         Ok(self.services.iter().collect::<Result<_, _>>()?)
     }

@@ -78,15 +78,6 @@ fn pinned_names() -> impl Iterator<Item = &'static str> {
         .chain(abi::bandwidth::names::PINNED)
 }
 
-static MAP_SIZES: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-
-/// Sizes of the conntrack and SNAT maps (max_entries) for every object loaded from now on; set
-/// once by the agent before it loads anything. Maps already pinned keep the size they were
-/// created with (a new size needs the pins removed: `oxilium agent --cleanup`).
-pub fn set_map_sizes(conntrack: u32, snat: u32) {
-    let _ = MAP_SIZES.set((conntrack, snat));
-}
-
 /// Loads an object with its maps pinned under `pin_dir` (every name of [`pinned_names`]): a pin
 /// that exists is reused, so every object and every restart share one set.
 pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
@@ -104,12 +95,12 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
     let paths: Vec<(&'static str, PathBuf)> =
         pinned_names().map(|n| (n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
-    if let Some(&(ct, snat)) = MAP_SIZES.get() {
-        loader.map_max_entries(names::CONNTRACK, ct);
-        loader.map_max_entries(names::SNAT, snat);
-    }
-    if let Some(&bytes) = crate::events::RING_BYTES.get() {
-        loader.map_max_entries(abi::event::names::EVENTS, bytes);
+    if let Some(sizes) = super::sizes::current() {
+        for (name, n) in sizes.iter() {
+            loader.map_max_entries(name, n);
+        }
+        static CHECKED: std::sync::Once = std::sync::Once::new();
+        CHECKED.call_once(|| keep_pinned_sizes(pin_dir, sizes));
     }
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
@@ -134,6 +125,45 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
         }
     }
     loaded
+}
+
+/// A map pinned by an earlier run with another size than asked is kept as it is, with its
+/// entries (the flows, services and counters it holds survive the restart, as with any pin; the
+/// programs use the map they are given, whatever its size): logged here, once per start. The
+/// reconciler's limits follow the pinned size when it is the smaller (see
+/// [`super::sizes::MapSizes::limits`]). A new size needs the pins removed first
+/// (`oxilium agent --cleanup`), which ends the established flows.
+///
+/// Except a pinned map of [`UNUSED`](super::sizes::UNUSED) size that is wanted larger now: the
+/// earlier start's role did not use it (e.g. conntrack on a node that had no `--device`), so its
+/// pin is removed and the first load creates it at the size asked.
+fn keep_pinned_sizes(pin_dir: &Path, sizes: &super::sizes::MapSizes) {
+    for (name, want) in sizes.iter() {
+        let path = pin_dir.join(name);
+        let Ok(map) = aya::maps::MapData::from_pin(&path) else {
+            continue;
+        };
+        let Ok(have) = map.info().map(|i| i.max_entries()) else {
+            continue;
+        };
+        if have == want {
+            continue;
+        }
+        if have == super::sizes::UNUSED && fs::remove_file(&path).is_ok() {
+            tracing::info!(
+                map = name,
+                size = want,
+                "a map the earlier start did not use is created anew"
+            );
+            continue;
+        }
+        tracing::warn!(
+            map = name,
+            pinned = have,
+            asked = want,
+            "a pinned map keeps the size an earlier start gave it (resize: `oxilium agent --cleanup`, then start)"
+        );
+    }
 }
 
 /// An older version pinned `OXI_BACKENDS` as a hash map (backend id → backend); it is an array

@@ -10,4 +10,5 @@ pub mod nodeport;
 pub mod objects;
 pub mod podlb;
 pub mod policy;
+pub mod sizes;
 pub mod socklb;

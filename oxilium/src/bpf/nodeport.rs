@@ -217,6 +217,7 @@ impl NodePort {
     pub fn set_endpoint(&mut self, addr: IpAddr, endpoint: &Endpoint) -> Result<()> {
         self.endpoints
             .insert(addr_bytes(addr), endpoint, 0)
+            .map_err(|e| super::sizes::full_error(abi::nodeport::names::ENDPOINTS, e))
             .with_context(|| format!("writing endpoint {addr}"))
     }
 

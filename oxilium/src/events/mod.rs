@@ -17,16 +17,13 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::{info, warn};
-
-/// `--events-ring-bytes`, set once before any object is loaded (see `bpf::loader`).
-pub static RING_BYTES: OnceLock<u32> = OnceLock::new();
 
 /// Records a slow subscriber may fall behind before it is told it lost some.
 const SUBSCRIBER_QUEUE: usize = 8192;

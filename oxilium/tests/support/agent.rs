@@ -200,6 +200,16 @@ impl AgentProcess {
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
     }
 
+    /// Gives `flag` another value for the next start (the flag must be there already).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} is not among the agent's flags"));
+        self.args[i + 1] = value.into();
+    }
+
     /// Replaces `DIR/name` (folders made as needed) atomically: a running agent reads the old or
     /// the new file, never half of one. The temporary file is outside any folder it watches.
     pub fn write_file(&self, name: &str, contents: &str) {
@@ -252,6 +262,25 @@ impl AgentProcess {
                 panic!("agent exited ({status}):\n{}", self.log());
             }
             assert!(t.elapsed() < READY, "agent did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a spawned agent to exit on its own (a start it refuses); panics with the log
+    /// after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        let child = self.child.as_mut().expect("the agent was not started");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "agent still running:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

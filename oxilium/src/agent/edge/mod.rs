@@ -81,6 +81,9 @@ async fn lb_config(cfg: &Config, ifaces: &[String]) -> Result<LbConfig> {
 /// After a reload: rewrites `OXI_CONFIG` when the conntrack timeouts or the SNAT ports changed
 /// (the map sizes and SNAT addresses are read at start only).
 fn reload_settings(st: &mut super::State, old: &Config, new: &Config) -> Result<()> {
+    if (old.max_services, old.max_backends) != (new.max_services, new.max_backends) {
+        warn!("max_services / max_backends changes apply after a restart without pins");
+    }
     if old.conntrack.timeouts == new.conntrack.timeouts && old.snat.ports == new.snat.ports {
         return Ok(());
     }

@@ -43,6 +43,17 @@ pub struct NodeArgs {
     /// --role node: Maglev table size for services using Maglev.
     #[arg(long, default_value_t = lb::maglev::DEFAULT_SIZE)]
     pub maglev_table_size: u32,
+    /// --role node: how many service entries the maps hold (each frontend address, port and
+    /// protocol, once per scope: a ClusterIP port is one, a NodePort adds one per node address).
+    #[arg(long, default_value_t = lb::config::limits::DEFAULT_MAX_SERVICES)]
+    pub max_services: u32,
+    /// --role node: how many backends the maps hold, over all service entries (an endpoint
+    /// behind two frontends counts twice).
+    #[arg(long, default_value_t = lb::config::limits::DEFAULT_MAX_BACKENDS)]
+    pub max_backends: u32,
+    /// --role node: how many local endpoints (pod addresses on this node) the maps hold.
+    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_MAX_ENDPOINTS)]
+    pub max_endpoints: u32,
     /// --role node: the node's external device(s) (repeat or comma-separate): NodePort,
     /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
     #[arg(long, value_delimiter = ',')]
@@ -166,6 +177,32 @@ impl NodeArgs {
         }
         Ok(())
     }
+
+    /// The map sizes of this node: its settings, and the programs its flags load.
+    pub fn map_sizes(&self, ring_bytes: u32) -> Result<crate::bpf::sizes::MapSizes> {
+        use crate::bpf::sizes::{self, MAX_ENDPOINTS_RANGE, MapSizes, Settings, Uses};
+        use lb::config::limits::{MAX_BACKENDS_RANGE, MAX_SERVICES_RANGE};
+        let (ct, snat, _) = self.conntrack.settings()?;
+        let settings = Settings {
+            services: sizes::check("--max-services", self.max_services, MAX_SERVICES_RANGE)?,
+            backends: sizes::check("--max-backends", self.max_backends, MAX_BACKENDS_RANGE)?,
+            endpoints: sizes::check("--max-endpoints", self.max_endpoints, MAX_ENDPOINTS_RANGE)?,
+            conntrack: ct.max_entries,
+            snat,
+            ring_bytes,
+            names: ("--max-services", "--max-backends", "--max-endpoints"),
+        };
+        let nodeport = !self.device.is_empty();
+        let uses = Uses {
+            packet_lb: nodeport || self.socket_lb_host_netns_only || self.cni.cni,
+            socket_lb: true,
+            nodeport,
+            cni: self.cni.cni,
+            bandwidth: self.cni.bandwidth_manager,
+            xdp: self.nodeport_acceleration != Acceleration::Disabled,
+        };
+        Ok(MapSizes::new(uses, settings))
+    }
 }
 
 /// `--node-port-range` as a port range the SNAT ports keep out of.
@@ -195,7 +232,7 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
         ..
     }) = &view
     {
-        compile::compile(m)?;
+        fits(&compile::compile(m)?, na)?;
     }
     let cgroup = match &na.cgroup {
         Some(c) => c.clone(),
@@ -280,6 +317,29 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
     folder::return_freed_memory();
     info!(cgroup = %cgroup.display(), devices = ?na.device, host_netns_only = host_only.is_some(), services = st.model.services.len(), "node datapath ready");
     Ok(ebpf)
+}
+
+/// An error, before anything is loaded, when the first model has more service entries or
+/// backends than `--max-services` / `--max-backends` let the maps hold.
+fn fits(
+    compiled: &std::collections::BTreeMap<abi::lb::ServiceKey, compile::CompiledService>,
+    na: &NodeArgs,
+) -> Result<()> {
+    let backends: usize = compiled.values().map(|s| s.backends.len()).sum();
+    if compiled.len() > na.max_services as usize {
+        anyhow::bail!(
+            "--max-services: the manifests need {} service entries, more than {}",
+            compiled.len(),
+            na.max_services
+        );
+    }
+    if backends > na.max_backends as usize {
+        anyhow::bail!(
+            "--max-backends: the manifests need {backends} backends, more than {}",
+            na.max_backends
+        );
+    }
+    Ok(())
 }
 
 /// Applies a view: the model through the reconciler, then (with `--device`) the SNAT source and
