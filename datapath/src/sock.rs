@@ -2,6 +2,12 @@
 //! is rewritten to a backend once, at connect() or at each unconnected sendmsg(), and the service
 //! address is given back at recvmsg() (UDP sources) and getpeername().
 //!
+//! The reverse entry of a connected socket (TCP, connected UDP) lives in the socket's own storage
+//! (`OXI_SOCK_REVNAT_SK`, BPF_MAP_TYPE_SK_STORAGE): created at connect(), found from the socket at
+//! getpeername() / recvmsg() without a hash lookup, and freed by the kernel with the socket. Only
+//! unconnected UDP datagrams (sendmsg) use the `OXI_SOCK_REVNAT` LRU, keyed by socket cookie and
+//! backend. The clock is read only for services with session affinity.
+//!
 //! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
 //! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
 //! table's algorithm), or the one remembered in `OXI_SOCK_AFFINITY` for ClientIP affinity.
@@ -17,13 +23,13 @@ use abi::{
     },
     sock::{
         AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
-        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SockConfig, reason,
+        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SockConfig, SockRevNat, reason,
     },
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    btf_maps::{Array, LruHashMap, PerCpuArray},
+    btf_maps::{Array, LruHashMap, PerCpuArray, SkStorage},
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
@@ -33,6 +39,7 @@ use aya_ebpf::{
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 pub type RevNatMap = LruHashMap<RevKey, RevValue, { MAX_SOCK_REVNAT as usize }>;
+pub type RevNatSkMap = SkStorage<SockRevNat>;
 pub type AffinityMap = LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }>;
 pub type AffinityTimeoutMap = Array<u32, { MAX_SERVICES as usize }>;
 pub type SockStatsMap = PerCpuArray<u64, { reason::COUNT as usize }>;
@@ -43,8 +50,10 @@ pub type SockConfigMap = Array<SockConfig, 1>;
 /// object that links it, and the XDP / tc objects must not carry (and create, unpinned) these.
 /// The hooks are generic over this trait, so each map is still referenced directly.
 pub trait SockMaps {
-    /// (socket cookie, backend, backend port) → service address, for recvmsg / getpeername.
+    /// (socket cookie, backend, backend port) → service address, for recvmsg of unconnected UDP.
     fn revnat() -> &'static RevNatMap;
+    /// Connected socket → its backend and service address, for getpeername / recvmsg.
+    fn revnat_sk() -> &'static RevNatSkMap;
     /// (netns cookie, service id) → backend, for ClientIP session affinity.
     fn affinity() -> &'static AffinityMap;
     /// Service id → affinity timeout in seconds (read only for services with SVC_FLAG_AFFINITY).
@@ -161,6 +170,26 @@ pub fn forward<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     if is_v4_mapped(&addr) != (b.family == FAMILY_V4) || !write_addr(sa, v6, &b.addr, b.port) {
         return refuse::<M>();
     }
+    if done == reason::CONNECT {
+        // SAFETY: the hook's own socket; the storage is created zeroed when absent (a socket
+        // connected again reuses its entry).
+        let e = unsafe { M::revnat_sk().get_or_insert_ptr_mut(ctx, None) };
+        if !e.is_null() {
+            // SAFETY: this socket's storage, written under the socket's lock (connect holds it).
+            unsafe {
+                *e = SockRevNat {
+                    backend: b.addr,
+                    service: addr,
+                    backend_port: b.port,
+                    service_port: port,
+                    service_id: svc.id,
+                }
+            };
+            count::<M>(done);
+            return ALLOW;
+        }
+        // No memory for the storage: the LRU below keeps the reverse view.
+    }
     // SAFETY: helper on the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = RevKey {
@@ -197,31 +226,29 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
     if svc.id == 0 || svc.table_size == 0 {
         return None;
     }
-    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
-    // SAFETY: helpers without preconditions.
+    // SAFETY: helper without preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    if svc.flags & SVC_FLAG_AFFINITY == 0 {
+        // The table decides who takes new connections (terminating backends only as the
+        // fallback).
+        let id = crate::lb::table_pick(svc.id, random)?;
+        return crate::lb::backend(id).copied();
+    }
+    // SAFETY: helpers without preconditions / on the hook's context.
     let now = unsafe { bpf_ktime_get_ns() };
     let akey = AffinityKey {
-        netns_cookie: if affinity {
-            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-        } else {
-            0
-        },
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         service_id: svc.id,
         _pad: 0,
     };
-    if affinity {
-        let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
-        if let Some((_, b)) = affinity_backend(M::affinity(), &akey, svc, timeout, now) {
-            count::<M>(reason::AFFINITY_HIT);
-            return Some(*b);
-        }
+    let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
+    if let Some((_, b)) = affinity_backend(M::affinity(), &akey, svc, timeout, now) {
+        count::<M>(reason::AFFINITY_HIT);
+        return Some(*b);
     }
-    let id = crate::lb::table_pick(svc.id, unsafe { bpf_get_prandom_u32() })?;
-    // The table decides who takes new connections (terminating backends only as the fallback).
+    let id = crate::lb::table_pick(svc.id, random)?;
     let b = *crate::lb::backend(id)?;
-    if affinity {
-        remember_affinity(M::affinity(), &akey, id, now);
-    }
+    remember_affinity(M::affinity(), &akey, id, now);
     Some(b)
 }
 
@@ -262,12 +289,32 @@ pub fn remember_affinity(map: &AffinityMap, key: &AffinityKey, backend_id: u32, 
     let _ = map.insert(key, v, 0);
 }
 
+/// An address on a 4-byte boundary, for [`crate::words::addr_eq`].
+#[repr(C, align(4))]
+struct Aligned(Addr);
+
 /// recvmsg4/6 and getpeername4/6: gives back the service address for a backend this socket was
 /// translated to. `done` is the counter of a rewrite. These hooks must always allow.
 #[inline(always)]
 pub fn reverse<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     let sa = ctx.sock_addr;
     let (addr, port) = read_addr(sa, v6);
+    // A connected socket's own entry, when the peer is the backend it was connected to.
+    // SAFETY: lookup only (no create) in the hook's own socket's storage.
+    let e = unsafe { M::revnat_sk().get_ptr_mut(ctx) };
+    if !e.is_null() {
+        // SAFETY: this socket's storage, copied.
+        let e = unsafe { *e };
+        let peer = Aligned(addr);
+        // SAFETY: two 4-aligned addresses (a field of a u32-aligned value, `Aligned`).
+        if e.backend_port == port
+            && unsafe { crate::words::addr_eq(&e.backend, &peer.0) }
+            && write_addr(sa, v6, &e.service, e.service_port)
+        {
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
     // SAFETY: helper on the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = RevKey {
