@@ -9,7 +9,8 @@
 //!
 //! - NodePort (benches/tc/nodeport.rs): `oxilium_nodeport_ingress` on the external device,
 //!   client → NodeIP:NodePort translated to a backend on another node in SNAT mode and in DSR
-//!   mode (IP-in-IP), and to a pod of this node; new and established flows; the remote backend's
+//!   mode (IP-in-IP), to a pod of this node, and (SNAT) to a backend whose next hop has no
+//!   neighbour entry yet (bpf_redirect_neigh); new and established flows; the remote backend's
 //!   reply restored at ingress, and (`oxilium_nodeport_egress`) the local pod's reply.
 //! - Pods (benches/tc/pod.rs): `oxilium_endpoint_from_pod` on the client pod's veth, to a
 //!   ClusterIP whose backend is a pod of this node (translation, both pods' policies, local
@@ -190,7 +191,7 @@ fn main() {
         .unwrap_or(20_000);
     let _ns = Netns::enter("oxilium-tc-bench", &NETNS_SETUP);
     let pins = PinDir::new(&format!("oxilium-tc-bench-{}", std::process::id()));
-    let (mut np, _rec) = setup(&pins);
+    let (mut np, rec) = setup(&pins);
     let pass = load_return(PROG_TYPE_SCHED_CLS, b"tc_pass", TCX_NEXT);
     // struct __sk_buff: ingress_ifindex at offset 36.
     let fib = load_fib_only(
@@ -211,7 +212,7 @@ fn main() {
          program doing one bpf_fib_lookup (\"FIB only\": ns above the pass-through)\n"
     );
     single::header("pass");
-    nodeport::bench(&mut np, &base, n);
+    nodeport::bench(&mut np, &rec, &base, n);
     pod::bench(&pins, &base, n);
     // SAFETY: our own descriptors.
     unsafe {

@@ -1,12 +1,20 @@
 //! NodePort on the external device `va`: NodeIP:30080 (SNAT) and NodeIP:30081 (DSR) with a
-//! backend on another node, NodeIP:30082 with the server pod of this node as its backend.
+//! backend on another node, NodeIP:30082 with the server pod of this node as its backend,
+//! NodeIP:30083 (SNAT) with a backend whose next hop has no neighbour entry (the route is there):
+//! every run takes bpf_redirect_neigh, since a test run's redirect is never carried out.
 use super::*;
-use abi::nodeport::{Endpoint, reason as np};
+use abi::{
+    lb::reason,
+    nodeport::{Endpoint, reason as np},
+};
 use common::{fd_of, run_out};
 
 const SNAT_PORT: u16 = 30080;
 const DSR_PORT: u16 = 30081;
 const LOCAL_PORT: u16 = 30082;
+const UNRESOLVED_PORT: u16 = 30083;
+/// A backend on `va`'s network without a neighbour entry.
+const UNRESOLVED: &str = "10.10.0.9:8080";
 
 /// The server pod's MAC and its host veth's (`pw`) in the endpoint entry.
 const POD_MAC: [u8; 6] = [2, 0, 0, 0, 0xa0, 2];
@@ -31,6 +39,13 @@ pub fn services() -> Vec<Service> {
             Mode::Snat,
             &local,
         ),
+        service(
+            "np-unresolved",
+            node(UNRESOLVED_PORT),
+            Scope::External,
+            Mode::Snat,
+            UNRESOLVED,
+        ),
     ]
 }
 
@@ -48,7 +63,7 @@ fn reply_to(out: &[u8]) -> Vec<u8> {
     frame(a(30), p(36), a(26), p(34))
 }
 
-pub fn bench(np: &mut NodePort, base: &Baselines, n: u32) {
+pub fn bench(np: &mut NodePort, rec: &Reconciler<KernelMaps>, base: &Baselines, n: u32) {
     let pw = ifindex("pw");
     np.set_endpoint(
         IpAddr::V4(SERVER_POD),
@@ -93,6 +108,18 @@ pub fn bench(np: &mut NodePort, base: &Baselines, n: u32) {
         replies[i as usize].clone()
     });
     case(
+        "NodePort SNAT, no neighbour yet, new flow",
+        ingress,
+        redirect,
+        &|i| to_node(i, 3, UNRESOLVED_PORT),
+    );
+    case(
+        "NodePort SNAT, no neighbour yet, established",
+        ingress,
+        redirect,
+        &|i| to_node(i, 3, UNRESOLVED_PORT),
+    );
+    case(
         "NodePort DSR (IP-in-IP), new flow",
         ingress,
         redirect,
@@ -129,7 +156,7 @@ pub fn bench(np: &mut NodePort, base: &Baselines, n: u32) {
     // Every run above took the path its row names.
     let n = u64::from(n);
     for (r, runs, what) in [
-        (np::REMOTE, 3 * n, "SNAT'ed to the remote backend"),
+        (np::REMOTE, 5 * n, "SNAT'ed to the remote backends"),
         (np::REV_SNAT, n, "remote replies restored"),
         (np::DSR, 2 * n, "tunnelled (DSR)"),
         (np::LOCAL, 2 * n, "to the local pod"),
@@ -137,4 +164,13 @@ pub fn bench(np: &mut NodePort, base: &Baselines, n: u32) {
     ] {
         assert_eq!(np.counter(r).packets, runs, "{what}");
     }
+    let neigh = rec
+        .datapath()
+        .reason_counter(reason::NEIGH_REDIRECT)
+        .packets;
+    assert_eq!(
+        neigh,
+        2 * n,
+        "bpf_redirect_neigh for the unresolved next hop"
+    );
 }
