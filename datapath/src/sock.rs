@@ -2,11 +2,18 @@
 //! is rewritten to a backend once, at connect() or at each unconnected sendmsg(), and the service
 //! address is given back at recvmsg() (UDP sources) and getpeername().
 //!
-//! The reverse entry of a connected socket (TCP, connected UDP) lives in the socket's own storage
-//! (`OXI_SOCK_REVNAT_SK`, BPF_MAP_TYPE_SK_STORAGE): created at connect(), found from the socket at
-//! getpeername() / recvmsg() without a hash lookup, and freed by the kernel with the socket. Only
-//! unconnected UDP datagrams (sendmsg) use the `OXI_SOCK_REVNAT` LRU, keyed by socket cookie and
-//! backend. The clock is read only for services with session affinity.
+//! Reverse entries, by kind of socket:
+//! - TCP: connect() writes the entry into `OXI_SOCK_REVNAT_RING`, an array slot chosen by the
+//!   socket cookie's low bits (no lock, no allocation: the cheapest write there is); the first
+//!   getpeername() finds it there and copies it into the socket's own storage
+//!   (`OXI_SOCK_REVNAT_SK`, BPF_MAP_TYPE_SK_STORAGE), where it stays until the socket goes. A
+//!   socket whose first getpeername() comes after `SOCK_REVNAT_RING` later TCP connects has lost
+//!   its slot and sees the backend (the LRU of earlier versions had the same limit).
+//! - connected UDP: connect() writes the socket's storage directly (recvmsg() reads it on every
+//!   datagram, for as long as the socket lives).
+//! - unconnected UDP (sendmsg): the `OXI_SOCK_REVNAT` LRU, keyed by socket cookie and backend.
+//!
+//! The clock is read only for services with session affinity.
 //!
 //! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
 //! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
@@ -22,8 +29,8 @@ use abi::{
         ServiceValue, is_v4_mapped,
     },
     sock::{
-        AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
-        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SockConfig, SockRevNat, reason,
+        AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue, RingRevNat,
+        SCOPE_INTERNAL, SOCK_REVNAT_RING, SVC_FLAG_AFFINITY, SockConfig, SockRevNat, reason,
     },
 };
 use aya_ebpf::{
@@ -40,6 +47,7 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 pub type RevNatMap = LruHashMap<RevKey, RevValue, { MAX_SOCK_REVNAT as usize }>;
 pub type RevNatSkMap = SkStorage<SockRevNat>;
+pub type RevNatRingMap = Array<RingRevNat, { SOCK_REVNAT_RING as usize }>;
 pub type AffinityMap = LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }>;
 pub type AffinityTimeoutMap = Array<u32, { MAX_SERVICES as usize }>;
 pub type SockStatsMap = PerCpuArray<u64, { reason::COUNT as usize }>;
@@ -54,6 +62,8 @@ pub trait SockMaps {
     fn revnat() -> &'static RevNatMap;
     /// Connected socket → its backend and service address, for getpeername / recvmsg.
     fn revnat_sk() -> &'static RevNatSkMap;
+    /// TCP connects' entries by socket cookie, until the first getpeername.
+    fn revnat_ring() -> &'static RevNatRingMap;
     /// (netns cookie, service id) → backend, for ClientIP session affinity.
     fn affinity() -> &'static AffinityMap;
     /// Service id → affinity timeout in seconds (read only for services with SVC_FLAG_AFFINITY).
@@ -170,28 +180,35 @@ pub fn forward<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     if is_v4_mapped(&addr) != (b.family == FAMILY_V4) || !write_addr(sa, v6, &b.addr, b.port) {
         return refuse::<M>();
     }
+    let rev = SockRevNat {
+        backend: b.addr,
+        service: addr,
+        backend_port: b.port,
+        service_port: port,
+        service_id: svc.id,
+    };
+    // SAFETY: helper on the hook's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if done == reason::CONNECT && proto == PROTO_TCP as u32 {
+        if let Some(slot) = M::revnat_ring().get_ptr_mut(ring_slot(cookie)) {
+            // SAFETY: the slot of this cookie; read back only for this cookie.
+            unsafe { *slot = RingRevNat { cookie, rev } };
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
     if done == reason::CONNECT {
         // SAFETY: the hook's own socket; the storage is created zeroed when absent (a socket
         // connected again reuses its entry).
         let e = unsafe { M::revnat_sk().get_or_insert_ptr_mut(ctx, None) };
         if !e.is_null() {
             // SAFETY: this socket's storage, written under the socket's lock (connect holds it).
-            unsafe {
-                *e = SockRevNat {
-                    backend: b.addr,
-                    service: addr,
-                    backend_port: b.port,
-                    service_port: port,
-                    service_id: svc.id,
-                }
-            };
+            unsafe { *e = rev };
             count::<M>(done);
             return ALLOW;
         }
         // No memory for the storage: the LRU below keeps the reverse view.
     }
-    // SAFETY: helper on the hook's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = RevKey {
         cookie,
         addr: b.addr,
@@ -289,6 +306,20 @@ pub fn remember_affinity(map: &AffinityMap, key: &AffinityKey, backend_id: u32, 
     let _ = map.insert(key, v, 0);
 }
 
+/// The `OXI_SOCK_REVNAT_RING` slot of a socket cookie.
+#[inline(always)]
+fn ring_slot(cookie: u64) -> u32 {
+    cookie as u32 & (SOCK_REVNAT_RING - 1)
+}
+
+/// True when `e` names the backend `addr`:`port`.
+#[inline(always)]
+fn is_backend(e: &SockRevNat, addr: &Addr, port: u16) -> bool {
+    let peer = Aligned(*addr);
+    // SAFETY: two 4-aligned addresses (a field of a u32-aligned value, `Aligned`).
+    e.backend_port == port && unsafe { crate::words::addr_eq(&e.backend, &peer.0) }
+}
+
 /// An address on a 4-byte boundary, for [`crate::words::addr_eq`].
 #[repr(C, align(4))]
 struct Aligned(Addr);
@@ -305,18 +336,33 @@ pub fn reverse<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     if !e.is_null() {
         // SAFETY: this socket's storage, copied.
         let e = unsafe { *e };
-        let peer = Aligned(addr);
-        // SAFETY: two 4-aligned addresses (a field of a u32-aligned value, `Aligned`).
-        if e.backend_port == port
-            && unsafe { crate::words::addr_eq(&e.backend, &peer.0) }
-            && write_addr(sa, v6, &e.service, e.service_port)
-        {
+        if is_backend(&e, &addr, port) && write_addr(sa, v6, &e.service, e.service_port) {
             count::<M>(done);
             return ALLOW;
         }
     }
     // SAFETY: helper on the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A TCP socket's first getpeername: its connect's slot, still its own, moves into the
+    // socket's storage.
+    if done == reason::GETPEERNAME
+        && let Some(slot) = M::revnat_ring().get(ring_slot(cookie))
+    {
+        let slot = *slot;
+        if slot.cookie == cookie
+            && is_backend(&slot.rev, &addr, port)
+            && write_addr(sa, v6, &slot.rev.service, slot.rev.service_port)
+        {
+            // SAFETY: the hook's own socket; failure (no memory) leaves the slot as the record.
+            let e = unsafe { M::revnat_sk().get_or_insert_ptr_mut(ctx, None) };
+            if !e.is_null() {
+                // SAFETY: this socket's storage.
+                unsafe { *e = slot.rev };
+            }
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
     let rkey = RevKey {
         cookie,
         addr,

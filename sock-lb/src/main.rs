@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use datapath::sock::{
-    AffinityMap, AffinityTimeoutMap, RevNatMap, RevNatSkMap, SockConfigMap, SockMaps, SockStatsMap,
-    forward, reverse,
+    AffinityMap, AffinityTimeoutMap, RevNatMap, RevNatRingMap, RevNatSkMap, SockConfigMap,
+    SockMaps, SockStatsMap, forward, reverse,
 };
 
 // The socket-LB's own maps (see datapath::sock::SockMaps for why they are defined here). Their
@@ -22,6 +22,8 @@ use datapath::sock::{
 static OXI_SOCK_REVNAT: RevNatMap = LruHashMap::new();
 #[btf_map]
 static OXI_SOCK_REVNAT_SK: RevNatSkMap = SkStorage::new();
+#[btf_map]
+static OXI_SOCK_REVNAT_RING: RevNatRingMap = Array::new();
 #[btf_map]
 static OXI_SOCK_AFFINITY: AffinityMap = LruHashMap::new();
 #[btf_map]
@@ -41,6 +43,10 @@ impl SockMaps for Maps {
     #[inline(always)]
     fn revnat_sk() -> &'static RevNatSkMap {
         &OXI_SOCK_REVNAT_SK
+    }
+    #[inline(always)]
+    fn revnat_ring() -> &'static RevNatRingMap {
+        &OXI_SOCK_REVNAT_RING
     }
     #[inline(always)]
     fn affinity() -> &'static AffinityMap {

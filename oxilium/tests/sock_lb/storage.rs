@@ -1,15 +1,18 @@
-//! Connected sockets keep their reverse entry in their own storage (`OXI_SOCK_REVNAT_SK`,
-//! BPF_MAP_TYPE_SK_STORAGE, written by bpf_sk_storage_get from the connect hooks): getpeername()
-//! and a connected UDP socket's recvfrom() give the service address back at volume, each socket
-//! holds its own entry, and nothing lands in the shared LRU. Kernel features: those of the file,
-//! plus BPF_OBJ_GET and BPF_MAP_LOOKUP_ELEM by socket descriptor on an sk-storage map.
+//! Connected sockets' reverse entries: a TCP connect writes its cookie's slot of
+//! `OXI_SOCK_REVNAT_RING` and the first getpeername() moves it into the socket's own storage
+//! (`OXI_SOCK_REVNAT_SK`, BPF_MAP_TYPE_SK_STORAGE, bpf_sk_storage_get from the sock_addr hooks); a
+//! connected UDP socket's connect writes its storage directly. getpeername() and recvfrom() give
+//! the service address back at volume, each socket holds its own entry, and nothing lands in the
+//! shared LRU. Kernel features: those of the file, plus BPF_OBJ_GET and BPF_MAP_LOOKUP_ELEM by
+//! socket descriptor on an sk-storage map.
 use super::*;
 use abi::sock::names as sock_names;
 use support::cgroup::python;
 
 /// Connects `n` TCP sockets to host:port in batches of `batch` (held open together); for each:
-/// getpeername() must be the service and the socket's storage entry (looked up by descriptor in
-/// the pinned map) must name the service and a backend on `backend_port`. After each batch is
+/// no storage entry before getpeername() (looked up by descriptor in the pinned map: the connect
+/// wrote the ring), then getpeername() must be the service and the socket's storage entry must
+/// name the service and a backend on `backend_port`. After each batch is
 /// closed, new sockets on the same descriptors must have no entry. Then `udp` connected UDP
 /// sockets: recvfrom() must give the service as the source, and each has its entry too.
 /// Prints `OK <tcp> <udp>` or `ERR ...`.
@@ -48,8 +51,10 @@ while done < n:
     for _ in range(min(batch, n - done)):
         s = socket.socket(); s.settimeout(5); s.connect((host, port)); socks.append(s)
     for s in socks:
+        if entry(s.fileno()) is not None: fail('storage before getpeername')
         if s.getpeername() != (host, port): fail('peer', s.getpeername())
         check(s)
+        if s.getpeername() != (host, port): fail('second peer', s.getpeername())
     for s in socks: s.close()
     fresh = [socket.socket() for _ in socks]
     if any(entry(f.fileno()) is not None for f in fresh): fail('entry on a new socket')
