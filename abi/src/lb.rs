@@ -258,7 +258,10 @@ pub mod reason {
     /// A packet too big for the egress MTU once encapsulated (DSR), answered with ICMP
     /// "fragmentation needed" / ICMPv6 "packet too big" carrying the usable MTU (XDP_TX).
     pub const ICMP_TOO_BIG: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// tc: a translated packet whose next hop had no resolved neighbour, handed to the egress
+    /// device's neighbour output (bpf_redirect_neigh), which resolves it: not sent up the stack.
+    pub const NEIGH_REDIRECT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const NAMES: [&str; COUNT as usize] = [
         "pass",
         "fwd_snat",
@@ -279,6 +282,7 @@ pub mod reason {
         "snat_reuse",
         "icmp_translated",
         "icmp_too_big_sent",
+        "neigh_redirect",
     ];
 }
 

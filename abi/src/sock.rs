@@ -25,17 +25,31 @@ pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
 pub const MAX_SOCK_REVNAT: u32 = 262_144;
+/// Slots of `OXI_SOCK_REVNAT_RING` (a power of two: the slot is the cookie's low bits).
+pub const SOCK_REVNAT_RING: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 131_072;
 
 /// Pin names of the socket-LB maps, relative to the agent's pin folder.
 pub mod names {
     pub const REVNAT: &str = "OXI_SOCK_REVNAT";
+    /// Socket-local storage of connected sockets ([`super::SockRevNat`]).
+    pub const REVNAT_SK: &str = "OXI_SOCK_REVNAT_SK";
+    /// TCP connects' reverse entries by socket cookie ([`super::RingRevNat`]).
+    pub const REVNAT_RING: &str = "OXI_SOCK_REVNAT_RING";
     pub const AFFINITY: &str = "OXI_SOCK_AFFINITY";
     pub const AFFINITY_TIMEOUT: &str = "OXI_SOCK_AFFINITY_TIMEOUT";
     pub const STATS: &str = "OXI_SOCK_STATS";
     pub const CONFIG: &str = "OXI_SOCK_CONFIG";
     /// Every pinned socket-LB map (the shared LB maps are in `crate::lb::names::PINNED`).
-    pub const PINNED: [&str; 5] = [REVNAT, AFFINITY, AFFINITY_TIMEOUT, STATS, CONFIG];
+    pub const PINNED: [&str; 7] = [
+        REVNAT,
+        REVNAT_SK,
+        REVNAT_RING,
+        AFFINITY,
+        AFFINITY_TIMEOUT,
+        STATS,
+        CONFIG,
+    ];
 }
 
 /// `OXI_SOCK_CONFIG[0]`: the socket LB's settings.
@@ -49,7 +63,8 @@ pub struct SockConfig {
 }
 
 /// (socket cookie, backend address, backend port) → the service address the application asked
-/// for. Written at connect / sendmsg, read at recvmsg / getpeername.
+/// for. Written at unconnected UDP sendmsg, read at recvmsg (connected sockets keep theirs in
+/// [`SockRevNat`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct RevKey {
@@ -68,6 +83,33 @@ pub struct RevValue {
     pub port: u16,
     pub _pad: u16,
     pub service_id: u32,
+}
+
+/// The reverse entry of a connected socket (TCP, connected UDP), kept in the socket's own storage
+/// (`OXI_SOCK_REVNAT_SK`, a BPF_MAP_TYPE_SK_STORAGE map): the backend connect() went to and the
+/// service address the application asked for. Written at connect(), read at getpeername() /
+/// recvmsg() when the peer is that backend, freed by the kernel with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat {
+    pub backend: Addr,
+    pub service: Addr,
+    /// Network byte order.
+    pub backend_port: u16,
+    /// Network byte order.
+    pub service_port: u16,
+    pub service_id: u32,
+}
+
+/// A slot of `OXI_SOCK_REVNAT_RING` (an array indexed by the socket cookie's low bits): the
+/// reverse entry of a TCP connect, written without a lock or an allocation. Valid for the socket
+/// whose cookie it holds; the socket [`SOCK_REVNAT_RING`] cookies later takes the slot over. The
+/// first getpeername() copies it into the socket's storage, where it then stays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingRevNat {
+    pub cookie: u64,
+    pub rev: SockRevNat,
 }
 
 /// (service id, client) → backend. The client is the network namespace of the socket
@@ -190,7 +232,15 @@ pub mod pod {
 }
 
 #[cfg(feature = "user")]
-crate::pod!(RevKey, RevValue, AffinityKey, AffinityValue, SockConfig);
+crate::pod!(
+    RevKey,
+    RevValue,
+    SockRevNat,
+    RingRevNat,
+    AffinityKey,
+    AffinityValue,
+    SockConfig
+);
 
 #[cfg(test)]
 mod tests {
@@ -201,6 +251,9 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(size_of::<RevKey>(), 32);
         assert_eq!(size_of::<RevValue>(), 24);
+        assert_eq!(size_of::<SockRevNat>(), 40);
+        assert_eq!(size_of::<RingRevNat>(), 48);
+        assert!(SOCK_REVNAT_RING.is_power_of_two());
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<SockConfig>(), 8);

@@ -73,6 +73,18 @@ pub fn lookup(
     }
 }
 
+/// The egress interface found by this CPU's latest [`lookup`]: after `Route::Via`, and after
+/// `Route::NoNeighbour` too (the kernel writes it before it looks for the neighbour). 0 when
+/// there is none.
+#[inline(always)]
+pub fn last_ifindex() -> u32 {
+    match crate::maps::OXI_SCRATCH.get_ptr(0) {
+        // SAFETY: this CPU's scratch, read right after the lookup that wrote it.
+        Some(s) => unsafe { (*s).fib.ifindex },
+        None => 0,
+    }
+}
+
 #[inline(always)]
 fn words(a: &Addr) -> [u32; 4] {
     [

@@ -14,7 +14,7 @@ use crate::{
 use abi::lb::{Addr, FlowKey, reason};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_csum_diff, bpf_redirect},
+    helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 
@@ -157,8 +157,11 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()>
 }
 
 /// Sends a translated packet to its next hop: MACs from the FIB and bpf_redirect to the egress
-/// device; without a resolved neighbour the packet goes up the stack, which resolves it and
-/// forwards (the agent sets accept_local, since the source may be the node's own address).
+/// device. A route whose neighbour is not resolved yet goes to that device's neighbour output
+/// with bpf_redirect_neigh, which resolves it (holding the packet meanwhile) and adds the MACs:
+/// the packet does not cross the stack's forwarding path. Without a route (or too big for it)
+/// the packet goes up the stack, which forwards or answers it (the agent sets accept_local,
+/// since the source may be the node's own address).
 #[inline(never)]
 pub fn transmit(ctx: &TcContext, v6: bool, src: &Addr, dst: &Addr) -> i32 {
     let skb = ctx.skb.skb;
@@ -173,6 +176,12 @@ pub fn transmit(ctx: &TcContext, v6: bool, src: &Addr, dst: &Addr) -> i32 {
                 return TC_ACT_SHOT as i32;
             }
             unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Route::NoNeighbour if fib::last_ifindex() != 0 => {
+            stats::reason(reason::NEIGH_REDIRECT, 0);
+            // SAFETY: plain helper call; no next-hop parameters: the kernel routes the packet
+            // out of that device itself. TC_ACT_REDIRECT, or TC_ACT_SHOT for bad arguments.
+            unsafe { bpf_redirect_neigh(fib::last_ifindex(), core::ptr::null_mut(), 0, 0) as i32 }
         }
         Route::NoNeighbour | Route::None | Route::TooBig(_) => {
             stats::reason(reason::FIB_PASS, 0);

@@ -2,6 +2,19 @@
 //! is rewritten to a backend once, at connect() or at each unconnected sendmsg(), and the service
 //! address is given back at recvmsg() (UDP sources) and getpeername().
 //!
+//! Reverse entries, by kind of socket:
+//! - TCP: connect() writes the entry into `OXI_SOCK_REVNAT_RING`, an array slot chosen by the
+//!   socket cookie's low bits (no lock, no allocation: the cheapest write there is); the first
+//!   getpeername() finds it there and copies it into the socket's own storage
+//!   (`OXI_SOCK_REVNAT_SK`, BPF_MAP_TYPE_SK_STORAGE), where it stays until the socket goes. A
+//!   socket whose first getpeername() comes after `SOCK_REVNAT_RING` later TCP connects has lost
+//!   its slot and sees the backend (the LRU of earlier versions had the same limit).
+//! - connected UDP: connect() writes the socket's storage directly (recvmsg() reads it on every
+//!   datagram, for as long as the socket lives).
+//! - unconnected UDP (sendmsg): the `OXI_SOCK_REVNAT` LRU, keyed by socket cookie and backend.
+//!
+//! The clock is read only for services with session affinity.
+//!
 //! Frontends are looked up in the shared `OXI_SERVICES` with `SCOPE_INTERNAL`; the backend is a
 //! random slot of the service's table in `OXI_TABLES` (weighted by construction, whatever the
 //! table's algorithm), or the one remembered in `OXI_SOCK_AFFINITY` for ClientIP affinity.
@@ -16,14 +29,14 @@ use abi::{
         ServiceValue, is_v4_mapped,
     },
     sock::{
-        AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue,
-        SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SockConfig, reason,
+        AffinityKey, AffinityValue, MAX_AFFINITY, MAX_SOCK_REVNAT, RevKey, RevValue, RingRevNat,
+        SCOPE_INTERNAL, SOCK_REVNAT_RING, SVC_FLAG_AFFINITY, SockConfig, SockRevNat, reason,
     },
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    btf_maps::{Array, LruHashMap, PerCpuArray},
+    btf_maps::{Array, LruHashMap, PerCpuArray, SkStorage},
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
@@ -33,6 +46,8 @@ use aya_ebpf::{
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 pub type RevNatMap = LruHashMap<RevKey, RevValue, { MAX_SOCK_REVNAT as usize }>;
+pub type RevNatSkMap = SkStorage<SockRevNat>;
+pub type RevNatRingMap = Array<RingRevNat, { SOCK_REVNAT_RING as usize }>;
 pub type AffinityMap = LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }>;
 pub type AffinityTimeoutMap = Array<u32, { MAX_SERVICES as usize }>;
 pub type SockStatsMap = PerCpuArray<u64, { reason::COUNT as usize }>;
@@ -43,8 +58,12 @@ pub type SockConfigMap = Array<SockConfig, 1>;
 /// object that links it, and the XDP / tc objects must not carry (and create, unpinned) these.
 /// The hooks are generic over this trait, so each map is still referenced directly.
 pub trait SockMaps {
-    /// (socket cookie, backend, backend port) → service address, for recvmsg / getpeername.
+    /// (socket cookie, backend, backend port) → service address, for recvmsg of unconnected UDP.
     fn revnat() -> &'static RevNatMap;
+    /// Connected socket → its backend and service address, for getpeername / recvmsg.
+    fn revnat_sk() -> &'static RevNatSkMap;
+    /// TCP connects' entries by socket cookie, until the first getpeername.
+    fn revnat_ring() -> &'static RevNatRingMap;
     /// (netns cookie, service id) → backend, for ClientIP session affinity.
     fn affinity() -> &'static AffinityMap;
     /// Service id → affinity timeout in seconds (read only for services with SVC_FLAG_AFFINITY).
@@ -161,8 +180,35 @@ pub fn forward<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     if is_v4_mapped(&addr) != (b.family == FAMILY_V4) || !write_addr(sa, v6, &b.addr, b.port) {
         return refuse::<M>();
     }
+    let rev = SockRevNat {
+        backend: b.addr,
+        service: addr,
+        backend_port: b.port,
+        service_port: port,
+        service_id: svc.id,
+    };
     // SAFETY: helper on the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if done == reason::CONNECT && proto == PROTO_TCP as u32 {
+        if let Some(slot) = M::revnat_ring().get_ptr_mut(ring_slot(cookie)) {
+            // SAFETY: the slot of this cookie; read back only for this cookie.
+            unsafe { *slot = RingRevNat { cookie, rev } };
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
+    if done == reason::CONNECT {
+        // SAFETY: the hook's own socket; the storage is created zeroed when absent (a socket
+        // connected again reuses its entry).
+        let e = unsafe { M::revnat_sk().get_or_insert_ptr_mut(ctx, None) };
+        if !e.is_null() {
+            // SAFETY: this socket's storage, written under the socket's lock (connect holds it).
+            unsafe { *e = rev };
+            count::<M>(done);
+            return ALLOW;
+        }
+        // No memory for the storage: the LRU below keeps the reverse view.
+    }
     let rkey = RevKey {
         cookie,
         addr: b.addr,
@@ -197,31 +243,29 @@ fn pick<M: SockMaps>(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backen
     if svc.id == 0 || svc.table_size == 0 {
         return None;
     }
-    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
-    // SAFETY: helpers without preconditions.
+    // SAFETY: helper without preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    if svc.flags & SVC_FLAG_AFFINITY == 0 {
+        // The table decides who takes new connections (terminating backends only as the
+        // fallback).
+        let id = crate::lb::table_pick(svc.id, random)?;
+        return crate::lb::backend(id).copied();
+    }
+    // SAFETY: helpers without preconditions / on the hook's context.
     let now = unsafe { bpf_ktime_get_ns() };
     let akey = AffinityKey {
-        netns_cookie: if affinity {
-            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-        } else {
-            0
-        },
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         service_id: svc.id,
         _pad: 0,
     };
-    if affinity {
-        let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
-        if let Some((_, b)) = affinity_backend(M::affinity(), &akey, svc, timeout, now) {
-            count::<M>(reason::AFFINITY_HIT);
-            return Some(*b);
-        }
+    let timeout = M::affinity_timeout().get(svc.id).copied().unwrap_or(0);
+    if let Some((_, b)) = affinity_backend(M::affinity(), &akey, svc, timeout, now) {
+        count::<M>(reason::AFFINITY_HIT);
+        return Some(*b);
     }
-    let id = crate::lb::table_pick(svc.id, unsafe { bpf_get_prandom_u32() })?;
-    // The table decides who takes new connections (terminating backends only as the fallback).
+    let id = crate::lb::table_pick(svc.id, random)?;
     let b = *crate::lb::backend(id)?;
-    if affinity {
-        remember_affinity(M::affinity(), &akey, id, now);
-    }
+    remember_affinity(M::affinity(), &akey, id, now);
     Some(b)
 }
 
@@ -262,14 +306,63 @@ pub fn remember_affinity(map: &AffinityMap, key: &AffinityKey, backend_id: u32, 
     let _ = map.insert(key, v, 0);
 }
 
+/// The `OXI_SOCK_REVNAT_RING` slot of a socket cookie.
+#[inline(always)]
+fn ring_slot(cookie: u64) -> u32 {
+    cookie as u32 & (SOCK_REVNAT_RING - 1)
+}
+
+/// True when `e` names the backend `addr`:`port`.
+#[inline(always)]
+fn is_backend(e: &SockRevNat, addr: &Addr, port: u16) -> bool {
+    let peer = Aligned(*addr);
+    // SAFETY: two 4-aligned addresses (a field of a u32-aligned value, `Aligned`).
+    e.backend_port == port && unsafe { crate::words::addr_eq(&e.backend, &peer.0) }
+}
+
+/// An address on a 4-byte boundary, for [`crate::words::addr_eq`].
+#[repr(C, align(4))]
+struct Aligned(Addr);
+
 /// recvmsg4/6 and getpeername4/6: gives back the service address for a backend this socket was
 /// translated to. `done` is the counter of a rewrite. These hooks must always allow.
 #[inline(always)]
 pub fn reverse<M: SockMaps>(ctx: &SockAddrContext, v6: bool, done: u32) -> i32 {
     let sa = ctx.sock_addr;
     let (addr, port) = read_addr(sa, v6);
+    // A connected socket's own entry, when the peer is the backend it was connected to.
+    // SAFETY: lookup only (no create) in the hook's own socket's storage.
+    let e = unsafe { M::revnat_sk().get_ptr_mut(ctx) };
+    if !e.is_null() {
+        // SAFETY: this socket's storage, copied.
+        let e = unsafe { *e };
+        if is_backend(&e, &addr, port) && write_addr(sa, v6, &e.service, e.service_port) {
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
     // SAFETY: helper on the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A TCP socket's first getpeername: its connect's slot, still its own, moves into the
+    // socket's storage.
+    if done == reason::GETPEERNAME
+        && let Some(slot) = M::revnat_ring().get(ring_slot(cookie))
+    {
+        let slot = *slot;
+        if slot.cookie == cookie
+            && is_backend(&slot.rev, &addr, port)
+            && write_addr(sa, v6, &slot.rev.service, slot.rev.service_port)
+        {
+            // SAFETY: the hook's own socket; failure (no memory) leaves the slot as the record.
+            let e = unsafe { M::revnat_sk().get_or_insert_ptr_mut(ctx, None) };
+            if !e.is_null() {
+                // SAFETY: this socket's storage.
+                unsafe { *e = slot.rev };
+            }
+            count::<M>(done);
+            return ALLOW;
+        }
+    }
     let rkey = RevKey {
         cookie,
         addr,

@@ -23,6 +23,9 @@
 //!    is a direct connect to a backend address in the "lb" namespace from the plain cgroup: no
 //!    rules, no programs, no conntrack. Services are connected to in the middle and at the end of
 //!    KUBE-SERVICES' order; a direct connect to a backend is measured under both translations too.
+//!    Then the socket LB and the direct connect paired (kube_proxy/paired.rs): one client process,
+//!    sockets made in both cgroups, connects alternating, so that the ratio does not depend on
+//!    the machine's load moving between cases.
 //! 2. One service change (one of three endpoints of a service replaced) with 10 000 services:
 //!    iptables-restore of the regenerated nat table; the `--noflush` partial restores (kube-proxy
 //!    ≥ 1.28 rewrites KUBE-SERVICES and the changed chains; the best case is the changed chains
@@ -48,9 +51,12 @@ mod iptables;
 #[path = "../tests/support/netns.rs"]
 #[allow(dead_code)]
 mod netns;
+#[path = "kube_proxy/paired.rs"]
+mod paired;
 use connect::*;
 use counted::*;
 use iptables::*;
+use paired::*;
 
 use abi::lb::{Backend as AbiBackend, ServiceKey, ServiceValue, names};
 use anyhow::Result;
@@ -172,6 +178,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(CLIENT_FLAG) {
         return client(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some(PAIRED_FLAG) {
+        return paired_client(&args[2..]);
     }
     if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches`: nothing to list.

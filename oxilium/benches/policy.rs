@@ -16,6 +16,7 @@
 #[path = "../tests/support/bpffs.rs"]
 #[allow(dead_code)]
 mod bpffs;
+mod common;
 #[path = "../tests/support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
@@ -23,6 +24,7 @@ mod packet;
 use abi::{endpoint::EndpointInfo, policy::ep_flags};
 use aya::{TestRun, TestRunOptions};
 use bpffs::PinDir;
+use common::{Netns, median3, sh};
 use oxilium::{
     agent::node::policy::{PolicyAgent, PolicyFlags},
     bpf::endpoint::EndpointLb,
@@ -30,48 +32,10 @@ use oxilium::{
 use packet::{ether, ip, tcp};
 use std::{
     collections::BTreeMap,
-    fs::File,
     net::IpAddr,
-    os::fd::AsRawFd,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .expect(args[0]);
-    assert!(st.success(), "{args:?}");
-}
-
-/// The namespace the benchmark thread runs in; deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn enter() -> Netns {
-        let name = format!("oxilium-pbench-{}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        let f = File::open(format!("/run/netns/{name}")).unwrap();
-        // SAFETY: setns of the calling thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        sh(&["ip", "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn median3(mut f: impl FnMut() -> u64) -> f64 {
-    let mut v = [f(), f(), f()];
-    v.sort_unstable();
-    v[1] as f64
-}
 
 fn pct(v: &[Duration], q: f64) -> f64 {
     let mut s = v.to_vec();
@@ -111,7 +75,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000_000);
-    let _ns = Netns::enter();
+    let _ns = Netns::enter("oxilium-pbench", &["ip link set lo up"]);
     let pins = PinDir::new(&format!("oxilium-pbench-{}", std::process::id()));
     let mut progs = EndpointLb::load(pins.path()).expect("load (root?)");
     let work = std::env::temp_dir().join(format!("oxilium-pbench-{}", std::process::id()));
@@ -238,7 +202,7 @@ fn main() {
         ether(&ip(s, d, tcp(sport, 80, &[], &[0x61; 64])), None)
     };
     let prog = progs.program("oxilium_endpoint_to_pod").unwrap();
-    let run = |pkt: &[u8]| -> (u32, u64) {
+    let run = |pkt: &[u8]| -> (u32, u32) {
         let mut out = vec![0u8; pkt.len() + 256];
         let r = prog
             .test_run(TestRunOptions {
@@ -248,7 +212,7 @@ fn main() {
                 ..Default::default()
             })
             .expect("BPF_PROG_TEST_RUN");
-        (r.return_value, r.duration.as_nanos() as u64)
+        (r.return_value, r.duration.as_nanos() as u32)
     };
     let pod_ip: IpAddr = pod.parse().unwrap();
     let info = progs.get(pod_ip).unwrap();

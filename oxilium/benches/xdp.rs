@@ -18,6 +18,7 @@
 #[path = "../tests/support/bpffs.rs"]
 #[allow(dead_code)]
 mod bpffs;
+mod common;
 #[path = "../tests/support/packet.rs"]
 #[allow(dead_code)]
 mod packet;
@@ -25,6 +26,9 @@ mod packet;
 use abi::lb::{LbConfig, reason};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp, programs::XdpMode};
 use bpffs::PinDir;
+use common::{
+    Netns, PROG_TYPE_XDP, bpf, load_fib_only, load_return, median3, run_raw, sh, single::Baselines,
+};
 use lb::{
     compile,
     model::{Algorithm, Backend, BackendState, Frontend, Mode, Model, Protocol, Service},
@@ -32,7 +36,7 @@ use lb::{
 };
 use oxilium::bpf::{lb_maps::KernelMaps, loader};
 use packet::{ether, ip, tcp};
-use std::{fs::File, net::IpAddr, os::fd::AsRawFd, process::Command};
+use std::net::IpAddr;
 
 #[path = "xdp/events.rs"]
 mod events;
@@ -46,53 +50,22 @@ mod single;
 const LB4: &str = "10.10.1.100";
 const PORT: u16 = 40_000;
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .expect(args[0]);
-    assert!(st.success(), "{args:?}");
-}
-
-/// The namespace the benchmark thread runs in; deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn enter() -> Netns {
-        let name = format!("oxilium-bench-{}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name.clone());
-        for cmd in [
-            "ip link set lo up",
-            "ip link add va type veth peer name vb",
-            "ip link set va up",
-            "ip link set vb up",
-            "ip addr add 10.10.1.100/24 dev va",
-            "ip route add 10.10.0.0/24 dev va",
-            "ip neigh add 10.10.0.1 lladdr 02:00:00:00:00:01 dev va nud permanent",
-            "ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent",
-            "ip neigh add 10.10.0.3 lladdr 02:00:00:00:00:03 dev va nud permanent",
-            "ip -6 addr add fd00::100/64 dev va nodad",
-            "ip -6 neigh add fd00::1 lladdr 02:00:00:00:00:11 dev va nud permanent",
-            "sysctl -qw net.ipv4.ip_forward=1",
-            "sysctl -qw net.ipv6.conf.all.forwarding=1",
-        ] {
-            let mut a = vec!["ip", "netns", "exec", &name];
-            a.extend(cmd.split_whitespace());
-            sh(&a);
-        }
-        let f = File::open(format!("/run/netns/{name}")).unwrap();
-        // SAFETY: setns of the calling thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+/// The bench namespace: veth, static neighbours, forwarding on.
+const NETNS_SETUP: [&str; 13] = [
+    "ip link set lo up",
+    "ip link add va type veth peer name vb",
+    "ip link set va up",
+    "ip link set vb up",
+    "ip addr add 10.10.1.100/24 dev va",
+    "ip route add 10.10.0.0/24 dev va",
+    "ip neigh add 10.10.0.1 lladdr 02:00:00:00:00:01 dev va nud permanent",
+    "ip neigh add 10.10.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent",
+    "ip neigh add 10.10.0.3 lladdr 02:00:00:00:00:03 dev va nud permanent",
+    "ip -6 addr add fd00::100/64 dev va nodad",
+    "ip -6 neigh add fd00::1 lladdr 02:00:00:00:00:11 dev va nud permanent",
+    "sysctl -qw net.ipv4.ip_forward=1",
+    "sysctl -qw net.ipv6.conf.all.forwarding=1",
+];
 
 fn service(name: &str, vip: &str, backend: &str, ct_timeout_s: u32) -> Service {
     let fe: std::net::SocketAddr = vip.parse().unwrap();
@@ -144,122 +117,21 @@ fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    rest: [u64; 8],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    rest: [u64; 8],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
-    // SAFETY: `attr` is a zero-padded bpf_attr prefix of the right layout for `cmd`.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
-}
-
-/// One BPF instruction: opcode, registers (dst in the low nibble, src in the high), offset, imm.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    let o = off.to_le_bytes();
-    let i = imm.to_le_bytes();
-    u64::from_le_bytes([code, dst | (src << 4), o[0], o[1], i[0], i[1], i[2], i[3]])
-}
-
-/// Loads a raw XDP program with BPF_PROG_LOAD.
-fn load_raw_xdp(name: &[u8], insns: &[u64]) -> i32 {
-    let mut a = ProgLoadAttr {
-        prog_type: 6, // BPF_PROG_TYPE_XDP
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: c"GPL".as_ptr() as u64,
-        ..Default::default()
-    };
-    a.prog_name[..name.len()].copy_from_slice(name);
-    let fd = bpf(5, &mut a); // BPF_PROG_LOAD
-    assert!(
-        fd >= 0,
-        "BPF_PROG_LOAD: {}",
-        std::io::Error::last_os_error()
-    );
-    fd as i32
-}
-
-const EXIT: u64 = 0x95; // BPF_JMP | BPF_EXIT
-
 /// The real baseline: `r0 = XDP_PASS; exit`.
 fn load_trivial_xdp() -> i32 {
-    // BPF_ALU64 | BPF_MOV | BPF_K (0xb7), r0 = 2 (XDP_PASS).
-    load_raw_xdp(b"xdp_pass", &[insn(0xb7, 0, 0, 0, 2), EXIT])
+    load_return(PROG_TYPE_XDP, b"xdp_pass", 2)
+}
+
+/// `r0 = XDP_TX; exit`.
+fn load_tx_xdp() -> i32 {
+    load_return(PROG_TYPE_XDP, b"xdp_tx", 3)
 }
 
 /// The second baseline: one `bpf_fib_lookup` (IPv4, LB4 → 10.10.0.1, the packet's ingress
-/// interface, the answer a next hop in the bench namespace), then `XDP_PASS` when it found the
-/// next hop (else XDP_ABORTED): what a FIB lookup per packet costs by itself.
+/// interface: `xdp_md.ingress_ifindex`), then `XDP_PASS` when it found the next hop.
 fn load_fib_only_xdp() -> i32 {
-    let ip = |a: [u8; 4]| i32::from_le_bytes(a);
     let lb: std::net::Ipv4Addr = LB4.parse().unwrap();
-    let mut p = Vec::new();
-    p.push(insn(0xbf, 6, 1, 0, 0)); // r6 = r1 (ctx)
-    for off in (-64..0).step_by(8) {
-        p.push(insn(0x7a, 10, 0, off, 0)); // *(u64 *)(r10 + off) = 0: struct bpf_fib_lookup
-    }
-    p.push(insn(0x72, 10, 0, -64, 2)); // family = AF_INET
-    p.push(insn(0x61, 2, 6, 12, 0)); // r2 = ctx->ingress_ifindex
-    p.push(insn(0x63, 10, 2, -64 + 8, 0)); // ifindex = r2
-    p.push(insn(0x62, 10, 0, -64 + 16, ip(lb.octets()))); // ipv4_src
-    p.push(insn(0x62, 10, 0, -64 + 32, ip([10, 10, 0, 1]))); // ipv4_dst
-    p.push(insn(0xbf, 1, 6, 0, 0)); // r1 = ctx
-    p.push(insn(0xbf, 2, 10, 0, 0)); // r2 = r10
-    p.push(insn(0x07, 2, 0, 0, -64)); // r2 += -64
-    p.push(insn(0xb7, 3, 0, 0, 64)); // r3 = sizeof(struct bpf_fib_lookup)
-    p.push(insn(0xb7, 4, 0, 0, 0)); // r4 = flags
-    p.push(insn(0x85, 0, 0, 0, 69)); // call bpf_fib_lookup
-    p.push(insn(0x55, 0, 0, 2, 0)); // if r0 != BPF_FIB_LKUP_RET_SUCCESS goto +2
-    p.push(insn(0xb7, 0, 0, 0, 2)); // r0 = XDP_PASS
-    p.push(EXIT);
-    p.push(insn(0xb7, 0, 0, 0, 0)); // r0 = XDP_ABORTED
-    p.push(EXIT);
-    load_raw_xdp(b"xdp_fib_only", &p)
-}
-
-/// (return value, ns per run) of the raw program.
-fn run_raw(fd: i32, pkt: &[u8], md: &[u8], repeat: u32) -> (u32, u32) {
-    let mut a = TestRunAttr {
-        prog_fd: fd as u32,
-        data_size_in: pkt.len() as u32,
-        data_in: pkt.as_ptr() as u64,
-        repeat,
-        ctx_size_in: md.len() as u32,
-        ctx_in: md.as_ptr() as u64,
-        ..Default::default()
-    };
-    assert_eq!(bpf(10, &mut a), 0, "{}", std::io::Error::last_os_error()); // BPF_PROG_TEST_RUN
-    (a.retval, a.duration)
+    load_fib_only(PROG_TYPE_XDP, 12, lb.octets(), [10, 10, 0, 1], 2)
 }
 
 fn run(prog: &Xdp, pkt: &[u8], md: &[u8], repeat: u32) -> (u32, u32, Vec<u8>) {
@@ -275,13 +147,6 @@ fn run(prog: &Xdp, pkt: &[u8], md: &[u8], repeat: u32) -> (u32, u32, Vec<u8>) {
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     (r.return_value, r.duration.as_nanos() as u32, out)
-}
-
-/// Median of three measurements.
-fn median3(mut f: impl FnMut() -> u32) -> f64 {
-    let mut v = [f(), f(), f()];
-    v.sort_unstable();
-    f64::from(v[1])
 }
 
 fn frame(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
@@ -336,7 +201,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000_000);
-    let _ns = Netns::enter();
+    let _ns = Netns::enter("oxilium-bench", &NETNS_SETUP);
     let ifindex = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
     // The fixed points need a one-port SNAT range; distinct flows need a wide one: two loads.
     let (ebpf, rec, _pins) = setup(PORT, PORT);
@@ -431,7 +296,14 @@ fn main() {
     assert!(runs(&before) > runs(&ct), "the entries were rewritten");
 
     let fib = load_fib_only_xdp();
-    single::bench(ifindex, &single::Baselines { pass: raw, fib });
+    single::bench(
+        ifindex,
+        &Baselines {
+            pass: raw,
+            fib,
+            fib_found: 2,
+        },
+    );
     // SAFETY: our own descriptors.
     unsafe {
         libc::close(raw);

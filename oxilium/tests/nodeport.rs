@@ -3,7 +3,7 @@
 //! and on node2 (see support/cluster.rs).
 //! Kernel features: network namespaces, veth, IPv4/IPv6 forwarding, TCX (tc ingress and egress
 //! bpf_links), bpf_skb_store_bytes / bpf_l3_csum_replace / bpf_l4_csum_replace / bpf_csum_diff,
-//! bpf_skb_pull_data, bpf_fib_lookup, bpf_redirect, BTF maps (hash, LRU hash, LPM trie, per-CPU
+//! bpf_skb_pull_data, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, BTF maps (hash, LRU hash, LPM trie, per-CPU
 //! array, map-in-map), bpffs pinning. Requires root: without it the setup fails (never skips).
 mod support;
 
@@ -117,6 +117,41 @@ fn remote_backend_is_snatted_to_the_node_and_replies_come_back_through_it() {
         to_node.iter().all(|p| (PORT_MIN..=PORT_MAX).contains(p)),
         "{to_node:?}"
     );
+}
+
+/// The first packets towards node2 find its address without a neighbour entry on node1 (flushed
+/// before each family's traffic): bpf_redirect_neigh hands them to fab0's neighbour output, which
+/// resolves node2 and sends them — none goes up node1's stack (`fib_pass` stays 0) — and the
+/// connections and datagrams get their answers.
+#[test]
+fn an_unresolved_next_hop_is_resolved_by_redirect_neigh_not_the_stack() {
+    let mut c = Cluster::new([1, 1]);
+    let model = Model {
+        maglev_seed: 7,
+        services: services(&c, 30005, &["p21"]),
+    };
+    c.start(&model);
+    let mut before = c.lb_count(reason::NEIGH_REDIRECT);
+    for v6 in [false, true] {
+        let family = if v6 { "-6" } else { "-4" };
+        c.node1
+            .run(&["ip", family, "neigh", "flush", "dev", "fab0"]);
+        for udp in [false, true] {
+            let seen = spread(&c, frontend(v6, 30005), udp, 3);
+            let want: BTreeMap<_, _> =
+                [("p21".to_string(), BTreeSet::from([snat_addr(v6)]))].into();
+            assert_eq!(seen, want, "v6={v6} udp={udp}");
+        }
+        let now = c.lb_count(reason::NEIGH_REDIRECT);
+        assert!(now > before, "v6={v6}: no packet took bpf_redirect_neigh");
+        before = now;
+    }
+    assert_eq!(
+        c.lb_count(reason::FIB_PASS),
+        0,
+        "a packet went up the stack"
+    );
+    assert!(c.np_count(np::REMOTE) >= 12);
 }
 
 #[test]

@@ -3,8 +3,11 @@
 //! Kernel features: cgroup v2 (an existing mount, or one the test mounts and unmounts),
 //! BPF_PROG_TYPE_CGROUP_SOCK_ADDR (connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6),
 //! bpf_link for cgroups and bpf_link pinning, bpf_set_retval, bpf_get_socket_cookie,
-//! bpf_get_netns_cookie, BTF maps with map-in-map, LRU hash, bpffs pinning, network namespaces.
+//! bpf_get_netns_cookie, BTF maps with map-in-map, LRU hash, BPF_MAP_TYPE_SK_STORAGE
+//! (bpf_sk_storage_get from sock_addr programs), bpffs pinning, network namespaces.
 //! Requires root; a test that cannot set up its cgroup, namespace or programs fails.
+#[path = "sock_lb/storage.rs"]
+mod storage;
 mod support;
 
 use abi::{
@@ -203,7 +206,8 @@ fn tcp_to_cluster_ip_reaches_every_backend_and_getpeername_gives_the_service() {
     );
     assert!(bed.sock.maps.counter(reason::CONNECT) >= 40);
     assert!(bed.sock.maps.counter(reason::GETPEERNAME) >= 40);
-    assert!(!bed.sock.maps.revnat_entries().is_empty());
+    // Connected sockets keep their reverse entry in their own storage: none in the LRU.
+    assert!(bed.sock.maps.revnat_entries().is_empty());
 }
 
 #[test]
@@ -217,6 +221,8 @@ fn udp_to_cluster_ip_is_answered_from_the_service_address() {
     );
     assert!(bed.sock.maps.counter(reason::SENDMSG) >= 30);
     assert!(bed.sock.maps.counter(reason::RECVMSG) >= 30);
+    // Unconnected datagrams are restored through the LRU (socket cookie, backend).
+    assert!(bed.sock.maps.revnat_entries().len() >= 30);
 }
 
 #[test]

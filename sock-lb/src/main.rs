@@ -7,19 +7,23 @@
 
 use abi::sock::reason;
 use aya_ebpf::{
-    btf_maps::{Array, LruHashMap, PerCpuArray},
+    btf_maps::{Array, LruHashMap, PerCpuArray, SkStorage},
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use datapath::sock::{
-    AffinityMap, AffinityTimeoutMap, RevNatMap, SockConfigMap, SockMaps, SockStatsMap, forward,
-    reverse,
+    AffinityMap, AffinityTimeoutMap, RevNatMap, RevNatRingMap, RevNatSkMap, SockConfigMap,
+    SockMaps, SockStatsMap, forward, reverse,
 };
 
 // The socket-LB's own maps (see datapath::sock::SockMaps for why they are defined here). Their
 // names are abi::sock::names; the shared LB maps come from datapath::maps.
 #[btf_map]
 static OXI_SOCK_REVNAT: RevNatMap = LruHashMap::new();
+#[btf_map]
+static OXI_SOCK_REVNAT_SK: RevNatSkMap = SkStorage::new();
+#[btf_map]
+static OXI_SOCK_REVNAT_RING: RevNatRingMap = Array::new();
 #[btf_map]
 static OXI_SOCK_AFFINITY: AffinityMap = LruHashMap::new();
 #[btf_map]
@@ -35,6 +39,14 @@ impl SockMaps for Maps {
     #[inline(always)]
     fn revnat() -> &'static RevNatMap {
         &OXI_SOCK_REVNAT
+    }
+    #[inline(always)]
+    fn revnat_sk() -> &'static RevNatSkMap {
+        &OXI_SOCK_REVNAT_SK
+    }
+    #[inline(always)]
+    fn revnat_ring() -> &'static RevNatRingMap {
+        &OXI_SOCK_REVNAT_RING
     }
     #[inline(always)]
     fn affinity() -> &'static AffinityMap {

@@ -66,59 +66,90 @@ pub(crate) fn node(tag: &str, live: &[Ipv4Addr]) -> Netns {
     ns
 }
 
-/// The client process (this binary re-executed): joins the cgroup, then the namespace, then prints the duration of each connect() in ns, one a line.
-pub(crate) fn client(args: &[String]) {
-    let [cg, ns, to, count, warmup] = args else {
-        panic!("client arguments: {args:?}");
-    };
-    std::fs::write(
-        PathBuf::from(cg).join("cgroup.procs"),
-        std::process::id().to_string(),
-    )
-    .expect("joining the cgroup");
-    netns::enter(ns); // this process has one thread
-    let to: SocketAddrV4 = to.parse().unwrap();
-    let (count, warmup): (usize, usize) = (count.parse().unwrap(), warmup.parse().unwrap());
-    let sa = libc::sockaddr_in {
+/// The sockaddr of `to`.
+pub(crate) fn sockaddr(to: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: to.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*to.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+/// A new blocking TCP socket (of the calling process's cgroup).
+pub(crate) fn socket() -> RawFd {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// connect(2) of `fd` to `sa`, timed alone; exits the process on failure.
+pub(crate) fn timed_connect(fd: RawFd, sa: &libc::sockaddr_in) -> Duration {
+    let t = Instant::now();
+    // SAFETY: a socket this process owns, a valid address of the given size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
     };
+    let dt = t.elapsed();
+    if rc != 0 {
+        eprintln!("connect: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    dt
+}
+
+/// Closes `fd` with an RST (SO_LINGER 0): no TIME_WAIT left behind.
+pub(crate) fn close_rst(fd: RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
+    // SAFETY: a socket this process owns; valid pointer and size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+        libc::close(fd);
+    }
+}
+
+/// Moves the calling process into the cgroup folder `cg`.
+pub(crate) fn join_cgroup(cg: &str) {
+    std::fs::write(
+        PathBuf::from(cg).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .expect("joining the cgroup");
+}
+
+/// The client process (this binary re-executed): joins the cgroup, then the namespace, then
+/// prints the duration of each connect() in ns, one a line.
+pub(crate) fn client(args: &[String]) {
+    let [cg, ns, to, count, warmup] = args else {
+        panic!("client arguments: {args:?}");
+    };
+    join_cgroup(cg);
+    netns::enter(ns); // this process has one thread
+    let sa = sockaddr(to.parse().unwrap());
+    let (count, warmup): (usize, usize) = (count.parse().unwrap(), warmup.parse().unwrap());
     let mut out = String::with_capacity(count * 8);
     for k in 0..warmup + count {
-        // SAFETY: plain socket calls on a descriptor this loop owns, with valid pointers and sizes.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let t = Instant::now();
-            let rc = libc::connect(
-                fd,
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
-            let dt = t.elapsed();
-            if rc != 0 {
-                eprintln!("connect {to}: {}", std::io::Error::last_os_error());
-                std::process::exit(1);
-            }
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            );
-            libc::close(fd);
-            if k >= warmup {
-                let _ = writeln!(out, "{}", dt.as_nanos());
-            }
+        let fd = socket();
+        let dt = timed_connect(fd, &sa);
+        close_rst(fd);
+        if k >= warmup {
+            let _ = writeln!(out, "{}", dt.as_nanos());
         }
     }
     print!("{out}");
@@ -126,10 +157,23 @@ pub(crate) fn client(args: &[String]) {
 
 /// Median and p99 of one case, in µs.
 #[derive(Clone, Copy)]
-struct Latency {
-    median: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Latency {
+    pub(crate) median: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+impl Latency {
+    /// Of a sample of durations in ns.
+    pub(crate) fn of(mut v: Vec<u64>) -> Latency {
+        v.sort_unstable();
+        let us = |i: usize| v[i.min(v.len() - 1)] as f64 / 1000.0;
+        Latency {
+            median: us(v.len() / 2),
+            p99: us(v.len() * 99 / 100),
+            max: us(v.len() - 1),
+        }
+    }
 }
 
 /// Runs the client in `ns` (and `cgroup`) against `to`; the connect latencies.
@@ -151,18 +195,12 @@ fn measure(ns: &Netns, cgroup: &Cgroup, to: SocketAddrV4, count: usize) -> Laten
         "client to {to} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(v.len(), count, "one figure per connect");
-    v.sort_unstable();
-    let us = |i: usize| v[i.min(v.len() - 1)] as f64 / 1000.0;
-    Latency {
-        median: us(v.len() / 2),
-        p99: us(v.len() * 99 / 100),
-        max: us(v.len() - 1),
-    }
+    Latency::of(v)
 }
 
 /// What both parts measure with: the two namespaces and the clients' cgroups.
@@ -305,6 +343,33 @@ pub(crate) fn connect_latencies(
             2 * (connects + WARMUP) as u64,
             "every socket-LB connect to a ClusterIP was translated (and no other)"
         );
+        let before = translated();
+        let [d, h, s] = measure_paired(lb, plain_cg, cg, direct, cip(mid), connects);
+        assert_eq!(
+            translated() - before,
+            (connects + WARMUP) as u64,
+            "every paired ClusterIP connect was translated (and no direct one)"
+        );
+        println!(
+            "  paired in one client process (connects taking turns), × the paired direct connects:"
+        );
+        for (name, l) in [
+            ("paired: direct to a backend".to_string(), d),
+            (
+                "paired: socket LB, direct to a backend (no service)".to_string(),
+                h,
+            ),
+            (format!("paired: oxilium socket LB, ClusterIP #{mid}"), s),
+        ] {
+            println!(
+                "  {name:<58} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>9.0}",
+                l.median,
+                l.p99,
+                l.median / d.median,
+                l.p99 / d.p99,
+                l.max,
+            );
+        }
     }
     full_loads
 }

@@ -67,7 +67,7 @@ pub fn bench(ns: &str, prog: &Xdp, est: &[u8], md: &[u8], repeat: u32) {
         "ip", "netns", "exec", ns, "ethtool", "-K", "vb", "gro", "on",
     ]);
     // BPF_ALU64 | BPF_MOV | BPF_K, r0 = 3 (XDP_TX).
-    let tx = load_raw_xdp(b"xdp_tx", &[insn(0xb7, 0, 0, 0, 3), EXIT]);
+    let tx = load_tx_xdp();
     let fd = prog.fd().unwrap().as_fd().as_raw_fd();
     println!("\nlive frames (BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX sent out of va), repeat {repeat}");
     let base = median3(|| run_live(tx, est, md, repeat));

@@ -14,18 +14,13 @@
 //! may be one whose maps differ in type.
 use super::*;
 use abi::event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig};
+use common::single::Baselines;
 use oxilium::events::Hub;
 
 /// IPv6 services and backends for the single-shot cases (the namespace has their neighbour).
 pub const SNAT6: &str = "[fd00::a]:80";
 pub const DSR6: &str = "[fd00::b]:80";
 pub const BACKEND6: &str = "[fd00::1]:80";
-
-/// Median of a sample.
-fn median(mut v: Vec<u32>) -> f64 {
-    v.sort_unstable();
-    f64::from(v[v.len() / 2])
-}
 
 /// A distinct client → `vip` frame per `i` (`round` changes the clients' network).
 fn flow(i: u32, round: u32, vip: &str) -> Vec<u8> {
@@ -45,57 +40,17 @@ fn flow(i: u32, round: u32, vip: &str) -> Vec<u8> {
     }
 }
 
-/// The baselines of a case: the raw `XDP_PASS` program and the FIB-lookup-only program.
-pub struct Baselines {
-    pub pass: i32,
-    pub fib: i32,
-}
-
-/// One case: `n` packets through the baselines and each of `progs`, in turn.
+/// One case: `n` packets through the baselines and each of `progs`, in turn; every run XDP_TX.
 fn case(
-    progs: &[(&Xdp, String)],
+    progs: &[(i32, String)],
     base: &Baselines,
     ifindex: u32,
     n: u32,
     name: &str,
     pkt: &dyn Fn(u32) -> Vec<u8>,
 ) {
-    let (mut pass, mut fib) = (Vec::new(), Vec::new());
-    let mut ours = vec![Vec::new(); progs.len()];
-    let mut not_tx = 0u32;
     let md = xdp_md(pkt(0).len(), ifindex);
-    for i in 0..n {
-        let p = pkt(i);
-        assert_eq!(p.len(), pkt(0).len(), "{name}: frames of one length");
-        pass.push(run_raw(base.pass, &p, &md, 1).1);
-        let (found, ns) = run_raw(base.fib, &p, &md, 1);
-        assert_eq!(found, 2, "the FIB-only program found its next hop");
-        fib.push(ns);
-        // The builds take turns at going first: the one run right after the baselines is
-        // measurably favoured.
-        for k in 0..progs.len() {
-            let k = (k + i as usize) % progs.len();
-            let (action, ns, _) = run(progs[k].0, &p, &md, 1);
-            not_tx += u32::from(action != 3);
-            ours[k].push(ns);
-        }
-    }
-    assert_eq!(not_tx, 0, "{name}: every run XDP_TX");
-    let (b, f) = (median(pass), median(fib));
-    for (k, v) in ours.into_iter().enumerate() {
-        let o = median(v);
-        let name = if k == 0 {
-            name.to_string()
-        } else {
-            format!("  … {}", progs[k].1)
-        };
-        println!(
-            "{name:<40} {o:>7.1} ns  {b:>6.1} ns  {:>7.1} ns  {:>6.2}x  {:>7.1} ns",
-            o - b,
-            o / b,
-            f - b
-        );
-    }
+    common::single::case(progs, base, &md, n, name, 3, pkt);
 }
 
 /// The program of a loaded object, with its events switched off.
@@ -117,7 +72,8 @@ pub fn bench(ifindex: u32, base: &Baselines) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
-    let mut progs = vec![(events_off(&ebpf, &pins), String::new())];
+    let fd = |p: &Xdp| common::fd_of(p.fd().unwrap());
+    let mut progs = vec![(fd(events_off(&ebpf, &pins)), String::new())];
     let others: Vec<String> = std::env::var("OXILIUM_BENCH_COMPARE")
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_default();
@@ -133,17 +89,14 @@ pub fn bench(ifindex: u32, base: &Baselines) {
         let name = std::path::Path::new(f.as_str())
             .file_name()
             .map_or_else(|| f.to_string(), |n| n.to_string_lossy().into_owned());
-        progs.push((events_off(ebpf, pins), name));
+        progs.push((fd(events_off(ebpf, pins)), name));
     }
     println!(
         "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
          raw XDP_PASS program and one of a program doing one bpf_fib_lookup (\"FIB only\": ns \
          above XDP_PASS)"
     );
-    println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10}",
-        "case", "oxilium", "XDP_PASS", "above", "ratio", "FIB only"
-    );
+    common::single::header("XDP_PASS");
     for (family, snat, dsr) in [
         ("IPv4", "10.10.0.1:80", "10.10.0.3:80"),
         ("IPv6", SNAT6, DSR6),

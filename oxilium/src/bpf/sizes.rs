@@ -78,6 +78,11 @@ impl MapSizes {
         // read affinity too.
         let affinity = uses.socket_lb || flows;
         m.insert(abi::sock::names::REVNAT, on(uses.socket_lb, s.conntrack));
+        // The TCP connects' slots: the program masks the cookie with the compiled size.
+        m.insert(
+            abi::sock::names::REVNAT_RING,
+            on(uses.socket_lb, abi::sock::SOCK_REVNAT_RING),
+        );
         m.insert(
             abi::sock::names::AFFINITY,
             on(affinity, (s.conntrack / 2).max(1)),

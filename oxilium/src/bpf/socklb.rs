@@ -354,6 +354,8 @@ impl SockMaps {
         self.affinity.iter().filter_map(|r| r.ok()).collect()
     }
 
+    /// The LRU reverse entries (unconnected UDP; connected sockets keep theirs in their own
+    /// storage, `OXI_SOCK_REVNAT_SK`).
     pub fn revnat_entries(&self) -> Vec<(RevKey, RevValue)> {
         self.revnat.iter().filter_map(|r| r.ok()).collect()
     }

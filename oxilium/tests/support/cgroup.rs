@@ -81,6 +81,50 @@ impl Drop for Cgroup {
     }
 }
 
+/// The Python interpreter for the clients.
+pub fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// Runs `interpreter -c script args...` inside `netns` (and in `cgroup`, joined before any
+/// socket exists); its standard output. The process must exit with success.
+pub fn run_script(
+    cgroup: Option<&Path>,
+    netns: &Netns,
+    interpreter: &str,
+    script: &str,
+    args: &[&str],
+) -> String {
+    let join =
+        r#"[ -z "$1" ] || echo $$ > "$1/cgroup.procs" || exit 9; shift; exec nsenter --net="$@""#;
+    let cg = cgroup.map(|c| c.display().to_string()).unwrap_or_default();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            join,
+            "sh",
+            &cg,
+            &netns.path(),
+            interpreter,
+            "-c",
+            script,
+        ])
+        .args(args)
+        .output()
+        .expect("spawning the client");
+    assert!(
+        out.status.success(),
+        "client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the client script `n` times in one process inside `netns` (and in `cgroup`, joined before
 /// any socket exists); one answer per request.
 pub fn run_client(
@@ -91,26 +135,14 @@ pub fn run_client(
     port: u16,
     n: usize,
 ) -> Vec<Answer> {
-    let python = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let script =
-        r#"[ -z "$1" ] || echo $$ > "$1/cgroup.procs" || exit 9; shift; exec nsenter --net="$@""#;
-    let cg = cgroup.map(|c| c.display().to_string()).unwrap_or_default();
-    let out = Command::new("sh")
-        .args(["-c", script, "sh", &cg, &netns.path(), python, "-c"])
-        .args([CLIENT, mode, host, &port.to_string(), &n.to_string()])
-        .output()
-        .expect("spawning the client");
-    assert!(
-        out.status.success(),
-        "client failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_script(
+        cgroup,
+        netns,
+        &python(),
+        CLIENT,
+        &[mode, host, &port.to_string(), &n.to_string()],
     );
-    let answers: Vec<Answer> = String::from_utf8_lossy(&out.stdout)
+    let answers: Vec<Answer> = out
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
