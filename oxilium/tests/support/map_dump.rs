@@ -28,7 +28,9 @@ pub fn dump_all(pins: &Path) -> BTreeMap<String, Value> {
             continue;
         };
         let kind = info["type"].as_str().unwrap_or("");
-        if kind == "ringbuf" {
+        // A ring buffer has no entries to list; socket-local storage is keyed by sockets, not
+        // something bpftool can walk (its entries live and die with their sockets).
+        if kind == "ringbuf" || kind == "sk_storage" {
             continue;
         }
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
