@@ -143,7 +143,7 @@ fn topology_filter<'a, 'b>(
     ready: &[&'b Candidate<'a>],
     at: Locality<'_>,
 ) -> Vec<&'b Candidate<'a>> {
-    let has = |hints: &[String], v: &str| hints.iter().any(|h| h == v);
+    let has = |hints: &[std::sync::Arc<str>], v: &str| hints.iter().any(|h| &**h == v);
     let all_node_hinted = ready.iter().all(|c| !c.ep.node_hints.is_empty());
     if all_node_hinted && ready.iter().any(|c| has(&c.ep.node_hints, at.node)) {
         return ready
@@ -184,8 +184,8 @@ mod tests {
             terminating: term,
             node: Some(node.into()),
             zone: None,
-            zone_hints: zh.iter().map(|s| s.to_string()).collect(),
-            node_hints: vec![],
+            zone_hints: zh.iter().map(|s| (*s).into()).collect(),
+            node_hints: Box::new([]),
         }
     }
 

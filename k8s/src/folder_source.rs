@@ -325,7 +325,7 @@ impl FolderSource {
             .filter(|(w, _)| *w == Which::Node)
             .map(|(_, k)| {
                 let now = self.cluster.node(&k.name).cloned();
-                (k.name, now)
+                (k.name.to_string(), now)
             })
             .collect()
     }
@@ -378,6 +378,9 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
+        rec.objects.shrink_to_fit();
+        let mut path = path;
+        path.shrink_to_fit();
         self.files.insert(path, rec);
     }
 

@@ -9,6 +9,7 @@
 //! that leaves any other service (UDP: no end of a flow to wait for) is removed with its flows at
 //! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
+use crate::vec_map::VecMap;
 use abi::lb::{
     self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
     ServiceValue,
@@ -69,9 +70,9 @@ pub trait Datapath {
 struct Realised {
     id: u32,
     value: ServiceValue,
-    backends: BTreeMap<SocketAddr, (u32, Backend)>,
+    backends: VecMap<SocketAddr, (u32, Backend)>,
     /// Backends that left the service and drain (see the module doc), by address.
-    draining: BTreeMap<SocketAddr, (u32, Backend)>,
+    draining: VecMap<SocketAddr, (u32, Backend)>,
     /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<TableDigest>,
     /// None: off, or unknown (a restart that could not read it).
