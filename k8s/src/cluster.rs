@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Default)]
 pub struct Cluster {
-    pub(crate) services: BTreeMap<ObjectKey, Svc>,
-    pub(crate) slices: HashMap<ObjectKey, Slice>,
+    /// Boxed: the maps' spare slots then cost a pointer, not a whole object.
+    pub(crate) services: BTreeMap<ObjectKey, Box<Svc>>,
+    pub(crate) slices: HashMap<ObjectKey, Box<Slice>>,
     /// Service → its slices (label kubernetes.io/service-name), sorted for determinism.
     pub(crate) slices_by_service: HashMap<ObjectKey, VecSet<ObjectKey>>,
     pub(crate) nodes: HashMap<String, (NodeInfo, Vec<String>)>,
@@ -80,7 +81,7 @@ impl Cluster {
     pub fn apply_service(&mut self, s: &Service, origin: Option<&Origin>) -> ObjectKey {
         let svc = convert::service(s, origin.map(origin_text));
         let key = svc.key.clone();
-        self.services.insert(key.clone(), svc);
+        self.services.insert(key.clone(), Box::new(svc));
         key
     }
 
@@ -106,7 +107,7 @@ impl Cluster {
                 affected.push(svc.clone());
             }
         }
-        self.slices.insert(key, slice);
+        self.slices.insert(key, Box::new(slice));
         affected
     }
 
@@ -187,7 +188,7 @@ impl Cluster {
             .get(svc)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
     }
 
     pub(crate) fn host_port_pods(&self, node: &str) -> impl Iterator<Item = &PodInfo> {

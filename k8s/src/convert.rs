@@ -338,8 +338,25 @@ pub(crate) struct Ep {
     pub terminating: bool,
     pub node: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
-    pub zone_hints: Box<[Arc<str>]>,
-    pub node_hints: Box<[Arc<str>]>,
+    /// Topology hints (rare): None when there are none.
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's topology hints: the zones and nodes it is meant for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hints {
+    pub zones: Box<[Arc<str>]>,
+    pub nodes: Box<[Arc<str>]>,
+}
+
+impl Ep {
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 /// An EndpointSlice as the store keeps it.
@@ -438,14 +455,23 @@ pub(crate) fn endpoint_slice(s: &EndpointSlice, origin: Option<String>) -> Slice
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
             node: e.node_name.as_deref().map(intern),
             zone: e.zone.as_deref().map(intern),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| intern(&z.name)).collect())
-                .unwrap_or_default(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| intern(&n.name)).collect())
-                .unwrap_or_default(),
+            hints: hints
+                .map(|h| Hints {
+                    zones: h
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| intern(&z.name))
+                        .collect(),
+                    nodes: h
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| intern(&n.name))
+                        .collect(),
+                })
+                .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
+                .map(Box::new),
         });
     }
     ports.shrink_to_fit();

@@ -21,12 +21,14 @@ use crate::api_source::{Changes, Kind};
 use crate::cluster::Cluster;
 use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{self, Manifests, Origin, SourceError};
+use files::{FileStamp, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+
+mod files;
 
 /// Which kind an object is, in a file's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,16 +41,13 @@ enum Which {
 
 type Id = (Which, ObjectKey);
 
-/// Modification time, size, inode and device of a file as read.
-type FileStamp = (SystemTime, u64, u64, u64);
-
 /// What the source keeps of one file: enough to tell it changed and to take its objects out.
 struct FileRecord {
     stamp: FileStamp,
     /// The objects it defines (each once).
-    objects: Vec<Id>,
+    objects: Box<[Id]>,
     /// Its rejected objects and in-file duplicates.
-    notes: Vec<Note>,
+    notes: Box<[Note]>,
 }
 
 /// What the watcher says about a burst of events.
@@ -88,13 +87,6 @@ pub struct FolderSource {
     must_scan: bool,
 }
 
-/// One file read and typed, not yet applied.
-struct Parsed {
-    path: PathBuf,
-    stamp: FileStamp,
-    manifests: Manifests,
-}
-
 impl FolderSource {
     /// Reads every manifest file under `dir` (the rules of [`manifests`]).
     pub fn read(dir: &Path) -> Result<FolderSource, SourceError> {
@@ -109,11 +101,11 @@ impl FolderSource {
         };
         let mut ignored = Changes::default();
         let mut seen = HashMap::new();
-        // File by file: only one file's typed objects are held at a time.
-        for path in manifests::files(dir)? {
-            let p = parse(path)?;
+        // A round of files at a time (see `files`).
+        files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
             s.insert(p, &mut ignored, Some(&mut seen));
-        }
+            Ok(())
+        })?;
         s.refresh_notes();
         Ok(s)
     }
@@ -167,8 +159,8 @@ impl FolderSource {
             return Ok(had_refused.then(Update::default));
         }
         let mut parsed = Vec::with_capacity(changed.len());
-        for (i, path) in changed.iter().enumerate() {
-            match parse(path.clone()) {
+        for (i, r) in files::parse_all(&changed).into_iter().enumerate() {
+            match r {
                 Ok(p) => parsed.push(p),
                 Err(e) => {
                     // This file and the others of the change are looked at again next time.
@@ -335,7 +327,7 @@ impl FolderSource {
         let Some(rec) = self.files.remove(path) else {
             return;
         };
-        for id in rec.objects {
+        for id in rec.objects.into_vec() {
             let c = &mut self.cluster;
             match id.0 {
                 Which::Service => Service::delete(&id.1, c, ch),
@@ -358,8 +350,7 @@ impl FolderSource {
             stamp,
             manifests: m,
         } = p;
-        let mut rec = FileRecord {
-            stamp,
+        let mut rec = Record {
             objects: Vec::new(),
             notes: m.rejected.iter().map(rejected_note).collect(),
         };
@@ -378,9 +369,13 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
-        rec.objects.shrink_to_fit();
         let mut path = path;
         path.shrink_to_fit();
+        let rec = FileRecord {
+            stamp,
+            objects: rec.objects.into(),
+            notes: rec.notes.into(),
+        };
         self.files.insert(path, rec);
     }
 
@@ -394,9 +389,15 @@ impl FolderSource {
     }
 }
 
+/// A file's record as it is built.
+struct Record {
+    objects: Vec<Id>,
+    notes: Vec<Note>,
+}
+
 /// One file's objects going into the store.
 struct Put<'a> {
-    rec: &'a mut FileRecord,
+    rec: &'a mut Record,
     dups: &'a mut HashMap<Id, u32>,
     pods: &'a mut HashSet<ObjectKey>,
     /// Where each object was first defined (this file's, or the whole read's so far).
@@ -435,25 +436,6 @@ impl Put<'_> {
     }
 }
 
-/// Reads and types one file.
-fn parse(path: PathBuf) -> Result<Parsed, SourceError> {
-    let stamp = stamp_of(&path).ok_or_else(|| SourceError::Io {
-        path: path.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a file"),
-    })?;
-    let text = std::fs::read_to_string(&path).map_err(|source| SourceError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let mut manifests = Manifests::default();
-    manifests::parse_file(&path, &text, &mut manifests)?;
-    Ok(Parsed {
-        path,
-        stamp,
-        manifests,
-    })
-}
-
 /// Whether the store holds the object (a Pod: whether a file defines it).
 fn exists(c: &Cluster, pods: &HashSet<ObjectKey>, (which, key): &Id) -> bool {
     match which {
@@ -462,14 +444,6 @@ fn exists(c: &Cluster, pods: &HashSet<ObjectKey>, (which, key): &Id) -> bool {
         Which::Node => c.node(&key.name).is_some(),
         Which::Pod => pods.contains(key),
     }
-}
-
-fn stamp_of(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    if !m.is_file() {
-        return None;
-    }
-    Some((m.modified().ok()?, m.len(), m.ino(), m.dev()))
 }
 
 fn ids_of(m: &Manifests) -> impl Iterator<Item = Id> + '_ {

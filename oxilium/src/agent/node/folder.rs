@@ -92,6 +92,18 @@ pub(super) fn return_freed_memory() {
     }
 }
 
+/// Makes every thread allocate from one heap (glibc's main arena). By default glibc gives
+/// threads heaps of their own (up to eight per core): the runtime's workers and the folder's
+/// parsing threads then each keep a partly used heap, which costs the node agent a few MiB of
+/// resident memory at 10,000 Services for no gain (it allocates little once it runs).
+pub(crate) fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn log_notes(source: &FolderSource) {
     for n in source.notes() {
         warn!("{n}");
