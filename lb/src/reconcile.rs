@@ -9,12 +9,12 @@
 //! that leaves any other service (UDP: no end of a flow to wait for) is removed with its flows at
 //! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
-use crate::vec_map::VecMap;
 use abi::lb::{
     self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, ServiceKey,
     ServiceValue,
 };
 use anyhow::{Result, bail};
+use backends::Backends;
 use digest::TableDigest;
 use serde::Serialize;
 use std::{
@@ -70,9 +70,9 @@ pub trait Datapath {
 struct Realised {
     id: u32,
     value: ServiceValue,
-    backends: VecMap<SocketAddr, (u32, Backend)>,
+    backends: Backends,
     /// Backends that left the service and drain (see the module doc), by address.
-    draining: VecMap<SocketAddr, (u32, Backend)>,
+    draining: Backends,
     /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<TableDigest>,
     /// None: off, or unknown (a restart that could not read it).
@@ -176,10 +176,10 @@ impl<D: Datapath> Reconciler<D> {
                     let addr =
                         SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
                     if b.state == abi_lb::BACKEND_DRAINING {
-                        s.draining.insert(addr, (id, b));
+                        s.draining.insert((id, b));
                         draining.insert(id, (key, addr));
                     } else {
-                        s.backends.insert(addr, (id, b));
+                        s.backends.insert((id, b));
                     }
                 }
                 None => orphans.push(id),
@@ -235,7 +235,7 @@ impl<D: Datapath> Reconciler<D> {
     pub fn backend_ids(&self, key: &ServiceKey) -> BTreeMap<SocketAddr, u32> {
         self.services
             .get(key)
-            .map(|s| s.backends.iter().map(|(a, (id, _))| (*a, *id)).collect())
+            .map(|s| s.backends.iter().map(|(a, (id, _))| (a, *id)).collect())
             .unwrap_or_default()
     }
 
@@ -410,7 +410,7 @@ impl<D: Datapath> Reconciler<D> {
                     id
                 }
             };
-            real.backends.insert(*addr, (id, want));
+            real.backends.insert((id, want));
             ids.push(id);
         }
         // 2. Selection table.
@@ -465,9 +465,8 @@ impl<D: Datapath> Reconciler<D> {
         let keep: BTreeSet<SocketAddr> = cs.backends.iter().map(|(a, _)| *a).collect();
         let gone: Vec<SocketAddr> = real
             .backends
-            .keys()
+            .addresses()
             .filter(|a| !keep.contains(a))
-            .copied()
             .collect();
         for addr in gone {
             let (id, b) = real.backends.remove(&addr).expect("listed above");
@@ -480,7 +479,7 @@ impl<D: Datapath> Reconciler<D> {
                 };
                 self.dp.set_backend(id, &b)?;
                 ch.backends_draining += 1;
-                real.draining.insert(addr, (id, b));
+                real.draining.insert((id, b));
                 self.draining.insert(id, (*key, addr));
                 pass.drained.insert(id);
                 continue;
@@ -602,6 +601,7 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
+mod backends;
 mod digest;
 mod memory;
 pub use memory::{MemoryDatapath, Snapshot};
