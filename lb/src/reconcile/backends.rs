@@ -103,7 +103,7 @@ mod tests {
         for step in 0..4000u32 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let n = (x >> 8) % 50;
-            let a: SocketAddr = if n % 2 == 0 {
+            let a: SocketAddr = if n.is_multiple_of(2) {
                 format!("10.0.{}.{}:{}", n / 10, n, 8000 + n % 3)
             } else {
                 format!("[fd00::{n:x}]:{}", 8000 + n % 3)
