@@ -45,9 +45,31 @@ type Id = (Which, ObjectKey);
 struct FileRecord {
     stamp: FileStamp,
     /// The objects it defines (each once).
-    objects: Box<[Id]>,
+    objects: Objects,
     /// Its rejected objects and in-file duplicates.
     notes: Box<[Note]>,
+}
+
+/// A file's objects: most files define one, kept in the record itself.
+enum Objects {
+    One(Id),
+    Many(Box<[Id]>),
+}
+
+impl Objects {
+    fn new(mut ids: Vec<Id>) -> Objects {
+        match ids.len() {
+            1 => Objects::One(ids.pop().expect("one")),
+            _ => Objects::Many(ids.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Id] {
+        match self {
+            Objects::One(id) => std::slice::from_ref(id),
+            Objects::Many(ids) => ids,
+        }
+    }
 }
 
 /// What the watcher says about a burst of events.
@@ -279,7 +301,12 @@ impl FolderSource {
     fn touches_duplicates(&self, parsed: &[Parsed], removed: &[PathBuf]) -> bool {
         let mut old: HashSet<&Id> = HashSet::new();
         for path in parsed.iter().map(|p| &p.path).chain(removed) {
-            for id in self.files.get(path).map(|r| &r.objects[..]).unwrap_or(&[]) {
+            for id in self
+                .files
+                .get(path)
+                .map(|r| r.objects.as_slice())
+                .unwrap_or(&[])
+            {
                 if self.dups.contains_key(id) {
                     return true;
                 }
@@ -311,7 +338,7 @@ impl FolderSource {
             .map(|p| &p.path)
             .chain(removed)
             .filter_map(|p| self.files.get(p))
-            .flat_map(|r| r.objects.iter().cloned());
+            .flat_map(|r| r.objects.as_slice().iter().cloned());
         let new = parsed.iter().flat_map(|p| ids_of(&p.manifests));
         old.chain(new)
             .filter(|(w, _)| *w == Which::Node)
@@ -327,7 +354,7 @@ impl FolderSource {
         let Some(rec) = self.files.remove(path) else {
             return;
         };
-        for id in rec.objects.into_vec() {
+        for id in rec.objects.as_slice() {
             let c = &mut self.cluster;
             match id.0 {
                 Which::Service => Service::delete(&id.1, c, ch),
@@ -373,7 +400,7 @@ impl FolderSource {
         path.shrink_to_fit();
         let rec = FileRecord {
             stamp,
-            objects: rec.objects.into(),
+            objects: Objects::new(rec.objects),
             notes: rec.notes.into(),
         };
         self.files.insert(path, rec);
