@@ -6,17 +6,19 @@ use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{Manifests, Origin};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use lb::vec_map::VecSet;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Default)]
 pub struct Cluster {
-    pub(crate) services: BTreeMap<ObjectKey, Svc>,
-    pub(crate) slices: HashMap<ObjectKey, Slice>,
+    /// Boxed: the maps' spare slots then cost a pointer, not a whole object.
+    pub(crate) services: BTreeMap<ObjectKey, Box<Svc>>,
+    pub(crate) slices: HashMap<ObjectKey, Box<Slice>>,
     /// Service → its slices (label kubernetes.io/service-name), sorted for determinism.
-    pub(crate) slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    pub(crate) slices_by_service: HashMap<ObjectKey, VecSet<ObjectKey>>,
     pub(crate) nodes: HashMap<String, (NodeInfo, Vec<String>)>,
     pub(crate) pods: HashMap<ObjectKey, PodInfo>,
-    pub(crate) pods_by_node: HashMap<String, BTreeSet<ObjectKey>>,
+    pub(crate) pods_by_node: HashMap<String, VecSet<ObjectKey>>,
     /// Remarks about the input as a whole (duplicates in a manifests folder).
     pub(crate) notes: Vec<Note>,
 }
@@ -77,9 +79,9 @@ impl Cluster {
     }
 
     pub fn apply_service(&mut self, s: &Service, origin: Option<&Origin>) -> ObjectKey {
-        let svc = convert::service(s, origin.map(|o| o.to_string()));
+        let svc = convert::service(s, origin.map(origin_text));
         let key = svc.key.clone();
-        self.services.insert(key.clone(), svc);
+        self.services.insert(key.clone(), Box::new(svc));
         key
     }
 
@@ -93,7 +95,7 @@ impl Cluster {
         s: &EndpointSlice,
         origin: Option<&Origin>,
     ) -> Vec<ObjectKey> {
-        let slice = convert::endpoint_slice(s, origin.map(|o| o.to_string()));
+        let slice = convert::endpoint_slice(s, origin.map(origin_text));
         let key = slice.key.clone();
         let mut affected = self.delete_endpoint_slice(&key);
         if let Some(svc) = &slice.service {
@@ -105,7 +107,7 @@ impl Cluster {
                 affected.push(svc.clone());
             }
         }
-        self.slices.insert(key, slice);
+        self.slices.insert(key, Box::new(slice));
         affected
     }
 
@@ -150,7 +152,7 @@ impl Cluster {
     pub fn apply_pod(&mut self, p: &Pod, origin: Option<&Origin>) -> Vec<String> {
         let key = convert::key_of(&p.metadata);
         let mut affected = self.delete_pod(&key);
-        if let Some(info) = convert::pod(p, origin.map(|o| o.to_string())) {
+        if let Some(info) = convert::pod(p, origin.map(origin_text)) {
             self.pods_by_node
                 .entry(info.node.clone())
                 .or_default()
@@ -186,7 +188,7 @@ impl Cluster {
             .get(svc)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
     }
 
     pub(crate) fn host_port_pods(&self, node: &str) -> impl Iterator<Item = &PodInfo> {
@@ -196,4 +198,11 @@ impl Cluster {
             .flatten()
             .filter_map(|k| self.pods.get(k))
     }
+}
+
+/// Where an object was read, as its notes name it (no spare room: the store keeps one per object).
+fn origin_text(o: &Origin) -> String {
+    let mut s = o.to_string();
+    s.shrink_to_fit();
+    s
 }

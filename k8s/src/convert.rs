@@ -1,10 +1,11 @@
 //! Kubernetes API objects → the compact forms the store keeps. Validation happens here once per
 //! object change, so compiling a frontend never re-parses strings.
-use crate::frontend::{Algorithm, ApiProtocol, IpNetwork, Mode, ObjectKey};
+use crate::frontend::{Algorithm, ApiProtocol, IpNetwork, Mode, ObjectKey, intern};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -49,7 +50,7 @@ pub(crate) enum SvcType {
 #[derive(Clone, Debug)]
 pub(crate) struct SvcPort {
     pub index: usize,
-    pub name: String,
+    pub name: Arc<str>,
     pub protocol: ApiProtocol,
     pub port: u16,
     pub node_port: Option<u16>,
@@ -82,6 +83,16 @@ pub(crate) struct Svc {
 }
 
 impl Svc {
+    /// Gives back the room the conversion's pushes left.
+    fn shrink(&mut self) {
+        self.cluster_ips.shrink_to_fit();
+        self.ports.shrink_to_fit();
+        self.external_ips.shrink_to_fit();
+        self.lb_ingress.shrink_to_fit();
+        self.source_ranges.shrink_to_fit();
+        self.notes.shrink_to_fit();
+    }
+
     pub fn has_family(&self, f: Family) -> bool {
         self.cluster_ips.iter().any(|a| Family::of(a) == f)
     }
@@ -124,6 +135,7 @@ pub(crate) fn service(s: &Service, origin: Option<String>) -> Svc {
     if let Err(e) = fill_service(s, &mut svc) {
         svc.error = Some(e);
     }
+    svc.shrink();
     svc
 }
 
@@ -196,7 +208,7 @@ fn fill_service(s: &Service, svc: &mut Svc) -> Result<(), String> {
         };
         svc.ports.push(SvcPort {
             index: i,
-            name: p.name.clone().unwrap_or_default(),
+            name: intern(p.name.as_deref().unwrap_or_default()),
             protocol,
             port,
             node_port,
@@ -313,7 +325,7 @@ fn policy_local(v: Option<&str>, field: &str) -> Result<bool, String> {
 
 #[derive(Clone, Debug)]
 pub(crate) struct SlicePort {
-    pub name: String,
+    pub name: Arc<str>,
     pub protocol: ApiProtocol,
     pub port: Option<u16>,
 }
@@ -324,10 +336,27 @@ pub(crate) struct Ep {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node: Option<String>,
-    pub zone: Option<String>,
-    pub zone_hints: Vec<String>,
-    pub node_hints: Vec<String>,
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+    /// Topology hints (rare): None when there are none.
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's topology hints: the zones and nodes it is meant for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hints {
+    pub zones: Box<[Arc<str>]>,
+    pub nodes: Box<[Arc<str>]>,
+}
+
+impl Ep {
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 /// An EndpointSlice as the store keeps it.
@@ -386,7 +415,7 @@ pub(crate) fn endpoint_slice(s: &EndpointSlice, origin: Option<String>) -> Slice
             },
         };
         ports.push(SlicePort {
-            name: p.name.clone().unwrap_or_default(),
+            name: intern(p.name.as_deref().unwrap_or_default()),
             protocol,
             port,
         });
@@ -424,18 +453,30 @@ pub(crate) fn endpoint_slice(s: &EndpointSlice, origin: Option<String>) -> Slice
             ready,
             serving: c.and_then(|c| c.serving).unwrap_or(true),
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-            node: e.node_name.clone(),
-            zone: e.zone.clone(),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default(),
+            node: e.node_name.as_deref().map(intern),
+            zone: e.zone.as_deref().map(intern),
+            hints: hints
+                .map(|h| Hints {
+                    zones: h
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| intern(&z.name))
+                        .collect(),
+                    nodes: h
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| intern(&n.name))
+                        .collect(),
+                })
+                .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
+                .map(Box::new),
         });
     }
+    ports.shrink_to_fit();
+    endpoints.shrink_to_fit();
+    notes.shrink_to_fit();
     Slice {
         key,
         origin,

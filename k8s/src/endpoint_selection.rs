@@ -143,20 +143,20 @@ fn topology_filter<'a, 'b>(
     ready: &[&'b Candidate<'a>],
     at: Locality<'_>,
 ) -> Vec<&'b Candidate<'a>> {
-    let has = |hints: &[String], v: &str| hints.iter().any(|h| h == v);
-    let all_node_hinted = ready.iter().all(|c| !c.ep.node_hints.is_empty());
-    if all_node_hinted && ready.iter().any(|c| has(&c.ep.node_hints, at.node)) {
+    let has = |hints: &[std::sync::Arc<str>], v: &str| hints.iter().any(|h| &**h == v);
+    let all_node_hinted = ready.iter().all(|c| !c.ep.node_hints().is_empty());
+    if all_node_hinted && ready.iter().any(|c| has(c.ep.node_hints(), at.node)) {
         return ready
             .iter()
             .copied()
-            .filter(|c| has(&c.ep.node_hints, at.node))
+            .filter(|c| has(c.ep.node_hints(), at.node))
             .collect();
     }
     let Some(zone) = at.zone else {
         return ready.to_vec();
     };
     let zone_hint = |c: &Candidate| -> Option<bool> {
-        (!c.ep.zone_hints.is_empty()).then(|| has(&c.ep.zone_hints, zone))
+        (!c.ep.zone_hints().is_empty()).then(|| has(c.ep.zone_hints(), zone))
     };
     let hinted: Option<Vec<bool>> = ready.iter().map(|c| zone_hint(c)).collect();
     match hinted {
@@ -184,8 +184,12 @@ mod tests {
             terminating: term,
             node: Some(node.into()),
             zone: None,
-            zone_hints: zh.iter().map(|s| s.to_string()).collect(),
-            node_hints: vec![],
+            hints: (!zh.is_empty()).then(|| {
+                Box::new(crate::convert::Hints {
+                    zones: zh.iter().map(|s| (*s).into()).collect(),
+                    nodes: Box::new([]),
+                })
+            }),
         }
     }
 

@@ -21,12 +21,14 @@ use crate::api_source::{Changes, Kind};
 use crate::cluster::Cluster;
 use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{self, Manifests, Origin, SourceError};
+use files::{FileStamp, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+
+mod files;
 
 /// Which kind an object is, in a file's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,16 +41,35 @@ enum Which {
 
 type Id = (Which, ObjectKey);
 
-/// Modification time, size, inode and device of a file as read.
-type FileStamp = (SystemTime, u64, u64, u64);
-
 /// What the source keeps of one file: enough to tell it changed and to take its objects out.
 struct FileRecord {
     stamp: FileStamp,
     /// The objects it defines (each once).
-    objects: Vec<Id>,
+    objects: Objects,
     /// Its rejected objects and in-file duplicates.
-    notes: Vec<Note>,
+    notes: Box<[Note]>,
+}
+
+/// A file's objects: most files define one, kept in the record itself.
+enum Objects {
+    One(Id),
+    Many(Box<[Id]>),
+}
+
+impl Objects {
+    fn new(mut ids: Vec<Id>) -> Objects {
+        match ids.len() {
+            1 => Objects::One(ids.pop().expect("one")),
+            _ => Objects::Many(ids.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Id] {
+        match self {
+            Objects::One(id) => std::slice::from_ref(id),
+            Objects::Many(ids) => ids,
+        }
+    }
 }
 
 /// What the watcher says about a burst of events.
@@ -88,13 +109,6 @@ pub struct FolderSource {
     must_scan: bool,
 }
 
-/// One file read and typed, not yet applied.
-struct Parsed {
-    path: PathBuf,
-    stamp: FileStamp,
-    manifests: Manifests,
-}
-
 impl FolderSource {
     /// Reads every manifest file under `dir` (the rules of [`manifests`]).
     pub fn read(dir: &Path) -> Result<FolderSource, SourceError> {
@@ -109,11 +123,11 @@ impl FolderSource {
         };
         let mut ignored = Changes::default();
         let mut seen = HashMap::new();
-        // File by file: only one file's typed objects are held at a time.
-        for path in manifests::files(dir)? {
-            let p = parse(path)?;
+        // A round of files at a time (see `files`).
+        files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
             s.insert(p, &mut ignored, Some(&mut seen));
-        }
+            Ok(())
+        })?;
         s.refresh_notes();
         Ok(s)
     }
@@ -167,8 +181,8 @@ impl FolderSource {
             return Ok(had_refused.then(Update::default));
         }
         let mut parsed = Vec::with_capacity(changed.len());
-        for (i, path) in changed.iter().enumerate() {
-            match parse(path.clone()) {
+        for (i, r) in files::parse_all(&changed).into_iter().enumerate() {
+            match r {
                 Ok(p) => parsed.push(p),
                 Err(e) => {
                     // This file and the others of the change are looked at again next time.
@@ -287,7 +301,12 @@ impl FolderSource {
     fn touches_duplicates(&self, parsed: &[Parsed], removed: &[PathBuf]) -> bool {
         let mut old: HashSet<&Id> = HashSet::new();
         for path in parsed.iter().map(|p| &p.path).chain(removed) {
-            for id in self.files.get(path).map(|r| &r.objects[..]).unwrap_or(&[]) {
+            for id in self
+                .files
+                .get(path)
+                .map(|r| r.objects.as_slice())
+                .unwrap_or(&[])
+            {
                 if self.dups.contains_key(id) {
                     return true;
                 }
@@ -319,13 +338,13 @@ impl FolderSource {
             .map(|p| &p.path)
             .chain(removed)
             .filter_map(|p| self.files.get(p))
-            .flat_map(|r| r.objects.iter().cloned());
+            .flat_map(|r| r.objects.as_slice().iter().cloned());
         let new = parsed.iter().flat_map(|p| ids_of(&p.manifests));
         old.chain(new)
             .filter(|(w, _)| *w == Which::Node)
             .map(|(_, k)| {
                 let now = self.cluster.node(&k.name).cloned();
-                (k.name, now)
+                (k.name.to_string(), now)
             })
             .collect()
     }
@@ -335,7 +354,7 @@ impl FolderSource {
         let Some(rec) = self.files.remove(path) else {
             return;
         };
-        for id in rec.objects {
+        for id in rec.objects.as_slice() {
             let c = &mut self.cluster;
             match id.0 {
                 Which::Service => Service::delete(&id.1, c, ch),
@@ -358,8 +377,7 @@ impl FolderSource {
             stamp,
             manifests: m,
         } = p;
-        let mut rec = FileRecord {
-            stamp,
+        let mut rec = Record {
             objects: Vec::new(),
             notes: m.rejected.iter().map(rejected_note).collect(),
         };
@@ -378,6 +396,13 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
+        let mut path = path;
+        path.shrink_to_fit();
+        let rec = FileRecord {
+            stamp,
+            objects: Objects::new(rec.objects),
+            notes: rec.notes.into(),
+        };
         self.files.insert(path, rec);
     }
 
@@ -391,9 +416,15 @@ impl FolderSource {
     }
 }
 
+/// A file's record as it is built.
+struct Record {
+    objects: Vec<Id>,
+    notes: Vec<Note>,
+}
+
 /// One file's objects going into the store.
 struct Put<'a> {
-    rec: &'a mut FileRecord,
+    rec: &'a mut Record,
     dups: &'a mut HashMap<Id, u32>,
     pods: &'a mut HashSet<ObjectKey>,
     /// Where each object was first defined (this file's, or the whole read's so far).
@@ -432,25 +463,6 @@ impl Put<'_> {
     }
 }
 
-/// Reads and types one file.
-fn parse(path: PathBuf) -> Result<Parsed, SourceError> {
-    let stamp = stamp_of(&path).ok_or_else(|| SourceError::Io {
-        path: path.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a file"),
-    })?;
-    let text = std::fs::read_to_string(&path).map_err(|source| SourceError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let mut manifests = Manifests::default();
-    manifests::parse_file(&path, &text, &mut manifests)?;
-    Ok(Parsed {
-        path,
-        stamp,
-        manifests,
-    })
-}
-
 /// Whether the store holds the object (a Pod: whether a file defines it).
 fn exists(c: &Cluster, pods: &HashSet<ObjectKey>, (which, key): &Id) -> bool {
     match which {
@@ -459,14 +471,6 @@ fn exists(c: &Cluster, pods: &HashSet<ObjectKey>, (which, key): &Id) -> bool {
         Which::Node => c.node(&key.name).is_some(),
         Which::Pod => pods.contains(key),
     }
-}
-
-fn stamp_of(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    if !m.is_file() {
-        return None;
-    }
-    Some((m.modified().ok()?, m.len(), m.ino(), m.dev()))
 }
 
 fn ids_of(m: &Manifests) -> impl Iterator<Item = Id> + '_ {

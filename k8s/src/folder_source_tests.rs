@@ -257,3 +257,19 @@ fn an_unchanged_node_put_back_is_no_node_change() {
     assert!(up.changes.nodes.is_empty(), "{:?}", up.changes);
     assert_eq!(up.changes.services, BTreeSet::from([key("d")]));
 }
+
+/// A file's record keeps one object inline and several in a slice; either way it lists them in
+/// the order given.
+#[test]
+fn a_record_lists_its_objects_in_order() {
+    let ids = |n: usize| -> Vec<Id> {
+        (0..n)
+            .map(|i| (Which::Service, key(&format!("s{i}"))))
+            .collect()
+    };
+    for n in [0, 1, 3] {
+        let o = Objects::new(ids(n));
+        assert_eq!(o.as_slice(), &ids(n)[..]);
+        assert_eq!(matches!(o, Objects::One(_)), n == 1);
+    }
+}

@@ -1,25 +1,53 @@
 //! The typed per-node result: frontends (what the datapath programs on one node) with their
 //! backends. Independent of where the objects came from (API server or a manifests folder).
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 pub use lb::model::{Algorithm, BackendState, IpNetwork, Mode, Protocol};
 
 /// Namespace and name of the object a frontend comes from (a Service, or a Pod for HostPort).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// Both are shared strings: a key is copied into several indexes (the store, its per-Service
+/// slice index, the folder's file records, the compiled frontends) and a copy costs no allocation;
+/// namespaces are interned, so each is held once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: intern(namespace.as_ref()),
+            name: Arc::from(name.as_ref()),
         }
     }
+}
+
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ObjectKey", 2)?;
+        st.serialize_field("namespace", &*self.namespace)?;
+        st.serialize_field("name", &*self.name)?;
+        st.end()
+    }
+}
+
+/// The one shared copy of a name of which there are few and many mentions: namespaces, node and
+/// zone names, port names. The set only grows (a name no longer used keeps its few bytes).
+pub(crate) fn intern(s: &str) -> Arc<str> {
+    static NAMES: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = names.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    names.insert(a.clone());
+    a
 }
 
 impl fmt::Display for ObjectKey {
@@ -72,10 +100,10 @@ pub struct Backend {
     pub address: IpAddr,
     pub port: u16,
     pub state: BackendState,
-    /// The endpoint's node (spec nodeName), when known.
-    pub node: Option<String>,
+    /// The endpoint's node (spec nodeName), when known (shared: see [`intern`]).
+    pub node: Option<Arc<str>>,
     /// The endpoint's zone, when known.
-    pub zone: Option<String>,
+    pub zone: Option<Arc<str>>,
 }
 
 /// externalTrafficPolicy Local with spec.healthCheckNodePort: the node answers HTTP /healthz on this
@@ -93,7 +121,7 @@ pub struct Frontend {
     /// The Service (or, for HostPort, the Pod) it comes from.
     pub owner: ObjectKey,
     /// The Service port name (or the container port name for HostPort); may be empty.
-    pub port_name: String,
+    pub port_name: Arc<str>,
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,

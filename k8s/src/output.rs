@@ -23,9 +23,9 @@ pub fn frontend_json(f: &Frontend) -> Value {
     if let Some(ext) = &f.external_backends {
         m.insert("external_backends".into(), backends(ext));
     }
-    m.insert("namespace".into(), json!(f.owner.namespace));
-    m.insert("name".into(), json!(f.owner.name));
-    m.insert("port_name".into(), json!(f.port_name));
+    m.insert("namespace".into(), json!(&*f.owner.namespace));
+    m.insert("name".into(), json!(&*f.owner.name));
+    m.insert("port_name".into(), json!(&*f.port_name));
     m.insert("algorithm".into(), json!(f.algorithm));
     if f.kind != FrontendType::ClusterIP && f.kind != FrontendType::HostPort {
         m.insert("forwarding".into(), json!(f.forwarding));

@@ -237,6 +237,9 @@ pub fn compile_service(
         }
         out.health_check = Some(hc);
     }
+    // Kept by the agent's index while the Service is unchanged: no spare room.
+    out.frontends.shrink_to_fit();
+    out.notes.shrink_to_fit();
     out
 }
 
@@ -301,7 +304,7 @@ pub fn compile_host_ports(cluster: &Cluster, node: &NodeInfo, opts: &Options) ->
                 };
                 out.frontends.push(Frontend {
                     owner: pod.key.clone(),
-                    port_name: hp.name.clone(),
+                    port_name: crate::frontend::intern(&hp.name),
                     address,
                     port: hp.host_port,
                     protocol,
@@ -310,8 +313,8 @@ pub fn compile_host_ports(cluster: &Cluster, node: &NodeInfo, opts: &Options) ->
                         address: pod_ip,
                         port: hp.container_port,
                         state: BackendState::Active,
-                        node: Some(node.name.clone()),
-                        zone: node.zone.clone(),
+                        node: Some(crate::frontend::intern(&node.name)),
+                        zone: node.zone.as_deref().map(crate::frontend::intern),
                     }],
                     external_backends: None,
                     algorithm: opts.default_algorithm,

@@ -388,7 +388,7 @@ async fn gone_relists_and_converges() {
         .read()
         .unwrap()
         .service_keys()
-        .map(|k| k.name.clone())
+        .map(|k| k.name.to_string())
         .collect();
     assert_eq!(names, BTreeSet::from(["api".into(), "dns".into()]));
     // And the source keeps watching after the relist.

@@ -7,3 +7,4 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reconcile;
+pub mod vec_map;

@@ -11,6 +11,7 @@
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
 use abi::lb::{self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue};
 use anyhow::{Result, bail};
+use backends::Backends;
 use digest::TableDigest;
 use serde::Serialize;
 use std::{
@@ -70,9 +71,9 @@ pub trait Datapath {
 struct Realised {
     id: u32,
     value: ServiceValue,
-    backends: BTreeMap<SocketAddr, (u32, Backend)>,
+    backends: Backends,
     /// Backends that left the service and drain (see the module doc), by address.
-    draining: BTreeMap<SocketAddr, (u32, Backend)>,
+    draining: Backends,
     /// None: unknown (a restart that could not read it) and rewritten on the next apply.
     table: Option<TableDigest>,
     /// None: off, or unknown (a restart that could not read it).
@@ -178,10 +179,10 @@ impl<D: Datapath> Reconciler<D> {
                     let addr =
                         SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
                     if b.state == abi_lb::BACKEND_DRAINING {
-                        s.draining.insert(addr, (id, b));
+                        s.draining.insert((id, b));
                         draining.insert(id, (key, addr));
                     } else {
-                        s.backends.insert(addr, (id, b));
+                        s.backends.insert((id, b));
                     }
                 }
                 None => orphans.push(id),
@@ -238,7 +239,7 @@ impl<D: Datapath> Reconciler<D> {
     pub fn backend_ids(&self, key: &ServiceKey) -> BTreeMap<SocketAddr, u32> {
         self.services
             .get(key)
-            .map(|s| s.backends.iter().map(|(a, (id, _))| (*a, *id)).collect())
+            .map(|s| s.backends.iter().map(|(a, (id, _))| (a, *id)).collect())
             .unwrap_or_default()
     }
 
@@ -440,7 +441,7 @@ impl<D: Datapath> Reconciler<D> {
                     id
                 }
             };
-            real.backends.insert(*addr, (id, want));
+            real.backends.insert((id, want));
             ids.push(id);
         }
         // 2. Selection table.
@@ -495,9 +496,8 @@ impl<D: Datapath> Reconciler<D> {
         let keep: BTreeSet<SocketAddr> = cs.backends.iter().map(|(a, _)| *a).collect();
         let gone: Vec<SocketAddr> = real
             .backends
-            .keys()
+            .addresses()
             .filter(|a| !keep.contains(a))
-            .copied()
             .collect();
         for addr in gone {
             let (id, b) = real.backends.remove(&addr).expect("listed above");
@@ -510,7 +510,7 @@ impl<D: Datapath> Reconciler<D> {
                 };
                 self.dp.set_backend(id, &b)?;
                 ch.backends_draining += 1;
-                real.draining.insert(addr, (id, b));
+                real.draining.insert((id, b));
                 self.draining.insert(id, (*key, addr));
                 pass.drained.insert(id);
                 continue;
@@ -642,6 +642,7 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
+mod backends;
 mod digest;
 mod limits;
 mod memory;

@@ -266,7 +266,7 @@ impl Kind for Node {
     fn delete(key: &ObjectKey, c: &mut Cluster, ch: &mut Changes) {
         if c.node(&key.name).is_some() {
             c.delete_node(&key.name);
-            ch.nodes.insert(key.name.clone());
+            ch.nodes.insert(key.name.to_string());
         }
     }
 }

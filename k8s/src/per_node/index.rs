@@ -10,8 +10,10 @@ use super::{
 use crate::cluster::Cluster;
 use crate::convert::NodeInfo;
 use crate::frontend::{Frontend, FrontendType, HealthCheck, Note, ObjectKey, Protocol};
+use lb::vec_map::VecSet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Where a frontend is served; one frontend per slot is programmed.
 pub type Slot = (IpAddr, u16, Protocol);
@@ -26,7 +28,7 @@ fn slot(f: &Frontend) -> Slot {
 struct Candidate {
     kind: FrontendType,
     owner: ObjectKey,
-    port_name: String,
+    port_name: Arc<str>,
     index: usize,
 }
 
@@ -67,7 +69,8 @@ pub struct NodeIndex {
     services: HashMap<ObjectKey, ServiceFrontends>,
     /// The HostPort frontends (fixed: a HostPort change rebuilds the index).
     host_ports: Vec<Frontend>,
-    slots: HashMap<Slot, BTreeSet<Candidate>>,
+    /// The frontends competing for each address, in order (almost always one).
+    slots: HashMap<Slot, VecSet<Candidate>>,
     health_checks: BTreeMap<ObjectKey, HealthCheck>,
 }
 

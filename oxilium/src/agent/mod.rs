@@ -134,6 +134,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         println!("removed {}", args.pin_dir.display());
         return Ok(());
     }
+    node::folder::one_heap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

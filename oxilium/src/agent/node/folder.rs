@@ -92,6 +92,23 @@ pub(super) fn return_freed_memory() {
     }
 }
 
+/// Makes every thread allocate from one heap (glibc's main arena), and every block of 128 KiB or
+/// more from a mapping of its own. By default glibc gives threads heaps of their own (up to eight
+/// per core): the runtime's workers and the folder's parsing threads then each keep a partly used
+/// heap, which costs the node agent a few MiB of resident memory at 10,000 Services for no gain
+/// (it allocates little once it runs). And it raises its mapping threshold each time such a block
+/// is freed, after which the large short-lived buffers of a whole compile (tens of thousands of
+/// entries) are carved from the heap among long-lived objects, and the peak stays resident (at
+/// 10,000 Services: a peak of 72 MiB instead of 67 MiB).
+pub(crate) fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn log_notes(source: &FolderSource) {
     for n in source.notes() {
         warn!("{n}");

@@ -34,8 +34,8 @@ impl HealthServers {
             .iter()
             .map(|c| {
                 let a = Answer {
-                    namespace: c.service.namespace.clone(),
-                    name: c.service.name.clone(),
+                    namespace: c.service.namespace.to_string(),
+                    name: c.service.name.to_string(),
                     local_endpoints: c.local_endpoints,
                 };
                 (c.node_port, a)

@@ -29,20 +29,25 @@ pub(super) fn local_of<'a>(
 /// outside (scope external), with the externalTrafficPolicy-filtered backends where they differ.
 /// The services are sorted by frontend, then scope, as `frontends` are (see [`Model::patch`]).
 pub fn model_of(frontends: &[k8s::frontend::Frontend], table_size: u32) -> Model {
+    let mut services: Vec<Service> = frontends
+        .iter()
+        .flat_map(|f| services_of(f, table_size))
+        .collect();
+    // The agent keeps this model until the next whole view: no spare room.
+    services.shrink_to_fit();
     Model {
         maglev_seed: 0,
-        services: frontends
-            .iter()
-            .flat_map(|f| services_of(f, table_size))
-            .collect(),
+        services,
     }
 }
 
 /// The datapath services of one Kubernetes frontend: the external one first, if any.
 pub(super) fn services_of(f: &k8s::frontend::Frontend, table_size: u32) -> Vec<Service> {
     let mut services = Vec::with_capacity(2);
+    let mut name = format!("{}:{}/{:?}", f.owner, f.port_name, f.kind);
+    name.shrink_to_fit();
     let base = Service {
-        name: format!("{}:{}/{:?}", f.owner, f.port_name, f.kind),
+        name,
         frontend: frontend_of((f.address, f.port, f.protocol)),
         algorithm: f.algorithm,
         mode: Mode::Snat,
