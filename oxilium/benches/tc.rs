@@ -33,10 +33,7 @@ mod packet;
 #[path = "tc/pod.rs"]
 mod pod;
 
-use abi::{
-    event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig},
-    lb::LbConfig,
-};
+use abi::lb::LbConfig;
 use bpffs::PinDir;
 use common::{
     Netns, PROG_TYPE_SCHED_CLS, load_fib_only, load_return,
@@ -170,14 +167,7 @@ fn setup(pins: &PinDir) -> (NodePort, Reconciler<KernelMaps>) {
         services,
     };
     rec.apply(&compile::compile(&model).unwrap()).unwrap();
-    oxilium::events::Hub::new(pins.path())
-        .set_config(&EventConfig {
-            flags: CFG_NO_DROPS | CFG_NO_TRANSLATIONS,
-            flow_rate: 0,
-            flow_burst: 0,
-            _pad: 0,
-        })
-        .unwrap();
+    common::events_off(pins.path());
     (np, rec)
 }
 

@@ -13,9 +13,7 @@
 //! The other build gets its own maps, holding a copy of ours (benches/xdp/other.rs), so that it
 //! may be one whose maps differ in type.
 use super::*;
-use abi::event::{CFG_NO_DROPS, CFG_NO_TRANSLATIONS, EventConfig};
 use common::single::Baselines;
-use oxilium::events::Hub;
 
 /// IPv6 services and backends for the single-shot cases (the namespace has their neighbour).
 pub const SNAT6: &str = "[fd00::a]:80";
@@ -55,14 +53,7 @@ fn case(
 
 /// The program of a loaded object, with its events switched off.
 fn events_off<'a>(ebpf: &'a Ebpf, pins: &PinDir) -> &'a Xdp {
-    Hub::new(pins.path())
-        .set_config(&EventConfig {
-            flags: CFG_NO_DROPS | CFG_NO_TRANSLATIONS,
-            flow_rate: 0,
-            flow_burst: 0,
-            _pad: 0,
-        })
-        .unwrap();
+    common::events_off(pins.path());
     ebpf.program("oxilium_lb").unwrap().try_into().unwrap()
 }
 
