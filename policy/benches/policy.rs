@@ -1,9 +1,12 @@
-//! Policy engine benchmark (run: `cargo bench -p oxilium-policy`). Prints figures with baselines
+//! Policy engine benchmark (run: `cargo bench -p policy --bench policy`). Prints figures with baselines
 //! measured in the same run:
 //! 1. full compute, 10k identities × 1k rules, vs a naive evaluation without the selector cache;
 //! 2. cost of one new identity against the number of selectors it matches, at two cluster sizes, vs
 //!    testing it against every selector;
 //! 3. memory per identity and per selector (counting allocator), vs the bare label set.
+//!
+//! `-- --quick` (what `ci/bench-all --quick` runs): 2,000 identities and one cluster size, to show
+//! the bench still runs; its figures are not the documented ones.
 use policy::engine::EndpointSpec;
 use policy::rule::{Action, Direction, Filter, PolicyKind, PolicyRef, PortSel, PortSpec, Rule};
 use policy::selector_cache::SelectorCache;
@@ -67,8 +70,17 @@ fn identity(i: usize) -> Labels {
         .with(Source::K8s, "io.kubernetes.pod.namespace", "bench")
 }
 
+/// Identities of the full compute and memory sections: 10,000, or 2,000 with `--quick`.
+fn identities() -> usize {
+    if quick() { 2_000 } else { 10_000 }
+}
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
 fn full_compute() {
-    let n_ids = 10_000;
+    let n_ids = identities();
     let t = Instant::now();
     let mut e = Engine::new(Config::default());
     for i in 0..n_ids {
@@ -171,7 +183,12 @@ fn new_identity_cost() {
         "  {:>8} {:>8} {:>12} {:>14} {:>16} {:>8}",
         "cluster", "matches", "tests run", "engine us/op", "scan-all us/op", "ratio"
     );
-    for n in [1_000usize, 10_000, 50_000] {
+    let clusters: &[usize] = if quick() {
+        &[2_000]
+    } else {
+        &[1_000, 10_000, 50_000]
+    };
+    for &n in clusters {
         let (mut e, sels) = grouped(n);
         for k in [1usize, 10, 100] {
             let mut l = Labels::new().with(Source::K8s, "pod", "new");
@@ -203,7 +220,7 @@ fn new_identity_cost() {
 }
 
 fn memory() {
-    let n = 10_000;
+    let n = identities();
     let mut cache = SelectorCache::new();
     let sels: Vec<Selector> = (0..RULES)
         .map(|j| Selector::match_labels([("app", format!("svc{j}").as_str())]))

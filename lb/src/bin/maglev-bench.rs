@@ -1,7 +1,7 @@
 //! Maglev table build benchmark (not a test): build time and peak heap for M × N, each beside a baseline
 //! measured in the same run, plus the disruption caused by removing one backend.
 //!
-//! Run: `cargo run --release -p oxilium-maglev --bin maglev-bench` (about 10 s).
+//! Run: `cargo run --release -p lb --bin maglev-bench` (about 10 s).
 //! Baseline: allocating the M-slot `Vec<u32>` and filling it with `slot % N`, i.e. the cost of merely
 //! writing a table of that size; the ratio says how much the Maglev fill costs on top of that.
 
