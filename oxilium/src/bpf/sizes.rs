@@ -63,6 +63,8 @@ impl MapSizes {
         // One entry per service, and one marker per VIP (at most one per service).
         m.insert(abi::lb::names::SERVICES, s.services.saturating_mul(2));
         m.insert(abi::lb::names::TABLES, services);
+        // The edge XDP program's services by id (its established path).
+        m.insert(abi::lb::names::SERVICE_IDS, on(uses.xdp, services));
         m.insert(abi::lb::names::BACKENDS, backends);
         m.insert(abi::lb::names::SERVICE_STATS, on(flows, services));
         m.insert(abi::lb::names::BACKEND_STATS, on(flows, backends));
@@ -265,6 +267,7 @@ mod tests {
         );
         assert_eq!(edge.get(abi::lb::names::SERVICES), Some(200));
         assert_eq!(edge.get(abi::lb::names::TABLES), Some(101));
+        assert_eq!(edge.get(abi::lb::names::SERVICE_IDS), Some(101));
         assert_eq!(edge.get(abi::lb::names::BACKEND_STATS), Some(1001));
         assert_eq!(edge.get(abi::lb::names::CONNTRACK), Some(4096));
         assert_eq!(edge.get("OXI_NEXTHOP"), Some(1001));
