@@ -117,8 +117,9 @@ fn count(r: u32, bytes: u64, action: u32) -> u32 {
 }
 
 /// Sends a client → VIP packet to the backend chosen in `t` (lb::use_entry or lb::select): a
-/// flow without a SNAT port of a DSR service is encapsulated (the outer header carrying `dsr_port`, see datapath::encap), any other
-/// is rewritten to LB address:SNAT port ([`transmit`]).
+/// flow without a SNAT port of a DSR service is encapsulated (the outer header carrying
+/// `dsr_port`, see datapath::encap), any other is rewritten to LB address:SNAT port
+/// ([`transmit`]).
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
