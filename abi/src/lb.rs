@@ -6,6 +6,8 @@ pub type Addr = [u8; 16];
 /// Pin names of the maps, relative to the agent's pin folder.
 pub mod names {
     pub const SERVICES: &str = "OXI_SERVICES";
+    /// Service id → frontend and service: the established path's view of `OXI_SERVICES`.
+    pub const SERVICE_IDS: &str = "OXI_SERVICE_IDS";
     pub const BACKENDS: &str = "OXI_BACKENDS";
     pub const TABLES: &str = "OXI_TABLES";
     pub const CONNTRACK: &str = "OXI_CONNTRACK";
@@ -20,8 +22,9 @@ pub mod names {
     /// pinned: each agent start fills its own from `--tunnel-source` before attaching).
     pub const TUNNEL_SOURCES: &str = "OXI_TUNNEL_SOURCES";
     /// Every pinned map.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 10] = [
         SERVICES,
+        SERVICE_IDS,
         BACKENDS,
         TABLES,
         CONNTRACK,
@@ -93,6 +96,19 @@ pub struct ServiceValue {
     pub ct_timeout_s: u32,
 }
 
+/// Service id → the service's frontend and entry (`OXI_SERVICE_IDS`, an array indexed by id): a
+/// copy of `OXI_SERVICES` the agent keeps in step with it (written after the service entry,
+/// cleared before it is deleted). The XDP program finds an established flow's service here from
+/// its conntrack entry's id instead of hashing the frontend; the frontend must match the flow's
+/// destination, so an id given to another frontend is never taken for the flow's service. A free
+/// slot has `value.id` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+}
+
 /// Backend id → backend (`OXI_BACKENDS`, an array indexed by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -121,14 +137,15 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Conntrack entry of a client → VIP flow.
+/// Conntrack entry of a client → VIP flow. 40 bytes: with its 40-byte key and the kernel's
+/// 48-byte LRU hash element header, an element is 128 bytes, two cache lines (docs/edge-lb.md,
+/// "Per-packet cost"); a field more costs a third line on every packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
     pub backend_id: u32,
     pub service_id: u32,
-    /// bpf_ktime_get_ns() of the first and the latest packet.
-    pub created_ns: u64,
+    /// The conntrack clock (`datapath::lb::clock`) at the latest packet.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
@@ -290,6 +307,7 @@ pub mod reason {
 crate::pod!(
     ServiceKey,
     ServiceValue,
+    ServiceSlot,
     Backend,
     FlowKey,
     CtEntry,
@@ -359,9 +377,10 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<ServiceSlot>(), 36);
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<CtEntry>(), 48);
+        assert_eq!(size_of::<CtEntry>(), 40);
         assert_eq!(size_of::<SnatEntry>(), 56);
         assert_eq!(size_of::<LbConfig>(), 64);
         assert_eq!(size_of::<NextHop>(), 48);

@@ -1,7 +1,10 @@
 //! Service translation decisions shared by every hook: frontend lookup, conntrack, backend
 //! selection (Maglev or weighted random over the service's table) and SNAT port allocation.
 use crate::{
-    maps::{OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICES, OXI_SNAT, OXI_TABLES},
+    maps::{
+        OXI_BACKENDS, OXI_CONFIG, OXI_CONNTRACK, OXI_SERVICE_IDS, OXI_SERVICES, OXI_SNAT,
+        OXI_TABLES,
+    },
     parse::Flow,
     stats, words,
 };
@@ -79,6 +82,50 @@ pub fn service(k: &FlowKey) -> Option<&'static ServiceValue> {
         scope: SCOPE_EXTERNAL,
     };
     unsafe { OXI_SERVICES.get(&key) }
+}
+
+/// What [`flow_service`] found.
+pub enum FlowService {
+    /// The flow's entry and its service.
+    Found(&'static ServiceValue, &'static mut CtEntry),
+    /// No conntrack entry: a new flow, if its destination is a frontend.
+    NoEntry,
+    /// An entry whose service is not (or no longer) its frontend's.
+    Other,
+}
+
+/// The service of a flow that has a conntrack entry, and the entry, found without hashing the
+/// frontend: the entry's service id indexes `OXI_SERVICE_IDS`, whose slot holds the frontend and
+/// the service entry the agent wrote to `OXI_SERVICES` (abi::lb::ServiceSlot). The slot's frontend
+/// must be the flow's destination: then its service is the one [`service`] would find (a removed
+/// service's slot is cleared, an id given to another frontend names that frontend), so timeouts,
+/// mode and table apply as they are now.
+#[inline(always)]
+pub fn flow_service(k: &FlowKey) -> FlowService {
+    let Some(e) = OXI_CONNTRACK.get_ptr_mut(k) else {
+        return FlowService::NoEntry;
+    };
+    // SAFETY: LRU value; see [`established`].
+    let e = unsafe { &mut *e };
+    let id = e.service_id;
+    let Some(slot) = OXI_SERVICE_IDS.get(id) else {
+        return FlowService::Other;
+    };
+    // The frontend's port, protocol and scope as one word, like the flow's.
+    let port = k.dport.to_ne_bytes();
+    let want = u32::from_ne_bytes([port[0], port[1], k.proto, SCOPE_EXTERNAL]);
+    let sk = &slot.key;
+    // SAFETY: a map value's fields at 4-aligned offsets (ServiceKey: addr at 0, port at 16).
+    let have = unsafe { core::ptr::read(core::ptr::addr_of!(sk.port) as *const u32) };
+    // A free slot's id (0) is no entry's: node masquerade entries have service id 0.
+    if id == 0
+        || slot.value.id != id
+        || have != want
+        || !unsafe { words::addr_eq(&sk.addr, &k.dst) }
+    {
+        return FlowService::Other;
+    }
+    FlowService::Found(&slot.value, e)
 }
 
 /// True when `addr` is a VIP (the agent keeps a port-0 marker entry per VIP).
@@ -168,12 +215,24 @@ pub fn select_with<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
 /// flow has a live entry whose backend still belongs to the service.
 #[inline(always)]
 pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now: u64) -> bool {
-    let key = &f.key;
-    let Some(e) = OXI_CONNTRACK.get_ptr_mut(key) else {
+    let Some(e) = OXI_CONNTRACK.get_ptr_mut(&f.key) else {
         return false;
     };
     // SAFETY: LRU value; concurrent CPUs may race on counters, which only loses counts.
-    let e = unsafe { &mut *e };
+    use_entry(f, svc, unsafe { &mut *e }, bytes, t, now)
+}
+
+/// [`established`] with the flow's conntrack entry `e` already looked up.
+#[inline(always)]
+pub fn use_entry(
+    f: &Flow,
+    svc: &ServiceValue,
+    e: &mut CtEntry,
+    bytes: u64,
+    t: &mut Target,
+    now: u64,
+) -> bool {
+    let key = &f.key;
     // Never negative: another CPU may have stamped the entry after this one read the clock.
     let idle = now.saturating_sub(e.last_seen_ns);
     let live = !ct::expired(e.flags, key.proto, idle, timeouts(), svc.ct_timeout_s)
@@ -204,6 +263,22 @@ pub fn established(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target, now
         }
     }
     true
+}
+
+/// [`select`] for a flow known to have no conntrack entry ([`flow_service`] found none): the
+/// selection without looking the entry up again.
+#[inline(never)]
+pub fn select_new(f: &Flow, svc: &ServiceValue, bytes: u64, t: &mut Target) -> u32 {
+    let Some(id) = pick(f, svc) else {
+        return reason::NO_BACKEND;
+    };
+    open(f, svc, bytes, t, id, clock(), |_, svc, _| {
+        if svc.mode == MODE_SNAT {
+            NewFlow::Snat
+        } else {
+            NewFlow::Keep
+        }
+    })
 }
 
 /// The service table's backend id for a new flow (random or flow hash, as the service says).
@@ -257,7 +332,6 @@ pub fn open<N: Fn(&Flow, &ServiceValue, &Target) -> NewFlow>(
     let entry = CtEntry {
         backend_id: id,
         service_id: svc.id,
-        created_ns: now,
         last_seen_ns: now,
         packets: 1,
         bytes,
@@ -294,6 +368,18 @@ pub(crate) fn mirror_state(f: &Flow, t: &Target, flags: u16) {
         // SAFETY: LRU value; a racing writer only delays the state by a packet.
         unsafe { (*e).flags = flags };
     }
+}
+
+/// True when the flow's destination is the LB's own address of its family, where SNAT replies
+/// come (the XDP program looks their `OXI_SNAT` entry up without trying conntrack first).
+#[inline(always)]
+pub fn to_lb_addr(f: &Flow) -> bool {
+    let Some(c) = OXI_CONFIG.get(0) else {
+        return false;
+    };
+    let a = if f.v6 { &c.snat_v6 } else { &c.snat_v4 };
+    // SAFETY: a map value's and the scratch space's addresses: 4-aligned (crate::words).
+    unsafe { words::addr_eq(a, &f.key.dst) }
 }
 
 /// The LB-side address of a family: SNAT source and DSR tunnel source.

@@ -3,7 +3,7 @@
 use crate::{lb::Target, parse::Flow};
 use abi::lb::{
     BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_SERVICES, ServiceKey, ServiceValue, SnatEntry, reason,
+    MAX_SERVICES, ServiceKey, ServiceSlot, ServiceValue, SnatEntry, reason,
 };
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
@@ -14,6 +14,12 @@ use aya_ebpf::{
 #[btf_map]
 pub static OXI_SERVICES: HashMap<ServiceKey, ServiceValue, { MAX_SERVICES as usize }> =
     HashMap::new();
+
+/// Service id → frontend and service (abi::lb::ServiceSlot): the XDP program's established path
+/// finds a flow's service here by its conntrack entry's id (crate::lb::flow_service). An array:
+/// its lookup is inlined, no hash of the frontend.
+#[btf_map]
+pub static OXI_SERVICE_IDS: Array<ServiceSlot, { MAX_SERVICES as usize }> = Array::new();
 
 /// Backend id → backend; a slot whose `service_id` is 0 is free (crate::lb::backend). An array:
 /// its lookup is a bounds check and an offset, where a hash map's hashes the key and walks a

@@ -118,7 +118,6 @@ fn port(f: &Flow, t: &mut Target, bytes: u64) -> u32 {
     let entry = CtEntry {
         backend_id: 0,
         service_id: 0,
-        created_ns: now,
         last_seen_ns: now,
         packets: 1,
         bytes,

@@ -488,3 +488,53 @@ fn a_change_beyond_the_limits_is_refused_whole_naming_the_setting() {
     .unwrap();
     assert!(r.datapath().backends.keys().all(|id| (1..=4).contains(id)));
 }
+
+/// The by-id view of the services (`OXI_SERVICE_IDS`, the XDP program's established path) follows
+/// every change of a service: a new timeout or mode reaches it with the entry, a removed service
+/// leaves no slot, and an id given to another frontend names that frontend.
+#[test]
+fn services_by_id_follow_timeout_mode_removal_and_id_reuse() {
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    let a = service("a", 80, &[1, 2]);
+    r.apply(&compile(&model(vec![a.clone()])).unwrap()).unwrap();
+    let key = |port| ServiceKey {
+        addr: addr_bytes("10.0.0.1".parse().unwrap()),
+        port: u16::to_be(port),
+        proto: abi_lb::PROTO_TCP,
+        scope: abi_lb::SCOPE_EXTERNAL,
+    };
+    let id = r.service_id(&key(80)).unwrap();
+    let slot = |r: &Reconciler<MemoryDatapath>, id| r.datapath().by_id.get(&id).copied();
+    assert_eq!(slot(&r, id).unwrap().key, key(80));
+    assert_eq!(slot(&r, id).unwrap().value.ct_timeout_s, 60);
+
+    let longer = Service {
+        conntrack_timeout_s: 600,
+        ..a.clone()
+    };
+    r.apply(&compile(&model(vec![longer.clone()])).unwrap())
+        .unwrap();
+    assert_eq!(slot(&r, id).unwrap().value.ct_timeout_s, 600);
+    let dsr = Service {
+        mode: Mode::Dsr,
+        ..longer
+    };
+    r.apply(&compile(&model(vec![dsr])).unwrap()).unwrap();
+    assert_eq!(slot(&r, id).unwrap().value.mode, abi_lb::MODE_DSR);
+
+    r.apply(&compile(&model(vec![])).unwrap()).unwrap();
+    assert_eq!(slot(&r, id), None, "a removed service leaves no slot");
+    assert!(r.datapath().by_id.is_empty());
+
+    // The freed id goes to another frontend: its slot names that frontend.
+    r.apply(&compile(&model(vec![service("b", 81, &[3])])).unwrap())
+        .unwrap();
+    let id2 = r.service_id(&key(81)).unwrap();
+    assert_eq!(slot(&r, id2).unwrap().key, key(81));
+    r.datapath().check_by_id().unwrap();
+
+    // A restart adopts the services; the view is unchanged.
+    let dp = r.datapath().clone();
+    let r2 = Reconciler::open(dp).unwrap();
+    r2.datapath().check_by_id().unwrap();
+}

@@ -21,7 +21,7 @@ use datapath::{
     events,
     fib::Route,
     headers::{EthHdr, IPPROTO_TCP, IPPROTO_UDP},
-    lb::{self, Target},
+    lb::{self, FlowService, Target},
     maps, nat,
     parse::{self, Flow, Fragment, Parsed, ptr_at},
     stats, words,
@@ -70,13 +70,40 @@ fn lb_packet(ctx: &XdpContext) -> u32 {
         return count(reason::PASS, bytes, XDP_PASS);
     }
     let f = &s.flow;
-    if let Some(svc) = lb::service(&f.key) {
-        return forward(ctx, f, &mut s.target, &mut s.rewrite, svc, bytes);
+    // An established flow's service comes with its conntrack entry (lb::flow_service: by id,
+    // no frontend hash), except towards the LB's own address, where SNAT replies arrive.
+    let t = &mut s.target;
+    let fast = if lb::to_lb_addr(f) {
+        FlowService::Other
+    } else {
+        lb::flow_service(&f.key)
+    };
+    let (svc, r) = match fast {
+        FlowService::Found(svc, e) => {
+            if lb::use_entry(f, svc, e, bytes, t, lb::clock()) {
+                (svc, 0)
+            } else {
+                // Expired, closed or stale: a new selection, as for a flow without an entry.
+                (svc, lb::select(f, svc, bytes, t))
+            }
+        }
+        other => match lb::service(&f.key) {
+            Some(svc) if matches!(other, FlowService::NoEntry) => {
+                (svc, lb::select_new(f, svc, bytes, t))
+            }
+            Some(svc) => (svc, lb::select(f, svc, bytes, t)),
+            None => {
+                if let Some(e) = lb::snat_reply(f) {
+                    return reply(ctx, f, &mut s.rewrite, e, bytes);
+                }
+                return count(reason::PASS, bytes, XDP_PASS);
+            }
+        },
+    };
+    if r != 0 {
+        return count(r, bytes, XDP_DROP);
     }
-    if let Some(e) = lb::snat_reply(f) {
-        return reply(ctx, f, &mut s.rewrite, e, bytes);
-    }
-    count(reason::PASS, bytes, XDP_PASS)
+    send(ctx, f, t, &mut s.rewrite, svc, bytes, 0)
 }
 
 #[inline(always)]
@@ -89,26 +116,10 @@ fn count(r: u32, bytes: u64, action: u32) -> u32 {
     action
 }
 
-/// Client → VIP: pick the backend, then rewrite (SNAT) or encapsulate (DSR).
-#[inline(always)]
-fn forward(
-    ctx: &XdpContext,
-    f: &Flow,
-    t: &mut Target,
-    new: &mut FlowKey,
-    svc: &ServiceValue,
-    bytes: u64,
-) -> u32 {
-    let r = lb::select(f, svc, bytes, t);
-    if r != 0 {
-        return count(r, bytes, XDP_DROP);
-    }
-    send(ctx, f, t, new, svc, bytes, 0)
-}
-
-/// Sends a client → VIP packet to the backend chosen in `t`: a flow without a SNAT port of a DSR
-/// service is encapsulated (the outer header carrying `dsr_port`, see datapath::encap), any other
-/// is rewritten to LB address:SNAT port ([`transmit`]).
+/// Sends a client → VIP packet to the backend chosen in `t` (lb::use_entry or lb::select): a
+/// flow without a SNAT port of a DSR service is encapsulated (the outer header carrying
+/// `dsr_port`, see datapath::encap), any other is rewritten to LB address:SNAT port
+/// ([`transmit`]).
 #[inline(always)]
 fn send(
     ctx: &XdpContext,

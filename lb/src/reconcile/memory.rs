@@ -1,6 +1,6 @@
 //! An in-memory [`Datapath`]: the reconciler's tests, and `--dry-run` style use.
 use super::Datapath;
-use abi::lb::{Backend, ServiceKey, ServiceValue};
+use abi::lb::{Backend, ServiceKey, ServiceSlot, ServiceValue};
 use anyhow::{Result, bail};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,6 +11,11 @@ use std::{
 #[derive(Default, Debug, Clone)]
 pub struct MemoryDatapath {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Service id → frontend and entry, standing in for `OXI_SERVICE_IDS` (the XDP program's
+    /// established path, which finds a flow's service by its conntrack entry's id): kept in step
+    /// with `services` as the kernel datapath keeps it; [`MemoryDatapath::check_by_id`] says
+    /// whether it is.
+    pub by_id: BTreeMap<u32, ServiceSlot>,
     pub backends: BTreeMap<u32, Backend>,
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// Tables written but not yet committed (as the kernel datapath defers whole-table swaps):
@@ -61,8 +66,22 @@ impl Datapath for MemoryDatapath {
             );
         }
         self.writes += 1;
-        self.services.insert(*key, *value);
-        Ok(())
+        // As the kernel datapath: the by-id view after the entry; an id the frontend no longer
+        // has is cleared.
+        if let Some(old) = self.services.insert(*key, *value)
+            && old.id != value.id
+            && self.by_id.get(&old.id).is_some_and(|s| s.key == *key)
+        {
+            self.by_id.remove(&old.id);
+        }
+        if value.id != 0 {
+            let slot = ServiceSlot {
+                key: *key,
+                value: *value,
+            };
+            self.by_id.insert(value.id, slot);
+        }
+        self.check_by_id()
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         if is_marker(key)
@@ -74,8 +93,12 @@ impl Datapath for MemoryDatapath {
             bail!("VIP marker removed while a service uses its address");
         }
         self.writes += 1;
-        self.services.remove(key);
-        Ok(())
+        if let Some(old) = self.services.remove(key)
+            && self.by_id.get(&old.id).is_some_and(|s| s.key == *key)
+        {
+            self.by_id.remove(&old.id);
+        }
+        self.check_by_id()
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         self.writes += 1;
@@ -157,6 +180,24 @@ pub struct Snapshot {
 }
 
 impl MemoryDatapath {
+    /// The by-id view holds exactly the services (markers aside), each under its own id: what an
+    /// established flow finds by its service id is what the frontend lookup finds.
+    pub fn check_by_id(&self) -> Result<()> {
+        let want: BTreeMap<u32, ServiceSlot> = self
+            .services
+            .iter()
+            .filter(|(_, v)| v.id != 0)
+            .map(|(k, v)| (v.id, ServiceSlot { key: *k, value: *v }))
+            .collect();
+        if want.len() != self.services.values().filter(|v| v.id != 0).count() {
+            bail!("two frontends share a service id");
+        }
+        if want != self.by_id {
+            bail!("the services by id differ from the services by frontend");
+        }
+        Ok(())
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let key_of: BTreeMap<u32, ServiceKey> = self
             .services

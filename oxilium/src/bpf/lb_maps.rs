@@ -1,7 +1,7 @@
 //! The pinned maps behind the reconciler's `Datapath` trait, plus read access for the API.
 use abi::lb::{
-    BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, ServiceKey, ServiceValue,
-    SnatEntry, names,
+    BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, ServiceKey, ServiceSlot,
+    ServiceValue, SnatEntry, names,
 };
 use anyhow::{Context, Result};
 use aya::{
@@ -16,6 +16,9 @@ use std::{
 
 pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// Service id → frontend and service (`OXI_SERVICE_IDS`), kept in step with `services` by
+    /// [`Datapath::set_service`] / [`Datapath::remove_service`]; only the XDP object has it.
+    service_ids: Option<Array<MapData, ServiceSlot>>,
     /// Backend id → backend; a slot whose `service_id` is 0 is free.
     backends: Array<MapData, Backend>,
     tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -99,8 +102,13 @@ impl KernelMaps {
              (`oxilium agent --cleanup`)",
             names::BACKENDS
         );
-        Ok(KernelMaps {
+        let service_ids = match ebpf.map(names::SERVICE_IDS) {
+            Some(_) => Some(super::loader::take_map(ebpf, names::SERVICE_IDS)?),
+            None => None,
+        };
+        let mut maps = KernelMaps {
             services: super::loader::take_map(ebpf, names::SERVICES)?,
+            service_ids,
             backends,
             tables: ArrayOfMaps::try_from(tables)
                 .with_context(|| format!("map {}", names::TABLES))?,
@@ -113,7 +121,56 @@ impl KernelMaps {
             service_stats: super::loader::take_map(ebpf, names::SERVICE_STATS)?,
             backend_stats: super::loader::take_map(ebpf, names::BACKEND_STATS)?,
             sock: None,
-        })
+        };
+        maps.sync_service_ids()?;
+        Ok(maps)
+    }
+
+    /// Makes `OXI_SERVICE_IDS` hold exactly the services of `OXI_SERVICES` (markers aside): after
+    /// a restart it holds them already; after an upgrade from a version without it, or when its
+    /// pin was removed, it is filled here, before the reconciler adopts the services.
+    fn sync_service_ids(&mut self) -> Result<()> {
+        let Some(ids) = self.service_ids.as_mut() else {
+            return Ok(());
+        };
+        let mut want = std::collections::BTreeMap::new();
+        for r in self.services.iter() {
+            let (key, value) = r?;
+            if value.id != 0 && value.id < ids.len() {
+                want.insert(value.id, ServiceSlot { key, value });
+            }
+        }
+        let n = ids.len();
+        let fd = aya::maps::IterableMap::map(&*ids).fd().as_fd();
+        let all: Vec<ServiceSlot> = match super::batch::lookup_array(fd, n) {
+            Ok(all) => all,
+            // Without batch lookups: one syscall per slot.
+            Err(_) => ids.iter().collect::<Result<_, _>>()?,
+        };
+        for (id, have) in (0..n).zip(all).skip(1) {
+            match want.remove(&id) {
+                Some(slot) if slot != have => ids.set(id, slot, 0)?,
+                Some(_) => {}
+                None if have.value.id != 0 => ids.set(id, ServiceSlot::default(), 0)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The by-id view of the services (`OXI_SERVICE_IDS`): its used slots, when the object has it.
+    pub fn service_slots(&self) -> Result<Vec<(u32, ServiceSlot)>> {
+        let Some(ids) = &self.service_ids else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (id, r) in (0..).zip(ids.iter()) {
+            let slot = r?;
+            if slot.value.id != 0 {
+                out.push((id, slot));
+            }
+        }
+        Ok(out)
     }
 
     /// The socket LB's counters by name, when it is loaded.
@@ -276,10 +333,37 @@ impl Datapath for KernelMaps {
         if fresh && value.id != 0 {
             Self::zero(&mut self.service_stats, value.id)?;
         }
-        Ok(self.services.insert(key, value, 0)?)
+        let old = self.services.get(key, 0).ok();
+        self.services.insert(key, value, 0)?;
+        // The by-id view after the entry: a flow finds its service there only once the frontend
+        // has it. The slot of an id this frontend no longer has is cleared.
+        if let Some(ids) = self.service_ids.as_mut() {
+            if let Some(old) = old.filter(|o| o.id != value.id && o.id != 0 && o.id < ids.len())
+                && ids.get(&old.id, 0)?.key == *key
+            {
+                ids.set(old.id, ServiceSlot::default(), 0)?;
+            }
+            if value.id != 0 && value.id < ids.len() {
+                let slot = ServiceSlot {
+                    key: *key,
+                    value: *value,
+                };
+                ids.set(value.id, slot, 0)
+                    .with_context(|| format!("{}: service {}", names::SERVICE_IDS, value.id))?;
+            }
+        }
+        Ok(())
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        // The by-id view first: no flow takes the service for its frontend's once it is gone.
+        if let (Some(ids), Ok(old)) = (self.service_ids.as_mut(), self.services.get(key, 0))
+            && old.id != 0
+            && old.id < ids.len()
+            && ids.get(&old.id, 0)?.key == *key
+        {
+            ids.set(old.id, ServiceSlot::default(), 0)?;
+        }
         Ok(self.services.remove(key)?)
     }
 

@@ -111,9 +111,20 @@ fn load_pinned_with(object: &[u8], pin_dir: &Path, global: Option<(&str, u8)>) -
         loader.override_global(name, &value, true);
     }
     let old_backends = take_old_backends(pin_dir)?;
+    let old_conntrack = super::ct_upgrade::take(pin_dir)?;
     let loaded = loader.load(object).context(
         "loading the eBPF object (are the pinned maps from an incompatible version? remove the pin folder)",
     );
+    if let Some((old, entries)) = old_conntrack {
+        let path = pin_dir.join(names::CONNTRACK);
+        if loaded.is_ok() && path.exists() {
+            super::ct_upgrade::put(pin_dir, &entries)?;
+        } else {
+            // Not loaded, or an object without conntrack: the older map waits for the next.
+            old.pin(&path)
+                .with_context(|| format!("pinning the older {} again", names::CONNTRACK))?;
+        }
+    }
     if let Some((old, entries)) = old_backends {
         let path = pin_dir.join(names::BACKENDS);
         if loaded.is_err() {

@@ -1,6 +1,7 @@
 //! The kernel side as the agent sees it: embedded objects, loading and attaching programs, and
 //! typed access to the pinned maps.
 pub mod batch;
+mod ct_upgrade;
 pub mod decap;
 pub mod endpoint;
 pub mod lb_maps;

@@ -63,6 +63,12 @@ impl MapSizes {
         // One entry per service, and one marker per VIP (at most one per service).
         m.insert(abi::lb::names::SERVICES, s.services.saturating_mul(2));
         m.insert(abi::lb::names::TABLES, services);
+        // The edge XDP program's services by id (its established path); NodePort acceleration
+        // looks its frontends up by address and leaves it empty.
+        m.insert(
+            abi::lb::names::SERVICE_IDS,
+            on(uses.xdp && !uses.nodeport, services),
+        );
         m.insert(abi::lb::names::BACKENDS, backends);
         m.insert(abi::lb::names::SERVICE_STATS, on(flows, services));
         m.insert(abi::lb::names::BACKEND_STATS, on(flows, backends));
@@ -265,6 +271,7 @@ mod tests {
         );
         assert_eq!(edge.get(abi::lb::names::SERVICES), Some(200));
         assert_eq!(edge.get(abi::lb::names::TABLES), Some(101));
+        assert_eq!(edge.get(abi::lb::names::SERVICE_IDS), Some(101));
         assert_eq!(edge.get(abi::lb::names::BACKEND_STATS), Some(1001));
         assert_eq!(edge.get(abi::lb::names::CONNTRACK), Some(4096));
         assert_eq!(edge.get("OXI_NEXTHOP"), Some(1001));
@@ -290,6 +297,18 @@ mod tests {
         assert_eq!(node.get(abi::sock::names::AFFINITY), Some(2048));
         assert_eq!(node.get(abi::sock::names::AFFINITY_TIMEOUT), Some(101));
         assert_eq!(node.get(abi::lb::names::BACKENDS), Some(1001));
+        // NodePort acceleration: XDP, but not the edge program's services by id.
+        let accel = MapSizes::new(
+            Uses {
+                packet_lb: true,
+                nodeport: true,
+                xdp: true,
+                ..Default::default()
+            },
+            settings(),
+        );
+        assert_eq!(accel.get(abi::lb::names::SERVICE_IDS), Some(UNUSED));
+        assert_eq!(accel.get("OXI_NEXTHOP"), Some(1001));
         // Limits: the setting, or less when the maps hold less.
         let l = node.limits(101, 1001);
         assert_eq!((l.services, l.backends), (100, 1000));

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use std::{net::IpAddr, path::Path};
 
 /// The maps the programs only read: the private instance uses the live pins.
-const LIVE: [&str; 7] = [
+const LIVE: [&str; 8] = [
     names::SERVICES,
+    names::SERVICE_IDS,
     names::BACKENDS,
     names::TABLES,
     names::CONFIG,

@@ -229,7 +229,6 @@ impl LbModel {
             let e = CtEntry {
                 backend_id: id,
                 service_id: svc.id,
-                created_ns: NOW,
                 last_seen_ns: NOW,
                 packets: 1,
                 bytes,

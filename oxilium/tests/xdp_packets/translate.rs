@@ -309,3 +309,65 @@ fn maglev_selection_matches_the_userspace_prediction() {
         assert_eq!(got, want, "flow {client} → {vip}");
     }
 }
+
+/// An established flow finds its service by its conntrack entry's id (`OXI_SERVICE_IDS`), not by
+/// its frontend: what the agent changes in the service still reaches it at once. A new timeout
+/// is the one its entry keeps, a switch of a DSR service to SNAT drops its DSR flows (no SNAT
+/// port to reuse), and a removed service's flows pass untouched.
+#[test]
+fn established_flows_follow_their_services_timeout_mode_and_removal() {
+    let mut lb = Lb::new(model());
+    let (client, vip) = (sa("192.168.9.1:33100"), sa("10.10.0.2:80"));
+    let key = flow_key(client.ip(), client.port(), vip.ip(), vip.port(), TCP);
+    let pkt = tcp_frame(None)(client, vip);
+    // Encapsulated, then passed: the FIB fails in a fresh netns (see dsr_case).
+    let sent = |lb: &Lb| {
+        let n = lb.count(reason::FWD_DSR);
+        lb.run(&pkt).action == XDP_PASS && lb.count(reason::FWD_DSR) == n + 1
+    };
+    assert!(sent(&lb));
+    assert!(sent(&lb));
+    let e = lb.ct(&key).unwrap();
+    assert_eq!(e.packets, 2);
+    let id = e.service_id;
+    let slots = lb.maps().service_slots().unwrap();
+    let slot = slots
+        .iter()
+        .find(|(i, _)| *i == id)
+        .expect("the service by id")
+        .1;
+    assert_eq!(slot.value.id, id);
+
+    let mut next = model();
+    let dsr = next.services.iter_mut().find(|s| s.name == "dsr4").unwrap();
+    dsr.conntrack_timeout_s = 4321;
+    lb.apply(next.clone());
+    assert!(sent(&lb));
+    let e = lb.ct(&key).unwrap();
+    assert_eq!((e.packets, e.svc_timeout_s), (3, 4321), "the new timeout");
+
+    let dsr = next.services.iter_mut().find(|s| s.name == "dsr4").unwrap();
+    dsr.mode = lb::model::Mode::Snat;
+    lb.apply(next.clone());
+    let dropped = lb.count(reason::NO_BACKEND);
+    assert_eq!(
+        lb.run(&pkt).action,
+        XDP_DROP,
+        "a DSR flow of a SNAT service"
+    );
+    assert_eq!(lb.count(reason::NO_BACKEND), dropped + 1);
+
+    next.services.retain(|s| s.name != "dsr4");
+    lb.apply(next);
+    assert!(
+        lb.maps()
+            .service_slots()
+            .unwrap()
+            .iter()
+            .all(|(i, _)| *i != id),
+        "the removed service's slot is cleared"
+    );
+    let passed = lb.count(reason::PASS);
+    assert_eq!(lb.run(&pkt).action, XDP_PASS, "no service any more");
+    assert_eq!(lb.count(reason::PASS), passed + 1);
+}
