@@ -315,7 +315,6 @@ fn edge_lb_maps_follow_lb_yaml() {
         (endpoint::names::ENDPOINTS, 1),
         (policy::names::POLICY_CT, 1),
         (policy::names::POLICY_STATS, 1),
-        (sock::names::REVNAT, 1),
         (abi::bandwidth::names::BANDWIDTH, 1),
     ] {
         assert_eq!(max_entries(&pins, name), want, "{name}");
