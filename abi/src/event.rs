@@ -22,7 +22,8 @@ pub mod names {
 
 /// Default ring size in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
-/// Flows the rate limiter remembers (LRU).
+/// Flows the rate limiter remembers (LRU): the compiled size; the agent sizes the map at load
+/// (`--events-max-flows`, one entry where no program writes events).
 pub const MAX_LIMITED_FLOWS: u32 = 65_536;
 /// Default per-flow rate (events per second) and burst when `EventConfig` leaves them 0.
 pub const DEFAULT_FLOW_RATE: u32 = 10;

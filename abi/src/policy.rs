@@ -32,6 +32,7 @@ pub const MAX_ENTRIES: u32 = 16_384;
 /// Endpoints with a policy map (`OXI_POLICY` outer entries).
 pub const MAX_POLICY_ENDPOINTS: u32 = 65_536;
 pub const MAX_IPCACHE: u32 = 262_144;
+/// `OXI_POLICY_CT`'s compiled size; the agent sizes it at load (`--policy-ct-max-entries`).
 pub const MAX_POLICY_CT: u32 = 65_536;
 
 /// `EndpointInfo::flags` (abi::endpoint) bits the policy uses.

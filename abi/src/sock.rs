@@ -24,6 +24,7 @@ pub const SVC_FLAG_AFFINITY: u16 = 1 << 0;
 /// Default Kubernetes sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
+/// `OXI_SOCK_REVNAT`'s compiled size; the agent sizes it at load (`--sock-revnat-max-entries`).
 pub const MAX_SOCK_REVNAT: u32 = 262_144;
 /// Slots of `OXI_SOCK_REVNAT_RING` (a power of two: the slot is the cookie's low bits).
 pub const SOCK_REVNAT_RING: u32 = 262_144;

@@ -36,7 +36,8 @@ pub static OXI_EVENTS: RingBuf<Event, { DEFAULT_RING_BYTES as usize }> = RingBuf
 #[btf_map]
 pub static OXI_EVENT_CONFIG: Array<EventConfig, 1> = Array::new();
 
-/// Flow hash → the theoretical arrival time of its next event (ns).
+/// Flow hash → the theoretical arrival time of its next event (ns). Its size is set by the agent
+/// at load (`--events-max-flows`).
 #[btf_map]
 pub static OXI_EVENT_LIMIT: LruHashMap<u32, LimitValue, { MAX_LIMITED_FLOWS as usize }> =
     LruHashMap::new();

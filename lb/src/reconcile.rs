@@ -10,9 +10,10 @@
 //! once, so its clients move to the backends left.
 use crate::compile::{CompiledService, addr_bytes, vip_marker};
 use abi::lb::{self as abi_lb, Addr, Backend, FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use backends::Backends;
 use digest::TableDigest;
+use ids::Ids;
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -524,50 +525,6 @@ impl<D: Datapath> Reconciler<D> {
     }
 }
 
-impl<D: Datapath> Reconciler<D> {
-    /// Removes the draining backends no live flow uses any more (their leftover closed or expired
-    /// flows flushed, their ids freed). Cost: one walk of the flow maps when some backend drains,
-    /// nothing otherwise; the agents call it every few seconds.
-    pub fn reap(&mut self) -> Result<Changes> {
-        if self.draining.is_empty() {
-            return Ok(Changes::default());
-        }
-        let ids: BTreeSet<u32> = self.draining.keys().copied().collect();
-        let mut pass = Pass::default();
-        self.reap_ids(&ids, &mut pass)?;
-        if !pass.flushed.is_empty() {
-            pass.ch.flows_flushed = self.dp.flush_flows(&pass.flushed)?;
-        }
-        for id in pass.freed_backends {
-            self.backend_ids.free(id);
-        }
-        Ok(pass.ch)
-    }
-
-    /// How many backends drain now.
-    pub fn draining(&self) -> usize {
-        self.draining.len()
-    }
-
-    /// Of the draining `ids`, removes those without a live flow (flush and free left to `pass`).
-    fn reap_ids(&mut self, ids: &BTreeSet<u32>, pass: &mut Pass) -> Result<()> {
-        let live = self.dp.live_flows(ids)?;
-        for id in ids.difference(&live) {
-            let Some((key, addr)) = self.draining.remove(id) else {
-                continue;
-            };
-            if let Some(s) = self.services.get_mut(&key) {
-                s.draining.remove(&addr);
-            }
-            self.dp.remove_backend(*id)?;
-            pass.ch.backends_removed += 1;
-            pass.flushed.insert(*id);
-            pass.freed_backends.push(*id);
-        }
-        Ok(())
-    }
-}
-
 /// True when a programmed service uses `a` (its marker exists).
 fn used(users: &BTreeMap<Addr, usize>, a: &Addr) -> bool {
     users.get(a).is_some_and(|n| *n > 0)
@@ -577,60 +534,6 @@ fn used(users: &BTreeMap<Addr, usize>, a: &Addr) -> bool {
 /// than being removed with its flows at once.
 fn drains(proto: u8) -> bool {
     proto == abi_lb::PROTO_TCP
-}
-
-/// Id allocation: lowest free id first, ids start at 1 (0 means "none" in the maps).
-struct Ids {
-    max: u32,
-    used: BTreeSet<u32>,
-    next: u32,
-    free: BTreeSet<u32>,
-}
-
-impl Ids {
-    fn new(max: u32) -> Self {
-        Ids {
-            max,
-            used: BTreeSet::new(),
-            next: 1,
-            free: BTreeSet::new(),
-        }
-    }
-
-    fn take(&mut self, id: u32) {
-        self.used.insert(id);
-        self.free.remove(&id);
-        while self.next <= id {
-            if !self.used.contains(&self.next) {
-                self.free.insert(self.next);
-            }
-            self.next += 1;
-        }
-    }
-
-    fn alloc(&mut self) -> Result<u32> {
-        let id = if let Some(id) = self.free.pop_first() {
-            id
-        } else if self.next < self.max {
-            self.next += 1;
-            self.next - 1
-        } else {
-            bail!("all {} ids are in use", self.max - 1);
-        };
-        self.used.insert(id);
-        Ok(id)
-    }
-
-    fn free(&mut self, id: u32) {
-        if self.used.remove(&id) {
-            self.free.insert(id);
-        }
-    }
-
-    /// How many ids [`alloc`](Self::alloc) can still give out.
-    fn room(&self) -> usize {
-        self.free.len() + self.max.saturating_sub(self.next) as usize
-    }
 }
 
 /// Family of an address in a `Backend` entry, for display.
@@ -644,8 +547,10 @@ pub fn family_name(family: u8) -> &'static str {
 
 mod backends;
 mod digest;
+mod ids;
 mod limits;
 mod memory;
+mod reap;
 pub use limits::Limits;
 pub use memory::{MemoryDatapath, Snapshot};
 

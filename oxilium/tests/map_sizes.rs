@@ -1,7 +1,8 @@
 //! Map sizes follow the role and the settings (`oxilium::bpf::sizes`): the node agent's
-//! `--max-services` / `--max-backends` / `--max-endpoints` / `--ct-max-entries`, the edge LB's
-//! lb.yaml `max_services` / `max_backends` / `conntrack.max_entries`; maps a role never uses keep
-//! one entry; a model beyond the limits is refused whole, naming the setting; a restart with other
+//! `--max-services` / `--max-backends` / `--max-endpoints` / `--ct-max-entries` /
+//! `--sock-revnat-max-entries` / `--policy-ct-max-entries`, the edge LB's lb.yaml
+//! `max_services` / `max_backends` / `conntrack.max_entries`, every role's `--events-max-flows`
+//! (or its default, from `--events-ring-bytes`); maps a role never uses keep one entry; a model beyond the limits is refused whole, naming the setting; a restart with other
 //! sizes keeps the pinned maps (except those the earlier start left at one entry, unused).
 //!
 //! Kernel features: BPF map creation with the sizes given at load (BPF_MAP_CREATE
@@ -86,7 +87,7 @@ fn refused(agent: &mut AgentProcess) -> String {
     agent.log()
 }
 
-const SMALL: [&str; 8] = [
+const SMALL: [&str; 12] = [
     "--max-services",
     "16",
     "--max-backends",
@@ -95,6 +96,10 @@ const SMALL: [&str; 8] = [
     "8",
     "--ct-max-entries",
     "4096",
+    "--sock-revnat-max-entries",
+    "2048",
+    "--events-max-flows",
+    "1500",
 ];
 
 #[test]
@@ -109,6 +114,29 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
         "{log}"
     );
     assert!(!bad.pins().join(names::SERVICES).exists());
+    for (flag, value, said) in [
+        (
+            "--sock-revnat-max-entries",
+            "1000",
+            "--sock-revnat-max-entries: must be 1024..=16777216, got 1000",
+        ),
+        (
+            "--policy-ct-max-entries",
+            "16777217",
+            "--policy-ct-max-entries: must be 1024..=16777216, got 16777217",
+        ),
+        (
+            "--events-max-flows",
+            "0",
+            "--events-max-flows: must be 1024..=16777216, got 0",
+        ),
+    ] {
+        let mut bad = node_agent(&ns, "msb", &[flag, value]);
+        bad.write_file("manifests/all.yaml", &manifests(1));
+        let log = refused(&mut bad);
+        assert!(log.contains(said), "{log}");
+        assert!(!bad.pins().join(names::SERVICES).exists());
+    }
     // More services in the folder than the maps hold: refused before anything is loaded.
     let mut big = node_agent(&ns, "msg", &SMALL);
     big.write_file("manifests/all.yaml", &manifests(17));
@@ -130,7 +158,7 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
         (names::TABLES, 17),
         (names::BACKENDS, 65),
         (sock::names::AFFINITY_TIMEOUT, 17),
-        (sock::names::REVNAT, 4096),
+        (sock::names::REVNAT, 2048),
         (sock::names::AFFINITY, 2048),
         // The socket LB alone: no per-packet translation, no NodePort, no cluster network.
         (names::SERVICE_STATS, 1),
@@ -140,6 +168,8 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
         (endpoint::names::ENDPOINTS, 1),
         (policy::names::POLICY_CT, 1),
         (policy::names::POLICY, 1),
+        // The socket LB writes no events: no per-flow rate limiter.
+        (abi::event::names::LIMIT, 1),
     ] {
         assert_eq!(max_entries(&pins, name), want, "{name}");
     }
@@ -179,12 +209,16 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
     // the limit is what the pinned maps hold.
     agent.set_arg("--max-services", "64");
     agent.set_arg("--ct-max-entries", "8192");
+    agent.set_arg("--sock-revnat-max-entries", "8192");
     // The pod programs now: the per-packet maps the socket LB alone left at one entry are
     // created anew at their size.
     assert_eq!(max_entries(&pins, names::CONNTRACK), 1);
+    assert_eq!(max_entries(&pins, abi::event::names::LIMIT), 1);
     agent.add_args(["--socket-lb-host-netns-only"]);
     agent.start();
     assert_eq!(max_entries(&pins, names::CONNTRACK), 8192);
+    // The pod programs write events: the limiter is made at --events-max-flows.
+    assert_eq!(max_entries(&pins, abi::event::names::LIMIT), 1500);
     assert_eq!(max_entries(&pins, names::SERVICE_STATS), 65);
     assert!(
         agent
@@ -195,7 +229,7 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
     );
     assert_eq!(max_entries(&pins, names::SERVICES), 32);
     assert_eq!(max_entries(&pins, names::TABLES), 17);
-    assert_eq!(max_entries(&pins, sock::names::REVNAT), 4096);
+    assert_eq!(max_entries(&pins, sock::names::REVNAT), 2048);
     assert!(
         agent
             .log()
@@ -216,6 +250,7 @@ fn a_restart_with_other_sizes_keeps_the_pinned_maps_and_their_entries() {
     agent.start();
     assert_eq!(max_entries(&pins, names::SERVICES), 128);
     assert_eq!(max_entries(&pins, sock::names::REVNAT), 8192);
+    assert_eq!(max_entries(&pins, names::CONNTRACK), 8192);
     agent.eventually(Duration::from_secs(10), "17 services", || {
         let n = service_entries(&pins).len();
         (n == 34).then_some(()).ok_or(n)
@@ -248,7 +283,7 @@ fn edge_lb_maps_follow_lb_yaml() {
     let edge = |tag: &str| {
         AgentProcess::builder(&ns, tag)
             .args(["--role", "lb", "--iface", "v0", "--xdp-mode", "generic"])
-            .args(["--watch-ms", "100"])
+            .args(["--watch-ms", "100", "--events-max-flows", "3000"])
             .file_arg("--config", "lb.yaml")
             .build()
     };
@@ -274,6 +309,7 @@ fn edge_lb_maps_follow_lb_yaml() {
         (names::BACKEND_STATS, 33),
         (names::CONNTRACK, 2048),
         (names::SNAT, 1024),
+        (abi::event::names::LIMIT, 3000),
         // Not an edge LB's: the node's maps.
         (nodeport::names::ENDPOINTS, 1),
         (endpoint::names::ENDPOINTS, 1),
@@ -294,8 +330,10 @@ fn edge_lb_maps_follow_lb_yaml() {
     assert_eq!(service_entries(&pins).len(), 6);
 }
 
-/// `--cni` with `--max-endpoints 1`: the cluster-network maps hold one endpoint, the first pod
-/// (one address) gets it, the second ADD fails naming the flag (kernel: E2BIG from a full
+/// `--cni` with `--max-endpoints 1` and `--policy-ct-max-entries 4096`: the cluster-network maps
+/// hold one endpoint, the policy conntrack 4096 flows, the event limiter its default (the events
+/// the default 1 MiB ring holds: 1048576 / 112-byte records); the first pod (one address) gets
+/// its endpoint, the second ADD fails naming the flag (kernel: E2BIG from a full
 /// preallocated hash map, BPF_MAP_UPDATE_ELEM).
 #[test]
 fn a_cni_node_refuses_the_endpoint_beyond_max_endpoints() {
@@ -304,7 +342,7 @@ fn a_cni_node_refuses_the_endpoint_beyond_max_endpoints() {
     let node = Netns::new(&format!("{p}n"));
     let pods: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("{p}p{i}"))).collect();
     let mut agent = AgentProcess::cni_node(&node, "msc", "node-a")
-        .args(["--max-endpoints", "1"])
+        .args(["--max-endpoints", "1", "--policy-ct-max-entries", "4096"])
         .cgroup()
         .build();
     agent.write_file(
@@ -317,6 +355,8 @@ fn a_cni_node_refuses_the_endpoint_beyond_max_endpoints() {
     let pins = agent.pins().to_path_buf();
     assert_eq!(max_entries(&pins, endpoint::names::ENDPOINTS), 1);
     assert_eq!(max_entries(&pins, policy::names::POLICY), 1);
+    assert_eq!(max_entries(&pins, policy::names::POLICY_CT), 4096);
+    assert_eq!(max_entries(&pins, abi::event::names::LIMIT), 9362);
     let plugin = PluginDir::new(&p);
     let conf = conf("1.1.0", agent.socket());
     add(&plugin, &conf, "c1", &pods[0].path(), "web-1");

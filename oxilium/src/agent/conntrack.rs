@@ -17,6 +17,14 @@ pub struct CtFlags {
     /// --role node: SNAT map size.
     #[arg(long, default_value_t = DEFAULT_MAP_ENTRIES)]
     pub snat_max_entries: u32,
+    /// --role node --cni: the policy's conntrack size (an LRU of the flows the pods' policies
+    /// let through, one entry per flow and pod; an evicted flow is checked again).
+    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_POLICY_CT_ENTRIES)]
+    pub policy_ct_max_entries: u32,
+    /// --role node: the socket LB's reverse translations of unconnected UDP (an LRU of
+    /// (socket, backend) pairs: without its entry a reply shows the backend's address).
+    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_SOCK_REVNAT_ENTRIES)]
+    pub sock_revnat_max_entries: u32,
     /// --role node: SNAT source ports MIN-MAX (default: the largest block of 1024-65535 outside
     /// the node's ip_local_port_range; a range overlapping it is added to ip_local_reserved_ports).
     #[arg(long)]
@@ -111,6 +119,16 @@ impl CtFlags {
             }
         };
         Ok((c, snat_entries, ports))
+    }
+}
+
+impl CtFlags {
+    /// `--policy-ct-max-entries` and `--sock-revnat-max-entries`, or an error naming the flag.
+    pub fn lru_entries(&self) -> Result<(u32, u32)> {
+        Ok((
+            entries("policy-ct-max-entries", self.policy_ct_max_entries)?,
+            entries("sock-revnat-max-entries", self.sock_revnat_max_entries)?,
+        ))
     }
 }
 
@@ -226,6 +244,18 @@ mod tests {
             snat_port_range: Some("40000-40100".into()),
             ..Default::default()
         };
+        let e = f.lru_entries().unwrap_err().to_string();
+        assert_eq!(e, "--policy-ct-max-entries: must be 1024..=16777216, got 0");
+        let g = CtFlags {
+            policy_ct_max_entries: 2048,
+            sock_revnat_max_entries: 1 << 25,
+            ..Default::default()
+        };
+        let e = g.lru_entries().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--sock-revnat-max-entries: must be 1024..=16777216, got 33554432"
+        );
         let (c, s, p) = f.settings().unwrap();
         assert_eq!((c.max_entries, s), (4096, 2048));
         assert_eq!(c.timeouts.to_abi().udp_s, 5);

@@ -229,18 +229,18 @@ async fn agent(args: AgentArgs) -> Result<()> {
 /// before anything is loaded.
 fn map_sizes(args: &AgentArgs) -> Result<crate::bpf::sizes::MapSizes> {
     use crate::bpf::sizes::MapSizes;
-    let ring_bytes = args.events.events_ring_bytes;
+    let events = args.events.sizes()?;
     Ok(match args.role {
-        Role::Node => args.node_args.map_sizes(ring_bytes)?,
+        Role::Node => args.node_args.map_sizes(events)?,
         Role::Lb => {
             let path = args
                 .config
                 .as_ref()
                 .context("--config is required with --role lb")?;
             let c = lb::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            MapSizes::edge(&c, ring_bytes)
+            MapSizes::edge(&c, events)
         }
-        Role::Backend => MapSizes::dsr_backend(ring_bytes),
+        Role::Backend => MapSizes::dsr_backend(events),
     })
 }
 

@@ -14,6 +14,33 @@ pub const MAX_ENDPOINTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_048_576;
 /// Default `--max-endpoints`: the maps' compiled size.
 pub const DEFAULT_MAX_ENDPOINTS: u32 = abi::endpoint::MAX_ENDPOINTS;
 
+/// Accepted `--events-max-flows`, `--policy-ct-max-entries`, `--sock-revnat-max-entries`: the
+/// LRU maps' range, as `--ct-max-entries`.
+pub const LRU_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = lb::config::MAP_ENTRIES_RANGE;
+/// Default `--policy-ct-max-entries`: the flows of the node's pods under a policy (an entry per
+/// flow and pod; an evicted flow is only checked against the policy again).
+pub const DEFAULT_POLICY_CT_ENTRIES: u32 = 65_536;
+/// Default `--sock-revnat-max-entries`: an unconnected UDP socket's (socket, backend) pairs,
+/// needed until the replies are in (musl's resolver opens a socket per query: at 1,000 a
+/// second, the last minute); connected sockets keep theirs in socket storage.
+pub const DEFAULT_SOCK_REVNAT_ENTRIES: u32 = 65_536;
+/// Bytes of one event in the ring: the record and the ring's 8-byte header, 8-byte aligned.
+pub const EVENT_RECORD_BYTES: u32 = (size_of::<abi::event::Event>() as u32 + 8).next_multiple_of(8);
+
+/// Default `--events-max-flows`: as many flows as a ring of `ring_bytes` holds events (more
+/// flows writing at once fill the ring anyway), within [`LRU_ENTRIES_RANGE`].
+pub fn default_event_flows(ring_bytes: u32) -> u32 {
+    (ring_bytes / EVENT_RECORD_BYTES).clamp(*LRU_ENTRIES_RANGE.start(), *LRU_ENTRIES_RANGE.end())
+}
+
+/// The event ring's size in bytes and the rate limiter's flows (`--events-ring-bytes`,
+/// `--events-max-flows`: flags of every role).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Events {
+    pub ring_bytes: u32,
+    pub flows: u32,
+}
+
 /// The programs the agent runs, hence the maps it uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Uses {
@@ -30,6 +57,9 @@ pub struct Uses {
     pub bandwidth: bool,
     /// An XDP program (edge LB, NodePort acceleration): its next-hop cache.
     pub xdp: bool,
+    /// Programs that write events per packet (every one but the socket LB's): the per-flow rate
+    /// limiter.
+    pub packet_events: bool,
 }
 
 /// The sizing settings, each with the name it has for the user (flag or lb.yaml field).
@@ -40,7 +70,11 @@ pub struct Settings {
     pub endpoints: u32,
     pub conntrack: u32,
     pub snat: u32,
-    pub ring_bytes: u32,
+    /// `--policy-ct-max-entries` (the node's, with `--cni`).
+    pub policy_ct: u32,
+    /// `--sock-revnat-max-entries` (the node's socket LB).
+    pub sock_revnat: u32,
+    pub events: Events,
     /// How the settings are named: (services, backends, endpoints).
     pub names: (&'static str, &'static str, &'static str),
 }
@@ -79,11 +113,11 @@ impl MapSizes {
             "OXI_NEXTHOP",
             on(uses.xdp, backends.min(abi::lb::NEXTHOP_SLOTS)),
         );
-        // The socket LB's reverse translation is its flow table: as many as conntrack; its
-        // affinity entries (client, service) half as many. The pod programs and NodePort
-        // read affinity too.
+        // The socket LB's reverse translation of unconnected UDP (connected sockets keep theirs
+        // in socket storage or the ring below); its affinity entries (client, service) half as
+        // many as conntrack. The pod programs and NodePort read affinity too.
         let affinity = uses.socket_lb || flows;
-        m.insert(abi::sock::names::REVNAT, on(uses.socket_lb, s.conntrack));
+        m.insert(abi::sock::names::REVNAT, on(uses.socket_lb, s.sock_revnat));
         // The TCP connects' slots: the program masks the cookie with the compiled size.
         m.insert(
             abi::sock::names::REVNAT_RING,
@@ -113,16 +147,17 @@ impl MapSizes {
             abi::policy::names::IPCACHE,
             on(uses.cni, abi::policy::MAX_IPCACHE),
         );
-        m.insert(
-            abi::policy::names::POLICY_CT,
-            on(uses.cni, abi::policy::MAX_POLICY_CT),
-        );
+        m.insert(abi::policy::names::POLICY_CT, on(uses.cni, s.policy_ct));
         // Two entries per pod veth: egress and ingress.
         m.insert(
             abi::bandwidth::names::BANDWIDTH,
             on(uses.bandwidth, s.endpoints.saturating_mul(2)),
         );
-        m.insert(abi::event::names::EVENTS, s.ring_bytes);
+        m.insert(abi::event::names::EVENTS, s.events.ring_bytes);
+        m.insert(
+            abi::event::names::LIMIT,
+            on(uses.packet_events, s.events.flows),
+        );
         MapSizes {
             sizes: m,
             settings: s,
@@ -130,37 +165,47 @@ impl MapSizes {
     }
 
     /// The edge LB's sizes: lb.yaml's `max_services`, `max_backends`, `conntrack.max_entries`
-    /// and `snat.max_entries`; the XDP program's maps only.
-    pub fn edge(c: &lb::config::Config, ring_bytes: u32) -> MapSizes {
+    /// and `snat.max_entries`, the `--events-*` flags; the XDP program's maps only.
+    pub fn edge(c: &lb::config::Config, events: Events) -> MapSizes {
         let settings = Settings {
             services: c.max_services,
             backends: c.max_backends,
             endpoints: UNUSED,
             conntrack: c.conntrack.max_entries,
             snat: c.snat.max_entries,
-            ring_bytes,
+            policy_ct: UNUSED,
+            sock_revnat: UNUSED,
+            events,
             names: ("max_services", "max_backends", "max_endpoints"),
         };
         let uses = Uses {
             packet_lb: true,
             xdp: true,
+            packet_events: true,
             ..Default::default()
         };
         MapSizes::new(uses, settings)
     }
 
-    /// A DSR backend's sizes: it runs the decapsulation only, every service map keeps one entry.
-    pub fn dsr_backend(ring_bytes: u32) -> MapSizes {
+    /// A DSR backend's sizes: it runs the decapsulation only (whose drops are events), every
+    /// service map keeps one entry.
+    pub fn dsr_backend(events: Events) -> MapSizes {
         let settings = Settings {
             services: UNUSED,
             backends: UNUSED,
             endpoints: UNUSED,
             conntrack: UNUSED,
             snat: UNUSED,
-            ring_bytes,
+            policy_ct: UNUSED,
+            sock_revnat: UNUSED,
+            events,
             names: ("max_services", "max_backends", "max_endpoints"),
         };
-        MapSizes::new(Uses::default(), settings)
+        let uses = Uses {
+            packet_events: true,
+            ..Default::default()
+        };
+        MapSizes::new(uses, settings)
     }
 
     /// The size of `name`; None: its compiled size.
@@ -254,7 +299,12 @@ mod tests {
             endpoints: 50,
             conntrack: 4096,
             snat: 2048,
-            ring_bytes: 1 << 16,
+            policy_ct: 8192,
+            sock_revnat: 1024,
+            events: Events {
+                ring_bytes: 1 << 16,
+                flows: 3000,
+            },
             names: ("--max-services", "--max-backends", "--max-endpoints"),
         }
     }
@@ -265,11 +315,14 @@ mod tests {
             Uses {
                 packet_lb: true,
                 xdp: true,
+                packet_events: true,
                 ..Default::default()
             },
             settings(),
         );
         assert_eq!(edge.get(abi::lb::names::SERVICES), Some(200));
+        assert_eq!(edge.get(abi::event::names::LIMIT), Some(3000));
+        assert_eq!(edge.get(abi::event::names::EVENTS), Some(1 << 16));
         assert_eq!(edge.get(abi::lb::names::TABLES), Some(101));
         assert_eq!(edge.get(abi::lb::names::SERVICE_IDS), Some(101));
         assert_eq!(edge.get(abi::lb::names::BACKEND_STATS), Some(1001));
@@ -293,8 +346,11 @@ mod tests {
         );
         assert_eq!(node.get(abi::lb::names::SERVICE_STATS), Some(UNUSED));
         assert_eq!(node.get(abi::lb::names::CONNTRACK), Some(UNUSED));
-        assert_eq!(node.get(abi::sock::names::REVNAT), Some(4096));
+        assert_eq!(node.get(abi::sock::names::REVNAT), Some(1024));
         assert_eq!(node.get(abi::sock::names::AFFINITY), Some(2048));
+        // The socket LB writes no events: no rate limiter (the ring stays, the agent drains it).
+        assert_eq!(node.get(abi::event::names::LIMIT), Some(UNUSED));
+        assert_eq!(node.get(abi::event::names::EVENTS), Some(1 << 16));
         assert_eq!(node.get(abi::sock::names::AFFINITY_TIMEOUT), Some(101));
         assert_eq!(node.get(abi::lb::names::BACKENDS), Some(1001));
         // NodePort acceleration: XDP, but not the edge program's services by id.
@@ -316,6 +372,47 @@ mod tests {
         assert_eq!((l.services, l.backends), (50, 1000));
         assert!(l.services_setting.starts_with("the pinned maps"));
         assert_eq!(l.backends_setting, "--max-backends");
+    }
+
+    #[test]
+    fn the_policy_conntrack_and_the_event_limiter_follow_their_settings_where_used() {
+        let cni = MapSizes::new(
+            Uses {
+                packet_lb: true,
+                socket_lb: true,
+                cni: true,
+                packet_events: true,
+                ..Default::default()
+            },
+            settings(),
+        );
+        assert_eq!(cni.get(abi::policy::names::POLICY_CT), Some(8192));
+        assert_eq!(cni.get(abi::event::names::LIMIT), Some(3000));
+        assert_eq!(cni.get(abi::sock::names::REVNAT), Some(1024));
+        // A DSR backend: its decapsulation counts drops as events; nothing else is used.
+        let backend = MapSizes::dsr_backend(Events {
+            ring_bytes: 4096,
+            flows: 2000,
+        });
+        assert_eq!(backend.get(abi::event::names::LIMIT), Some(2000));
+        assert_eq!(backend.get(abi::event::names::EVENTS), Some(4096));
+        for unused in [
+            abi::policy::names::POLICY_CT,
+            abi::sock::names::REVNAT,
+            abi::lb::names::CONNTRACK,
+        ] {
+            assert_eq!(backend.get(unused), Some(UNUSED), "{unused}");
+        }
+    }
+
+    #[test]
+    fn the_event_limiter_defaults_to_the_events_the_ring_holds() {
+        // 104-byte records behind the ring's 8-byte header.
+        assert_eq!(EVENT_RECORD_BYTES, 112);
+        assert_eq!(default_event_flows(abi::event::DEFAULT_RING_BYTES), 9362);
+        // Within the LRU range whatever the ring.
+        assert_eq!(default_event_flows(4096), 1024);
+        assert_eq!(default_event_flows(1 << 31), 16_777_216);
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub struct EventFlags {
     /// Events a flow may write at once before its rate applies.
     #[arg(long, default_value_t = ev::DEFAULT_FLOW_BURST)]
     pub events_flow_burst: u32,
+    /// Flows the per-flow rate limiter remembers (an LRU; a flow it forgot gets its burst
+    /// again) [default: as many as the ring holds events, --events-ring-bytes / 112, at least
+    /// 1024]. Pinned limiters keep their size until the pins are removed.
+    #[arg(long)]
+    pub events_max_flows: Option<u32>,
     /// Start with the per-packet trace points on (switch at run time: `oxilium events trace`).
     #[arg(long)]
     pub events_trace: bool,
@@ -59,7 +64,18 @@ impl EventFlags {
         if self.events_flow_burst == 0 {
             anyhow::bail!("--events-flow-burst: must be at least 1");
         }
-        Ok(())
+        self.sizes().map(|_| ())
+    }
+
+    /// The ring's and the rate limiter's sizes.
+    pub fn sizes(&self) -> Result<crate::bpf::sizes::Events> {
+        use crate::bpf::sizes::{self, LRU_ENTRIES_RANGE, default_event_flows};
+        let ring_bytes = self.events_ring_bytes;
+        let flows = match self.events_max_flows {
+            Some(n) => sizes::check("--events-max-flows", n, LRU_ENTRIES_RANGE)?,
+            None => default_event_flows(ring_bytes),
+        };
+        Ok(sizes::Events { ring_bytes, flows })
     }
 
     fn config(&self) -> EventConfig {

@@ -7,6 +7,7 @@
 //! NodePort tc programs serve them on those devices (see [`nodeport`]), with this node's
 //! pods as local endpoints (see [`nodeport_endpoints`]) and the services' source ranges.
 use super::{Shared, apply_model};
+use crate::bpf::sizes;
 use crate::bpf::socklb::{self, SockLb};
 use anyhow::{Context, Result};
 use aya::Ebpf;
@@ -52,7 +53,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = lb::config::limits::DEFAULT_MAX_BACKENDS)]
     pub max_backends: u32,
     /// --role node: how many local endpoints (pod addresses on this node) the maps hold.
-    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_MAX_ENDPOINTS)]
+    #[arg(long, default_value_t = sizes::DEFAULT_MAX_ENDPOINTS)]
     pub max_endpoints: u32,
     /// --role node: the node's external device(s) (repeat or comma-separate): NodePort,
     /// LoadBalancer and externalIPs are served to traffic arriving on them (tc programs).
@@ -179,27 +180,32 @@ impl NodeArgs {
     }
 
     /// The map sizes of this node: its settings, and the programs its flags load.
-    pub fn map_sizes(&self, ring_bytes: u32) -> Result<crate::bpf::sizes::MapSizes> {
-        use crate::bpf::sizes::{self, MAX_ENDPOINTS_RANGE, MapSizes, Settings, Uses};
+    pub fn map_sizes(&self, events: sizes::Events) -> Result<sizes::MapSizes> {
         use lb::config::limits::{MAX_BACKENDS_RANGE, MAX_SERVICES_RANGE};
+        use sizes::{MAX_ENDPOINTS_RANGE, MapSizes, Settings, Uses};
         let (ct, snat, _) = self.conntrack.settings()?;
+        let (policy_ct, sock_revnat) = self.conntrack.lru_entries()?;
         let settings = Settings {
             services: sizes::check("--max-services", self.max_services, MAX_SERVICES_RANGE)?,
             backends: sizes::check("--max-backends", self.max_backends, MAX_BACKENDS_RANGE)?,
             endpoints: sizes::check("--max-endpoints", self.max_endpoints, MAX_ENDPOINTS_RANGE)?,
             conntrack: ct.max_entries,
             snat,
-            ring_bytes,
+            policy_ct,
+            sock_revnat,
+            events,
             names: ("--max-services", "--max-backends", "--max-endpoints"),
         };
         let nodeport = !self.device.is_empty();
+        let packet_lb = nodeport || self.socket_lb_host_netns_only || self.cni.cni;
         let uses = Uses {
-            packet_lb: nodeport || self.socket_lb_host_netns_only || self.cni.cni,
+            packet_lb,
             socket_lb: true,
             nodeport,
             cni: self.cni.cni,
             bandwidth: self.cni.bandwidth_manager,
             xdp: self.nodeport_acceleration != Acceleration::Disabled,
+            packet_events: packet_lb,
         };
         Ok(MapSizes::new(uses, settings))
     }
