@@ -9,7 +9,8 @@
 //!   population of its three reals (the algorithm Katran's userspace uses, written here);
 //! - `ctl_array[0]`: the default gateway's MAC, the outer frame's destination;
 //! - `lru_mapping[cpu]`: a connection table (`LRU_HASH`, flow key → real position) per possible
-//!   CPU, `LRU_SIZE` entries split over them, as Katran makes one per forwarding core; with
+//!   CPU, `LRU_SIZE` entries (Katran's default `LruSize`, or `OXILIUM_BENCH_KATRAN_LRU=N`)
+//!   split over them, as Katran makes one per forwarding core; with
 //!   `OXILIUM_BENCH_KATRAN_LRU=fallback` none, so Katran uses its 1,000-entry `fallback_cache`.
 //!
 //! Nothing in Katran's program is changed; every run must return XDP_TX (the harness checks it)
@@ -216,15 +217,20 @@ impl Katran {
         mac[..6].copy_from_slice(&GATEWAY_MAC);
         ctl.set(0, u64::from_ne_bytes(mac), 0).unwrap();
 
-        let per_cpu_lru = std::env::var("OXILIUM_BENCH_KATRAN_LRU").as_deref() != Ok("fallback");
+        let lru = std::env::var("OXILIUM_BENCH_KATRAN_LRU").ok();
+        let per_cpu_lru = lru.as_deref() != Some("fallback");
+        let size: u32 = lru.filter(|_| per_cpu_lru).map_or(LRU_SIZE, |v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("OXILIUM_BENCH_KATRAN_LRU={v}: {e}"))
+        });
         let cpus = aya::util::nr_cpus().unwrap() as u32;
         let about = if per_cpu_lru {
             let mut lrus: ArrayOfMaps<_, MapData> =
                 ArrayOfMaps::try_from(map(&mut ebpf, "lru_mapping")).unwrap();
             for cpu in 0..cpus {
-                lrus.set(cpu, &lru_map(LRU_SIZE / cpus), 0).unwrap();
+                lrus.set(cpu, &lru_map(size / cpus), 0).unwrap();
             }
-            format!("per-CPU LRU {cpus} × {}", LRU_SIZE / cpus)
+            format!("per-CPU LRU {cpus} × {}", size / cpus)
         } else {
             "no per-CPU LRU: fallback_cache (1,000 entries)".to_string()
         };
