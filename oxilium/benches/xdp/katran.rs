@@ -235,7 +235,8 @@ impl Katran {
             "no per-CPU LRU: fallback_cache (1,000 entries)".to_string()
         };
         let about = format!(
-            "katran: {path}, balancer_ingress, IPIP, 3 reals per VIP, ring {RING_SIZE}, {about}"
+            "katran: {path}, balancer_ingress, IPIP flavor (checked on every frame), \
+             3 reals per VIP, ring {RING_SIZE}, {about}"
         );
         Katran {
             ebpf,

@@ -100,7 +100,10 @@ pub fn bench(ifindex: u32, base: &Baselines) {
          above XDP_PASS)"
     );
     if let Some(k) = &katran {
-        println!("{} (rows \"… katran\": DSR cases only)", k.about);
+        println!(
+            "{}; rows \"… katran\": the DSR cases, the same {n} flows",
+            k.about
+        );
     }
     common::single::header("XDP_PASS");
     let with_katran = {
