@@ -224,6 +224,10 @@ impl Katran {
                 .unwrap_or_else(|e| panic!("OXILIUM_BENCH_KATRAN_LRU={v}: {e}"))
         });
         let cpus = aya::util::nr_cpus().unwrap() as u32;
+        assert!(
+            size >= cpus,
+            "OXILIUM_BENCH_KATRAN_LRU={size}: at least one entry per CPU ({cpus})"
+        );
         let about = if per_cpu_lru {
             let mut lrus: ArrayOfMaps<_, MapData> =
                 ArrayOfMaps::try_from(map(&mut ebpf, "lru_mapping")).unwrap();
