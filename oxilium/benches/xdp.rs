@@ -40,6 +40,8 @@ use std::net::IpAddr;
 
 #[path = "xdp/events.rs"]
 mod events;
+#[path = "xdp/katran.rs"]
+mod katran;
 #[path = "xdp/live.rs"]
 mod live;
 #[path = "xdp/other.rs"]

@@ -12,12 +12,18 @@
 //! this is the way to see what a change did.
 //! The other build gets its own maps, holding a copy of ours (benches/xdp/other.rs), so that it
 //! may be one whose maps differ in type.
+//!
+//! `OXILIUM_BENCH_KATRAN=FILE` (Katran's balancer object, built from its sources: see
+//! docs/benchmarks.md) adds rows "… katran" to the DSR cases: Katran's XDP balancer on the same
+//! packets, in the same loop (benches/xdp/katran.rs). The bench thread then stays on one CPU
+//! (as RSS keeps a flow on one core for Katran's per-CPU connection tables).
 use super::*;
 use common::single::Baselines;
 
 /// IPv6 services and backends for the single-shot cases (the namespace has their neighbour).
 pub const SNAT6: &str = "[fd00::a]:80";
 pub const DSR6: &str = "[fd00::b]:80";
+pub const DSR4: &str = "10.10.0.3:80";
 pub const BACKEND6: &str = "[fd00::1]:80";
 
 /// A distinct client → `vip` frame per `i` (`round` changes the clients' network).
@@ -82,16 +88,30 @@ pub fn bench(ifindex: u32, base: &Baselines) {
             .map_or_else(|| f.to_string(), |n| n.to_string_lossy().into_owned());
         progs.push((fd(events_off(ebpf, pins)), name));
     }
+    let katran = std::env::var("OXILIUM_BENCH_KATRAN")
+        .ok()
+        .map(|f| katran::Katran::load(&f, DSR4, DSR6));
+    if katran.is_some() {
+        pin_to_this_cpu();
+    }
     println!(
         "\nsingle shot (repeat 1), median of {n} distinct flows, each run paired with one of the \
          raw XDP_PASS program and one of a program doing one bpf_fib_lookup (\"FIB only\": ns \
          above XDP_PASS)"
     );
+    if let Some(k) = &katran {
+        println!(
+            "{}; rows \"… katran\": the DSR cases, the same {n} flows",
+            k.about
+        );
+    }
     common::single::header("XDP_PASS");
-    for (family, snat, dsr) in [
-        ("IPv4", "10.10.0.1:80", "10.10.0.3:80"),
-        ("IPv6", SNAT6, DSR6),
-    ] {
+    let with_katran = {
+        let mut p = progs.clone();
+        p.extend(katran.iter().map(|k| (k.fd(), "katran".to_string())));
+        p
+    };
+    for (family, snat, dsr) in [("IPv4", "10.10.0.1:80", DSR4), ("IPv6", SNAT6, DSR6)] {
         case(
             &progs,
             base,
@@ -108,21 +128,58 @@ pub fn bench(ifindex: u32, base: &Baselines) {
             &format!("{family} SNAT, established flow"),
             &|i| flow(i, 0, snat),
         );
+        let misses = || katran.as_ref().map_or(0, |k| k.misses());
+        let before = misses();
         case(
-            &progs,
+            &with_katran,
             base,
             ifindex,
             n,
             &format!("{family} DSR, new flow"),
             &|i| flow(i, 1, dsr),
         );
+        let new = misses() - before;
         case(
-            &progs,
+            &with_katran,
             base,
             ifindex,
             n,
             &format!("{family} DSR, established flow"),
             &|i| flow(i, 1, dsr),
         );
+        let est = misses() - before - new;
+        if let Some(k) = &katran {
+            assert_eq!(
+                new,
+                u64::from(n),
+                "katran: every new-flow run missed its LRU"
+            );
+            if k.per_cpu_lru {
+                assert_eq!(est, 0, "katran: every established run found its flow");
+            }
+            println!("  (katran, {family}: connection-table misses: new {new}, established {est})");
+            let md = xdp_md(flow(0, 1, dsr).len(), ifindex);
+            k.check(&format!("{family} established"), &md, n, &|i| {
+                flow(i, 1, dsr)
+            });
+            k.check(&format!("{family} new"), &md, n, &|i| flow(i, 2, dsr));
+        }
+    }
+}
+
+/// Keeps the calling thread on the CPU it runs on.
+fn pin_to_this_cpu() {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t, for the calling thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+        println!("(bench thread pinned to CPU {cpu})");
     }
 }
