@@ -13,6 +13,9 @@
 //! The other build gets its own maps, holding a copy of ours (benches/xdp/other.rs), so that it
 //! may be one whose maps differ in type.
 //!
+//! Then the same cases again with `OXILIUM_BENCH_SERVICES` services in the maps (default 10 000;
+//! the first table has the bench's five), oxilium only.
+//!
 //! `OXILIUM_BENCH_KATRAN=FILE` (Katran's balancer object, built from its sources: see
 //! docs/benchmarks.md) adds rows "… katran" to the DSR cases: Katran's XDP balancer on the same
 //! packets, in the same loop (benches/xdp/katran.rs). The bench thread then stays on one CPU
@@ -68,7 +71,7 @@ pub fn bench(ifindex: u32, base: &Baselines) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let (ebpf, _rec, pins) = setup_in("single", 1024, 65535);
+    let (ebpf, mut rec, pins) = setup_in("single", 1024, 65535);
     let fd = |p: &Xdp| common::fd_of(p.fd().unwrap());
     let mut progs = vec![(fd(events_off(&ebpf, &pins)), String::new())];
     let others: Vec<String> = std::env::var("OXILIUM_BENCH_COMPARE")
@@ -163,6 +166,49 @@ pub fn bench(ifindex: u32, base: &Baselines) {
                 flow(i, 1, dsr)
             });
             k.check(&format!("{family} new"), &md, n, &|i| flow(i, 2, dsr));
+        }
+    }
+    at_scale(&progs[..1], base, ifindex, n, &mut rec);
+}
+
+/// The same cases with `OXILIUM_BENCH_SERVICES` (default 10 000) services in the maps: the bench's
+/// five plus one-backend services on other VIPs (10.20.0.0/16), programmed through the
+/// reconciler as the agent does. oxilium only (the other builds' maps hold copies of the five),
+/// on flows of their own (rounds 3 and 4).
+fn at_scale(
+    progs: &[(i32, String)],
+    base: &Baselines,
+    ifindex: u32,
+    n: u32,
+    rec: &mut Reconciler<KernelMaps>,
+) {
+    let total: usize = std::env::var("OXILIUM_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut m = model(300);
+    let filler = total.saturating_sub(m.services.len());
+    for i in 0..filler {
+        let vip = format!("10.20.{}.{}:80", i / 250, i % 250 + 1);
+        let mut s = service(&format!("filler{i}"), &vip, "10.10.0.2:80", 300);
+        s.algorithm = Algorithm::Random;
+        m.services.push(s);
+    }
+    let t = std::time::Instant::now();
+    rec.apply(&compile::compile(&m).unwrap()).unwrap();
+    println!(
+        "\nthe same, {} services in the maps ({filler} added through the reconciler in {:.1} s), oxilium only, new flows of their own",
+        m.services.len(),
+        t.elapsed().as_secs_f64()
+    );
+    common::single::header("XDP_PASS");
+    for (family, snat, dsr) in [("IPv4", "10.10.0.1:80", DSR4), ("IPv6", SNAT6, DSR6)] {
+        let services = m.services.len();
+        for (what, round, vip) in [("SNAT", 3, snat), ("DSR", 4, dsr)] {
+            for state in ["new", "established"] {
+                let name = format!("{family} {what}, {state} flow, {services} services");
+                case(progs, base, ifindex, n, &name, &|i| flow(i, round, vip));
+            }
         }
     }
 }
