@@ -21,14 +21,17 @@ use crate::api_source::{Changes, Kind};
 use crate::cluster::Cluster;
 use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{self, Manifests, Origin, SourceError};
-use files::{FileStamp, Parsed, stamp_of};
+use files::{NewDoc, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use record::{FileRecord, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+mod docs;
 mod files;
+mod record;
 
 /// Which kind an object is, in a file's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,37 +43,6 @@ enum Which {
 }
 
 type Id = (Which, ObjectKey);
-
-/// What the source keeps of one file: enough to tell it changed and to take its objects out.
-struct FileRecord {
-    stamp: FileStamp,
-    /// The objects it defines (each once).
-    objects: Objects,
-    /// Its rejected objects and in-file duplicates.
-    notes: Box<[Note]>,
-}
-
-/// A file's objects: most files define one, kept in the record itself.
-enum Objects {
-    One(Id),
-    Many(Box<[Id]>),
-}
-
-impl Objects {
-    fn new(mut ids: Vec<Id>) -> Objects {
-        match ids.len() {
-            1 => Objects::One(ids.pop().expect("one")),
-            _ => Objects::Many(ids.into()),
-        }
-    }
-
-    fn as_slice(&self) -> &[Id] {
-        match self {
-            Objects::One(id) => std::slice::from_ref(id),
-            Objects::Many(ids) => ids,
-        }
-    }
-}
 
 /// What the watcher says about a burst of events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +63,9 @@ pub struct Update {
     /// The files read (changed or new) and taken out (removed).
     pub read: usize,
     pub removed: usize,
+    /// Of the files of several YAML documents read, the documents parsed (those whose text
+    /// changed, or all of them when the file is parsed whole).
+    pub documents: usize,
 }
 
 /// A manifests folder as a [`Cluster`], followed per file.
@@ -125,7 +100,7 @@ impl FolderSource {
         let mut seen = HashMap::new();
         // A round of files at a time (see `files`).
         files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
-            s.insert(p, &mut ignored, Some(&mut seen));
+            s.insert(p, &mut ignored, Some(&mut seen), None);
             Ok(())
         })?;
         s.refresh_notes();
@@ -181,8 +156,8 @@ impl FolderSource {
             return Ok(had_refused.then(Update::default));
         }
         let mut parsed = Vec::with_capacity(changed.len());
-        for (i, r) in files::parse_all(&changed).into_iter().enumerate() {
-            match r {
+        for (i, path) in changed.iter().enumerate() {
+            match self.read_changed(path) {
                 Ok(p) => parsed.push(p),
                 Err(e) => {
                     // This file and the others of the change are looked at again next time.
@@ -196,6 +171,10 @@ impl FolderSource {
         let mut up = Update {
             read: parsed.len(),
             removed: removed.len(),
+            documents: parsed
+                .iter()
+                .map(|p| p.docs.iter().filter(|d| d.kept.is_none()).count())
+                .sum(),
             ..Default::default()
         };
         if self.touches_duplicates(&parsed, &removed) {
@@ -207,11 +186,15 @@ impl FolderSource {
             return Ok(Some(up));
         }
         let nodes_before = self.nodes_of(&parsed, &removed);
-        for path in parsed.iter().map(|p| &p.path).chain(&removed) {
-            self.remove(path, &mut up.changes);
+        let mut old = Vec::with_capacity(parsed.len());
+        for p in &parsed {
+            old.push(self.remove(&p.path, &p.docs, &mut up.changes));
         }
-        for p in parsed {
-            self.insert(p, &mut up.changes, None);
+        for path in &removed {
+            self.remove(path, &[], &mut up.changes);
+        }
+        for (p, old) in parsed.into_iter().zip(old) {
+            self.insert(p, &mut up.changes, None, old);
         }
         // A Node taken out and put back unchanged is no change.
         up.changes
@@ -219,6 +202,33 @@ impl FolderSource {
             .retain(|n| nodes_before.get(n) != Some(&self.cluster.node(n).cloned()));
         self.refresh_notes();
         Ok(Some(up))
+    }
+
+    /// Reads a changed file: only the documents whose text changed when the record lists its
+    /// documents; the whole file when one of them defines an object a document kept defines, or
+    /// two define the same (the later one wins, as in a whole read: a whole file's record knows).
+    fn read_changed(&self, path: &Path) -> Result<Parsed, SourceError> {
+        let Some(rec) = self.files.get(path).filter(|r| !r.docs().is_empty()) else {
+            return files::parse(path.to_path_buf());
+        };
+        let p = files::parse_changed(path.to_path_buf(), &rec.digests())?;
+        if p.docs.iter().all(|d| d.kept.is_none()) {
+            return Ok(p);
+        }
+        let dropped: HashSet<&Id> = rec.dropped(&p.docs).into_iter().collect();
+        let kept: HashSet<&Id> = rec
+            .objects
+            .as_slice()
+            .iter()
+            .filter(|id| !dropped.contains(id))
+            .collect();
+        let mut new = HashSet::new();
+        for id in ids_of(&p.manifests) {
+            if kept.contains(&id) || !new.insert(id) {
+                return files::parse(path.to_path_buf());
+            }
+        }
+        Ok(p)
     }
 
     /// The changed and removed files among `paths`, or None when the folder must be walked.
@@ -300,12 +310,7 @@ impl FolderSource {
     /// Whether the change touches an object defined, before or after it, in more than one file.
     fn touches_duplicates(&self, parsed: &[Parsed], removed: &[PathBuf]) -> bool {
         let mut old: HashSet<&Id> = HashSet::new();
-        for path in parsed.iter().map(|p| &p.path).chain(removed) {
-            for id in self
-                .files
-                .get(path)
-                .map(|r| r.objects.as_slice())
-                .unwrap_or(&[])
+        for id in self.old_objects(parsed, removed) {
             {
                 if self.dups.contains_key(id) {
                     return true;
@@ -327,18 +332,31 @@ impl FolderSource {
         false
     }
 
+    /// The objects the change takes out or replaces: those of the files removed, and of the
+    /// documents of the files read that were parsed again or are gone.
+    fn old_objects(&self, parsed: &[Parsed], removed: &[PathBuf]) -> Vec<&Id> {
+        let mut out = Vec::new();
+        for p in parsed {
+            out.extend(
+                self.files
+                    .get(&p.path)
+                    .map(|r| r.dropped(&p.docs))
+                    .unwrap_or_default(),
+            );
+        }
+        for r in removed.iter().filter_map(|p| self.files.get(p)) {
+            out.extend(r.objects.as_slice());
+        }
+        out
+    }
+
     /// The Nodes the change may touch, as they are now.
     fn nodes_of(
         &self,
         parsed: &[Parsed],
         removed: &[PathBuf],
     ) -> HashMap<String, Option<NodeInfo>> {
-        let old = parsed
-            .iter()
-            .map(|p| &p.path)
-            .chain(removed)
-            .filter_map(|p| self.files.get(p))
-            .flat_map(|r| r.objects.as_slice().iter().cloned());
+        let old = self.old_objects(parsed, removed).into_iter().cloned();
         let new = parsed.iter().flat_map(|p| ids_of(&p.manifests));
         old.chain(new)
             .filter(|(w, _)| *w == Which::Node)
@@ -349,12 +367,11 @@ impl FolderSource {
             .collect()
     }
 
-    /// Takes a file's objects out of the store.
-    fn remove(&mut self, path: &Path, ch: &mut Changes) {
-        let Some(rec) = self.files.remove(path) else {
-            return;
-        };
-        for id in rec.objects.as_slice() {
+    /// Takes a file's record out and its objects out of the store, but those of the documents
+    /// `docs` keeps; returns the record.
+    fn remove(&mut self, path: &Path, docs: &[NewDoc], ch: &mut Changes) -> Option<FileRecord> {
+        let rec = self.files.remove(path)?;
+        for id in rec.dropped(docs) {
             let c = &mut self.cluster;
             match id.0 {
                 Which::Service => Service::delete(&id.1, c, ch),
@@ -366,21 +383,26 @@ impl FolderSource {
                 self.pods.remove(&id.1);
             }
         }
+        Some(rec)
     }
 
-    /// Puts a file's objects into the store, in order. `seen` (a whole read) holds where each
-    /// object read so far was defined, to note duplicates across files; an update has none (see
-    /// `touches_duplicates`).
-    fn insert(&mut self, p: Parsed, ch: &mut Changes, seen: Option<&mut HashMap<Id, String>>) {
+    /// Puts a file's objects into the store, in order, and its record (built from `old` for
+    /// the documents kept). `seen` (a whole read) holds where each object read so far was
+    /// defined, to note duplicates across files; an update has none (see `touches_duplicates`).
+    fn insert(
+        &mut self,
+        p: Parsed,
+        ch: &mut Changes,
+        seen: Option<&mut HashMap<Id, String>>,
+        old: Option<FileRecord>,
+    ) {
         let Parsed {
             path,
             stamp,
             manifests: m,
+            docs,
         } = p;
-        let mut rec = Record {
-            objects: Vec::new(),
-            notes: m.rejected.iter().map(rejected_note).collect(),
-        };
+        let mut rec = Record::default();
         let mut local = HashMap::new();
         let seen = seen.unwrap_or(&mut local);
         let mut put = Put {
@@ -396,13 +418,22 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
+        let rejected = m
+            .rejected
+            .iter()
+            .map(|r| (rejected_note(r), r.origin.line))
+            .collect();
         let mut path = path;
         path.shrink_to_fit();
-        let rec = FileRecord {
+        let rec = record::build(
+            &path,
             stamp,
-            objects: Objects::new(rec.objects),
-            notes: rec.notes.into(),
-        };
+            rec,
+            rejected,
+            &docs,
+            old.as_ref(),
+            &mut self.cluster,
+        );
         self.files.insert(path, rec);
     }
 
@@ -414,12 +445,6 @@ impl FolderSource {
             .flat_map(|r| r.notes.iter().cloned())
             .collect();
     }
-}
-
-/// A file's record as it is built.
-struct Record {
-    objects: Vec<Id>,
-    notes: Vec<Note>,
 }
 
 /// One file's objects going into the store.
@@ -440,6 +465,7 @@ impl Put<'_> {
         for (o, obj) in list {
             let id = (which, obj.key());
             if let Some(prev) = self.seen.get(&id) {
+                self.rec.dup = true;
                 self.rec.notes.push(Note {
                     object: format!("{} {}", kind_name(which), id.1),
                     origin: Some(o.to_string()),
@@ -456,7 +482,9 @@ impl Put<'_> {
                 if which == Which::Pod {
                     self.pods.insert(id.1.clone());
                 }
-                self.rec.objects.push(id);
+                self.rec.objects.push((id, o.line));
+            } else {
+                self.rec.dup = true;
             }
             obj.apply(self.cluster, self.ch, Some(o));
         }

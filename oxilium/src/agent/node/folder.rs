@@ -67,6 +67,7 @@ impl FolderFollow {
         info!(
             read = up.read,
             removed = up.removed,
+            documents = up.documents,
             services = up.changes.services.len(),
             whole = up.whole,
             elapsed_us = started.elapsed().as_micros() as u64,
