@@ -24,8 +24,8 @@ use crate::manifests::{self, Manifests, Origin, SourceError};
 use files::{NewDoc, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use record::{FileRecord, Record};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use record::{FileMap, FileRecord, Record};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -72,7 +72,7 @@ pub struct Update {
 pub struct FolderSource {
     dir: PathBuf,
     cluster: Cluster,
-    files: BTreeMap<PathBuf, FileRecord>,
+    files: FileMap,
     /// The objects defined in more than one file, and in how many (the others are in one).
     dups: HashMap<Id, u32>,
     /// The Pods defined (the store keeps only those with host ports).
@@ -90,7 +90,7 @@ impl FolderSource {
         let mut s = FolderSource {
             dir: dir.to_path_buf(),
             cluster: Cluster::new(),
-            files: BTreeMap::new(),
+            files: FileMap::default(),
             dups: HashMap::new(),
             pods: HashSet::new(),
             refused: BTreeSet::new(),
@@ -103,6 +103,7 @@ impl FolderSource {
             s.insert(p, &mut ignored, Some(&mut seen), None);
             Ok(())
         })?;
+        s.files.shrink_to_fit();
         s.refresh_notes();
         Ok(s)
     }
@@ -256,7 +257,7 @@ impl FolderSource {
             match link {
                 // A temporary or swap file, unless it is a file read under another name.
                 Ok(l) if l.is_file() && !manifest_name => {
-                    if self.has_inode(l.dev(), l.ino()) {
+                    if self.has_inode(l.ino()) {
                         return None;
                     }
                 }
@@ -275,16 +276,16 @@ impl FolderSource {
     /// Walks the folder: the files new or differing, and those no longer there.
     fn scan(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>), SourceError> {
         let now = manifests::files(&self.dir)?;
-        let seen: HashSet<&PathBuf> = now.iter().collect();
+        let seen: HashSet<&Path> = now.iter().map(PathBuf::as_path).collect();
         let removed = self
             .files
             .keys()
             .filter(|p| !seen.contains(p))
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         let changed = now
             .iter()
-            .filter(|p| match self.files.get(*p) {
+            .filter(|p| match self.files.get(p) {
                 Some(rec) => stamp_of(p) != Some(rec.stamp),
                 None => true,
             })
@@ -293,18 +294,16 @@ impl FolderSource {
         Ok((changed, removed))
     }
 
-    fn has_inode(&self, dev: u64, ino: u64) -> bool {
-        self.files
-            .values()
-            .any(|r| r.stamp.2 == ino && r.stamp.3 == dev)
+    /// Whether a file read has this inode (on any device: a false match only walks the folder).
+    fn has_inode(&self, ino: u64) -> bool {
+        self.files.values().any(|r| r.stamp.ino == ino)
     }
 
     /// Whether some file read lies under `dir` (paths sort component by component).
     fn holds_files_under(&self, dir: &Path) -> bool {
         self.files
-            .range(dir.to_path_buf()..)
-            .next()
-            .is_some_and(|(p, _)| p.starts_with(dir))
+            .first_from(dir)
+            .is_some_and(|p| p.starts_with(dir))
     }
 
     /// Whether the change touches an object defined, before or after it, in more than one file.
@@ -423,8 +422,6 @@ impl FolderSource {
             .iter()
             .map(|r| (rejected_note(r), r.origin.line))
             .collect();
-        let mut path = path;
-        path.shrink_to_fit();
         let rec = record::build(
             &path,
             stamp,
@@ -434,7 +431,7 @@ impl FolderSource {
             old.as_ref(),
             &mut self.cluster,
         );
-        self.files.insert(path, rec);
+        self.files.insert(&path, rec);
     }
 
     /// The store's notes: those of every file, in path order.

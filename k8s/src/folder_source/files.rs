@@ -10,17 +10,22 @@
 use super::docs::{self, Digest};
 use crate::manifests::{self, Manifests, SourceError};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Files per round.
 const ROUND: usize = 256;
 /// Worker threads at most (fewer when the machine has fewer cores).
 const THREADS: usize = 4;
 
-/// Modification time, size, inode and device of a file as read.
-pub(super) type FileStamp = (SystemTime, u64, u64, u64);
+/// What tells a file changed: its inode, and a hash of its modification time, size, inode and
+/// device (16 bytes a file instead of 40: the record of each of 20,000 files counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    pub ino: u64,
+    digest: u64,
+}
 
 /// One file read and typed, not yet applied.
 pub(super) struct Parsed {
@@ -227,7 +232,12 @@ pub(super) fn stamp_of(path: &Path) -> Option<FileStamp> {
     if !m.is_file() {
         return None;
     }
-    Some((m.modified().ok()?, m.len(), m.ino(), m.dev()))
+    let state = foldhash::quality::FixedState::with_seed(0x0073_7461_6d70);
+    let digest = state.hash_one((m.modified().ok()?, m.len(), m.ino(), m.dev()));
+    Some(FileStamp {
+        ino: m.ino(),
+        digest,
+    })
 }
 
 #[cfg(test)]

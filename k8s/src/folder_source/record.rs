@@ -202,3 +202,57 @@ fn origin_of<'a>(c: &'a mut Cluster, (which, key): &Id) -> Option<&'a mut Option
         Which::Node => None,
     }
 }
+
+/// The records of the files read, by path: a vector sorted by path (the folder is read in path
+/// order) instead of a B-tree, whose nodes, filled in order, stay about half empty: at 20,000
+/// files that is about 2 MiB less.
+#[derive(Default)]
+pub(super) struct FileMap(Vec<(Box<Path>, FileRecord)>);
+
+impl FileMap {
+    fn find(&self, path: &Path) -> Result<usize, usize> {
+        self.0.binary_search_by(|(p, _)| (**p).cmp(path))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn get(&self, path: &Path) -> Option<&FileRecord> {
+        self.find(path).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, path: &Path) -> bool {
+        self.find(path).is_ok()
+    }
+
+    pub fn remove(&mut self, path: &Path) -> Option<FileRecord> {
+        self.find(path).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn insert(&mut self, path: &Path, rec: FileRecord) {
+        match self.find(path) {
+            Ok(i) => self.0[i].1 = rec,
+            Err(i) => self.0.insert(i, (path.into(), rec)),
+        }
+    }
+
+    /// The first path at or after `path`.
+    pub fn first_from(&self, path: &Path) -> Option<&Path> {
+        let i = self.find(path).unwrap_or_else(|i| i);
+        self.0.get(i).map(|(p, _)| &**p)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Path> {
+        self.0.iter().map(|(p, _)| &**p)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &FileRecord> {
+        self.0.iter().map(|(_, r)| r)
+    }
+
+    /// Gives back the spare room (after the whole read).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
