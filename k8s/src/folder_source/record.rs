@@ -63,12 +63,15 @@ impl FileRecord {
         for k in docs.iter().filter_map(|d| d.kept) {
             kept[k as usize] = true;
         }
-        self.spans()
-            .into_iter()
-            .zip(kept)
-            .filter(|(_, k)| !k)
-            .flat_map(|((o, _), _)| &all[o])
-            .collect()
+        let (mut out, mut at) = (Vec::new(), 0);
+        for (d, k) in self.docs().iter().zip(kept) {
+            let n = d.objects as usize;
+            if !k {
+                out.extend(&all[at..at + n]);
+            }
+            at += n;
+        }
+        out
     }
 }
 
@@ -142,7 +145,9 @@ pub(super) fn build(
         notes[doc_of(line)].push(n);
     }
     let spans = old.map(FileRecord::spans).unwrap_or_default();
-    let (mut all_ids, mut all_notes) = (Vec::new(), Vec::new());
+    let kept_ids = old.map_or(0, |o| o.objects.as_slice().len());
+    let mut all_ids = Vec::with_capacity(kept_ids + objects.iter().map(Vec::len).sum::<usize>());
+    let mut all_notes = Vec::new();
     let mut recs = Vec::with_capacity(docs.len());
     for (i, d) in docs.iter().enumerate() {
         let (ids, ns) = match (d.kept, old) {
