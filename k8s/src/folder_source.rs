@@ -216,18 +216,22 @@ impl FolderSource {
         if p.docs.iter().all(|d| d.kept.is_none()) {
             return Ok(p);
         }
-        let dropped: HashSet<&Id> = rec.dropped(&p.docs).into_iter().collect();
-        let kept: HashSet<&Id> = rec
-            .objects
-            .as_slice()
-            .iter()
-            .filter(|id| !dropped.contains(id))
-            .collect();
+        // The documents parsed are few (an edit): compared with the kept objects one by one,
+        // without hashing the file's thousands of objects.
         let mut new = HashSet::new();
-        for id in ids_of(&p.manifests) {
-            if kept.contains(&id) || !new.insert(id) {
-                return files::parse(path.to_path_buf());
+        if ids_of(&p.manifests).any(|id| !new.insert(id)) {
+            return files::parse(path.to_path_buf());
+        }
+        let clash = match new.len() {
+            0 => false,
+            1..=16 => {
+                let new: Vec<&Id> = new.iter().collect();
+                rec.kept(&p.docs).any(|id| new.contains(&id))
             }
+            _ => rec.kept(&p.docs).any(|id| new.contains(id)),
+        };
+        if clash {
+            return files::parse(path.to_path_buf());
         }
         Ok(p)
     }

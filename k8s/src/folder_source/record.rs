@@ -54,6 +54,24 @@ impl FileRecord {
         }
     }
 
+    /// The objects of the documents a read giving `docs` keeps.
+    pub(super) fn kept<'a>(&'a self, docs: &[NewDoc]) -> impl Iterator<Item = &'a Id> {
+        let all = self.objects.as_slice();
+        let mut kept = vec![false; self.docs().len()];
+        for k in docs.iter().filter_map(|d| d.kept) {
+            kept[k as usize] = true;
+        }
+        let mut at = 0;
+        self.docs()
+            .iter()
+            .zip(kept)
+            .flat_map(move |(d, k)| {
+                let n = d.objects as usize;
+                at += n;
+                if k { &all[at - n..at] } else { &all[..0] }
+            })
+    }
+
     pub(super) fn dropped(&self, docs: &[NewDoc]) -> Vec<&Id> {
         let all = self.objects.as_slice();
         if self.docs().is_empty() || docs.iter().all(|d| d.kept.is_none()) {
@@ -150,41 +168,41 @@ pub(super) fn build(
     let mut all_notes = Vec::new();
     let mut recs = Vec::with_capacity(docs.len());
     for (i, d) in docs.iter().enumerate() {
-        let (ids, ns) = match (d.kept, old) {
+        let (ids_before, notes_before) = (all_ids.len(), all_notes.len());
+        match (d.kept, old) {
             (Some(k), Some(old)) => {
                 let k = k as usize;
                 let (o, n) = spans[k].clone();
-                let ids = old.objects.as_slice()[o].to_vec();
-                let mut ns = old.notes[n].to_vec();
+                let ids = &old.objects.as_slice()[o];
+                let notes_at = all_notes.len();
+                all_notes.extend_from_slice(&old.notes[n]);
                 let was = old.docs()[k].line;
                 let delta = i64::from(d.line) - i64::from(was);
                 if delta != 0 {
-                    for id in &ids {
+                    for id in ids {
                         if let Some(Some(t)) = origin_of(cluster, id) {
                             *t = docs::moved_origin(t, path, delta).unwrap_or(std::mem::take(t));
                         }
                     }
-                    for n in ns.iter_mut() {
+                    for n in &mut all_notes[notes_at..] {
                         if let Some(t) = &mut n.origin {
                             *t = docs::moved_origin(t, path, delta).unwrap_or(std::mem::take(t));
                         }
                     }
                 }
-                (ids, ns)
+                all_ids.extend_from_slice(ids);
             }
-            _ => (
-                std::mem::take(&mut objects[i]),
-                std::mem::take(&mut notes[i]),
-            ),
-        };
+            _ => {
+                all_ids.append(&mut objects[i]);
+                all_notes.append(&mut notes[i]);
+            }
+        }
         recs.push(DocRecord {
             digest: d.digest,
             line: d.line,
-            objects: ids.len() as u32,
-            notes: ns.len() as u32,
+            objects: (all_ids.len() - ids_before) as u32,
+            notes: (all_notes.len() - notes_before) as u32,
         });
-        all_ids.extend(ids);
-        all_notes.extend(ns);
     }
     // In-file duplicates (the whole file was parsed: see `FolderSource::read_changed`).
     all_notes.extend(new.notes);
