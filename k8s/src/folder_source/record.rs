@@ -62,14 +62,11 @@ impl FileRecord {
             kept[k as usize] = true;
         }
         let mut at = 0;
-        self.docs()
-            .iter()
-            .zip(kept)
-            .flat_map(move |(d, k)| {
-                let n = d.objects as usize;
-                at += n;
-                if k { &all[at - n..at] } else { &all[..0] }
-            })
+        self.docs().iter().zip(kept).flat_map(move |(d, k)| {
+            let n = d.objects as usize;
+            at += n;
+            if k { &all[at - n..at] } else { &all[..0] }
+        })
     }
 
     pub(super) fn dropped(&self, docs: &[NewDoc]) -> Vec<&Id> {
