@@ -21,14 +21,17 @@ use crate::api_source::{Changes, Kind};
 use crate::cluster::Cluster;
 use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{self, Manifests, Origin, SourceError};
-use files::{FileStamp, Parsed, stamp_of};
+use files::{NewDoc, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use record::{FileMap, FileRecord, Record};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+mod docs;
 mod files;
+mod record;
 
 /// Which kind an object is, in a file's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,37 +43,6 @@ enum Which {
 }
 
 type Id = (Which, ObjectKey);
-
-/// What the source keeps of one file: enough to tell it changed and to take its objects out.
-struct FileRecord {
-    stamp: FileStamp,
-    /// The objects it defines (each once).
-    objects: Objects,
-    /// Its rejected objects and in-file duplicates.
-    notes: Box<[Note]>,
-}
-
-/// A file's objects: most files define one, kept in the record itself.
-enum Objects {
-    One(Id),
-    Many(Box<[Id]>),
-}
-
-impl Objects {
-    fn new(mut ids: Vec<Id>) -> Objects {
-        match ids.len() {
-            1 => Objects::One(ids.pop().expect("one")),
-            _ => Objects::Many(ids.into()),
-        }
-    }
-
-    fn as_slice(&self) -> &[Id] {
-        match self {
-            Objects::One(id) => std::slice::from_ref(id),
-            Objects::Many(ids) => ids,
-        }
-    }
-}
 
 /// What the watcher says about a burst of events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,13 +63,16 @@ pub struct Update {
     /// The files read (changed or new) and taken out (removed).
     pub read: usize,
     pub removed: usize,
+    /// Of the files of several YAML documents read, the documents parsed (those whose text
+    /// changed, or all of them when the file is parsed whole).
+    pub documents: usize,
 }
 
 /// A manifests folder as a [`Cluster`], followed per file.
 pub struct FolderSource {
     dir: PathBuf,
     cluster: Cluster,
-    files: BTreeMap<PathBuf, FileRecord>,
+    files: FileMap,
     /// The objects defined in more than one file, and in how many (the others are in one).
     dups: HashMap<Id, u32>,
     /// The Pods defined (the store keeps only those with host ports).
@@ -115,7 +90,7 @@ impl FolderSource {
         let mut s = FolderSource {
             dir: dir.to_path_buf(),
             cluster: Cluster::new(),
-            files: BTreeMap::new(),
+            files: FileMap::default(),
             dups: HashMap::new(),
             pods: HashSet::new(),
             refused: BTreeSet::new(),
@@ -125,9 +100,10 @@ impl FolderSource {
         let mut seen = HashMap::new();
         // A round of files at a time (see `files`).
         files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
-            s.insert(p, &mut ignored, Some(&mut seen));
+            s.insert(p, &mut ignored, Some(&mut seen), None);
             Ok(())
         })?;
+        s.files.shrink_to_fit();
         s.refresh_notes();
         Ok(s)
     }
@@ -181,8 +157,8 @@ impl FolderSource {
             return Ok(had_refused.then(Update::default));
         }
         let mut parsed = Vec::with_capacity(changed.len());
-        for (i, r) in files::parse_all(&changed).into_iter().enumerate() {
-            match r {
+        for (i, path) in changed.iter().enumerate() {
+            match self.read_changed(path) {
                 Ok(p) => parsed.push(p),
                 Err(e) => {
                     // This file and the others of the change are looked at again next time.
@@ -196,6 +172,10 @@ impl FolderSource {
         let mut up = Update {
             read: parsed.len(),
             removed: removed.len(),
+            documents: parsed
+                .iter()
+                .map(|p| p.docs.iter().filter(|d| d.kept.is_none()).count())
+                .sum(),
             ..Default::default()
         };
         if self.touches_duplicates(&parsed, &removed) {
@@ -207,11 +187,15 @@ impl FolderSource {
             return Ok(Some(up));
         }
         let nodes_before = self.nodes_of(&parsed, &removed);
-        for path in parsed.iter().map(|p| &p.path).chain(&removed) {
-            self.remove(path, &mut up.changes);
+        let mut old = Vec::with_capacity(parsed.len());
+        for p in &parsed {
+            old.push(self.remove(&p.path, &p.docs, &mut up.changes));
         }
-        for p in parsed {
-            self.insert(p, &mut up.changes, None);
+        for path in &removed {
+            self.remove(path, &[], &mut up.changes);
+        }
+        for (p, old) in parsed.into_iter().zip(old) {
+            self.insert(p, &mut up.changes, None, old);
         }
         // A Node taken out and put back unchanged is no change.
         up.changes
@@ -219,6 +203,37 @@ impl FolderSource {
             .retain(|n| nodes_before.get(n) != Some(&self.cluster.node(n).cloned()));
         self.refresh_notes();
         Ok(Some(up))
+    }
+
+    /// Reads a changed file: only the documents whose text changed when the record lists its
+    /// documents; the whole file when one of them defines an object a document kept defines, or
+    /// two define the same (the later one wins, as in a whole read: a whole file's record knows).
+    fn read_changed(&self, path: &Path) -> Result<Parsed, SourceError> {
+        let Some(rec) = self.files.get(path).filter(|r| !r.docs().is_empty()) else {
+            return files::parse(path.to_path_buf());
+        };
+        let p = files::parse_changed(path.to_path_buf(), &rec.digests())?;
+        if p.docs.iter().all(|d| d.kept.is_none()) {
+            return Ok(p);
+        }
+        // The documents parsed are few (an edit): compared with the kept objects one by one,
+        // without hashing the file's thousands of objects.
+        let mut new = HashSet::new();
+        if ids_of(&p.manifests).any(|id| !new.insert(id)) {
+            return files::parse(path.to_path_buf());
+        }
+        let clash = match new.len() {
+            0 => false,
+            1..=16 => {
+                let new: Vec<&Id> = new.iter().collect();
+                rec.kept(&p.docs).any(|id| new.contains(&id))
+            }
+            _ => rec.kept(&p.docs).any(|id| new.contains(id)),
+        };
+        if clash {
+            return files::parse(path.to_path_buf());
+        }
+        Ok(p)
     }
 
     /// The changed and removed files among `paths`, or None when the folder must be walked.
@@ -246,7 +261,7 @@ impl FolderSource {
             match link {
                 // A temporary or swap file, unless it is a file read under another name.
                 Ok(l) if l.is_file() && !manifest_name => {
-                    if self.has_inode(l.dev(), l.ino()) {
+                    if self.has_inode(l.ino()) {
                         return None;
                     }
                 }
@@ -265,16 +280,16 @@ impl FolderSource {
     /// Walks the folder: the files new or differing, and those no longer there.
     fn scan(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>), SourceError> {
         let now = manifests::files(&self.dir)?;
-        let seen: HashSet<&PathBuf> = now.iter().collect();
+        let seen: HashSet<&Path> = now.iter().map(PathBuf::as_path).collect();
         let removed = self
             .files
             .keys()
             .filter(|p| !seen.contains(p))
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         let changed = now
             .iter()
-            .filter(|p| match self.files.get(*p) {
+            .filter(|p| match self.files.get(p) {
                 Some(rec) => stamp_of(p) != Some(rec.stamp),
                 None => true,
             })
@@ -283,29 +298,22 @@ impl FolderSource {
         Ok((changed, removed))
     }
 
-    fn has_inode(&self, dev: u64, ino: u64) -> bool {
-        self.files
-            .values()
-            .any(|r| r.stamp.2 == ino && r.stamp.3 == dev)
+    /// Whether a file read has this inode (on any device: a false match only walks the folder).
+    fn has_inode(&self, ino: u64) -> bool {
+        self.files.values().any(|r| r.stamp.ino == ino)
     }
 
     /// Whether some file read lies under `dir` (paths sort component by component).
     fn holds_files_under(&self, dir: &Path) -> bool {
         self.files
-            .range(dir.to_path_buf()..)
-            .next()
-            .is_some_and(|(p, _)| p.starts_with(dir))
+            .first_from(dir)
+            .is_some_and(|p| p.starts_with(dir))
     }
 
     /// Whether the change touches an object defined, before or after it, in more than one file.
     fn touches_duplicates(&self, parsed: &[Parsed], removed: &[PathBuf]) -> bool {
         let mut old: HashSet<&Id> = HashSet::new();
-        for path in parsed.iter().map(|p| &p.path).chain(removed) {
-            for id in self
-                .files
-                .get(path)
-                .map(|r| r.objects.as_slice())
-                .unwrap_or(&[])
+        for id in self.old_objects(parsed, removed) {
             {
                 if self.dups.contains_key(id) {
                     return true;
@@ -327,18 +335,31 @@ impl FolderSource {
         false
     }
 
+    /// The objects the change takes out or replaces: those of the files removed, and of the
+    /// documents of the files read that were parsed again or are gone.
+    fn old_objects(&self, parsed: &[Parsed], removed: &[PathBuf]) -> Vec<&Id> {
+        let mut out = Vec::new();
+        for p in parsed {
+            out.extend(
+                self.files
+                    .get(&p.path)
+                    .map(|r| r.dropped(&p.docs))
+                    .unwrap_or_default(),
+            );
+        }
+        for r in removed.iter().filter_map(|p| self.files.get(p)) {
+            out.extend(r.objects.as_slice());
+        }
+        out
+    }
+
     /// The Nodes the change may touch, as they are now.
     fn nodes_of(
         &self,
         parsed: &[Parsed],
         removed: &[PathBuf],
     ) -> HashMap<String, Option<NodeInfo>> {
-        let old = parsed
-            .iter()
-            .map(|p| &p.path)
-            .chain(removed)
-            .filter_map(|p| self.files.get(p))
-            .flat_map(|r| r.objects.as_slice().iter().cloned());
+        let old = self.old_objects(parsed, removed).into_iter().cloned();
         let new = parsed.iter().flat_map(|p| ids_of(&p.manifests));
         old.chain(new)
             .filter(|(w, _)| *w == Which::Node)
@@ -349,12 +370,11 @@ impl FolderSource {
             .collect()
     }
 
-    /// Takes a file's objects out of the store.
-    fn remove(&mut self, path: &Path, ch: &mut Changes) {
-        let Some(rec) = self.files.remove(path) else {
-            return;
-        };
-        for id in rec.objects.as_slice() {
+    /// Takes a file's record out and its objects out of the store, but those of the documents
+    /// `docs` keeps; returns the record.
+    fn remove(&mut self, path: &Path, docs: &[NewDoc], ch: &mut Changes) -> Option<FileRecord> {
+        let rec = self.files.remove(path)?;
+        for id in rec.dropped(docs) {
             let c = &mut self.cluster;
             match id.0 {
                 Which::Service => Service::delete(&id.1, c, ch),
@@ -366,21 +386,26 @@ impl FolderSource {
                 self.pods.remove(&id.1);
             }
         }
+        Some(rec)
     }
 
-    /// Puts a file's objects into the store, in order. `seen` (a whole read) holds where each
-    /// object read so far was defined, to note duplicates across files; an update has none (see
-    /// `touches_duplicates`).
-    fn insert(&mut self, p: Parsed, ch: &mut Changes, seen: Option<&mut HashMap<Id, String>>) {
+    /// Puts a file's objects into the store, in order, and its record (built from `old` for
+    /// the documents kept). `seen` (a whole read) holds where each object read so far was
+    /// defined, to note duplicates across files; an update has none (see `touches_duplicates`).
+    fn insert(
+        &mut self,
+        p: Parsed,
+        ch: &mut Changes,
+        seen: Option<&mut HashMap<Id, String>>,
+        old: Option<FileRecord>,
+    ) {
         let Parsed {
             path,
             stamp,
             manifests: m,
+            docs,
         } = p;
-        let mut rec = Record {
-            objects: Vec::new(),
-            notes: m.rejected.iter().map(rejected_note).collect(),
-        };
+        let mut rec = Record::default();
         let mut local = HashMap::new();
         let seen = seen.unwrap_or(&mut local);
         let mut put = Put {
@@ -396,14 +421,21 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
-        let mut path = path;
-        path.shrink_to_fit();
-        let rec = FileRecord {
+        let rejected = m
+            .rejected
+            .iter()
+            .map(|r| (rejected_note(r), r.origin.line))
+            .collect();
+        let rec = record::build(
+            &path,
             stamp,
-            objects: Objects::new(rec.objects),
-            notes: rec.notes.into(),
-        };
-        self.files.insert(path, rec);
+            rec,
+            rejected,
+            &docs,
+            old.as_ref(),
+            &mut self.cluster,
+        );
+        self.files.insert(&path, rec);
     }
 
     /// The store's notes: those of every file, in path order.
@@ -414,12 +446,6 @@ impl FolderSource {
             .flat_map(|r| r.notes.iter().cloned())
             .collect();
     }
-}
-
-/// A file's record as it is built.
-struct Record {
-    objects: Vec<Id>,
-    notes: Vec<Note>,
 }
 
 /// One file's objects going into the store.
@@ -440,6 +466,7 @@ impl Put<'_> {
         for (o, obj) in list {
             let id = (which, obj.key());
             if let Some(prev) = self.seen.get(&id) {
+                self.rec.dup = true;
                 self.rec.notes.push(Note {
                     object: format!("{} {}", kind_name(which), id.1),
                     origin: Some(o.to_string()),
@@ -456,7 +483,9 @@ impl Put<'_> {
                 if which == Which::Pod {
                     self.pods.insert(id.1.clone());
                 }
-                self.rec.objects.push(id);
+                self.rec.objects.push((id, o.line));
+            } else {
+                self.rec.dup = true;
             }
             obj.apply(self.cluster, self.ch, Some(o));
         }

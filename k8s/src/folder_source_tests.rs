@@ -1,4 +1,5 @@
 //! The manifests folder followed per file: edits, deletes, renames and refused edits.
+use super::record::Objects;
 use super::*;
 use crate::manifests::tests::TempDir;
 
@@ -272,4 +273,163 @@ fn a_record_lists_its_objects_in_order() {
         assert_eq!(o.as_slice(), &ids(n)[..]);
         assert_eq!(matches!(o, Objects::One(_)), n == 1);
     }
+}
+
+/// The documents of a file: the Node, then each Service and its slice.
+fn documents(slices: &[String]) -> Vec<String> {
+    let mut docs = vec![NODE.to_string()];
+    for (i, (n, e)) in ["a", "b", "c"].iter().zip(slices).enumerate() {
+        docs.push(svc(n, &format!("10.96.0.{}", i + 1)));
+        docs.push(e.clone());
+    }
+    docs
+}
+
+/// Documents as one file, each after a `---` line.
+fn joined(docs: &[String]) -> String {
+    docs.iter().map(|d| format!("---\n{d}")).collect()
+}
+
+fn one_file(slices: &[String]) -> String {
+    joined(&documents(slices))
+}
+
+fn origin_of(s: &FolderSource, name: &str) -> String {
+    s.cluster().services[&key(name)].origin.clone().unwrap()
+}
+
+#[test]
+fn an_edit_in_a_file_of_documents_parses_that_document_only() {
+    let t = TempDir::new("docs");
+    let mut slices: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| eps(n, &[&format!("10.1.0.{}", i + 1)]))
+        .collect();
+    t.write("all.yaml", &one_file(&slices));
+    let mut s = FolderSource::read(&t.0).unwrap();
+    let file = t.0.join("all.yaml");
+    // `---` on line 1, the Node on 2-5, each Service 4 lines and slice 6 after their `---`.
+    assert_eq!(origin_of(&s, "c"), format!("{}:31", file.display()));
+    // b's slice edited, and a document of comments put first: every document moves down two
+    // lines; only b's slice is parsed again.
+    slices[1] = eps("b", &["10.1.0.2", "10.1.0.9"]);
+    t.write(
+        "all.yaml",
+        &format!("# two\n# lines\n{}", one_file(&slices)),
+    );
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!((up.read, up.documents, up.whole), (1, 2, false));
+    assert_eq!(up.changes.services, BTreeSet::from([key("b")]));
+    assert_eq!(endpoints_of(&s, "b"), ["10.1.0.2", "10.1.0.9"]);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.3"]);
+    // The documents kept say where they now are.
+    assert_eq!(origin_of(&s, "c"), format!("{}:33", file.display()));
+    // Documents reordered, nothing else: nothing is parsed, nothing changes.
+    let mut docs = documents(&slices);
+    docs.reverse();
+    t.write("all.yaml", &joined(&docs));
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!(up.documents, 0);
+    assert!(up.changes.services.is_empty(), "{:?}", up.changes);
+    assert!(up.changes.nodes.is_empty());
+    assert_eq!(origin_of(&s, "c"), format!("{}:9", file.display()));
+    assert_eq!(endpoints_of(&s, "b"), ["10.1.0.2", "10.1.0.9"]);
+    // A document taken out: its object goes.
+    docs.retain(|d| !d.contains("name: a-1"));
+    t.write("all.yaml", &joined(&docs));
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!((up.documents, up.changes.services.len()), (0, 1));
+    assert!(endpoints_of(&s, "a").is_empty());
+}
+
+#[test]
+fn a_bad_document_refuses_the_change_and_documents_move_between_files() {
+    let t = TempDir::new("docs");
+    let slices: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| eps(n, &["10.1.0.1"]))
+        .collect();
+    t.write("all.yaml", &one_file(&slices));
+    let mut s = FolderSource::read(&t.0).unwrap();
+    // An edit of a's slice and a bad port in c's, in one write: refused whole.
+    let mut bad = slices.clone();
+    bad[0] = eps("a", &["10.1.0.5"]);
+    bad[2] = eps("c", &["10.1.0.1"]).replace("port: 8080", "port: eighty");
+    t.write("all.yaml", &one_file(&bad));
+    let e = s.update(&paths(&t, &["all.yaml"])).unwrap_err().to_string();
+    let file = t.0.join("all.yaml");
+    assert!(
+        e.starts_with(&format!("{}:36: field `ports[0].port`", file.display())),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("(in the document at line 35, EndpointSlice default/c-1)"),
+        "{e}"
+    );
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.1"]);
+    // Fixed by moving c's slice to a file of its own in the same burst.
+    let mut fixed = one_file(&bad[..2]);
+    fixed.push_str(&format!("---\n{}", svc("c", "10.96.0.3")));
+    t.write("all.yaml", &fixed);
+    t.write("c.yaml", &eps("c", &["10.1.0.3"]));
+    let up = s
+        .update(&paths(&t, &["all.yaml", "c.yaml"]))
+        .unwrap()
+        .unwrap();
+    assert!(!up.whole);
+    assert_eq!(up.changes.services, BTreeSet::from([key("a"), key("c")]));
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.5"]);
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.3"]);
+    // And back, in one burst: taken out of c.yaml, put into all.yaml.
+    std::fs::remove_file(t.0.join("c.yaml")).unwrap();
+    fixed.push_str(&format!("---\n{}", eps("c", &["10.1.0.4"])));
+    t.write("all.yaml", &fixed);
+    let up = s
+        .update(&paths(&t, &["all.yaml", "c.yaml"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.read, up.removed, up.documents), (1, 1, 1));
+    assert_eq!(endpoints_of(&s, "c"), ["10.1.0.4"]);
+}
+
+#[test]
+fn an_object_defined_twice_in_a_file_of_documents_reads_it_whole() {
+    let t = TempDir::new("docs");
+    let slices: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| eps(n, &["10.1.0.1"]))
+        .collect();
+    t.write("all.yaml", &one_file(&slices));
+    let mut s = FolderSource::read(&t.0).unwrap();
+    // A second definition of b's slice after the first: the later one wins.
+    let two = format!("{}---\n{}", one_file(&slices), eps("b", &["10.1.0.8"]));
+    t.write("all.yaml", &two);
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!(up.documents, 8, "the whole file parsed");
+    assert_eq!(endpoints_of(&s, "b"), ["10.1.0.8"]);
+    assert!(
+        s.notes()[0].message.contains("defined again"),
+        "{:?}",
+        s.notes()
+    );
+    // The first definition edited: the file is parsed whole again (its record has no
+    // documents), the later one still wins.
+    let two = two.replacen("10.1.0.1", "10.1.0.2", 2);
+    t.write("all.yaml", &two);
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!(up.documents, 8);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.2"]);
+    assert_eq!(endpoints_of(&s, "b"), ["10.1.0.8"]);
+    // The duplicate gone: per document again.
+    t.write("all.yaml", &one_file(&slices));
+    s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert!(s.notes().is_empty());
+    t.write(
+        "all.yaml",
+        &one_file(&slices).replacen("10.1.0.1", "10.1.0.3", 1),
+    );
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    assert_eq!(up.documents, 1);
+    assert_eq!(endpoints_of(&s, "a"), ["10.1.0.3"]);
 }

@@ -97,6 +97,15 @@ pub enum SourceError {
         field: String,
         message: String,
     },
+    /// An error in one document of a file of several (the folder source parses them one by one).
+    #[error("{source} (in the document at line {line}{})", object.as_deref().map(|o| format!(", {o}")).unwrap_or_default())]
+    Document {
+        /// 1-based line where the document starts.
+        line: u64,
+        /// `Kind namespace/name` when the document parsed.
+        object: Option<String>,
+        source: Box<SourceError>,
+    },
 }
 
 /// Every object of the manifest files under `dir` (see the rules above), in order.

@@ -1,6 +1,7 @@
 //! The manifests folder as the node agent's source: read whole once ([`k8s::folder_source`]), then
 //! followed per change through the same path as the API source: the files that changed are read
-//! again, the Services they touch recompiled ([`ClusterTracker::changed`]) and only the map
+//! again (of a YAML file of several documents, only the documents whose text changed are parsed),
+//! the Services they touch recompiled ([`ClusterTracker::changed`]) and only the map
 //! entries that differ written (`Reconciler::apply_services`). A Node change, a HostPort pod, an
 //! object defined in two files, a change naming most Services, or the first change after a
 //! failed apply is compiled whole.
@@ -67,6 +68,7 @@ impl FolderFollow {
         info!(
             read = up.read,
             removed = up.removed,
+            documents = up.documents,
             services = up.changes.services.len(),
             whole = up.whole,
             elapsed_us = started.elapsed().as_micros() as u64,
