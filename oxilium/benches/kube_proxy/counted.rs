@@ -132,6 +132,14 @@ impl Datapath for Counted {
         pending.push((service_id, oxilium::bpf::lb_maps::new_table(backend_ids)?));
         Ok(())
     }
+    // Read back as the agent's maps do: the reconciler patches a table of the same size in place
+    // only when it can read the old one (without these the bench timed a swap on every change).
+    fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        self.maps.read_table(service_id)
+    }
+    fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
+        self.maps.read_affinity(service_id)
+    }
     fn commit_tables(&mut self) -> Result<()> {
         timed(&mut self.ops.table_time, || self.maps.commit_tables())
     }
