@@ -114,24 +114,26 @@ fn node_agent_maps_follow_its_flags_and_refuse_more_services_whole() {
         "{log}"
     );
     assert!(!bad.pins().join(names::SERVICES).exists());
-    for (flag, value, said) in [
+    for (args, said) in [
         (
-            "--sock-revnat-max-entries",
-            "1000",
+            &["--sock-revnat-max-entries", "1000"][..],
             "--sock-revnat-max-entries: must be 1024..=16777216, got 1000",
         ),
         (
-            "--policy-ct-max-entries",
-            "16777217",
+            &["--cni", "--policy-ct-max-entries", "16777217"][..],
             "--policy-ct-max-entries: must be 1024..=16777216, got 16777217",
         ),
+        // It sizes a map only --cni loads: refused without it rather than ignored.
         (
-            "--events-max-flows",
-            "0",
+            &["--policy-ct-max-entries", "4096"][..],
+            "the following required arguments were not provided:\n  --cni",
+        ),
+        (
+            &["--events-max-flows", "0"][..],
             "--events-max-flows: must be 1024..=16777216, got 0",
         ),
     ] {
-        let mut bad = node_agent(&ns, "msb", &[flag, value]);
+        let mut bad = node_agent(&ns, "msb", args);
         bad.write_file("manifests/all.yaml", &manifests(1));
         let log = refused(&mut bad);
         assert!(log.contains(said), "{log}");

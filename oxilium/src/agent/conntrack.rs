@@ -19,7 +19,7 @@ pub struct CtFlags {
     pub snat_max_entries: u32,
     /// --role node --cni: the policy's conntrack size (an LRU of the flows the pods' policies
     /// let through, one entry per flow and pod; an evicted flow is checked again).
-    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_POLICY_CT_ENTRIES)]
+    #[arg(long, default_value_t = crate::bpf::sizes::DEFAULT_POLICY_CT_ENTRIES, requires = "cni")]
     pub policy_ct_max_entries: u32,
     /// --role node: the socket LB's reverse translations of unconnected UDP (an LRU of
     /// (socket, backend) pairs: without its entry a reply shows the backend's address).

@@ -166,3 +166,25 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::Parser;
+
+    /// A flag that sizes a map only `--cni` loads is refused without `--cni`, by name, instead
+    /// of being accepted and doing nothing.
+    #[test]
+    fn policy_ct_size_needs_cni() {
+        let node = ["oxilium", "agent", "--role", "node"];
+        let flag = ["--policy-ct-max-entries", "4096"];
+        let e = Cli::try_parse_from(node.iter().chain(&flag))
+            .err()
+            .expect("accepted without --cni")
+            .to_string();
+        assert!(e.contains("--policy-ct-max-entries") && e.contains("--cni"), "{e}");
+        assert!(Cli::try_parse_from(node.iter().chain(&flag).chain(&["--cni"])).is_ok());
+        // The default alone does not need --cni.
+        assert!(Cli::try_parse_from(node).is_ok());
+    }
+}
