@@ -148,7 +148,7 @@ fn service(name: &str, frontend: SocketAddr, scope: Scope, mode: Mode, backend: 
 /// The tc object loaded as the node agent loads it (NodePort::load, no device), the services of
 /// both parts programmed through model → compile → Reconciler, events off.
 fn setup(pins: &PinDir) -> (NodePort, Reconciler<KernelMaps>) {
-    let mut np = NodePort::load(pins.path(), &[]).expect("loading the tc object (root?)");
+    let mut np = NodePort::load(pins.path(), &[], false).expect("loading the tc object (root?)");
     let mut maps = np.lb_maps().expect("LB maps");
     maps.set_config(&LbConfig {
         snat_v4: compile::addr_bytes(IpAddr::V4(NODE)),

@@ -20,7 +20,7 @@ use std::{
 };
 use support::{
     agent::AgentProcess,
-    netns::{Netns, pod_ip, unique, veth, wire_pod},
+    netns::{Netns, pod_ip, sh, unique, veth, wire_pod},
     peer::{Answer, PeerServers, Seen, T, ask, spread},
 };
 
@@ -281,6 +281,27 @@ fn node_port_load_balancer_and_local_policy_from_outside() {
     b.agent.start();
     // Pods 1-3 (web), 1 (lb), 2 (loc), in both families.
     b.wait_endpoints(6);
+    // No --cni, so no L7 proxies: ext0's tc ingress runs the NodePort program alone, without
+    // the proxies' marking program in front of it (kernel: TCX links pinned in bpffs, read back
+    // by bpftool).
+    let pinned = |hook: &str| b.agent.pins().join(format!("link_np_{hook}_ext0"));
+    let ingress = pinned("ingress");
+    let link = sh(&[
+        "bpftool",
+        "-j",
+        "link",
+        "show",
+        "pinned",
+        ingress.to_str().unwrap(),
+    ]);
+    let link: Value = serde_json::from_slice(&link.stdout).unwrap();
+    // BPF_LINK_TYPE_TCX is 11 (older bpftool prints the number).
+    assert!(link["type"] == "tcx" || link["type"] == 11, "{link}");
+    let id = link["prog_id"].to_string();
+    let prog = sh(&["bpftool", "-j", "prog", "show", "id", &id]);
+    let prog: Value = serde_json::from_slice(&prog.stdout).unwrap();
+    assert_eq!(prog["name"], "oxilium_nodeport_ingress", "{prog}");
+    assert!(!pinned("l7").exists());
     for v6 in [false, true] {
         // NodePort: every local pod answers and sees the real client; UDP answers come back
         // from the node port itself (udp_ask checks the source).

@@ -144,8 +144,11 @@ pub fn l7_on_tunnel(pin_dir: &Path, device: &str, attach: bool) -> Result<()> {
 
 impl NodePort {
     /// Loads the tc object (maps pinned under `pin_dir`) and attaches both programs to every
-    /// device (names resolved in the calling thread's network namespace). Kernel: TCX (≥ 6.6).
-    pub fn load(pin_dir: &Path, devices: &[String]) -> Result<NodePort> {
+    /// device (names resolved in the calling thread's network namespace), and with `l7` (the L7
+    /// proxies run: `--cni`, `--l7-proxy`) [`L7_PROGRAM`] before them; without it, a link to
+    /// [`L7_PROGRAM`] an earlier run left is removed, so a node without proxies does not parse
+    /// every packet for them. Kernel: TCX (≥ 6.6).
+    pub fn load(pin_dir: &Path, devices: &[String], l7: bool) -> Result<NodePort> {
         prepare_pin_dir(pin_dir)?;
         let mut ebpf = loader::load_pinned(objects::tc(), pin_dir)?;
         for (name, attach, dir) in PROGRAMS {
@@ -159,7 +162,11 @@ impl NodePort {
                     .with_context(|| format!("{name} on {dev}"))?;
             }
         }
-        attach_l7(&mut ebpf, pin_dir, devices)?;
+        if l7 {
+            attach_l7(&mut ebpf, pin_dir, devices)?;
+        } else {
+            remove_links(pin_dir, devices, &["l7"])?;
+        }
         Ok(NodePort {
             endpoints: loader::take_map(&mut ebpf, names::ENDPOINTS)?,
             ranges: loader::take_map(&mut ebpf, names::SOURCE_RANGES)?,

@@ -182,7 +182,10 @@ mod tests {
             .err()
             .expect("accepted without --cni")
             .to_string();
-        assert!(e.contains("--policy-ct-max-entries") && e.contains("--cni"), "{e}");
+        assert!(
+            e.contains("--policy-ct-max-entries") && e.contains("--cni"),
+            "{e}"
+        );
         assert!(Cli::try_parse_from(node.iter().chain(&flag).chain(&["--cni"])).is_ok());
         // The default alone does not need --cni.
         assert!(Cli::try_parse_from(node).is_ok());

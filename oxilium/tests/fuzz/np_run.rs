@@ -28,7 +28,7 @@ pub fn nodeport(
     let setup = mtu_netns(mtu);
     let ns = ThreadNetns::named(&setup.iter().map(String::as_str).collect::<Vec<_>>());
     let dir = PinDir::new(&unique("fuzz-np"));
-    let mut np = NodePort::load(dir.path(), &[]).expect("loading the NodePort tc object");
+    let mut np = NodePort::load(dir.path(), &[], false).expect("loading the NodePort tc object");
     let mut ebpf = loader::load_xdp_object(dir.path(), XdpMode::default()).expect("XDP object");
     let xdp: &mut Xdp = ebpf
         .program_mut("oxilium_nodeport_xdp")

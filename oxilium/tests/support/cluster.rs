@@ -336,8 +336,10 @@ impl Cluster {
     /// LB's maps when one has ClientIP affinity).
     pub fn start(&mut self, model: &Model) {
         let devices = ["ext0".to_string(), "fab0".to_string()];
-        let mut np = in_netns(&self.node1, || NodePort::load(&self.pin_dir, &devices))
-            .expect("loading the NodePort programs (root, kernel ≥ 6.6 with TCX?)");
+        let mut np = in_netns(&self.node1, || {
+            NodePort::load(&self.pin_dir, &devices, false)
+        })
+        .expect("loading the NodePort programs (root, kernel ≥ 6.6 with TCX?)");
         let mut maps = np.lb_maps().expect("LB maps");
         maps.set_config(&LbConfig {
             snat_v4: compile::addr_bytes(ip(NODE1_FAB4)),

@@ -288,7 +288,8 @@ pub async fn start(args: &super::AgentArgs, state: &Shared) -> Result<Ebpf> {
             Acceleration::Native => Some(aya::programs::XdpMode::Driver),
             Acceleration::Generic => Some(aya::programs::XdpMode::Skb),
         };
-        let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp, ct)?;
+        let l7 = na.cni.cni && na.policy.l7_proxy;
+        let mut ext = NodePortDevices::load(&args.pin_dir, &na.device, xdp, ct, l7)?;
         ext.set_node_addresses(&[], device_addresses)?;
         Some(ext)
     };

@@ -60,15 +60,17 @@ impl NodePortDevices {
     /// Loads and attaches the NodePort programs to `devices` (maps pinned in `pin_dir`, shared
     /// with the socket LB) and sets the kernel settings they rely on. Ranges an earlier run left
     /// in the kernel are adopted, so the first sync removes the ones no longer wanted. With
-    /// `xdp`, the XDP acceleration is attached too (else one an earlier run left is removed).
+    /// `xdp`, the XDP acceleration is attached too (else one an earlier run left is removed);
+    /// with `l7`, the L7 proxies' program (crate::bpf::nodeport::NodePort::load).
     pub fn load(
         pin_dir: &Path,
         devices: &[String],
         xdp: Option<aya::programs::XdpMode>,
         ct: CtSettings,
+        l7: bool,
     ) -> Result<NodePortDevices> {
         crate::sysctl::prepare_lb(devices)?;
-        let mut np = NodePort::load(pin_dir, devices)
+        let mut np = NodePort::load(pin_dir, devices, l7)
             .with_context(|| format!("attaching the NodePort programs to {devices:?}"))?;
         np.accelerate(pin_dir, devices, xdp)
             .with_context(|| format!("attaching the NodePort XDP acceleration to {devices:?}"))?;

@@ -77,8 +77,9 @@ impl CniFlags {
         )
         .await?;
         // After the programs' load: it pins the masquerade exceptions map the router writes.
+        let l7 = args.node_args.policy.l7_proxy;
         let router =
-            super::routing::Router::start(&f.routing, node, &args.pin_dir, &f.pools()?).await?;
+            super::routing::Router::start(&f.routing, node, &args.pin_dir, &f.pools()?, l7).await?;
         a.router = Some(router);
         a.mtu_cap = f.routing.pod_mtu_cap();
         if f.bandwidth_manager {

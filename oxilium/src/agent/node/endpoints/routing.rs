@@ -80,12 +80,14 @@ pub struct Router {
 
 impl Router {
     /// Starts the task (tunnel mode: the device is made first). `node`: this node's name;
-    /// `pools`: its `--pod-cidr`s (never masqueraded, like every Node's pod CIDRs).
+    /// `pools`: its `--pod-cidr`s (never masqueraded, like every Node's pod CIDRs); `l7`: the L7
+    /// proxies run (`--l7-proxy`), so the tunnel device gets their program.
     pub async fn start(
         flags: &RoutingFlags,
         node: String,
         pin_dir: &std::path::Path,
         pools: &[IpNetwork],
+        l7: bool,
     ) -> Result<Router> {
         let mut except = flags.exceptions()?;
         except.extend_from_slice(pools);
@@ -111,7 +113,7 @@ impl Router {
                     .await
                     .with_context(|| format!("making the tunnel device {TUNNEL_DEVICE}"))?;
                 // Packets out of the tunnel to a pod whose L7 proxy holds their flow (docs/l7.md).
-                crate::bpf::nodeport::l7_on_tunnel(pin_dir, TUNNEL_DEVICE, true)
+                crate::bpf::nodeport::l7_on_tunnel(pin_dir, TUNNEL_DEVICE, l7)
                     .with_context(|| format!("the L7 program on {TUNNEL_DEVICE}"))?;
                 Some(i)
             }
