@@ -1,21 +1,114 @@
 //! Draining backends: removed once no live flow uses them.
-use super::{Changes, Datapath, Pass, Reconciler};
+//!
+//! A reap walks the whole flow maps (conntrack and SNAT: up to millions of entries), so the agent
+//! does it in three steps and holds its state only for the first and the last:
+//! 1. [`Reconciler::reap_plan`] (state held): the draining backends, each with its generation,
+//!    and a [`FlowWalk`] with handles of its own;
+//! 2. [`ReapPlan::walk`] (nothing held, any thread): one walk of the flow maps;
+//! 3. [`Reconciler::reap_commit`] (state held): removes the backends that still drain with the
+//!    same generation and had no live flow, deletes the ended flows the walk listed for them,
+//!    frees their ids.
+//!
+//! What may change between the walk and the commit, and why the commit stays right:
+//! - the backend came back (re-added while it drained): it left `draining`, so it is kept; if it
+//!   left and drains again, it has a new generation and is kept until a walk that started after
+//!   that;
+//! - its service was removed: the apply removed the backend and flushed its flows itself; it is no
+//!   longer in `draining` and the commit skips it. Its id may even have been given to a new backend
+//!   (which may drain too): the generation differs, nothing of it is touched;
+//! - a new flow to the backend: none can start, a draining backend is in no selection table and
+//!   no affinity entry picks it (see `lb::reconcile`'s module doc), so "no live flow" stays true;
+//! - a flow seen live ended meanwhile: the backend stays until the next reap;
+//! - a flow seen ended sees a late packet: it is deleted all the same, as the single-step reap
+//!   did (its walk and its flush were two walks too); that flow's next packet finds no entry;
+//! - the conntrack timeouts changed: the walk judged expiry with the config read at step 1;
+//! - entries evicted by the LRU during the walk: gone either way. The kernel walk copies a bucket
+//!   at a time under the bucket's lock, so an entry rewritten by the datapath meanwhile is seen
+//!   once, old or new.
+use super::{Changes, Datapath, FlowWalk, Pass, Reconciler, Walked};
 use anyhow::Result;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Step 1 of a reap: what the walk needs (see the module doc).
+pub struct ReapPlan<W> {
+    walker: W,
+    /// Draining backend id → its generation.
+    ids: BTreeMap<u32, u64>,
+}
+
+/// Step 2's result, for [`Reconciler::reap_commit`].
+pub struct ReapWalk<F> {
+    ids: BTreeMap<u32, u64>,
+    walked: Walked<F>,
+}
+
+impl<W: FlowWalk> ReapPlan<W> {
+    /// The walk of the flow maps: needs neither the reconciler nor its datapath.
+    pub fn walk(self) -> Result<ReapWalk<W::Flow>> {
+        let ids: BTreeSet<u32> = self.ids.keys().copied().collect();
+        Ok(ReapWalk {
+            walked: self.walker.walk(&ids)?,
+            ids: self.ids,
+        })
+    }
+
+    /// How many backends the walk is for.
+    pub fn backends(&self) -> usize {
+        self.ids.len()
+    }
+}
 
 impl<D: Datapath> Reconciler<D> {
     /// Removes the draining backends no live flow uses any more (their leftover closed or expired
-    /// flows flushed, their ids freed). Cost: one walk of the flow maps when some backend drains,
-    /// nothing otherwise; the agents call it every few seconds.
+    /// flows deleted, their ids freed): the three steps of the module doc in one call. Cost: one
+    /// walk of the flow maps when some backend drains, nothing otherwise.
     pub fn reap(&mut self) -> Result<Changes> {
-        if self.draining.is_empty() {
-            return Ok(Changes::default());
+        match self.reap_plan()? {
+            Some(plan) => self.reap_commit(plan.walk()?),
+            None => Ok(Changes::default()),
         }
-        let ids: BTreeSet<u32> = self.draining.keys().copied().collect();
+    }
+
+    /// Step 1 of a reap: None when no backend drains.
+    pub fn reap_plan(&self) -> Result<Option<ReapPlan<D::Walker>>> {
+        if self.draining.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ReapPlan {
+            walker: self.dp.flow_walker()?,
+            ids: self
+                .draining
+                .iter()
+                .map(|(id, (_, _, generation))| (*id, *generation))
+                .collect(),
+        }))
+    }
+
+    /// Step 3 of a reap: removes the backends the walk found without a live flow that still
+    /// drain with the generation they had at step 1, and deletes their ended flows.
+    pub fn reap_commit(
+        &mut self,
+        walk: ReapWalk<<D::Walker as FlowWalk>::Flow>,
+    ) -> Result<Changes> {
+        let ReapWalk { ids, walked } = walk;
+        let gone: BTreeSet<u32> = ids
+            .iter()
+            .filter(|(id, generation)| {
+                !walked.live.contains(id)
+                    && self.draining.get(id).map(|d| d.2) == Some(**generation)
+            })
+            .map(|(id, _)| *id)
+            .collect();
         let mut pass = Pass::default();
-        self.reap_ids(&ids, &mut pass)?;
-        if !pass.flushed.is_empty() {
-            pass.ch.flows_flushed = self.dp.flush_flows(&pass.flushed)?;
+        self.remove_drained(&gone, &mut pass)?;
+        let ended: Vec<_> = walked
+            .ended
+            .into_iter()
+            .filter(|(id, _)| gone.contains(id))
+            .map(|(_, f)| f)
+            .collect();
+        if !ended.is_empty() {
+            pass.ch.flows_flushed = self.dp.delete_flows(ended)?;
         }
         for id in pass.freed_backends {
             self.backend_ids.free(id);
@@ -29,20 +122,31 @@ impl<D: Datapath> Reconciler<D> {
     }
 
     /// Of the draining `ids`, removes those without a live flow (flush and free left to `pass`).
+    /// Used by an apply, with the state held, for the backends that start draining in it.
     pub(super) fn reap_ids(&mut self, ids: &BTreeSet<u32>, pass: &mut Pass) -> Result<()> {
         let live = self.dp.live_flows(ids)?;
-        for id in ids.difference(&live) {
-            let Some((key, addr)) = self.draining.remove(id) else {
+        let gone = ids.difference(&live).copied().collect();
+        let removed = self.remove_drained(&gone, pass)?;
+        pass.flushed.extend(removed);
+        Ok(())
+    }
+
+    /// Removes these draining backends (their flows and ids left to the caller, in `pass`);
+    /// returns those removed.
+    fn remove_drained(&mut self, ids: &BTreeSet<u32>, pass: &mut Pass) -> Result<Vec<u32>> {
+        let mut removed = Vec::new();
+        for id in ids {
+            let Some((key, addr, _)) = self.draining.remove(id) else {
                 continue;
             };
+            removed.push(*id);
             if let Some(s) = self.services.get_mut(&key) {
                 s.draining.remove(&addr);
             }
             self.dp.remove_backend(*id)?;
             pass.ch.backends_removed += 1;
-            pass.flushed.insert(*id);
             pass.freed_backends.push(*id);
         }
-        Ok(())
+        Ok(removed)
     }
 }
