@@ -71,6 +71,27 @@ pub fn update_u32(
     unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.map_err(|e| (e, attr.count as usize))
 }
 
+/// Sets `keys[i]` → `values[i]` in any map with update batches, in one syscall (Linux ≥ 5.6).
+pub fn update<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the kernel reads `count` keys and values from the slices, which outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+}
+
 /// The values of keys `0..n` of an array of u32 in one syscall (a lookup batch from the start).
 pub fn lookup_array_u32(map: BorrowedFd<'_>, n: u32) -> io::Result<Vec<u32>> {
     lookup_array(map, n)
@@ -113,11 +134,12 @@ pub fn lookup_array<V: aya::Pod + Default>(map: BorrowedFd<'_>, n: u32) -> io::R
 /// be seen. A bucket longer than `chunk` makes the kernel answer ENOSPC before copying anything:
 /// the chunk is doubled and the same batch asked again. Memory: one chunk of keys and values.
 /// An error of a kernel without batches is returned before `f` is called ([`unsupported`]).
+/// Returns the chunk the walk ended with (larger than asked after an ENOSPC).
 pub fn walk_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     chunk: u32,
     mut f: impl FnMut(&K, &V),
-) -> io::Result<()> {
+) -> io::Result<u32> {
     let mut chunk = chunk.max(1);
     let mut keys = vec![K::default(); chunk as usize];
     let mut values = vec![V::default(); chunk as usize];
@@ -158,7 +180,7 @@ pub fn walk_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
             f(k, v);
         }
         if last {
-            return Ok(());
+            return Ok(chunk);
         }
         token = next;
         first = false;

@@ -47,30 +47,42 @@ fn dup_lru<K: aya::Pod, V: aya::Pod>(
         .with_context(|| format!("opening the {name} map"))
 }
 
-/// Calls `f` on every element of `map`: lookup batches, or aya's iterator where the kernel has
-/// none.
+/// Calls `f` on every element of `map`: lookup batches of `chunk` elements, or aya's iterator
+/// (chunk 0, or a kernel without batches).
 fn each<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: &HashMap<MapData, K, V>,
     chunk: u32,
     mut f: impl FnMut(&K, &V),
 ) -> Result<()> {
     let fd = IterableMap::map(map).fd().as_fd();
-    match batch::walk_hash(fd, chunk, &mut f) {
-        Ok(()) => Ok(()),
-        Err(e) if batch::unsupported(&e) => {
+    let batched = match chunk {
+        0 => None,
+        _ => Some(batch::walk_hash(fd, chunk, &mut f)),
+    };
+    match batched {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) if !batch::unsupported(&e) => Err(e.into()),
+        _ => {
             for (k, v) in map.iter().filter_map(|r| r.ok()) {
                 f(&k, &v);
             }
             Ok(())
         }
-        Err(e) => Err(e.into()),
     }
 }
 
-/// Deletes `keys` from `map` (one batch, or one syscall per key); returns how many went.
-fn delete<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, keys: &[K]) -> Result<usize> {
+/// Deletes `keys` from `map` (one batch, or one syscall per key with `one_by_one` or a kernel
+/// without batches); returns how many went.
+fn delete<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    keys: &[K],
+    one_by_one: bool,
+) -> Result<usize> {
     if keys.is_empty() {
         return Ok(0);
+    }
+    if one_by_one {
+        return Ok(keys.iter().filter(|k| map.remove(k).is_ok()).count());
     }
     match batch::delete_keys(IterableMap::map(map).fd().as_fd(), keys) {
         Ok(n) => Ok(n),
@@ -104,10 +116,40 @@ impl FlowMaps {
         })
     }
 
-    /// The same handles walking `chunk` elements per lookup batch (tests and benches).
+    /// The same handles walking `chunk` elements per lookup batch (tests and benches); 0: aya's
+    /// iterator and one delete per key, as before lookup batches were used.
     pub fn with_chunk(mut self, chunk: u32) -> Self {
-        self.chunk = chunk;
+        self.set_chunk(chunk);
         self
+    }
+
+    /// See [`with_chunk`](Self::with_chunk).
+    pub fn set_chunk(&mut self, chunk: u32) {
+        self.chunk = chunk;
+    }
+
+    /// Writes conntrack entries in one update batch (tests and benches fill the map this way).
+    pub fn fill_conntrack(&self, entries: &[(FlowKey, CtEntry)]) -> Result<()> {
+        let (k, v): (Vec<FlowKey>, Vec<CtEntry>) = entries.iter().copied().unzip();
+        let fd = IterableMap::map(&self.conntrack).fd().as_fd();
+        Ok(batch::update(fd, &k, &v).context("writing conntrack entries")?)
+    }
+
+    /// Writes SNAT entries in one update batch (tests and benches).
+    pub fn fill_snat(&self, entries: &[(FlowKey, SnatEntry)]) -> Result<()> {
+        let (k, v): (Vec<FlowKey>, Vec<SnatEntry>) = entries.iter().copied().unzip();
+        let fd = IterableMap::map(&self.snat).fd().as_fd();
+        Ok(batch::update(fd, &k, &v).context("writing SNAT entries")?)
+    }
+
+    /// The conntrack map (tests walk it with [`batch::walk_hash`] directly).
+    pub fn conntrack_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        IterableMap::map(&self.conntrack).fd().as_fd()
+    }
+
+    /// The conntrack map's size (`max_entries`).
+    pub fn conntrack_max(&self) -> u32 {
+        self.conntrack.map().info().map_or(0, |i| i.max_entries())
     }
 
     /// Calls `f` on every conntrack entry.
@@ -184,8 +226,10 @@ impl FlowMaps {
                 Flow::Snat(k) => snat.push(*k),
             }
         }
-        let n = delete(&mut self.conntrack, &ct).context("deleting conntrack entries")?;
-        delete(&mut self.snat, &snat).context("deleting SNAT entries")?;
+        let one_by_one = self.chunk == 0;
+        let n =
+            delete(&mut self.conntrack, &ct, one_by_one).context("deleting conntrack entries")?;
+        delete(&mut self.snat, &snat, one_by_one).context("deleting SNAT entries")?;
         Ok(n)
     }
 }

@@ -196,6 +196,12 @@ impl KernelMaps {
         self.flows.handles(self.config().ok().map(|c| c.timeouts))
     }
 
+    /// Elements per lookup batch of the flow walks (0: aya's iterator, one delete per key; see
+    /// [`FlowMaps::with_chunk`]), for benches and tests.
+    pub fn set_flow_chunk(&mut self, chunk: u32) {
+        self.flows.set_chunk(chunk);
+    }
+
     /// Every SNAT entry; none when the map cannot be read.
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
         self.flows.snat_entries().unwrap_or_default()
