@@ -50,9 +50,6 @@ pub trait Datapath {
     /// A walker of the flow maps that needs nothing of `self` afterwards: a reap takes one under
     /// the agent's lock and walks with it after the lock is released (see [`Reconciler::reap_plan`]).
     fn flow_walker(&self) -> Result<Self::Walker>;
-    /// Deletes flows a walk listed as ended (those already gone are skipped); returns how many
-    /// conntrack entries went.
-    fn delete_flows(&mut self, flows: Vec<<Self::Walker as FlowWalk>::Flow>) -> Result<usize>;
     /// The backends among `backend_ids` that live flows still use (a flow neither closed nor
     /// expired in its state): a draining backend stays while it is listed.
     fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
@@ -85,6 +82,9 @@ pub trait FlowWalk: Send + 'static {
     /// One walk: which of `backend_ids` have a live flow, and the ended (closed or expired)
     /// flows of the others.
     fn walk(&self, backend_ids: &BTreeSet<u32>) -> Result<Walked<Self::Flow>>;
+    /// Deletes flows a walk listed as ended (those already gone are skipped); returns how many
+    /// conntrack entries went.
+    fn delete(&mut self, flows: Vec<Self::Flow>) -> Result<usize>;
 }
 
 /// What one walk of the flow maps found for some backends.
@@ -142,8 +142,9 @@ pub struct Reconciler<D> {
     /// Draining backend id → its service, address and generation (the entry is in that
     /// service's `draining`). The generation tells a reap that the backend drained all along.
     draining: BTreeMap<u32, (ServiceKey, SocketAddr, u64)>,
-    /// The generation the next backend that starts draining gets.
-    drain_gen: u64,
+    /// Backends a reap removed whose ended flows are being deleted: their ids are freed by
+    /// [`Reconciler::reap_free`] (see `reap`).
+    unfreed: BTreeSet<u32>,
 }
 
 /// What one apply collects before its last step (markers, removals, flush, freed ids).
@@ -212,7 +213,7 @@ impl<D: Datapath> Reconciler<D> {
                         SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
                     if b.state == abi_lb::BACKEND_DRAINING {
                         s.draining.insert((id, b));
-                        draining.insert(id, (key, addr, draining.len() as u64));
+                        draining.insert(id, (key, addr, reap::generation()));
                     } else {
                         s.backends.insert((id, b));
                     }
@@ -229,7 +230,7 @@ impl<D: Datapath> Reconciler<D> {
             backend_ids,
             limits,
             reserved: BTreeMap::new(),
-            drain_gen: draining.len() as u64,
+            unfreed: BTreeSet::new(),
             draining,
         };
         for id in orphans {
@@ -544,8 +545,7 @@ impl<D: Datapath> Reconciler<D> {
                 self.dp.set_backend(id, &b)?;
                 ch.backends_draining += 1;
                 real.draining.insert((id, b));
-                self.draining.insert(id, (*key, addr, self.drain_gen));
-                self.drain_gen += 1;
+                self.draining.insert(id, (*key, addr, reap::generation()));
                 pass.drained.insert(id);
                 continue;
             }
@@ -586,7 +586,7 @@ mod memory;
 mod reap;
 pub use limits::Limits;
 pub use memory::{MemoryDatapath, Snapshot};
-pub use reap::{ReapPlan, ReapWalk};
+pub use reap::{ReapDone, ReapFlush, ReapPlan, ReapWalk};
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]

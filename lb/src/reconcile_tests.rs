@@ -180,7 +180,8 @@ fn a_reap_walked_without_the_state_keeps_backends_that_came_back_or_changed_mean
     // Walked while both flows live: nothing goes, whatever ends before the commit.
     let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
     r.datapath_mut().flows.clear();
-    assert!(r.reap_commit(walk).unwrap().is_empty());
+    let flush = r.reap_commit(walk).unwrap();
+    assert!(r.reap_free(flush.run().unwrap()).is_empty());
     // Walked without flows; meanwhile b2 comes back, b3 leaves and drains again (its flow back).
     let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
     r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
@@ -189,15 +190,31 @@ fn a_reap_walked_without_the_state_keeps_backends_that_came_back_or_changed_mean
     r.apply(&compile(&model(vec![service("a", 80, &[1, 2])])).unwrap())
         .unwrap();
     assert_eq!(r.draining(), 1);
-    let ch = r.reap_commit(walk).unwrap();
+    let done = r.reap_commit(walk).unwrap().run().unwrap();
+    let ch = r.reap_free(done);
     assert!(ch.is_empty(), "{ch:?}");
     assert_eq!(r.datapath().backends[&b2].state, abi_lb::BACKEND_ACTIVE);
     assert_eq!(r.datapath().backends[&b3].state, abi_lb::BACKEND_DRAINING);
-    // Its flow ends: the next reap removes it.
+    // Its flow ends: the next reap removes it; its id is given out again only once freed, after
+    // its flows are deleted.
     r.datapath_mut().flows.clear();
-    assert_eq!(r.reap().unwrap().backends_removed, 1);
+    let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
+    let flush = r.reap_commit(walk).unwrap();
+    assert_eq!(flush.changes().backends_removed, 1);
     assert_eq!(r.draining(), 0);
     assert!(!r.datapath().backends.contains_key(&b3));
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 4])])).unwrap())
+        .unwrap();
+    assert_ne!(
+        r.backend_ids(&key)[&addr(4)],
+        b3,
+        "an id given out before its flows went"
+    );
+    let ch = r.reap_free(flush.run().unwrap());
+    assert_eq!(ch.backends_removed, 1);
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 4, 5])])).unwrap())
+        .unwrap();
+    assert_eq!(r.backend_ids(&key)[&addr(5)], b3);
 }
 
 #[test]

@@ -99,7 +99,7 @@ fn a_batched_walk_returns_exactly_the_maps_entries() {
     let keys: Vec<FlowKey> = want.keys().copied().collect();
     let mut all = flows.handles(None).unwrap();
     let gone = all
-        .delete(
+        .delete_entries(
             &keys
                 .iter()
                 .map(|k| oxilium::bpf::flows::Flow::Conntrack(*k))

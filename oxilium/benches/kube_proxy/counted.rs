@@ -147,11 +147,7 @@ impl Datapath for Counted {
     fn flow_walker(&self) -> Result<Self::Walker> {
         self.maps.flow_walker()
     }
-    fn delete_flows(&mut self, flows: Vec<oxilium::bpf::flows::Flow>) -> Result<usize> {
-        let n = self.maps.delete_flows(flows)?;
-        self.ops.deletes += n;
-        Ok(n)
-    }
+
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
         let n = timed(&mut self.ops.flush_time, || {
             self.maps.flush_flows(backend_ids)

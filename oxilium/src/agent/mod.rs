@@ -273,14 +273,16 @@ fn apply_model_inner(st: &mut State, model: lb::model::Model) -> Result<()> {
 pub(crate) const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Removes the draining backends whose flows have all ended; a failure is reported in `status`.
-/// The state is held only to take the plan and to commit it: the walk of the flow maps (the whole
-/// conntrack and SNAT maps) runs on a blocking thread meanwhile, so the API and the applies go on
-/// (see `lb::reconcile::reap` for what may change in between and why the commit stays right).
+/// The state is held only to take the plan, to remove the backends and to free their ids: the
+/// walk of the flow maps (the whole conntrack and SNAT maps) and the deletes of the removed
+/// backends' ended flows run on a blocking thread meanwhile, so the API and the applies go on (see
+/// `lb::reconcile::reap` for what may change in between and why each step stays right).
 pub(crate) async fn reap_draining(state: &Shared) {
     let report = |e: anyhow::Error| {
         warn!("removing drained backends: {e:#}");
         state.lock().unwrap().last_error = Some(format!("removing drained backends: {e:#}"));
     };
+    let blocking = |e: tokio::task::JoinError| anyhow::anyhow!("the reap's thread failed: {e}");
     let plan = {
         let st = state.lock().unwrap();
         let Some(rec) = st.reconciler.as_ref() else {
@@ -296,19 +298,29 @@ pub(crate) async fn reap_draining(state: &Shared) {
     let walk = match tokio::task::spawn_blocking(move || plan.walk()).await {
         Ok(Ok(walk)) => walk,
         Ok(Err(e)) => return report(e),
-        Err(e) => return report(anyhow::anyhow!("the walk of the flow maps failed: {e}")),
+        Err(e) => return report(blocking(e)),
     };
-    let done = {
+    let flush = {
         let mut st = state.lock().unwrap();
         let Some(rec) = st.reconciler.as_mut() else {
             return;
         };
         rec.reap_commit(walk)
     };
-    match done {
-        Ok(ch) if !ch.is_empty() => info!(?ch, "drained backends removed"),
-        Ok(_) => {}
-        Err(e) => report(e),
+    let flush = match flush {
+        Ok(flush) if flush.changes().is_empty() => return,
+        Ok(flush) => flush,
+        Err(e) => return report(e),
+    };
+    let done = match tokio::task::spawn_blocking(move || flush.run()).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return report(e),
+        Err(e) => return report(blocking(e)),
+    };
+    let mut st = state.lock().unwrap();
+    if let Some(rec) = st.reconciler.as_mut() {
+        let ch = rec.reap_free(done);
+        info!(?ch, "drained backends removed");
     }
 }
 

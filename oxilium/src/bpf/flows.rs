@@ -15,6 +15,13 @@ use aya::maps::{HashMap, IterableMap, MapData};
 use lb::reconcile::{FlowWalk, Walked};
 use std::{collections::BTreeSet, os::fd::AsFd};
 
+/// True for a flow neither closed nor expired in its state.
+fn is_live(timeouts: Option<&Timeouts>, now: u64, k: &FlowKey, v: &CtEntry) -> bool {
+    let idle = now.saturating_sub(v.last_seen_ns);
+    abi::ct::state(v.flags) != abi::ct::CLOSED
+        && !abi::ct::expired(v.flags, k.proto, idle, timeouts, v.svc_timeout_s)
+}
+
 /// One entry of a flow map, as a walk lists it for deletion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -187,19 +194,6 @@ impl FlowMaps {
         ]
     }
 
-    /// True for a flow neither closed nor expired in its state.
-    fn live(&self, now: u64, k: &FlowKey, v: &CtEntry) -> bool {
-        let idle = now.saturating_sub(v.last_seen_ns);
-        abi::ct::state(v.flags) != abi::ct::CLOSED
-            && !abi::ct::expired(
-                v.flags,
-                k.proto,
-                idle,
-                self.timeouts.as_ref(),
-                v.svc_timeout_s,
-            )
-    }
-
     /// Every conntrack and SNAT entry of flows pinned to these backends.
     pub fn pinned_to(&self, backend_ids: &BTreeSet<u32>) -> Result<Vec<Flow>> {
         let mut out = Vec::new();
@@ -218,7 +212,7 @@ impl FlowMaps {
 
     /// Deletes these entries (those already gone skipped); returns how many conntrack entries
     /// went.
-    pub fn delete(&mut self, flows: &[Flow]) -> Result<usize> {
+    pub fn delete_entries(&mut self, flows: &[Flow]) -> Result<usize> {
         let (mut ct, mut snat) = (Vec::new(), Vec::new());
         for f in flows {
             match f {
@@ -234,6 +228,25 @@ impl FlowMaps {
     }
 }
 
+impl FlowMaps {
+    /// The backends among `backend_ids` with a live flow (expiry judged with `timeouts`): one
+    /// walk of the conntrack map.
+    pub fn live(
+        &self,
+        backend_ids: &BTreeSet<u32>,
+        timeouts: Option<&Timeouts>,
+    ) -> Result<BTreeSet<u32>> {
+        let now = crate::events::record::monotonic_ns();
+        let mut live = BTreeSet::new();
+        self.each_conntrack(|k, v| {
+            if backend_ids.contains(&v.backend_id) && is_live(timeouts, now, k, v) {
+                live.insert(v.backend_id);
+            }
+        })?;
+        Ok(live)
+    }
+}
+
 impl FlowWalk for FlowMaps {
     type Flow = Flow;
 
@@ -245,18 +258,25 @@ impl FlowWalk for FlowMaps {
             if !backend_ids.contains(&v.backend_id) || live.contains(&v.backend_id) {
                 return;
             }
-            if self.live(now, k, v) {
+            if is_live(self.timeouts.as_ref(), now, k, v) {
                 live.insert(v.backend_id);
             } else {
                 ended.push((v.backend_id, Flow::Conntrack(*k)));
             }
         })?;
-        self.each_snat(|k, v| {
-            if backend_ids.contains(&v.backend_id) && !live.contains(&v.backend_id) {
-                ended.push((v.backend_id, Flow::Snat(*k)));
-            }
-        })?;
+        // The SNAT entries matter only for backends about to go.
+        if live.len() < backend_ids.len() {
+            self.each_snat(|k, v| {
+                if backend_ids.contains(&v.backend_id) && !live.contains(&v.backend_id) {
+                    ended.push((v.backend_id, Flow::Snat(*k)));
+                }
+            })?;
+        }
         ended.retain(|(id, _)| !live.contains(id));
         Ok(Walked { live, ended })
+    }
+
+    fn delete(&mut self, flows: Vec<Flow>) -> Result<usize> {
+        self.delete_entries(&flows)
     }
 }

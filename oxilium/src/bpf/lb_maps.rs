@@ -1,5 +1,5 @@
 //! The pinned maps behind the reconciler's `Datapath` trait, plus read access for the API.
-use super::flows::{Flow, FlowMaps};
+use super::flows::FlowMaps;
 use abi::lb::{
     BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, ServiceKey, ServiceSlot,
     ServiceValue, SnatEntry, names,
@@ -424,7 +424,7 @@ impl Datapath for KernelMaps {
 
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
         let flows = self.flows.pinned_to(backend_ids)?;
-        self.flows.delete(&flows)
+        self.flows.delete_entries(&flows)
     }
 
     type Walker = FlowMaps;
@@ -433,8 +433,9 @@ impl Datapath for KernelMaps {
         self.flow_maps()
     }
 
-    fn delete_flows(&mut self, flows: Vec<Flow>) -> Result<usize> {
-        self.flows.delete(&flows)
+    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
+        let timeouts = self.config().ok().map(|c| c.timeouts);
+        self.flows.live(backend_ids, timeouts.as_ref())
     }
 
     fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {

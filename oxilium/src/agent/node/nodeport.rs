@@ -315,9 +315,7 @@ mod tests {
         fn flow_walker(&self) -> Result<Self::Walker> {
             self.0.flow_walker()
         }
-        fn delete_flows(&mut self, flows: Vec<u32>) -> Result<usize> {
-            self.0.delete_flows(flows)
-        }
+
         fn set_affinity(&mut self, id: u32, t: Option<u32>) -> Result<()> {
             self.0.set_affinity(id, t)
         }
