@@ -139,14 +139,14 @@ impl FlowMaps {
     pub fn fill_conntrack(&self, entries: &[(FlowKey, CtEntry)]) -> Result<()> {
         let (k, v): (Vec<FlowKey>, Vec<CtEntry>) = entries.iter().copied().unzip();
         let fd = IterableMap::map(&self.conntrack).fd().as_fd();
-        Ok(batch::update(fd, &k, &v).context("writing conntrack entries")?)
+        batch::update(fd, &k, &v).context("writing conntrack entries")
     }
 
     /// Writes SNAT entries in one update batch (tests and benches).
     pub fn fill_snat(&self, entries: &[(FlowKey, SnatEntry)]) -> Result<()> {
         let (k, v): (Vec<FlowKey>, Vec<SnatEntry>) = entries.iter().copied().unzip();
         let fd = IterableMap::map(&self.snat).fd().as_fd();
-        Ok(batch::update(fd, &k, &v).context("writing SNAT entries")?)
+        batch::update(fd, &k, &v).context("writing SNAT entries")
     }
 
     /// The conntrack map (tests walk it with [`batch::walk_hash`] directly).
