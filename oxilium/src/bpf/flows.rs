@@ -56,7 +56,7 @@ fn dup_lru<K: aya::Pod, V: aya::Pod>(
 
 /// Calls `f` on every element of `map`: lookup batches of `chunk` elements, or aya's iterator
 /// (chunk 0, or a kernel without batches).
-fn each<K: aya::Pod + Default, V: aya::Pod + Default>(
+pub(crate) fn each<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: &HashMap<MapData, K, V>,
     chunk: u32,
     mut f: impl FnMut(&K, &V),

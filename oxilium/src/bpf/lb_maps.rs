@@ -283,8 +283,15 @@ impl Datapath for KernelMaps {
         }
     }
 
+    /// Lookup batches (one syscall per few thousand entries; aya's iterator without them): read
+    /// at every start and by `bpf lb list`.
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        Ok(self.services.iter().collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        super::flows::each(&self.services, super::batch::WALK_CHUNK, |k, v| {
+            out.push((*k, *v))
+        })
+        .with_context(|| format!("reading {}", names::SERVICES))?;
+        Ok(out)
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
