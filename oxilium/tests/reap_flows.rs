@@ -191,10 +191,32 @@ fn a_draining_backend_with_100k_flows_goes_only_when_they_end_and_the_others_sta
         "reaped with one live flow"
     );
     assert_eq!(state(&lb), Some(abi::lb::BACKEND_DRAINING));
-    // The last one ends: b3 goes with its 100 000 conntrack and 10 000 SNAT entries.
-    flows
-        .fill_conntrack(&[(drained[0].0, entry(b3, "closed"))])
+    // The last one ends, but b3 comes back between the walk and the commit: kept, flows intact.
+    let end = |how| [(drained[0].0, entry(b3, how))];
+    flows.fill_conntrack(&end("closed")).unwrap();
+    let walk = lb
+        .rec
+        .reap_plan()
+        .unwrap()
+        .expect("b3 drains")
+        .walk()
         .unwrap();
+    let without = lb.model.clone();
+    let mut with_b3 = without.clone();
+    with_b3.services[0].backends = web().backends;
+    lb.apply(with_b3);
+    let flush = lb.rec.reap_commit(walk).unwrap();
+    assert!(flush.changes().is_empty(), "{:?}", flush.changes());
+    let done = flush.run().unwrap();
+    assert!(lb.rec.reap_free(done).is_empty());
+    assert_eq!(state(&lb), Some(abi::lb::BACKEND_ACTIVE));
+    assert_eq!(walked(&flows).len(), 150_000);
+    // A flow of b3 again, b3 leaves again (drains), the flow ends: b3 goes with its 100 000
+    // conntrack and 10 000 SNAT entries.
+    flows.fill_conntrack(&end("live")).unwrap();
+    lb.apply(without);
+    assert_eq!(state(&lb), Some(abi::lb::BACKEND_DRAINING));
+    flows.fill_conntrack(&end("closed")).unwrap();
     let ch = lb.rec.reap().unwrap();
     assert_eq!((ch.backends_removed, ch.flows_flushed), (1, 100_000));
     assert_eq!(lb.rec.draining(), 0);
