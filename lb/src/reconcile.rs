@@ -77,7 +77,7 @@ pub trait Datapath {
 
 /// Reads the flow maps without the datapath (handles of its own, sendable to another thread).
 pub trait FlowWalk: Send + 'static {
-    /// One flow's entries (what [`Datapath::delete_flows`] deletes).
+    /// One flow's entries (what [`FlowWalk::delete`] deletes).
     type Flow: Send + 'static;
     /// One walk: which of `backend_ids` have a live flow, and the ended (closed or expired)
     /// flows of the others.
