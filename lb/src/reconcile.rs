@@ -45,9 +45,16 @@ pub trait Datapath {
     }
     /// Deletes the conntrack and SNAT entries of flows pinned to these backends; returns how many.
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
+    /// What walks the flow maps through handles of its own (see [`FlowWalk`]).
+    type Walker: FlowWalk;
+    /// A walker of the flow maps that needs nothing of `self` afterwards: a reap takes one under
+    /// the agent's lock and walks with it after the lock is released (see [`Reconciler::reap_plan`]).
+    fn flow_walker(&self) -> Result<Self::Walker>;
     /// The backends among `backend_ids` that live flows still use (a flow neither closed nor
     /// expired in its state): a draining backend stays while it is listed.
-    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>>;
+    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
+        Ok(self.flow_walker()?.walk(backend_ids)?.live)
+    }
     /// ClientIP affinity of a service (socket LB): `Some(timeout)` is written before the service
     /// entry that switches the flag on; `None` forgets the service's affinity entries.
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()>;
@@ -66,6 +73,27 @@ pub trait Datapath {
     fn limits(&self) -> Limits {
         Limits::default()
     }
+}
+
+/// Reads the flow maps without the datapath (handles of its own, sendable to another thread).
+pub trait FlowWalk: Send + 'static {
+    /// One flow's entries (what [`FlowWalk::delete`] deletes).
+    type Flow: Send + 'static;
+    /// One walk: which of `backend_ids` have a live flow, and the ended (closed or expired)
+    /// flows of the others.
+    fn walk(&self, backend_ids: &BTreeSet<u32>) -> Result<Walked<Self::Flow>>;
+    /// Deletes flows a walk listed as ended (those already gone are skipped); returns how many
+    /// conntrack entries went.
+    fn delete(&mut self, flows: Vec<Self::Flow>) -> Result<usize>;
+}
+
+/// What one walk of the flow maps found for some backends.
+#[derive(Debug)]
+pub struct Walked<F> {
+    /// Backends with a live flow.
+    pub live: BTreeSet<u32>,
+    /// Ended flows of the backends without a live flow, with their backend id.
+    pub ended: Vec<(u32, F)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,8 +139,12 @@ pub struct Reconciler<D> {
     limits: Limits,
     /// Ids given out by [`Reconciler::reserve_id`] to services not yet written.
     reserved: BTreeMap<ServiceKey, u32>,
-    /// Draining backend id → its service and address (the entry is in that service's `draining`).
-    draining: BTreeMap<u32, (ServiceKey, SocketAddr)>,
+    /// Draining backend id → its service, address and generation (the entry is in that
+    /// service's `draining`). The generation tells a reap that the backend drained all along.
+    draining: BTreeMap<u32, (ServiceKey, SocketAddr, u64)>,
+    /// Backends a reap removed whose ended flows are being deleted: their ids are freed by
+    /// [`Reconciler::reap_free`] (see `reap`).
+    unfreed: BTreeSet<u32>,
 }
 
 /// What one apply collects before its last step (markers, removals, flush, freed ids).
@@ -181,7 +213,7 @@ impl<D: Datapath> Reconciler<D> {
                         SocketAddr::new(crate::compile::bytes_addr(&b.addr), u16::from_be(b.port));
                     if b.state == abi_lb::BACKEND_DRAINING {
                         s.draining.insert((id, b));
-                        draining.insert(id, (key, addr));
+                        draining.insert(id, (key, addr, reap::generation()));
                     } else {
                         s.backends.insert((id, b));
                     }
@@ -198,6 +230,7 @@ impl<D: Datapath> Reconciler<D> {
             backend_ids,
             limits,
             reserved: BTreeMap::new(),
+            unfreed: BTreeSet::new(),
             draining,
         };
         for id in orphans {
@@ -512,7 +545,7 @@ impl<D: Datapath> Reconciler<D> {
                 self.dp.set_backend(id, &b)?;
                 ch.backends_draining += 1;
                 real.draining.insert((id, b));
-                self.draining.insert(id, (*key, addr));
+                self.draining.insert(id, (*key, addr, reap::generation()));
                 pass.drained.insert(id);
                 continue;
             }
@@ -553,6 +586,7 @@ mod memory;
 mod reap;
 pub use limits::Limits;
 pub use memory::{MemoryDatapath, Snapshot};
+pub use reap::{ReapDone, ReapFlush, ReapPlan, ReapWalk};
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]

@@ -164,6 +164,60 @@ fn a_draining_backend_that_comes_back_keeps_its_id_and_one_without_flows_goes_at
 }
 
 #[test]
+fn a_reap_walked_without_the_state_keeps_backends_that_came_back_or_changed_meanwhile() {
+    let mut r = Reconciler::open(MemoryDatapath::default()).unwrap();
+    let addr = |n: u8| -> SocketAddr { format!("10.0.1.{n}:80").parse().unwrap() };
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
+        .unwrap();
+    let key = crate::compile::service_key(&service("a", 80, &[]));
+    let ids = r.backend_ids(&key);
+    let (b2, b3) = (ids[&addr(2)], ids[&addr(3)]);
+    r.datapath_mut().flows.insert(1, b2);
+    r.datapath_mut().flows.insert(2, b3);
+    r.apply(&compile(&model(vec![service("a", 80, &[1])])).unwrap())
+        .unwrap();
+    assert_eq!(r.draining(), 2);
+    // Walked while both flows live: nothing goes, whatever ends before the commit.
+    let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
+    r.datapath_mut().flows.clear();
+    let flush = r.reap_commit(walk).unwrap();
+    assert!(r.reap_free(flush.run().unwrap()).is_empty());
+    // Walked without flows; meanwhile b2 comes back, b3 leaves and drains again (its flow back).
+    let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 3])])).unwrap())
+        .unwrap();
+    r.datapath_mut().flows.insert(3, b3);
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2])])).unwrap())
+        .unwrap();
+    assert_eq!(r.draining(), 1);
+    let done = r.reap_commit(walk).unwrap().run().unwrap();
+    let ch = r.reap_free(done);
+    assert!(ch.is_empty(), "{ch:?}");
+    assert_eq!(r.datapath().backends[&b2].state, abi_lb::BACKEND_ACTIVE);
+    assert_eq!(r.datapath().backends[&b3].state, abi_lb::BACKEND_DRAINING);
+    // Its flow ends: the next reap removes it; its id is given out again only once freed, after
+    // its flows are deleted.
+    r.datapath_mut().flows.clear();
+    let walk = r.reap_plan().unwrap().unwrap().walk().unwrap();
+    let flush = r.reap_commit(walk).unwrap();
+    assert_eq!(flush.changes().backends_removed, 1);
+    assert_eq!(r.draining(), 0);
+    assert!(!r.datapath().backends.contains_key(&b3));
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 4])])).unwrap())
+        .unwrap();
+    assert_ne!(
+        r.backend_ids(&key)[&addr(4)],
+        b3,
+        "an id given out before its flows went"
+    );
+    let ch = r.reap_free(flush.run().unwrap());
+    assert_eq!(ch.backends_removed, 1);
+    r.apply(&compile(&model(vec![service("a", 80, &[1, 2, 4, 5])])).unwrap())
+        .unwrap();
+    assert_eq!(r.backend_ids(&key)[&addr(5)], b3);
+}
+
+#[test]
 fn a_backend_leaving_a_udp_service_loses_its_flows_at_once() {
     let mut udp = service("d", 53, &[1, 2]);
     udp.frontend.protocol = Protocol::Udp;

@@ -32,6 +32,8 @@
 //!    only); oxilium's `Reconciler::apply` of the model with the change, counting map writes;
 //!    then the same change through the node agent's full and per-change paths, from a store of
 //!    10 000 Services and EndpointSlices (see `agent_path`).
+//! 3. The reap of a draining backend on a full conntrack map, before and after lookup batches and
+//!    the walk without the state lock (see `reap`; alone: `OXILIUM_BENCH_ONLY=reap`).
 #[path = "kube_proxy/agent_path.rs"]
 mod agent_path;
 #[path = "../tests/support/bpffs.rs"]
@@ -53,6 +55,8 @@ mod iptables;
 mod netns;
 #[path = "kube_proxy/paired.rs"]
 mod paired;
+#[path = "kube_proxy/reap.rs"]
+mod reap;
 use connect::*;
 use counted::*;
 use iptables::*;
@@ -185,6 +189,9 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches`: nothing to list.
     }
+    if std::env::var("OXILIUM_BENCH_ONLY").as_deref() == Ok("reap") {
+        return reap::reap_bench();
+    }
     let started = Instant::now();
     let connects = env_or("OXILIUM_BENCH_CONNECTS", 20_000);
     let restores = env_or("OXILIUM_BENCH_RESTORES", 5).max(1);
@@ -255,6 +262,7 @@ fn main() {
             ms(d)
         );
     }
+    reap::reap_bench();
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
     drop(_servers);
     drop(lb);

@@ -132,15 +132,12 @@ impl Datapath for MemoryDatapath {
         self.flows.retain(|_, b| !backend_ids.contains(b));
         Ok(before - self.flows.len())
     }
-    /// Every flow of the fake is live (a test ends one by removing it from `flows`).
-    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
-        Ok(self
-            .flows
-            .values()
-            .filter(|b| backend_ids.contains(b))
-            .copied()
-            .collect())
+    type Walker = FlowSnapshot;
+    /// A copy of `flows`: a test may change them between the walk and the commit of a reap.
+    fn flow_walker(&self) -> Result<FlowSnapshot> {
+        Ok(FlowSnapshot(self.flows.clone()))
     }
+
     fn set_affinity(&mut self, service_id: u32, timeout_s: Option<u32>) -> Result<()> {
         self.writes += 1;
         match timeout_s {
@@ -154,6 +151,30 @@ impl Datapath for MemoryDatapath {
     }
     fn read_affinity(&self, service_id: u32) -> Result<Option<u32>> {
         Ok(self.affinity.get(&service_id).copied())
+    }
+}
+
+/// The flows of a [`MemoryDatapath`] when its walker was taken. Every flow of the fake is live
+/// (a test ends one by removing it from `flows`), so no walk lists an ended one.
+#[derive(Debug, Clone)]
+pub struct FlowSnapshot(BTreeMap<u32, u32>);
+
+impl super::FlowWalk for FlowSnapshot {
+    type Flow = u32;
+    fn walk(&self, backend_ids: &BTreeSet<u32>) -> Result<super::Walked<u32>> {
+        Ok(super::Walked {
+            live: self
+                .0
+                .values()
+                .filter(|b| backend_ids.contains(b))
+                .copied()
+                .collect(),
+            ended: Vec::new(),
+        })
+    }
+    /// Never called with a flow: no walk lists one.
+    fn delete(&mut self, flows: Vec<u32>) -> Result<usize> {
+        Ok(flows.len())
     }
 }
 

@@ -143,9 +143,11 @@ impl Datapath for Counted {
     fn commit_tables(&mut self) -> Result<()> {
         timed(&mut self.ops.table_time, || self.maps.commit_tables())
     }
-    fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
-        self.maps.live_flows(backend_ids)
+    type Walker = <KernelMaps as Datapath>::Walker;
+    fn flow_walker(&self) -> Result<Self::Walker> {
+        self.maps.flow_walker()
     }
+
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
         let n = timed(&mut self.ops.flush_time, || {
             self.maps.flush_flows(backend_ids)

@@ -273,20 +273,77 @@ fn apply_model_inner(st: &mut State, model: lb::model::Model) -> Result<()> {
 pub(crate) const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Removes the draining backends whose flows have all ended; a failure is reported in `status`.
-pub(crate) fn reap_draining(state: &Shared) {
-    let mut st = state.lock().unwrap();
-    let Some(rec) = st.reconciler.as_mut() else {
-        return;
+/// The state is held only to take the plan, to remove the backends and to free their ids: the
+/// walk of the flow maps (the whole conntrack and SNAT maps) and the deletes of the removed
+/// backends' ended flows run on a blocking thread meanwhile, so the API and the applies go on (see
+/// `lb::reconcile::reap` for what may change in between and why each step stays right).
+pub(crate) async fn reap_draining(state: &Shared) {
+    let report = |e: anyhow::Error| {
+        warn!("removing drained backends: {e:#}");
+        state.lock().unwrap().last_error = Some(format!("removing drained backends: {e:#}"));
     };
-    if rec.draining() == 0 {
-        return;
+    let blocking = |e: tokio::task::JoinError| anyhow::anyhow!("the reap's thread failed: {e}");
+    let plan = {
+        let st = state.lock().unwrap();
+        let Some(rec) = st.reconciler.as_ref() else {
+            return;
+        };
+        rec.reap_plan()
+    };
+    let plan = match plan {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return,
+        Err(e) => return report(e),
+    };
+    let walk = match tokio::task::spawn_blocking(move || plan.walk()).await {
+        Ok(Ok(walk)) => walk,
+        Ok(Err(e)) => return report(e),
+        Err(e) => return report(blocking(e)),
+    };
+    let flush = {
+        let mut st = state.lock().unwrap();
+        let Some(rec) = st.reconciler.as_mut() else {
+            return;
+        };
+        rec.reap_commit(walk)
+    };
+    let flush = match flush {
+        Ok(flush) if flush.changes().is_empty() => return,
+        Ok(flush) => flush,
+        Err(e) => return report(e),
+    };
+    let done = match tokio::task::spawn_blocking(move || flush.run()).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return report(e),
+        Err(e) => return report(blocking(e)),
+    };
+    let mut st = state.lock().unwrap();
+    if let Some(rec) = st.reconciler.as_mut() {
+        let ch = rec.reap_free(done);
+        info!(?ch, "drained backends removed");
     }
-    match rec.reap() {
-        Ok(ch) if !ch.is_empty() => info!(?ch, "drained backends removed"),
-        Ok(_) => {}
-        Err(e) => {
-            warn!("removing drained backends: {e:#}");
-            st.last_error = Some(format!("removing drained backends: {e:#}"));
+}
+
+/// Runs [`reap_draining`] in a task of its own, one at a time: the loop that starts it goes on
+/// meanwhile. Dropping it stops the task.
+#[derive(Default)]
+pub(crate) struct Reaper(Option<tokio::task::JoinHandle<()>>);
+
+impl Reaper {
+    /// Starts a reap unless one still runs.
+    pub(crate) fn start(&mut self, state: &Shared) {
+        if self.0.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let state = state.clone();
+        self.0 = Some(tokio::spawn(async move { reap_draining(&state).await }));
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
         }
     }
 }

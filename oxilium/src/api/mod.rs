@@ -68,6 +68,9 @@ pub(crate) fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Val
     if path.trim_end_matches('/') == "/status" {
         return (StatusCode::OK, status(state));
     }
+    if path.trim_end_matches('/') == "/ct" {
+        return answer(conntrack(state));
+    }
     let st = state.lock().unwrap();
     let result = match path
         .split('/')
@@ -78,9 +81,12 @@ pub(crate) fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Val
         ["services"] => Ok(views::services(&st)),
         ["bpf", "lb"] => views::bpf_lb(&st),
         ["maglev", name] => views::maglev(&st, name),
-        ["ct"] => views::conntrack(&st),
         _ => Err(anyhow::anyhow!("no such endpoint: {path}")),
     };
+    answer(result)
+}
+
+fn answer(result: anyhow::Result<serde_json::Value>) -> (StatusCode, serde_json::Value) {
     match result {
         Ok(v) => (StatusCode::OK, v),
         Err(e) => (
@@ -88,6 +94,19 @@ pub(crate) fn handle(state: &Shared, path: &str) -> (StatusCode, serde_json::Val
             serde_json::json!({ "error": format!("{e:#}") }),
         ),
     }
+}
+
+/// The conntrack entries, walked after the state lock is released (handles of their own).
+fn conntrack(state: &Shared) -> anyhow::Result<serde_json::Value> {
+    let flows = {
+        let st = state.lock().unwrap();
+        let rec = st
+            .reconciler
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no LB datapath in this agent"))?;
+        rec.datapath().flow_maps()?
+    };
+    views::conntrack(&flows.conntrack()?)
 }
 
 /// The status; the conntrack and SNAT entries are counted (keys walked, nothing copied) after

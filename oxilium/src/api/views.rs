@@ -196,14 +196,9 @@ pub fn maglev(st: &State, name: &str) -> Result<Value> {
     Ok(json!({ "service": name, "id": id, "size": table.len(), "table": table }))
 }
 
-pub fn conntrack(st: &State) -> Result<Value> {
-    let rec = st
-        .reconciler
-        .as_ref()
-        .context("no LB datapath in this agent")?;
-    let dp = rec.datapath();
-    let list: Vec<Value> = dp
-        .conntrack()
+/// Conntrack entries as the API lists them.
+pub fn conntrack(entries: &[(abi_lb::FlowKey, abi_lb::CtEntry)]) -> Result<Value> {
+    let list: Vec<Value> = entries
         .iter()
         .map(|(k, v)| {
             json!({

@@ -1,4 +1,5 @@
 //! The pinned maps behind the reconciler's `Datapath` trait, plus read access for the API.
+use super::flows::FlowMaps;
 use abi::lb::{
     BPF_F_INNER_MAP, Backend, Counter, CtEntry, FlowKey, LbConfig, ServiceKey, ServiceSlot,
     ServiceValue, SnatEntry, names,
@@ -26,8 +27,8 @@ pub struct KernelMaps {
     tables_fd: OwnedFd,
     /// New selection tables of this pass, filled, waiting for [`Datapath::commit_tables`].
     pending_tables: Vec<(u32, Array<MapData, u32>)>,
-    conntrack: HashMap<MapData, FlowKey, CtEntry>,
-    snat: HashMap<MapData, FlowKey, SnatEntry>,
+    /// The conntrack and SNAT maps.
+    flows: FlowMaps,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, Counter>,
     service_stats: PerCpuArray<MapData, Counter>,
@@ -38,49 +39,8 @@ pub struct KernelMaps {
 
 /// Occupancy of the LRU maps read through handles of their own, taken by
 /// [`KernelMaps::occupancy_reader`] under the state lock and used after it is released, so that
-/// walking a large table never holds up the agent's loop. Keys are walked, nothing is copied.
-pub struct Occupancy {
-    conntrack: HashMap<MapData, FlowKey, CtEntry>,
-    snat: HashMap<MapData, FlowKey, SnatEntry>,
-}
-
-impl Occupancy {
-    /// (name, entries, max_entries) per map. An LRU map at its size evicts its least recently
-    /// used entry for each new one.
-    pub fn read(&self) -> Vec<(&'static str, usize, u32)> {
-        use aya::maps::IterableMap;
-        let max = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
-        vec![
-            (
-                "conntrack",
-                self.conntrack.keys().filter(|k| k.is_ok()).count(),
-                max(self.conntrack.map()),
-            ),
-            (
-                "snat",
-                self.snat.keys().filter(|k| k.is_ok()).count(),
-                max(self.snat.map()),
-            ),
-        ]
-    }
-}
-
-/// A new handle on an LRU hash map: its fd duplicated.
-fn dup_lru<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>> {
-    use aya::maps::IterableMap;
-    use std::os::fd::AsFd;
-    let fd = IterableMap::map(map)
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .with_context(|| format!("duplicating the {name} map's fd"))?;
-    let data = MapData::from_fd(fd).with_context(|| format!("opening the {name} map"))?;
-    HashMap::try_from(aya::maps::Map::LruHashMap(data))
-        .with_context(|| format!("opening the {name} map"))
-}
+/// walking a large table never holds up the agent's loop ([`FlowMaps::read`]).
+pub type Occupancy = FlowMaps;
 
 impl KernelMaps {
     /// Takes the maps out of a loaded XDP object (they are the pinned ones).
@@ -114,8 +74,10 @@ impl KernelMaps {
                 .with_context(|| format!("map {}", names::TABLES))?,
             tables_fd,
             pending_tables: Vec::new(),
-            conntrack: super::loader::take_map(ebpf, names::CONNTRACK)?,
-            snat: super::loader::take_map(ebpf, names::SNAT)?,
+            flows: FlowMaps::new(
+                super::loader::take_map(ebpf, names::CONNTRACK)?,
+                super::loader::take_map(ebpf, names::SNAT)?,
+            ),
             config: super::loader::take_map(ebpf, names::CONFIG)?,
             stats: super::loader::take_map(ebpf, names::STATS)?,
             service_stats: super::loader::take_map(ebpf, names::SERVICE_STATS)?,
@@ -216,21 +178,33 @@ impl KernelMaps {
         Ok(slots)
     }
 
+    /// Every conntrack entry (one lookup batch per few thousand: see [`FlowMaps`]); none when
+    /// the map cannot be read.
     pub fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
-        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+        self.flows.conntrack().unwrap_or_default()
     }
 
     /// Second handles on the LRU maps (their fds duplicated), to read their occupancy without the
     /// agent's state: see [`Occupancy`].
     pub fn occupancy_reader(&self) -> Result<Occupancy> {
-        Ok(Occupancy {
-            conntrack: dup_lru(&self.conntrack, "conntrack")?,
-            snat: dup_lru(&self.snat, "snat")?,
-        })
+        self.flows.handles(None)
     }
 
+    /// Second handles on the flow maps, judging expiry with the config's timeouts: what the API
+    /// and the reaps walk after the state lock is released.
+    pub fn flow_maps(&self) -> Result<FlowMaps> {
+        self.flows.handles(self.config().ok().map(|c| c.timeouts))
+    }
+
+    /// Elements per lookup batch of the flow walks (0: aya's iterator, one delete per key; see
+    /// [`FlowMaps::with_chunk`]), for benches and tests.
+    pub fn set_flow_chunk(&mut self, chunk: u32) {
+        self.flows.set_chunk(chunk);
+    }
+
+    /// Every SNAT entry; none when the map cannot be read.
     pub fn snat_entries(&self) -> Vec<(FlowKey, SnatEntry)> {
-        self.snat.iter().filter_map(|r| r.ok()).collect()
+        self.flows.snat_entries().unwrap_or_default()
     }
 
     fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
@@ -309,8 +283,15 @@ impl Datapath for KernelMaps {
         }
     }
 
+    /// Lookup batches (one syscall per few thousand entries; aya's iterator without them): read
+    /// at every start and by `bpf lb list`.
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        Ok(self.services.iter().collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        super::flows::each(&self.services, super::batch::WALK_CHUNK, |k, v| {
+            out.push((*k, *v))
+        })
+        .with_context(|| format!("reading {}", names::SERVICES))?;
+        Ok(out)
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
@@ -449,52 +430,19 @@ impl Datapath for KernelMaps {
     }
 
     fn flush_flows(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
-        let ct: Vec<FlowKey> = self
-            .conntrack
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        let snat: Vec<FlowKey> = self
-            .snat
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &ct {
-            let _ = self.conntrack.remove(k);
-        }
-        for k in &snat {
-            let _ = self.snat.remove(k);
-        }
-        Ok(ct.len())
+        let flows = self.flows.pinned_to(backend_ids)?;
+        self.flows.delete_entries(&flows)
+    }
+
+    type Walker = FlowMaps;
+
+    fn flow_walker(&self) -> Result<FlowMaps> {
+        self.flow_maps()
     }
 
     fn live_flows(&self, backend_ids: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
         let timeouts = self.config().ok().map(|c| c.timeouts);
-        let now = crate::events::record::monotonic_ns();
-        Ok(self
-            .conntrack
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| {
-                backend_ids.contains(&v.backend_id) && {
-                    let idle = now.saturating_sub(v.last_seen_ns);
-                    let closed = abi::ct::state(v.flags) == abi::ct::CLOSED;
-                    !closed
-                        && !abi::ct::expired(
-                            v.flags,
-                            k.proto,
-                            idle,
-                            timeouts.as_ref(),
-                            v.svc_timeout_s,
-                        )
-                }
-            })
-            .map(|(_, v)| v.backend_id)
-            .collect())
+        self.flows.live(backend_ids, timeouts.as_ref())
     }
 
     fn read_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {

@@ -4,6 +4,7 @@ pub mod batch;
 mod ct_upgrade;
 pub mod decap;
 pub mod endpoint;
+pub mod flows;
 pub mod lb_maps;
 pub mod loader;
 pub mod masq;

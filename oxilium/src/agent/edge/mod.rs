@@ -128,10 +128,11 @@ pub(super) async fn run(args: &AgentArgs, state: &Shared) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut reap = tokio::time::interval(super::REAP_EVERY);
+    let mut reaper = super::Reaper::default();
     loop {
         tokio::select! {
             _ = heartbeat.tick() => crate::metrics::health().tick(),
-            _ = reap.tick() => super::reap_draining(state),
+            _ = reap.tick() => reaper.start(state),
             _ = watch.changed() => {
                 let now = Stamp::file(&path);
                 if now != last {

@@ -408,6 +408,8 @@ struct Follower {
     checked: Instant,
     /// When draining backends were last checked.
     reaped: Instant,
+    /// The task that checks them.
+    reaper: super::Reaper,
     /// `--socket-lb-host-netns-only`: the pods' veths carrying the pod programs.
     pods: Option<pod_devices::PodDevices>,
     /// `--device`: their addresses are looked up for every whole view.
@@ -425,6 +427,7 @@ impl Follower {
             want: None,
             checked: Instant::now(),
             reaped: Instant::now(),
+            reaper: Default::default(),
             health: Default::default(),
             pods: st.pod_devices.take(),
             devices: st
@@ -472,7 +475,7 @@ impl Follower {
         crate::metrics::health().tick();
         if self.reaped.elapsed() >= super::REAP_EVERY {
             self.reaped = Instant::now();
-            super::reap_draining(state);
+            self.reaper.start(state);
         }
         if let Some(pods) = self.pods.as_mut()
             && let Some(e) = pod_devices::report(pods.tick().await)

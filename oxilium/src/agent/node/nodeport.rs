@@ -313,12 +313,11 @@ mod tests {
         fn flush_flows(&mut self, ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
             self.0.flush_flows(ids)
         }
-        fn live_flows(
-            &self,
-            ids: &std::collections::BTreeSet<u32>,
-        ) -> Result<std::collections::BTreeSet<u32>> {
-            self.0.live_flows(ids)
+        type Walker = <MemoryDatapath as Datapath>::Walker;
+        fn flow_walker(&self) -> Result<Self::Walker> {
+            self.0.flow_walker()
         }
+
         fn set_affinity(&mut self, id: u32, t: Option<u32>) -> Result<()> {
             self.0.set_affinity(id, t)
         }
