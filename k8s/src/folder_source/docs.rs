@@ -189,7 +189,7 @@ impl<R: std::io::Read> Reader<R> {
                 // The rest is a piece when not empty.
                 let (lo, len) = (self.lo, self.len);
                 self.lo = len;
-                return Ok((len > lo).then(|| Next::Doc(self.lo_line, lo..len)));
+                return Ok((len > lo).then_some(Next::Doc(self.lo_line, lo..len)));
             };
             let mut l = &self.buf[self.pos..end];
             if self.base + self.pos == 0 {
