@@ -101,7 +101,7 @@ impl FolderSource {
         let mut open = Taking::default();
         // A round of files (or of a big file's documents) at a time (see `files`).
         files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
-            s.put(&mut open, p.manifests, &mut ignored, Some(&mut seen));
+            s.put(&mut open, &p.manifests, &mut ignored, Some(&mut seen));
             if !p.more {
                 let t = std::mem::take(&mut open);
                 s.finish(t, &p.path, p.stamp, &p.docs, None);
@@ -399,7 +399,7 @@ impl FolderSource {
     /// the documents kept). An update has no `seen` (see `put`).
     fn insert(&mut self, p: Parsed, ch: &mut Changes, old: Option<FileRecord>) {
         let mut t = Taking::default();
-        self.put(&mut t, p.manifests, ch, None);
+        self.put(&mut t, &p.manifests, ch, None);
         self.finish(t, &p.path, p.stamp, &p.docs, old);
     }
 
@@ -409,7 +409,7 @@ impl FolderSource {
     fn put(
         &mut self,
         t: &mut Taking,
-        m: Manifests,
+        m: &Manifests,
         ch: &mut Changes,
         seen: Option<&mut HashMap<Id, String>>,
     ) {
@@ -422,10 +422,10 @@ impl FolderSource {
             cluster: &mut self.cluster,
             ch,
         };
-        put.all(Which::Service, m.services);
-        put.all(Which::EndpointSlice, m.endpoint_slices);
-        put.all(Which::Node, m.nodes);
-        put.all(Which::Pod, m.pods);
+        put.all(Which::Service, &m.services);
+        put.all(Which::EndpointSlice, &m.endpoint_slices);
+        put.all(Which::Node, &m.nodes);
+        put.all(Which::Pod, &m.pods);
         t.rejected
             .extend(m.rejected.iter().map(|r| (rejected_note(r), r.origin.line)));
     }
@@ -479,7 +479,7 @@ struct Put<'a> {
 }
 
 impl Put<'_> {
-    fn all<K: Kind>(&mut self, which: Which, list: Vec<(Origin, K)>) {
+    fn all<K: Kind>(&mut self, which: Which, list: &[(Origin, K)]) {
         for (o, obj) in list {
             let id = (which, obj.key());
             if let Some(prev) = self.seen.get(&id) {
@@ -504,7 +504,7 @@ impl Put<'_> {
             } else {
                 self.rec.dup = true;
             }
-            obj.apply(self.cluster, self.ch, Some(&o));
+            obj.apply(self.cluster, self.ch, Some(o));
         }
     }
 }
