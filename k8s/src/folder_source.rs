@@ -21,7 +21,7 @@ use crate::api_source::{Changes, Kind};
 use crate::cluster::Cluster;
 use crate::frontend::{Note, ObjectKey};
 use crate::manifests::{self, Manifests, Origin, SourceError};
-use files::{NewDoc, Parsed, stamp_of};
+use files::{Docs, FileStamp, Parsed, stamp_of};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use record::{FileMap, FileRecord, Record};
@@ -98,9 +98,14 @@ impl FolderSource {
         };
         let mut ignored = Changes::default();
         let mut seen = HashMap::new();
-        // A round of files at a time (see `files`).
+        let mut open = Taking::default();
+        // A round of files (or of a big file's documents) at a time (see `files`).
         files::parse_each::<SourceError>(&manifests::files(dir)?, |p| {
-            s.insert(p, &mut ignored, Some(&mut seen), None);
+            s.put(&mut open, &p.manifests, &mut ignored, Some(&mut seen));
+            if !p.more {
+                let t = std::mem::take(&mut open);
+                s.finish(t, &p.path, p.stamp, &p.docs, None);
+            }
             Ok(())
         })?;
         s.files.shrink_to_fit();
@@ -172,10 +177,7 @@ impl FolderSource {
         let mut up = Update {
             read: parsed.len(),
             removed: removed.len(),
-            documents: parsed
-                .iter()
-                .map(|p| p.docs.iter().filter(|d| d.kept.is_none()).count())
-                .sum(),
+            documents: parsed.iter().map(|p| p.docs.parsed()).sum(),
             ..Default::default()
         };
         if self.touches_duplicates(&parsed, &removed) {
@@ -192,10 +194,10 @@ impl FolderSource {
             old.push(self.remove(&p.path, &p.docs, &mut up.changes));
         }
         for path in &removed {
-            self.remove(path, &[], &mut up.changes);
+            self.remove(path, &Docs::All(Vec::new()), &mut up.changes);
         }
         for (p, old) in parsed.into_iter().zip(old) {
-            self.insert(p, &mut up.changes, None, old);
+            self.insert(p, &mut up.changes, old);
         }
         // A Node taken out and put back unchanged is no change.
         up.changes
@@ -212,8 +214,8 @@ impl FolderSource {
         let Some(rec) = self.files.get(path).filter(|r| !r.docs().is_empty()) else {
             return files::parse(path.to_path_buf());
         };
-        let p = files::parse_changed(path.to_path_buf(), &rec.digests())?;
-        if p.docs.iter().all(|d| d.kept.is_none()) {
+        let p = files::parse_changed(path.to_path_buf(), rec.docs())?;
+        if p.docs.none_kept() {
             return Ok(p);
         }
         // The documents parsed are few (an edit): compared with the kept objects one by one,
@@ -222,6 +224,10 @@ impl FolderSource {
         if ids_of(&p.manifests).any(|id| !new.insert(id)) {
             return files::parse(path.to_path_buf());
         }
+        // Each object of the file is in the store and in one of its documents: a kept document
+        // can define only an object the store holds that no document parsed again defined.
+        let dropped: HashSet<&Id> = rec.dropped(&p.docs).into_iter().collect();
+        new.retain(|id| !dropped.contains(id) && exists(&self.cluster, &self.pods, id));
         let clash = match new.len() {
             0 => false,
             1..=16 => {
@@ -372,7 +378,7 @@ impl FolderSource {
 
     /// Takes a file's record out and its objects out of the store, but those of the documents
     /// `docs` keeps; returns the record.
-    fn remove(&mut self, path: &Path, docs: &[NewDoc], ch: &mut Changes) -> Option<FileRecord> {
+    fn remove(&mut self, path: &Path, docs: &Docs, ch: &mut Changes) -> Option<FileRecord> {
         let rec = self.files.remove(path)?;
         for id in rec.dropped(docs) {
             let c = &mut self.cluster;
@@ -390,30 +396,29 @@ impl FolderSource {
     }
 
     /// Puts a file's objects into the store, in order, and its record (built from `old` for
-    /// the documents kept). `seen` (a whole read) holds where each object read so far was
-    /// defined, to note duplicates across files; an update has none (see `touches_duplicates`).
-    fn insert(
+    /// the documents kept). An update has no `seen` (see `put`).
+    fn insert(&mut self, p: Parsed, ch: &mut Changes, old: Option<FileRecord>) {
+        let mut t = Taking::default();
+        self.put(&mut t, &p.manifests, ch, None);
+        self.finish(t, &p.path, p.stamp, &p.docs, old);
+    }
+
+    /// Puts objects of the file being taken in into the store, in order. `seen` (a whole read)
+    /// holds where each object read so far was defined, to note duplicates across files; an
+    /// update has none (see `touches_duplicates`).
+    fn put(
         &mut self,
-        p: Parsed,
+        t: &mut Taking,
+        m: &Manifests,
         ch: &mut Changes,
         seen: Option<&mut HashMap<Id, String>>,
-        old: Option<FileRecord>,
     ) {
-        let Parsed {
-            path,
-            stamp,
-            manifests: m,
-            docs,
-        } = p;
-        let mut rec = Record::default();
-        let mut local = HashMap::new();
-        let seen = seen.unwrap_or(&mut local);
         let mut put = Put {
-            rec: &mut rec,
+            rec: &mut t.rec,
             dups: &mut self.dups,
             pods: &mut self.pods,
-            seen,
-            mine: HashSet::new(),
+            seen: seen.unwrap_or(&mut t.local),
+            mine: &mut t.mine,
             cluster: &mut self.cluster,
             ch,
         };
@@ -421,21 +426,21 @@ impl FolderSource {
         put.all(Which::EndpointSlice, &m.endpoint_slices);
         put.all(Which::Node, &m.nodes);
         put.all(Which::Pod, &m.pods);
-        let rejected = m
-            .rejected
-            .iter()
-            .map(|r| (rejected_note(r), r.origin.line))
-            .collect();
-        let rec = record::build(
-            &path,
-            stamp,
-            rec,
-            rejected,
-            &docs,
-            old.as_ref(),
-            &mut self.cluster,
-        );
-        self.files.insert(&path, rec);
+        t.rejected
+            .extend(m.rejected.iter().map(|r| (rejected_note(r), r.origin.line)));
+    }
+
+    /// Puts the record of the file taken in, built from `old` for the documents kept.
+    fn finish(
+        &mut self,
+        t: Taking,
+        path: &Path,
+        stamp: FileStamp,
+        docs: &Docs,
+        old: Option<FileRecord>,
+    ) {
+        let rec = record::build(path, stamp, t.rec, t.rejected, docs, old, &mut self.cluster);
+        self.files.insert(path, rec);
     }
 
     /// The store's notes: those of every file, in path order.
@@ -448,6 +453,18 @@ impl FolderSource {
     }
 }
 
+/// A file being taken into the store (a big file comes a round of documents at a time).
+#[derive(Default)]
+struct Taking {
+    rec: Record,
+    /// Rejected objects' notes, with their lines.
+    rejected: Vec<(Note, u64)>,
+    /// The objects of this file so far.
+    mine: HashSet<Id>,
+    /// Where each of its objects was first defined, when there is no whole read's `seen`.
+    local: HashMap<Id, String>,
+}
+
 /// One file's objects going into the store.
 struct Put<'a> {
     rec: &'a mut Record,
@@ -456,7 +473,7 @@ struct Put<'a> {
     /// Where each object was first defined (this file's, or the whole read's so far).
     seen: &'a mut HashMap<Id, String>,
     /// The objects of this file so far.
-    mine: HashSet<Id>,
+    mine: &'a mut HashSet<Id>,
     cluster: &'a mut Cluster,
     ch: &'a mut Changes,
 }

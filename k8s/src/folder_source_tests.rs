@@ -433,3 +433,157 @@ fn an_object_defined_twice_in_a_file_of_documents_reads_it_whole() {
     assert_eq!(up.documents, 1);
     assert_eq!(endpoints_of(&s, "a"), ["10.1.0.3"]);
 }
+
+/// Services s0..s(n-1), each followed by its slice with address `addr(i)`, in one file: the
+/// Service's document on lines 12i+1.., the slice's on 12i+6.. (its object from 12i+7).
+fn big(n: usize, addr: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            let name = format!("s{i}");
+            let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+            format!("---\n{}---\n{}", svc(&name, &ip), eps(&name, &[&addr(i)]))
+        })
+        .collect()
+}
+
+fn addr(i: usize) -> String {
+    format!("10.1.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// What the store holds of each Service: its origin, its slices' origins and endpoints.
+type Summary = Vec<(String, Option<String>, Vec<(Option<String>, Vec<String>)>)>;
+
+fn summary(s: &FolderSource) -> Summary {
+    let c = s.cluster();
+    (c.services.iter())
+        .map(|(k, svc)| {
+            let mut slices: Vec<_> = (c.slices_of(k))
+                .map(|sl| {
+                    let eps = sl.endpoints.iter().map(|e| e.address.to_string());
+                    (sl.origin.clone(), eps.collect())
+                })
+                .collect();
+            slices.sort();
+            (k.to_string(), svc.origin.clone(), slices)
+        })
+        .collect()
+}
+
+/// A file of more documents than a round of the first read: every object goes in; edits keep
+/// the record in place (an address changed, lines added, an object taken out), one that adds
+/// a document matches the others by digest; after each the store is what a whole read gives.
+#[test]
+fn a_file_of_more_documents_than_a_round_is_read_and_edited_in_place() {
+    let t = TempDir::new("big");
+    let n = files::DOC_ROUND + 90;
+    let mut text = big(n, addr);
+    t.write("all.yaml", &text);
+    let mut s = FolderSource::read(&t.0).unwrap();
+    let whole = |t: &TempDir| summary(&FolderSource::read(&t.0).unwrap());
+    assert_eq!(s.cluster().services.len(), n);
+    assert_eq!(endpoints_of(&s, &format!("s{}", n - 1)), [addr(n - 1)]);
+    let file = t.0.join("all.yaml");
+    assert_eq!(s.files.get(&file).unwrap().docs().len(), 2 * n);
+    let edit = |s: &mut FolderSource, text: &str| {
+        t.write("all.yaml", text);
+        let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+        assert!(!up.whole);
+        assert_eq!(summary(s), whole(&t));
+        assert!(matches!(
+            s.files.get(&file).unwrap().objects,
+            Objects::Docs(..)
+        ));
+        up
+    };
+    // One address: that document parsed.
+    text = text.replacen(&format!("[{}]", addr(7)), "[10.2.0.7]", 1);
+    let up = edit(&mut s, &text);
+    assert_eq!(up.documents, 1);
+    assert_eq!(up.changes.services, BTreeSet::from([key("s7")]));
+    assert_eq!(endpoints_of(&s, "s7"), ["10.2.0.7"]);
+    // s3's endpoints over two lines: the documents after it move down a line.
+    let flow = format!("endpoints: [{{addresses: [{}]}}]\n", addr(3));
+    text = text.replacen(&flow, "endpoints:\n- addresses: [10.2.0.3]\n", 1);
+    let up = edit(&mut s, &text);
+    assert_eq!((up.documents, up.changes.services.len()), (1, 1));
+    let last = format!("s{}", n - 1);
+    assert_eq!(
+        origin_of(&s, &last),
+        format!("{}:{}", file.display(), 12 * (n - 1) + 3)
+    );
+    // s5's slice made a comment (one object fewer) and s9's address changed, in one write.
+    let slice5 = eps("s5", &[&addr(5)]);
+    text = text.replacen(&slice5, "# none\n", 1);
+    text = text.replacen(&format!("[{}]", addr(9)), "[10.2.0.9]", 1);
+    let up = edit(&mut s, &text);
+    assert_eq!(up.documents, 2);
+    assert_eq!(up.changes.services, BTreeSet::from([key("s5"), key("s9")]));
+    assert!(endpoints_of(&s, "s5").is_empty());
+    // A document added: the others found by digest.
+    text.push_str(&format!("---\n{}", svc("extra", "10.96.100.1")));
+    let up = edit(&mut s, &text);
+    assert_eq!(up.documents, 1);
+    assert_eq!(up.changes.services, BTreeSet::from([key("extra")]));
+    // And in place again.
+    text = text.replacen("[10.2.0.9]", "[10.2.0.10]", 1);
+    assert_eq!(edit(&mut s, &text).documents, 1);
+    assert_eq!(endpoints_of(&s, "s9"), ["10.2.0.10"]);
+}
+
+/// A bad document late in a file larger than a round: the first read fails naming the file,
+/// the line, the document and the object; a change with it (a few documents, or more than a
+/// round of them) is refused whole and nothing of it applied.
+#[test]
+fn a_bad_late_document_fails_the_read_or_refuses_the_change_whole() {
+    let t = TempDir::new("big");
+    let n = files::DOC_ROUND + 90;
+    let good = big(n, addr);
+    let last = eps(&format!("s{}", n - 1), &[&addr(n - 1)]);
+    let bad_last = last.replace("port: 8080", "port: eighty");
+    let bad = good.replacen(&last, &bad_last, 1);
+    let file = t.0.join("all.yaml");
+    let at = 12 * (n - 1);
+    let check = |e: String| {
+        let head = format!("{}:{}: field `ports[0].port`", file.display(), at + 7);
+        assert!(e.starts_with(&head), "{e}");
+        let tail = format!(
+            "(in the document at line {}, EndpointSlice default/s{}-1)",
+            at + 6,
+            n - 1
+        );
+        assert!(e.ends_with(&tail), "{e}");
+    };
+    t.write("all.yaml", &bad);
+    check(FolderSource::read(&t.0).err().expect("refused").to_string());
+    t.write("all.yaml", &good);
+    let mut s = FolderSource::read(&t.0).unwrap();
+    let before = summary(&s);
+    // s0 edited with the bad document: two documents parsed, refused.
+    let few = bad.replacen(&format!("[{}]", addr(0)), "[10.2.0.1]", 1);
+    t.write("all.yaml", &few);
+    check(s.update(&paths(&t, &["all.yaml"])).unwrap_err().to_string());
+    assert_eq!(summary(&s), before);
+    // Every address changed and the bad document: parsed by rounds, refused.
+    let many = big(n, |i| format!("10.3.{}.{}", i / 250, i % 250 + 1)).replacen(
+        &eps(
+            &format!("s{}", n - 1),
+            &[&format!("10.3.{}.{}", (n - 1) / 250, (n - 1) % 250 + 1)],
+        ),
+        &bad_last,
+        1,
+    );
+    assert_ne!(
+        many,
+        big(n, |i| format!("10.3.{}.{}", i / 250, i % 250 + 1))
+    );
+    t.write("all.yaml", &many);
+    check(s.update(&Hint::Rescan).unwrap_err().to_string());
+    assert_eq!(summary(&s), before);
+    // Fixed: all of it applied.
+    t.write("all.yaml", &many.replace("port: eighty", "port: 8080"));
+    let up = s.update(&paths(&t, &["all.yaml"])).unwrap().unwrap();
+    // The slices but the last (back to its text as first read).
+    assert_eq!(up.documents, n - 1);
+    assert_eq!(summary(&s), summary(&FolderSource::read(&t.0).unwrap()));
+    assert_eq!(endpoints_of(&s, "s0"), ["10.3.0.1"]);
+}

@@ -30,7 +30,12 @@ pub(super) struct Piece {
 
 impl Piece {
     pub fn digest(&self, text: &str) -> Digest {
-        let bytes = &text.as_bytes()[self.range.clone()];
+        Digest::of(&text.as_bytes()[self.range.clone()])
+    }
+}
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
         // Fixed seed: digests are compared within one process only.
         let h = foldhash::quality::FixedState::with_seed(0x6f78_696c_6975_6d00).hash_one(bytes);
         Digest(h, bytes.len() as u32)
@@ -103,6 +108,118 @@ pub(super) fn split(text: &str) -> Vec<Piece> {
         });
     }
     out
+}
+
+/// A file's documents read one at a time through a buffer, cut as [`split`] cuts them, without
+/// holding the whole text (an edit of a big file reads it all to find what changed).
+pub(super) struct Reader<R> {
+    src: R,
+    buf: Vec<u8>,
+    /// The bytes read: `buf[..len]`; the current document starts at `lo`, the next line at `pos`.
+    len: usize,
+    lo: usize,
+    pos: usize,
+    /// The 1-based line at `pos`, and the one the current document starts at.
+    line: u32,
+    lo_line: u32,
+    /// Bytes of the file before `buf[0]`.
+    base: usize,
+    eof: bool,
+}
+
+/// What [`Reader::next`] found.
+pub(super) enum Next {
+    /// A document: its first line and its place in [`Reader::bytes`] (until the next call).
+    Doc(u32, Range<usize>),
+    /// A directive: the file is one piece (see [`split`]).
+    Directive,
+}
+
+impl<R: std::io::Read> Reader<R> {
+    pub fn new(src: R, block: usize) -> Self {
+        Reader {
+            src,
+            buf: vec![0; block.max(16)],
+            len: 0,
+            lo: 0,
+            pos: 0,
+            line: 1,
+            lo_line: 1,
+            base: 0,
+            eof: false,
+        }
+    }
+
+    pub fn bytes(&self, r: Range<usize>) -> &[u8] {
+        &self.buf[r]
+    }
+
+    /// The next line's end (after its line break) in `buf`, reading more as needed; None at the
+    /// end of the file.
+    fn line_end(&mut self) -> std::io::Result<Option<usize>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.len]) {
+                return Ok(Some(self.pos + i + 1));
+            }
+            if self.eof {
+                return Ok((self.len > self.pos).then_some(self.len));
+            }
+            // Keep the current document, read more after it.
+            if self.lo > 0 {
+                self.buf.copy_within(self.lo..self.len, 0);
+                (self.base, self.len, self.pos) =
+                    (self.base + self.lo, self.len - self.lo, self.pos - self.lo);
+                self.lo = 0;
+            }
+            if self.len == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            match self.src.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn next(&mut self) -> std::io::Result<Option<Next>> {
+        loop {
+            let Some(end) = self.line_end()? else {
+                // The rest is a piece when not empty.
+                let (lo, len) = (self.lo, self.len);
+                self.lo = len;
+                return Ok((len > lo).then_some(Next::Doc(self.lo_line, lo..len)));
+            };
+            let mut l = &self.buf[self.pos..end];
+            if self.base + self.pos == 0 {
+                l = l.strip_prefix("\u{feff}".as_bytes()).unwrap_or(l);
+            } else if !matches!(l[0], b'-' | b'.' | b'%') {
+                // Most lines: no marker.
+                (self.pos, self.line) = (end, self.line + 1);
+                continue;
+            }
+            let l = l.strip_suffix(b"\n").unwrap_or(l);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            let (pos, line) = (self.pos, self.line);
+            (self.pos, self.line) = (end, line + 1);
+            match marker(l) {
+                Some(Marker::Start) if pos > self.lo => {
+                    let doc = Next::Doc(self.lo_line, self.lo..pos);
+                    (self.lo, self.lo_line) = (pos, line);
+                    return Ok(Some(doc));
+                }
+                Some(Marker::Start) => self.lo_line = line,
+                Some(Marker::End) => {
+                    let doc = Next::Doc(self.lo_line, self.lo..end);
+                    (self.lo, self.lo_line) = (end, line + 1);
+                    return Ok(Some(doc));
+                }
+                Some(Marker::Directive) => return Ok(Some(Next::Directive)),
+                None => {}
+            }
+        }
+    }
 }
 
 /// Parses one piece of `file` into `out`, with the lines of the file. An error names the file,

@@ -152,3 +152,39 @@ fn origins_move_with_their_document() {
     );
     assert_eq!(moved_origin("/m/b.yaml:12", f, 1), None);
 }
+
+/// The reader cuts any text as `split` does, whatever its buffer's size (documents across reads,
+/// longer than the buffer, a byte order mark, CRLF, a last line without a break).
+#[test]
+fn the_reader_cuts_as_split() {
+    let long = format!("---\n{}", "a: 1\n".repeat(40));
+    let mut texts = vec![
+        String::new(),
+        format!("---\n{SVC}---\n{SVC}"),
+        format!("{SVC}---\n{SVC}"),
+        "a: |\n  ---\n  ...\n  x\nb: \"--- y\n  --- z\"\nc: '---'\n----\n---x\n".to_string(),
+        "# head\n---\na: 1\n...\n# between\n--- {b: 2}\n---\t# c\nc: 3\n...".to_string(),
+        "\u{feff}--- \r\na: 1\r\n---\r\nb: 2\r\n...\r\n".to_string(),
+        "\u{feff}a: 1\n---\nb: 2".to_string(),
+        format!("{long}{long}...\n{long}"),
+    ];
+    texts.push(texts.concat());
+    for t in &texts {
+        let want: Vec<(u32, &str)> = pieces(t);
+        for block in [16, 17, 31, 64, 4096] {
+            let mut r = Reader::new(t.as_bytes(), block);
+            let mut got = Vec::new();
+            while let Some(n) = r.next().unwrap() {
+                let Next::Doc(line, range) = n else {
+                    panic!("no directive in {t:?}")
+                };
+                got.push((line, String::from_utf8(r.bytes(range).to_vec()).unwrap()));
+            }
+            let got: Vec<(u32, &str)> = got.iter().map(|(l, s)| (*l, s.as_str())).collect();
+            assert_eq!(got, want, "block {block}: {t:?}");
+        }
+    }
+    let mut r = Reader::new("---\na: 1\n---\n%YAML 1.2\n".as_bytes(), 16);
+    assert!(matches!(r.next().unwrap(), Some(Next::Doc(1, _))));
+    assert!(matches!(r.next().unwrap(), Some(Next::Directive)));
+}

@@ -7,7 +7,12 @@
 //! (YAML events, JSON values, typed objects) and hand over only the typed objects: with glibc
 //! each thread allocates from an arena of its own, so the parser's short-lived allocations do not
 //! fragment the heap the caller's long-lived store grows in, and they are given back whole.
-use super::docs::{self, Digest};
+//!
+//! A YAML file of more than [`DOC_ROUND`] documents (a whole folder in one file) is handed over
+//! the same way, a round of documents at a time (several [`Parsed`] of the same file, all but the
+//! last with `more` set): its typed objects are never all held at once.
+use super::docs::{self, Digest, Piece};
+use super::record::DocRecord;
 use crate::manifests::{self, Manifests, SourceError};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -16,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 /// Files per round.
 const ROUND: usize = 256;
+/// Documents of one file per round.
+pub(super) const DOC_ROUND: usize = 512;
 /// Worker threads at most (fewer when the machine has fewer cores).
 const THREADS: usize = 4;
 
@@ -27,14 +34,17 @@ pub(super) struct FileStamp {
     digest: u64,
 }
 
-/// One file read and typed, not yet applied.
+/// One file read and typed (or, with `more`, a round of its documents), not yet applied.
 pub(super) struct Parsed {
     pub path: PathBuf,
     pub stamp: FileStamp,
     /// The objects of the documents parsed (all of them, or those that changed).
     pub manifests: Manifests,
-    /// A YAML file of several documents: each document in order (empty for other files).
-    pub docs: Vec<NewDoc>,
+    /// A YAML file of several documents: its documents (none for other files, and in every round
+    /// of a file but the last).
+    pub docs: Docs,
+    /// More documents of this file follow, in the next `Parsed` handed over.
+    pub more: bool,
 }
 
 /// One document of a file read.
@@ -46,18 +56,69 @@ pub(super) struct NewDoc {
     pub kept: Option<u32>,
 }
 
+/// The documents of a file read.
+pub(super) enum Docs {
+    /// Each document in order (none for a file not read by document).
+    All(Vec<NewDoc>),
+    /// As many documents as the file's record, each at its place, the text of most the same:
+    /// those that differ (parsed again), in order, with their index; and the documents kept
+    /// that now start at another line (index, line).
+    Edited {
+        changed: Vec<(u32, NewDoc)>,
+        moved: Vec<(u32, u32)>,
+    },
+}
+
+impl Docs {
+    /// How many documents were parsed.
+    pub fn parsed(&self) -> usize {
+        match self {
+            Docs::All(d) => d.iter().filter(|d| d.kept.is_none()).count(),
+            Docs::Edited { changed, .. } => changed.len(),
+        }
+    }
+
+    /// Whether no document was kept (true for a file not read by document).
+    pub fn none_kept(&self) -> bool {
+        match self {
+            Docs::All(d) => d.iter().all(|d| d.kept.is_none()),
+            Docs::Edited { .. } => false,
+        }
+    }
+}
+
+/// A YAML file of several documents read and cut, its changed documents not yet parsed.
+struct Cut {
+    path: PathBuf,
+    stamp: FileStamp,
+    text: String,
+    docs: Vec<NewDoc>,
+    /// The documents to parse, in order.
+    todo: Vec<Piece>,
+}
+
+/// A file read: parsed whole, or cut into documents.
+enum Read {
+    Whole(Parsed),
+    Cut(Cut),
+}
+
+/// What a worker gives back: a file parsed, or a big file cut, to be parsed by rounds.
+enum Item {
+    Parsed(Parsed),
+    Big(Cut),
+}
+
 /// Parses `paths` and hands each file to `take`, in order; stops at the first file that fails
 /// (or the first error `take` returns) and returns that error. On a failure, `take` has been
-/// given exactly the files before it.
+/// given exactly the files (and rounds of documents) before it.
 pub(super) fn parse_each<E: From<SourceError>>(
     paths: &[PathBuf],
     mut take: impl FnMut(Parsed) -> Result<(), E>,
 ) -> Result<(), E> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, THREADS);
+    let threads = threads();
     let rounds: Vec<&[PathBuf]> = paths.chunks(ROUND).collect();
-    let mut ready: Vec<Result<Parsed, SourceError>> = Vec::new();
+    let mut ready: Vec<Result<Item, SourceError>> = Vec::new();
     for i in 0..=rounds.len() {
         let next = std::thread::scope(|s| -> Result<_, E> {
             // The next round is parsed while this thread takes in the one before.
@@ -72,7 +133,10 @@ pub(super) fn parse_each<E: From<SourceError>>(
                 .unwrap_or_default();
             let taken = std::mem::take(&mut ready)
                 .into_iter()
-                .try_for_each(|p| take(p?));
+                .try_for_each(|p| match p? {
+                    Item::Parsed(p) => take(p),
+                    Item::Big(cut) => by_rounds(cut, threads, &mut take),
+                });
             let mut next = Vec::new();
             for w in workers {
                 match w.join() {
@@ -87,11 +151,21 @@ pub(super) fn parse_each<E: From<SourceError>>(
     Ok(())
 }
 
-/// Parses `paths` in order; the first failure ends it.
-fn parse_all(paths: &[PathBuf]) -> Vec<Result<Parsed, SourceError>> {
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, THREADS)
+}
+
+/// Reads `paths` in order, parsing all but big files of documents; the first failure ends it.
+fn parse_all(paths: &[PathBuf]) -> Vec<Result<Item, SourceError>> {
     let mut out = Vec::with_capacity(paths.len());
     for p in paths {
-        let r = parse(p.clone());
+        let r = read(p.clone(), &[]).and_then(|r| match r {
+            Read::Whole(p) => Ok(Item::Parsed(p)),
+            Read::Cut(cut) if cut.todo.len() > DOC_ROUND => Ok(Item::Big(cut)),
+            Read::Cut(cut) => parse_cut(cut, 1).map(Item::Parsed),
+        });
         let failed = r.is_err();
         out.push(r);
         if failed {
@@ -103,12 +177,99 @@ fn parse_all(paths: &[PathBuf]) -> Vec<Result<Parsed, SourceError>> {
 
 /// Reads and types one file, every document of it.
 pub(super) fn parse(path: PathBuf) -> Result<Parsed, SourceError> {
-    parse_changed(path, &[])
+    parse_matched(path, &[])
+}
+
+/// Reads one file and types the documents whose text is not that of a document of `old` (its
+/// documents as last read): when the file has as many documents as `old`, most of the same text
+/// at the same place, it is read through a small buffer and only the documents that differ are
+/// kept (an edit, [`Docs::Edited`]); else it is read whole and the documents matched by digest
+/// wherever they moved ([`Docs::All`], those kept named by their index in `old`).
+pub(super) fn parse_changed(path: PathBuf, old: &[DocRecord]) -> Result<Parsed, SourceError> {
+    if !old.is_empty()
+        && let Some(p) = edited(&path, old)?
+    {
+        return Ok(p);
+    }
+    let digests: Vec<Digest> = old.iter().map(DocRecord::digest).collect();
+    parse_matched(path, &digests)
+}
+
+/// Reads an edited file against its documents as last read, one document at a time; None when
+/// its documents are not those of `old` at the same places (one added, taken out or moved, a
+/// directive) or more than a round of them differ.
+fn edited(path: &Path, old: &[DocRecord]) -> Result<Option<Parsed>, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stamp = stamp_of(path).ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a file",
+        ))
+    })?;
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut r = docs::Reader::new(file, 64 * 1024);
+    let (mut changed, mut moved, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut i = 0;
+    while let Some(next) = r.next().map_err(io)? {
+        let (docs::Next::Doc(line, range), Some(was)) = (next, old.get(i)) else {
+            return Ok(None);
+        };
+        let bytes = r.bytes(range);
+        let digest = Digest::of(bytes);
+        if digest == was.digest() {
+            if line != was.line() {
+                moved.push((i as u32, line));
+            }
+        } else {
+            if changed.len() == DOC_ROUND {
+                return Ok(None);
+            }
+            let text = std::str::from_utf8(bytes).map_err(|_| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ))
+            })?;
+            texts.push(text.to_string());
+            let kept = None;
+            changed.push((i as u32, NewDoc { digest, line, kept }));
+        }
+        i += 1;
+    }
+    if i != old.len() {
+        return Ok(None);
+    }
+    let mut manifests = Manifests::default();
+    for ((_, d), text) in changed.iter().zip(&texts) {
+        let piece = Piece {
+            range: 0..text.len(),
+            line: d.line,
+        };
+        docs::parse_piece(path, text, &piece, &mut manifests)?;
+    }
+    Ok(Some(Parsed {
+        path: path.to_path_buf(),
+        stamp,
+        manifests,
+        docs: Docs::Edited { changed, moved },
+        more: false,
+    }))
 }
 
 /// Reads one file and types the documents whose text is not among `old` (the digests of its
 /// documents as last read, in order); the others are named by the index in `old` they match.
-pub(super) fn parse_changed(path: PathBuf, old: &[Digest]) -> Result<Parsed, SourceError> {
+fn parse_matched(path: PathBuf, old: &[Digest]) -> Result<Parsed, SourceError> {
+    match read(path, old)? {
+        Read::Whole(p) => Ok(p),
+        Read::Cut(cut) => parse_cut(cut, threads()),
+    }
+}
+
+/// Reads a file; a YAML file of several documents is cut and matched with `old`, not parsed.
+fn read(path: PathBuf, old: &[Digest]) -> Result<Read, SourceError> {
     let stamp = stamp_of(&path).ok_or_else(|| SourceError::Io {
         path: path.clone(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a file"),
@@ -117,73 +278,147 @@ pub(super) fn parse_changed(path: PathBuf, old: &[Digest]) -> Result<Parsed, Sou
         path: path.clone(),
         source,
     })?;
-    let mut manifests = Manifests::default();
     let json = path.extension().is_some_and(|e| e == "json");
     let pieces = if json { Vec::new() } else { docs::split(&text) };
     if pieces.len() <= 1 {
+        let mut manifests = Manifests::default();
         manifests::parse_file(&path, &text, &mut manifests)?;
-        return Ok(Parsed {
+        return Ok(Read::Whole(Parsed {
             path,
             stamp,
             manifests,
-            docs: Vec::new(),
-        });
+            docs: Docs::All(Vec::new()),
+            more: false,
+        }));
     }
     let mut matcher = Matcher::new(old);
     let mut docs = Vec::with_capacity(pieces.len());
     let mut todo = Vec::new();
-    for (i, piece) in pieces.iter().enumerate() {
+    for (i, piece) in pieces.into_iter().enumerate() {
         let digest = piece.digest(&text);
         let kept = matcher.take(i, digest);
-        if kept.is_none() {
-            todo.push(piece);
-        }
         docs.push(NewDoc {
             digest,
             line: piece.line,
             kept,
         });
+        if kept.is_none() {
+            todo.push(piece);
+        }
     }
-    // A big file (a whole folder in one file, read at start) is parsed on several threads.
-    let threads = match todo.len() >= 2 * ROUND {
-        true => std::thread::available_parallelism().map_or(1, |n| n.get().min(THREADS)),
-        false => 1,
-    };
-    let parse_part = |part: &[&docs::Piece]| -> Result<Manifests, SourceError> {
+    Ok(Read::Cut(Cut {
+        path,
+        stamp,
+        text,
+        docs,
+        todo,
+    }))
+}
+
+/// Parses a cut file's documents into one [`Parsed`] (a big file, a whole one changed, on up
+/// to `threads` threads).
+fn parse_cut(cut: Cut, threads: usize) -> Result<Parsed, SourceError> {
+    let mut all: Option<Parsed> = None;
+    by_rounds::<SourceError>(cut, threads, &mut |p| {
+        match &mut all {
+            None => all = Some(p),
+            Some(a) => {
+                append(&mut a.manifests, p.manifests);
+                a.docs = p.docs;
+                a.more = p.more;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(all.expect("the last round is always handed over"))
+}
+
+/// Parses a cut file's documents a round of [`DOC_ROUND`] at a time, each round on up to
+/// `threads` threads while `take` takes the round before; the last round carries the file's
+/// documents (`docs`) and has `more` unset. The first bad document in order ends it: `take` has
+/// then been given the rounds before the one it is in.
+fn by_rounds<E: From<SourceError>>(
+    cut: Cut,
+    threads: usize,
+    take: &mut impl FnMut(Parsed) -> Result<(), E>,
+) -> Result<(), E> {
+    let Cut {
+        path,
+        stamp,
+        text,
+        mut docs,
+        todo,
+    } = cut;
+    let parse_part = |part: &[Piece]| -> Result<Manifests, SourceError> {
         let mut m = Manifests::default();
         for piece in part {
             docs::parse_piece(&path, &text, piece, &mut m)?;
         }
         Ok(m)
     };
-    if threads <= 1 {
-        manifests = parse_part(&todo)?;
-    } else {
-        let parts: Vec<Result<Manifests, SourceError>> = std::thread::scope(|s| {
-            let workers: Vec<_> = todo
-                .chunks(todo.len().div_ceil(threads))
-                .map(|part| s.spawn(move || parse_part(part)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        for part in parts {
-            let part = part?;
-            manifests.services.extend(part.services);
-            manifests.endpoint_slices.extend(part.endpoint_slices);
-            manifests.nodes.extend(part.nodes);
-            manifests.pods.extend(part.pods);
-            manifests.rejected.extend(part.rejected);
+    let rounds: Vec<&[Piece]> = todo.chunks(DOC_ROUND).collect();
+    let hand = |m: Manifests, last: bool, docs: &mut Vec<NewDoc>| Parsed {
+        path: path.clone(),
+        stamp,
+        manifests: m,
+        docs: Docs::All(if last {
+            std::mem::take(docs)
+        } else {
+            Vec::new()
+        }),
+        more: !last,
+    };
+    if rounds.len() <= 1 {
+        // An edit: a few documents, parsed here.
+        let m = parse_part(rounds.first().copied().unwrap_or_default())?;
+        return take(hand(m, true, &mut docs));
+    }
+    let threads = threads.max(1);
+    let mut ready: Option<Manifests> = None;
+    for i in 0..=rounds.len() {
+        let next = std::thread::scope(|s| -> Result<_, E> {
+            let workers: Vec<_> = rounds
+                .get(i)
+                .map(|round| {
+                    round
+                        .chunks(round.len().div_ceil(threads))
+                        .map(|part| s.spawn(move || parse_part(part)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let taken = match ready.take() {
+                Some(m) => take(hand(m, i == rounds.len(), &mut docs)),
+                None => Ok(()),
+            };
+            let mut next = Manifests::default();
+            let mut failed = None;
+            for w in workers {
+                let part = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                match part {
+                    _ if failed.is_some() => {}
+                    Ok(part) => append(&mut next, part),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            taken?;
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(next),
+            }
+        })?;
+        if i < rounds.len() {
+            ready = Some(next);
         }
     }
-    Ok(Parsed {
-        path,
-        stamp,
-        manifests,
-        docs,
-    })
+    Ok(())
+}
+
+fn append(m: &mut Manifests, part: Manifests) {
+    m.services.extend(part.services);
+    m.endpoint_slices.extend(part.endpoint_slices);
+    m.nodes.extend(part.nodes);
+    m.pods.extend(part.pods);
+    m.rejected.extend(part.rejected);
 }
 
 /// Pairs documents with earlier ones of the same text, each earlier one at most once: the one
@@ -241,140 +476,5 @@ pub(super) fn stamp_of(path: &Path) -> Option<FileStamp> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifests::tests::TempDir;
-
-    fn service(name: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec: {{clusterIP: 10.96.0.1, ports: [{{port: 80}}]}}\n"
-        )
-    }
-
-    /// More files than a round, across several threads: every file comes back once, in the
-    /// order given.
-    #[test]
-    fn files_come_back_in_order_across_rounds_and_threads() {
-        let dir = TempDir::new("files");
-        let n = ROUND * 2 + 17;
-        let paths: Vec<PathBuf> = (0..n)
-            .map(|i| {
-                let p = dir.0.join(format!("s{i:04}.yaml"));
-                std::fs::write(&p, service(&format!("s{i}"))).unwrap();
-                p
-            })
-            .collect();
-        let mut seen = Vec::new();
-        parse_each::<SourceError>(&paths, |p| {
-            assert_eq!(p.manifests.services.len(), 1);
-            let name = p.manifests.services[0].1.metadata.name.clone().unwrap();
-            seen.push((p.path, name));
-            Ok(())
-        })
-        .unwrap();
-        let want: Vec<(PathBuf, String)> = (0..n)
-            .map(|i| (paths[i].clone(), format!("s{i}")))
-            .collect();
-        assert_eq!(seen, want);
-    }
-
-    /// A bad file in the second round: the files before it are taken, then its error is
-    /// returned (the one named first in path order, though a later file is bad too).
-    #[test]
-    fn the_first_bad_file_in_order_ends_it() {
-        let dir = TempDir::new("files");
-        let paths: Vec<PathBuf> = (0..ROUND + 40)
-            .map(|i| {
-                let p = dir.0.join(format!("s{i:04}.yaml"));
-                let text = match i {
-                    i if i == ROUND + 3 || i == ROUND + 30 => "kind: [unclosed\n".to_string(),
-                    _ => service(&format!("s{i}")),
-                };
-                std::fs::write(&p, text).unwrap();
-                p
-            })
-            .collect();
-        let mut taken = 0;
-        let err = parse_each::<SourceError>(&paths, |_| {
-            taken += 1;
-            Ok(())
-        })
-        .unwrap_err();
-        assert_eq!(taken, ROUND + 3);
-        let msg = err.to_string();
-        assert!(msg.contains(&format!("s{:04}.yaml", ROUND + 3)), "{msg}");
-    }
-
-    /// A file of more documents than a round is parsed on several threads: the objects come
-    /// back in the file's order with its lines, and the first bad document in order is the one
-    /// the error names.
-    #[test]
-    fn a_big_file_of_documents_comes_back_in_order() {
-        let dir = TempDir::new("files");
-        let n = ROUND * 2 + 17;
-        let text: String = (0..n)
-            .map(|i| format!("---\n{}", service(&format!("s{i}"))))
-            .collect();
-        let p = dir.0.join("all.yaml");
-        std::fs::write(&p, &text).unwrap();
-        let parsed = parse(p.clone()).unwrap();
-        assert_eq!(parsed.docs.len(), n);
-        assert!(parsed.docs.iter().all(|d| d.kept.is_none()));
-        let got: Vec<(u64, String)> = parsed
-            .manifests
-            .services
-            .iter()
-            .map(|(o, s)| (o.line, s.metadata.name.clone().unwrap()))
-            .collect();
-        let want: Vec<(u64, String)> = (0..n)
-            .map(|i| (5 * i as u64 + 2, format!("s{i}")))
-            .collect();
-        assert_eq!(got, want);
-        // Parsed again against its own digests: nothing to parse.
-        let digests: Vec<Digest> = parsed.docs.iter().map(|d| d.digest).collect();
-        let again = parse_changed(p.clone(), &digests).unwrap();
-        assert!(again.manifests.services.is_empty());
-        assert!(
-            again
-                .docs
-                .iter()
-                .enumerate()
-                .all(|(i, d)| d.kept == Some(i as u32))
-        );
-        let bad = text.replacen("name: s400,", "name: [s400,", 1).replacen(
-            "name: s30,",
-            "name: [s30,",
-            1,
-        );
-        std::fs::write(&p, bad).unwrap();
-        let e = parse(p).err().expect("an error").to_string();
-        assert!(e.contains("(in the document at line 151)"), "{e}");
-    }
-
-    /// An error from the caller stops the reading too.
-    #[test]
-    fn an_error_from_the_caller_ends_it() {
-        let dir = TempDir::new("files");
-        let paths: Vec<PathBuf> = (0..10)
-            .map(|i| {
-                let p = dir.0.join(format!("s{i}.yaml"));
-                std::fs::write(&p, service(&format!("s{i}"))).unwrap();
-                p
-            })
-            .collect();
-        let mut taken = 0;
-        let r = parse_each(&paths, |_| {
-            taken += 1;
-            if taken == 4 {
-                return Err(SourceError::Io {
-                    path: "x".into(),
-                    source: std::io::Error::other("stop"),
-                });
-            }
-            Ok(())
-        });
-        assert!(r.is_err());
-        assert_eq!(taken, 4);
-    }
-}
+#[path = "files_tests.rs"]
+mod tests;
