@@ -118,35 +118,50 @@ pub(super) fn parse_each<E: From<SourceError>>(
 ) -> Result<(), E> {
     let threads = threads();
     let rounds: Vec<&[PathBuf]> = paths.chunks(ROUND).collect();
-    let mut ready: Vec<Result<Item, SourceError>> = Vec::new();
+    pipelined(&rounds, threads, parse_all, |_, parts| {
+        parts.into_iter().flatten().try_for_each(|p| match p? {
+            Item::Parsed(p) => take(p),
+            Item::Big(cut) => by_rounds(cut, threads, &mut take),
+        })
+    })
+}
+
+/// Parses `rounds` in order, each round split over up to `threads` threads, while this thread
+/// hands the round before to `take` (its index and its parts' results, in order): the next
+/// round is parsed meanwhile, and at most two rounds' results are held at once. The first error
+/// `take` returns ends it (the round being parsed then is dropped); a worker's panic is resumed.
+fn pipelined<T: Sync, R: Send, E>(
+    rounds: &[&[T]],
+    threads: usize,
+    parse: impl Fn(&[T]) -> R + Sync,
+    mut take: impl FnMut(usize, Vec<R>) -> Result<(), E>,
+) -> Result<(), E> {
+    let parse = &parse;
+    let mut ready: Option<Vec<R>> = None;
     for i in 0..=rounds.len() {
-        let next = std::thread::scope(|s| -> Result<_, E> {
-            // The next round is parsed while this thread takes in the one before.
+        let next = std::thread::scope(|s| {
             let workers: Vec<_> = rounds
                 .get(i)
                 .map(|round| {
                     round
-                        .chunks(round.len().div_ceil(threads))
-                        .map(|part| s.spawn(move || parse_all(part)))
+                        .chunks(round.len().div_ceil(threads.max(1)).max(1))
+                        .map(|part| s.spawn(move || parse(part)))
                         .collect()
                 })
                 .unwrap_or_default();
-            let taken = std::mem::take(&mut ready)
+            let taken = match ready.take() {
+                Some(parts) => take(i - 1, parts),
+                None => Ok(()),
+            };
+            let next: Vec<R> = workers
                 .into_iter()
-                .try_for_each(|p| match p? {
-                    Item::Parsed(p) => take(p),
-                    Item::Big(cut) => by_rounds(cut, threads, &mut take),
-                });
-            let mut next = Vec::new();
-            for w in workers {
-                match w.join() {
-                    Ok(parsed) => next.extend(parsed),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect();
             taken.map(|()| next)
         })?;
-        ready = next;
+        if i < rounds.len() {
+            ready = Some(next);
+        }
     }
     Ok(())
 }
@@ -373,44 +388,14 @@ fn by_rounds<E: From<SourceError>>(
         let m = parse_part(rounds.first().copied().unwrap_or_default())?;
         return take(hand(m, true, &mut docs));
     }
-    let threads = threads.max(1);
-    let mut ready: Option<Manifests> = None;
-    for i in 0..=rounds.len() {
-        let next = std::thread::scope(|s| -> Result<_, E> {
-            let workers: Vec<_> = rounds
-                .get(i)
-                .map(|round| {
-                    round
-                        .chunks(round.len().div_ceil(threads))
-                        .map(|part| s.spawn(move || parse_part(part)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let taken = match ready.take() {
-                Some(m) => take(hand(m, i == rounds.len(), &mut docs)),
-                None => Ok(()),
-            };
-            let mut next = Manifests::default();
-            let mut failed = None;
-            for w in workers {
-                let part = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                match part {
-                    _ if failed.is_some() => {}
-                    Ok(part) => append(&mut next, part),
-                    Err(e) => failed = Some(e),
-                }
-            }
-            taken?;
-            match failed {
-                Some(e) => Err(e.into()),
-                None => Ok(next),
-            }
-        })?;
-        if i < rounds.len() {
-            ready = Some(next);
+    let n = rounds.len();
+    pipelined(&rounds, threads, parse_part, |i, parts| {
+        let mut m = Manifests::default();
+        for part in parts {
+            append(&mut m, part?);
         }
-    }
-    Ok(())
+        take(hand(m, i + 1 == n, &mut docs))
+    })
 }
 
 fn append(m: &mut Manifests, part: Manifests) {

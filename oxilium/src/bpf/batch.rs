@@ -56,6 +56,24 @@ pub fn update_u32(
     keys: &[u32],
     values: &[u32],
 ) -> Result<(), (io::Error, usize)> {
+    update_counted(map, keys, values)
+}
+
+/// Sets `keys[i]` → `values[i]` in any map with update batches, in one syscall (Linux ≥ 5.6).
+pub fn update<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    update_counted(map, keys, values).map_err(|(e, _)| e)
+}
+
+/// [`update`], and on an error how many leading elements the kernel wrote.
+fn update_counted<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), (io::Error, usize)> {
     assert_eq!(keys.len(), values.len());
     if keys.is_empty() {
         return Ok(());
@@ -69,27 +87,6 @@ pub fn update_u32(
     };
     // SAFETY: the kernel reads `count` keys and values from the slices, which outlive the call.
     unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.map_err(|e| (e, attr.count as usize))
-}
-
-/// Sets `keys[i]` → `values[i]` in any map with update batches, in one syscall (Linux ≥ 5.6).
-pub fn update<K: aya::Pod, V: aya::Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len());
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    // SAFETY: the kernel reads `count` keys and values from the slices, which outlive the call.
-    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
 }
 
 /// The values of keys `0..n` of an array of u32 in one syscall (a lookup batch from the start).
