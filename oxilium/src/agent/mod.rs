@@ -282,7 +282,6 @@ pub(crate) async fn reap_draining(state: &Shared) {
         warn!("removing drained backends: {e:#}");
         state.lock().unwrap().last_error = Some(format!("removing drained backends: {e:#}"));
     };
-    let blocking = |e: tokio::task::JoinError| anyhow::anyhow!("the reap's thread failed: {e}");
     let plan = {
         let st = state.lock().unwrap();
         let Some(rec) = st.reconciler.as_ref() else {
@@ -295,10 +294,9 @@ pub(crate) async fn reap_draining(state: &Shared) {
         Ok(None) => return,
         Err(e) => return report(e),
     };
-    let walk = match tokio::task::spawn_blocking(move || plan.walk()).await {
-        Ok(Ok(walk)) => walk,
-        Ok(Err(e)) => return report(e),
-        Err(e) => return report(blocking(e)),
+    let walk = match blocking(move || plan.walk()).await {
+        Ok(walk) => walk,
+        Err(e) => return report(e),
     };
     let flush = {
         let mut st = state.lock().unwrap();
@@ -312,16 +310,22 @@ pub(crate) async fn reap_draining(state: &Shared) {
         Ok(flush) => flush,
         Err(e) => return report(e),
     };
-    let done = match tokio::task::spawn_blocking(move || flush.run()).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => return report(e),
-        Err(e) => return report(blocking(e)),
+    let done = match blocking(move || flush.run()).await {
+        Ok(done) => done,
+        Err(e) => return report(e),
     };
     let mut st = state.lock().unwrap();
     if let Some(rec) = st.reconciler.as_mut() {
         let ch = rec.reap_free(done);
         info!(?ch, "drained backends removed");
     }
+}
+
+/// `f` on tokio's blocking threads; its error, or the thread's failure.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("the reap's thread failed: {e}"))?
 }
 
 /// Runs [`reap_draining`] in a task of its own, one at a time: the loop that starts it goes on
